@@ -1,0 +1,49 @@
+//! Command-line arguments (argh). Parsing only: the work is in `commands`.
+
+use std::path::PathBuf;
+
+use argh::FromArgs;
+
+/// Lucid: a small, fast, trustworthy key-value node with an HTTP API.
+#[derive(FromArgs, Debug)]
+pub struct Args {
+    /// configuration file (default: ./lucid.yml if it exists, else the
+    /// built-in defaults)
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    /// `lucid init`
+    Init(InitArgs),
+    /// `lucid server`
+    Server(ServerArgs),
+    /// `lucid check`
+    Check(CheckArgs),
+}
+
+/// Write a commented configuration file (to --config, or ./lucid.yml).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "init")]
+pub struct InitArgs {
+    /// overwrite the file if it already exists
+    #[argh(switch)]
+    pub force: bool,
+}
+
+/// Run the node: serve the HTTP API on the configured address.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "server")]
+pub struct ServerArgs {}
+
+/// Verify every record of the data directory's log and print a summary;
+/// exits non-zero if anything is damaged. Refuses to run beside a server.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "check")]
+pub struct CheckArgs {}

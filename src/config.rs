@@ -1,0 +1,310 @@
+//! The node's configuration: the `lucid.yml` schema, its defaults, and where
+//! it is read from. Unknown keys are errors that name the key, so a typo
+//! never silently falls back to a default.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::store::SyncMode;
+
+/// The documented sample configuration, written by `lucid init`. Every value
+/// in it is the built-in default (a unit test holds them equal).
+pub const SAMPLE: &str = include_str!("../lucid.yml");
+
+/// Config file read when `--config` is not given, if it exists.
+pub const DEFAULT_PATH: &str = "lucid.yml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Network settings.
+    pub general: General,
+    /// Storage engine settings.
+    pub storage: Storage,
+    /// Log output settings.
+    pub logging: Logging,
+}
+
+/// `general:` — network settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct General {
+    /// Address to listen on (an IP address, not a host name).
+    pub bind_address: IpAddr,
+    /// TCP port; 0 lets the OS pick a free one (it is logged at start).
+    pub port: u16,
+    /// Worker threads answering requests; 0 = twice the number of cores.
+    pub threads: usize,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        Self {
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 7021,
+            threads: 0,
+        }
+    }
+}
+
+impl General {
+    /// Number of worker threads to run: the configured count, or twice the
+    /// number of cores (at least 2).
+    pub fn worker_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores * 2).max(2)
+    }
+}
+
+/// How `storage.sync` is spelled in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncSetting {
+    /// fsync before answering each write (group-committed).
+    Always,
+    /// fsync every `sync_interval_ms`.
+    Interval,
+    /// Leave write-back to the OS.
+    Never,
+}
+
+/// `storage:` — storage engine settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// Data directory (relative paths are relative to the working directory).
+    pub directory: PathBuf,
+    /// When writes reach the disk.
+    pub sync: SyncSetting,
+    /// Period of the background fsync with `sync: interval`.
+    pub sync_interval_ms: u64,
+    /// Longest accepted key, in bytes after percent-decoding.
+    pub max_key_bytes: usize,
+    /// Largest accepted value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            directory: PathBuf::from("./lucid-data"),
+            sync: SyncSetting::Always,
+            sync_interval_ms: 1000,
+            max_key_bytes: 1024,
+            max_value_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Storage {
+    /// The engine's sync mode for these settings.
+    pub fn sync_mode(&self) -> SyncMode {
+        match self.sync {
+            SyncSetting::Always => SyncMode::Always,
+            SyncSetting::Interval => {
+                SyncMode::Interval(Duration::from_millis(self.sync_interval_ms))
+            }
+            SyncSetting::Never => SyncMode::Never,
+        }
+    }
+}
+
+/// `logging:` — log output settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Logging {
+    /// Least severe level written to stderr.
+    pub level: LogLevel,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+        }
+    }
+}
+
+/// `logging.level` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Nothing at all.
+    Off,
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The default: start-up, recovery and warnings.
+    Info,
+    /// Diagnostics.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `log` crate's filter for this level.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            Self::Off => log::LevelFilter::Off,
+            Self::Error => log::LevelFilter::Error,
+            Self::Warn => log::LevelFilter::Warn,
+            Self::Info => log::LevelFilter::Info,
+            Self::Debug => log::LevelFilter::Debug,
+            Self::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Where the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file.
+    File(PathBuf),
+    /// No file: the built-in defaults.
+    Defaults,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Defaults => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+/// A configuration that could not be loaded, with a message for the user.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads the configuration: from `explicit` if given (it must exist),
+    /// else from `./lucid.yml` if present, else the built-in defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<(Self, Source), ConfigError> {
+        let path = match explicit {
+            Some(path) => path.to_path_buf(),
+            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+            None => return Ok((Self::default(), Source::Defaults)),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            ConfigError(format!(
+                "cannot read config file {}: {err} (create one with `lucid init`)",
+                path.display()
+            ))
+        })?;
+        let config = Self::parse(&text)
+            .map_err(|err| ConfigError(format!("config file {}: {err}", path.display())))?;
+        Ok((config, Source::File(path)))
+    }
+
+    /// Parses and validates YAML text. An empty document means all defaults.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let is_empty = text
+            .lines()
+            .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'));
+        let config: Self = if is_empty {
+            Self::default()
+        } else {
+            serde_norway::from_str(text).map_err(|err| err.to_string())?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let storage = &self.storage;
+        if !(1..=MAX_KEY_LEN).contains(&storage.max_key_bytes) {
+            return Err(format!(
+                "storage.max_key_bytes must be between 1 and {MAX_KEY_LEN}, not {}",
+                storage.max_key_bytes
+            ));
+        }
+        if storage.max_value_bytes > MAX_VALUE_LEN {
+            return Err(format!(
+                "storage.max_value_bytes must be at most {MAX_VALUE_LEN}, not {}",
+                storage.max_value_bytes
+            ));
+        }
+        if storage.sync_interval_ms == 0 {
+            return Err("storage.sync_interval_ms must be at least 1".into());
+        }
+        if storage.directory.as_os_str().is_empty() {
+            return Err("storage.directory must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_file_holds_exactly_the_defaults() {
+        assert_eq!(Config::parse(SAMPLE).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn an_empty_file_means_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        assert_eq!(Config::parse("# nothing\n\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_sections_keep_the_other_defaults() {
+        let config = Config::parse("general:\n  port: 9000\nstorage:\n  sync: never\n").unwrap();
+        assert_eq!(config.general.port, 9000);
+        assert_eq!(config.general.bind_address, General::default().bind_address);
+        assert_eq!(config.storage.sync_mode(), SyncMode::Never);
+        assert_eq!(config.storage.max_key_bytes, 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::parse("general:\n  prot: 9000\n").unwrap_err();
+        assert!(err.contains("prot"), "{err}");
+        let err = Config::parse("storge:\n  sync: never\n").unwrap_err();
+        assert!(err.contains("storge"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = Config::parse("storage:\n  sync: sometimes\n").unwrap_err();
+        assert!(err.contains("sometimes"), "{err}");
+        let err = Config::parse("storage:\n  max_key_bytes: 0\n").unwrap_err();
+        assert!(err.contains("storage.max_key_bytes"), "{err}");
+        let err = Config::parse("storage:\n  sync_interval_ms: 0\n").unwrap_err();
+        assert!(err.contains("storage.sync_interval_ms"), "{err}");
+        let err = Config::parse("general:\n  bind_address: not-an-ip\n").unwrap_err();
+        assert!(err.contains("bind_address"), "{err}");
+    }
+
+    #[test]
+    fn interval_mode_uses_the_configured_period() {
+        let config =
+            Config::parse("storage:\n  sync: interval\n  sync_interval_ms: 250\n").unwrap();
+        assert_eq!(
+            config.storage.sync_mode(),
+            SyncMode::Interval(Duration::from_millis(250))
+        );
+    }
+}

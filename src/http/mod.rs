@@ -1,0 +1,157 @@
+//! The HTTP API: a tiny_http server shared by a pool of worker threads, each
+//! calling `recv()` and answering one request at a time with buffers it
+//! reuses from request to request.
+//!
+//! A panic while handling a request is caught: the client gets a 500 JSON
+//! message, the panic is logged, and the worker goes on.
+
+mod kv;
+mod reply;
+mod route;
+
+use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread;
+
+use tiny_http::Server;
+
+use crate::config::General;
+use crate::store::Store;
+use reply::Reply;
+use route::Route;
+
+/// What every worker shares.
+pub struct Context {
+    /// The store behind the API.
+    pub store: Arc<Store>,
+    /// Longest accepted key in bytes.
+    pub max_key_bytes: usize,
+    /// Largest accepted value in bytes.
+    pub max_value_bytes: usize,
+}
+
+/// Per-worker scratch space, reused across requests.
+#[derive(Default)]
+pub struct Buffers {
+    /// The decoded key.
+    key: Vec<u8>,
+    /// A record being written, or one read back for a GET.
+    record: Vec<u8>,
+}
+
+impl Buffers {
+    /// Capacity kept between requests; a buffer grown past it by a large
+    /// value is shrunk back, so idle workers hold little memory.
+    const KEEP: usize = 256 * 1024;
+
+    fn trim(&mut self) {
+        if self.record.capacity() > Self::KEEP {
+            self.record = Vec::with_capacity(Self::KEEP);
+        }
+    }
+}
+
+/// A bound HTTP server, not yet answering.
+pub struct HttpServer {
+    server: Arc<Server>,
+    threads: usize,
+}
+
+impl HttpServer {
+    /// Binds the configured address.
+    pub fn bind(general: &General) -> Result<Self, String> {
+        let addr = SocketAddr::new(general.bind_address, general.port);
+        let server = Server::http(addr).map_err(|err| {
+            format!(
+                "cannot listen on {addr}: {err}. Is another process using the port? \
+                 Change general.port or general.bind_address in the config"
+            )
+        })?;
+        Ok(Self {
+            server: Arc::new(server),
+            threads: general.worker_threads(),
+        })
+    }
+
+    /// The address actually bound (the real port when 0 was configured).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.server.server_addr().to_ip()
+    }
+
+    /// Number of worker threads [`run`](Self::run) starts.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Answers requests until the process ends.
+    pub fn run(self, ctx: Context) {
+        let ctx = Arc::new(ctx);
+        let workers: Vec<_> = (0..self.threads)
+            .map(|n| {
+                let server = Arc::clone(&self.server);
+                let ctx = Arc::clone(&ctx);
+                thread::Builder::new()
+                    .name(format!("lucid-http-{n}"))
+                    .spawn(move || worker(&server, &ctx))
+                    .expect("spawn an HTTP worker")
+            })
+            .collect();
+        for worker in workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn worker(server: &Server, ctx: &Context) {
+    let mut bufs = Buffers::default();
+    loop {
+        let mut request = match server.recv() {
+            Ok(request) => request,
+            Err(err) => {
+                log::warn!("could not receive a request: {err}");
+                continue;
+            }
+        };
+        let url = request.url().to_owned();
+        let bufs_ref = &mut bufs;
+        let reply = catch_panic(|| match route::route(&url) {
+            Route::Kv { raw_key } => kv::handle(ctx, bufs_ref, &mut request, raw_key),
+            Route::Unknown => {
+                Reply::message(404, "No such resource. The API lives under /api/kv/{key}.")
+            }
+        });
+        if reply.status() == 500 {
+            log::debug!("500 for {} {url}", request.method());
+        }
+        reply.send(request);
+        bufs.trim();
+    }
+}
+
+/// Runs a handler, turning a panic into a logged 500 reply.
+fn catch_panic<'b>(handler: impl FnOnce() -> Reply<'b>) -> Reply<'b> {
+    panic::catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        log::error!("a request handler panicked: {what}");
+        Reply::internal_error()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_handler_becomes_a_500() {
+        let reply = catch_panic(|| panic!("bug in a handler"));
+        assert_eq!(reply, Reply::internal_error());
+        assert_eq!(reply.status(), 500);
+        let reply = catch_panic(|| Reply::json(200, reply::DELETED));
+        assert_eq!(reply.status(), 200);
+    }
+}

@@ -1,0 +1,160 @@
+//! What the API answers: JSON messages and stored values, and how they are
+//! written out through tiny_http.
+//!
+//! Every error body is `{"message": "..."}` with `Content-Type:
+//! application/json`. Values are sent with their stored content type,
+//! `Last-Modified` and `X-Content-Type-Options: nosniff`, never chunked.
+
+use std::borrow::Cow;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tiny_http::{Header, Request, Response, StatusCode};
+
+use crate::store::StoredValue;
+
+/// `201` body of a PUT that created its key.
+pub const CREATED: &str = r#"{"message":"The specified key was successfully created."}"#;
+/// `200` body of a PUT that replaced a value.
+pub const UPDATED: &str = r#"{"message":"The specified key was successfully updated."}"#;
+/// `200` body of a DELETE.
+pub const DELETED: &str = r#"{"message":"The specified key was successfully deleted."}"#;
+/// `404` body for a missing key.
+pub const KEY_NOT_FOUND: &str = r#"{"message":"The specified key does not exist."}"#;
+
+/// Content type used when a PUT does not name one.
+pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
+
+/// A response, ready to send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// A JSON document.
+    Json {
+        /// HTTP status.
+        status: u16,
+        /// The JSON text.
+        body: Cow<'static, str>,
+        /// Value of an `Allow` header (for 405).
+        allow: Option<&'static str>,
+    },
+    /// A stored value.
+    Value(StoredValue<'a>),
+}
+
+impl Reply<'_> {
+    /// A constant JSON body.
+    pub fn json(status: u16, body: &'static str) -> Self {
+        Self::Json {
+            status,
+            body: Cow::Borrowed(body),
+            allow: None,
+        }
+    }
+
+    /// `{"message": text}` with the given status.
+    pub fn message(status: u16, text: impl Into<String>) -> Self {
+        let body = serde_json::json!({ "message": text.into() }).to_string();
+        Self::Json {
+            status,
+            body: Cow::Owned(body),
+            allow: None,
+        }
+    }
+
+    /// `405` naming the methods the resource accepts.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let body = format!(r#"{{"message":"This resource accepts only {allow}."}}"#);
+        Self::Json {
+            status: 405,
+            body: Cow::Owned(body),
+            allow: Some(allow),
+        }
+    }
+
+    /// `500` for a handler that failed unexpectedly.
+    pub fn internal_error() -> Self {
+        Self::json(
+            500,
+            r#"{"message":"The node hit an internal error; the request was not completed. The error is in the node's log."}"#,
+        )
+    }
+
+    /// HTTP status of this reply.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Json { status, .. } => *status,
+            Self::Value(_) => 200,
+        }
+    }
+
+    /// Writes the reply to the client. Errors (the client went away) are
+    /// logged at debug level: there is nobody left to tell.
+    pub fn send(self, request: Request) {
+        let result = match self {
+            Self::Json {
+                status,
+                body,
+                allow,
+            } => {
+                let mut headers = vec![header(b"Content-Type", b"application/json")];
+                if let Some(allow) = allow {
+                    headers.push(header(b"Allow", allow.as_bytes()));
+                }
+                request.respond(response(status, headers, body.as_bytes()))
+            }
+            Self::Value(value) => {
+                let content_type = Header::from_bytes(&b"Content-Type"[..], value.content_type)
+                    .unwrap_or_else(|()| header(b"Content-Type", DEFAULT_CONTENT_TYPE));
+                let modified = UNIX_EPOCH + Duration::from_millis(value.timestamp_ms);
+                let headers = vec![
+                    content_type,
+                    header(
+                        b"Last-Modified",
+                        httpdate::fmt_http_date(modified).as_bytes(),
+                    ),
+                    header(b"X-Content-Type-Options", b"nosniff"),
+                ];
+                request.respond(response(200, headers, value.value))
+            }
+        };
+        if let Err(err) = result {
+            log::debug!("could not send a response: {err}");
+        }
+    }
+}
+
+fn response(status: u16, headers: Vec<Header>, body: &[u8]) -> Response<&[u8]> {
+    Response::new(StatusCode(status), headers, body, Some(body.len()), None)
+        .with_chunked_threshold(usize::MAX)
+}
+
+fn header(name: &[u8], value: &[u8]) -> Header {
+    Header::from_bytes(name, value).expect("a valid header")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_json_with_escaping() {
+        let Reply::Json { status, body, .. } = Reply::message(400, "bad \"key\"") else {
+            panic!("not JSON")
+        };
+        assert_eq!(status, 400);
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed["message"], "bad \"key\"");
+    }
+
+    #[test]
+    fn constant_bodies_are_valid_json() {
+        for body in [CREATED, UPDATED, DELETED, KEY_NOT_FOUND] {
+            let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert!(parsed["message"].is_string());
+        }
+        let Reply::Json { body, allow, .. } = Reply::method_not_allowed("GET, PUT") else {
+            panic!("not JSON")
+        };
+        assert_eq!(allow, Some("GET, PUT"));
+        serde_json::from_str::<serde_json::Value>(&body).unwrap();
+    }
+}

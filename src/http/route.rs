@@ -1,0 +1,126 @@
+//! Request targets: which resource a URL names, and decoding of keys.
+
+/// Path prefix of the key-value resource.
+const KV_PREFIX: &str = "/api/kv/";
+
+/// The resource a request targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'u> {
+    /// `/api/kv/{key}`, with the key still percent-encoded.
+    Kv {
+        /// Everything after `/api/kv/`, up to the query string.
+        raw_key: &'u str,
+    },
+    /// Nothing here.
+    Unknown,
+}
+
+/// Maps a request target (path and optional query) to a route.
+pub fn route(url: &str) -> Route<'_> {
+    let path = url.split_once('?').map_or(url, |(path, _query)| path);
+    match path.strip_prefix(KV_PREFIX) {
+        Some(raw_key) => Route::Kv { raw_key },
+        None => Route::Unknown,
+    }
+}
+
+/// Why a key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// Nothing after `/api/kv/`.
+    Empty,
+    /// Longer than the configured limit once decoded.
+    TooLong,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+    /// The decoded bytes are not UTF-8.
+    NotUtf8,
+}
+
+/// Percent-decodes `raw` once into `out` (cleared first) and checks the
+/// result: non-empty, at most `max_len` bytes, valid UTF-8. `/` stays as is,
+/// so `sensors/pi-1/temp` and `sensors%2Fpi-1%2Ftemp` name the same key.
+///
+/// Decoding is strict: a malformed escape is an error rather than being
+/// passed through, so one key has exactly one spelling on the wire.
+pub fn decode_key(raw: &str, out: &mut Vec<u8>, max_len: usize) -> Result<(), KeyError> {
+    out.clear();
+    let bytes = raw.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if byte == b'%' {
+            let high = bytes.get(at + 1).and_then(|&b| hex_value(b));
+            let low = bytes.get(at + 2).and_then(|&b| hex_value(b));
+            let (Some(high), Some(low)) = (high, low) else {
+                return Err(KeyError::BadEscape);
+            };
+            out.push(high << 4 | low);
+            at += 3;
+        } else {
+            out.push(byte);
+            at += 1;
+        }
+        if out.len() > max_len {
+            return Err(KeyError::TooLong);
+        }
+    }
+    if out.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    std::str::from_utf8(out).map_err(|_| KeyError::NotUtf8)?;
+    Ok(())
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(raw: &str, max_len: usize) -> Result<String, KeyError> {
+        let mut out = Vec::new();
+        decode_key(raw, &mut out, max_len).map(|()| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/api/kv/a"), Route::Kv { raw_key: "a" });
+        assert_eq!(route("/api/kv/a/b?x=1"), Route::Kv { raw_key: "a/b" });
+        assert_eq!(route("/api/kv/"), Route::Kv { raw_key: "" });
+        assert_eq!(route("/api/kv"), Route::Unknown);
+        assert_eq!(route("/"), Route::Unknown);
+        assert_eq!(route("/api/kvx/a"), Route::Unknown);
+    }
+
+    #[test]
+    fn keys_are_decoded_once() {
+        assert_eq!(
+            decoded("sensors/pi-1/temp", 100).unwrap(),
+            "sensors/pi-1/temp"
+        );
+        assert_eq!(decoded("sensors%2Fpi-1", 100).unwrap(), "sensors/pi-1");
+        assert_eq!(decoded("a%2541", 100).unwrap(), "a%41");
+        assert_eq!(decoded("caf%C3%A9", 100).unwrap(), "café");
+        assert_eq!(decoded("a+b", 100).unwrap(), "a+b");
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert_eq!(decoded("", 100), Err(KeyError::Empty));
+        assert_eq!(decoded("%zz", 100), Err(KeyError::BadEscape));
+        assert_eq!(decoded("abc%4", 100), Err(KeyError::BadEscape));
+        assert_eq!(decoded("abc%", 100), Err(KeyError::BadEscape));
+        assert_eq!(decoded("%ff", 100), Err(KeyError::NotUtf8));
+        assert_eq!(decoded("abcd", 3), Err(KeyError::TooLong));
+        assert_eq!(decoded("%41%42%43", 3).unwrap(), "ABC");
+        assert_eq!(decoded("%41%42%43%44", 3), Err(KeyError::TooLong));
+    }
+}

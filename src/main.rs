@@ -1,0 +1,27 @@
+//! The `lucid` binary: parses the command line and hands over to a command.
+
+mod cli;
+mod commands;
+mod config;
+mod http;
+mod logging;
+mod store;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: cli::Args = argh::from_env();
+    let config = args.config.as_deref();
+    let result = match args.command {
+        cli::Command::Init(init) => commands::init::run(config, init.force),
+        cli::Command::Server(_) => commands::server::run(config),
+        cli::Command::Check(_) => commands::check::run(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lucid: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

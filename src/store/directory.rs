@@ -1,0 +1,280 @@
+//! The data directory: its files, its lock, and turning it into a running
+//! [`Store`] (recovery) or a report ([`check`]).
+//!
+//! ```text
+//! <dir>/LOCK               held (flock) by the one process using the directory
+//! <dir>/data.log           the append-only log (see `record` for its layout)
+//! <dir>/data.log.torn-N    a torn tail cut from the log at offset N, kept aside
+//! ```
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::engine::{Recovered, Store, SyncMode};
+use super::file::{DiskFile, LogFile};
+use super::index::{Index, Location};
+use super::record::{
+    decode_file_header, encode_file_header, FileHeaderError, RecordKind, FILE_HEADER_LEN,
+};
+use super::scan::{scan, Damage, ScanSummary};
+
+/// Name of the log file inside the data directory.
+pub const LOG_FILE: &str = "data.log";
+/// Name of the lock file inside the data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Why a data directory could not be opened or checked.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another process holds the directory's lock.
+    Locked(PathBuf),
+    /// The log does not start with a valid Lucid file header.
+    BadHeader(PathBuf, FileHeaderError),
+    /// A damaged record is followed by valid ones.
+    Corrupt {
+        /// The log file.
+        path: PathBuf,
+        /// Offset of the damaged record.
+        offset: u64,
+    },
+    /// The filesystem refused an operation.
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory it was done to.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Locked(dir) => write!(
+                f,
+                "data directory {} is in use by another Lucid process (it holds {}); \
+                 stop that process, or set storage.directory to another directory",
+                dir.display(),
+                dir.join(LOCK_FILE).display()
+            ),
+            Self::BadHeader(path, err) => write!(
+                f,
+                "{}: {err}; is storage.directory pointing at the right directory?",
+                path.display()
+            ),
+            Self::Corrupt { path, offset } => write!(
+                f,
+                "{} is damaged at offset {offset} and valid records follow the damage, so the \
+                 node will not start (cutting the log there would lose data). Run `lucid check` \
+                 for a report, and keep a copy of the directory before any repair",
+                path.display()
+            ),
+            Self::Io {
+                action,
+                path,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// What opening a directory found and did.
+#[derive(Debug)]
+pub struct OpenReport {
+    /// Live keys after recovery.
+    pub keys: usize,
+    /// Records read.
+    pub records: u64,
+    /// Time spent opening and recovering.
+    pub elapsed: Duration,
+}
+
+/// Opens (creating if needed) the data directory `dir`, takes its lock and
+/// recovers the store from its log, applying the recovery rule of
+/// [`scan`](super::scan).
+pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), OpenError> {
+    let started = Instant::now();
+    fs::create_dir_all(dir).map_err(io_error("create data directory", dir))?;
+    let lock = lock_dir(dir)?;
+    let path = dir.join(LOG_FILE);
+    let (file, created) = open_log(&path)?;
+    if created {
+        initialise_log(&file, dir, &path)?;
+    }
+    let base_sequence = read_base_sequence(&file, &path)?;
+    let (index, summary) = index_log(&file, &path)?;
+    match summary.damage {
+        None => {}
+        Some(Damage::TornTail { offset, len }) => cut_torn_tail(&file, &path, offset, len)?,
+        Some(Damage::Corrupt { offset, .. }) => return Err(OpenError::Corrupt { path, offset }),
+    }
+    let report = OpenReport {
+        keys: index.len(),
+        records: summary.records,
+        elapsed: started.elapsed(),
+    };
+    let recovered = Recovered {
+        index,
+        end: summary.good_end,
+        next_sequence: base_sequence.max(summary.max_sequence) + 1,
+        dir_lock: Some(lock),
+    };
+    let store = Store::new(Arc::new(file), recovered, sync);
+    Ok((store, report))
+}
+
+/// What [`check`] found in a data directory.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// The log file checked.
+    pub path: PathBuf,
+    /// Size of the log in bytes.
+    pub log_bytes: u64,
+    /// Good records read.
+    pub records: u64,
+    /// Live keys.
+    pub live_keys: usize,
+    /// Bytes of live records.
+    pub live_bytes: u64,
+    /// What the scan found after the last good record.
+    pub scan: ScanSummary,
+}
+
+/// Verifies every record of the directory's log without changing anything.
+/// Takes the directory lock, so it refuses to run beside a server.
+pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
+    let path = dir.join(LOG_FILE);
+    if !path.exists() {
+        return Err(OpenError::Io {
+            action: "check",
+            path,
+            source: io::Error::new(io::ErrorKind::NotFound, "no Lucid log in this directory"),
+        });
+    }
+    let _lock = lock_dir(dir)?;
+    let file = DiskFile::new(File::open(&path).map_err(io_error("open", &path))?);
+    read_base_sequence(&file, &path)?;
+    let (index, summary) = index_log(&file, &path)?;
+    Ok(CheckReport {
+        log_bytes: file.len().map_err(io_error("read", &path))?,
+        path,
+        records: summary.records,
+        live_keys: index.len(),
+        live_bytes: index.live_bytes(),
+        scan: summary,
+    })
+}
+
+/// Reads every good record of the log into an index.
+fn index_log(file: &dyn LogFile, path: &Path) -> Result<(Index, ScanSummary), OpenError> {
+    let mut index = Index::default();
+    let summary = scan(file, |record, offset| match record.header.kind {
+        RecordKind::Put => index.insert(
+            record.key,
+            Location {
+                offset,
+                len: record.header.record_len() as u32,
+            },
+        ),
+        RecordKind::Delete => index.remove(record.key),
+    })
+    .map_err(io_error("read", path))?;
+    Ok((index, summary))
+}
+
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("create lock file", &path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(TryLockError::WouldBlock) => Err(OpenError::Locked(dir.to_path_buf())),
+        Err(TryLockError::Error(source)) => Err(OpenError::Io {
+            action: "lock",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Opens the log, reporting whether it is new (empty).
+fn open_log(path: &Path) -> Result<(DiskFile, bool), OpenError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_error("open", path))?;
+    let len = file.metadata().map_err(io_error("read", path))?.len();
+    // A log shorter than its header can only come from a crash while it was
+    // being created: no record can be in it.
+    if len > 0 && len < FILE_HEADER_LEN as u64 {
+        log::warn!(
+            "{}: {len}-byte log left by an interrupted creation; starting it afresh",
+            path.display()
+        );
+    }
+    Ok((DiskFile::new(file), len < FILE_HEADER_LEN as u64))
+}
+
+fn initialise_log(file: &DiskFile, dir: &Path, path: &Path) -> Result<(), OpenError> {
+    file.truncate(0).map_err(io_error("initialise", path))?;
+    file.append(0, &encode_file_header(0))
+        .and_then(|()| file.sync())
+        .map_err(io_error("initialise", path))?;
+    sync_dir(dir)
+}
+
+fn read_base_sequence(file: &dyn LogFile, path: &Path) -> Result<u64, OpenError> {
+    let mut header = [0u8; FILE_HEADER_LEN];
+    file.read_at(&mut header, 0)
+        .map_err(io_error("read", path))?;
+    decode_file_header(&header).map_err(|err| OpenError::BadHeader(path.to_path_buf(), err))
+}
+
+/// Saves the torn tail beside the log, then cuts the log to `offset`.
+fn cut_torn_tail(file: &DiskFile, path: &Path, offset: u64, len: u64) -> Result<(), OpenError> {
+    let aside = PathBuf::from(format!("{}.torn-{offset}", path.display()));
+    let mut tail = vec![0u8; len as usize];
+    file.read_at(&mut tail, offset)
+        .map_err(io_error("read", path))?;
+    let mut copy = File::create(&aside).map_err(io_error("create", &aside))?;
+    copy.write_all(&tail)
+        .and_then(|()| copy.sync_all())
+        .map_err(io_error("write", &aside))?;
+    file.truncate(offset).map_err(io_error("truncate", path))?;
+    log::warn!(
+        "{}: truncated a torn tail of {len} bytes at offset {offset} (an interrupted write; \
+         no acknowledged write is in it); the bytes are saved in {}",
+        path.display(),
+        aside.display()
+    );
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), OpenError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync", dir))
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError {
+    let path = path.to_path_buf();
+    move |source| OpenError::Io {
+        action,
+        path,
+        source,
+    }
+}

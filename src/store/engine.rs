@@ -1,0 +1,588 @@
+//! The running store: reads through the index, appends through one writer,
+//! and makes writes durable according to the sync mode.
+//!
+//! # Write path
+//!
+//! 1. Under the writer lock: decide created/updated (or "missing" for a
+//!    delete), stamp the next sequence number and the time, append the
+//!    record at the end of the log. If the append fails, the log is cut back
+//!    to where it was, so no partial record is left behind.
+//! 2. `sync: always`: the record waits in `pending` until an fdatasync covers
+//!    it. Writers that arrive while a sync is running are covered by the next
+//!    one, so 64 concurrent writers share a handful of syncs (group commit).
+//!    Only after the sync is the record published to the index: readers never
+//!    see a value that a power cut could still take back.
+//! 3. `interval` and `never`: the record is published right after the append;
+//!    a background thread syncs every `sync_interval_ms` (`interval`) or the
+//!    OS writes back when it likes (`never`).
+//!
+//! In every mode the caller is answered only after the record is in the file,
+//! so killing the process never loses an acknowledged write.
+//!
+//! # Failed fsync
+//!
+//! A failed fsync is never retried and reported as success (Linux may have
+//! dropped the dirty pages). The store switches to read-only: every later
+//! write fails with [`StoreError::ReadOnly`] while reads keep working, and an
+//! ERROR log tells the operator to restart the node once the disk is healthy.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::file::LogFile;
+use super::index::{Index, Location};
+use super::record::{verify, RecordBuilder, RecordKind};
+
+/// When writes are made durable with fdatasync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Before the write is answered (group commit shares one sync between
+    /// concurrent writers).
+    Always,
+    /// By a background thread at this period.
+    Interval(Duration),
+    /// When the OS decides.
+    Never,
+}
+
+/// What a successful put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The key did not exist before.
+    Created,
+    /// The key existed and now has the new value.
+    Updated,
+}
+
+/// Why a store operation failed.
+#[derive(Debug)]
+pub enum StoreError {
+    /// A previous fsync failed: the store accepts no more writes.
+    ReadOnly,
+    /// The disk refused the operation (full disk, I/O error, ...).
+    Io(io::Error),
+    /// The record at this offset failed its CRC check and was not served.
+    Corrupt {
+        /// Offset of the damaged record in the log.
+        offset: u64,
+    },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ReadOnly => f.write_str("the store is read-only after a failed fsync"),
+            Self::Io(err) => write!(f, "I/O error: {err}"),
+            Self::Corrupt { offset } => {
+                write!(
+                    f,
+                    "the record at offset {offset} failed its integrity check"
+                )
+            }
+        }
+    }
+}
+
+/// A value read from the store, borrowed from the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredValue<'a> {
+    /// The content type given when the value was written.
+    pub content_type: &'a [u8],
+    /// The value bytes.
+    pub value: &'a [u8],
+    /// Wall-clock time of the write, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Sequence number of the write.
+    pub sequence: u64,
+}
+
+/// State recovered from the log at open.
+pub struct Recovered {
+    /// The live keys.
+    pub index: Index,
+    /// End of the last good record: where the next append goes.
+    pub end: u64,
+    /// Sequence number for the next write.
+    pub next_sequence: u64,
+    /// The data directory's lock, held as long as the store lives.
+    pub dir_lock: Option<File>,
+}
+
+/// A record appended but not yet covered by an fsync (sync mode `always`).
+struct Pending {
+    key: Box<[u8]>,
+    /// `None` for a tombstone.
+    location: Option<Location>,
+    /// Log offset just past this record.
+    end: u64,
+}
+
+struct Writer {
+    end: u64,
+    next_sequence: u64,
+    pending: Vec<Pending>,
+}
+
+impl Writer {
+    /// Whether `key` exists according to the not-yet-published writes, if
+    /// any of them touches it.
+    fn pending_exists(&self, key: &[u8]) -> Option<bool> {
+        self.pending
+            .iter()
+            .rev()
+            .find(|p| &*p.key == key)
+            .map(|p| p.location.is_some())
+    }
+}
+
+struct CommitState {
+    /// Every byte of the log below this offset is fsynced and published.
+    durable_end: u64,
+    /// A writer is running fdatasync on behalf of the group.
+    syncing: bool,
+}
+
+/// The key-value store over one log file.
+pub struct Store {
+    file: Arc<dyn LogFile>,
+    index: RwLock<Index>,
+    writer: Mutex<Writer>,
+    commit: Mutex<CommitState>,
+    commit_done: Condvar,
+    sync: SyncMode,
+    read_only: AtomicBool,
+    _dir_lock: Option<File>,
+}
+
+impl Store {
+    /// Starts a store over `file`, whose contents `recovered` describes.
+    /// With [`SyncMode::Interval`] a background thread syncs the file until
+    /// the store is dropped.
+    pub fn new(file: Arc<dyn LogFile>, recovered: Recovered, sync: SyncMode) -> Arc<Self> {
+        let store = Arc::new(Self {
+            file,
+            index: RwLock::new(recovered.index),
+            writer: Mutex::new(Writer {
+                end: recovered.end,
+                next_sequence: recovered.next_sequence,
+                pending: Vec::new(),
+            }),
+            commit: Mutex::new(CommitState {
+                durable_end: recovered.end,
+                syncing: false,
+            }),
+            commit_done: Condvar::new(),
+            sync,
+            read_only: AtomicBool::new(false),
+            _dir_lock: recovered.dir_lock,
+        });
+        if let SyncMode::Interval(period) = sync {
+            let weak = Arc::downgrade(&store);
+            thread::Builder::new()
+                .name("lucid-sync".into())
+                .spawn(move || sync_periodically(&weak, period))
+                .expect("spawn the sync thread");
+        }
+        store
+    }
+
+    /// Number of live keys.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        read(&self.index).len()
+    }
+
+    /// Whether the store refuses writes after a failed fsync.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    /// Reads `key`'s record into `buf` and returns its value, or `None` if
+    /// the key does not exist. The record's CRC is verified first: a damaged
+    /// record is reported as [`StoreError::Corrupt`], never served.
+    pub fn get<'b>(
+        &self,
+        key: &[u8],
+        buf: &'b mut Vec<u8>,
+    ) -> Result<Option<StoredValue<'b>>, StoreError> {
+        let Some(location) = read(&self.index).get(key) else {
+            return Ok(None);
+        };
+        buf.resize(location.len as usize, 0);
+        self.file
+            .read_at(buf, location.offset)
+            .map_err(StoreError::Io)?;
+        let corrupt = || {
+            log::error!(
+                "record at offset {} failed its integrity check and was not served; run `lucid check`",
+                location.offset
+            );
+            StoreError::Corrupt {
+                offset: location.offset,
+            }
+        };
+        let record = verify(buf).map_err(|_| corrupt())?;
+        if record.key != key || record.header.kind != RecordKind::Put {
+            return Err(corrupt());
+        }
+        Ok(Some(StoredValue {
+            content_type: record.content_type,
+            value: record.value,
+            timestamp_ms: record.header.timestamp_ms,
+            sequence: record.header.sequence,
+        }))
+    }
+
+    /// Appends a put record started with [`RecordBuilder::begin`] (kind
+    /// `Put`) and followed by its value bytes. Returns once the write is as
+    /// durable as the sync mode promises.
+    pub fn put(&self, record: &mut [u8]) -> Result<WriteOutcome, StoreError> {
+        debug_assert_eq!(RecordBuilder::kind(record), RecordKind::Put);
+        match self.write(record)? {
+            Some(true) => Ok(WriteOutcome::Updated),
+            _ => Ok(WriteOutcome::Created),
+        }
+    }
+
+    /// Deletes `key` by appending a tombstone, built in `buf`. Returns
+    /// `false` (and writes nothing) if the key does not exist.
+    pub fn delete(&self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        let meta = super::record::RecordMeta {
+            kind: RecordKind::Delete,
+            key,
+            content_type: b"",
+            expires_at_ms: 0,
+        };
+        RecordBuilder::begin(buf, &meta);
+        Ok(self.write(buf)?.is_some())
+    }
+
+    /// Appends a record; returns whether its key existed before, or `None`
+    /// for a delete of a missing key (nothing written).
+    fn write(&self, record: &mut [u8]) -> Result<Option<bool>, StoreError> {
+        let kind = RecordBuilder::kind(record);
+        let (existed, end) = {
+            let mut writer = lock(&self.writer);
+            if self.is_read_only() {
+                return Err(StoreError::ReadOnly);
+            }
+            let key = RecordBuilder::key(record);
+            let existed = writer
+                .pending_exists(key)
+                .unwrap_or_else(|| read(&self.index).contains(key));
+            if kind == RecordKind::Delete && !existed {
+                return Ok(None);
+            }
+            RecordBuilder::seal(record, writer.next_sequence, now_ms());
+            let offset = writer.end;
+            if let Err(err) = self.file.append(offset, record) {
+                self.undo_append(offset, &err);
+                return Err(StoreError::Io(err));
+            }
+            writer.next_sequence += 1;
+            writer.end += record.len() as u64;
+            let location = (kind == RecordKind::Put).then_some(Location {
+                offset,
+                len: record.len() as u32,
+            });
+            let key = RecordBuilder::key(record);
+            if self.sync == SyncMode::Always {
+                let end = writer.end;
+                writer.pending.push(Pending {
+                    key: key.into(),
+                    location,
+                    end,
+                });
+            } else {
+                apply(&mut write(&self.index), key, location);
+            }
+            (existed, writer.end)
+        };
+        if self.sync == SyncMode::Always {
+            self.wait_durable(end)?;
+        }
+        Ok(Some(existed))
+    }
+
+    /// Cuts the log back to `offset` after a failed append so no partial
+    /// record stays behind. If even that fails, the tail is unknown: the
+    /// store goes read-only (recovery at the next start will cut it).
+    fn undo_append(&self, offset: u64, err: &io::Error) {
+        log::warn!("append at offset {offset} failed ({err}); cutting the log back");
+        if let Err(truncate_err) = self.file.truncate(offset) {
+            self.enter_read_only(&format!(
+                "could not cut the log back to {offset} after a failed append: {truncate_err}"
+            ));
+        }
+    }
+
+    /// Blocks until the log is durable up to `end`, running the group's
+    /// fdatasync if nobody else is.
+    fn wait_durable(&self, end: u64) -> Result<(), StoreError> {
+        let mut state = lock(&self.commit);
+        loop {
+            if state.durable_end >= end {
+                return Ok(());
+            }
+            if self.is_read_only() {
+                return Err(StoreError::ReadOnly);
+            }
+            if state.syncing {
+                state = self
+                    .commit_done
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            state.syncing = true;
+            drop(state);
+            let synced = self.sync_and_publish();
+            state = lock(&self.commit);
+            state.syncing = false;
+            if let Some(synced_end) = synced {
+                state.durable_end = synced_end;
+            }
+            self.commit_done.notify_all();
+        }
+    }
+
+    /// Syncs everything appended so far and publishes the pending records it
+    /// covers. Returns the durable end, or `None` if the sync failed.
+    fn sync_and_publish(&self) -> Option<u64> {
+        let target = lock(&self.writer).end;
+        if let Err(err) = self.file.sync() {
+            self.enter_read_only(&format!("fdatasync of the log failed: {err}"));
+            return None;
+        }
+        let mut writer = lock(&self.writer);
+        let covered = writer.pending.partition_point(|p| p.end <= target);
+        let mut index = write(&self.index);
+        for pending in writer.pending.drain(..covered) {
+            apply(&mut index, &pending.key, pending.location);
+        }
+        Some(target)
+    }
+
+    fn enter_read_only(&self, reason: &str) {
+        self.read_only.store(true, Ordering::SeqCst);
+        log::error!(
+            "{reason}. The node is now READ-ONLY: writes are refused with 503, reads still work. \
+             Check the disk (dmesg, free space), then restart the node; writes acknowledged \
+             before this point are safe."
+        );
+    }
+}
+
+fn sync_periodically(store: &Weak<Store>, period: Duration) {
+    loop {
+        thread::sleep(period);
+        let Some(store) = store.upgrade() else { return };
+        if store.is_read_only() {
+            return;
+        }
+        if let Err(err) = store.file.sync() {
+            store.enter_read_only(&format!("periodic fdatasync of the log failed: {err}"));
+            return;
+        }
+    }
+}
+
+fn apply(index: &mut Index, key: &[u8], location: Option<Location>) {
+    match location {
+        Some(location) => index.insert(key, location),
+        None => index.remove(key),
+    }
+}
+
+/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is
+/// before 1970, as on a board without RTC that has not synced yet).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (no
+/// critical section here leaves the data half-updated when it panics).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::{encode_file_header, RecordMeta, FILE_HEADER_LEN};
+    use crate::store::testing::MemFile;
+
+    fn empty_store(sync: SyncMode) -> (Arc<MemFile>, Arc<Store>) {
+        let file = Arc::new(MemFile::with_bytes(&encode_file_header(0)));
+        let recovered = Recovered {
+            index: Index::default(),
+            end: FILE_HEADER_LEN as u64,
+            next_sequence: 1,
+            dir_lock: None,
+        };
+        let store = Store::new(file.clone(), recovered, sync);
+        (file, store)
+    }
+
+    fn put(store: &Store, key: &str, value: &[u8]) -> Result<WriteOutcome, StoreError> {
+        let mut buf = Vec::new();
+        let meta = RecordMeta {
+            kind: RecordKind::Put,
+            key: key.as_bytes(),
+            content_type: b"text/plain",
+            expires_at_ms: 0,
+        };
+        RecordBuilder::begin(&mut buf, &meta);
+        buf.extend_from_slice(value);
+        store.put(&mut buf)
+    }
+
+    fn get(store: &Store, key: &str) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        store
+            .get(key.as_bytes(), &mut buf)
+            .unwrap()
+            .map(|v| v.value.to_vec())
+    }
+
+    #[test]
+    fn put_get_delete_round_trip() {
+        let (_, store) = empty_store(SyncMode::Always);
+        assert_eq!(put(&store, "a", b"1").unwrap(), WriteOutcome::Created);
+        assert_eq!(put(&store, "a", b"22").unwrap(), WriteOutcome::Updated);
+        assert_eq!(get(&store, "a").as_deref(), Some(&b"22"[..]));
+        let mut buf = Vec::new();
+        assert!(store.delete(b"a", &mut buf).unwrap());
+        assert!(!store.delete(b"a", &mut buf).unwrap());
+        assert_eq!(get(&store, "a"), None);
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn failed_append_leaves_no_partial_record_and_store_recovers() {
+        let (file, store) = empty_store(SyncMode::Always);
+        put(&store, "kept", b"safe").unwrap();
+        let before = file.contents();
+        file.fail_appends(1);
+        let err = put(&store, "lost", b"this write hits a full disk").unwrap_err();
+        assert!(matches!(err, StoreError::Io(ref e) if e.kind() == io::ErrorKind::StorageFull));
+        assert_eq!(file.contents(), before, "the partial record was cut away");
+        assert_eq!(get(&store, "lost"), None);
+        assert_eq!(get(&store, "kept").as_deref(), Some(&b"safe"[..]));
+        assert_eq!(
+            put(&store, "lost", b"again").unwrap(),
+            WriteOutcome::Created
+        );
+        assert_eq!(get(&store, "lost").as_deref(), Some(&b"again"[..]));
+    }
+
+    #[test]
+    fn failed_sync_makes_the_store_read_only_and_never_publishes() {
+        let (file, store) = empty_store(SyncMode::Always);
+        put(&store, "kept", b"safe").unwrap();
+        file.fail_syncs(1);
+        assert!(matches!(
+            put(&store, "unsynced", b"x"),
+            Err(StoreError::ReadOnly)
+        ));
+        assert!(store.is_read_only());
+        assert_eq!(get(&store, "unsynced"), None, "never served unsynced data");
+        assert!(matches!(
+            put(&store, "later", b"y"),
+            Err(StoreError::ReadOnly)
+        ));
+        let mut buf = Vec::new();
+        assert!(matches!(
+            store.delete(b"kept", &mut buf),
+            Err(StoreError::ReadOnly)
+        ));
+        assert_eq!(get(&store, "kept").as_deref(), Some(&b"safe"[..]));
+    }
+
+    #[test]
+    fn damaged_record_is_never_served() {
+        let (file, store) = empty_store(SyncMode::Never);
+        put(&store, "k", b"precious").unwrap();
+        let mut bytes = file.contents();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        let damaged = Arc::new(MemFile::with_bytes(&bytes));
+        let mut index = Index::default();
+        index.insert(
+            b"k",
+            Location {
+                offset: FILE_HEADER_LEN as u64,
+                len: (bytes.len() - FILE_HEADER_LEN) as u32,
+            },
+        );
+        let recovered = Recovered {
+            index,
+            end: bytes.len() as u64,
+            next_sequence: 2,
+            dir_lock: None,
+        };
+        let store = Store::new(damaged, recovered, SyncMode::Never);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            store.get(b"k", &mut buf),
+            Err(StoreError::Corrupt { offset }) if offset == FILE_HEADER_LEN as u64
+        ));
+    }
+
+    #[test]
+    fn writers_waiting_behind_a_sync_share_the_next_one() {
+        let (file, store) = empty_store(SyncMode::Always);
+        let writers = 16;
+        file.hold_syncs();
+        thread::scope(|scope| {
+            for w in 0..writers {
+                let store = &store;
+                scope.spawn(move || put(store, &format!("w{w}"), b"v").unwrap());
+            }
+            // Wait until every writer has appended: one is stuck in the held
+            // sync, the others queue behind it.
+            // Each record is 40 + key (2-3) + content type (10) + value (1) bytes.
+            while file.contents().len() - FILE_HEADER_LEN < writers * 53 {
+                thread::sleep(Duration::from_millis(1));
+            }
+            file.release_syncs();
+        });
+        // The held sync covers the writers that appended before it started;
+        // every writer queued behind it is covered by a single next sync.
+        let syncs = file.syncs.load(Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&syncs),
+            "{syncs} syncs for {writers} writers"
+        );
+        for w in 0..writers {
+            assert_eq!(get(&store, &format!("w{w}")).as_deref(), Some(&b"v"[..]));
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_increase_with_every_write() {
+        let (_, store) = empty_store(SyncMode::Never);
+        put(&store, "a", b"1").unwrap();
+        put(&store, "b", b"2").unwrap();
+        put(&store, "a", b"3").unwrap();
+        let mut buf = Vec::new();
+        let a = store.get(b"a", &mut buf).unwrap().unwrap().sequence;
+        let mut buf2 = Vec::new();
+        let b = store.get(b"b", &mut buf2).unwrap().unwrap().sequence;
+        assert_eq!((b, a), (2, 3));
+    }
+}

@@ -1,0 +1,27 @@
+//! The storage engine, Bitcask-style.
+//!
+//! * **Log** (`data.log`): an append-only file of CRC-checked records, one per
+//!   put or delete, in write order. Byte layout and format version: [`record`].
+//! * **Index** (the keydir, in memory): live key → offset and length of its
+//!   latest record. Values stay on disk and are read with one positional read,
+//!   then CRC-checked before they are served. See [`index`].
+//! * **Recovery**: at open the log is scanned and verified; a torn tail is cut,
+//!   damage in the middle stops the node. See [`scan`].
+//! * **Durability**: group-committed fdatasync, and what happens when the disk
+//!   fails. See [`engine`].
+//! * **Disk access**: only through the [`file::LogFile`] trait, so tests can
+//!   put a failing disk underneath.
+//! * **Directory**: lock file, log file, torn tails kept aside. See
+//!   [`directory`].
+
+pub mod directory;
+pub mod engine;
+pub mod file;
+pub mod index;
+pub mod record;
+pub mod scan;
+#[cfg(test)]
+pub mod testing;
+
+pub use directory::{check, open};
+pub use engine::{Store, StoreError, StoredValue, SyncMode, WriteOutcome};

@@ -1,0 +1,112 @@
+//! Test doubles for the disk: an in-memory [`LogFile`] that can be told to
+//! fail its next appends or syncs, so every error path of the engine can be
+//! exercised on purpose.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use super::file::LogFile;
+
+/// An in-memory log file with injectable failures.
+#[derive(Default)]
+pub struct MemFile {
+    bytes: Mutex<Vec<u8>>,
+    /// The next this-many appends fail with ENOSPC after writing half their bytes.
+    failing_appends: AtomicU32,
+    /// The next this-many syncs fail with EIO.
+    failing_syncs: AtomicU32,
+    /// While true, syncs wait (to line up concurrent writers behind one).
+    syncs_held: Mutex<bool>,
+    syncs_released: Condvar,
+    /// Number of successful syncs so far.
+    pub syncs: AtomicUsize,
+}
+
+impl MemFile {
+    /// A file holding `bytes`.
+    pub fn with_bytes(bytes: &[u8]) -> Self {
+        Self {
+            bytes: Mutex::new(bytes.to_vec()),
+            ..Self::default()
+        }
+    }
+
+    /// Copy of the current contents.
+    pub fn contents(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap().clone()
+    }
+
+    /// Makes the next `count` appends fail as a full disk does: part of the
+    /// data lands, then ENOSPC.
+    pub fn fail_appends(&self, count: u32) {
+        self.failing_appends.store(count, Ordering::SeqCst);
+    }
+
+    /// Makes the next `count` syncs fail with EIO.
+    pub fn fail_syncs(&self, count: u32) {
+        self.failing_syncs.store(count, Ordering::SeqCst);
+    }
+
+    /// Makes syncs block until [`release_syncs`](Self::release_syncs).
+    pub fn hold_syncs(&self) {
+        *self.syncs_held.lock().unwrap() = true;
+    }
+
+    /// Lets held syncs proceed.
+    pub fn release_syncs(&self) {
+        *self.syncs_held.lock().unwrap() = false;
+        self.syncs_released.notify_all();
+    }
+
+    fn take_failure(counter: &AtomicU32) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+impl LogFile for MemFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let bytes = self.bytes.lock().unwrap();
+        let start = offset as usize;
+        let source = bytes
+            .get(start..start + buf.len())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(source);
+        Ok(())
+    }
+
+    fn append(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut bytes = self.bytes.lock().unwrap();
+        assert_eq!(offset, bytes.len() as u64, "appends go at the end");
+        if Self::take_failure(&self.failing_appends) {
+            bytes.extend_from_slice(&data[..data.len() / 2]);
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut held = self.syncs_held.lock().unwrap();
+        while *held {
+            held = self.syncs_released.wait(held).unwrap();
+        }
+        drop(held);
+        if Self::take_failure(&self.failing_syncs) {
+            return Err(io::Error::other("injected fsync failure (EIO)"));
+        }
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.bytes.lock().unwrap().len() as u64)
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.bytes.lock().unwrap().truncate(len as usize);
+        Ok(())
+    }
+}
