@@ -77,6 +77,16 @@ pub enum SyncSetting {
     Never,
 }
 
+impl fmt::Display for SyncSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Always => "always",
+            Self::Interval => "interval",
+            Self::Never => "never",
+        })
+    }
+}
+
 /// `storage:` — storage engine settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
