@@ -66,10 +66,14 @@ where
     fn drop(&mut self) {
         let mut remaining_to_read = self.size;
 
+        // Lucid patch: drain through a fixed buffer. Upstream allocated
+        // `vec![0; remaining_to_read]`, as large as the client's declared
+        // Content-Length, which a hostile client sets to anything.
+        let mut buf = [0u8; 8192];
         while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
+            let want = remaining_to_read.min(buf.len());
 
-            match self.reader.read(&mut buf) {
+            match self.reader.read(&mut buf[..want]) {
                 Err(e) => {
                     self.last_read_signal.send(Err(e)).ok();
                     break;

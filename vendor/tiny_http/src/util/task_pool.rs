@@ -69,7 +69,13 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // Lucid patch: each waiting thread takes one queued task, so a new
+        // task needs a new thread unless more threads wait than tasks are
+        // already queued for them. (Upstream compared the waiting count with
+        // zero: a burst of connections was queued behind a few threads that
+        // each then served a keep-alive connection for its whole life, and
+        // the rest starved until one of those closed.)
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
