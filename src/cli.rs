@@ -26,6 +26,8 @@ pub enum Command {
     Server(ServerArgs),
     /// `lucid check`
     Check(CheckArgs),
+    /// `lucid compact`
+    Compact(CompactArgs),
 }
 
 /// Write a commented configuration file (to --config, or ./lucid.yml).
@@ -47,3 +49,9 @@ pub struct ServerArgs {}
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "check")]
 pub struct CheckArgs {}
+
+/// Compact the data directory offline: rewrite the log with only live
+/// records. If a server is running on the directory, it is left alone.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "compact")]
+pub struct CompactArgs {}

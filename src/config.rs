@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::store::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
-use crate::store::SyncMode;
+use crate::store::{CompactionPolicy, SyncMode};
 
 /// The documented sample configuration, written by `lucid init`. Every value
 /// in it is the built-in default (a unit test holds them equal).
@@ -20,13 +20,15 @@ pub const SAMPLE: &str = include_str!("../lucid.yml");
 pub const DEFAULT_PATH: &str = "lucid.yml";
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Network settings.
     pub general: General,
     /// Storage engine settings.
     pub storage: Storage,
+    /// Background compaction settings.
+    pub compaction: Compaction,
     /// Log output settings.
     pub logging: Logging,
 }
@@ -124,6 +126,39 @@ impl Storage {
                 SyncMode::Interval(Duration::from_millis(self.sync_interval_ms))
             }
             SyncSetting::Never => SyncMode::Never,
+        }
+    }
+}
+
+/// `compaction:` — when the log is rewritten in the background.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Compaction {
+    /// Compact when dead bytes exceed this share of the log (0 < r <= 1)...
+    pub dead_ratio: f64,
+    /// ...and are at least this many bytes.
+    pub min_dead_bytes: u64,
+    /// Also compact every this many seconds; 0 = only by the rule above.
+    pub interval: u64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Self {
+            dead_ratio: 0.5,
+            min_dead_bytes: 16 * 1024 * 1024,
+            interval: 0,
+        }
+    }
+}
+
+impl Compaction {
+    /// The engine's policy for these settings.
+    pub fn policy(&self) -> CompactionPolicy {
+        CompactionPolicy {
+            dead_ratio: self.dead_ratio,
+            min_dead_bytes: self.min_dead_bytes,
+            interval: (self.interval > 0).then(|| Duration::from_secs(self.interval)),
         }
     }
 }
@@ -257,6 +292,12 @@ impl Config {
         if storage.sync_interval_ms == 0 {
             return Err("storage.sync_interval_ms must be at least 1".into());
         }
+        let ratio = self.compaction.dead_ratio;
+        if !(ratio > 0.0 && ratio <= 1.0) {
+            return Err(format!(
+                "compaction.dead_ratio must be above 0 and at most 1, not {ratio}"
+            ));
+        }
         if storage.directory.as_os_str().is_empty() {
             return Err("storage.directory must not be empty".into());
         }
@@ -306,6 +347,17 @@ mod tests {
         assert!(err.contains("storage.sync_interval_ms"), "{err}");
         let err = Config::parse("general:\n  bind_address: not-an-ip\n").unwrap_err();
         assert!(err.contains("bind_address"), "{err}");
+    }
+
+    #[test]
+    fn compaction_settings_become_a_policy() {
+        let config = Config::parse("compaction:\n  dead_ratio: 0.25\n  interval: 60\n").unwrap();
+        let policy = config.compaction.policy();
+        assert_eq!(policy.dead_ratio, 0.25);
+        assert_eq!(policy.interval, Some(Duration::from_secs(60)));
+        assert_eq!(Config::default().compaction.policy().interval, None);
+        let err = Config::parse("compaction:\n  dead_ratio: 1.5\n").unwrap_err();
+        assert!(err.contains("compaction.dead_ratio"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         cli::Command::Init(init) => commands::init::run(config, init.force),
         cli::Command::Server(_) => commands::server::run(config),
         cli::Command::Check(_) => commands::check::run(config),
+        cli::Command::Compact(_) => commands::compact::run(config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! tells the user what went wrong and what to do next.
 
 pub mod check;
+pub mod compact;
 pub mod init;
 pub mod server;
 

@@ -13,6 +13,7 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     logging::init(config.logging.level)?;
     let storage = &config.storage;
     let (store, report) = store::open(&storage.directory, storage.sync_mode())?;
+    store::spawn_compactor(&store, config.compaction.policy());
     let server = HttpServer::bind(&config.general)?;
     let addr = server
         .local_addr()

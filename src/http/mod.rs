@@ -5,6 +5,7 @@
 //! A panic while handling a request is caught: the client gets a 500 JSON
 //! message, the panic is logged, and the worker goes on.
 
+mod admin;
 mod kv;
 mod reply;
 mod route;
@@ -117,6 +118,8 @@ fn worker(server: &Server, ctx: &Context) {
         let bufs_ref = &mut bufs;
         let reply = catch_panic(|| match route::route(&url) {
             Route::Kv { raw_key } => kv::handle(ctx, bufs_ref, &mut request, raw_key),
+            Route::AdminStats => admin::stats(ctx, &request),
+            Route::AdminCompact => admin::compact(ctx, &request),
             Route::Unknown => {
                 Reply::message(404, "No such resource. The API lives under /api/kv/{key}.")
             }

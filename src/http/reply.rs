@@ -60,6 +60,16 @@ impl Reply<'_> {
         }
     }
 
+    /// Any serialisable document as JSON.
+    pub fn document(status: u16, document: &impl serde::Serialize) -> Self {
+        let body = serde_json::to_string(document).expect("serialisable document");
+        Self::Json {
+            status,
+            body: Cow::Owned(body),
+            allow: None,
+        }
+    }
+
     /// `405` naming the methods the resource accepts.
     pub fn method_not_allowed(allow: &'static str) -> Self {
         let body = format!(r#"{{"message":"This resource accepts only {allow}."}}"#);

@@ -11,6 +11,10 @@ pub enum Route<'u> {
         /// Everything after `/api/kv/`, up to the query string.
         raw_key: &'u str,
     },
+    /// `/api/admin/stats`: store size and compaction figures.
+    AdminStats,
+    /// `/api/admin/compact`: run a compaction now.
+    AdminCompact,
     /// Nothing here.
     Unknown,
 }
@@ -18,9 +22,13 @@ pub enum Route<'u> {
 /// Maps a request target (path and optional query) to a route.
 pub fn route(url: &str) -> Route<'_> {
     let path = url.split_once('?').map_or(url, |(path, _query)| path);
-    match path.strip_prefix(KV_PREFIX) {
-        Some(raw_key) => Route::Kv { raw_key },
-        None => Route::Unknown,
+    if let Some(raw_key) = path.strip_prefix(KV_PREFIX) {
+        return Route::Kv { raw_key };
+    }
+    match path {
+        "/api/admin/stats" => Route::AdminStats,
+        "/api/admin/compact" => Route::AdminCompact,
+        _ => Route::Unknown,
     }
 }
 
@@ -98,6 +106,9 @@ mod tests {
         assert_eq!(route("/api/kv"), Route::Unknown);
         assert_eq!(route("/"), Route::Unknown);
         assert_eq!(route("/api/kvx/a"), Route::Unknown);
+        assert_eq!(route("/api/admin/stats"), Route::AdminStats);
+        assert_eq!(route("/api/admin/compact?x"), Route::AdminCompact);
+        assert_eq!(route("/api/admin/other"), Route::Unknown);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! <dir>/LOCK               held (flock) by the one process using the directory
 //! <dir>/data.log           the append-only log (see `record` for its layout)
 //! <dir>/data.log.torn-N    a torn tail cut from the log at offset N, kept aside
+//! <dir>/data.log.compact   the new log while compaction writes it
 //! ```
 
 use std::fmt;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::compaction::COMPACT_FILE;
 use super::engine::{Recovered, Store, SyncMode};
 use super::file::{DiskFile, LogFile};
 use super::index::{Index, Location};
@@ -103,6 +105,7 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
     let started = Instant::now();
     fs::create_dir_all(dir).map_err(io_error("create data directory", dir))?;
     let lock = lock_dir(dir)?;
+    remove_unfinished_compaction(dir)?;
     let path = dir.join(LOG_FILE);
     let (file, created) = open_log(&path)?;
     if created {
@@ -124,7 +127,7 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
         index,
         end: summary.good_end,
         next_sequence: base_sequence.max(summary.max_sequence) + 1,
-        dir_lock: Some(lock),
+        dir: Some((dir.to_path_buf(), lock)),
     };
     let store = Store::new(Arc::new(file), recovered, sync);
     Ok((store, report))
@@ -208,6 +211,27 @@ fn lock_dir(dir: &Path) -> Result<File, OpenError> {
     }
 }
 
+/// Deletes the new log of a compaction that a crash interrupted before its
+/// rename: the old log, still in place, holds everything.
+fn remove_unfinished_compaction(dir: &Path) -> Result<(), OpenError> {
+    let leftover = dir.join(COMPACT_FILE);
+    match fs::remove_file(&leftover) {
+        Ok(()) => {
+            log::warn!(
+                "removed {} left by an interrupted compaction (the log was not changed by it)",
+                leftover.display()
+            );
+            Ok(())
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(OpenError::Io {
+            action: "remove",
+            path: leftover,
+            source,
+        }),
+    }
+}
+
 /// Opens the log, reporting whether it is new (empty).
 fn open_log(path: &Path) -> Result<(DiskFile, bool), OpenError> {
     let file = OpenOptions::new()
@@ -234,7 +258,7 @@ fn initialise_log(file: &DiskFile, dir: &Path, path: &Path) -> Result<(), OpenEr
     file.append(0, &encode_file_header(0))
         .and_then(|()| file.sync())
         .map_err(io_error("initialise", path))?;
-    sync_dir(dir)
+    sync_dir(dir).map_err(io_error("sync", dir))
 }
 
 fn read_base_sequence(file: &dyn LogFile, path: &Path) -> Result<u64, OpenError> {
@@ -264,10 +288,9 @@ fn cut_torn_tail(file: &DiskFile, path: &Path, offset: u64, len: u64) -> Result<
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<(), OpenError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("sync", dir))
+/// fsyncs a directory, making renames and new files in it durable.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError {

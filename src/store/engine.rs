@@ -28,6 +28,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::thread;
@@ -100,6 +101,10 @@ pub struct StoredValue<'a> {
     pub sequence: u64,
 }
 
+/// A test's callback for compaction steps.
+#[cfg(test)]
+pub(super) type StepHook = Box<dyn FnMut(super::compaction::Step) + Send>;
+
 /// State recovered from the log at open.
 pub struct Recovered {
     /// The live keys.
@@ -108,23 +113,29 @@ pub struct Recovered {
     pub end: u64,
     /// Sequence number for the next write.
     pub next_sequence: u64,
-    /// The data directory's lock, held as long as the store lives.
-    pub dir_lock: Option<File>,
+    /// The data directory, and its lock, held as long as the store lives.
+    pub dir: Option<(PathBuf, File)>,
 }
 
 /// A record appended but not yet covered by an fsync (sync mode `always`).
-struct Pending {
-    key: Box<[u8]>,
+pub(super) struct Pending {
+    pub(super) key: Box<[u8]>,
     /// `None` for a tombstone.
-    location: Option<Location>,
+    pub(super) location: Option<Location>,
     /// Log offset just past this record.
-    end: u64,
+    pub(super) end: u64,
 }
 
-struct Writer {
-    end: u64,
-    next_sequence: u64,
-    pending: Vec<Pending>,
+/// The append side of the store, behind one lock.
+pub(super) struct Writer {
+    /// The log file appends go to.
+    pub(super) file: Arc<dyn LogFile>,
+    /// Offset where the next record goes.
+    pub(super) end: u64,
+    /// Sequence number of the next record.
+    pub(super) next_sequence: u64,
+    /// Appended records not yet covered by an fsync (`sync: always`).
+    pub(super) pending: Vec<Pending>,
 }
 
 impl Writer {
@@ -139,22 +150,40 @@ impl Writer {
     }
 }
 
-struct CommitState {
+pub(super) struct CommitState {
     /// Every byte of the log below this offset is fsynced and published.
-    durable_end: u64,
-    /// A writer is running fdatasync on behalf of the group.
-    syncing: bool,
+    pub(super) durable_end: u64,
+    /// A writer (or compaction) is running fdatasync on behalf of the group.
+    pub(super) syncing: bool,
+}
+
+/// What readers look at: the index and the log file its offsets point into.
+/// Compaction swaps both at once, so a reader always gets a matching pair.
+pub(super) struct Keydir {
+    pub(super) index: Index,
+    pub(super) file: Arc<dyn LogFile>,
 }
 
 /// The key-value store over one log file.
 pub struct Store {
-    file: Arc<dyn LogFile>,
-    index: RwLock<Index>,
-    writer: Mutex<Writer>,
-    commit: Mutex<CommitState>,
-    commit_done: Condvar,
+    pub(super) keydir: RwLock<Keydir>,
+    pub(super) writer: Mutex<Writer>,
+    pub(super) commit: Mutex<CommitState>,
+    pub(super) commit_done: Condvar,
     sync: SyncMode,
     read_only: AtomicBool,
+    /// The data directory (absent for stores over an in-memory test file).
+    pub(super) dir: Option<PathBuf>,
+    /// Held while a compaction runs.
+    pub(super) compaction: Mutex<()>,
+    /// Compactions since start.
+    pub(super) compactions: std::sync::atomic::AtomicU64,
+    /// The most recent compaction.
+    pub(super) last_compaction: Mutex<Option<super::compaction::LastCompaction>>,
+    /// Test builds: called at each compaction step, to crash there or to
+    /// write while compaction runs.
+    #[cfg(test)]
+    pub(super) step_hook: Mutex<Option<StepHook>>,
     _dir_lock: Option<File>,
 }
 
@@ -163,10 +192,14 @@ impl Store {
     /// With [`SyncMode::Interval`] a background thread syncs the file until
     /// the store is dropped.
     pub fn new(file: Arc<dyn LogFile>, recovered: Recovered, sync: SyncMode) -> Arc<Self> {
+        let (dir, dir_lock) = recovered.dir.unzip();
         let store = Arc::new(Self {
-            file,
-            index: RwLock::new(recovered.index),
+            keydir: RwLock::new(Keydir {
+                index: recovered.index,
+                file: Arc::clone(&file),
+            }),
             writer: Mutex::new(Writer {
+                file,
                 end: recovered.end,
                 next_sequence: recovered.next_sequence,
                 pending: Vec::new(),
@@ -178,7 +211,13 @@ impl Store {
             commit_done: Condvar::new(),
             sync,
             read_only: AtomicBool::new(false),
-            _dir_lock: recovered.dir_lock,
+            dir,
+            compaction: Mutex::new(()),
+            compactions: std::sync::atomic::AtomicU64::new(0),
+            last_compaction: Mutex::new(None),
+            #[cfg(test)]
+            step_hook: Mutex::new(None),
+            _dir_lock: dir_lock,
         });
         if let SyncMode::Interval(period) = sync {
             let weak = Arc::downgrade(&store);
@@ -193,7 +232,7 @@ impl Store {
     /// Number of live keys.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        read(&self.index).len()
+        read(&self.keydir).index.len()
     }
 
     /// Whether the store refuses writes after a failed fsync.
@@ -209,13 +248,15 @@ impl Store {
         key: &[u8],
         buf: &'b mut Vec<u8>,
     ) -> Result<Option<StoredValue<'b>>, StoreError> {
-        let Some(location) = read(&self.index).get(key) else {
-            return Ok(None);
+        let (location, file) = {
+            let keydir = read(&self.keydir);
+            let Some(location) = keydir.index.get(key) else {
+                return Ok(None);
+            };
+            (location, Arc::clone(&keydir.file))
         };
         buf.resize(location.len as usize, 0);
-        self.file
-            .read_at(buf, location.offset)
-            .map_err(StoreError::Io)?;
+        file.read_at(buf, location.offset).map_err(StoreError::Io)?;
         let corrupt = || {
             log::error!(
                 "record at offset {} failed its integrity check and was not served; run `lucid check`",
@@ -273,14 +314,14 @@ impl Store {
             let key = RecordBuilder::key(record);
             let existed = writer
                 .pending_exists(key)
-                .unwrap_or_else(|| read(&self.index).contains(key));
+                .unwrap_or_else(|| read(&self.keydir).index.contains(key));
             if kind == RecordKind::Delete && !existed {
                 return Ok(None);
             }
             RecordBuilder::seal(record, writer.next_sequence, now_ms());
             let offset = writer.end;
-            if let Err(err) = self.file.append(offset, record) {
-                self.undo_append(offset, &err);
+            if let Err(err) = writer.file.append(offset, record) {
+                self.undo_append(&*writer.file, offset, &err);
                 return Err(StoreError::Io(err));
             }
             writer.next_sequence += 1;
@@ -298,7 +339,7 @@ impl Store {
                     end,
                 });
             } else {
-                apply(&mut write(&self.index), key, location);
+                apply(&mut write(&self.keydir).index, key, location);
             }
             (existed, writer.end)
         };
@@ -311,9 +352,9 @@ impl Store {
     /// Cuts the log back to `offset` after a failed append so no partial
     /// record stays behind. If even that fails, the tail is unknown: the
     /// store goes read-only (recovery at the next start will cut it).
-    fn undo_append(&self, offset: u64, err: &io::Error) {
+    fn undo_append(&self, file: &dyn LogFile, offset: u64, err: &io::Error) {
         log::warn!("append at offset {offset} failed ({err}); cutting the log back");
-        if let Err(truncate_err) = self.file.truncate(offset) {
+        if let Err(truncate_err) = file.truncate(offset) {
             self.enter_read_only(&format!(
                 "could not cut the log back to {offset} after a failed append: {truncate_err}"
             ));
@@ -353,21 +394,66 @@ impl Store {
     /// Syncs everything appended so far and publishes the pending records it
     /// covers. Returns the durable end, or `None` if the sync failed.
     fn sync_and_publish(&self) -> Option<u64> {
-        let target = lock(&self.writer).end;
-        if let Err(err) = self.file.sync() {
+        let (file, target) = {
+            let writer = lock(&self.writer);
+            (Arc::clone(&writer.file), writer.end)
+        };
+        if let Err(err) = file.sync() {
             self.enter_read_only(&format!("fdatasync of the log failed: {err}"));
             return None;
         }
         let mut writer = lock(&self.writer);
-        let covered = writer.pending.partition_point(|p| p.end <= target);
-        let mut index = write(&self.index);
-        for pending in writer.pending.drain(..covered) {
-            apply(&mut index, &pending.key, pending.location);
-        }
+        self.publish(&mut writer, target);
         Some(target)
     }
 
-    fn enter_read_only(&self, reason: &str) {
+    /// Moves the pending records that end at or before `durable_end` into
+    /// the index.
+    pub(super) fn publish(&self, writer: &mut Writer, durable_end: u64) {
+        let covered = writer.pending.partition_point(|p| p.end <= durable_end);
+        let mut keydir = write(&self.keydir);
+        for pending in writer.pending.drain(..covered) {
+            apply(&mut keydir.index, &pending.key, pending.location);
+        }
+    }
+
+    /// Waits until no group sync runs and keeps others from starting, so
+    /// compaction can switch files under the group's feet.
+    pub(super) fn begin_exclusive_sync(&self) {
+        let mut state = lock(&self.commit);
+        while state.syncing {
+            state = self
+                .commit_done
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        state.syncing = true;
+    }
+
+    /// Ends [`begin_exclusive_sync`](Self::begin_exclusive_sync); with
+    /// `Some(end)`, everything up to `end` (in the new file) is durable.
+    pub(super) fn end_exclusive_sync(&self, durable_end: Option<u64>) {
+        let mut state = lock(&self.commit);
+        state.syncing = false;
+        if let Some(end) = durable_end {
+            state.durable_end = end;
+        }
+        self.commit_done.notify_all();
+    }
+
+    /// Marks a compaction step. Test builds call the test's hook, which may
+    /// panic there (unwinding like a process dying, skipping every clean-up)
+    /// or write to the store; otherwise a no-op.
+    pub(super) fn reached(&self, step: super::compaction::Step) {
+        #[cfg(test)]
+        if let Some(hook) = lock(&self.step_hook).as_mut() {
+            hook(step);
+        }
+        #[cfg(not(test))]
+        let _ = step;
+    }
+
+    pub(super) fn enter_read_only(&self, reason: &str) {
         self.read_only.store(true, Ordering::SeqCst);
         log::error!(
             "{reason}. The node is now READ-ONLY: writes are refused with 503, reads still work. \
@@ -384,7 +470,8 @@ fn sync_periodically(store: &Weak<Store>, period: Duration) {
         if store.is_read_only() {
             return;
         }
-        if let Err(err) = store.file.sync() {
+        let file = Arc::clone(&lock(&store.writer).file);
+        if let Err(err) = file.sync() {
             store.enter_read_only(&format!("periodic fdatasync of the log failed: {err}"));
             return;
         }
@@ -408,15 +495,15 @@ pub fn now_ms() -> u64 {
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (no
 /// critical section here leaves the data half-updated when it panics).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -432,7 +519,7 @@ mod tests {
             index: Index::default(),
             end: FILE_HEADER_LEN as u64,
             next_sequence: 1,
-            dir_lock: None,
+            dir: None,
         };
         let store = Store::new(file.clone(), recovered, sync);
         (file, store)
@@ -533,7 +620,7 @@ mod tests {
             index,
             end: bytes.len() as u64,
             next_sequence: 2,
-            dir_lock: None,
+            dir: None,
         };
         let store = Store::new(damaged, recovered, SyncMode::Never);
         let mut buf = Vec::new();

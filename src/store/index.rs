@@ -53,6 +53,20 @@ impl Index {
         }
     }
 
+    /// Locations of all live keys, in key order.
+    pub fn locations(&self) -> impl Iterator<Item = Location> + '_ {
+        self.entries.values().copied()
+    }
+
+    /// Moves every entry to a new offset; `offsets` is in key order, one per
+    /// entry, as [`locations`](Self::locations) listed them.
+    pub fn set_locations(&mut self, offsets: &[u64]) {
+        assert_eq!(offsets.len(), self.entries.len());
+        for (location, &offset) in self.entries.values_mut().zip(offsets) {
+            location.offset = offset;
+        }
+    }
+
     /// Number of live keys.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -11,9 +11,12 @@
 //!   fails. See [`engine`].
 //! * **Disk access**: only through the [`file::LogFile`] trait, so tests can
 //!   put a failing disk underneath.
+//! * **Compaction**: rewriting the log with only live records, crash-safe at
+//!   every step. See [`compaction`].
 //! * **Directory**: lock file, log file, torn tails kept aside. See
 //!   [`directory`].
 
+pub mod compaction;
 pub mod directory;
 pub mod engine;
 pub mod file;
@@ -23,5 +26,6 @@ pub mod scan;
 #[cfg(test)]
 pub mod testing;
 
-pub use directory::{check, open};
+pub use compaction::{spawn_compactor, CompactionError, CompactionPolicy};
+pub use directory::{check, open, OpenError};
 pub use engine::{Store, StoreError, StoredValue, SyncMode, WriteOutcome};

@@ -1,0 +1,42 @@
+//! Handlers of `/api/admin/*`: store statistics and on-demand compaction.
+
+use tiny_http::{Method, Request};
+
+use super::reply::Reply;
+use super::Context;
+use crate::store::CompactionError;
+
+/// `GET /api/admin/stats`: size and compaction figures as JSON.
+pub fn stats<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return Reply::method_not_allowed("GET, HEAD");
+    }
+    Reply::document(200, &ctx.store.stats())
+}
+
+/// `POST /api/admin/compact`: compacts now and answers with what it did
+/// (409 if a compaction is already running).
+pub fn compact<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
+    if request.method() != &Method::Post {
+        return Reply::method_not_allowed("POST");
+    }
+    match ctx.store.compact() {
+        Ok(report) => Reply::document(
+            200,
+            &serde_json::json!({
+                "message": "The log was compacted.",
+                "bytes_before": report.bytes_before,
+                "bytes_after": report.bytes_after,
+                "live_keys": report.live_keys,
+                "duration_ms": report.duration.as_secs_f64() * 1000.0,
+                "writers_paused_ms": report.writers_paused.as_secs_f64() * 1000.0,
+            }),
+        ),
+        Err(CompactionError::Busy) => Reply::message(409, "A compaction is already running."),
+        Err(err @ CompactionError::Unavailable(_)) => Reply::message(503, format!("{err}.")),
+        Err(err) => {
+            log::error!("compaction failed: {err}");
+            Reply::message(500, format!("{err}."))
+        }
+    }
+}

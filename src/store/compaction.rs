@@ -1,0 +1,636 @@
+//! Compaction: rewriting the log with only its live records.
+//!
+//! # Steps
+//!
+//! 1. **Cut.** Note the end of the log. Records before the cut are copied
+//!    selectively; records after it (the *tail*) are copied verbatim later.
+//! 2. **Copy.** Map the old log (memmap2) and write every record before the
+//!    cut that the index still points at to `data.log.compact`, in log order
+//!    (so a newer version is never overwritten by an older one). Each record's
+//!    CRC is verified on the way: damage aborts the compaction rather than
+//!    being copied. Reads and writes go on meanwhile.
+//! 3. **Sync** the new file.
+//! 4. **Switch**, with writers paused: copy the tail, fsync, compute every
+//!    index entry's new offset, rename the new file over `data.log`, fsync
+//!    the directory, then point the index and the writer at the new file
+//!    (readers pause only for that last, in-memory step).
+//!
+//! Tombstones before the cut are dropped: the new log holds no older record
+//! of any key for them to hide. Tombstones in the tail are kept. The new
+//! file's header carries the last sequence number issued, so sequence
+//! numbers never go back even when the newest records were dropped.
+//!
+//! # Crash safety
+//!
+//! Until the rename, `data.log` is the untouched old log and
+//! `data.log.compact` a leftover that [`open`](super::directory::open)
+//! deletes. The new file is complete and fsynced before the rename, and the
+//! rename is atomic, so after a crash at any point `data.log` is either the
+//! old log or the new one, and both hold every acknowledged write and no
+//! deleted key.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memmap2::Mmap;
+
+use super::directory::{sync_dir, LOG_FILE};
+use super::engine::{lock, now_ms, read, write, Store};
+use super::file::{DiskFile, LogFile};
+use super::index::Location;
+use super::record::{encode_file_header, verify, RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+
+/// Name of the new log while compaction writes it.
+pub const COMPACT_FILE: &str = "data.log.compact";
+
+/// When the background compactor runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompactionPolicy {
+    /// Compact when dead bytes are more than this share of the log...
+    pub dead_ratio: f64,
+    /// ...and at least this many.
+    pub min_dead_bytes: u64,
+    /// Also compact this long after the last compaction (or the start).
+    pub interval: Option<Duration>,
+}
+
+impl CompactionPolicy {
+    /// Whether a log with these stats is due for compaction, `since_last`
+    /// after the previous one.
+    pub fn is_due(&self, stats: &StoreStats, since_last: Duration) -> bool {
+        let garbage = stats.dead_bytes >= self.min_dead_bytes
+            && stats.dead_bytes as f64 > self.dead_ratio * stats.log_bytes as f64;
+        let scheduled = self.interval.is_some_and(|every| since_last >= every);
+        !stats.read_only && (garbage || scheduled)
+    }
+}
+
+/// Runs compactions in the background according to `policy`, checking once
+/// a second, until the store is dropped.
+pub fn spawn_compactor(store: &Arc<Store>, policy: CompactionPolicy) {
+    let store = Arc::downgrade(store);
+    let spawned = std::thread::Builder::new()
+        .name("lucid-compactor".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let Some(store) = store.upgrade() else { return };
+                if !policy.is_due(&store.stats(), last.elapsed()) {
+                    continue;
+                }
+                last = Instant::now();
+                match store.compact() {
+                    Ok(report) => log::info!("background compaction: {report}"),
+                    Err(CompactionError::Busy) => {}
+                    Err(err) => log::error!("background compaction failed: {err}"),
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        log::error!("cannot start the background compactor: {err}");
+    }
+}
+
+/// The store's size and compaction figures, as `GET /api/admin/stats` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    /// Live keys.
+    pub keys: usize,
+    /// Size of the log in bytes.
+    pub log_bytes: u64,
+    /// Bytes of live records.
+    pub live_bytes: u64,
+    /// Bytes compaction would reclaim (overwritten and deleted records).
+    pub dead_bytes: u64,
+    /// Whether writes are refused after a disk failure.
+    pub read_only: bool,
+    /// Compactions since the node started.
+    pub compactions: u64,
+    /// The most recent compaction, if any.
+    pub last_compaction: Option<LastCompaction>,
+}
+
+/// The most recent compaction, for stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LastCompaction {
+    /// When it finished, milliseconds since the Unix epoch.
+    pub finished_at_ms: u64,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// How long writers were paused for the switch.
+    pub writers_paused_ms: u64,
+    /// Log size before.
+    pub bytes_before: u64,
+    /// Log size after.
+    pub bytes_after: u64,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Log size before.
+    pub bytes_before: u64,
+    /// Log size after.
+    pub bytes_after: u64,
+    /// Live keys in the new log.
+    pub live_keys: usize,
+    /// Total time taken.
+    pub duration: Duration,
+    /// How long writers were paused for the switch.
+    pub writers_paused: Duration,
+}
+
+impl std::fmt::Display for CompactionReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} -> {} bytes, {} live keys, {:.1} ms (writers paused {:.1} ms)",
+            self.bytes_before,
+            self.bytes_after,
+            self.live_keys,
+            self.duration.as_secs_f64() * 1000.0,
+            self.writers_paused.as_secs_f64() * 1000.0
+        )
+    }
+}
+
+/// Why a compaction did not happen.
+#[derive(Debug)]
+pub enum CompactionError {
+    /// Another compaction is running.
+    Busy,
+    /// The store has no data directory (an in-memory test store), or is read-only.
+    Unavailable(&'static str),
+    /// The old log has a damaged record at this offset; nothing was changed.
+    Corrupt(u64),
+    /// The filesystem failed; the old log is still in place.
+    Io(io::Error),
+}
+
+impl std::error::Error for CompactionError {}
+
+impl std::fmt::Display for CompactionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Busy => f.write_str("a compaction is already running"),
+            Self::Unavailable(why) => f.write_str(why),
+            Self::Corrupt(offset) => write!(
+                f,
+                "the log has a damaged record at offset {offset}; compaction stopped without \
+                 changing anything. Run `lucid check`"
+            ),
+            Self::Io(err) => write!(f, "compaction failed, the old log is unchanged: {err}"),
+        }
+    }
+}
+
+impl From<io::Error> for CompactionError {
+    fn from(err: io::Error) -> Self {
+        Self::Io(err)
+    }
+}
+
+/// Points of a compaction where tests simulate a crash (see
+/// [`Store::reached`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The new file exists, nothing copied yet.
+    Started,
+    /// Live records copied, the new file not yet synced.
+    Copied,
+    /// The new file complete with its tail and synced, not yet renamed.
+    Synced,
+    /// Renamed over `data.log`, the directory not yet synced.
+    Renamed,
+    /// Directory synced, the in-memory switch not yet done.
+    DirSynced,
+}
+
+impl Store {
+    /// Compacts the log (see the module documentation).
+    pub fn compact(&self) -> Result<CompactionReport, CompactionError> {
+        let Some(dir) = self.dir.as_deref() else {
+            return Err(CompactionError::Unavailable(
+                "this store has no data directory",
+            ));
+        };
+        let Ok(_running) = self.compaction.try_lock() else {
+            return Err(CompactionError::Busy);
+        };
+        if self.is_read_only() {
+            return Err(CompactionError::Unavailable(
+                "the node is read-only after a disk failure",
+            ));
+        }
+        let tmp_path = dir.join(COMPACT_FILE);
+        let result = self.copy_and_switch(dir, &tmp_path);
+        match &result {
+            Ok(report) => {
+                *lock(&self.last_compaction) = Some(LastCompaction {
+                    finished_at_ms: now_ms(),
+                    duration_ms: report.duration.as_millis() as u64,
+                    writers_paused_ms: report.writers_paused.as_millis() as u64,
+                    bytes_before: report.bytes_before,
+                    bytes_after: report.bytes_after,
+                });
+            }
+            // Never leave a half-written new log behind (open would remove
+            // it anyway); the old log was not touched.
+            Err(_) => {
+                let _ = fs::remove_file(&tmp_path);
+            }
+        }
+        result
+    }
+
+    /// Current size and compaction figures.
+    pub fn stats(&self) -> StoreStats {
+        let log_bytes = lock(&self.writer).end;
+        let (keys, live_bytes) = {
+            let keydir = read(&self.keydir);
+            (keydir.index.len(), keydir.index.live_bytes())
+        };
+        let last_compaction = *lock(&self.last_compaction);
+        StoreStats {
+            keys,
+            log_bytes,
+            live_bytes,
+            dead_bytes: log_bytes.saturating_sub(FILE_HEADER_LEN as u64 + live_bytes),
+            read_only: self.is_read_only(),
+            compactions: self.compactions.load(std::sync::atomic::Ordering::Relaxed),
+            last_compaction,
+        }
+    }
+
+    fn copy_and_switch(
+        &self,
+        dir: &Path,
+        tmp_path: &Path,
+    ) -> Result<CompactionReport, CompactionError> {
+        let started = Instant::now();
+        let (cut, base_sequence) = {
+            let writer = lock(&self.writer);
+            (writer.end, writer.next_sequence - 1)
+        };
+        let log_path = dir.join(LOG_FILE);
+        let old = File::open(&log_path)?;
+        // SAFETY: the log is append-only and this process holds the
+        // directory lock; the mapped range below the cut is never modified
+        // or truncated while the mapping lives.
+        let map = unsafe { Mmap::map(&old)? };
+        let live = map
+            .get(..cut as usize)
+            .ok_or_else(|| io::Error::other("the log is shorter than the store's end offset"))?;
+        let mut new_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp_path)?;
+        self.reached(Step::Started);
+        let relocations = copy_live_records(self, live, &mut new_file, base_sequence)?;
+        self.reached(Step::Copied);
+        new_file.sync_data()?;
+
+        // Switch. Take the group-commit role so no other sync runs, then
+        // pause writers.
+        self.begin_exclusive_sync();
+        let paused = Instant::now();
+        let mut writer = lock(&self.writer);
+        let outcome = (|| {
+            let tail_start = new_file.metadata()?.len();
+            copy_tail(&*writer.file, cut, writer.end, &mut new_file)?;
+            new_file.sync_data()?;
+            let new_locations = relocate(&read(&self.keydir).index, &relocations, cut, tail_start)?;
+            self.reached(Step::Synced);
+            fs::rename(tmp_path, &log_path)?;
+            self.reached(Step::Renamed);
+            sync_dir(dir)?;
+            self.reached(Step::DirSynced);
+            Ok((tail_start, new_locations))
+        })();
+        let (tail_start, new_locations) = match outcome {
+            Ok(done) => done,
+            Err(err) => {
+                drop(writer);
+                self.end_exclusive_sync(None);
+                return Err(err);
+            }
+        };
+        let new_file: Arc<dyn LogFile> = Arc::new(DiskFile::new(new_file));
+        let shift = |offset: u64| offset - cut + tail_start;
+        let new_end = shift(writer.end);
+        for pending in &mut writer.pending {
+            pending.end = shift(pending.end);
+            if let Some(location) = &mut pending.location {
+                location.offset = shift(location.offset);
+            }
+        }
+        {
+            let mut keydir = write(&self.keydir);
+            keydir.index.set_locations(&new_locations);
+            keydir.file = Arc::clone(&new_file);
+        }
+        writer.file = new_file;
+        writer.end = new_end;
+        // The new file is synced to its end: everything pending is durable.
+        self.publish(&mut writer, new_end);
+        drop(writer);
+        self.end_exclusive_sync(Some(new_end));
+        let writers_paused = paused.elapsed();
+        self.compactions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(CompactionReport {
+            bytes_before: map.len() as u64,
+            bytes_after: new_end,
+            live_keys: read(&self.keydir).index.len(),
+            duration: started.elapsed(),
+            writers_paused,
+        })
+    }
+}
+
+/// Old and new offset of every record copied before the cut, in log order.
+type Relocations = Vec<(u64, u64)>;
+
+/// Writes the file header and every record of `live` (the log below the
+/// cut) that the index still points at to `out`.
+fn copy_live_records(
+    store: &Store,
+    live: &[u8],
+    out: &mut File,
+    base_sequence: u64,
+) -> Result<Relocations, CompactionError> {
+    let mut writer = BufWriter::with_capacity(256 * 1024, out);
+    writer.write_all(&encode_file_header(base_sequence))?;
+    let mut written = FILE_HEADER_LEN as u64;
+    let mut relocations = Vec::new();
+    let mut offset = FILE_HEADER_LEN;
+    while offset < live.len() {
+        let record = live
+            .get(offset..offset + RECORD_HEADER_LEN)
+            .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
+            .and_then(|header| live.get(offset..offset + header.record_len() as usize))
+            .and_then(|bytes| verify(bytes).ok().map(|view| (bytes, view)));
+        let Some((bytes, view)) = record else {
+            return Err(CompactionError::Corrupt(offset as u64));
+        };
+        let location = Location {
+            offset: offset as u64,
+            len: bytes.len() as u32,
+        };
+        if read(&store.keydir).index.get(view.key) == Some(location) {
+            writer.write_all(bytes)?;
+            relocations.push((offset as u64, written));
+            written += bytes.len() as u64;
+        }
+        offset += bytes.len();
+    }
+    writer.flush()?;
+    Ok(relocations)
+}
+
+/// Appends the log's bytes from `cut` to `end` to `out`.
+fn copy_tail(log: &dyn LogFile, cut: u64, end: u64, out: &mut File) -> io::Result<()> {
+    let mut buf = vec![0u8; (end - cut).min(1 << 20) as usize];
+    let mut at = cut;
+    while at < end {
+        let n = (end - at).min(buf.len() as u64) as usize;
+        log.read_at(&mut buf[..n], at)?;
+        out.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// The new offset of every index entry, in index order: entries before the
+/// cut moved to where they were copied, entries in the tail moved with it.
+fn relocate(
+    index: &super::index::Index,
+    relocations: &Relocations,
+    cut: u64,
+    tail_start: u64,
+) -> Result<Vec<u64>, CompactionError> {
+    index
+        .locations()
+        .map(|location| {
+            if location.offset >= cut {
+                return Ok(location.offset - cut + tail_start);
+            }
+            relocations
+                .binary_search_by_key(&location.offset, |&(old, _)| old)
+                .map(|at| relocations[at].1)
+                .map_err(|_| {
+                    CompactionError::Io(io::Error::other(format!(
+                        "internal error: live record at offset {} was not copied",
+                        location.offset
+                    )))
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::engine::SyncMode;
+    use crate::store::open;
+    use crate::store::record::{RecordBuilder, RecordKind, RecordMeta};
+    use std::collections::BTreeMap;
+    use std::panic::{self, AssertUnwindSafe};
+
+    type Model = BTreeMap<String, Vec<u8>>;
+
+    fn put(store: &Store, model: &mut Model, key: &str, value: &[u8]) {
+        let mut buf = Vec::new();
+        let meta = RecordMeta {
+            kind: RecordKind::Put,
+            key: key.as_bytes(),
+            content_type: b"text/plain",
+            expires_at_ms: 0,
+        };
+        RecordBuilder::begin(&mut buf, &meta);
+        buf.extend_from_slice(value);
+        store.put(&mut buf).unwrap();
+        model.insert(key.to_owned(), value.to_vec());
+    }
+
+    fn delete(store: &Store, model: &mut Model, key: &str) {
+        assert!(store.delete(key.as_bytes(), &mut Vec::new()).unwrap());
+        model.remove(key);
+    }
+
+    /// 50 keys overwritten 5 times, every fifth deleted.
+    fn churn(store: &Store, model: &mut Model) {
+        for round in 0..5 {
+            for k in 0..50 {
+                put(
+                    store,
+                    model,
+                    &format!("key-{k}"),
+                    format!("round {round} of key {k}").as_bytes(),
+                );
+            }
+        }
+        for k in (0..50).step_by(5) {
+            delete(store, model, &format!("key-{k}"));
+        }
+    }
+
+    fn assert_matches(store: &Store, model: &Model) {
+        assert_eq!(store.len(), model.len());
+        for (key, value) in model {
+            let mut buf = Vec::new();
+            let got = store.get(key.as_bytes(), &mut buf).unwrap();
+            assert_eq!(got.map(|v| v.value), Some(&value[..]), "key {key}");
+        }
+        for k in (0..50).step_by(5) {
+            let key = format!("key-{k}");
+            if !model.contains_key(&key) {
+                assert!(store
+                    .get(key.as_bytes(), &mut Vec::new())
+                    .unwrap()
+                    .is_none());
+            }
+        }
+    }
+
+    fn log_len(dir: &Path) -> u64 {
+        fs::metadata(dir.join(LOG_FILE)).unwrap().len()
+    }
+
+    #[test]
+    fn compaction_keeps_every_live_value_and_shrinks_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        let before = log_len(dir.path());
+        let report = store.compact().unwrap();
+        assert_eq!(report.bytes_before, before);
+        assert_eq!(report.bytes_after, log_len(dir.path()));
+        assert!(report.bytes_after < before / 4, "{report:?}");
+        assert_eq!(report.live_keys, 40);
+        assert_matches(&store, &model);
+        // Writes go on in the new log, and sequence numbers keep growing.
+        let mut buf = Vec::new();
+        let last = store.get(b"key-49", &mut buf).unwrap().unwrap().sequence;
+        put(&store, &mut model, "key-49", b"after compaction");
+        let mut buf = Vec::new();
+        assert!(store.get(b"key-49", &mut buf).unwrap().unwrap().sequence > last);
+        drop(store);
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        assert_matches(&store, &model);
+        assert!(!dir.path().join(COMPACT_FILE).exists());
+    }
+
+    #[test]
+    fn writes_during_compaction_land_in_the_tail_and_survive() {
+        for sync in [SyncMode::Always, SyncMode::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = open(dir.path(), sync).unwrap();
+            let mut model = Model::new();
+            churn(&store, &mut model);
+            let during = Arc::new(std::sync::Mutex::new(Model::new()));
+            let (hook_store, hook_model) = (Arc::clone(&store), Arc::clone(&during));
+            *lock(&store.step_hook) = Some(Box::new(move |step| {
+                if step == Step::Copied {
+                    let mut model = hook_model.lock().unwrap();
+                    put(&hook_store, &mut model, "key-1", b"overwritten in the tail");
+                    put(
+                        &hook_store,
+                        &mut model,
+                        "new-in-tail",
+                        b"created in the tail",
+                    );
+                    assert!(hook_store.delete(b"key-2", &mut Vec::new()).unwrap());
+                    model.insert("deleted".into(), b"key-2".to_vec());
+                }
+            }));
+            store.compact().unwrap();
+            *lock(&store.step_hook) = None;
+            model.insert("key-1".into(), b"overwritten in the tail".to_vec());
+            model.insert("new-in-tail".into(), b"created in the tail".to_vec());
+            model.remove("key-2");
+            assert_matches(&store, &model);
+            assert!(store.get(b"key-2", &mut Vec::new()).unwrap().is_none());
+            // No reference cycle may keep the store alive: drop the hook's clone.
+            drop(store);
+            let (store, _) = open(dir.path(), sync).unwrap();
+            assert_matches(&store, &model);
+            assert!(store.get(b"key-2", &mut Vec::new()).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn a_crash_at_any_step_leaves_a_directory_that_opens_intact() {
+        for step in [
+            Step::Started,
+            Step::Copied,
+            Step::Synced,
+            Step::Renamed,
+            Step::DirSynced,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+            let mut model = Model::new();
+            churn(&store, &mut model);
+            *lock(&store.step_hook) = Some(Box::new(move |at| {
+                if at == step {
+                    panic!("simulated crash at {at:?}");
+                }
+            }));
+            let crashed = panic::catch_unwind(AssertUnwindSafe(|| store.compact()));
+            assert!(crashed.is_err(), "no crash at {step:?}");
+            drop(store);
+            let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+            assert_matches(&store, &model);
+            assert!(
+                !dir.path().join(COMPACT_FILE).exists(),
+                "leftover after {step:?}"
+            );
+            // The recovered store compacts and writes normally.
+            store.compact().unwrap();
+            put(&store, &mut model, "after", b"crash");
+            assert_matches(&store, &model);
+        }
+    }
+
+    #[test]
+    fn damage_stops_compaction_without_touching_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        let log_path = dir.path().join(LOG_FILE);
+        let mut bytes = fs::read(&log_path).unwrap();
+        bytes[FILE_HEADER_LEN + RECORD_HEADER_LEN + 2] ^= 0xff; // inside the first record
+        fs::write(&log_path, &bytes).unwrap();
+        assert!(matches!(store.compact(), Err(CompactionError::Corrupt(32))));
+        assert_eq!(fs::read(&log_path).unwrap(), bytes);
+        assert!(!dir.path().join(COMPACT_FILE).exists());
+    }
+
+    #[test]
+    fn only_one_compaction_runs_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), SyncMode::Never).unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        let inner = Arc::clone(&store);
+        let nested = Arc::new(std::sync::Mutex::new(None));
+        let seen = Arc::clone(&nested);
+        *lock(&store.step_hook) = Some(Box::new(move |step| {
+            if step == Step::Started {
+                *seen.lock().unwrap() = Some(matches!(inner.compact(), Err(CompactionError::Busy)));
+            }
+        }));
+        store.compact().unwrap();
+        *lock(&store.step_hook) = None;
+        assert_eq!(*nested.lock().unwrap(), Some(true));
+    }
+}
