@@ -19,10 +19,11 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         .local_addr()
         .ok_or("the server is not bound to an IP address")?;
     log::info!(
-        "lucid {} listening on http://{addr} (config: {source}; data: {}; {} keys from {} records, recovered in {:.1} ms; sync: {}; {} threads)",
+        "lucid {} listening on http://{addr} (config: {source}; data: {}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} threads)",
         env!("CARGO_PKG_VERSION"),
         storage.directory.display(),
         report.keys,
+        report.hint_keys.unwrap_or(0),
         report.records,
         report.elapsed.as_secs_f64() * 1000.0,
         storage.sync,

@@ -41,7 +41,7 @@ use super::directory::{sync_dir, LOG_FILE};
 use super::engine::{lock, now_ms, read, write, Store};
 use super::file::{DiskFile, LogFile};
 use super::index::Location;
-use super::record::{encode_file_header, verify, RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+use super::record::{verify, FileHeader, RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 
 /// Name of the new log while compaction writes it.
 pub const COMPACT_FILE: &str = "data.log.compact";
@@ -292,7 +292,8 @@ impl Store {
             .truncate(true)
             .open(tmp_path)?;
         self.reached(Step::Started);
-        let relocations = copy_live_records(self, live, &mut new_file, base_sequence)?;
+        let new_header = FileHeader::new(base_sequence);
+        let relocations = copy_live_records(self, live, &mut new_file, new_header)?;
         self.reached(Step::Copied);
         new_file.sync_data()?;
 
@@ -336,6 +337,7 @@ impl Store {
             keydir.file = Arc::clone(&new_file);
         }
         writer.file = new_file;
+        writer.header = new_header;
         writer.end = new_end;
         // The new file is synced to its end: everything pending is durable.
         self.publish(&mut writer, new_end);
@@ -344,6 +346,11 @@ impl Store {
         let writers_paused = paused.elapsed();
         self.compactions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Without a hint for the new log the next start reads the whole
+        // log: correct, just slower.
+        if let Err(err) = self.write_hint() {
+            log::warn!("could not write the hint file after compaction: {err}");
+        }
         Ok(CompactionReport {
             bytes_before: map.len() as u64,
             bytes_after: new_end,
@@ -363,10 +370,10 @@ fn copy_live_records(
     store: &Store,
     live: &[u8],
     out: &mut File,
-    base_sequence: u64,
+    header: FileHeader,
 ) -> Result<Relocations, CompactionError> {
     let mut writer = BufWriter::with_capacity(256 * 1024, out);
-    writer.write_all(&encode_file_header(base_sequence))?;
+    writer.write_all(&header.encode())?;
     let mut written = FILE_HEADER_LEN as u64;
     let mut relocations = Vec::new();
     let mut offset = FILE_HEADER_LEN;
@@ -439,65 +446,8 @@ mod tests {
     use super::*;
     use crate::store::engine::SyncMode;
     use crate::store::open;
-    use crate::store::record::{RecordBuilder, RecordKind, RecordMeta};
-    use std::collections::BTreeMap;
+    use crate::store::testing::{assert_matches, churn, put, Model};
     use std::panic::{self, AssertUnwindSafe};
-
-    type Model = BTreeMap<String, Vec<u8>>;
-
-    fn put(store: &Store, model: &mut Model, key: &str, value: &[u8]) {
-        let mut buf = Vec::new();
-        let meta = RecordMeta {
-            kind: RecordKind::Put,
-            key: key.as_bytes(),
-            content_type: b"text/plain",
-            expires_at_ms: 0,
-        };
-        RecordBuilder::begin(&mut buf, &meta);
-        buf.extend_from_slice(value);
-        store.put(&mut buf).unwrap();
-        model.insert(key.to_owned(), value.to_vec());
-    }
-
-    fn delete(store: &Store, model: &mut Model, key: &str) {
-        assert!(store.delete(key.as_bytes(), &mut Vec::new()).unwrap());
-        model.remove(key);
-    }
-
-    /// 50 keys overwritten 5 times, every fifth deleted.
-    fn churn(store: &Store, model: &mut Model) {
-        for round in 0..5 {
-            for k in 0..50 {
-                put(
-                    store,
-                    model,
-                    &format!("key-{k}"),
-                    format!("round {round} of key {k}").as_bytes(),
-                );
-            }
-        }
-        for k in (0..50).step_by(5) {
-            delete(store, model, &format!("key-{k}"));
-        }
-    }
-
-    fn assert_matches(store: &Store, model: &Model) {
-        assert_eq!(store.len(), model.len());
-        for (key, value) in model {
-            let mut buf = Vec::new();
-            let got = store.get(key.as_bytes(), &mut buf).unwrap();
-            assert_eq!(got.map(|v| v.value), Some(&value[..]), "key {key}");
-        }
-        for k in (0..50).step_by(5) {
-            let key = format!("key-{k}");
-            if !model.contains_key(&key) {
-                assert!(store
-                    .get(key.as_bytes(), &mut Vec::new())
-                    .unwrap()
-                    .is_none());
-            }
-        }
-    }
 
     fn log_len(dir: &Path) -> u64 {
         fs::metadata(dir.join(LOG_FILE)).unwrap().len()

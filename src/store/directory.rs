@@ -6,6 +6,7 @@
 //! <dir>/data.log           the append-only log (see `record` for its layout)
 //! <dir>/data.log.torn-N    a torn tail cut from the log at offset N, kept aside
 //! <dir>/data.log.compact   the new log while compaction writes it
+//! <dir>/data.hint          index snapshot for a fast start (see `hint`)
 //! ```
 
 use std::fmt;
@@ -18,11 +19,10 @@ use std::time::{Duration, Instant};
 use super::compaction::COMPACT_FILE;
 use super::engine::{Recovered, Store, SyncMode};
 use super::file::{DiskFile, LogFile};
+use super::hint;
 use super::index::{Index, Location};
-use super::record::{
-    decode_file_header, encode_file_header, FileHeaderError, RecordKind, FILE_HEADER_LEN,
-};
-use super::scan::{scan, Damage, ScanSummary};
+use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
+use super::scan::{scan, Damage, ScanStart, ScanSummary};
 
 /// Name of the log file inside the data directory.
 pub const LOG_FILE: &str = "data.log";
@@ -92,8 +92,10 @@ impl std::error::Error for OpenError {}
 pub struct OpenReport {
     /// Live keys after recovery.
     pub keys: usize,
-    /// Records read.
+    /// Records read from the log.
     pub records: u64,
+    /// Keys loaded from the hint file, if it was used.
+    pub hint_keys: Option<usize>,
     /// Time spent opening and recovering.
     pub elapsed: Duration,
 }
@@ -111,8 +113,41 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
     if created {
         initialise_log(&file, dir, &path)?;
     }
-    let base_sequence = read_base_sequence(&file, &path)?;
-    let (index, summary) = index_log(&file, &path)?;
+    let header = read_header(&file, &path)?;
+    let log_len = file.len().map_err(io_error("read", &path))?;
+    let (mut index, mut summary, mut hint_keys) = (Index::default(), None, None);
+    match hint::load(dir, header, log_len) {
+        Ok(hint) => {
+            let start = ScanStart {
+                offset: hint.coverage.end,
+                max_sequence: hint.coverage.max_sequence,
+            };
+            hint_keys = Some(hint.index.len());
+            index = hint.index;
+            let after_hint = replay(&file, &path, &mut index, start)?;
+            if after_hint.damage.is_some() {
+                // The full scan below is the authority on damage.
+                log::warn!(
+                    "the log after the hint file's coverage is damaged; reading the whole log"
+                );
+                (index, hint_keys) = (Index::default(), None);
+            } else {
+                summary = Some(after_hint);
+            }
+        }
+        Err(hint::Unused::Missing) if log_len <= FILE_HEADER_LEN as u64 => {}
+        Err(hint::Unused::Missing) => {
+            log::warn!("no hint file in {}: reading the whole log", dir.display());
+        }
+        Err(hint::Unused::Rejected(why)) => log::warn!(
+            "ignoring {}: {why}; reading the whole log",
+            dir.join(hint::HINT_FILE).display()
+        ),
+    }
+    let summary = match summary {
+        Some(summary) => summary,
+        None => replay(&file, &path, &mut index, ScanStart::BEGINNING)?,
+    };
     match summary.damage {
         None => {}
         Some(Damage::TornTail { offset, len }) => cut_torn_tail(&file, &path, offset, len)?,
@@ -121,12 +156,14 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
     let report = OpenReport {
         keys: index.len(),
         records: summary.records,
+        hint_keys,
         elapsed: started.elapsed(),
     };
     let recovered = Recovered {
         index,
+        header,
         end: summary.good_end,
-        next_sequence: base_sequence.max(summary.max_sequence) + 1,
+        next_sequence: header.base_sequence.max(summary.max_sequence) + 1,
         dir: Some((dir.to_path_buf(), lock)),
     };
     let store = Store::new(Arc::new(file), recovered, sync);
@@ -163,8 +200,9 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
     }
     let _lock = lock_dir(dir)?;
     let file = DiskFile::new(File::open(&path).map_err(io_error("open", &path))?);
-    read_base_sequence(&file, &path)?;
-    let (index, summary) = index_log(&file, &path)?;
+    read_header(&file, &path)?;
+    let mut index = Index::default();
+    let summary = replay(&file, &path, &mut index, ScanStart::BEGINNING)?;
     Ok(CheckReport {
         log_bytes: file.len().map_err(io_error("read", &path))?,
         path,
@@ -175,10 +213,14 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
     })
 }
 
-/// Reads every good record of the log into an index.
-fn index_log(file: &dyn LogFile, path: &Path) -> Result<(Index, ScanSummary), OpenError> {
-    let mut index = Index::default();
-    let summary = scan(file, |record, offset| match record.header.kind {
+/// Applies every good record of the log from `start` on to `index`.
+fn replay(
+    file: &dyn LogFile,
+    path: &Path,
+    index: &mut Index,
+    start: ScanStart,
+) -> Result<ScanSummary, OpenError> {
+    scan(file, start, |record, offset| match record.header.kind {
         RecordKind::Put => index.insert(
             record.key,
             Location {
@@ -188,8 +230,7 @@ fn index_log(file: &dyn LogFile, path: &Path) -> Result<(Index, ScanSummary), Op
         ),
         RecordKind::Delete => index.remove(record.key),
     })
-    .map_err(io_error("read", path))?;
-    Ok((index, summary))
+    .map_err(io_error("read", path))
 }
 
 fn lock_dir(dir: &Path) -> Result<File, OpenError> {
@@ -255,17 +296,17 @@ fn open_log(path: &Path) -> Result<(DiskFile, bool), OpenError> {
 
 fn initialise_log(file: &DiskFile, dir: &Path, path: &Path) -> Result<(), OpenError> {
     file.truncate(0).map_err(io_error("initialise", path))?;
-    file.append(0, &encode_file_header(0))
+    file.append(0, &FileHeader::new(0).encode())
         .and_then(|()| file.sync())
         .map_err(io_error("initialise", path))?;
     sync_dir(dir).map_err(io_error("sync", dir))
 }
 
-fn read_base_sequence(file: &dyn LogFile, path: &Path) -> Result<u64, OpenError> {
+fn read_header(file: &dyn LogFile, path: &Path) -> Result<FileHeader, OpenError> {
     let mut header = [0u8; FILE_HEADER_LEN];
     file.read_at(&mut header, 0)
         .map_err(io_error("read", path))?;
-    decode_file_header(&header).map_err(|err| OpenError::BadHeader(path.to_path_buf(), err))
+    FileHeader::decode(&header).map_err(|err| OpenError::BadHeader(path.to_path_buf(), err))
 }
 
 /// Saves the torn tail beside the log, then cuts the log to `offset`.

@@ -35,8 +35,9 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::file::LogFile;
+use super::hint::{self, Coverage};
 use super::index::{Index, Location};
-use super::record::{verify, RecordBuilder, RecordKind};
+use super::record::{verify, FileHeader, RecordBuilder, RecordKind};
 
 /// When writes are made durable with fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +110,8 @@ pub(super) type StepHook = Box<dyn FnMut(super::compaction::Step) + Send>;
 pub struct Recovered {
     /// The live keys.
     pub index: Index,
+    /// The log's file header.
+    pub header: FileHeader,
     /// End of the last good record: where the next append goes.
     pub end: u64,
     /// Sequence number for the next write.
@@ -120,6 +123,8 @@ pub struct Recovered {
 /// A record appended but not yet covered by an fsync (sync mode `always`).
 pub(super) struct Pending {
     pub(super) key: Box<[u8]>,
+    /// Log offset of the record.
+    pub(super) offset: u64,
     /// `None` for a tombstone.
     pub(super) location: Option<Location>,
     /// Log offset just past this record.
@@ -130,6 +135,8 @@ pub(super) struct Pending {
 pub(super) struct Writer {
     /// The log file appends go to.
     pub(super) file: Arc<dyn LogFile>,
+    /// That file's header.
+    pub(super) header: FileHeader,
     /// Offset where the next record goes.
     pub(super) end: u64,
     /// Sequence number of the next record.
@@ -200,6 +207,7 @@ impl Store {
             }),
             writer: Mutex::new(Writer {
                 file,
+                header: recovered.header,
                 end: recovered.end,
                 next_sequence: recovered.next_sequence,
                 pending: Vec::new(),
@@ -335,6 +343,7 @@ impl Store {
                 let end = writer.end;
                 writer.pending.push(Pending {
                     key: key.into(),
+                    offset,
                     location,
                     end,
                 });
@@ -415,6 +424,25 @@ impl Store {
         for pending in writer.pending.drain(..covered) {
             apply(&mut keydir.index, &pending.key, pending.location);
         }
+    }
+
+    /// Writes the hint file for the current log (see [`hint`]). Readers go
+    /// on meanwhile; writes wait to be published until it is written.
+    pub fn write_hint(&self) -> io::Result<()> {
+        let Some(dir) = self.dir.as_deref() else {
+            return Ok(());
+        };
+        let writer = lock(&self.writer);
+        // The pending records are the newest ones, one sequence number each,
+        // and the only ones not in the index.
+        let coverage = Coverage {
+            log: writer.header,
+            end: writer.pending.first().map_or(writer.end, |p| p.offset),
+            max_sequence: writer.next_sequence - 1 - writer.pending.len() as u64,
+        };
+        let keydir = read(&self.keydir);
+        drop(writer);
+        hint::write(dir, coverage, &keydir.index)
     }
 
     /// Waits until no group sync runs and keeps others from starting, so
@@ -510,15 +538,16 @@ pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::{encode_file_header, RecordMeta, FILE_HEADER_LEN};
+    use crate::store::record::{FileHeader, RecordMeta, FILE_HEADER_LEN};
     use crate::store::testing::MemFile;
 
     fn empty_store(sync: SyncMode) -> (Arc<MemFile>, Arc<Store>) {
-        let file = Arc::new(MemFile::with_bytes(&encode_file_header(0)));
+        let file = Arc::new(MemFile::with_bytes(&FileHeader::new(0).encode()));
         let recovered = Recovered {
             index: Index::default(),
             end: FILE_HEADER_LEN as u64,
             next_sequence: 1,
+            header: FileHeader::new(0),
             dir: None,
         };
         let store = Store::new(file.clone(), recovered, sync);
@@ -620,6 +649,7 @@ mod tests {
             index,
             end: bytes.len() as u64,
             next_sequence: 2,
+            header: FileHeader::new(0),
             dir: None,
         };
         let store = Store::new(damaged, recovered, SyncMode::Never);

@@ -53,6 +53,13 @@ impl Index {
         }
     }
 
+    /// All live keys and their locations, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], Location)> + '_ {
+        self.entries
+            .iter()
+            .map(|(key, location)| (&**key, *location))
+    }
+
     /// Locations of all live keys, in key order.
     pub fn locations(&self) -> impl Iterator<Item = Location> + '_ {
         self.entries.values().copied()

@@ -11,6 +11,8 @@
 //!   fails. See [`engine`].
 //! * **Disk access**: only through the [`file::LogFile`] trait, so tests can
 //!   put a failing disk underneath.
+//! * **Hint file**: an index snapshot written after compaction and at clean
+//!   shutdown, so a restart scans only the log written since. See [`hint`].
 //! * **Compaction**: rewriting the log with only live records, crash-safe at
 //!   every step. See [`compaction`].
 //! * **Directory**: lock file, log file, torn tails kept aside. See
@@ -20,6 +22,7 @@ pub mod compaction;
 pub mod directory;
 pub mod engine;
 pub mod file;
+pub mod hint;
 pub mod index;
 pub mod record;
 pub mod scan;

@@ -6,7 +6,8 @@
 //! offset size field
 //!      0    8 magic           b"LUCIDLOG"
 //!      8    4 format version  u32 LE, currently 1
-//!     12    4 flags           u32 LE, reserved, 0
+//!     12    4 file id         u32 LE, random, new for every log file written
+//!                             (a hint file names the log it describes by it)
 //!     16    8 base sequence   u64 LE: every record in the file has a larger
 //!                             sequence number (lets compaction drop the
 //!                             newest tombstones without reusing numbers)
@@ -270,15 +271,58 @@ pub fn verify(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
     })
 }
 
-/// Encodes the file header for a new log file.
-pub fn encode_file_header(base_sequence: u64) -> [u8; FILE_HEADER_LEN] {
-    let mut header = [0u8; FILE_HEADER_LEN];
-    header[0..8].copy_from_slice(FILE_MAGIC);
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header[16..24].copy_from_slice(&base_sequence.to_le_bytes());
-    let crc = crc32fast::hash(&header[0..24]);
-    header[24..28].copy_from_slice(&crc.to_le_bytes());
-    header
+/// The header at the start of every log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Random identity of this log file.
+    pub file_id: u32,
+    /// Every record in the file has a larger sequence number.
+    pub base_sequence: u64,
+}
+
+impl FileHeader {
+    /// The header of a new log file, with a fresh random id.
+    pub fn new(base_sequence: u64) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS's random source.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Self {
+            file_id: random as u32,
+            base_sequence,
+        }
+    }
+
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; FILE_HEADER_LEN] {
+        let mut header = [0u8; FILE_HEADER_LEN];
+        header[0..8].copy_from_slice(FILE_MAGIC);
+        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[12..16].copy_from_slice(&self.file_id.to_le_bytes());
+        header[16..24].copy_from_slice(&self.base_sequence.to_le_bytes());
+        let crc = crc32fast::hash(&header[0..24]);
+        header[24..28].copy_from_slice(&crc.to_le_bytes());
+        header
+    }
+
+    /// Parses and checks a header.
+    pub fn decode(bytes: &[u8; FILE_HEADER_LEN]) -> Result<Self, FileHeaderError> {
+        if &bytes[0..8] != FILE_MAGIC {
+            return Err(FileHeaderError::NotALog);
+        }
+        if crc32fast::hash(&bytes[0..24]) != u32_at(bytes, 24) {
+            return Err(FileHeaderError::Corrupt);
+        }
+        let version = u32_at(bytes, 8);
+        if version != FORMAT_VERSION {
+            return Err(FileHeaderError::UnsupportedVersion(version));
+        }
+        Ok(Self {
+            file_id: u32_at(bytes, 12),
+            base_sequence: u64_at(bytes, 16),
+        })
+    }
 }
 
 /// Why a file header was rejected.
@@ -303,21 +347,6 @@ impl fmt::Display for FileHeaderError {
             Self::Corrupt => f.write_str("log file header checksum mismatch"),
         }
     }
-}
-
-/// Decodes a file header, returning its base sequence number.
-pub fn decode_file_header(bytes: &[u8; FILE_HEADER_LEN]) -> Result<u64, FileHeaderError> {
-    if &bytes[0..8] != FILE_MAGIC {
-        return Err(FileHeaderError::NotALog);
-    }
-    if crc32fast::hash(&bytes[0..24]) != u32_at(bytes, 24) {
-        return Err(FileHeaderError::Corrupt);
-    }
-    let version = u32_at(bytes, 8);
-    if version != FORMAT_VERSION {
-        return Err(FileHeaderError::UnsupportedVersion(version));
-    }
-    Ok(u64_at(bytes, 16))
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -414,20 +443,22 @@ mod tests {
 
     #[test]
     fn file_header_round_trips_and_rejects_damage() {
-        let header = encode_file_header(42);
-        assert_eq!(decode_file_header(&header), Ok(42));
+        let fresh = FileHeader::new(42);
+        let header = fresh.encode();
+        assert_eq!(FileHeader::decode(&header), Ok(fresh));
+        assert_ne!(FileHeader::new(42).file_id, FileHeader::new(42).file_id);
         let mut other = header;
         other[0] = b'X';
-        assert_eq!(decode_file_header(&other), Err(FileHeaderError::NotALog));
+        assert_eq!(FileHeader::decode(&other), Err(FileHeaderError::NotALog));
         let mut other = header;
         other[17] ^= 1;
-        assert_eq!(decode_file_header(&other), Err(FileHeaderError::Corrupt));
-        let mut other = encode_file_header(0);
+        assert_eq!(FileHeader::decode(&other), Err(FileHeaderError::Corrupt));
+        let mut other = header;
         other[8] = 9;
         let crc = crc32fast::hash(&other[0..24]);
         other[24..28].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
-            decode_file_header(&other),
+            FileHeader::decode(&other),
             Err(FileHeaderError::UnsupportedVersion(9))
         );
     }

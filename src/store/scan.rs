@@ -59,18 +59,36 @@ pub struct ScanSummary {
     pub damage: Option<Damage>,
 }
 
-/// Reads every good record in `file` from the first record on, calling
-/// `visit` with each record and its offset, and applies the recovery rule to
-/// whatever follows the last good one. The file is not modified.
+/// Where a scan starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStart {
+    /// Offset of the first record to read.
+    pub offset: u64,
+    /// Highest sequence number of the records before `offset`.
+    pub max_sequence: u64,
+}
+
+impl ScanStart {
+    /// The first record of the log.
+    pub const BEGINNING: Self = Self {
+        offset: FILE_HEADER_LEN as u64,
+        max_sequence: 0,
+    };
+}
+
+/// Reads every good record in `file` from `start` on, calling `visit` with
+/// each record and its offset, and applies the recovery rule to whatever
+/// follows the last good one. The file is not modified.
 pub fn scan(
     file: &dyn LogFile,
+    start: ScanStart,
     mut visit: impl FnMut(&RecordView<'_>, u64),
 ) -> io::Result<ScanSummary> {
     let mut reader = WindowReader::new(file)?;
     let mut summary = ScanSummary {
-        good_end: FILE_HEADER_LEN as u64,
+        good_end: start.offset,
         records: 0,
-        max_sequence: 0,
+        max_sequence: start.max_sequence,
         damage: None,
     };
     while summary.good_end < reader.file_len {
@@ -173,13 +191,13 @@ impl<'a> WindowReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::{encode_file_header, RecordBuilder, RecordKind, RecordMeta};
+    use crate::store::record::{FileHeader, RecordBuilder, RecordKind, RecordMeta};
     use crate::store::testing::MemFile;
 
     /// A log with `count` records "key-i" = "value-i"; returns it with the
     /// offset of every record and the end offset.
     fn log_with(count: u64) -> (Vec<u8>, Vec<u64>) {
-        let mut log = encode_file_header(0).to_vec();
+        let mut log = FileHeader::new(0).encode().to_vec();
         let mut offsets = Vec::new();
         let mut buf = Vec::new();
         for i in 1..=count {
@@ -200,7 +218,7 @@ mod tests {
     fn keys_of(log: &[u8]) -> (Vec<String>, ScanSummary) {
         let file = MemFile::with_bytes(log);
         let mut keys = Vec::new();
-        let summary = scan(&file, |record, _| {
+        let summary = scan(&file, ScanStart::BEGINNING, |record, _| {
             keys.push(String::from_utf8(record.key.to_vec()).unwrap())
         })
         .unwrap();
@@ -288,7 +306,7 @@ mod tests {
 
     #[test]
     fn records_larger_than_the_window_are_read_whole() {
-        let mut log = encode_file_header(0).to_vec();
+        let mut log = FileHeader::new(0).encode().to_vec();
         let mut buf = Vec::new();
         let big = vec![7u8; WINDOW * 3 + 11];
         for (i, key) in [&b"big-1"[..], b"big-2"].iter().enumerate() {

@@ -1,12 +1,17 @@
 //! Test doubles for the disk: an in-memory [`LogFile`] that can be told to
 //! fail its next appends or syncs, so every error path of the engine can be
-//! exercised on purpose.
+//! exercised on purpose; and model-based helpers that drive a store and
+//! check it against a `BTreeMap`.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
+use std::collections::BTreeMap;
+
+use super::engine::Store;
 use super::file::LogFile;
+use super::record::{RecordBuilder, RecordKind, RecordMeta};
 
 /// An in-memory log file with injectable failures.
 #[derive(Default)]
@@ -108,5 +113,65 @@ impl LogFile for MemFile {
     fn truncate(&self, len: u64) -> io::Result<()> {
         self.bytes.lock().unwrap().truncate(len as usize);
         Ok(())
+    }
+}
+
+/// What the store should hold.
+pub type Model = BTreeMap<String, Vec<u8>>;
+
+/// Puts through the store and into the model.
+pub fn put(store: &Store, model: &mut Model, key: &str, value: &[u8]) {
+    let mut buf = Vec::new();
+    let meta = RecordMeta {
+        kind: RecordKind::Put,
+        key: key.as_bytes(),
+        content_type: b"text/plain",
+        expires_at_ms: 0,
+    };
+    RecordBuilder::begin(&mut buf, &meta);
+    buf.extend_from_slice(value);
+    store.put(&mut buf).unwrap();
+    model.insert(key.to_owned(), value.to_vec());
+}
+
+/// Deletes through the store and from the model.
+pub fn delete(store: &Store, model: &mut Model, key: &str) {
+    assert!(store.delete(key.as_bytes(), &mut Vec::new()).unwrap());
+    model.remove(key);
+}
+
+/// 50 keys overwritten 5 times, every fifth deleted.
+pub fn churn(store: &Store, model: &mut Model) {
+    for round in 0..5 {
+        for k in 0..50 {
+            put(
+                store,
+                model,
+                &format!("key-{k}"),
+                format!("round {round} of key {k}").as_bytes(),
+            );
+        }
+    }
+    for k in (0..50).step_by(5) {
+        delete(store, model, &format!("key-{k}"));
+    }
+}
+
+/// Checks that the store holds exactly the model.
+pub fn assert_matches(store: &Store, model: &Model) {
+    assert_eq!(store.len(), model.len());
+    for (key, value) in model {
+        let mut buf = Vec::new();
+        let got = store.get(key.as_bytes(), &mut buf).unwrap();
+        assert_eq!(got.map(|v| v.value), Some(&value[..]), "key {key}");
+    }
+    for k in (0..50).step_by(5) {
+        let key = format!("key-{k}");
+        if !model.contains_key(&key) {
+            assert!(store
+                .get(key.as_bytes(), &mut Vec::new())
+                .unwrap()
+                .is_none());
+        }
     }
 }
