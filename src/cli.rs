@@ -44,11 +44,17 @@ pub struct InitArgs {
 #[argh(subcommand, name = "server")]
 pub struct ServerArgs {}
 
-/// Verify every record of the data directory's log and print a summary;
-/// exits non-zero if anything is damaged. Refuses to run beside a server.
+/// Verify every record of the data directory's log and its hint file and
+/// print a summary; exits non-zero if anything is damaged. Refuses to run
+/// beside a server.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "check")]
-pub struct CheckArgs {}
+pub struct CheckArgs {
+    /// rebuild a damaged log from its good records; the damaged file is kept
+    /// as data.log.broken-<time>
+    #[argh(switch)]
+    pub repair: bool,
+}
 
 /// Compact the data directory offline: rewrite the log with only live
 /// records. If a server is running on the directory, it is left alone.

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         cli::Command::Init(init) => commands::init::run(config, init.force),
         cli::Command::Server(_) => commands::server::run(config),
-        cli::Command::Check(_) => commands::check::run(config),
+        cli::Command::Check(check) => commands::check::run(config, check.repair),
         cli::Command::Compact(_) => commands::compact::run(config),
     };
     match result {

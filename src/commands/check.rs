@@ -1,15 +1,18 @@
-//! `lucid check`: verifies the data directory's log and prints a summary.
+//! `lucid check [--repair]`: verifies the data directory and, if asked,
+//! repairs a damaged log.
 
 use std::path::Path;
 
 use super::CommandResult;
 use crate::config::Config;
-use crate::store::{self, record::FILE_HEADER_LEN, scan::Damage};
+use crate::store::{self, hint::Unused, record::FILE_HEADER_LEN, scan::Damage};
 
-/// Checks the configured data directory; fails if anything is damaged.
-pub fn run(config_path: Option<&Path>) -> CommandResult {
+/// Checks the configured data directory, then repairs it if `repair` is set
+/// and it is damaged. Fails if damage remains.
+pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
     let (config, _) = Config::load(config_path)?;
-    let report = store::check(&config.storage.directory)?;
+    let dir = &config.storage.directory;
+    let report = store::check(dir)?;
     let scanned = report.scan.good_end - FILE_HEADER_LEN as u64;
     println!("checked {}", report.path.display());
     println!("  log bytes:   {}", report.log_bytes);
@@ -20,28 +23,49 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         "  dead bytes:  {} (overwritten and deleted records)",
         scanned - report.live_bytes
     );
-    match report.scan.damage {
+    match &report.hint {
+        Ok(keys) => println!("  hint file:   ok ({keys} keys)"),
+        Err(Unused::Missing) => println!("  hint file:   none (written by compaction)"),
+        Err(Unused::Rejected(why)) => println!("  hint file:   not usable: {why}"),
+    }
+    let problem = match report.scan.damage {
         None => {
             println!("  status:      ok");
-            Ok(())
+            return Ok(());
         }
         Some(Damage::TornTail { offset, len }) => {
             println!("  status:      torn tail: {len} bytes at offset {offset}");
-            Err(format!(
+            format!(
                 "the log ends with {len} bytes of an interrupted write at offset {offset}; \
                  the server cuts them away (keeping a copy) when it starts"
             )
-            .into())
         }
         Some(Damage::Corrupt { offset, next_valid }) => {
             println!(
                 "  status:      DAMAGED at offset {offset} (valid records resume at {next_valid})"
             );
-            Err(format!(
+            format!(
                 "the log is damaged at offset {offset} and valid records follow; \
-                 copy the data directory somewhere safe before any repair"
+                 run `lucid check --repair` to rebuild it from its good records \
+                 (the damaged file is kept)"
             )
-            .into())
         }
+    };
+    if !repair {
+        return Err(problem.into());
     }
+    let repaired = store::repair(dir)?;
+    println!("repaired {}", report.path.display());
+    println!("  records kept: {}", repaired.records_kept);
+    println!("  bytes kept:   {}", repaired.bytes_kept);
+    for (start, end) in &repaired.dropped {
+        println!(
+            "  dropped:      bytes {start}..{end} ({} bytes)",
+            end - start
+        );
+    }
+    if let Some(broken) = &repaired.broken_copy {
+        println!("  damaged log kept as {}", broken.display());
+    }
+    Ok(())
 }

@@ -7,6 +7,8 @@
 //! <dir>/data.log.torn-N    a torn tail cut from the log at offset N, kept aside
 //! <dir>/data.log.compact   the new log while compaction writes it
 //! <dir>/data.hint          index snapshot for a fast start (see `hint`)
+//! <dir>/data.log.repair    the new log while `lucid check --repair` writes it
+//! <dir>/data.log.broken-T  a damaged log set aside by a repair at time T
 //! ```
 
 use std::fmt;
@@ -22,6 +24,7 @@ use super::file::{DiskFile, LogFile};
 use super::hint;
 use super::index::{Index, Location};
 use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
+use super::repair::REPAIR_FILE;
 use super::scan::{scan, Damage, ScanStart, ScanSummary};
 
 /// Name of the log file inside the data directory.
@@ -73,7 +76,8 @@ impl fmt::Display for OpenError {
                 f,
                 "{} is damaged at offset {offset} and valid records follow the damage, so the \
                  node will not start (cutting the log there would lose data). Run `lucid check` \
-                 for a report, and keep a copy of the directory before any repair",
+                 for a report, then `lucid check --repair` to rebuild the log from its good \
+                 records (the damaged file is kept)",
                 path.display()
             ),
             Self::Io {
@@ -107,7 +111,7 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
     let started = Instant::now();
     fs::create_dir_all(dir).map_err(io_error("create data directory", dir))?;
     let lock = lock_dir(dir)?;
-    remove_unfinished_compaction(dir)?;
+    remove_leftovers(dir)?;
     let path = dir.join(LOG_FILE);
     let (file, created) = open_log(&path)?;
     if created {
@@ -185,6 +189,8 @@ pub struct CheckReport {
     pub live_bytes: u64,
     /// What the scan found after the last good record.
     pub scan: ScanSummary,
+    /// The hint file: `Ok(keys)` if it is valid and agrees with the log.
+    pub hint: Result<usize, hint::Unused>,
 }
 
 /// Verifies every record of the directory's log without changing anything.
@@ -200,9 +206,10 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
     }
     let _lock = lock_dir(dir)?;
     let file = DiskFile::new(File::open(&path).map_err(io_error("open", &path))?);
-    read_header(&file, &path)?;
+    let header = read_header(&file, &path)?;
     let mut index = Index::default();
     let summary = replay(&file, &path, &mut index, ScanStart::BEGINNING)?;
+    let hint = check_hint(dir, header, &file, &path, &index)?;
     Ok(CheckReport {
         log_bytes: file.len().map_err(io_error("read", &path))?,
         path,
@@ -210,7 +217,38 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
         live_keys: index.len(),
         live_bytes: index.live_bytes(),
         scan: summary,
+        hint,
     })
+}
+
+/// Checks the hint file against the log: valid, and the index it gives
+/// (with the log after it replayed) equals the one a full scan gives.
+fn check_hint(
+    dir: &Path,
+    header: FileHeader,
+    file: &DiskFile,
+    path: &Path,
+    full: &Index,
+) -> Result<Result<usize, hint::Unused>, OpenError> {
+    let log_len = file.len().map_err(io_error("read", path))?;
+    let hinted = match hint::load(dir, header, log_len) {
+        Ok(hinted) => hinted,
+        Err(unused) => return Ok(Err(unused)),
+    };
+    let keys = hinted.index.len();
+    let mut index = hinted.index;
+    let start = ScanStart {
+        offset: hinted.coverage.end,
+        max_sequence: hinted.coverage.max_sequence,
+    };
+    replay(file, path, &mut index, start)?;
+    if !index.entries().eq(full.entries()) {
+        return Ok(Err(hint::Unused::Rejected(
+            "it disagrees with the log (the server ignores it only if it is stale; remove it)"
+                .into(),
+        )));
+    }
+    Ok(Ok(keys))
 }
 
 /// Applies every good record of the log from `start` on to `index`.
@@ -233,7 +271,8 @@ fn replay(
     .map_err(io_error("read", path))
 }
 
-fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+/// Takes the directory's lock, or reports who holds it.
+pub(super) fn lock_dir(dir: &Path) -> Result<File, OpenError> {
     let path = dir.join(LOCK_FILE);
     let lock = OpenOptions::new()
         .create(true)
@@ -252,25 +291,28 @@ fn lock_dir(dir: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// Deletes the new log of a compaction that a crash interrupted before its
-/// rename: the old log, still in place, holds everything.
-fn remove_unfinished_compaction(dir: &Path) -> Result<(), OpenError> {
-    let leftover = dir.join(COMPACT_FILE);
-    match fs::remove_file(&leftover) {
-        Ok(()) => {
-            log::warn!(
-                "removed {} left by an interrupted compaction (the log was not changed by it)",
+/// Deletes what a compaction, repair or hint write interrupted by a crash
+/// left behind: each was a new file not yet renamed into place, and the old
+/// one, still in place, holds everything.
+fn remove_leftovers(dir: &Path) -> Result<(), OpenError> {
+    for name in [COMPACT_FILE, REPAIR_FILE, hint::HINT_TMP] {
+        let leftover = dir.join(name);
+        match fs::remove_file(&leftover) {
+            Ok(()) => log::warn!(
+                "removed {}, left by an interrupted run (the data it was built from is intact)",
                 leftover.display()
-            );
-            Ok(())
+            ),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(OpenError::Io {
+                    action: "remove",
+                    path: leftover,
+                    source,
+                })
+            }
         }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(OpenError::Io {
-            action: "remove",
-            path: leftover,
-            source,
-        }),
     }
+    Ok(())
 }
 
 /// Opens the log, reporting whether it is new (empty).
@@ -302,7 +344,8 @@ fn initialise_log(file: &DiskFile, dir: &Path, path: &Path) -> Result<(), OpenEr
     sync_dir(dir).map_err(io_error("sync", dir))
 }
 
-fn read_header(file: &dyn LogFile, path: &Path) -> Result<FileHeader, OpenError> {
+/// Reads and checks the log's file header.
+pub(super) fn read_header(file: &dyn LogFile, path: &Path) -> Result<FileHeader, OpenError> {
     let mut header = [0u8; FILE_HEADER_LEN];
     file.read_at(&mut header, 0)
         .map_err(io_error("read", path))?;
@@ -334,7 +377,8 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError {
+/// Wraps an I/O error with what was being done to which path.
+pub(super) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError {
     let path = path.to_path_buf();
     move |source| OpenError::Io {
         action,

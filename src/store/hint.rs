@@ -40,7 +40,8 @@ use super::record::FileHeader;
 
 /// Name of the hint file in the data directory.
 pub const HINT_FILE: &str = "data.hint";
-const HINT_TMP: &str = "data.hint.tmp";
+/// Name of a hint file being written.
+pub const HINT_TMP: &str = "data.hint.tmp";
 const MAGIC: &[u8; 8] = b"LUCIDHNT";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 48;

@@ -25,6 +25,7 @@ pub mod file;
 pub mod hint;
 pub mod index;
 pub mod record;
+pub mod repair;
 pub mod scan;
 #[cfg(test)]
 pub mod testing;
@@ -32,3 +33,4 @@ pub mod testing;
 pub use compaction::{spawn_compactor, CompactionError, CompactionPolicy};
 pub use directory::{check, open, OpenError};
 pub use engine::{Store, StoreError, StoredValue, SyncMode, WriteOutcome};
+pub use repair::repair;

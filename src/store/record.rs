@@ -238,6 +238,8 @@ impl RecordBuilder {
 /// A verified record borrowed from a buffer holding exactly one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordView<'a> {
+    /// The whole record as stored.
+    pub bytes: &'a [u8],
     /// The decoded header.
     pub header: RecordHeader,
     /// The key bytes.
@@ -264,6 +266,7 @@ pub fn verify(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
     let key_end = RECORD_HEADER_LEN + usize::from(header.key_len);
     let content_type_end = key_end + usize::from(header.content_type_len);
     Ok(RecordView {
+        bytes,
         header,
         key: &bytes[RECORD_HEADER_LEN..key_end],
         content_type: &bytes[key_end..content_type_end],

@@ -1,0 +1,197 @@
+//! `lucid check --repair`: rebuilding a damaged log from its good records.
+//!
+//! Every record that passes its CRC is kept, in log order, including those
+//! after a damaged stretch; damaged stretches and a torn tail are left out.
+//! The repaired log is written to `data.log.repair`, fsynced and renamed over
+//! `data.log`; the damaged log is first moved aside as
+//! `data.log.broken-<unix seconds>`, so no byte of user data is deleted.
+//! The hint file, an index of the damaged log, is removed: it is derived data.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::directory::{io_error as io_err, lock_dir, read_header, sync_dir, OpenError, LOG_FILE};
+use super::file::DiskFile;
+use super::hint::HINT_FILE;
+use super::record::{FileHeader, FILE_HEADER_LEN};
+use super::scan::{scan, Damage, ScanStart};
+
+/// Name of the new log while a repair writes it.
+pub const REPAIR_FILE: &str = "data.log.repair";
+
+/// What a repair did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Good records kept.
+    pub records_kept: u64,
+    /// Size of the repaired log.
+    pub bytes_kept: u64,
+    /// Damaged byte ranges left out, as (start, end) offsets in the old log.
+    pub dropped: Vec<(u64, u64)>,
+    /// Where the damaged log was moved, if anything was repaired.
+    pub broken_copy: Option<PathBuf>,
+}
+
+/// Repairs the log in `dir` (see the module documentation). A log without
+/// damage is left alone.
+pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
+    let _lock = lock_dir(dir)?;
+    let path = dir.join(LOG_FILE);
+    let log = DiskFile::new(File::open(&path).map_err(io_err("open", &path))?);
+    let header = read_header(&log, &path)?;
+    let tmp = dir.join(REPAIR_FILE);
+    let mut out = BufWriter::new(File::create(&tmp).map_err(io_err("create", &tmp))?);
+    let mut report = RepairReport {
+        records_kept: 0,
+        bytes_kept: FILE_HEADER_LEN as u64,
+        dropped: Vec::new(),
+        broken_copy: None,
+    };
+    let mut write_error = None;
+    let mut start = ScanStart::BEGINNING;
+    let new_header = FileHeader::new(header.base_sequence);
+    if let Err(err) = out.write_all(&new_header.encode()) {
+        write_error = Some(err);
+    }
+    loop {
+        let summary = scan(&log, start, |record, _| {
+            if write_error.is_none() {
+                if let Err(err) = out.write_all(record.bytes) {
+                    write_error = Some(err);
+                }
+            }
+            report.records_kept += 1;
+            report.bytes_kept += record.bytes.len() as u64;
+        })
+        .map_err(io_err("read", &path))?;
+        match summary.damage {
+            None => break,
+            Some(Damage::TornTail { offset, len }) => {
+                report.dropped.push((offset, offset + len));
+                break;
+            }
+            Some(Damage::Corrupt { offset, next_valid }) => {
+                report.dropped.push((offset, next_valid));
+                start = ScanStart {
+                    offset: next_valid,
+                    max_sequence: summary.max_sequence,
+                };
+            }
+        }
+    }
+    if let Some(err) = write_error {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("write", &tmp)(err));
+    }
+    if report.dropped.is_empty() {
+        drop(out);
+        let _ = fs::remove_file(&tmp);
+        return Ok(report);
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+    file.sync_all().map_err(io_err("sync", &tmp))?;
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let broken = dir.join(format!("{LOG_FILE}.broken-{seconds}"));
+    fs::rename(&path, &broken).map_err(io_err("move aside", &path))?;
+    fs::rename(&tmp, &path).map_err(io_err("move into place", &tmp))?;
+    match fs::remove_file(dir.join(HINT_FILE)) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => {
+            return Err(io_err("remove", &dir.join(HINT_FILE))(err))
+        }
+        _ => {}
+    }
+    sync_dir(dir).map_err(io_err("sync", dir))?;
+    report.broken_copy = Some(broken);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::RECORD_HEADER_LEN;
+    use crate::store::testing::{assert_matches, put, Model};
+    use crate::store::{open, SyncMode};
+
+    /// Three keys; the middle one's record gets a flipped byte.
+    fn damaged_directory() -> (tempfile::TempDir, Model, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Model::new();
+        let record_len;
+        {
+            let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+            put(&store, &mut model, "first", b"one");
+            let after_first = store.stats().log_bytes;
+            put(&store, &mut model, "second", b"two");
+            record_len = store.stats().log_bytes - after_first;
+            put(&store, &mut model, "third", b"three");
+        }
+        let log = dir.path().join(LOG_FILE);
+        let mut bytes = fs::read(&log).unwrap();
+        let second = bytes.len() - 2 * record_len as usize;
+        bytes[second + RECORD_HEADER_LEN + 1] ^= 0x20;
+        fs::write(&log, &bytes).unwrap();
+        model.remove("second");
+        (dir, model, bytes)
+    }
+
+    #[test]
+    fn repair_keeps_every_good_record_and_the_damaged_file() {
+        let (dir, model, damaged) = damaged_directory();
+        assert!(matches!(
+            open(dir.path(), SyncMode::Always),
+            Err(OpenError::Corrupt { .. })
+        ));
+        let report = repair(dir.path()).unwrap();
+        assert_eq!(report.records_kept, 2);
+        assert_eq!(report.dropped.len(), 1);
+        let broken = report.broken_copy.unwrap();
+        assert_eq!(
+            fs::read(broken).unwrap(),
+            damaged,
+            "the damaged log is kept as it was"
+        );
+        assert_eq!(
+            fs::metadata(dir.path().join(LOG_FILE)).unwrap().len(),
+            report.bytes_kept
+        );
+        assert!(!dir.path().join(REPAIR_FILE).exists());
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        assert_matches(&store, &model);
+        assert!(store.get(b"second", &mut Vec::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_healthy_log_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Model::new();
+        {
+            let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+            put(&store, &mut model, "k", b"v");
+        }
+        let before = fs::read(dir.path().join(LOG_FILE)).unwrap();
+        let report = repair(dir.path()).unwrap();
+        assert!(report.dropped.is_empty() && report.broken_copy.is_none());
+        assert_eq!(fs::read(dir.path().join(LOG_FILE)).unwrap(), before);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "only data.log and LOCK"
+        );
+    }
+
+    #[test]
+    fn repair_refuses_to_run_beside_an_open_store() {
+        let (dir, _, _) = damaged_directory();
+        let (store, _) = {
+            repair(dir.path()).unwrap();
+            open(dir.path(), SyncMode::Always).unwrap()
+        };
+        assert!(matches!(repair(dir.path()), Err(OpenError::Locked(_))));
+        drop(store);
+    }
+}
