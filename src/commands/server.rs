@@ -1,13 +1,17 @@
-//! `lucid server`: recovers the store and serves the HTTP API.
+//! `lucid server`: recovers the store, serves the HTTP API until SIGTERM or
+//! SIGINT, then syncs the log and writes the hint file.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
 use super::CommandResult;
 use crate::config::Config;
 use crate::http::{Context, HttpServer};
 use crate::{logging, store};
 
-/// Loads the config, opens the data directory and serves until killed.
+/// Loads the config, opens the data directory, serves until asked to stop,
+/// and closes the store cleanly.
 pub fn run(config_path: Option<&Path>) -> CommandResult {
     let (config, source) = Config::load(config_path)?;
     logging::init(config.logging.level)?;
@@ -30,9 +34,15 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         server.threads(),
     );
     server.run(Context {
-        store,
+        store: Arc::clone(&store),
         max_key_bytes: storage.max_key_bytes,
         max_value_bytes: storage.max_value_bytes,
-    });
+    })?;
+    let closing = Instant::now();
+    store.close()?;
+    log::info!(
+        "stopped cleanly: log synced, hint file written ({:.1} ms)",
+        closing.elapsed().as_secs_f64() * 1000.0
+    );
     Ok(())
 }

@@ -4,6 +4,10 @@
 //!
 //! A panic while handling a request is caught: the client gets a 500 JSON
 //! message, the panic is logged, and the worker goes on.
+//!
+//! SIGTERM or SIGINT stops the server gracefully: each worker finishes the
+//! request it is answering and those already queued, then exits; `run`
+//! returns once all have, or after [`SHUTDOWN_GRACE`].
 
 mod admin;
 mod kv;
@@ -12,8 +16,13 @@ mod route;
 
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use tiny_http::Server;
 
@@ -85,30 +94,89 @@ impl HttpServer {
         self.threads
     }
 
-    /// Answers requests until the process ends.
-    pub fn run(self, ctx: Context) {
-        let ctx = Arc::new(ctx);
-        let workers: Vec<_> = (0..self.threads)
-            .map(|n| {
-                let server = Arc::clone(&self.server);
-                let ctx = Arc::clone(&ctx);
-                thread::Builder::new()
-                    .name(format!("lucid-http-{n}"))
-                    .spawn(move || worker(&server, &ctx))
-                    .expect("spawn an HTTP worker")
+    /// Answers requests until SIGTERM or SIGINT, then stops gracefully
+    /// (see the module documentation).
+    pub fn run(self, ctx: Context) -> Result<(), String> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut signals = Signals::new([SIGTERM, SIGINT])
+            .map_err(|err| format!("cannot install signal handlers: {err}"))?;
+        let (server, threads, flag) = (
+            Arc::clone(&self.server),
+            self.threads,
+            Arc::clone(&stopping),
+        );
+        thread::Builder::new()
+            .name("lucid-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    let name = if signal == SIGTERM {
+                        "SIGTERM"
+                    } else {
+                        "SIGINT"
+                    };
+                    log::info!("{name} received: finishing the requests in flight, then stopping");
+                    flag.store(true, Ordering::SeqCst);
+                    for _ in 0..threads {
+                        server.unblock();
+                    }
+                }
             })
-            .collect();
-        for worker in workers {
-            let _ = worker.join();
+            .map_err(|err| format!("cannot start the signal thread: {err}"))?;
+        let ctx = Arc::new(ctx);
+        let (done, finished) = mpsc::channel();
+        for n in 0..self.threads {
+            let (server, ctx, stopping, done) = (
+                Arc::clone(&self.server),
+                Arc::clone(&ctx),
+                Arc::clone(&stopping),
+                done.clone(),
+            );
+            thread::Builder::new()
+                .name(format!("lucid-http-{n}"))
+                .spawn(move || {
+                    worker(&server, &ctx, &stopping);
+                    let _ = done.send(());
+                })
+                .map_err(|err| format!("cannot start an HTTP worker: {err}"))?;
         }
+        drop(done);
+        let mut running = self.threads;
+        let mut deadline = None;
+        while running > 0 {
+            let wait = deadline.map_or(Duration::from_millis(100), |end: Instant| {
+                end.saturating_duration_since(Instant::now())
+            });
+            match finished.recv_timeout(wait) {
+                Ok(()) => running -= 1,
+                Err(mpsc::RecvTimeoutError::Timeout)
+                    if deadline.is_some_and(|end| Instant::now() >= end) =>
+                {
+                    log::warn!(
+                        "{running} workers still busy after {SHUTDOWN_GRACE:?}; stopping anyway"
+                    );
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if deadline.is_none() && stopping.load(Ordering::SeqCst) {
+                        deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok(())
     }
 }
 
-fn worker(server: &Server, ctx: &Context) {
+/// How long a graceful stop waits for busy workers.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn worker(server: &Server, ctx: &Context, stopping: &AtomicBool) {
     let mut bufs = Buffers::default();
     loop {
         let mut request = match server.recv() {
             Ok(request) => request,
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
             Err(err) => {
                 log::warn!("could not receive a request: {err}");
                 continue;

@@ -426,6 +426,20 @@ impl Store {
         }
     }
 
+    /// Clean shutdown: makes every write durable (whatever the sync mode) and
+    /// writes the hint file, so the next start is fast. A read-only store
+    /// (after a failed fsync) only writes the hint.
+    pub fn close(&self) -> io::Result<()> {
+        if !self.is_read_only() {
+            let durable_end = self.sync_and_publish().ok_or_else(|| {
+                io::Error::other("the final fsync failed; the node is now read-only")
+            })?;
+            let mut state = lock(&self.commit);
+            state.durable_end = state.durable_end.max(durable_end);
+        }
+        self.write_hint()
+    }
+
     /// Writes the hint file for the current log (see [`hint`]). Readers go
     /// on meanwhile; writes wait to be published until it is written.
     pub fn write_hint(&self) -> io::Result<()> {
