@@ -1,13 +1,8 @@
 //! The `lucid` binary: parses the command line and hands over to a command.
 
-mod cli;
-mod commands;
-mod config;
-mod http;
-mod logging;
-mod store;
-
 use std::process::ExitCode;
+
+use lucid::{cli, commands};
 
 fn main() -> ExitCode {
     let args: cli::Args = argh::from_env();

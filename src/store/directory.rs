@@ -118,7 +118,7 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
         initialise_log(&file, dir, &path)?;
     }
     let header = read_header(&file, &path)?;
-    let log_len = file.len().map_err(io_error("read", &path))?;
+    let log_len = file.size().map_err(io_error("read", &path))?;
     let (mut index, mut summary, mut hint_keys) = (Index::default(), None, None);
     match hint::load(dir, header, log_len) {
         Ok(hint) => {
@@ -211,7 +211,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
     let summary = replay(&file, &path, &mut index, ScanStart::BEGINNING)?;
     let hint = check_hint(dir, header, &file, &path, &index)?;
     Ok(CheckReport {
-        log_bytes: file.len().map_err(io_error("read", &path))?,
+        log_bytes: file.size().map_err(io_error("read", &path))?,
         path,
         records: summary.records,
         live_keys: index.len(),
@@ -230,7 +230,7 @@ fn check_hint(
     path: &Path,
     full: &Index,
 ) -> Result<Result<usize, hint::Unused>, OpenError> {
-    let log_len = file.len().map_err(io_error("read", path))?;
+    let log_len = file.size().map_err(io_error("read", path))?;
     let hinted = match hint::load(dir, header, log_len) {
         Ok(hinted) => hinted,
         Err(unused) => return Ok(Err(unused)),

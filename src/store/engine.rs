@@ -237,12 +237,6 @@ impl Store {
         store
     }
 
-    /// Number of live keys.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        read(&self.keydir).index.len()
-    }
-
     /// Whether the store refuses writes after a failed fsync.
     pub fn is_read_only(&self) -> bool {
         self.read_only.load(Ordering::SeqCst)
@@ -599,7 +593,7 @@ mod tests {
         assert!(store.delete(b"a", &mut buf).unwrap());
         assert!(!store.delete(b"a", &mut buf).unwrap());
         assert_eq!(get(&store, "a"), None);
-        assert_eq!(store.len(), 0);
+        assert_eq!(store.stats().keys, 0);
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub trait LogFile: Send + Sync {
     fn append(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes every byte written so far durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
-    /// Current length of the file in bytes.
-    fn len(&self) -> io::Result<u64>;
+    /// Current size of the file in bytes.
+    fn size(&self) -> io::Result<u64>;
     /// Cuts the file to `len` bytes (used to drop a torn tail or a failed
     /// append).
     fn truncate(&self, len: u64) -> io::Result<()>;
@@ -51,7 +51,7 @@ impl LogFile for DiskFile {
         self.file.sync_data()
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 

@@ -79,6 +79,11 @@ impl Index {
         self.entries.len()
     }
 
+    /// Whether no key is live.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Total bytes of the live records; the rest of the log is dead weight
     /// that compaction can reclaim.
     pub fn live_bytes(&self) -> u64 {

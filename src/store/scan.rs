@@ -128,7 +128,7 @@ impl<'a> WindowReader<'a> {
     fn new(file: &'a dyn LogFile) -> io::Result<Self> {
         Ok(Self {
             file,
-            file_len: file.len()?,
+            file_len: file.size()?,
             window: Vec::new(),
             window_start: 0,
         })

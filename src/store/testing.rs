@@ -106,7 +106,7 @@ impl LogFile for MemFile {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.bytes.lock().unwrap().len() as u64)
     }
 
@@ -159,7 +159,7 @@ pub fn churn(store: &Store, model: &mut Model) {
 
 /// Checks that the store holds exactly the model.
 pub fn assert_matches(store: &Store, model: &Model) {
-    assert_eq!(store.len(), model.len());
+    assert_eq!(store.stats().keys, model.len());
     for (key, value) in model {
         let mut buf = Vec::new();
         let got = store.get(key.as_bytes(), &mut buf).unwrap();

@@ -1,0 +1,180 @@
+//! Storage engine benchmark: memory per key, restart time with and without
+//! the hint file, compaction throughput, and GET latency while compacting.
+//!
+//! `cargo bench --bench storage [-- KEYS]` (default 1,000,000 keys of 16
+//! bytes with 100-byte values). Prints one line per figure. Numbers drift on
+//! a shared machine; compare figures from the same run.
+
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lucid::store::hint::HINT_FILE;
+use lucid::store::record::{RecordBuilder, RecordKind, RecordMeta};
+use lucid::store::{open, Store, SyncMode};
+
+fn main() {
+    let keys: u64 = std::env::args()
+        .skip(1)
+        .find_map(|arg| arg.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    println!("storage benchmark: {keys} keys, 16-byte keys, 100-byte values");
+
+    let (store, _) = open(dir.path(), SyncMode::Never).expect("open");
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    fill(&store, keys, b'a');
+    let load = started.elapsed();
+    let rss_after = rss_bytes();
+    report(
+        "load (sync never)",
+        format!("{:.0} puts/s", keys as f64 / load.as_secs_f64()),
+    );
+    report(
+        "index memory",
+        format!(
+            "{:.1} MB RSS growth, {:.1} B/key",
+            (rss_after - rss_before) as f64 / 1e6,
+            (rss_after - rss_before) as f64 / keys as f64
+        ),
+    );
+
+    fill(&store, keys / 2, b'b'); // half the log is now dead
+    let idle = get_latencies(&store, keys, None);
+    report("GET latency, idle", idle.summary());
+
+    let compacting = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&compacting);
+    let compactor = {
+        let store = Arc::clone(&store);
+        thread::spawn(move || {
+            let report = store.compact().expect("compact");
+            flag.store(false, Ordering::SeqCst);
+            report
+        })
+    };
+    let busy = get_latencies(&store, keys, Some(&compacting));
+    let compaction = compactor.join().expect("compactor");
+    report(
+        "compaction",
+        format!(
+            "{:.1} MB -> {:.1} MB in {:.2} s = {:.0} MB/s read, writers paused {:.1} ms",
+            compaction.bytes_before as f64 / 1e6,
+            compaction.bytes_after as f64 / 1e6,
+            compaction.duration.as_secs_f64(),
+            compaction.bytes_before as f64 / 1e6 / compaction.duration.as_secs_f64(),
+            compaction.writers_paused.as_secs_f64() * 1000.0
+        ),
+    );
+    report("GET latency, compacting", busy.summary());
+    report(
+        "GET p99 compacting / idle",
+        format!("{:.2}x", busy.percentile(99.0) / idle.percentile(99.0)),
+    );
+
+    store.close().expect("close");
+    drop(store);
+    report("restart with hint file", restart(dir.path(), keys));
+    fs::remove_file(dir.path().join(HINT_FILE)).expect("remove hint");
+    report("restart without hint file", restart(dir.path(), keys));
+}
+
+/// Opens the directory and answers one GET; reports the time to both.
+fn restart(dir: &std::path::Path, keys: u64) -> String {
+    let started = Instant::now();
+    let (store, opened) = open(dir, SyncMode::Never).expect("reopen");
+    let mut buf = Vec::new();
+    let found = store.get(&key(keys / 3), &mut buf).expect("get").is_some();
+    assert!(found, "a key is missing after restart");
+    format!(
+        "first GET answered {:.0} ms after start ({} keys, {} log records read)",
+        started.elapsed().as_secs_f64() * 1000.0,
+        opened.keys,
+        opened.records
+    )
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key-{i:012}").into_bytes()
+}
+
+fn fill(store: &Store, keys: u64, byte: u8) {
+    let value = [byte; 100];
+    let mut buf = Vec::new();
+    for i in 0..keys {
+        let key = key(i);
+        let meta = RecordMeta {
+            kind: RecordKind::Put,
+            key: &key,
+            content_type: b"application/octet-stream",
+            expires_at_ms: 0,
+        };
+        RecordBuilder::begin(&mut buf, &meta);
+        buf.extend_from_slice(&value);
+        store.put(&mut buf).expect("put");
+    }
+}
+
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn percentile(&self, p: f64) -> f64 {
+        let at = ((self.0.len() - 1) as f64 * p / 100.0).round() as usize;
+        self.0[at].as_secs_f64() * 1e6
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} GETs: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+            self.0.len(),
+            self.percentile(50.0),
+            self.percentile(99.0),
+            self.percentile(99.9),
+            self.percentile(100.0)
+        )
+    }
+}
+
+/// Times GETs of pseudo-random keys: 200,000 of them, or as long as
+/// `while_set` stays true.
+fn get_latencies(store: &Store, keys: u64, while_set: Option<&AtomicBool>) -> Latencies {
+    let mut samples = Vec::with_capacity(1 << 20);
+    let mut buf = Vec::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    loop {
+        let done = match while_set {
+            Some(flag) => !flag.load(Ordering::SeqCst),
+            None => samples.len() >= 200_000,
+        };
+        if done {
+            break;
+        }
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let key = key(state % keys);
+        let started = Instant::now();
+        let hit = store.get(&key, &mut buf).expect("get").is_some();
+        samples.push(started.elapsed());
+        assert!(hit);
+    }
+    samples.sort_unstable();
+    Latencies(samples)
+}
+
+fn report(what: &str, figure: String) {
+    println!("  {what:<28} {figure}");
+}
+
+/// Resident set size of this process.
+fn rss_bytes() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

@@ -1,0 +1,13 @@
+//! Lucid: a small, fast, trustworthy key-value node with an HTTP API.
+//!
+//! * [`store`] is the storage engine (log, index, recovery, compaction).
+//! * [`http`] serves the HTTP API over the store.
+//! * [`config`] reads `lucid.yml`.
+//! * [`cli`] parses the command line; [`commands`] does what each command says.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod store;
