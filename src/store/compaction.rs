@@ -336,7 +336,9 @@ impl Store {
             keydir.index.set_locations(&new_locations);
             keydir.file = Arc::clone(&new_file);
         }
-        writer.file = new_file;
+        // Closing the old log can take long (the filesystem may write back
+        // or free a lot): keep it open until writers run again.
+        let old_log = std::mem::replace(&mut writer.file, new_file);
         writer.header = new_header;
         writer.end = new_end;
         // The new file is synced to its end: everything pending is durable.
@@ -344,6 +346,7 @@ impl Store {
         drop(writer);
         self.end_exclusive_sync(Some(new_end));
         let writers_paused = paused.elapsed();
+        drop(old_log);
         self.compactions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Without a hint for the new log the next start reads the whole
@@ -416,29 +419,43 @@ fn copy_tail(log: &dyn LogFile, cut: u64, end: u64, out: &mut File) -> io::Resul
 
 /// The new offset of every index entry, in index order: entries before the
 /// cut moved to where they were copied, entries in the tail moved with it.
+///
+/// Entries are sorted by old offset and merged with `relocations` (already
+/// in log order) rather than looked up one by one: with a million keys that
+/// is a sort of plain integers instead of a million cache-missing binary
+/// searches, and it runs while writers are paused.
 fn relocate(
     index: &super::index::Index,
     relocations: &Relocations,
     cut: u64,
     tail_start: u64,
 ) -> Result<Vec<u64>, CompactionError> {
-    index
-        .locations()
-        .map(|location| {
-            if location.offset >= cut {
-                return Ok(location.offset - cut + tail_start);
+    let mut new_offsets: Vec<u64> = index.locations().map(|l| l.offset).collect();
+    let mut by_offset: Vec<(u64, u32)> = new_offsets
+        .iter()
+        .enumerate()
+        .filter(|&(_, &offset)| offset < cut)
+        .map(|(position, &offset)| (offset, position as u32))
+        .collect();
+    by_offset.sort_unstable();
+    let mut copied = relocations.iter().peekable();
+    for (old, position) in by_offset {
+        while copied.next_if(|&&(from, _)| from < old).is_some() {}
+        match copied.peek() {
+            Some(&&(from, to)) if from == old => new_offsets[position as usize] = to,
+            _ => {
+                return Err(CompactionError::Io(io::Error::other(format!(
+                    "internal error: live record at offset {old} was not copied"
+                ))))
             }
-            relocations
-                .binary_search_by_key(&location.offset, |&(old, _)| old)
-                .map(|at| relocations[at].1)
-                .map_err(|_| {
-                    CompactionError::Io(io::Error::other(format!(
-                        "internal error: live record at offset {} was not copied",
-                        location.offset
-                    )))
-                })
-        })
-        .collect()
+        }
+    }
+    for offset in &mut new_offsets {
+        if *offset >= cut {
+            *offset = *offset - cut + tail_start;
+        }
+    }
+    Ok(new_offsets)
 }
 
 #[cfg(test)]

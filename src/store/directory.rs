@@ -337,7 +337,9 @@ fn open_log(path: &Path) -> Result<(DiskFile, bool), OpenError> {
 }
 
 fn initialise_log(file: &DiskFile, dir: &Path, path: &Path) -> Result<(), OpenError> {
-    file.truncate(0).map_err(io_error("initialise", path))?;
+    if file.size().map_err(io_error("read", path))? > 0 {
+        file.truncate(0).map_err(io_error("initialise", path))?;
+    }
     file.append(0, &FileHeader::new(0).encode())
         .and_then(|()| file.sync())
         .map_err(io_error("initialise", path))?;

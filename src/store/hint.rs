@@ -149,10 +149,14 @@ fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
             coverage.end
         ));
     }
-    let entries = u64_at(40);
-    let mut index = Index::default();
-    let mut key = Vec::new();
-    for _ in 0..entries {
+    let count = u64_at(40);
+    // Every entry takes at least 15 bytes: a count the log could not hold is
+    // damage, not a reason to reserve memory.
+    if count > log_len / 15 {
+        return Err("its entry count is impossible".into());
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
         let mut fixed = [0u8; 14];
         input.read_exact(&mut fixed).map_err(truncated)?;
         let key_len = u16::from_le_bytes([fixed[0], fixed[1]]);
@@ -163,9 +167,9 @@ fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
         if location.offset + u64::from(location.len) > coverage.end {
             return Err("an entry points past the covered part of the log".into());
         }
-        key.resize(usize::from(key_len), 0);
+        let mut key = vec![0u8; usize::from(key_len)];
         input.read_exact(&mut key).map_err(truncated)?;
-        index.insert(&key, location);
+        entries.push((key.into_boxed_slice(), location));
     }
     let expected = input.crc.clone().finalize();
     let mut trailer = [0u8; 4];
@@ -176,6 +180,7 @@ fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
     if input.inner.read(&mut [0u8; 1]).map_err(truncated)? != 0 {
         return Err("it has bytes after its checksum".into());
     }
+    let index = Index::from_sorted(entries).ok_or("its keys are out of order")?;
     Ok(Loaded { index, coverage })
 }
 
