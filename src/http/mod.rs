@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use tiny_http::Server;
+use tiny_http::{Request, Server};
 
 use crate::config::General;
 use crate::store::Store;
@@ -188,15 +188,53 @@ fn worker(server: &Server, ctx: &Context, stopping: &AtomicBool) {
             Route::Kv { raw_key } => kv::handle(ctx, bufs_ref, &mut request, raw_key),
             Route::AdminStats => admin::stats(ctx, &request),
             Route::AdminCompact => admin::compact(ctx, &request),
-            Route::Unknown => {
-                Reply::message(404, "No such resource. The API lives under /api/kv/{key}.")
-            }
+            Route::Unknown => Reply::message(
+                404,
+                "No such resource. The API lives under /api/kv/{key} and /api/admin/.",
+            ),
         });
         if reply.status() == 500 {
             log::debug!("500 for {} {url}", request.method());
         }
-        reply.send(request);
+        let unread_body = reply.status() >= 400
+            && request
+                .body_length()
+                .is_some_and(|len| len > PREBUFFERED_BODY);
+        match reply {
+            Reply::Json {
+                status,
+                body,
+                allow,
+            } if unread_body => send_detached(
+                Reply::Json {
+                    status,
+                    body,
+                    allow,
+                },
+                request,
+            ),
+            reply => reply.send(request),
+        }
         bufs.trim();
+    }
+}
+
+/// Request bodies up to this size are read by tiny_http along with the
+/// request's head, before a worker sees the request.
+const PREBUFFERED_BODY: usize = 1024;
+
+/// Sends an error reply to a request whose body was not read (a 413, say).
+/// While responding, tiny_http drains the unread body, for as long as the
+/// client takes to send it; on a worker, a few clients that never send it
+/// would stop the API. So it happens on a short-lived thread instead. The
+/// connection sends nothing more until then, so there is at most one such
+/// thread per open connection.
+fn send_detached(reply: Reply<'static>, request: Request) {
+    let spawned = thread::Builder::new()
+        .name("lucid-drain".into())
+        .spawn(move || reply.send(request));
+    if let Err(err) = spawned {
+        log::warn!("cannot start a thread to answer a rejected request: {err}");
     }
 }
 

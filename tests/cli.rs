@@ -1,0 +1,245 @@
+//! The command line: `init`, config validation, `check`, embedded defaults.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Replaces the value of every uncommented `key:` line; `None` if there is none.
+fn set_yaml_value(yaml: &str, key: &str, value: &str) -> Option<String> {
+    let mut found = false;
+    let lines: Vec<String> = yaml
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with(&format!("{key}:")) {
+                found = true;
+                let indent = &line[..line.len() - trimmed.len()];
+                format!("{indent}{key}: {value}")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    found.then(|| lines.join("\n") + "\n")
+}
+
+/// True if `text` contains `n` as a whole number (not part of a longer one).
+fn contains_number(text: &str, n: u64) -> bool {
+    text.split(|c: char| !c.is_ascii_digit())
+        .any(|word| word == n.to_string())
+}
+
+/// A server started on port 7021 (embedded default) must either listen there
+/// and keep its data in `cwd/lucid-data`, or fail because the port is taken.
+fn assert_listens_on_7021_or_port_busy(server: &mut Server, cwd: &Path) {
+    match server.wait_listening() {
+        Some(port) => {
+            assert_eq!(port, 7021, "stderr:\n{}", server.logs());
+            assert!(server.logs().contains("listening on http://127.0.0.1:7021"));
+            assert!(
+                cwd.join("lucid-data").join("data.log").is_file(),
+                "no ./lucid-data/data.log in the working directory"
+            );
+            assert_eq!(put(port, "/api/kv/defaults", b"ok").status, 201);
+            assert_eq!(get(port, "/api/kv/defaults").body, b"ok");
+        }
+        None => {
+            let status = server.wait_exit();
+            let logs = server.logs();
+            assert!(!status.success(), "server exited with {status}:\n{logs}");
+            assert!(
+                logs.to_lowercase().contains("in use"),
+                "server neither listened on 7021 nor reported the address in use:\n{logs}"
+            );
+        }
+    }
+}
+
+#[test]
+fn init_writes_commented_config_that_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sample.yml");
+    let out = run_lucid(&["--config", config.to_str().unwrap(), "init"], dir.path());
+    assert!(out.status.success(), "init failed: {}", stderr_of(&out));
+    let sample = fs::read_to_string(&config).expect("init wrote no file");
+    assert!(
+        sample.lines().any(|l| l.trim_start().starts_with('#')),
+        "the sample config has no comments:\n{sample}"
+    );
+
+    // Point the sample at a free port and a private data directory when it
+    // sets them; otherwise it runs on the defaults (cwd is the tempdir).
+    let data = dir.path().join("data");
+    let with_port = set_yaml_value(&sample, "port", "0");
+    let mut edited = with_port.clone().unwrap_or_else(|| sample.clone());
+    if let Some(text) = set_yaml_value(&edited, "directory", &format!("'{}'", data.display())) {
+        edited = text;
+    }
+    fs::write(&config, &edited).unwrap();
+    let args = ["--config", config.to_str().unwrap(), "server"];
+    let mut server = Server::spawn(&args, Some(dir.path()));
+    if with_port.is_none() {
+        assert_listens_on_7021_or_port_busy(&mut server, dir.path());
+        return;
+    }
+    let port = server.wait_listening().unwrap_or_else(|| {
+        panic!(
+            "server rejected the init config:\n{}\n{edited}",
+            server.logs()
+        )
+    });
+    assert_eq!(put(port, "/api/kv/k", b"v").status, 201);
+    assert_eq!(get(port, "/api/kv/k").body, b"v");
+}
+
+#[test]
+fn init_without_config_flag_writes_lucid_yml_in_cwd() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_lucid(&["init"], dir.path());
+    assert!(out.status.success(), "init failed: {}", stderr_of(&out));
+    let written = fs::read_to_string(dir.path().join("lucid.yml")).expect("no ./lucid.yml");
+    assert!(!written.trim().is_empty());
+}
+
+#[test]
+fn init_refuses_to_overwrite_without_force_and_force_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lucid.yml");
+    let path = config.to_str().unwrap();
+    fs::write(&config, "# mine, do not touch\n").unwrap();
+
+    let out = run_lucid(&["--config", path, "init"], dir.path());
+    assert!(!out.status.success(), "init overwrote an existing file");
+    assert!(
+        stderr_of(&out).contains("--force"),
+        "stderr does not mention --force: {}",
+        stderr_of(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        "# mine, do not touch\n"
+    );
+
+    let out = run_lucid(&["--config", path, "init", "--force"], dir.path());
+    assert!(
+        out.status.success(),
+        "init --force failed: {}",
+        stderr_of(&out)
+    );
+    let written = fs::read_to_string(&config).unwrap();
+    assert_ne!(
+        written, "# mine, do not touch\n",
+        "--force did not overwrite"
+    );
+    assert!(
+        written.contains("port"),
+        "overwritten file is not the sample:\n{written}"
+    );
+}
+
+#[test]
+fn unknown_config_key_is_rejected_naming_the_key() {
+    for (section, line, name) in [
+        ("general", "prot: 1", "prot"),
+        ("storage", "directroy: elsewhere", "directroy"),
+        ("logging", "lvl: debug", "lvl"),
+        ("extras", "anything: 1", "extras"),
+    ] {
+        let (status, stderr) = Config::new().raw(section, line).start_expect_failure();
+        assert!(!status.success(), "{section}.{line}: exit status {status}");
+        assert!(
+            stderr.contains(name),
+            "{section}.{line}: stderr does not name {name:?}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn invalid_config_values_are_rejected() {
+    for (config, words) in [
+        (Config::new().sync("sometimes"), ["sometimes", "sync"]),
+        (Config::new().level("loud"), ["loud", "level"]),
+        (
+            Config::new().raw("storage", "max_value_bytes: lots"),
+            ["lots", "max_value_bytes"],
+        ),
+    ] {
+        let (status, stderr) = config.start_expect_failure();
+        assert!(!status.success(), "{words:?}: exit status {status}");
+        assert!(
+            words.iter().any(|w| stderr.contains(w)),
+            "{words:?}: stderr does not explain the bad value:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_on_healthy_directory_exits_0_and_reports_live_keys() {
+    let mut node = Node::start();
+    let port = node.port();
+    for i in 0..15 {
+        assert_eq!(put(port, &format!("/api/kv/live/{i}"), b"v").status, 201);
+    }
+    assert_eq!(put(port, "/api/kv/live/3", b"v2").status, 200);
+    assert_eq!(delete(port, "/api/kv/live/4").status, 200);
+    assert_eq!(delete(port, "/api/kv/live/9").status, 200);
+    node.kill9();
+    let before = fs::read(node.data_log()).unwrap();
+
+    let out = node.run(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check failed on a healthy dir: {stdout}{}",
+        stderr_of(&out)
+    );
+    assert!(
+        contains_number(&stdout, 13),
+        "check summary lacks the 13 live keys:\n{stdout}"
+    );
+    assert!(
+        fs::read(node.data_log()).unwrap() == before,
+        "check modified data.log"
+    );
+}
+
+#[test]
+fn check_on_damaged_directory_exits_nonzero() {
+    let mut node = Node::start();
+    let port = node.port();
+    assert_eq!(
+        put(port, "/api/kv/first", b"CHECK-DAMAGE-MARKER-91c2").status,
+        201
+    );
+    for i in 0..5 {
+        assert_eq!(
+            put(port, &format!("/api/kv/later/{i}"), b"fine").status,
+            201
+        );
+    }
+    node.kill9();
+    let mut bytes = fs::read(node.data_log()).unwrap();
+    let at = find_unique(&bytes, b"CHECK-DAMAGE-MARKER-91c2");
+    bytes[at + 3] ^= 0x01;
+    fs::write(node.data_log(), &bytes).unwrap();
+
+    let out = node.run(&["check"]);
+    assert!(!out.status.success(), "check passed a damaged log");
+    assert!(
+        !out.stdout.is_empty() || !out.stderr.is_empty(),
+        "check failed without saying why"
+    );
+}
+
+#[test]
+fn server_without_config_file_uses_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(&["server"], Some(dir.path()));
+    assert_listens_on_7021_or_port_busy(&mut server, dir.path());
+}

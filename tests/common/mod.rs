@@ -1,0 +1,799 @@
+//! Shared helpers for the integration tests: a running `lucid` node in a
+//! temporary directory, a tiny HTTP/1.1 client over `TcpStream`, and small
+//! assertion helpers. Each test file does `mod common;` and uses only part of
+//! this module, hence the module-level `allow(dead_code)`.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Upper bound for a node to become ready, or to exit when it should fail.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Upper bound for any single socket read or write.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The readiness line a server logs once it accepts connections.
+pub const LISTENING: &str = "listening on http://127.0.0.1:";
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lucid");
+/// `general.threads` of every test node.
+pub const WORKER_THREADS: usize = 4;
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// A spawned `lucid` process whose stderr is collected line by line.
+pub struct Server {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// `Some(port)` when the readiness line appears, `None` when stderr closes.
+    events: Receiver<Option<u16>>,
+}
+
+impl Server {
+    /// Spawns `lucid ARGS...` (in `cwd` if given) with stderr piped.
+    pub fn spawn<S: AsRef<OsStr>>(args: &[S], cwd: Option<&Path>) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().expect("spawn lucid");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, events) = mpsc::channel();
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let port = listening_port(&line);
+                sink.lock().unwrap().push(line);
+                if let Some(port) = port {
+                    let _ = tx.send(Some(port));
+                }
+            }
+            let _ = tx.send(None);
+        });
+        Server {
+            child,
+            lines,
+            events,
+        }
+    }
+
+    /// Waits for the readiness line: `Some(port)`, or `None` if the process
+    /// closed stderr (exited) first. Panics with the stderr on timeout.
+    pub fn wait_listening(&self) -> Option<u16> {
+        match self.events.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "lucid did not log {LISTENING:?} nor exit within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                self.logs()
+            ),
+        }
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader thread drain the rest of stderr.
+                while let Ok(Some(_)) = self.events.recv_timeout(Duration::from_secs(2)) {}
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!(
+                    "lucid did not exit within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                    self.logs()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn listening_port(line: &str) -> Option<u16> {
+    let rest = &line[line.find(LISTENING)? + LISTENING.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Runs a short-lived `lucid` command (init, check, ...) to completion with a
+/// bounded wait, capturing stdout and stderr.
+pub fn run_lucid<S: AsRef<OsStr>>(args: &[S], cwd: &Path) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lucid");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`lucid {:?}` did not finish within {STARTUP_TIMEOUT:?}",
+                args_str(args)
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn args_str<S: AsRef<OsStr>>(args: &[S]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// A node: config + data directory in a tempdir, plus the running process
+// ---------------------------------------------------------------------------
+
+/// Builder for the YAML config of a test node.
+#[derive(Clone, Default)]
+pub struct Config {
+    sync: Option<String>,
+    sync_interval_ms: Option<u64>,
+    max_key_bytes: Option<u64>,
+    max_value_bytes: Option<u64>,
+    level: Option<String>,
+    /// Raw extra lines per section, e.g. `("general", "prot: 1")`.
+    raw: Vec<(String, String)>,
+}
+
+impl Config {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn sync(mut self, mode: &str) -> Self {
+        self.sync = Some(mode.into());
+        self
+    }
+    pub fn sync_interval_ms(mut self, ms: u64) -> Self {
+        self.sync_interval_ms = Some(ms);
+        self
+    }
+    pub fn max_key_bytes(mut self, n: u64) -> Self {
+        self.max_key_bytes = Some(n);
+        self
+    }
+    pub fn max_value_bytes(mut self, n: u64) -> Self {
+        self.max_value_bytes = Some(n);
+        self
+    }
+    /// `logging.level` (default here: info).
+    pub fn level(mut self, level: &str) -> Self {
+        self.level = Some(level.into());
+        self
+    }
+    /// Adds a raw `line` under top-level `section` (created if needed).
+    pub fn raw(mut self, section: &str, line: &str) -> Self {
+        self.raw.push((section.into(), line.into()));
+        self
+    }
+
+    /// The YAML text, with the data directory at `data_dir`.
+    pub fn yaml(&self, data_dir: &Path) -> String {
+        let mut general = vec![
+            "bind_address: 127.0.0.1".to_string(),
+            "port: 0".into(),
+            format!("threads: {WORKER_THREADS}"),
+        ];
+        let mut storage = vec![format!("directory: '{}'", data_dir.display())];
+        if let Some(v) = &self.sync {
+            storage.push(format!("sync: {v}"));
+        }
+        if let Some(v) = self.sync_interval_ms {
+            storage.push(format!("sync_interval_ms: {v}"));
+        }
+        if let Some(v) = self.max_key_bytes {
+            storage.push(format!("max_key_bytes: {v}"));
+        }
+        if let Some(v) = self.max_value_bytes {
+            storage.push(format!("max_value_bytes: {v}"));
+        }
+        let level = self.level.as_deref().unwrap_or("info");
+        let mut logging = vec![format!("level: {level}")];
+        let mut others: Vec<(String, Vec<String>)> = Vec::new();
+        for (section, line) in &self.raw {
+            match section.as_str() {
+                "general" => general.push(line.clone()),
+                "storage" => storage.push(line.clone()),
+                "logging" => logging.push(line.clone()),
+                _ => match others.iter_mut().find(|(s, _)| s == section) {
+                    Some((_, lines)) => lines.push(line.clone()),
+                    None => others.push((section.clone(), vec![line.clone()])),
+                },
+            }
+        }
+        let mut sections = vec![
+            ("general".to_string(), general),
+            ("storage".into(), storage),
+            ("logging".into(), logging),
+        ];
+        sections.extend(others);
+        let mut out = String::new();
+        for (name, lines) in sections {
+            out.push_str(&format!("{name}:\n"));
+            for line in lines {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        out
+    }
+
+    /// Writes the config into a fresh tempdir and starts a node on it.
+    pub fn start(self) -> Node {
+        let mut node = Node::prepare(&self);
+        node.restart();
+        node
+    }
+
+    /// Writes the config into a fresh tempdir and runs a server that must
+    /// fail to start; returns its exit status and stderr.
+    pub fn start_expect_failure(self) -> (ExitStatus, String) {
+        Node::prepare(&self).try_start_expect_failure()
+    }
+}
+
+/// A `lucid server` on a private tempdir (config file + data directory).
+pub struct Node {
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    server: Option<Server>,
+    port: u16,
+}
+
+impl Node {
+    /// A node with the default test config.
+    pub fn start() -> Node {
+        Config::new().start()
+    }
+
+    fn prepare(config: &Config) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("lucid.yml");
+        std::fs::write(&config_path, config.yaml(&dir.path().join("data"))).unwrap();
+        Node {
+            dir,
+            config_path,
+            server: None,
+            port: 0,
+        }
+    }
+
+    fn spawn(&self) -> Server {
+        let config = self.config_path.as_os_str();
+        Server::spawn(
+            &[OsStr::new("--config"), config, OsStr::new("server")],
+            Some(self.dir.path()),
+        )
+    }
+
+    /// Port of the running server.
+    pub fn port(&self) -> u16 {
+        assert!(self.server.is_some(), "node is not running");
+        self.port
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn data_log(&self) -> PathBuf {
+        self.data_dir().join("data.log")
+    }
+
+    /// Stderr of the current (or last) server process.
+    pub fn logs(&self) -> String {
+        self.server.as_ref().map(Server::logs).unwrap_or_default()
+    }
+
+    /// SIGKILL the server and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            server.kill();
+        }
+    }
+
+    /// Kills the server if it runs, then starts it again on the same config
+    /// and directory (it gets a new port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        let server = self.spawn();
+        match server.wait_listening() {
+            Some(port) => self.port = port,
+            None => panic!(
+                "lucid exited instead of starting; stderr:\n{}",
+                server.logs()
+            ),
+        }
+        self.server = Some(server);
+    }
+
+    /// Starts another server process on this node's config that must fail;
+    /// returns its exit status and stderr. Does not touch the current one.
+    pub fn try_start_expect_failure(&self) -> (ExitStatus, String) {
+        let mut server = self.spawn();
+        if let Some(port) = server.wait_listening() {
+            let logs = server.logs();
+            drop(server);
+            panic!("lucid started on port {port} but was expected to fail; stderr:\n{logs}");
+        }
+        let status = server.wait_exit();
+        (status, server.logs())
+    }
+
+    /// Asserts the node still answers a PUT and a GET on a new connection;
+    /// on failure the panic shows the server's stderr.
+    #[track_caller]
+    pub fn assert_serving(&self) {
+        let port = self.port();
+        let round_trip = || -> io::Result<(Response, Response)> {
+            let mut conn = Conn::try_open(port)?;
+            let put = conn.try_send("PUT", "/api/kv/still-serving", &[], b"yes")?;
+            Ok((
+                put,
+                conn.try_send("GET", "/api/kv/still-serving", &[], b"")?,
+            ))
+        };
+        match round_trip() {
+            Ok((put, get)) => {
+                assert!(
+                    matches!(put.status, 200 | 201),
+                    "PUT answered {}",
+                    put.status
+                );
+                assert_eq!((get.status, get.body), (200, b"yes".to_vec()));
+            }
+            Err(e) => panic!("the node no longer serves ({e}); stderr:\n{}", self.logs()),
+        }
+    }
+
+    /// Asserts the server process has not exited (crashed).
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        let server = self.server.as_mut().expect("node was started");
+        assert!(
+            server.is_running(),
+            "the node exited; stderr:\n{}",
+            server.logs()
+        );
+    }
+
+    /// A `lucid --config <this config> ARGS...` run, e.g. `check`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec![OsStr::new("--config"), self.config_path.as_os_str()];
+        all.extend(args.iter().map(OsStr::new));
+        run_lucid(&all, self.dir.path())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/1.1 client
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// Case-insensitive header lookup (first occurrence).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One TCP connection; several requests can be sent on it (keep-alive).
+pub struct Conn {
+    port: u16,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Conn {
+        Conn::try_open(port).expect("connect to lucid")
+    }
+
+    pub fn try_open(port: u16) -> io::Result<Conn> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Conn {
+            port,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends a request and reads the response; panics on I/O errors.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.try_send(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Sends a request and reads the response. A `Content-Length` is added
+    /// unless the caller passes `Content-Length` or `Transfer-Encoding`; the
+    /// body is sent as given (so chunked bodies are pre-encoded by the caller).
+    pub fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
+            self.port
+        );
+        for (name, value) in headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let framed = headers.iter().any(|(n, _)| {
+            n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
+        });
+        if !framed && (!body.is_empty() || matches!(method, "PUT" | "POST")) {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.write_raw(&bytes)?;
+        self.read_response(method == "HEAD")
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes)?;
+        stream.flush()
+    }
+
+    /// Reads one response (skipping any 1xx). `head`: the request was HEAD,
+    /// so there is no body whatever the headers say.
+    pub fn read_response(&mut self, head: bool) -> io::Result<Response> {
+        loop {
+            let status_line = self.read_line()?;
+            let mut parts = status_line.splitn(3, ' ');
+            let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let status: u16 = match (version.starts_with("HTTP/1."), code.parse()) {
+                (true, Ok(code)) => code,
+                _ => return Err(bad_data(format!("bad status line {status_line:?}"))),
+            };
+            let headers = self.read_headers()?;
+            let mut response = Response {
+                status,
+                headers,
+                body: Vec::new(),
+            };
+            if (100..200).contains(&status) {
+                continue;
+            }
+            if head || status == 204 || status == 304 {
+                return Ok(response);
+            }
+            let chunked = response
+                .header("transfer-encoding")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+            if chunked {
+                response.body = self.read_chunked()?;
+            } else if let Some(len) = response.header("content-length") {
+                let len: usize = len
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad_data(format!("bad Content-Length {len:?}")))?;
+                response.body = vec![0; len];
+                self.reader.read_exact(&mut response.body)?;
+            } else {
+                self.reader.read_to_end(&mut response.body)?;
+            }
+            return Ok(response);
+        }
+    }
+
+    fn read_line(&mut self) -> io::Result<String> {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line)?;
+        if line.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        let line = String::from_utf8(line).map_err(|_| bad_data("non-UTF-8 header line".into()))?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    fn read_headers(&mut self) -> io::Result<Vec<(String, String)>> {
+        let mut headers = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            if line.is_empty() {
+                return Ok(headers);
+            }
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| bad_data(format!("bad header line {line:?}")))?;
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+
+    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16)
+                .map_err(|_| bad_data(format!("bad chunk size {line:?}")))?;
+            if size == 0 {
+                self.read_headers()?; // trailers
+                return Ok(body);
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            self.reader.read_exact(&mut body[start..])?;
+            self.read_line()?; // CRLF after the chunk data
+        }
+    }
+}
+
+fn bad_data(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// One request on a fresh connection.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    Conn::open(port).send(method, path, headers, body)
+}
+
+pub fn put(port: u16, path: &str, body: &[u8]) -> Response {
+    request(port, "PUT", path, &[], body)
+}
+
+pub fn get(port: u16, path: &str) -> Response {
+    request(port, "GET", path, &[], b"")
+}
+
+pub fn delete(port: u16, path: &str) -> Response {
+    request(port, "DELETE", path, &[], b"")
+}
+
+/// `/api/kv/` followed by `key` percent-encoded (every byte outside the
+/// unreserved set, including `/`, becomes `%XX`).
+pub fn kv_path(key: &str) -> String {
+    let mut path = String::from("/api/kv/");
+    for &b in key.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    path
+}
+
+/// Encodes `chunks` as a chunked request body, including the final chunk.
+pub fn chunked(chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Assertions
+// ---------------------------------------------------------------------------
+
+/// Parses a body of the exact shape `{"message": "<JSON string>"}`
+/// (whitespace allowed) and returns the message.
+pub fn json_message(body: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(body).ok()?.trim();
+    let s = s.strip_prefix('{')?.trim_start();
+    let s = s.strip_prefix("\"message\"")?.trim_start();
+    let s = s.strip_prefix(':')?.trim_start();
+    let s = s.strip_prefix('"')?;
+    let mut message = String::new();
+    let mut chars = s.char_indices();
+    let rest = loop {
+        match chars.next()? {
+            (i, '"') => break &s[i + 1..],
+            (_, '\\') => match chars.next()?.1 {
+                'n' => message.push('\n'),
+                't' => message.push('\t'),
+                'r' => message.push('\r'),
+                'b' => message.push('\u{8}'),
+                'f' => message.push('\u{c}'),
+                'u' => {
+                    let hex: String = (0..4).filter_map(|_| chars.next().map(|c| c.1)).collect();
+                    let code = u32::from_str_radix(&hex, 16).ok()?;
+                    message.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                }
+                c @ ('"' | '\\' | '/') => message.push(c),
+                _ => return None,
+            },
+            (_, c) if (c as u32) < 0x20 => return None,
+            (_, c) => message.push(c),
+        }
+    };
+    (rest.trim() == "}").then_some(message)
+}
+
+/// Asserts a JSON error response: status, `Content-Type: application/json`,
+/// a body `{"message": "..."}` with a non-empty message, equal to `expected`
+/// when given.
+#[track_caller]
+pub fn assert_error(resp: &Response, status: u16, expected: Option<&str>) {
+    assert_eq!(
+        resp.status,
+        status,
+        "unexpected status; body: {}",
+        resp.text()
+    );
+    let content_type = resp.header("content-type").unwrap_or("");
+    assert!(
+        content_type.starts_with("application/json"),
+        "status {status}: Content-Type is {content_type:?}, want application/json"
+    );
+    let message = json_message(&resp.body).unwrap_or_else(|| {
+        panic!(
+            "status {status}: body is not {{\"message\": ...}}: {:?}",
+            resp.text()
+        )
+    });
+    assert!(!message.is_empty(), "status {status}: empty message");
+    if let Some(expected) = expected {
+        assert_eq!(message, expected, "status {status}: wrong message");
+    }
+}
+
+/// Asserts a JSON success message (`201`/`200` on PUT, `200` on DELETE).
+#[track_caller]
+pub fn assert_message(resp: &Response, status: u16, expected: &str) {
+    assert_error(resp, status, Some(expected));
+}
+
+pub const CREATED: &str = "The specified key was successfully created.";
+pub const UPDATED: &str = "The specified key was successfully updated.";
+pub const DELETED: &str = "The specified key was successfully deleted.";
+pub const NOT_FOUND: &str = "The specified key does not exist.";
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) into Unix
+/// seconds, checking the weekday too.
+pub fn parse_http_date(s: &str) -> Option<u64> {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = s.split(' ').collect();
+    let [wday, day, month, year, time, "GMT"] = parts[..] else {
+        return None;
+    };
+    let wday = DAYS.iter().position(|d| wday == format!("{d},"))? as i64;
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = hms[..] else { return None };
+    if day.to_string().len() > 2 || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    if (days + 4).rem_euclid(7) != wday {
+        return None;
+    }
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Position of `needle` in `haystack`, asserting it occurs exactly once.
+pub fn find_unique(haystack: &[u8], needle: &[u8]) -> usize {
+    let hits: Vec<usize> = haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "marker {:?} found {} times",
+        String::from_utf8_lossy(needle),
+        hits.len()
+    );
+    hits[0]
+}
