@@ -114,6 +114,16 @@ impl Server {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
+    /// Sends SIGTERM (a clean stop) and waits, bounded, for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        self.wait_exit()
+    }
+
     /// SIGKILL (what `Child::kill` sends on Unix), then reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -280,9 +290,15 @@ impl Config {
 
     /// Writes the config into a fresh tempdir and starts a node on it.
     pub fn start(self) -> Node {
-        let mut node = Node::prepare(&self);
+        let mut node = self.prepare();
         node.restart();
         node
+    }
+
+    /// Writes the config into a fresh tempdir without starting the node
+    /// (to set up its data directory first); `restart` starts it.
+    pub fn prepare(self) -> Node {
+        Node::prepare(&self)
     }
 
     /// Writes the config into a fresh tempdir and runs a server that must
@@ -343,6 +359,11 @@ impl Node {
     /// Stderr of the current (or last) server process.
     pub fn logs(&self) -> String {
         self.server.as_ref().map(Server::logs).unwrap_or_default()
+    }
+
+    /// Stops the server with SIGTERM and returns its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.server.as_mut().expect("node was started").terminate()
     }
 
     /// SIGKILL the server and reap it.
