@@ -202,6 +202,8 @@ pub enum Step {
     Started,
     /// Live records copied, the new file not yet synced.
     Copied,
+    /// Group commit held, writers not yet paused.
+    Switching,
     /// The new file complete with its tail and synced, not yet renamed.
     Synced,
     /// Renamed over `data.log`, the directory not yet synced.
@@ -300,6 +302,7 @@ impl Store {
         // Switch. Take the group-commit role so no other sync runs, then
         // pause writers.
         self.begin_exclusive_sync();
+        self.reached(Step::Switching);
         let paused = Instant::now();
         let mut writer = lock(&self.writer);
         let outcome = (|| {
@@ -326,7 +329,7 @@ impl Store {
         let shift = |offset: u64| offset - cut + tail_start;
         let new_end = shift(writer.end);
         for pending in &mut writer.pending {
-            pending.end = shift(pending.end);
+            pending.offset = shift(pending.offset);
             if let Some(location) = &mut pending.location {
                 location.offset = shift(location.offset);
             }
@@ -342,9 +345,10 @@ impl Store {
         writer.header = new_header;
         writer.end = new_end;
         // The new file is synced to its end: everything pending is durable.
-        self.publish(&mut writer, new_end);
+        let durable = writer.next_sequence - 1;
+        self.publish(&mut writer, durable);
         drop(writer);
-        self.end_exclusive_sync(Some(new_end));
+        self.end_exclusive_sync(Some(durable));
         let writers_paused = paused.elapsed();
         drop(old_log);
         self.compactions
@@ -534,10 +538,47 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_waiting_for_its_sync_across_the_switch_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        let (answered, answer) = std::sync::mpsc::channel();
+        let writer_store = Arc::clone(&store);
+        *lock(&store.step_hook) = Some(Box::new(move |step| {
+            if step != Step::Switching {
+                return;
+            }
+            // This writer appends to the old log, then waits for a sync that
+            // only the switch to the new log provides.
+            let (store, answered) = (Arc::clone(&writer_store), answered.clone());
+            let appended = store.stats().log_bytes;
+            std::thread::spawn(move || {
+                put(&store, &mut Model::new(), "waiting", b"across the switch");
+                let _ = answered.send(());
+            });
+            while writer_store.stats().log_bytes == appended {
+                std::thread::yield_now();
+            }
+        }));
+        store.compact().unwrap();
+        *lock(&store.step_hook) = None;
+        answer
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waiting writer was never answered");
+        model.insert("waiting".into(), b"across the switch".to_vec());
+        assert_matches(&store, &model);
+        drop(store);
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        assert_matches(&store, &model);
+    }
+
+    #[test]
     fn a_crash_at_any_step_leaves_a_directory_that_opens_intact() {
         for step in [
             Step::Started,
             Step::Copied,
+            Step::Switching,
             Step::Synced,
             Step::Renamed,
             Step::DirSynced,

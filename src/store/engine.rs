@@ -127,8 +127,8 @@ pub(super) struct Pending {
     pub(super) offset: u64,
     /// `None` for a tombstone.
     pub(super) location: Option<Location>,
-    /// Log offset just past this record.
-    pub(super) end: u64,
+    /// Sequence number of the record.
+    pub(super) sequence: u64,
 }
 
 /// The append side of the store, behind one lock.
@@ -158,8 +158,9 @@ impl Writer {
 }
 
 pub(super) struct CommitState {
-    /// Every byte of the log below this offset is fsynced and published.
-    pub(super) durable_end: u64,
+    /// Every record up to this sequence number is fsynced and published.
+    /// (Sequence numbers, unlike offsets, survive compaction unchanged.)
+    pub(super) durable_sequence: u64,
     /// A writer (or compaction) is running fdatasync on behalf of the group.
     pub(super) syncing: bool,
 }
@@ -213,7 +214,7 @@ impl Store {
                 pending: Vec::new(),
             }),
             commit: Mutex::new(CommitState {
-                durable_end: recovered.end,
+                durable_sequence: recovered.next_sequence - 1,
                 syncing: false,
             }),
             commit_done: Condvar::new(),
@@ -308,7 +309,7 @@ impl Store {
     /// for a delete of a missing key (nothing written).
     fn write(&self, record: &mut [u8]) -> Result<Option<bool>, StoreError> {
         let kind = RecordBuilder::kind(record);
-        let (existed, end) = {
+        let (existed, sequence) = {
             let mut writer = lock(&self.writer);
             if self.is_read_only() {
                 return Err(StoreError::ReadOnly);
@@ -320,7 +321,8 @@ impl Store {
             if kind == RecordKind::Delete && !existed {
                 return Ok(None);
             }
-            RecordBuilder::seal(record, writer.next_sequence, now_ms());
+            let sequence = writer.next_sequence;
+            RecordBuilder::seal(record, sequence, now_ms());
             let offset = writer.end;
             if let Err(err) = writer.file.append(offset, record) {
                 self.undo_append(&*writer.file, offset, &err);
@@ -334,20 +336,19 @@ impl Store {
             });
             let key = RecordBuilder::key(record);
             if self.sync == SyncMode::Always {
-                let end = writer.end;
                 writer.pending.push(Pending {
                     key: key.into(),
                     offset,
                     location,
-                    end,
+                    sequence,
                 });
             } else {
                 apply(&mut write(&self.keydir).index, key, location);
             }
-            (existed, writer.end)
+            (existed, sequence)
         };
         if self.sync == SyncMode::Always {
-            self.wait_durable(end)?;
+            self.wait_durable(sequence)?;
         }
         Ok(Some(existed))
     }
@@ -364,12 +365,12 @@ impl Store {
         }
     }
 
-    /// Blocks until the log is durable up to `end`, running the group's
-    /// fdatasync if nobody else is.
-    fn wait_durable(&self, end: u64) -> Result<(), StoreError> {
+    /// Blocks until the record with this sequence number is durable,
+    /// running the group's fdatasync if nobody else is.
+    fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
         let mut state = lock(&self.commit);
         loop {
-            if state.durable_end >= end {
+            if state.durable_sequence >= sequence {
                 return Ok(());
             }
             if self.is_read_only() {
@@ -387,19 +388,20 @@ impl Store {
             let synced = self.sync_and_publish();
             state = lock(&self.commit);
             state.syncing = false;
-            if let Some(synced_end) = synced {
-                state.durable_end = synced_end;
+            if let Some(synced) = synced {
+                state.durable_sequence = synced;
             }
             self.commit_done.notify_all();
         }
     }
 
     /// Syncs everything appended so far and publishes the pending records it
-    /// covers. Returns the durable end, or `None` if the sync failed.
+    /// covers. Returns the last durable sequence number, or `None` if the
+    /// sync failed.
     fn sync_and_publish(&self) -> Option<u64> {
         let (file, target) = {
             let writer = lock(&self.writer);
-            (Arc::clone(&writer.file), writer.end)
+            (Arc::clone(&writer.file), writer.next_sequence - 1)
         };
         if let Err(err) = file.sync() {
             self.enter_read_only(&format!("fdatasync of the log failed: {err}"));
@@ -410,10 +412,10 @@ impl Store {
         Some(target)
     }
 
-    /// Moves the pending records that end at or before `durable_end` into
-    /// the index.
-    pub(super) fn publish(&self, writer: &mut Writer, durable_end: u64) {
-        let covered = writer.pending.partition_point(|p| p.end <= durable_end);
+    /// Moves the pending records up to sequence number `durable` into the
+    /// index.
+    pub(super) fn publish(&self, writer: &mut Writer, durable: u64) {
+        let covered = writer.pending.partition_point(|p| p.sequence <= durable);
         let mut keydir = write(&self.keydir);
         for pending in writer.pending.drain(..covered) {
             apply(&mut keydir.index, &pending.key, pending.location);
@@ -425,11 +427,11 @@ impl Store {
     /// (after a failed fsync) only writes the hint.
     pub fn close(&self) -> io::Result<()> {
         if !self.is_read_only() {
-            let durable_end = self.sync_and_publish().ok_or_else(|| {
+            let durable = self.sync_and_publish().ok_or_else(|| {
                 io::Error::other("the final fsync failed; the node is now read-only")
             })?;
             let mut state = lock(&self.commit);
-            state.durable_end = state.durable_end.max(durable_end);
+            state.durable_sequence = state.durable_sequence.max(durable);
         }
         self.write_hint()
     }
@@ -467,12 +469,12 @@ impl Store {
     }
 
     /// Ends [`begin_exclusive_sync`](Self::begin_exclusive_sync); with
-    /// `Some(end)`, everything up to `end` (in the new file) is durable.
-    pub(super) fn end_exclusive_sync(&self, durable_end: Option<u64>) {
+    /// `Some(sequence)`, every record up to it is durable.
+    pub(super) fn end_exclusive_sync(&self, durable: Option<u64>) {
         let mut state = lock(&self.commit);
         state.syncing = false;
-        if let Some(end) = durable_end {
-            state.durable_end = end;
+        if let Some(sequence) = durable {
+            state.durable_sequence = sequence;
         }
         self.commit_done.notify_all();
     }
