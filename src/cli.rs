@@ -7,8 +7,8 @@ use argh::FromArgs;
 /// Lucid: a small, fast, trustworthy key-value node with an HTTP API.
 #[derive(FromArgs, Debug)]
 pub struct Args {
-    /// configuration file (default: ./lucid.yml if it exists, else the
-    /// built-in defaults)
+    /// configuration file (default: $LUCID_CONFIG, else ./lucid.yml or
+    /// /etc/lucid/lucid.yml if one exists, else the built-in defaults)
     #[argh(option)]
     pub config: Option<PathBuf>,
 
@@ -30,7 +30,8 @@ pub enum Command {
     Compact(CompactArgs),
 }
 
-/// Write a commented configuration file (to --config, or ./lucid.yml).
+/// Write a commented configuration file (to --config, $LUCID_CONFIG or
+/// ./lucid.yml).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "init")]
 pub struct InitArgs {

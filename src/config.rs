@@ -16,8 +16,14 @@ use crate::store::{CompactionPolicy, SyncMode};
 /// in it is the built-in default (a unit test holds them equal).
 pub const SAMPLE: &str = include_str!("../lucid.yml");
 
-/// Config file read when `--config` is not given, if it exists.
+/// Where `lucid init` writes when `--config` is not given.
 pub const DEFAULT_PATH: &str = "lucid.yml";
+
+/// Environment variable naming the config file when `--config` is not given.
+pub const ENV_VAR: &str = "LUCID_CONFIG";
+
+/// Files tried, in order, when neither `--config` nor `$LUCID_CONFIG` names one.
+pub const SEARCH_PATH: [&str; 2] = ["lucid.yml", "/etc/lucid/lucid.yml"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -242,13 +248,19 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Loads the configuration: from `explicit` if given (it must exist),
-    /// else from `./lucid.yml` if present, else the built-in defaults.
+    /// Loads the configuration, from the first of: `explicit` (`--config`),
+    /// `$LUCID_CONFIG` (both must exist), `./lucid.yml`,
+    /// `/etc/lucid/lucid.yml` (used if they exist), the built-in defaults.
     pub fn load(explicit: Option<&Path>) -> Result<(Self, Source), ConfigError> {
-        let path = match explicit {
-            Some(path) => path.to_path_buf(),
-            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
-            None => return Ok((Self::default(), Source::Defaults)),
+        let from_env = std::env::var_os(ENV_VAR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let path = match explicit.map(Path::to_path_buf).or(from_env) {
+            Some(path) => path,
+            None => match SEARCH_PATH.iter().map(Path::new).find(|p| p.exists()) {
+                Some(found) => found.to_path_buf(),
+                None => return Ok((Self::default(), Source::Defaults)),
+            },
         };
         let text = std::fs::read_to_string(&path).map_err(|err| {
             ConfigError(format!(

@@ -2,7 +2,7 @@
 //!
 //! * [`store`] is the storage engine (log, index, recovery, compaction).
 //! * [`http`] serves the HTTP API over the store.
-//! * [`config`] reads `lucid.yml`.
+//! * [`config`] reads `lucid.yml`; [`notify`] speaks systemd's notify protocol.
 //! * [`cli`] parses the command line; [`commands`] does what each command says.
 
 pub mod cli;
@@ -10,4 +10,5 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod notify;
 pub mod store;

@@ -2,15 +2,22 @@
 
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::CommandResult;
-use crate::config::{DEFAULT_PATH, SAMPLE};
+use crate::config::{DEFAULT_PATH, ENV_VAR, SAMPLE};
 
-/// Writes the sample config to `path` (default `./lucid.yml`); refuses to
-/// replace an existing file unless `force` is set.
+/// Writes the sample config to `path` (default `$LUCID_CONFIG`, else
+/// `./lucid.yml`); refuses to replace an existing file unless `force` is set.
 pub fn run(path: Option<&Path>, force: bool) -> CommandResult {
-    let path = path.unwrap_or(Path::new(DEFAULT_PATH));
+    let from_env = std::env::var_os(ENV_VAR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let path = path
+        .map(Path::to_path_buf)
+        .or(from_env)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+    let path = path.as_path();
     let mut options = OpenOptions::new();
     options.write(true);
     if force {

@@ -8,11 +8,13 @@ use std::time::Instant;
 use super::CommandResult;
 use crate::config::Config;
 use crate::http::{Context, HttpServer};
-use crate::{logging, store};
+use crate::notify::Notifier;
+use crate::{http, logging, store};
 
 /// Loads the config, opens the data directory, serves until asked to stop,
 /// and closes the store cleanly.
 pub fn run(config_path: Option<&Path>) -> CommandResult {
+    let signals = http::stop_signals()?;
     let (config, source) = Config::load(config_path)?;
     logging::init(config.logging.level)?;
     let storage = &config.storage;
@@ -33,11 +35,23 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         storage.sync,
         server.threads(),
     );
-    server.run(Context {
-        store: Arc::clone(&store),
-        max_key_bytes: storage.max_key_bytes,
-        max_value_bytes: storage.max_value_bytes,
-    })?;
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.ready(&format!("serving on {addr}, {} keys", report.keys));
+    if let Some(period) = notifier.watchdog_period() {
+        let pinger = Arc::clone(&notifier);
+        std::thread::Builder::new()
+            .name("lucid-watchdog".into())
+            .spawn(move || loop {
+                pinger.watchdog();
+                std::thread::sleep(period);
+            })?;
+    }
+    let ctx = Context::new(
+        Arc::clone(&store),
+        storage.max_key_bytes,
+        storage.max_value_bytes,
+    );
+    server.run(ctx, signals, move || notifier.stopping())?;
     let closing = Instant::now();
     store.close()?;
     log::info!(

@@ -1,4 +1,7 @@
-//! Handlers of `/api/admin/*`: store statistics and on-demand compaction.
+//! Handlers of the operator's endpoints: `/api/admin/*` (store statistics,
+//! on-demand compaction), `/health` and `/metrics`.
+
+use std::sync::atomic::Ordering;
 
 use tiny_http::{Method, Request};
 
@@ -38,5 +41,31 @@ pub fn compact<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
             log::error!("compaction failed: {err}");
             Reply::message(500, format!("{err}."))
         }
+    }
+}
+
+/// `GET /health`: 200 `{"status":"ok"}` while the node serves normally;
+/// 503 with `read-only` or `stopping` otherwise. Says nothing else.
+pub fn health<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return Reply::method_not_allowed("GET, HEAD");
+    }
+    if ctx.stopping.load(Ordering::SeqCst) {
+        Reply::json(503, r#"{"status":"stopping"}"#)
+    } else if ctx.store.is_read_only() {
+        Reply::json(503, r#"{"status":"read-only"}"#)
+    } else {
+        Reply::json(200, r#"{"status":"ok"}"#)
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return Reply::method_not_allowed("GET, HEAD");
+    }
+    Reply::Text {
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
+        body: ctx.metrics.render(&ctx.store.stats()),
     }
 }

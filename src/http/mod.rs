@@ -11,6 +11,7 @@
 
 mod admin;
 mod kv;
+mod metrics;
 mod reply;
 mod route;
 
@@ -39,6 +40,23 @@ pub struct Context {
     pub max_key_bytes: usize,
     /// Largest accepted value in bytes.
     pub max_value_bytes: usize,
+    /// Request counters for `/metrics`.
+    metrics: metrics::Metrics,
+    /// Set once a stop signal arrives.
+    stopping: AtomicBool,
+}
+
+impl Context {
+    /// The context for serving `store` with the given limits.
+    pub fn new(store: Arc<Store>, max_key_bytes: usize, max_value_bytes: usize) -> Self {
+        Self {
+            store,
+            max_key_bytes,
+            max_value_bytes,
+            metrics: metrics::Metrics::default(),
+            stopping: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Per-worker scratch space, reused across requests.
@@ -94,17 +112,17 @@ impl HttpServer {
         self.threads
     }
 
-    /// Answers requests until SIGTERM or SIGINT, then stops gracefully
-    /// (see the module documentation).
-    pub fn run(self, ctx: Context) -> Result<(), String> {
-        let stopping = Arc::new(AtomicBool::new(false));
-        let mut signals = Signals::new([SIGTERM, SIGINT])
-            .map_err(|err| format!("cannot install signal handlers: {err}"))?;
-        let (server, threads, flag) = (
-            Arc::clone(&self.server),
-            self.threads,
-            Arc::clone(&stopping),
-        );
+    /// Answers requests until `signals` (from [`stop_signals`]) delivers
+    /// SIGTERM or SIGINT, then stops gracefully (see the module
+    /// documentation); `on_stop` runs when the signal arrives.
+    pub fn run(
+        self,
+        ctx: Context,
+        mut signals: Signals,
+        on_stop: impl FnOnce() + Send + 'static,
+    ) -> Result<(), String> {
+        let ctx = Arc::new(ctx);
+        let (server, threads, flag) = (Arc::clone(&self.server), self.threads, Arc::clone(&ctx));
         thread::Builder::new()
             .name("lucid-signals".into())
             .spawn(move || {
@@ -115,26 +133,21 @@ impl HttpServer {
                         "SIGINT"
                     };
                     log::info!("{name} received: finishing the requests in flight, then stopping");
-                    flag.store(true, Ordering::SeqCst);
+                    on_stop();
+                    flag.stopping.store(true, Ordering::SeqCst);
                     for _ in 0..threads {
                         server.unblock();
                     }
                 }
             })
             .map_err(|err| format!("cannot start the signal thread: {err}"))?;
-        let ctx = Arc::new(ctx);
         let (done, finished) = mpsc::channel();
         for n in 0..self.threads {
-            let (server, ctx, stopping, done) = (
-                Arc::clone(&self.server),
-                Arc::clone(&ctx),
-                Arc::clone(&stopping),
-                done.clone(),
-            );
+            let (server, ctx, done) = (Arc::clone(&self.server), Arc::clone(&ctx), done.clone());
             thread::Builder::new()
                 .name(format!("lucid-http-{n}"))
                 .spawn(move || {
-                    worker(&server, &ctx, &stopping);
+                    worker(&server, &ctx);
                     let _ = done.send(());
                 })
                 .map_err(|err| format!("cannot start an HTTP worker: {err}"))?;
@@ -157,7 +170,7 @@ impl HttpServer {
                     break;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if deadline.is_none() && stopping.load(Ordering::SeqCst) {
+                    if deadline.is_none() && ctx.stopping.load(Ordering::SeqCst) {
                         deadline = Some(Instant::now() + SHUTDOWN_GRACE);
                     }
                 }
@@ -168,26 +181,36 @@ impl HttpServer {
     }
 }
 
+/// Catches SIGTERM and SIGINT from now on, for [`HttpServer::run`]. Call it
+/// first thing, so a stop requested during start-up is not fatal.
+pub fn stop_signals() -> Result<Signals, String> {
+    Signals::new([SIGTERM, SIGINT]).map_err(|err| format!("cannot install signal handlers: {err}"))
+}
+
 /// How long a graceful stop waits for busy workers.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-fn worker(server: &Server, ctx: &Context, stopping: &AtomicBool) {
+fn worker(server: &Server, ctx: &Context) {
     let mut bufs = Buffers::default();
     loop {
         let mut request = match server.recv() {
             Ok(request) => request,
-            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(_) if ctx.stopping.load(Ordering::SeqCst) => return,
             Err(err) => {
                 log::warn!("could not receive a request: {err}");
                 continue;
             }
         };
+        let started = Instant::now();
+        let method = metrics::method_slot(request.method());
         let url = request.url().to_owned();
         let bufs_ref = &mut bufs;
         let reply = catch_panic(|| match route::route(&url) {
             Route::Kv { raw_key } => kv::handle(ctx, bufs_ref, &mut request, raw_key),
             Route::AdminStats => admin::stats(ctx, &request),
             Route::AdminCompact => admin::compact(ctx, &request),
+            Route::Health => admin::health(ctx, &request),
+            Route::Metrics => admin::metrics(ctx, &request),
             Route::Unknown => Reply::message(
                 404,
                 "No such resource. The API lives under /api/kv/{key} and /api/admin/.",
@@ -196,7 +219,8 @@ fn worker(server: &Server, ctx: &Context, stopping: &AtomicBool) {
         if reply.status() == 500 {
             log::debug!("500 for {} {url}", request.method());
         }
-        let unread_body = reply.status() >= 400
+        let status = reply.status();
+        let unread_body = status >= 400
             && request
                 .body_length()
                 .is_some_and(|len| len > PREBUFFERED_BODY);
@@ -215,6 +239,7 @@ fn worker(server: &Server, ctx: &Context, stopping: &AtomicBool) {
             ),
             reply => reply.send(request),
         }
+        ctx.metrics.record(method, status, started.elapsed());
         bufs.trim();
     }
 }

@@ -38,6 +38,13 @@ pub enum Reply<'a> {
     },
     /// A stored value.
     Value(StoredValue<'a>),
+    /// A generated text document (metrics).
+    Text {
+        /// Its content type.
+        content_type: &'static str,
+        /// The text.
+        body: String,
+    },
 }
 
 impl Reply<'_> {
@@ -92,7 +99,7 @@ impl Reply<'_> {
     pub fn status(&self) -> u16 {
         match self {
             Self::Json { status, .. } => *status,
-            Self::Value(_) => 200,
+            Self::Value(_) | Self::Text { .. } => 200,
         }
     }
 
@@ -124,6 +131,10 @@ impl Reply<'_> {
                     header(b"X-Content-Type-Options", b"nosniff"),
                 ];
                 request.respond(response(200, headers, value.value))
+            }
+            Self::Text { content_type, body } => {
+                let headers = vec![header(b"Content-Type", content_type.as_bytes())];
+                request.respond(response(200, headers, body.as_bytes()))
             }
         };
         if let Err(err) = result {

@@ -15,6 +15,10 @@ pub enum Route<'u> {
     AdminStats,
     /// `/api/admin/compact`: run a compaction now.
     AdminCompact,
+    /// `/health`: is the node serving?
+    Health,
+    /// `/metrics`: Prometheus metrics.
+    Metrics,
     /// Nothing here.
     Unknown,
 }
@@ -28,6 +32,8 @@ pub fn route(url: &str) -> Route<'_> {
     match path {
         "/api/admin/stats" => Route::AdminStats,
         "/api/admin/compact" => Route::AdminCompact,
+        "/health" => Route::Health,
+        "/metrics" => Route::Metrics,
         _ => Route::Unknown,
     }
 }
@@ -109,6 +115,8 @@ mod tests {
         assert_eq!(route("/api/admin/stats"), Route::AdminStats);
         assert_eq!(route("/api/admin/compact?x"), Route::AdminCompact);
         assert_eq!(route("/api/admin/other"), Route::Unknown);
+        assert_eq!(route("/health"), Route::Health);
+        assert_eq!(route("/metrics?x=1"), Route::Metrics);
     }
 
     #[test]

@@ -108,6 +108,10 @@ pub struct StoreStats {
     pub dead_bytes: u64,
     /// Whether writes are refused after a disk failure.
     pub read_only: bool,
+    /// fdatasync calls on the log since start.
+    pub fsyncs: u64,
+    /// Time spent in them, in microseconds.
+    pub fsync_micros: u64,
     /// Compactions since the node started.
     pub compactions: u64,
     /// The most recent compaction, if any.
@@ -263,6 +267,8 @@ impl Store {
             live_bytes,
             dead_bytes: log_bytes.saturating_sub(FILE_HEADER_LEN as u64 + live_bytes),
             read_only: self.is_read_only(),
+            fsyncs: self.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
+            fsync_micros: self.fsync_micros.load(std::sync::atomic::Ordering::Relaxed),
             compactions: self.compactions.load(std::sync::atomic::Ordering::Relaxed),
             last_compaction,
         }

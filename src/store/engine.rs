@@ -184,6 +184,9 @@ pub struct Store {
     pub(super) dir: Option<PathBuf>,
     /// Held while a compaction runs.
     pub(super) compaction: Mutex<()>,
+    /// fdatasync calls on the log, and the time they took.
+    pub(super) fsyncs: std::sync::atomic::AtomicU64,
+    pub(super) fsync_micros: std::sync::atomic::AtomicU64,
     /// Compactions since start.
     pub(super) compactions: std::sync::atomic::AtomicU64,
     /// The most recent compaction.
@@ -222,6 +225,8 @@ impl Store {
             read_only: AtomicBool::new(false),
             dir,
             compaction: Mutex::new(()),
+            fsyncs: std::sync::atomic::AtomicU64::new(0),
+            fsync_micros: std::sync::atomic::AtomicU64::new(0),
             compactions: std::sync::atomic::AtomicU64::new(0),
             last_compaction: Mutex::new(None),
             #[cfg(test)]
@@ -403,13 +408,23 @@ impl Store {
             let writer = lock(&self.writer);
             (Arc::clone(&writer.file), writer.next_sequence - 1)
         };
-        if let Err(err) = file.sync() {
+        if let Err(err) = self.sync_log(&*file) {
             self.enter_read_only(&format!("fdatasync of the log failed: {err}"));
             return None;
         }
         let mut writer = lock(&self.writer);
         self.publish(&mut writer, target);
         Some(target)
+    }
+
+    /// fdatasyncs the log, counting the call and its time for metrics.
+    fn sync_log(&self, file: &dyn LogFile) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let result = file.sync();
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        result
     }
 
     /// Moves the pending records up to sequence number `durable` into the
@@ -509,7 +524,7 @@ fn sync_periodically(store: &Weak<Store>, period: Duration) {
             return;
         }
         let file = Arc::clone(&lock(&store.writer).file);
-        if let Err(err) = file.sync() {
+        if let Err(err) = store.sync_log(&*file) {
             store.enter_read_only(&format!("periodic fdatasync of the log failed: {err}"));
             return;
         }

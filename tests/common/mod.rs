@@ -40,8 +40,18 @@ pub struct Server {
 impl Server {
     /// Spawns `lucid ARGS...` (in `cwd` if given) with stderr piped.
     pub fn spawn<S: AsRef<OsStr>>(args: &[S], cwd: Option<&Path>) -> Server {
+        Self::spawn_with_env(args, cwd, &[])
+    }
+
+    /// Like [`spawn`](Self::spawn), with extra environment variables.
+    pub fn spawn_with_env<S: AsRef<OsStr>>(
+        args: &[S],
+        cwd: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -205,6 +215,8 @@ pub struct Config {
     level: Option<String>,
     /// Raw extra lines per section, e.g. `("general", "prot: 1")`.
     raw: Vec<(String, String)>,
+    /// Environment variables for the server process.
+    env: Vec<(String, String)>,
 }
 
 impl Config {
@@ -232,6 +244,12 @@ impl Config {
         self.level = Some(level.into());
         self
     }
+    /// Sets an environment variable for the server process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// Adds a raw `line` under top-level `section` (created if needed).
     pub fn raw(mut self, section: &str, line: &str) -> Self {
         self.raw.push((section.into(), line.into()));
@@ -312,6 +330,7 @@ impl Config {
 pub struct Node {
     dir: tempfile::TempDir,
     config_path: PathBuf,
+    env: Vec<(String, String)>,
     server: Option<Server>,
     port: u16,
 }
@@ -329,6 +348,7 @@ impl Node {
         Node {
             dir,
             config_path,
+            env: config.env.clone(),
             server: None,
             port: 0,
         }
@@ -336,9 +356,10 @@ impl Node {
 
     fn spawn(&self) -> Server {
         let config = self.config_path.as_os_str();
-        Server::spawn(
+        Server::spawn_with_env(
             &[OsStr::new("--config"), config, OsStr::new("server")],
             Some(self.dir.path()),
+            &self.env,
         )
     }
 

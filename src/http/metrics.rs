@@ -1,0 +1,234 @@
+//! Request counters and the latency histogram behind `GET /metrics`, and the
+//! Prometheus text exposition of them together with the store's figures.
+//!
+//! Counting a request is a few relaxed atomic additions into fixed arrays:
+//! no allocation, no lock.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tiny_http::Method;
+
+use crate::store::compaction::StoreStats;
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "DELETE", "POST", "PATCH", "other"];
+const STATUSES: [u16; 17] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 412, 413, 414, 500, 503, 507,
+];
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Counters of answered requests.
+pub struct Metrics {
+    started: Instant,
+    /// Indexed by method, then status (the last column counts other statuses).
+    requests: [[AtomicU64; STATUSES.len() + 1]; METHODS.len()],
+    /// Requests per latency bucket (not cumulative); the last is +Inf.
+    latency: [AtomicU64; BUCKETS.len() + 1],
+    latency_micros: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Which row of the counters a method goes in.
+pub fn method_slot(method: &Method) -> usize {
+    match method {
+        Method::Get => 0,
+        Method::Head => 1,
+        Method::Put => 2,
+        Method::Delete => 3,
+        Method::Post => 4,
+        Method::Patch => 5,
+        _ => 6,
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn record(&self, method_slot: usize, status: u16, took: Duration) {
+        let status_slot = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len());
+        self.requests[method_slot][status_slot].fetch_add(1, Ordering::Relaxed);
+        let seconds = took.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The whole `/metrics` page.
+    pub fn render(&self, store: &StoreStats) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        help(
+            &mut out,
+            "lucid_requests_total",
+            "counter",
+            "HTTP requests answered, by method and status.",
+        );
+        for (m, method) in METHODS.iter().enumerate() {
+            for (s, count) in self.requests[m].iter().enumerate() {
+                let count = count.load(Ordering::Relaxed);
+                if count == 0 {
+                    continue;
+                }
+                let status = STATUSES.get(s).map_or("other".to_string(), u16::to_string);
+                let _ = writeln!(
+                    out,
+                    "lucid_requests_total{{method=\"{method}\",status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        help(
+            &mut out,
+            "lucid_request_duration_seconds",
+            "histogram",
+            "Time to answer a request.",
+        );
+        let mut cumulative = 0;
+        for (b, count) in self.latency.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = BUCKETS.get(b).map_or("+Inf".to_string(), f64::to_string);
+            let _ = writeln!(
+                out,
+                "lucid_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let sum = self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "lucid_request_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "lucid_request_duration_seconds_count {cumulative}");
+        let gauges: [(&str, &str, &str, f64); 9] = [
+            ("lucid_keys", "gauge", "Live keys.", store.keys as f64),
+            (
+                "lucid_log_bytes",
+                "gauge",
+                "Size of the log.",
+                store.log_bytes as f64,
+            ),
+            (
+                "lucid_dead_bytes",
+                "gauge",
+                "Bytes of overwritten and deleted records that compaction would reclaim.",
+                store.dead_bytes as f64,
+            ),
+            (
+                "lucid_fsyncs_total",
+                "counter",
+                "fdatasync calls on the log.",
+                store.fsyncs as f64,
+            ),
+            (
+                "lucid_fsync_seconds_total",
+                "counter",
+                "Time spent in fdatasync on the log.",
+                store.fsync_micros as f64 / 1e6,
+            ),
+            (
+                "lucid_compactions_total",
+                "counter",
+                "Compactions since start.",
+                store.compactions as f64,
+            ),
+            (
+                "lucid_read_only",
+                "gauge",
+                "1 if writes are refused after a disk failure.",
+                f64::from(u8::from(store.read_only)),
+            ),
+            ("lucid_watchers", "gauge", "Connected watch clients.", 0.0),
+            (
+                "lucid_uptime_seconds",
+                "gauge",
+                "Time since the node started.",
+                self.started.elapsed().as_secs_f64(),
+            ),
+        ];
+        for (name, kind, text, value) in gauges {
+            help(&mut out, name, kind, text);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+fn help(out: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(out, "# HELP {name} {text}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> StoreStats {
+        StoreStats {
+            keys: 3,
+            log_bytes: 1000,
+            live_bytes: 600,
+            dead_bytes: 368,
+            read_only: false,
+            fsyncs: 7,
+            fsync_micros: 2_500,
+            compactions: 1,
+            last_compaction: None,
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_by_method_status_and_latency() {
+        let metrics = Metrics::default();
+        metrics.record(method_slot(&Method::Get), 200, Duration::from_micros(80));
+        metrics.record(method_slot(&Method::Get), 200, Duration::from_millis(3));
+        metrics.record(method_slot(&Method::Put), 418, Duration::from_secs(2));
+        let page = metrics.render(&stats());
+        assert!(
+            page.contains("lucid_requests_total{method=\"GET\",status=\"200\"} 2\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("lucid_requests_total{method=\"PUT\",status=\"other\"} 1\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("lucid_request_duration_seconds_bucket{le=\"0.0001\"} 1\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("lucid_request_duration_seconds_bucket{le=\"0.005\"} 2\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("lucid_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("lucid_request_duration_seconds_count 3\n"),
+            "{page}"
+        );
+        assert!(page.contains("lucid_keys 3\n"), "{page}");
+        assert!(
+            page.contains("lucid_fsync_seconds_total 0.0025\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("# TYPE lucid_fsyncs_total counter\n"),
+            "{page}"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! Running the node as a service: health, metrics, systemd's notify
+//! protocol, where the config is looked up, and the systemd unit itself.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn health_says_ok_and_nothing_else() {
+    let node = Node::start();
+    let resp = get(node.port(), "/health");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("Content-Type"), Some("application/json"));
+    assert_eq!(resp.text(), r#"{"status":"ok"}"#);
+    let resp = request(node.port(), "HEAD", "/health", &[], b"");
+    assert_eq!(resp.status, 200);
+    assert_error(
+        &request(node.port(), "POST", "/health", &[], b""),
+        405,
+        None,
+    );
+}
+
+#[test]
+fn metrics_count_requests_and_show_the_store() {
+    let node = Node::start();
+    let port = node.port();
+    for i in 0..3 {
+        assert_eq!(put(port, &format!("/api/kv/m/{i}"), b"v").status, 201);
+    }
+    assert_eq!(get(port, "/api/kv/m/missing").status, 404);
+    let resp = get(port, "/metrics");
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let page = resp.text();
+    for expected in [
+        "lucid_requests_total{method=\"PUT\",status=\"201\"} 3\n",
+        "lucid_requests_total{method=\"GET\",status=\"404\"} 1\n",
+        "# TYPE lucid_request_duration_seconds histogram\n",
+        "lucid_request_duration_seconds_count 4\n",
+        "lucid_keys 3\n",
+        "# TYPE lucid_fsyncs_total counter\n",
+        "lucid_compactions_total 0\n",
+        "lucid_read_only 0\n",
+    ] {
+        assert!(page.contains(expected), "missing {expected:?} in:\n{page}");
+    }
+    let fsyncs: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("lucid_fsyncs_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(fsyncs >= 1.0, "sync: always wrote without fsync:\n{page}");
+}
+
+/// Receives one datagram (bounded wait) as text.
+fn receive(socket: &UnixDatagram) -> String {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification from the node");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn systemd_hears_ready_once_the_port_answers_and_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let config = dir.path().join("lucid.yml");
+    std::fs::write(&config, Config::new().yaml(&dir.path().join("data"))).unwrap();
+    let mut server = Server::spawn_with_env(
+        &[Path::new("--config"), &config, Path::new("server")],
+        Some(dir.path()),
+        &[("NOTIFY_SOCKET".into(), socket_path.display().to_string())],
+    );
+    let ready = receive(&socket);
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving on 127.0.0.1:"),
+        "{ready}"
+    );
+    // The address in the status answers at once.
+    let port: u16 = ready
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a port in the READY status");
+    assert_eq!(get(port, "/health").status, 200);
+
+    let status = server.terminate();
+    assert!(status.success(), "{status}: {}", server.logs());
+    assert_eq!(receive(&socket), "STOPPING=1\nSTATUS=stopping");
+}
+
+/// Runs `lucid ARGS server` in `cwd` with `env` until it is listening, and
+/// returns its log; or returns the log of its failure.
+fn start_in(cwd: &Path, args: &[&str], env: &[(String, String)]) -> String {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("server");
+    let mut server = Server::spawn_with_env(&all, Some(cwd), env);
+    match server.wait_listening() {
+        Some(_) => {
+            let logs = server.logs();
+            assert!(server.terminate().success());
+            logs
+        }
+        None => {
+            server.wait_exit();
+            server.logs()
+        }
+    }
+}
+
+#[test]
+fn config_is_looked_up_from_flag_then_environment_then_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, data: &str| {
+        let yaml = Config::new().yaml(&dir.path().join(data));
+        std::fs::write(dir.path().join(name), yaml).unwrap();
+    };
+    write("lucid.yml", "from-cwd");
+    write("env.yml", "from-env");
+    write("flag.yml", "from-flag");
+    let env = [("LUCID_CONFIG".to_string(), "env.yml".to_string())];
+
+    let logs = start_in(dir.path(), &[], &[]);
+    assert!(
+        logs.contains("config: lucid.yml") && logs.contains("from-cwd"),
+        "{logs}"
+    );
+    let logs = start_in(dir.path(), &[], &env);
+    assert!(
+        logs.contains("config: env.yml") && logs.contains("from-env"),
+        "{logs}"
+    );
+    let logs = start_in(dir.path(), &["--config", "flag.yml"], &env);
+    assert!(
+        logs.contains("config: flag.yml") && logs.contains("from-flag"),
+        "{logs}"
+    );
+
+    let missing = [("LUCID_CONFIG".to_string(), "nowhere.yml".to_string())];
+    let logs = start_in(dir.path(), &[], &missing);
+    assert!(
+        logs.contains("cannot read config file nowhere.yml"),
+        "{logs}"
+    );
+}
+
+/// The repository's unit, with ExecStart pointing at the binary under test
+/// (systemd-analyze checks that the executable exists).
+fn unit_under_test(dir: &Path) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/lucid.service"
+    ))
+    .expect("systemd/lucid.service");
+    let unit = unit.replace("/usr/local/bin/lucid", BIN);
+    let path = dir.join("lucid.service");
+    std::fs::write(&path, unit).unwrap();
+    path
+}
+
+fn systemd_analyze(args: &[&str], unit: &Path) -> Option<std::process::Output> {
+    match Command::new("systemd-analyze")
+        .args(args)
+        .arg(unit)
+        .output()
+    {
+        Ok(output) => Some(output),
+        Err(err) => {
+            eprintln!("SKIPPED: systemd-analyze is not available ({err}); .ci/run installs it");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_systemd_unit_verifies_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path());
+    let Some(output) = systemd_analyze(&["verify", "--man=no"], &unit) else {
+        return;
+    };
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+}
+
+#[test]
+fn the_systemd_unit_is_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path());
+    let Some(output) = systemd_analyze(&["security", "--offline=true", "--threshold=20"], &unit)
+    else {
+        return;
+    };
+    let said = String::from_utf8_lossy(&output.stdout);
+    let score: f64 = said
+        .lines()
+        .find_map(|line| {
+            line.split("Overall exposure level for lucid.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|score| score.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in:\n{said}"));
+    eprintln!("systemd exposure score: {score}");
+    assert!(score <= 2.0, "exposure {score} is above 2.0:\n{said}");
+}
