@@ -2,8 +2,10 @@
 //!
 //! # Steps
 //!
-//! 1. **Cut.** Note the end of the log. Records before the cut are copied
-//!    selectively; records after it (the *tail*) are copied verbatim later.
+//! 1. **Cut.** Note the end of the log, or the first record still waiting
+//!    for its group's fsync (it is not in the index yet). Records before the
+//!    cut are copied selectively; records after it (the *tail*) are copied
+//!    verbatim later.
 //! 2. **Copy.** Map the old log (memmap2) and write every record before the
 //!    cut that the index still points at to `data.log.compact`, in log order
 //!    (so a newer version is never overwritten by an older one). Each record's
@@ -13,7 +15,9 @@
 //! 4. **Switch**, with writers paused: copy the tail, fsync, compute every
 //!    index entry's new offset, rename the new file over `data.log`, fsync
 //!    the directory, then point the index and the writer at the new file
-//!    (readers pause only for that last, in-memory step).
+//!    (readers pause only for that last, in-memory step). Once the rename
+//!    is done the in-memory switch always follows; if the directory fsync
+//!    failed, the store then turns read-only.
 //!
 //! Tombstones before the cut are dropped: the new log holds no older record
 //! of any key for them to hide. Tombstones in the tail are kept. The new
@@ -280,9 +284,15 @@ impl Store {
         tmp_path: &Path,
     ) -> Result<CompactionReport, CompactionError> {
         let started = Instant::now();
+        // Records still waiting for their group's fsync are not in the index
+        // yet: they must fall after the cut and move with the tail.
         let (cut, base_sequence) = {
             let writer = lock(&self.writer);
-            (writer.end, writer.next_sequence - 1)
+            let first_pending = writer.pending.first().map(|p| p.offset);
+            (
+                first_pending.unwrap_or(writer.end),
+                writer.next_sequence - 1,
+            )
         };
         let log_path = dir.join(LOG_FILE);
         let old = File::open(&log_path)?;
@@ -305,32 +315,23 @@ impl Store {
         self.reached(Step::Copied);
         new_file.sync_data()?;
 
-        // Switch. Take the group-commit role so no other sync runs, then
-        // pause writers.
-        self.begin_exclusive_sync();
+        // Switch. Take the group-commit role so no other sync runs (the
+        // guard gives it back however this ends), then pause writers.
+        let exclusive = self.exclusive_sync();
         self.reached(Step::Switching);
         let paused = Instant::now();
         let mut writer = lock(&self.writer);
-        let outcome = (|| {
-            let tail_start = new_file.metadata()?.len();
-            copy_tail(&*writer.file, cut, writer.end, &mut new_file)?;
-            new_file.sync_data()?;
-            let new_locations = relocate(&read(&self.keydir).index, &relocations, cut, tail_start)?;
-            self.reached(Step::Synced);
-            fs::rename(tmp_path, &log_path)?;
-            self.reached(Step::Renamed);
-            sync_dir(dir)?;
-            self.reached(Step::DirSynced);
-            Ok((tail_start, new_locations))
-        })();
-        let (tail_start, new_locations) = match outcome {
-            Ok(done) => done,
-            Err(err) => {
-                drop(writer);
-                self.end_exclusive_sync(None);
-                return Err(err);
-            }
-        };
+        let tail_start = new_file.metadata()?.len();
+        copy_tail(&*writer.file, cut, writer.end, &mut new_file)?;
+        new_file.sync_data()?;
+        let new_locations = relocate(&read(&self.keydir).index, &relocations, cut, tail_start)?;
+        self.reached(Step::Synced);
+        fs::rename(tmp_path, &log_path)?;
+        self.reached(Step::Renamed);
+        // data.log is the new file now: the switch below must happen even if
+        // the directory sync fails (the store then turns read-only).
+        let dir_synced = sync_dir(dir);
+        self.reached(Step::DirSynced);
         let new_file: Arc<dyn LogFile> = Arc::new(DiskFile::new(new_file));
         let shift = |offset: u64| offset - cut + tail_start;
         let new_end = shift(writer.end);
@@ -354,9 +355,16 @@ impl Store {
         let durable = writer.next_sequence - 1;
         self.publish(&mut writer, durable);
         drop(writer);
-        self.end_exclusive_sync(Some(durable));
+        exclusive.release(durable);
         let writers_paused = paused.elapsed();
         drop(old_log);
+        if let Err(err) = dir_synced {
+            self.enter_read_only(&format!(
+                "fsync of {} after compaction's rename failed: {err}",
+                dir.display()
+            ));
+            return Err(CompactionError::Io(err));
+        }
         self.compactions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Without a hint for the new log the next start reads the whole
@@ -541,6 +549,79 @@ mod tests {
             assert_matches(&store, &model);
             assert!(store.get(b"key-2", &mut Vec::new()).unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn concurrent_always_writers_and_repeated_compactions_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..6)
+            .map(|w| {
+                let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut model = Model::new();
+                    let mut i = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        put(
+                            &store,
+                            &mut model,
+                            &format!("w{w}-{}", i % 20),
+                            &i.to_le_bytes(),
+                        );
+                        i += 1;
+                    }
+                    model
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let mut compactions = 0;
+        while started.elapsed() < Duration::from_millis(1500) {
+            store.compact().expect("compaction beside busy writers");
+            compactions += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut model = Model::new();
+        for writer in writers {
+            model.extend(writer.join().unwrap());
+        }
+        assert!(compactions > 1);
+        assert_matches(&store, &model);
+        drop(store);
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        assert_matches(&store, &model);
+    }
+
+    #[test]
+    fn a_failed_directory_sync_after_the_rename_switches_and_turns_read_only() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let moved = root.path().join("moved");
+        let (store, _) = open(&dir, SyncMode::Always).unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        let (from, to) = (dir.clone(), moved.clone());
+        *lock(&store.step_hook) = Some(Box::new(move |step| match step {
+            // With the directory gone, syncing it fails.
+            Step::Renamed => fs::rename(&from, &to).unwrap(),
+            Step::DirSynced => fs::rename(&to, &from).unwrap(),
+            _ => {}
+        }));
+        assert!(matches!(store.compact(), Err(CompactionError::Io(_))));
+        *lock(&store.step_hook) = None;
+        assert!(
+            store.is_read_only(),
+            "a failed directory fsync must stop writes"
+        );
+        assert_matches(&store, &model);
+        assert!(matches!(
+            store.delete(b"key-1", &mut Vec::new()),
+            Err(crate::store::StoreError::ReadOnly)
+        ));
+        drop(store);
+        let (store, _) = open(&dir, SyncMode::Always).unwrap();
+        assert_matches(&store, &model);
     }
 
     #[test]

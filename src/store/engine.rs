@@ -102,6 +102,31 @@ pub struct StoredValue<'a> {
     pub sequence: u64,
 }
 
+/// The group-commit role held by compaction (see [`Store::exclusive_sync`]).
+pub(super) struct ExclusiveSync<'a> {
+    store: &'a Store,
+    durable: Option<u64>,
+}
+
+impl ExclusiveSync<'_> {
+    /// Gives the role back, with every record up to sequence number
+    /// `durable` now durable.
+    pub(super) fn release(mut self, durable: u64) {
+        self.durable = Some(durable);
+    }
+}
+
+impl Drop for ExclusiveSync<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.store.commit);
+        state.syncing = false;
+        if let Some(sequence) = self.durable {
+            state.durable_sequence = sequence;
+        }
+        self.store.commit_done.notify_all();
+    }
+}
+
 /// A test's callback for compaction steps.
 #[cfg(test)]
 pub(super) type StepHook = Box<dyn FnMut(super::compaction::Step) + Send>;
@@ -471,8 +496,9 @@ impl Store {
     }
 
     /// Waits until no group sync runs and keeps others from starting, so
-    /// compaction can switch files under the group's feet.
-    pub(super) fn begin_exclusive_sync(&self) {
+    /// compaction can switch files under the group's feet. The role is given
+    /// back when the guard is dropped, also by a panic.
+    pub(super) fn exclusive_sync(&self) -> ExclusiveSync<'_> {
         let mut state = lock(&self.commit);
         while state.syncing {
             state = self
@@ -481,17 +507,10 @@ impl Store {
                 .unwrap_or_else(|e| e.into_inner());
         }
         state.syncing = true;
-    }
-
-    /// Ends [`begin_exclusive_sync`](Self::begin_exclusive_sync); with
-    /// `Some(sequence)`, every record up to it is durable.
-    pub(super) fn end_exclusive_sync(&self, durable: Option<u64>) {
-        let mut state = lock(&self.commit);
-        state.syncing = false;
-        if let Some(sequence) = durable {
-            state.durable_sequence = sequence;
+        ExclusiveSync {
+            store: self,
+            durable: None,
         }
-        self.commit_done.notify_all();
     }
 
     /// Marks a compaction step. Test builds call the test's hook, which may
