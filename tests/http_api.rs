@@ -638,3 +638,35 @@ fn random_keys_and_values_round_trip() {
         })
         .unwrap();
 }
+
+#[test]
+fn a_body_cut_short_by_the_client_is_refused_and_the_old_value_kept() {
+    let node = Node::start();
+    let port = node.port();
+    let whole = vec![b'w'; 5000];
+    assert_message(&put(port, "/api/kv/whole", &whole), 201, CREATED);
+    let framings: [(&str, Vec<u8>); 2] = [
+        ("Content-Length: 5000", vec![b'x'; 3000]),
+        (
+            "Transfer-Encoding: chunked",
+            [&b"400\r\n"[..], &[b'x'; 1024], b"\r\n400\r\n", &[b'x'; 100]].concat(),
+        ),
+    ];
+    for (framing, partial) in framings {
+        let mut conn = Conn::open(port);
+        let head = format!("PUT /api/kv/whole HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\n\r\n");
+        conn.write_raw(head.as_bytes()).unwrap();
+        conn.write_raw(&partial).unwrap();
+        conn.shutdown_write().unwrap();
+        let resp = conn
+            .read_response(false)
+            .expect("an answer to the cut-short PUT");
+        assert_error(&resp, 400, None);
+        assert_eq!(
+            get(port, "/api/kv/whole").body,
+            whole,
+            "{framing}: a truncated body was stored"
+        );
+    }
+    node.assert_serving();
+}

@@ -556,6 +556,12 @@ impl Conn {
         self.read_response(method == "HEAD")
     }
 
+    /// Closes the sending side (the server reads end-of-file); responses can
+    /// still be read.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        self.reader.get_mut().shutdown(std::net::Shutdown::Write)
+    }
+
     pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         let stream = self.reader.get_mut();
         stream.write_all(bytes)?;

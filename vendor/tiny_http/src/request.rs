@@ -212,12 +212,16 @@ where
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
+            // Lucid patch: see `BodyEndsBeforeConnection`.
+            let source_data = BodyEndsBeforeConnection(source_data);
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
+        // Lucid patch: see `BodyEndsBeforeConnection`.
+        let source_data = BodyEndsBeforeConnection(source_data);
         Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
@@ -239,6 +243,27 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
     })
+}
+
+/// Lucid patch: the connection under a request body whose end is known from
+/// its own framing (`Content-Length`, or chunked encoding's last chunk). A
+/// complete body ends before the connection does, so reaching the end of the
+/// connection while reading one means the client gave up half-way: that is
+/// an `UnexpectedEof` error, where upstream returned `Ok(0)` and a truncated
+/// body read as a complete one.
+struct BodyEndsBeforeConnection<R>(R);
+
+impl<R: Read> Read for BodyEndsBeforeConnection<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.0.read(buf)?;
+        if read == 0 && !buf.is_empty() {
+            return Err(IoError::new(
+                ErrorKind::UnexpectedEof,
+                "the connection ended before the request body did",
+            ));
+        }
+        Ok(read)
+    }
 }
 
 impl Request {
