@@ -411,23 +411,36 @@ fn huge_content_length_gets_413_and_the_node_survives() {
 }
 
 #[test]
-fn node_keeps_serving_while_clients_that_got_413_stay_connected() {
+fn clients_holding_unsent_bodies_never_stop_the_node() {
     let node = Config::new().max_value_bytes(1000).start();
     let port = node.port();
-    // As many such clients as the node has worker threads, each keeping its
-    // connection open after the 413 (and never sending the body).
-    let held: Vec<Conn> = (0..WORKER_THREADS)
-        .map(|i| {
+    // Each head promises a body that never comes; for each kind, as many
+    // connections as the node has workers stay open after their answer.
+    let heads = [
+        ("PUT /api/kv/big", "Content-Length: 5000", 413),
+        ("GET /api/kv/big", "Content-Length: 5000", 413),
+        ("DELETE /api/kv/big", "Content-Length: 5000", 413),
+        ("POST /api/admin/compact", "Content-Length: 5000", 413),
+        (
+            "PUT /api/kv/%zz",
+            "Content-Length: 10\r\nExpect: 100-continue",
+            400,
+        ),
+    ];
+    let mut held = Vec::new();
+    for (request_line, headers, status) in heads {
+        for _ in 0..WORKER_THREADS {
             let mut conn = Conn::open(port);
-            assert_error(
-                &put_head_only(&mut conn, port, &format!("big-{i}"), "5000"),
-                413,
-                None,
-            );
-            conn
-        })
-        .collect();
-    node.assert_serving();
+            let head = format!("{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n\r\n");
+            conn.write_raw(head.as_bytes()).unwrap();
+            let resp = conn
+                .read_response(false)
+                .unwrap_or_else(|e| panic!("{request_line}: no answer before the body: {e}"));
+            assert_error(&resp, status, None);
+            held.push(conn);
+        }
+        node.assert_serving();
+    }
     drop(held);
 }
 

@@ -13,12 +13,14 @@ use crate::store::{StoreError, WriteOutcome};
 /// Methods `/api/kv/{key}` accepts, as listed in a 405's `Allow` header.
 pub const ALLOWED: &str = "GET, HEAD, PUT, DELETE";
 
-/// Answers one request to `/api/kv/{raw_key}`.
+/// Answers one request to `/api/kv/{raw_key}`; sets `body_read` once the
+/// request body has been read whole.
 pub fn handle<'b>(
     ctx: &Context,
     bufs: &'b mut Buffers,
     request: &mut Request,
     raw_key: &str,
+    body_read: &mut bool,
 ) -> Reply<'b> {
     let Buffers { key, record } = bufs;
     if !matches!(
@@ -36,7 +38,7 @@ pub fn handle<'b>(
             Ok(None) => Ok(Reply::json(404, reply::KEY_NOT_FOUND)),
             Err(err) => Err(err),
         },
-        Method::Put => return put(ctx, request, key, record),
+        Method::Put => return put(ctx, request, key, record, body_read),
         _ => match ctx.store.delete(key, record) {
             Ok(true) => Ok(Reply::json(200, reply::DELETED)),
             Ok(false) => Ok(Reply::json(404, reply::KEY_NOT_FOUND)),
@@ -46,7 +48,13 @@ pub fn handle<'b>(
     result.unwrap_or_else(store_error)
 }
 
-fn put<'b>(ctx: &Context, request: &mut Request, key: &[u8], record: &mut Vec<u8>) -> Reply<'b> {
+fn put<'b>(
+    ctx: &Context,
+    request: &mut Request,
+    key: &[u8],
+    record: &mut Vec<u8>,
+    body_read: &mut bool,
+) -> Reply<'b> {
     let max = ctx.max_value_bytes;
     if request.body_length().is_some_and(|len| len > max) {
         return too_large(max);
@@ -80,6 +88,7 @@ fn put<'b>(ctx: &Context, request: &mut Request, key: &[u8], record: &mut Vec<u8
     if record.len() - header_len > max {
         return too_large(max);
     }
+    *body_read = true;
     match ctx.store.put(record) {
         Ok(WriteOutcome::Created) => Reply::json(201, reply::CREATED),
         Ok(WriteOutcome::Updated) => Reply::json(200, reply::UPDATED),

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use tiny_http::{Request, Server};
+use tiny_http::{Method, Request, Server};
 
 use crate::config::General;
 use crate::store::Store;
@@ -204,9 +204,20 @@ fn worker(server: &Server, ctx: &Context) {
         let started = Instant::now();
         let method = metrics::method_slot(request.method());
         let url = request.url().to_owned();
-        let bufs_ref = &mut bufs;
-        let reply = catch_panic(|| match route::route(&url) {
-            Route::Kv { raw_key } => kv::handle(ctx, bufs_ref, &mut request, raw_key),
+        let body_may_block = body_may_block(&request);
+        let mut body_read = false;
+        let (bufs_ref, body_read_ref) = (&mut bufs, &mut body_read);
+        let route = route::route(&url);
+        let stores_body = matches!(route, Route::Kv { .. }) && request.method() == &Method::Put;
+        let reply = catch_panic(|| {
+            match route {
+            _ if body_may_block && !stores_body => Reply::message(
+                413,
+                "Only PUT /api/kv/{key} reads a request body; this request must not carry one over 1 KiB.",
+            ),
+            Route::Kv { raw_key } => {
+                kv::handle(ctx, bufs_ref, &mut request, raw_key, body_read_ref)
+            }
             Route::AdminStats => admin::stats(ctx, &request),
             Route::AdminCompact => admin::compact(ctx, &request),
             Route::Health => admin::health(ctx, &request),
@@ -215,15 +226,13 @@ fn worker(server: &Server, ctx: &Context) {
                 404,
                 "No such resource. The API lives under /api/kv/{key} and /api/admin/.",
             ),
+        }
         });
         if reply.status() == 500 {
             log::debug!("500 for {} {url}", request.method());
         }
         let status = reply.status();
-        let unread_body = status >= 400
-            && request
-                .body_length()
-                .is_some_and(|len| len > PREBUFFERED_BODY);
+        let unread_body = body_may_block && !body_read;
         match reply {
             Reply::Json {
                 status,
@@ -245,8 +254,22 @@ fn worker(server: &Server, ctx: &Context) {
 }
 
 /// Request bodies up to this size are read by tiny_http along with the
-/// request's head, before a worker sees the request.
+/// request's head, before a worker sees the request (unless the client asked
+/// for `100 Continue` first).
 const PREBUFFERED_BODY: usize = 1024;
+
+/// Whether the request has a body still on the wire: one that, left unread,
+/// tiny_http drains while responding, for as long as the client takes.
+fn body_may_block(request: &Request) -> bool {
+    let expects_continue = || {
+        request.headers().iter().any(|h| {
+            h.field.equiv("Expect") && h.value.as_str().eq_ignore_ascii_case("100-continue")
+        })
+    };
+    request
+        .body_length()
+        .is_some_and(|len| len > PREBUFFERED_BODY || (len > 0 && expects_continue()))
+}
 
 /// Sends an error reply to a request whose body was not read (a 413, say).
 /// While responding, tiny_http drains the unread body, for as long as the
