@@ -135,6 +135,7 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
                     "the log after the hint file's coverage is damaged; reading the whole log"
                 );
                 (index, hint_keys) = (Index::default(), None);
+                remove_hint(dir)?;
             } else {
                 summary = Some(after_hint);
             }
@@ -143,10 +144,15 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
         Err(hint::Unused::Missing) => {
             log::warn!("no hint file in {}: reading the whole log", dir.display());
         }
-        Err(hint::Unused::Rejected(why)) => log::warn!(
-            "ignoring {}: {why}; reading the whole log",
-            dir.join(hint::HINT_FILE).display()
-        ),
+        Err(hint::Unused::Rejected(why)) => {
+            log::warn!(
+                "ignoring {}: {why}; reading the whole log",
+                dir.join(hint::HINT_FILE).display()
+            );
+            // Derived data: a hint not trusted now must not be trusted later
+            // either (a log that grows back past its coverage, say).
+            remove_hint(dir)?;
+        }
     }
     let summary = match summary {
         Some(summary) => summary,
@@ -288,6 +294,19 @@ pub(super) fn lock_dir(dir: &Path) -> Result<File, OpenError> {
             path,
             source,
         }),
+    }
+}
+
+/// Deletes the hint file, if any.
+fn remove_hint(dir: &Path) -> Result<(), OpenError> {
+    let path = dir.join(hint::HINT_FILE);
+    match fs::remove_file(&path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(OpenError::Io {
+            action: "remove",
+            path,
+            source: err,
+        }),
+        _ => Ok(()),
     }
 }
 

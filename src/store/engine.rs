@@ -462,10 +462,13 @@ impl Store {
         }
     }
 
-    /// Clean shutdown: makes every write durable (whatever the sync mode) and
-    /// writes the hint file, so the next start is fast. A read-only store
-    /// (after a failed fsync) only writes the hint.
+    /// Clean shutdown: waits for a running compaction, makes every write
+    /// durable (whatever the sync mode) and writes the hint file, so the next
+    /// start is fast. A read-only store (after a failed fsync) only writes
+    /// the hint.
     pub fn close(&self) -> io::Result<()> {
+        // A compaction still running finishes first: both write the hint.
+        let _no_compaction = lock(&self.compaction);
         if !self.is_read_only() {
             let durable = self.sync_and_publish().ok_or_else(|| {
                 io::Error::other("the final fsync failed; the node is now read-only")
@@ -476,8 +479,10 @@ impl Store {
         self.write_hint()
     }
 
-    /// Writes the hint file for the current log (see [`hint`]). Readers go
-    /// on meanwhile; writes wait to be published until it is written.
+    /// Writes the hint file for the current log (see [`hint`]). The log is
+    /// fsynced first, so the hint never covers a record a power cut could
+    /// take back. Writes wait meanwhile (the index must not change); reads
+    /// go on.
     pub fn write_hint(&self) -> io::Result<()> {
         let Some(dir) = self.dir.as_deref() else {
             return Ok(());
@@ -490,9 +495,8 @@ impl Store {
             end: writer.pending.first().map_or(writer.end, |p| p.offset),
             max_sequence: writer.next_sequence - 1 - writer.pending.len() as u64,
         };
-        let keydir = read(&self.keydir);
-        drop(writer);
-        hint::write(dir, coverage, &keydir.index)
+        self.sync_log(&*writer.file)?;
+        hint::write(dir, coverage, &read(&self.keydir).index)
     }
 
     /// Waits until no group sync runs and keeps others from starting, so

@@ -164,7 +164,8 @@ fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
             len: u32::from_le_bytes(fixed[2..6].try_into().expect("4 bytes")),
             offset: u64::from_le_bytes(fixed[6..14].try_into().expect("8 bytes")),
         };
-        if location.offset + u64::from(location.len) > coverage.end {
+        let end = location.offset.checked_add(u64::from(location.len));
+        if end.is_none_or(|end| end > coverage.end) {
             return Err("an entry points past the covered part of the log".into());
         }
         let mut key = vec![0u8; usize::from(key_len)];
@@ -263,6 +264,7 @@ mod tests {
     fn assert_hint_ignored(dir: &Path, model: &Model) {
         let (store, report) = open(dir, SyncMode::Always).unwrap();
         assert_eq!(report.hint_keys, None, "a bad hint was trusted");
+        assert!(!dir.join(HINT_FILE).exists(), "a rejected hint was kept");
         assert_matches(&store, model);
     }
 
