@@ -39,6 +39,13 @@ pub enum OpenError {
     Locked(PathBuf),
     /// The log does not start with a valid Lucid file header.
     BadHeader(PathBuf, FileHeaderError),
+    /// The log is missing but files that only exist beside one are there.
+    MissingLog {
+        /// The data directory.
+        dir: PathBuf,
+        /// Those files.
+        found: Vec<String>,
+    },
     /// A damaged record is followed by valid ones.
     Corrupt {
         /// The log file.
@@ -71,6 +78,13 @@ impl fmt::Display for OpenError {
                 f,
                 "{}: {err}; is storage.directory pointing at the right directory?",
                 path.display()
+            ),
+            Self::MissingLog { dir, found } => write!(
+                f,
+                "{} has no {LOG_FILE} but holds {}, so its data was lost or moved; the node will \
+                 not start empty there. Restore {LOG_FILE}, or remove those files to start afresh",
+                dir.display(),
+                found.join(", ")
             ),
             Self::Corrupt { path, offset } => write!(
                 f,
@@ -113,6 +127,9 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
     let lock = lock_dir(dir)?;
     remove_leftovers(dir)?;
     let path = dir.join(LOG_FILE);
+    if !path.exists() {
+        refuse_to_start_empty_beside_data(dir)?;
+    }
     let (file, created) = open_log(&path)?;
     if created {
         initialise_log(&file, dir, &path)?;
@@ -295,6 +312,26 @@ pub(super) fn lock_dir(dir: &Path) -> Result<File, OpenError> {
             source,
         }),
     }
+}
+
+/// A directory without a log but with files that only exist beside one (a
+/// hint, damaged or torn logs) lost its log: starting empty there would
+/// silently serve nothing, so the node refuses.
+fn refuse_to_start_empty_beside_data(dir: &Path) -> Result<(), OpenError> {
+    let entries = fs::read_dir(dir).map_err(io_error("list", dir))?;
+    let mut found: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name == hint::HINT_FILE || name.starts_with(&format!("{LOG_FILE}.")))
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    Err(OpenError::MissingLog {
+        dir: dir.to_path_buf(),
+        found,
+    })
 }
 
 /// Deletes the hint file, if any.

@@ -2,9 +2,11 @@
 //!
 //! Every record that passes its CRC is kept, in log order, including those
 //! after a damaged stretch; damaged stretches and a torn tail are left out.
-//! The repaired log is written to `data.log.repair`, fsynced and renamed over
-//! `data.log`; the damaged log is first moved aside as
-//! `data.log.broken-<unix seconds>`, so no byte of user data is deleted.
+//! The repaired log is written to `data.log.repair` and fsynced; the damaged
+//! log is kept as `data.log.broken-<unix seconds>` (a hard link, or a copy
+//! where links are impossible), and the repaired log is renamed over
+//! `data.log` in one atomic step. No byte of user data is deleted, and at no
+//! moment is there no `data.log`.
 //! The hint file, an index of the damaged log, is removed: it is derived data.
 
 use std::fs::{self, File};
@@ -97,7 +99,11 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let broken = dir.join(format!("{LOG_FILE}.broken-{seconds}"));
-    fs::rename(&path, &broken).map_err(io_err("move aside", &path))?;
+    // Keep the damaged log under a second name first, then replace data.log
+    // in one atomic rename: at no moment is there no data.log.
+    if fs::hard_link(&path, &broken).is_err() {
+        fs::copy(&path, &broken).map_err(io_err("copy aside", &path))?;
+    }
     fs::rename(&tmp, &path).map_err(io_err("move into place", &tmp))?;
     match fs::remove_file(dir.join(HINT_FILE)) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => {
@@ -163,6 +169,22 @@ mod tests {
         let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
         assert_matches(&store, &model);
         assert!(store.get(b"second", &mut Vec::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_directory_whose_log_vanished_does_not_start_empty() {
+        let (dir, _, _) = damaged_directory();
+        repair(dir.path()).unwrap();
+        fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
+        let err = open(dir.path(), SyncMode::Always)
+            .err()
+            .expect("started empty");
+        assert!(matches!(err, OpenError::MissingLog { .. }), "{err}");
+        assert!(err.to_string().contains("data.log.broken-"), "{err}");
+        assert!(
+            !dir.path().join(LOG_FILE).exists(),
+            "an empty log was created"
+        );
     }
 
     #[test]
