@@ -8,9 +8,10 @@
 //!    verbatim later.
 //! 2. **Copy.** Map the old log (memmap2) and write every record before the
 //!    cut that the index still points at to `data.log.compact`, in log order
-//!    (so a newer version is never overwritten by an older one). Each record's
-//!    CRC is verified on the way: damage aborts the compaction rather than
-//!    being copied. Reads and writes go on meanwhile.
+//!    (so a newer version is never overwritten by an older one). Each record
+//!    is verified at its old position and stamped for its new one: damage
+//!    aborts the compaction rather than being copied. Reads and writes go on
+//!    meanwhile.
 //! 3. **Sync** the new file.
 //! 4. **Switch**, with writers paused: copy the tail, fsync, compute every
 //!    index entry's new offset, rename the new file over `data.log`, fsync
@@ -45,7 +46,10 @@ use super::directory::{sync_dir, LOG_FILE};
 use super::engine::{lock, now_ms, read, write, Store};
 use super::file::{DiskFile, LogFile};
 use super::index::Location;
-use super::record::{verify, FileHeader, RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+use super::record::{
+    verify, FileHeader, Position, RecordBuilder, RecordHeader, RecordView, FILE_HEADER_LEN,
+    RECORD_HEADER_LEN,
+};
 
 /// Name of the new log while compaction writes it.
 pub const COMPACT_FILE: &str = "data.log.compact";
@@ -286,13 +290,11 @@ impl Store {
         let started = Instant::now();
         // Records still waiting for their group's fsync are not in the index
         // yet: they must fall after the cut and move with the tail.
-        let (cut, base_sequence) = {
+        let (cut, base_sequence, old_id) = {
             let writer = lock(&self.writer);
             let first_pending = writer.pending.first().map(|p| p.offset);
-            (
-                first_pending.unwrap_or(writer.end),
-                writer.next_sequence - 1,
-            )
+            let cut = first_pending.unwrap_or(writer.end);
+            (cut, writer.next_sequence - 1, writer.header.file_id)
         };
         let log_path = dir.join(LOG_FILE);
         let old = File::open(&log_path)?;
@@ -311,7 +313,7 @@ impl Store {
             .open(tmp_path)?;
         self.reached(Step::Started);
         let new_header = FileHeader::new(base_sequence);
-        let relocations = copy_live_records(self, live, &mut new_file, new_header)?;
+        let relocations = copy_live_records(self, live, old_id, &mut new_file, new_header)?;
         self.reached(Step::Copied);
         new_file.sync_data()?;
 
@@ -322,7 +324,11 @@ impl Store {
         let paused = Instant::now();
         let mut writer = lock(&self.writer);
         let tail_start = new_file.metadata()?.len();
-        copy_tail(&*writer.file, cut, writer.end, &mut new_file)?;
+        let to = Position {
+            file_id: new_header.file_id,
+            offset: tail_start,
+        };
+        copy_tail(&*writer.file, old_id, cut, writer.end, &mut new_file, to)?;
         new_file.sync_data()?;
         let new_locations = relocate(&read(&self.keydir).index, &relocations, cut, tail_start)?;
         self.reached(Step::Synced);
@@ -345,6 +351,7 @@ impl Store {
             let mut keydir = write(&self.keydir);
             keydir.index.set_locations(&new_locations);
             keydir.file = Arc::clone(&new_file);
+            keydir.file_id = new_header.file_id;
         }
         // Closing the old log can take long (the filesystem may write back
         // or free a lot): keep it open until writers run again.
@@ -385,54 +392,99 @@ impl Store {
 /// Old and new offset of every record copied before the cut, in log order.
 type Relocations = Vec<(u64, u64)>;
 
-/// Writes the file header and every record of `live` (the log below the
-/// cut) that the index still points at to `out`.
+/// Writes the file header and every record of `live` (the old log below
+/// the cut) that the index still points at to `out`.
 fn copy_live_records(
     store: &Store,
     live: &[u8],
+    old_id: u32,
     out: &mut File,
     header: FileHeader,
 ) -> Result<Relocations, CompactionError> {
     let mut writer = BufWriter::with_capacity(256 * 1024, out);
     writer.write_all(&header.encode())?;
-    let mut written = FILE_HEADER_LEN as u64;
-    let mut relocations = Vec::new();
-    let mut offset = FILE_HEADER_LEN;
-    while offset < live.len() {
-        let record = live
-            .get(offset..offset + RECORD_HEADER_LEN)
-            .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
-            .and_then(|header| live.get(offset..offset + header.record_len() as usize))
-            .and_then(|bytes| verify(bytes).ok().map(|view| (bytes, view)));
-        let Some((bytes, view)) = record else {
-            return Err(CompactionError::Corrupt(offset as u64));
-        };
-        let location = Location {
-            offset: offset as u64,
-            len: bytes.len() as u32,
-        };
-        if read(&store.keydir).index.get(view.key) == Some(location) {
-            writer.write_all(bytes)?;
-            relocations.push((offset as u64, written));
-            written += bytes.len() as u64;
-        }
-        offset += bytes.len();
-    }
+    let records = live.get(FILE_HEADER_LEN..).unwrap_or_default();
+    let first = FILE_HEADER_LEN as u64;
+    let from = Position {
+        file_id: old_id,
+        offset: first,
+    };
+    let to = Position {
+        file_id: header.file_id,
+        offset: first,
+    };
+    let relocations = move_records(records, from, to, &mut writer, |view, location| {
+        read(&store.keydir).index.get(view.key) == Some(location)
+    })?;
     writer.flush()?;
     Ok(relocations)
 }
 
-/// Appends the log's bytes from `cut` to `end` to `out`.
-fn copy_tail(log: &dyn LogFile, cut: u64, end: u64, out: &mut File) -> io::Result<()> {
-    let mut buf = vec![0u8; (end - cut).min(1 << 20) as usize];
-    let mut at = cut;
-    while at < end {
-        let n = (end - at).min(buf.len() as u64) as usize;
-        log.read_at(&mut buf[..n], at)?;
-        out.write_all(&buf[..n])?;
-        at += n as u64;
-    }
+/// Appends every record of the old log from `cut` to `end` to `out`, which
+/// ends at `to`.
+fn copy_tail(
+    log: &dyn LogFile,
+    old_id: u32,
+    cut: u64,
+    end: u64,
+    out: &mut File,
+    to: Position,
+) -> Result<(), CompactionError> {
+    let mut tail = vec![0u8; (end - cut) as usize];
+    log.read_at(&mut tail, cut)?;
+    let from = Position {
+        file_id: old_id,
+        offset: cut,
+    };
+    move_records(&tail, from, to, out, |_, _| true)?;
     Ok(())
+}
+
+/// Walks the whole records in `bytes`, which start at `from` in the old log,
+/// verifying each there, and writes those `keep` accepts to `out`, stamped
+/// for where they land in the new log (from `to` on). Returns the old and
+/// new offset of every record written.
+fn move_records(
+    bytes: &[u8],
+    from: Position,
+    to: Position,
+    out: &mut impl Write,
+    mut keep: impl FnMut(&RecordView<'_>, Location) -> bool,
+) -> Result<Relocations, CompactionError> {
+    let mut moved = Vec::new();
+    let mut scratch = Vec::new();
+    let (mut at, mut written) = (0usize, to.offset);
+    while at < bytes.len() {
+        let old = Position {
+            file_id: from.file_id,
+            offset: from.offset + at as u64,
+        };
+        let view = bytes
+            .get(at..at + RECORD_HEADER_LEN)
+            .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
+            .and_then(|header| bytes.get(at..at + header.record_len() as usize))
+            .and_then(|record| verify(record, old).ok())
+            .ok_or(CompactionError::Corrupt(old.offset))?;
+        let len = view.bytes.len();
+        let location = Location {
+            offset: old.offset,
+            len: len as u32,
+        };
+        if keep(&view, location) {
+            scratch.clear();
+            scratch.extend_from_slice(view.bytes);
+            let new = Position {
+                file_id: to.file_id,
+                offset: written,
+            };
+            RecordBuilder::restamp(&mut scratch, new);
+            out.write_all(&scratch)?;
+            moved.push((old.offset, written));
+            written += len as u64;
+        }
+        at += len;
+    }
+    Ok(moved)
 }
 
 /// The new offset of every index entry, in index order: entries before the

@@ -145,7 +145,7 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
             };
             hint_keys = Some(hint.index.len());
             index = hint.index;
-            let after_hint = replay(&file, &path, &mut index, start)?;
+            let after_hint = replay(&file, header.file_id, &path, &mut index, start)?;
             if after_hint.damage.is_some() {
                 // The full scan below is the authority on damage.
                 log::warn!(
@@ -173,7 +173,13 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
     }
     let summary = match summary {
         Some(summary) => summary,
-        None => replay(&file, &path, &mut index, ScanStart::BEGINNING)?,
+        None => replay(
+            &file,
+            header.file_id,
+            &path,
+            &mut index,
+            ScanStart::BEGINNING,
+        )?,
     };
     match summary.damage {
         None => {}
@@ -231,7 +237,13 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
     let file = DiskFile::new(File::open(&path).map_err(io_error("open", &path))?);
     let header = read_header(&file, &path)?;
     let mut index = Index::default();
-    let summary = replay(&file, &path, &mut index, ScanStart::BEGINNING)?;
+    let summary = replay(
+        &file,
+        header.file_id,
+        &path,
+        &mut index,
+        ScanStart::BEGINNING,
+    )?;
     let hint = check_hint(dir, header, &file, &path, &index)?;
     Ok(CheckReport {
         log_bytes: file.size().map_err(io_error("read", &path))?,
@@ -264,7 +276,7 @@ fn check_hint(
         offset: hinted.coverage.end,
         max_sequence: hinted.coverage.max_sequence,
     };
-    replay(file, path, &mut index, start)?;
+    replay(file, header.file_id, path, &mut index, start)?;
     if !index.entries().eq(full.entries()) {
         return Ok(Err(hint::Unused::Rejected(
             "it disagrees with the log (the server ignores it only if it is stale; remove it)"
@@ -277,19 +289,22 @@ fn check_hint(
 /// Applies every good record of the log from `start` on to `index`.
 fn replay(
     file: &dyn LogFile,
+    file_id: u32,
     path: &Path,
     index: &mut Index,
     start: ScanStart,
 ) -> Result<ScanSummary, OpenError> {
-    scan(file, start, |record, offset| match record.header.kind {
-        RecordKind::Put => index.insert(
-            record.key,
-            Location {
-                offset,
-                len: record.header.record_len() as u32,
-            },
-        ),
-        RecordKind::Delete => index.remove(record.key),
+    scan(file, file_id, start, |record, offset| {
+        match record.header.kind {
+            RecordKind::Put => index.insert(
+                record.key,
+                Location {
+                    offset,
+                    len: record.header.record_len() as u32,
+                },
+            ),
+            RecordKind::Delete => index.remove(record.key),
+        }
     })
     .map_err(io_error("read", path))
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::file::LogFile;
 use super::hint::{self, Coverage};
 use super::index::{Index, Location};
-use super::record::{verify, FileHeader, RecordBuilder, RecordKind};
+use super::record::{verify, FileHeader, Position, RecordBuilder, RecordKind};
 
 /// When writes are made durable with fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +195,8 @@ pub(super) struct CommitState {
 pub(super) struct Keydir {
     pub(super) index: Index,
     pub(super) file: Arc<dyn LogFile>,
+    /// That file's id, which every record's CRC covers.
+    pub(super) file_id: u32,
 }
 
 /// The key-value store over one log file.
@@ -233,6 +235,7 @@ impl Store {
             keydir: RwLock::new(Keydir {
                 index: recovered.index,
                 file: Arc::clone(&file),
+                file_id: recovered.header.file_id,
             }),
             writer: Mutex::new(Writer {
                 file,
@@ -281,12 +284,12 @@ impl Store {
         key: &[u8],
         buf: &'b mut Vec<u8>,
     ) -> Result<Option<StoredValue<'b>>, StoreError> {
-        let (location, file) = {
+        let (location, file, file_id) = {
             let keydir = read(&self.keydir);
             let Some(location) = keydir.index.get(key) else {
                 return Ok(None);
             };
-            (location, Arc::clone(&keydir.file))
+            (location, Arc::clone(&keydir.file), keydir.file_id)
         };
         buf.resize(location.len as usize, 0);
         file.read_at(buf, location.offset).map_err(StoreError::Io)?;
@@ -299,7 +302,11 @@ impl Store {
                 offset: location.offset,
             }
         };
-        let record = verify(buf).map_err(|_| corrupt())?;
+        let at = Position {
+            file_id,
+            offset: location.offset,
+        };
+        let record = verify(buf, at).map_err(|_| corrupt())?;
         if record.key != key || record.header.kind != RecordKind::Put {
             return Err(corrupt());
         }
@@ -352,8 +359,12 @@ impl Store {
                 return Ok(None);
             }
             let sequence = writer.next_sequence;
-            RecordBuilder::seal(record, sequence, now_ms());
             let offset = writer.end;
+            let at = Position {
+                file_id: writer.header.file_id,
+                offset,
+            };
+            RecordBuilder::seal(record, sequence, now_ms(), at);
             if let Err(err) = writer.file.append(offset, record) {
                 self.undo_append(&*writer.file, offset, &err);
                 return Err(StoreError::Io(err));

@@ -19,7 +19,11 @@
 //!
 //! ```text
 //! offset size field
-//!      0    4 CRC-32 (crc32fast) over every byte of the record after this field
+//!      0    4 CRC-32 (crc32fast) of: the log's file id (u32 LE), the record's
+//!             offset in the log (u64 LE), then every byte of the record after
+//!             this field. A record is thus valid only where it was written:
+//!             a record's bytes found anywhere else (inside a value, say, or
+//!             copied from another log) never pass as a record.
 //!      4    1 kind            1 = put, 2 = delete (tombstone)
 //!      5    1 flags           reserved for per-key state (lock, ...), 0
 //!      6    2 key length      u16 LE, 1..=65535
@@ -33,7 +37,9 @@
 //! ```
 //!
 //! All integers are little-endian. A record is valid only if its CRC matches
-//! and every reserved field is zero; anything else is treated as damage.
+//! at its position and every reserved field is zero; anything else is
+//! treated as damage. Compaction and repair, which move records, verify each
+//! at its old position and stamp it for its new one.
 
 use std::fmt;
 
@@ -148,6 +154,24 @@ impl fmt::Display for RecordError {
     }
 }
 
+/// Where a record sits: the log file it belongs to and its offset there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The log's random file id (see [`FileHeader`]).
+    pub file_id: u32,
+    /// The record's offset in that log.
+    pub offset: u64,
+}
+
+/// The CRC of a record (`bytes` without its CRC field) at `at`.
+fn checksum(bytes_after_crc: &[u8], at: Position) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&at.file_id.to_le_bytes());
+    crc.update(&at.offset.to_le_bytes());
+    crc.update(bytes_after_crc);
+    crc.finalize()
+}
+
 /// The fields a caller supplies to start a record; lengths are derived, and
 /// the sequence number and timestamp are stamped by [`RecordBuilder::seal`]
 /// when the record is appended.
@@ -207,8 +231,9 @@ impl RecordBuilder {
 
     /// Stamps the sequence number and timestamp, and fills in the value
     /// length (everything appended after [`begin`](RecordBuilder::begin))
-    /// and the CRC. The record is then ready to append.
-    pub fn seal(buf: &mut [u8], sequence: u64, timestamp_ms: u64) {
+    /// and the CRC for position `at`. The record is then ready to append
+    /// there.
+    pub fn seal(buf: &mut [u8], sequence: u64, timestamp_ms: u64, at: Position) {
         buf[16..24].copy_from_slice(&sequence.to_le_bytes());
         buf[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
         let key_len = usize::from(u16::from_le_bytes([buf[6], buf[7]]));
@@ -216,8 +241,14 @@ impl RecordBuilder {
         let value_len = buf.len() - RECORD_HEADER_LEN - key_len - content_type_len;
         let value_len = u32::try_from(value_len).expect("value length checked by the caller");
         buf[8..12].copy_from_slice(&value_len.to_le_bytes());
-        let crc = crc32fast::hash(&buf[4..]);
-        buf[0..4].copy_from_slice(&crc.to_le_bytes());
+        Self::restamp(buf, at);
+    }
+
+    /// Rewrites the CRC of a whole record for a new position. Callers verify
+    /// the record at its old position first, so damage is never laundered.
+    pub fn restamp(record: &mut [u8], at: Position) {
+        let crc = checksum(&record[4..], at);
+        record[0..4].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Encodes a whole, sealed record with the given value into `buf`.
@@ -228,10 +259,11 @@ impl RecordBuilder {
         value: &[u8],
         sequence: u64,
         timestamp_ms: u64,
+        at: Position,
     ) {
         Self::begin(buf, meta);
         buf.extend_from_slice(value);
-        Self::seal(buf, sequence, timestamp_ms);
+        Self::seal(buf, sequence, timestamp_ms, at);
     }
 }
 
@@ -250,8 +282,9 @@ pub struct RecordView<'a> {
     pub value: &'a [u8],
 }
 
-/// Decodes and CRC-checks a buffer that must hold exactly one whole record.
-pub fn verify(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
+/// Decodes and CRC-checks a buffer that must hold exactly one whole record,
+/// read from position `at`.
+pub fn verify(bytes: &[u8], at: Position) -> Result<RecordView<'_>, RecordError> {
     let fixed: &[u8; RECORD_HEADER_LEN] = bytes
         .get(..RECORD_HEADER_LEN)
         .and_then(|b| b.try_into().ok())
@@ -260,7 +293,7 @@ pub fn verify(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
     if header.record_len() != bytes.len() as u64 {
         return Err(RecordError::BadHeader);
     }
-    if crc32fast::hash(&bytes[4..]) != header.crc {
+    if checksum(&bytes[4..], at) != header.crc {
         return Err(RecordError::ChecksumMismatch);
     }
     let key_end = RECORD_HEADER_LEN + usize::from(header.key_len);
@@ -375,6 +408,10 @@ mod tests {
     }
 
     const T0: u64 = 1_700_000_000_000;
+    const AT: Position = Position {
+        file_id: 0xfeed,
+        offset: 32,
+    };
 
     proptest! {
         #[test]
@@ -388,8 +425,8 @@ mod tests {
         ) {
             let meta = RecordMeta { expires_at_ms, ..meta(&key, &content_type) };
             let mut buf = Vec::new();
-            RecordBuilder::encode(&mut buf, &meta, &value, sequence, timestamp_ms);
-            let view = verify(&buf).unwrap();
+            RecordBuilder::encode(&mut buf, &meta, &value, sequence, timestamp_ms, AT);
+            let view = verify(&buf, AT).unwrap();
             prop_assert_eq!(view.key, &key[..]);
             prop_assert_eq!(view.content_type, &content_type[..]);
             prop_assert_eq!(view.value, &value[..]);
@@ -403,9 +440,9 @@ mod tests {
         #[test]
         fn any_truncation_is_rejected(cut in 0usize..80) {
             let mut buf = Vec::new();
-            RecordBuilder::encode(&mut buf, &meta(b"sensors/t", b"text/plain"), b"21.5 degrees", 1, T0);
+            RecordBuilder::encode(&mut buf, &meta(b"sensors/t", b"text/plain"), b"21.5 degrees", 1, T0, AT);
             let cut = cut.min(buf.len() - 1);
-            prop_assert!(verify(&buf[..cut]).is_err());
+            prop_assert!(verify(&buf[..cut], AT).is_err());
         }
     }
 
@@ -418,13 +455,14 @@ mod tests {
             b"{\"k\":1}",
             7,
             T0,
+            AT,
         );
         for at in 0..buf.len() {
             for bit in 0..8 {
                 let mut damaged = buf.clone();
                 damaged[at] ^= 1 << bit;
                 assert!(
-                    verify(&damaged).is_err(),
+                    verify(&damaged, AT).is_err(),
                     "flip of bit {bit} at byte {at} went unnoticed"
                 );
             }
@@ -438,10 +476,24 @@ mod tests {
             kind: RecordKind::Delete,
             ..meta(b"k", b"")
         };
-        RecordBuilder::encode(&mut buf, &tombstone, b"", 2, T0);
-        assert_eq!(verify(&buf).unwrap().header.kind, RecordKind::Delete);
-        RecordBuilder::encode(&mut buf, &tombstone, b"x", 3, T0);
-        assert_eq!(verify(&buf), Err(RecordError::BadHeader));
+        RecordBuilder::encode(&mut buf, &tombstone, b"", 2, T0, AT);
+        assert_eq!(verify(&buf, AT).unwrap().header.kind, RecordKind::Delete);
+        RecordBuilder::encode(&mut buf, &tombstone, b"x", 3, T0, AT);
+        assert_eq!(verify(&buf, AT), Err(RecordError::BadHeader));
+    }
+
+    #[test]
+    fn a_record_is_valid_only_where_it_was_written() {
+        let mut buf = Vec::new();
+        RecordBuilder::encode(&mut buf, &meta(b"k", b""), b"v", 1, T0, AT);
+        assert!(verify(&buf, AT).is_ok());
+        let elsewhere = Position { offset: 4096, ..AT };
+        assert_eq!(verify(&buf, elsewhere), Err(RecordError::ChecksumMismatch));
+        let other_log = Position { file_id: 7, ..AT };
+        assert_eq!(verify(&buf, other_log), Err(RecordError::ChecksumMismatch));
+        RecordBuilder::restamp(&mut buf, elsewhere);
+        assert!(verify(&buf, elsewhere).is_ok());
+        assert!(verify(&buf, AT).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `lucid check --repair`: rebuilding a damaged log from its good records.
 //!
-//! Every record that passes its CRC is kept, in log order, including those
-//! after a damaged stretch; damaged stretches and a torn tail are left out.
+//! Every record that passes its CRC at its position is kept, in log order,
+//! including those after a damaged stretch (re-stamped for its place in the
+//! repaired log); damaged stretches and a torn tail are left out.
 //! The repaired log is written to `data.log.repair` and fsynced; the damaged
 //! log is kept as `data.log.broken-<unix seconds>` (a hard link, or a copy
 //! where links are impossible), and the repaired log is renamed over
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::directory::{io_error as io_err, lock_dir, read_header, sync_dir, OpenError, LOG_FILE};
 use super::file::DiskFile;
 use super::hint::HINT_FILE;
-use super::record::{FileHeader, FILE_HEADER_LEN};
+use super::record::{FileHeader, Position, RecordBuilder, FILE_HEADER_LEN};
 use super::scan::{scan, Damage, ScanStart};
 
 /// Name of the new log while a repair writes it.
@@ -56,10 +57,19 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
     if let Err(err) = out.write_all(&new_header.encode()) {
         write_error = Some(err);
     }
+    let mut scratch = Vec::new();
     loop {
-        let summary = scan(&log, start, |record, _| {
+        let summary = scan(&log, header.file_id, start, |record, _| {
+            // Stamped for where it lands in the repaired log.
+            let at = Position {
+                file_id: new_header.file_id,
+                offset: report.bytes_kept,
+            };
+            scratch.clear();
+            scratch.extend_from_slice(record.bytes);
+            RecordBuilder::restamp(&mut scratch, at);
             if write_error.is_none() {
-                if let Err(err) = out.write_all(record.bytes) {
+                if let Err(err) = out.write_all(&scratch) {
                     write_error = Some(err);
                 }
             }

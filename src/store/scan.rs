@@ -21,7 +21,9 @@
 use std::io;
 
 use super::file::LogFile;
-use super::record::{verify, RecordHeader, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+use super::record::{
+    verify, Position, RecordHeader, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+};
 
 /// How much of the log a scan reads at once.
 const WINDOW: usize = 256 * 1024;
@@ -81,10 +83,11 @@ impl ScanStart {
 /// follows the last good one. The file is not modified.
 pub fn scan(
     file: &dyn LogFile,
+    file_id: u32,
     start: ScanStart,
     mut visit: impl FnMut(&RecordView<'_>, u64),
 ) -> io::Result<ScanSummary> {
-    let mut reader = WindowReader::new(file)?;
+    let mut reader = WindowReader::new(file, file_id)?;
     let mut summary = ScanSummary {
         good_end: start.offset,
         records: 0,
@@ -119,15 +122,17 @@ pub fn scan(
 /// Sequential reads of a log through a reusable window buffer.
 struct WindowReader<'a> {
     file: &'a dyn LogFile,
+    file_id: u32,
     file_len: u64,
     window: Vec<u8>,
     window_start: u64,
 }
 
 impl<'a> WindowReader<'a> {
-    fn new(file: &'a dyn LogFile) -> io::Result<Self> {
+    fn new(file: &'a dyn LogFile, file_id: u32) -> io::Result<Self> {
         Ok(Self {
             file,
+            file_id,
             file_len: file.size()?,
             window: Vec::new(),
             window_start: 0,
@@ -167,9 +172,13 @@ impl<'a> WindowReader<'a> {
         let Ok(len) = usize::try_from(header.record_len()) else {
             return Ok(None);
         };
+        let at = Position {
+            file_id: self.file_id,
+            offset,
+        };
         Ok(self
             .bytes(offset, len)?
-            .and_then(|bytes| verify(bytes).ok()))
+            .and_then(|bytes| verify(bytes, at).ok()))
     }
 
     /// Offset of the first valid record after `offset` whose sequence number
@@ -191,34 +200,54 @@ impl<'a> WindowReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::{FileHeader, RecordBuilder, RecordKind, RecordMeta};
+    use crate::store::record::{FileHeader, Position, RecordBuilder, RecordKind, RecordMeta};
     use crate::store::testing::MemFile;
 
+    fn file_id(log: &[u8]) -> u32 {
+        FileHeader::decode(log[..FILE_HEADER_LEN].try_into().unwrap())
+            .unwrap()
+            .file_id
+    }
+
+    /// Appends a put record, stamped for where it lands; returns its offset.
+    fn append(log: &mut Vec<u8>, key: &[u8], value: &[u8], sequence: u64) -> u64 {
+        let meta = RecordMeta {
+            kind: RecordKind::Put,
+            key,
+            content_type: b"text/plain",
+            expires_at_ms: 0,
+        };
+        let at = Position {
+            file_id: file_id(log),
+            offset: log.len() as u64,
+        };
+        let mut buf = Vec::new();
+        RecordBuilder::encode(&mut buf, &meta, value, sequence, 0, at);
+        log.extend_from_slice(&buf);
+        at.offset
+    }
+
     /// A log with `count` records "key-i" = "value-i"; returns it with the
-    /// offset of every record and the end offset.
+    /// offset of every record.
     fn log_with(count: u64) -> (Vec<u8>, Vec<u64>) {
         let mut log = FileHeader::new(0).encode().to_vec();
-        let mut offsets = Vec::new();
-        let mut buf = Vec::new();
-        for i in 1..=count {
-            let key = format!("key-{i}");
-            let meta = RecordMeta {
-                kind: RecordKind::Put,
-                key: key.as_bytes(),
-                content_type: b"text/plain",
-                expires_at_ms: 0,
-            };
-            RecordBuilder::encode(&mut buf, &meta, format!("value-{i}").as_bytes(), i, 0);
-            offsets.push(log.len() as u64);
-            log.extend_from_slice(&buf);
-        }
+        let offsets = (1..=count)
+            .map(|i| {
+                append(
+                    &mut log,
+                    format!("key-{i}").as_bytes(),
+                    format!("value-{i}").as_bytes(),
+                    i,
+                )
+            })
+            .collect();
         (log, offsets)
     }
 
     fn keys_of(log: &[u8]) -> (Vec<String>, ScanSummary) {
         let file = MemFile::with_bytes(log);
         let mut keys = Vec::new();
-        let summary = scan(&file, ScanStart::BEGINNING, |record, _| {
+        let summary = scan(&file, file_id(log), ScanStart::BEGINNING, |record, _| {
             keys.push(String::from_utf8(record.key.to_vec()).unwrap())
         })
         .unwrap();
@@ -307,20 +336,31 @@ mod tests {
     #[test]
     fn records_larger_than_the_window_are_read_whole() {
         let mut log = FileHeader::new(0).encode().to_vec();
-        let mut buf = Vec::new();
         let big = vec![7u8; WINDOW * 3 + 11];
-        for (i, key) in [&b"big-1"[..], b"big-2"].iter().enumerate() {
-            let meta = RecordMeta {
-                kind: RecordKind::Put,
-                key,
-                content_type: b"",
-                expires_at_ms: 0,
-            };
-            RecordBuilder::encode(&mut buf, &meta, &big, i as u64 + 1, 0);
-            log.extend_from_slice(&buf);
-        }
+        append(&mut log, b"big-1", &big, 1);
+        append(&mut log, b"big-2", &big, 2);
         let (keys, summary) = keys_of(&log);
         assert_eq!(keys, ["big-1", "big-2"]);
         assert_eq!(summary.damage, None);
+    }
+
+    #[test]
+    fn a_record_inside_a_torn_value_is_never_taken_for_a_real_one() {
+        // A value holding a whole record (a log backup stored as a blob),
+        // written to look as new as can be; then the write is torn.
+        let (mut log, offsets) = log_with(2);
+        let mut other = FileHeader::new(0).encode().to_vec();
+        append(&mut other, b"victim", b"FORGED", u64::MAX - 1);
+        let embedded = &other[FILE_HEADER_LEN..];
+        let blob = [&[b'b'; 100][..], embedded, &[b'b'; 100]].concat();
+        let blob_at = append(&mut log, b"blob", &blob, 3);
+        log.truncate(log.len() - 50);
+        let (keys, summary) = keys_of(&log);
+        assert_eq!(keys, ["key-1", "key-2"]);
+        assert!(
+            matches!(summary.damage, Some(Damage::TornTail { offset, .. }) if offset == blob_at),
+            "{:?} (records at {offsets:?})",
+            summary.damage
+        );
     }
 }
