@@ -21,6 +21,9 @@ pub const DELETED: &str = r#"{"message":"The specified key was successfully dele
 /// `404` body for a missing key.
 pub const KEY_NOT_FOUND: &str = r#"{"message":"The specified key does not exist."}"#;
 
+/// 9999-12-31T23:59:59Z, the last moment an HTTP date can express.
+const LAST_HTTP_DATE_MS: u64 = 253_402_300_799_000;
+
 /// Content type used when a PUT does not name one.
 pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
 
@@ -121,12 +124,12 @@ impl Reply<'_> {
             Self::Value(value) => {
                 let content_type = Header::from_bytes(&b"Content-Type"[..], value.content_type)
                     .unwrap_or_else(|()| header(b"Content-Type", DEFAULT_CONTENT_TYPE));
-                let modified = UNIX_EPOCH + Duration::from_millis(value.timestamp_ms);
+
                 let headers = vec![
                     content_type,
                     header(
                         b"Last-Modified",
-                        httpdate::fmt_http_date(modified).as_bytes(),
+                        last_modified(value.timestamp_ms).as_bytes(),
                     ),
                     header(b"X-Content-Type-Options", b"nosniff"),
                 ];
@@ -141,6 +144,13 @@ impl Reply<'_> {
             log::debug!("could not send a response: {err}");
         }
     }
+}
+
+/// The HTTP date of a write's timestamp. HTTP dates end with the year 9999
+/// (formatting a later one panics): a clock that far off shows as that.
+fn last_modified(timestamp_ms: u64) -> String {
+    let clamped = timestamp_ms.min(LAST_HTTP_DATE_MS);
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(clamped))
 }
 
 fn response(status: u16, headers: Vec<Header>, body: &[u8]) -> Response<&[u8]> {
@@ -164,6 +174,16 @@ mod tests {
         assert_eq!(status, 400);
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed["message"], "bad \"key\"");
+    }
+
+    #[test]
+    fn last_modified_covers_every_timestamp() {
+        assert_eq!(last_modified(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            last_modified(1_700_000_000_123),
+            "Tue, 14 Nov 2023 22:13:20 GMT"
+        );
+        assert_eq!(last_modified(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
     }
 
     #[test]

@@ -196,7 +196,15 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
         index,
         header,
         end: summary.good_end,
-        next_sequence: header.base_sequence.max(summary.max_sequence) + 1,
+        next_sequence: header
+            .base_sequence
+            .max(summary.max_sequence)
+            .checked_add(1)
+            .ok_or_else(|| OpenError::Io {
+                action: "continue the sequence numbers of",
+                path: path.clone(),
+                source: io::Error::other("the log's sequence numbers are exhausted"),
+            })?,
         dir: Some((dir.to_path_buf(), lock)),
     };
     let store = Store::new(Arc::new(file), recovered, sync);
@@ -427,14 +435,18 @@ pub(super) fn read_header(file: &dyn LogFile, path: &Path) -> Result<FileHeader,
 
 /// Saves the torn tail beside the log, then cuts the log to `offset`.
 fn cut_torn_tail(file: &DiskFile, path: &Path, offset: u64, len: u64) -> Result<(), OpenError> {
-    let aside = PathBuf::from(format!("{}.torn-{offset}", path.display()));
-    let mut tail = vec![0u8; len as usize];
-    file.read_at(&mut tail, offset)
-        .map_err(io_error("read", path))?;
-    let mut copy = File::create(&aside).map_err(io_error("create", &aside))?;
-    copy.write_all(&tail)
-        .and_then(|()| copy.sync_all())
-        .map_err(io_error("write", &aside))?;
+    let (aside, mut copy) = create_unique(&format!("{}.torn-{offset}", path.display()))?;
+    let mut chunk = vec![0u8; len.min(1 << 20) as usize];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(chunk.len() as u64) as usize;
+        file.read_at(&mut chunk[..n], at)
+            .map_err(io_error("read", path))?;
+        copy.write_all(&chunk[..n])
+            .map_err(io_error("write", &aside))?;
+        at += n as u64;
+    }
+    copy.sync_all().map_err(io_error("write", &aside))?;
     file.truncate(offset).map_err(io_error("truncate", path))?;
     log::warn!(
         "{}: truncated a torn tail of {len} bytes at offset {offset} (an interrupted write; \
@@ -443,6 +455,29 @@ fn cut_torn_tail(file: &DiskFile, path: &Path, offset: u64, len: u64) -> Result<
         aside.display()
     );
     Ok(())
+}
+
+/// Creates `base`, or `base.1`, `base.2`, ... if it exists: never overwrites.
+fn create_unique(base: &str) -> Result<(PathBuf, File), OpenError> {
+    for n in 0u32.. {
+        let path = PathBuf::from(if n == 0 {
+            base.to_owned()
+        } else {
+            format!("{base}.{n}")
+        });
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(source) => {
+                return Err(OpenError::Io {
+                    action: "create",
+                    path,
+                    source,
+                })
+            }
+        }
+    }
+    unreachable!("a free name exists")
 }
 
 /// fsyncs a directory, making renames and new files in it durable.
@@ -457,5 +492,32 @@ pub(super) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Err
         action,
         path,
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{assert_matches, put, Model};
+
+    #[test]
+    fn torn_tails_at_the_same_offset_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Model::new();
+        let log = dir.path().join(LOG_FILE);
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        put(&store, &mut model, "kept", b"value");
+        drop(store);
+        let good_len = fs::metadata(&log).unwrap().len();
+        for garbage in [&b"first torn write"[..], b"second one"] {
+            let mut bytes = fs::read(&log).unwrap();
+            bytes.extend_from_slice(garbage);
+            fs::write(&log, bytes).unwrap();
+            let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+            assert_matches(&store, &model);
+        }
+        let aside = format!("{}.torn-{good_len}", log.display());
+        assert_eq!(fs::read(&aside).unwrap(), b"first torn write");
+        assert_eq!(fs::read(format!("{aside}.1")).unwrap(), b"second one");
     }
 }
