@@ -597,33 +597,21 @@ pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::{FileHeader, RecordMeta, FILE_HEADER_LEN};
-    use crate::store::testing::MemFile;
+    use crate::store::record::{FileHeader, FILE_HEADER_LEN};
+    use crate::store::testing::{try_put as put, MemFile};
 
     fn empty_store(sync: SyncMode) -> (Arc<MemFile>, Arc<Store>) {
-        let file = Arc::new(MemFile::with_bytes(&FileHeader::new(0).encode()));
+        let header = FileHeader::new(0);
+        let file = Arc::new(MemFile::with_bytes(&header.encode()));
         let recovered = Recovered {
             index: Index::default(),
             end: FILE_HEADER_LEN as u64,
             next_sequence: 1,
-            header: FileHeader::new(0),
+            header,
             dir: None,
         };
         let store = Store::new(file.clone(), recovered, sync);
         (file, store)
-    }
-
-    fn put(store: &Store, key: &str, value: &[u8]) -> Result<WriteOutcome, StoreError> {
-        let mut buf = Vec::new();
-        let meta = RecordMeta {
-            kind: RecordKind::Put,
-            key: key.as_bytes(),
-            content_type: b"text/plain",
-            expires_at_ms: 0,
-        };
-        RecordBuilder::begin(&mut buf, &meta);
-        buf.extend_from_slice(value);
-        store.put(&mut buf)
     }
 
     fn get(store: &Store, key: &str) -> Option<Vec<u8>> {

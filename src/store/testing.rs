@@ -9,7 +9,7 @@ use std::sync::{Condvar, Mutex};
 
 use std::collections::BTreeMap;
 
-use super::engine::Store;
+use super::engine::{Store, StoreError, WriteOutcome};
 use super::file::LogFile;
 use super::record::{RecordBuilder, RecordKind, RecordMeta};
 
@@ -119,8 +119,8 @@ impl LogFile for MemFile {
 /// What the store should hold.
 pub type Model = BTreeMap<String, Vec<u8>>;
 
-/// Puts through the store and into the model.
-pub fn put(store: &Store, model: &mut Model, key: &str, value: &[u8]) {
+/// Puts `value` (as text/plain) under `key`.
+pub fn try_put(store: &Store, key: &str, value: &[u8]) -> Result<WriteOutcome, StoreError> {
     let mut buf = Vec::new();
     let meta = RecordMeta {
         kind: RecordKind::Put,
@@ -130,7 +130,12 @@ pub fn put(store: &Store, model: &mut Model, key: &str, value: &[u8]) {
     };
     RecordBuilder::begin(&mut buf, &meta);
     buf.extend_from_slice(value);
-    store.put(&mut buf).unwrap();
+    store.put(&mut buf)
+}
+
+/// Puts through the store and into the model.
+pub fn put(store: &Store, model: &mut Model, key: &str, value: &[u8]) {
+    try_put(store, key, value).unwrap();
     model.insert(key.to_owned(), value.to_vec());
 }
 
