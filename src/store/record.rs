@@ -163,13 +163,35 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// A record's CRC computed piece by piece, for records too large to hold
+/// in memory at once: feed it every byte after the CRC field, in order.
+pub struct RecordChecksum(crc32fast::Hasher);
+
+impl RecordChecksum {
+    /// Starts the CRC of a record at `at`.
+    pub fn new(at: Position) -> Self {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&at.file_id.to_le_bytes());
+        crc.update(&at.offset.to_le_bytes());
+        Self(crc)
+    }
+
+    /// Adds the next bytes of the record.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The CRC of everything added.
+    pub fn finish(self) -> u32 {
+        self.0.finalize()
+    }
+}
+
 /// The CRC of a record (`bytes` without its CRC field) at `at`.
 fn checksum(bytes_after_crc: &[u8], at: Position) -> u32 {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&at.file_id.to_le_bytes());
-    crc.update(&at.offset.to_le_bytes());
+    let mut crc = RecordChecksum::new(at);
     crc.update(bytes_after_crc);
-    crc.finalize()
+    crc.finish()
 }
 
 /// The fields a caller supplies to start a record; lengths are derived, and

@@ -22,7 +22,7 @@ use std::io;
 
 use super::file::LogFile;
 use super::record::{
-    verify, Position, RecordHeader, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    verify, Position, RecordChecksum, RecordHeader, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 
 /// How much of the log a scan reads at once.
@@ -156,29 +156,52 @@ impl<'a> WindowReader<'a> {
         Ok(Some(&self.window[from..from + len]))
     }
 
-    /// The verified record at `offset`, or `None` if the bytes there are not
-    /// one (incomplete, malformed or failing the CRC).
-    fn record_at(&mut self, offset: u64) -> io::Result<Option<RecordView<'_>>> {
-        let header = match self.bytes(offset, RECORD_HEADER_LEN)? {
-            Some(bytes) => {
-                let fixed: &[u8; RECORD_HEADER_LEN] = bytes.try_into().expect("header length");
-                match RecordHeader::decode(fixed) {
-                    Ok(header) => header,
-                    Err(_) => return Ok(None),
-                }
-            }
-            None => return Ok(None),
+    /// The header at `offset`, if the bytes there decode as one whose record
+    /// fits in the file.
+    fn header_at(&mut self, offset: u64) -> io::Result<Option<RecordHeader>> {
+        let Some(bytes) = self.bytes(offset, RECORD_HEADER_LEN)? else {
+            return Ok(None);
         };
-        let Ok(len) = usize::try_from(header.record_len()) else {
+        let fixed: &[u8; RECORD_HEADER_LEN] = bytes.try_into().expect("header length");
+        Ok(RecordHeader::decode(fixed)
+            .ok()
+            .filter(|header| offset + header.record_len() <= self.file_len))
+    }
+
+    /// The verified record at `offset`, or `None` if the bytes there are not
+    /// one (incomplete, malformed or failing the CRC). A record longer than
+    /// the window is checked through a fixed buffer before it is read whole,
+    /// so a damaged header claiming a huge length costs time, not memory.
+    fn record_at(&mut self, offset: u64) -> io::Result<Option<RecordView<'_>>> {
+        let Some(header) = self.header_at(offset)? else {
             return Ok(None);
         };
         let at = Position {
             file_id: self.file_id,
             offset,
         };
+        let len = header.record_len();
+        if len > WINDOW as u64 && !self.checksum_matches(&header, at)? {
+            return Ok(None);
+        }
         Ok(self
-            .bytes(offset, len)?
+            .bytes(offset, len as usize)?
             .and_then(|bytes| verify(bytes, at).ok()))
+    }
+
+    /// Whether the record with `header` at `at` has the CRC its header
+    /// claims, reading it in window-sized pieces.
+    fn checksum_matches(&mut self, header: &RecordHeader, at: Position) -> io::Result<bool> {
+        let mut crc = RecordChecksum::new(at);
+        let mut chunk = vec![0u8; WINDOW];
+        let (mut from, end) = (at.offset + 4, at.offset + header.record_len());
+        while from < end {
+            let n = (end - from).min(WINDOW as u64) as usize;
+            self.file.read_at(&mut chunk[..n], from)?;
+            crc.update(&chunk[..n]);
+            from += n as u64;
+        }
+        Ok(crc.finish() == header.crc)
     }
 
     /// Offset of the first valid record after `offset` whose sequence number
@@ -186,10 +209,11 @@ impl<'a> WindowReader<'a> {
     fn next_valid_after(&mut self, offset: u64, newer_than: u64) -> io::Result<Option<u64>> {
         let mut candidate = offset + 1;
         while candidate + RECORD_HEADER_LEN as u64 <= self.file_len {
-            if let Some(record) = self.record_at(candidate)? {
-                if record.header.sequence > newer_than {
-                    return Ok(Some(candidate));
-                }
+            let newer = self
+                .header_at(candidate)?
+                .is_some_and(|header| header.sequence > newer_than);
+            if newer && self.record_at(candidate)?.is_some() {
+                return Ok(Some(candidate));
             }
             candidate += 1;
         }
@@ -342,6 +366,37 @@ mod tests {
         let (keys, summary) = keys_of(&log);
         assert_eq!(keys, ["big-1", "big-2"]);
         assert_eq!(summary.damage, None);
+    }
+
+    #[test]
+    fn a_header_damaged_to_claim_a_huge_length_is_never_read_whole() {
+        let mut log = FileHeader::new(0).encode().to_vec();
+        append(&mut log, b"first", b"1", 1);
+        let damaged = append(&mut log, b"second", b"2", 2) as usize;
+        let big = append(&mut log, b"third", &vec![3u8; WINDOW * 2], 3);
+        // The second record's value length now claims the rest of the file.
+        let claimed = (log.len() - damaged - RECORD_HEADER_LEN - b"second".len() - 10) as u32;
+        log[damaged + 8..damaged + 12].copy_from_slice(&claimed.to_le_bytes());
+        let file = MemFile::with_bytes(&log);
+        let mut keys = Vec::new();
+        let summary = scan(&file, file_id(&log), ScanStart::BEGINNING, |record, _| {
+            keys.push(record.key.to_vec())
+        })
+        .unwrap();
+        assert_eq!(keys, [b"first".to_vec()]);
+        assert_eq!(
+            summary.damage,
+            Some(Damage::Corrupt {
+                offset: damaged as u64,
+                next_valid: big
+            })
+        );
+        let legit = log.len() - big as usize;
+        let largest = file.largest_read.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            largest <= legit,
+            "read {largest} bytes at once for a {legit}-byte record"
+        );
     }
 
     #[test]

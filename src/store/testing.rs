@@ -26,6 +26,8 @@ pub struct MemFile {
     syncs_released: Condvar,
     /// Number of successful syncs so far.
     pub syncs: AtomicUsize,
+    /// The largest single read so far, in bytes.
+    pub largest_read: AtomicUsize,
 }
 
 impl MemFile {
@@ -73,6 +75,7 @@ impl MemFile {
 
 impl LogFile for MemFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.largest_read.fetch_max(buf.len(), Ordering::SeqCst);
         let bytes = self.bytes.lock().unwrap();
         let start = offset as usize;
         let source = bytes
