@@ -293,14 +293,12 @@ impl Store {
         };
         buf.resize(location.len as usize, 0);
         file.read_at(buf, location.offset).map_err(StoreError::Io)?;
+        let offset = location.offset;
         let corrupt = || {
             log::error!(
-                "record at offset {} failed its integrity check and was not served; run `lucid check`",
-                location.offset
+                "record at offset {offset} failed its integrity check and was not served; run `lucid check`"
             );
-            StoreError::Corrupt {
-                offset: location.offset,
-            }
+            StoreError::Corrupt { offset }
         };
         let at = Position {
             file_id,

@@ -35,7 +35,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use super::directory::sync_dir;
-use super::index::{Index, Location};
+use super::index::{Index, Key, Location};
 use super::record::FileHeader;
 
 /// Name of the hint file in the data directory.
@@ -156,6 +156,7 @@ fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
         return Err("its entry count is impossible".into());
     }
     let mut entries = Vec::with_capacity(count as usize);
+    let mut key = Vec::new();
     for _ in 0..count {
         let mut fixed = [0u8; 14];
         input.read_exact(&mut fixed).map_err(truncated)?;
@@ -168,9 +169,9 @@ fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
         if end.is_none_or(|end| end > coverage.end) {
             return Err("an entry points past the covered part of the log".into());
         }
-        let mut key = vec![0u8; usize::from(key_len)];
+        key.resize(usize::from(key_len), 0);
         input.read_exact(&mut key).map_err(truncated)?;
-        entries.push((key.into_boxed_slice(), location));
+        entries.push((Key::new(&key), location));
     }
     let expected = input.crc.clone().finalize();
     let mut trailer = [0u8; 4];

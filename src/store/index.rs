@@ -1,12 +1,22 @@
 //! The in-memory index (the "keydir"): for every live key, where its latest
-//! record sits in the log. Values and metadata stay on disk; an entry is just
-//! an offset and a length, so memory per key is the key itself plus a few
-//! bytes. The map is ordered so that prefix listing costs O(page).
+//! record sits in the log. Values and metadata stay on disk; an entry is the
+//! key (kept inline, without a heap allocation, up to 23 bytes) and a 12-byte
+//! location. The map is ordered so that prefix listing costs O(page).
+//!
+//! Measured with a million 16-byte keys (`cargo bench --bench storage`):
+//! about 72 bytes of memory per key inserted in order, 57 in random order,
+//! less after a start from the hint file (the tree is then built full).
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-/// Where a key's latest record lives in the log.
+use compact_bytes::CompactBytes;
+
+/// Where a key's latest record lives in the log. Packed to 12 bytes: it is
+/// stored once per key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(4))]
 pub struct Location {
     /// Byte offset of the record in the log file.
     pub offset: u64,
@@ -14,10 +24,53 @@ pub struct Location {
     pub len: u32,
 }
 
+/// A key as the index stores it: inline when short (see the module docs).
+pub struct Key(CompactBytes);
+
+impl Key {
+    /// Copies `bytes` into a key.
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(CompactBytes::new(bytes))
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_ref() == other.0.as_ref()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Byte order, the same as `[u8]`'s, as `Borrow` requires.
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.as_ref().cmp(other.0.as_ref())
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.0.as_ref()))
+    }
+}
+
 /// Live keys and the location of their latest record.
 #[derive(Debug, Default)]
 pub struct Index {
-    entries: BTreeMap<Box<[u8]>, Location>,
+    entries: BTreeMap<Key, Location>,
     live_bytes: u64,
 }
 
@@ -25,7 +78,7 @@ impl Index {
     /// Builds an index from entries in strictly increasing key order, in one
     /// pass (nodes are filled completely, unlike one insert at a time).
     /// Returns `None` if the keys are not strictly increasing.
-    pub fn from_sorted(entries: Vec<(Box<[u8]>, Location)>) -> Option<Self> {
+    pub fn from_sorted(entries: Vec<(Key, Location)>) -> Option<Self> {
         if entries.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
             return None;
         }
@@ -55,7 +108,7 @@ impl Index {
                 *slot = location;
             }
             None => {
-                self.entries.insert(key.into(), location);
+                self.entries.insert(Key::new(key), location);
             }
         }
     }
@@ -71,7 +124,7 @@ impl Index {
     pub fn entries(&self) -> impl Iterator<Item = (&[u8], Location)> + '_ {
         self.entries
             .iter()
-            .map(|(key, location)| (&**key, *location))
+            .map(|(key, location)| (key.borrow(), *location))
     }
 
     /// Locations of all live keys, in key order.
@@ -112,23 +165,39 @@ mod tests {
     #[test]
     fn sorted_entries_build_an_index_and_unsorted_ones_do_not() {
         let at = |offset| Location { offset, len: 10 };
-        let sorted = vec![
-            (b"a".to_vec().into(), at(32)),
-            (b"b".to_vec().into(), at(42)),
-        ];
+        let sorted = vec![(Key::new(b"a"), at(32)), (Key::new(b"b"), at(42))];
         let index = Index::from_sorted(sorted).unwrap();
         assert_eq!(index.get(b"b"), Some(at(42)));
         assert_eq!(index.live_bytes(), 20);
-        let unsorted = vec![
-            (b"b".to_vec().into(), at(32)),
-            (b"a".to_vec().into(), at(42)),
-        ];
+        let unsorted = vec![(Key::new(b"b"), at(32)), (Key::new(b"a"), at(42))];
         assert!(Index::from_sorted(unsorted).is_none());
-        let repeated = vec![
-            (b"a".to_vec().into(), at(32)),
-            (b"a".to_vec().into(), at(42)),
-        ];
+        let repeated = vec![(Key::new(b"a"), at(32)), (Key::new(b"a"), at(42))];
         assert!(Index::from_sorted(repeated).is_none());
+    }
+
+    #[test]
+    fn entries_stay_small() {
+        assert_eq!(std::mem::size_of::<Location>(), 12);
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+        let long = [b'k'; 300];
+        let mut index = Index::default();
+        index.insert(
+            &long,
+            Location {
+                offset: 32,
+                len: 400,
+            },
+        );
+        index.insert(
+            b"short",
+            Location {
+                offset: 432,
+                len: 50,
+            },
+        );
+        assert_eq!(index.get(&long).map(|l| l.len), Some(400));
+        let keys: Vec<&[u8]> = index.entries().map(|(k, _)| k).collect();
+        assert_eq!(keys, [&long[..], b"short"]);
     }
 
     #[test]
