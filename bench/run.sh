@@ -61,7 +61,7 @@ start_lucid() {
     2> "$work/lucid-$sync.log" &
   pids+=($!)
   for _ in $(seq 1 300); do
-    PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$work/lucid-$sync.log" | grep -o '[0-9]*$' || true)
+    PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) (.*/\1/p' "$work/lucid-$sync.log" | head -1)
     [ -n "$PORT" ] && break
     sleep 0.1
   done

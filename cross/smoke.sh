@@ -27,7 +27,7 @@ start() {
   "${qemu[@]}" "$binary" --config "$work/lucid.yml" server 2> "$work/log" &
   pid=$!
   for _ in $(seq 1 300); do
-    port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$work/log" | grep -o '[0-9]*$' || true)
+    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) (.*/\1/p' "$work/log" | head -1)
     [ -n "$port" ] && return 0
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1

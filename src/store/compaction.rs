@@ -323,6 +323,12 @@ impl Store {
         self.reached(Step::Switching);
         let paused = Instant::now();
         let mut writer = lock(&self.writer);
+        if self.is_read_only() {
+            // A sync failed while the copy ran; its writers were refused.
+            return Err(CompactionError::Unavailable(
+                "the node turned read-only during compaction",
+            ));
+        }
         let tail_start = new_file.metadata()?.len();
         let to = Position {
             file_id: new_header.file_id,
@@ -338,6 +344,15 @@ impl Store {
         // the directory sync fails (the store then turns read-only).
         let dir_synced = sync_dir(dir);
         self.reached(Step::DirSynced);
+        if let Err(err) = &dir_synced {
+            // Until the rename is durable a power cut may bring the old log
+            // back, where the pending records were never synced: they must
+            // not be acknowledged. Read-only first, so their writers get 503.
+            self.enter_read_only(&format!(
+                "fsync of {} after compaction's rename failed: {err}",
+                dir.display()
+            ));
+        }
         let new_file: Arc<dyn LogFile> = Arc::new(DiskFile::new(new_file));
         let shift = |offset: u64| offset - cut + tail_start;
         let new_end = shift(writer.end);
@@ -358,6 +373,12 @@ impl Store {
         let old_log = std::mem::replace(&mut writer.file, new_file);
         writer.header = new_header;
         writer.end = new_end;
+        if let Err(err) = dir_synced {
+            drop(writer);
+            drop(exclusive);
+            drop(old_log);
+            return Err(CompactionError::Io(err));
+        }
         // The new file is synced to its end: everything pending is durable.
         let durable = writer.next_sequence - 1;
         self.publish(&mut writer, durable);
@@ -365,13 +386,6 @@ impl Store {
         exclusive.release(durable);
         let writers_paused = paused.elapsed();
         drop(old_log);
-        if let Err(err) = dir_synced {
-            self.enter_read_only(&format!(
-                "fsync of {} after compaction's rename failed: {err}",
-                dir.display()
-            ));
-            return Err(CompactionError::Io(err));
-        }
         self.compactions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Without a hint for the new log the next start reads the whole
@@ -654,7 +668,20 @@ mod tests {
         let mut model = Model::new();
         churn(&store, &mut model);
         let (from, to) = (dir.clone(), moved.clone());
+        let (answered, answer) = std::sync::mpsc::channel();
+        let writer_store = Arc::clone(&store);
         *lock(&store.step_hook) = Some(Box::new(move |step| match step {
+            // A writer that appends now waits for the switch's sync.
+            Step::Switching => {
+                let (store, answered) = (Arc::clone(&writer_store), answered.clone());
+                let appended = store.stats().log_bytes;
+                std::thread::spawn(move || {
+                    let _ = answered.send(crate::store::testing::try_put(&store, "pending", b"p"));
+                });
+                while writer_store.stats().log_bytes == appended {
+                    std::thread::yield_now();
+                }
+            }
             // With the directory gone, syncing it fails.
             Step::Renamed => fs::rename(&from, &to).unwrap(),
             Step::DirSynced => fs::rename(&to, &from).unwrap(),
@@ -666,6 +693,12 @@ mod tests {
             store.is_read_only(),
             "a failed directory fsync must stop writes"
         );
+        let pending = answer.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            matches!(pending, Err(crate::store::StoreError::ReadOnly)),
+            "a write whose only synced copy is in the not-yet-durable new log was acknowledged: {pending:?}"
+        );
+        assert!(store.get(b"pending", &mut Vec::new()).unwrap().is_none());
         assert_matches(&store, &model);
         assert!(matches!(
             store.delete(b"key-1", &mut Vec::new()),
@@ -673,6 +706,39 @@ mod tests {
         ));
         drop(store);
         let (store, _) = open(&dir, SyncMode::Always).unwrap();
+        // The refused write's outcome was unknown (503): it may have landed.
+        let mut buf = Vec::new();
+        if let Some(landed) = store.get(b"pending", &mut buf).unwrap() {
+            assert_eq!(landed.value, b"p");
+            model.insert("pending".into(), b"p".to_vec());
+        }
+        assert_matches(&store, &model);
+    }
+
+    #[test]
+    fn a_store_turning_read_only_during_the_copy_is_not_switched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        let log = fs::read(dir.path().join(LOG_FILE)).unwrap();
+        let failing = Arc::clone(&store);
+        *lock(&store.step_hook) = Some(Box::new(move |step| {
+            if step == Step::Copied {
+                failing.enter_read_only("a group fsync failed (simulated)");
+            }
+        }));
+        assert!(matches!(
+            store.compact(),
+            Err(CompactionError::Unavailable(_))
+        ));
+        *lock(&store.step_hook) = None;
+        assert_eq!(
+            fs::read(dir.path().join(LOG_FILE)).unwrap(),
+            log,
+            "data.log was replaced"
+        );
+        assert!(!dir.path().join(COMPACT_FILE).exists());
         assert_matches(&store, &model);
     }
 

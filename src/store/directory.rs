@@ -357,16 +357,18 @@ fn refuse_to_start_empty_beside_data(dir: &Path) -> Result<(), OpenError> {
     })
 }
 
-/// Deletes the hint file, if any.
+/// Deletes the hint file, if any, durably (a distrusted hint must not come
+/// back after a power cut).
 fn remove_hint(dir: &Path) -> Result<(), OpenError> {
     let path = dir.join(hint::HINT_FILE);
     match fs::remove_file(&path) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(OpenError::Io {
+        Ok(()) => sync_dir(dir).map_err(io_error("sync", dir)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(OpenError::Io {
             action: "remove",
             path,
-            source: err,
+            source,
         }),
-        _ => Ok(()),
     }
 }
 
@@ -458,7 +460,7 @@ fn cut_torn_tail(file: &DiskFile, path: &Path, offset: u64, len: u64) -> Result<
 }
 
 /// Creates `base`, or `base.1`, `base.2`, ... if it exists: never overwrites.
-fn create_unique(base: &str) -> Result<(PathBuf, File), OpenError> {
+pub(super) fn create_unique(base: &str) -> Result<(PathBuf, File), OpenError> {
     for n in 0u32.. {
         let path = PathBuf::from(if n == 0 {
             base.to_owned()

@@ -428,7 +428,7 @@ impl Store {
             state = lock(&self.commit);
             state.syncing = false;
             if let Some(synced) = synced {
-                state.durable_sequence = synced;
+                state.durable_sequence = state.durable_sequence.max(synced);
             }
             self.commit_done.notify_all();
         }
@@ -473,8 +473,8 @@ impl Store {
 
     /// Clean shutdown: waits for a running compaction, makes every write
     /// durable (whatever the sync mode) and writes the hint file, so the next
-    /// start is fast. A read-only store (after a failed fsync) only writes
-    /// the hint.
+    /// start is fast. A read-only store (after a failed fsync) does neither:
+    /// the next start reads and verifies the whole log.
     pub fn close(&self) -> io::Result<()> {
         // A compaction still running finishes first: both write the hint.
         let _no_compaction = lock(&self.compaction);
@@ -496,6 +496,11 @@ impl Store {
         let Some(dir) = self.dir.as_deref() else {
             return Ok(());
         };
+        if self.is_read_only() {
+            // After a failed fsync nothing more is claimed durable: no new
+            // hint (its fsync would be a retry that may falsely succeed).
+            return Ok(());
+        }
         let writer = lock(&self.writer);
         // The pending records are the newest ones, one sequence number each,
         // and the only ones not in the index.

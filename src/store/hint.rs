@@ -262,6 +262,20 @@ mod tests {
         assert!(store.get(b"later", &mut buf).unwrap().unwrap().sequence > before);
     }
 
+    #[test]
+    fn a_read_only_store_writes_no_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let interval = SyncMode::Interval(std::time::Duration::from_secs(60));
+        let (store, _) = open(dir.path(), interval).unwrap();
+        put(&store, &mut Model::new(), "k", b"v");
+        store.enter_read_only("the periodic fsync failed (simulated)");
+        store.close().unwrap();
+        assert!(
+            !dir.path().join(HINT_FILE).exists(),
+            "a hint claimed unsynced records"
+        );
+    }
+
     fn assert_hint_ignored(dir: &Path, model: &Model) {
         let (store, report) = open(dir, SyncMode::Always).unwrap();
         assert_eq!(report.hint_keys, None, "a bad hint was trusted");

@@ -1,7 +1,7 @@
 //! The in-memory index (the "keydir"): for every live key, where its latest
 //! record sits in the log. Values and metadata stay on disk; an entry is the
-//! key (kept inline, without a heap allocation, up to 23 bytes) and a 12-byte
-//! location. The map is ordered so that prefix listing costs O(page).
+//! key (kept inline, without a heap allocation, up to 23 bytes on 64-bit
+//! targets) and a 12-byte location. The map is ordered so that prefix listing costs O(page).
 //!
 //! Measured with a million 16-byte keys (`cargo bench --bench storage`):
 //! about 72 bytes of memory per key inserted in order, 57 in random order,
@@ -11,7 +11,12 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use compact_bytes::CompactBytes;
+/// Key storage: inline up to 23 bytes on 64-bit targets; boxed on 32-bit
+/// ones, where `compact_bytes` does not build and a box is 8 bytes.
+#[cfg(target_pointer_width = "64")]
+type KeyBytes = compact_bytes::CompactBytes;
+#[cfg(not(target_pointer_width = "64"))]
+type KeyBytes = Box<[u8]>;
 
 /// Where a key's latest record lives in the log. Packed to 12 bytes: it is
 /// stored once per key.
@@ -25,12 +30,15 @@ pub struct Location {
 }
 
 /// A key as the index stores it: inline when short (see the module docs).
-pub struct Key(CompactBytes);
+pub struct Key(KeyBytes);
 
 impl Key {
     /// Copies `bytes` into a key.
     pub fn new(bytes: &[u8]) -> Self {
-        Self(CompactBytes::new(bytes))
+        #[cfg(target_pointer_width = "64")]
+        return Self(KeyBytes::new(bytes));
+        #[cfg(not(target_pointer_width = "64"))]
+        return Self(bytes.into());
     }
 }
 
@@ -178,6 +186,7 @@ mod tests {
     #[test]
     fn entries_stay_small() {
         assert_eq!(std::mem::size_of::<Location>(), 12);
+        #[cfg(target_pointer_width = "64")]
         assert_eq!(std::mem::size_of::<Key>(), 24);
         let long = [b'k'; 300];
         let mut index = Index::default();

@@ -8,9 +8,10 @@
 //!      8    4 format version  u32 LE, currently 1
 //!     12    4 file id         u32 LE, random, new for every log file written
 //!                             (a hint file names the log it describes by it)
-//!     16    8 base sequence   u64 LE: every record in the file has a larger
-//!                             sequence number (lets compaction drop the
-//!                             newest tombstones without reusing numbers)
+//!     16    8 base sequence   u64 LE: the last sequence number issued when
+//!                             the file was created; new records get larger
+//!                             ones (lets compaction drop the newest
+//!                             tombstones without numbers being reused)
 //!     24    4 header CRC-32   over bytes 0..24
 //!     28    4 reserved        0
 //! ```
@@ -334,7 +335,8 @@ pub fn verify(bytes: &[u8], at: Position) -> Result<RecordView<'_>, RecordError>
 pub struct FileHeader {
     /// Random identity of this log file.
     pub file_id: u32,
-    /// Every record in the file has a larger sequence number.
+    /// The last sequence number issued when the file was created; records
+    /// appended later get larger ones.
     pub base_sequence: u64,
 }
 

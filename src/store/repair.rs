@@ -14,7 +14,9 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::directory::{io_error as io_err, lock_dir, read_header, sync_dir, OpenError, LOG_FILE};
+use super::directory::{
+    create_unique, io_error as io_err, lock_dir, read_header, sync_dir, OpenError, LOG_FILE,
+};
 use super::file::DiskFile;
 use super::hint::HINT_FILE;
 use super::record::{FileHeader, Position, RecordBuilder, FILE_HEADER_LEN};
@@ -108,12 +110,10 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let broken = dir.join(format!("{LOG_FILE}.broken-{seconds}"));
     // Keep the damaged log under a second name first, then replace data.log
     // in one atomic rename: at no moment is there no data.log.
-    if fs::hard_link(&path, &broken).is_err() {
-        fs::copy(&path, &broken).map_err(io_err("copy aside", &path))?;
-    }
+    let base = format!("{}.broken-{seconds}", path.display());
+    let broken = keep_aside(&path, &base)?;
     fs::rename(&tmp, &path).map_err(io_err("move into place", &tmp))?;
     match fs::remove_file(dir.join(HINT_FILE)) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => {
@@ -126,10 +126,33 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
     Ok(report)
 }
 
+/// Gives the log at `log` a second name, `base` or `base.N` (never one in
+/// use): a hard link, or a synced copy where links are impossible.
+fn keep_aside(log: &Path, base: &str) -> Result<PathBuf, OpenError> {
+    for n in 0u32.. {
+        let name = PathBuf::from(if n == 0 {
+            base.to_owned()
+        } else {
+            format!("{base}.{n}")
+        });
+        match fs::hard_link(log, &name) {
+            Ok(()) => return Ok(name),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(_) => break,
+        }
+    }
+    let (name, mut copy) = create_unique(base)?;
+    File::open(log)
+        .and_then(|mut source| io::copy(&mut source, &mut copy))
+        .and_then(|_| copy.sync_all())
+        .map_err(io_err("copy aside", log))?;
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::RECORD_HEADER_LEN;
+    use crate::store::record::{FILE_HEADER_LEN, RECORD_HEADER_LEN};
     use crate::store::testing::{assert_matches, put, Model};
     use crate::store::{open, SyncMode};
 
@@ -179,6 +202,25 @@ mod tests {
         let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
         assert_matches(&store, &model);
         assert!(store.get(b"second", &mut Vec::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn repairs_in_the_same_second_keep_every_damaged_log() {
+        let (dir, _, damaged) = damaged_directory();
+        let first = repair(dir.path()).unwrap().broken_copy.unwrap();
+        // Damage the repaired log again and repair at once.
+        let log = dir.path().join(LOG_FILE);
+        let mut bytes = fs::read(&log).unwrap();
+        bytes[FILE_HEADER_LEN + RECORD_HEADER_LEN + 1] ^= 0x20;
+        fs::write(&log, &bytes).unwrap();
+        let second = repair(dir.path()).unwrap().broken_copy.unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            fs::read(first).unwrap(),
+            damaged,
+            "the first damaged log was overwritten"
+        );
+        assert_eq!(fs::read(second).unwrap(), bytes);
     }
 
     #[test]
