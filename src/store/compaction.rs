@@ -659,6 +659,26 @@ mod tests {
         assert_matches(&store, &model);
     }
 
+    /// Starts a put of `key` on another thread and returns once it has been
+    /// appended (it then waits for its fsync); its result arrives on the
+    /// returned channel.
+    fn put_pending(
+        store: &Arc<Store>,
+        key: &'static str,
+    ) -> std::sync::mpsc::Receiver<Result<crate::store::WriteOutcome, crate::store::StoreError>>
+    {
+        let (answered, answer) = std::sync::mpsc::channel();
+        let appended = store.stats().log_bytes;
+        let writer = Arc::clone(store);
+        std::thread::spawn(move || {
+            let _ = answered.send(crate::store::testing::try_put(&writer, key, b"p"));
+        });
+        while store.stats().log_bytes == appended {
+            std::thread::yield_now();
+        }
+        answer
+    }
+
     #[test]
     fn a_failed_directory_sync_after_the_rename_switches_and_turns_read_only() {
         let root = tempfile::tempdir().unwrap();
@@ -668,20 +688,13 @@ mod tests {
         let mut model = Model::new();
         churn(&store, &mut model);
         let (from, to) = (dir.clone(), moved.clone());
-        let (answered, answer) = std::sync::mpsc::channel();
+        let (pending_tx, pending_rx) = std::sync::mpsc::channel();
         let writer_store = Arc::clone(&store);
         *lock(&store.step_hook) = Some(Box::new(move |step| match step {
             // A writer that appends now waits for the switch's sync.
-            Step::Switching => {
-                let (store, answered) = (Arc::clone(&writer_store), answered.clone());
-                let appended = store.stats().log_bytes;
-                std::thread::spawn(move || {
-                    let _ = answered.send(crate::store::testing::try_put(&store, "pending", b"p"));
-                });
-                while writer_store.stats().log_bytes == appended {
-                    std::thread::yield_now();
-                }
-            }
+            Step::Switching => pending_tx
+                .send(put_pending(&writer_store, "pending"))
+                .unwrap(),
             // With the directory gone, syncing it fails.
             Step::Renamed => fs::rename(&from, &to).unwrap(),
             Step::DirSynced => fs::rename(&to, &from).unwrap(),
@@ -693,6 +706,7 @@ mod tests {
             store.is_read_only(),
             "a failed directory fsync must stop writes"
         );
+        let answer = pending_rx.recv().unwrap();
         let pending = answer.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(
             matches!(pending, Err(crate::store::StoreError::ReadOnly)),
@@ -748,30 +762,25 @@ mod tests {
         let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
         let mut model = Model::new();
         churn(&store, &mut model);
-        let (answered, answer) = std::sync::mpsc::channel();
+        let (pending_tx, pending_rx) = std::sync::mpsc::channel();
         let writer_store = Arc::clone(&store);
         *lock(&store.step_hook) = Some(Box::new(move |step| {
-            if step != Step::Switching {
-                return;
-            }
             // This writer appends to the old log, then waits for a sync that
             // only the switch to the new log provides.
-            let (store, answered) = (Arc::clone(&writer_store), answered.clone());
-            let appended = store.stats().log_bytes;
-            std::thread::spawn(move || {
-                put(&store, &mut Model::new(), "waiting", b"across the switch");
-                let _ = answered.send(());
-            });
-            while writer_store.stats().log_bytes == appended {
-                std::thread::yield_now();
+            if step == Step::Switching {
+                pending_tx
+                    .send(put_pending(&writer_store, "waiting"))
+                    .unwrap();
             }
         }));
         store.compact().unwrap();
         *lock(&store.step_hook) = None;
-        answer
+        let answer = pending_rx.recv().unwrap();
+        let outcome = answer
             .recv_timeout(Duration::from_secs(10))
             .expect("the waiting writer was never answered");
-        model.insert("waiting".into(), b"across the switch".to_vec());
+        assert!(outcome.is_ok(), "{outcome:?}");
+        model.insert("waiting".into(), b"p".to_vec());
         assert_matches(&store, &model);
         drop(store);
         let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
