@@ -49,6 +49,9 @@ pub struct General {
     pub port: u16,
     /// Worker threads answering requests; 0 = twice the number of cores.
     pub threads: usize,
+    /// A client silent this long in the middle of a request, or between
+    /// keep-alive requests, is disconnected; 0 = never.
+    pub read_timeout_ms: u64,
 }
 
 impl Default for General {
@@ -57,11 +60,17 @@ impl Default for General {
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 7021,
             threads: 0,
+            read_timeout_ms: 10_000,
         }
     }
 }
 
 impl General {
+    /// The read timeout for client sockets, if any.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        (self.read_timeout_ms > 0).then(|| Duration::from_millis(self.read_timeout_ms))
+    }
+
     /// Number of worker threads to run: the configured count, or twice the
     /// number of cores (at least 2).
     pub fn worker_threads(&self) -> usize {

@@ -683,3 +683,31 @@ fn a_body_cut_short_by_the_client_is_refused_and_the_old_value_kept() {
     }
     node.assert_serving();
 }
+
+#[test]
+fn clients_that_go_quiet_mid_body_are_cut_off_by_the_read_timeout() {
+    let node = Config::new().raw("general", "read_timeout_ms: 300").start();
+    let port = node.port();
+    // One stalled body per worker: every worker is reading one.
+    let mut stalled: Vec<Conn> = (0..WORKER_THREADS)
+        .map(|i| {
+            let mut conn = Conn::open(port);
+            let head = format!(
+                "PUT /api/kv/slow-{i} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n"
+            );
+            conn.write_raw(head.as_bytes()).unwrap();
+            conn.write_raw(&[b's'; 10]).unwrap();
+            conn
+        })
+        .collect();
+    for conn in &mut stalled {
+        let resp = conn
+            .read_response(false)
+            .expect("an answer once the read timeout passes");
+        assert_error(&resp, 400, None);
+    }
+    node.assert_serving();
+    for i in 0..WORKER_THREADS {
+        assert_eq!(get(port, &format!("/api/kv/slow-{i}")).status, 404);
+    }
+}

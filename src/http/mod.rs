@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use tiny_http::{Method, Request, Server};
+use tiny_http::{ConfigListenAddr, Method, Request, Server, ServerConfig};
 
 use crate::config::General;
 use crate::store::Store;
@@ -90,7 +90,12 @@ impl HttpServer {
     /// Binds the configured address.
     pub fn bind(general: &General) -> Result<Self, String> {
         let addr = SocketAddr::new(general.bind_address, general.port);
-        let server = Server::http(addr).map_err(|err| {
+        let config = ServerConfig {
+            addr: ConfigListenAddr::IP(vec![addr]),
+            ssl: None,
+            read_timeout: general.read_timeout(),
+        };
+        let server = Server::new(config).map_err(|err| {
             format!(
                 "cannot listen on {addr}: {err}. Is another process using the port? \
                  Change general.port or general.bind_address in the config"

@@ -177,6 +177,11 @@ pub struct ServerConfig {
 
     /// If `Some`, then the server will use SSL to encode the communications.
     pub ssl: Option<SslConfig>,
+
+    /// Lucid patch: if `Some`, every accepted socket gets this read timeout,
+    /// so a client that stops sending mid-request (or stays idle between
+    /// requests) is cut off instead of holding a thread forever.
+    pub read_timeout: Option<std::time::Duration>,
 }
 
 /// Configuration of the server for SSL.
@@ -198,6 +203,7 @@ impl Server {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: None,
+            read_timeout: None,
         })
     }
 
@@ -214,6 +220,7 @@ impl Server {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: Some(config),
+            read_timeout: None,
         })
     }
 
@@ -226,13 +233,14 @@ impl Server {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::unix_from_path(path),
             ssl: None,
+            read_timeout: None,
         })
     }
 
     /// Builds a new server that listens on the specified address.
     pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = config.addr.bind()?;
-        Self::from_listener(listener, config.ssl)
+        Self::from_listener_with_timeout(listener, config.ssl, config.read_timeout)
     }
 
     /// Builds a new server using the specified TCP listener.
@@ -242,6 +250,16 @@ impl Server {
     pub fn from_listener<L: Into<Listener>>(
         listener: L,
         ssl_config: Option<SslConfig>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_timeout(listener, ssl_config, None)
+    }
+
+    /// Lucid patch: `from_listener` with a read timeout for accepted sockets
+    /// (see `ServerConfig::read_timeout`).
+    pub fn from_listener_with_timeout<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        read_timeout: Option<std::time::Duration>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
@@ -294,6 +312,10 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        // Lucid patch: see `ServerConfig::read_timeout`.
+                        if let Err(err) = sock.set_read_timeout(read_timeout) {
+                            log::warn!("cannot set a read timeout on a connection: {}", err);
+                        }
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
