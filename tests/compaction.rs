@@ -31,11 +31,7 @@ fn churn(port: u16) -> Vec<(String, Vec<u8>)> {
 
 #[track_caller]
 fn assert_churned(port: u16, live: &[(String, Vec<u8>)]) {
-    for (path, value) in live {
-        let resp = get(port, path);
-        assert_eq!(resp.status, 200, "GET {path}");
-        assert_eq!(&resp.body, value, "GET {path}");
-    }
+    assert_values(port, live);
     for k in (0..20).step_by(4) {
         assert_eq!(
             get(port, &format!("/api/kv/churn/{k}")).status,

@@ -26,15 +26,6 @@ fn write_keys(port: u16, prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-#[track_caller]
-fn assert_values(port: u16, expected: &[(String, Vec<u8>)]) {
-    for (path, value) in expected {
-        let resp = get(port, path);
-        assert_eq!(resp.status, 200, "GET {path}");
-        assert_eq!(&resp.body, value, "GET {path}: wrong value");
-    }
-}
-
 #[test]
 fn restart_keeps_data_and_deletes_stay_deleted() {
     let mut node = Node::start();

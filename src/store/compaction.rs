@@ -550,16 +550,22 @@ mod tests {
     use crate::store::testing::{assert_matches, churn, put, Model};
     use std::panic::{self, AssertUnwindSafe};
 
+    /// A store in a fresh directory after `churn`, and its model.
+    fn churned(sync: SyncMode) -> (tempfile::TempDir, Arc<Store>, Model) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), sync).unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        (dir, store, model)
+    }
+
     fn log_len(dir: &Path) -> u64 {
         fs::metadata(dir.join(LOG_FILE)).unwrap().len()
     }
 
     #[test]
     fn compaction_keeps_every_live_value_and_shrinks_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
-        let mut model = Model::new();
-        churn(&store, &mut model);
+        let (dir, store, mut model) = churned(SyncMode::Always);
         let before = log_len(dir.path());
         let report = store.compact().unwrap();
         assert_eq!(report.bytes_before, before);
@@ -731,10 +737,7 @@ mod tests {
 
     #[test]
     fn a_store_turning_read_only_during_the_copy_is_not_switched() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
-        let mut model = Model::new();
-        churn(&store, &mut model);
+        let (dir, store, model) = churned(SyncMode::Always);
         let log = fs::read(dir.path().join(LOG_FILE)).unwrap();
         let failing = Arc::clone(&store);
         *lock(&store.step_hook) = Some(Box::new(move |step| {
@@ -758,10 +761,7 @@ mod tests {
 
     #[test]
     fn a_writer_waiting_for_its_sync_across_the_switch_is_answered() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
-        let mut model = Model::new();
-        churn(&store, &mut model);
+        let (dir, store, mut model) = churned(SyncMode::Always);
         let (pending_tx, pending_rx) = std::sync::mpsc::channel();
         let writer_store = Arc::clone(&store);
         *lock(&store.step_hook) = Some(Box::new(move |step| {
@@ -797,10 +797,7 @@ mod tests {
             Step::Renamed,
             Step::DirSynced,
         ] {
-            let dir = tempfile::tempdir().unwrap();
-            let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
-            let mut model = Model::new();
-            churn(&store, &mut model);
+            let (dir, store, mut model) = churned(SyncMode::Always);
             *lock(&store.step_hook) = Some(Box::new(move |at| {
                 if at == step {
                     panic!("simulated crash at {at:?}");
@@ -824,10 +821,7 @@ mod tests {
 
     #[test]
     fn damage_stops_compaction_without_touching_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
-        let mut model = Model::new();
-        churn(&store, &mut model);
+        let (dir, store, _) = churned(SyncMode::Always);
         let log_path = dir.path().join(LOG_FILE);
         let mut bytes = fs::read(&log_path).unwrap();
         bytes[FILE_HEADER_LEN + RECORD_HEADER_LEN + 2] ^= 0xff; // inside the first record
@@ -839,10 +833,7 @@ mod tests {
 
     #[test]
     fn only_one_compaction_runs_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), SyncMode::Never).unwrap();
-        let mut model = Model::new();
-        churn(&store, &mut model);
+        let (_dir, store, _) = churned(SyncMode::Never);
         let inner = Arc::clone(&store);
         let nested = Arc::new(std::sync::Mutex::new(None));
         let seen = Arc::clone(&nested);

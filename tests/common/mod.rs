@@ -845,3 +845,13 @@ pub fn find_unique(haystack: &[u8], needle: &[u8]) -> usize {
     );
     hits[0]
 }
+
+/// Asserts that every (path, value) pair reads back exactly.
+#[track_caller]
+pub fn assert_values(port: u16, expected: &[(String, Vec<u8>)]) {
+    for (path, value) in expected {
+        let resp = get(port, path);
+        assert_eq!(resp.status, 200, "GET {path}");
+        assert_eq!(&resp.body, value, "GET {path}: wrong value");
+    }
+}
