@@ -197,6 +197,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn worker(server: &Server, ctx: &Context) {
     let mut bufs = Buffers::default();
+    // The request target, copied so the request can be borrowed mutably by
+    // the handler; reused, so no allocation per request.
+    let mut url = String::new();
     loop {
         let mut request = match server.recv() {
             Ok(request) => request,
@@ -208,7 +211,8 @@ fn worker(server: &Server, ctx: &Context) {
         };
         let started = Instant::now();
         let method = metrics::method_slot(request.method());
-        let url = request.url().to_owned();
+        url.clear();
+        url.push_str(request.url());
         let body_may_block = body_may_block(&request);
         let mut body_read = false;
         let (bufs_ref, body_read_ref) = (&mut bufs, &mut body_read);
