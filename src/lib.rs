@@ -2,6 +2,7 @@
 //!
 //! * [`store`] is the storage engine (log, index, recovery, compaction).
 //! * [`http`] serves the HTTP API over the store.
+//! * [`watch`] is the change feed that watchers subscribe to.
 //! * [`config`] reads `lucid.yml`; [`notify`] speaks systemd's notify protocol.
 //! * [`cli`] parses the command line; [`commands`] does what each command says.
 
@@ -12,3 +13,4 @@ pub mod http;
 pub mod logging;
 pub mod notify;
 pub mod store;
+pub mod watch;

@@ -38,6 +38,7 @@ use super::file::LogFile;
 use super::hint::{self, Coverage};
 use super::index::{Index, Location};
 use super::record::{verify, FileHeader, Position, RecordBuilder, RecordKind};
+use crate::watch::EventBus;
 
 /// When writes are made durable with fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +223,8 @@ pub struct Store {
     /// write while compaction runs.
     #[cfg(test)]
     pub(super) step_hook: Mutex<Option<StepHook>>,
+    /// Change feed for watchers.
+    events: EventBus,
     _dir_lock: Option<File>,
 }
 
@@ -259,6 +262,7 @@ impl Store {
             last_compaction: Mutex::new(None),
             #[cfg(test)]
             step_hook: Mutex::new(None),
+            events: EventBus::new(recovered.next_sequence - 1),
             _dir_lock: dir_lock,
         });
         if let SyncMode::Interval(period) = sync {
@@ -269,6 +273,11 @@ impl Store {
                 .expect("spawn the sync thread");
         }
         store
+    }
+
+    /// The change feed: one event per change made visible, in version order.
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// Whether the store refuses writes after a failed fsync.
