@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use lucid::store::engine::Expect;
 use lucid::store::hint::HINT_FILE;
 use lucid::store::record::{RecordBuilder, RecordKind, RecordMeta};
 use lucid::store::{open, Store, SyncMode};
@@ -111,10 +112,11 @@ fn fill(store: &Store, keys: u64, byte: u8) {
             key: &key,
             content_type: b"application/octet-stream",
             expires_at_ms: 0,
+            locked: false,
         };
         RecordBuilder::begin(&mut buf, &meta);
         buf.extend_from_slice(&value);
-        store.put(&mut buf).expect("put");
+        store.put(&mut buf, Expect::Any).expect("put");
     }
 }
 

@@ -20,6 +20,7 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     let storage = &config.storage;
     let (store, report) = store::open(&storage.directory, storage.sync_mode())?;
     store::spawn_compactor(&store, config.compaction.policy());
+    store::spawn_expiry_sweeper(&store);
     let server = HttpServer::bind(&config.general)?;
     let addr = server
         .local_addr()

@@ -1,17 +1,20 @@
-//! Handlers of `/api/kv/{key}`: GET, HEAD, PUT and DELETE.
+//! Handlers of `/api/kv/{key}`: GET, HEAD, PUT, DELETE and PATCH.
 
 use std::io::Read;
 
 use tiny_http::{Method, Request};
 
+use super::conditions::{not_modified, write_condition};
+use super::query::{positive_seconds, Params};
 use super::reply::{self, Reply};
 use super::route::{decode_key, KeyError};
-use super::{Buffers, Context};
+use super::{patch, Buffers, Context};
+use crate::store::engine::now_ms;
 use crate::store::record::{RecordBuilder, RecordKind, RecordMeta, MAX_CONTENT_TYPE_LEN};
 use crate::store::{StoreError, WriteOutcome};
 
 /// Methods `/api/kv/{key}` accepts, as listed in a 405's `Allow` header.
-pub const ALLOWED: &str = "GET, HEAD, PUT, DELETE";
+pub const ALLOWED: &str = "GET, HEAD, PUT, DELETE, PATCH";
 
 /// Answers one request to `/api/kv/{raw_key}`; sets `body_read` once the
 /// request body has been read whole.
@@ -19,46 +22,79 @@ pub fn handle<'b>(
     ctx: &Context,
     bufs: &'b mut Buffers,
     request: &mut Request,
+    url: &str,
     raw_key: &str,
     body_read: &mut bool,
 ) -> Reply<'b> {
     let Buffers { key, record } = bufs;
     if !matches!(
         request.method(),
-        Method::Get | Method::Head | Method::Put | Method::Delete
+        Method::Get | Method::Head | Method::Put | Method::Delete | Method::Patch
     ) {
         return Reply::method_not_allowed(ALLOWED);
     }
     if let Err(err) = decode_key(raw_key, key, ctx.max_key_bytes) {
         return key_error(err, ctx.max_key_bytes);
     }
-    let result = match request.method() {
-        Method::Get | Method::Head => match ctx.store.get(key, record) {
-            Ok(Some(value)) => return Reply::Value(value),
-            Ok(None) => Ok(Reply::json(404, reply::KEY_NOT_FOUND)),
-            Err(err) => Err(err),
+    let params = match Params::parse(
+        url,
+        if request.method() == &Method::Put {
+            &["ttl"]
+        } else {
+            &[]
         },
-        Method::Put => return put(ctx, request, key, record, body_read),
-        _ => match ctx.store.delete(key, record) {
-            Ok(true) => Ok(Reply::json(200, reply::DELETED)),
-            Ok(false) => Ok(Reply::json(404, reply::KEY_NOT_FOUND)),
-            Err(err) => Err(err),
-        },
+        64,
+    ) {
+        Ok(params) => params,
+        Err(reply) => return reply,
     };
-    result.unwrap_or_else(store_error)
+    if matches!(request.method(), Method::Get | Method::Head) {
+        return match ctx.store.get(key, record) {
+            Ok(Some(value)) if not_modified(request, value.sequence) => {
+                Reply::NotModified(value.sequence)
+            }
+            Ok(Some(value)) => Reply::Value(value),
+            Ok(None) => Reply::json(404, reply::KEY_NOT_FOUND),
+            Err(err) => store_error(err),
+        };
+    }
+    let expect = match write_condition(request) {
+        Ok(expect) => expect,
+        Err(reply) => return reply,
+    };
+    match request.method() {
+        Method::Put => put(ctx, request, &params, key, record, body_read, expect),
+        Method::Patch => patch::handle(ctx, request, key, record, body_read, expect),
+        _ => match ctx.store.delete(key, record, expect) {
+            Ok(true) => Reply::json(200, reply::DELETED),
+            Ok(false) => Reply::json(404, reply::KEY_NOT_FOUND),
+            Err(err) => store_error(err),
+        },
+    }
 }
 
 fn put<'b>(
     ctx: &Context,
     request: &mut Request,
+    params: &Params,
     key: &[u8],
     record: &mut Vec<u8>,
     body_read: &mut bool,
+    expect: crate::store::engine::Expect,
 ) -> Reply<'b> {
     let max = ctx.max_value_bytes;
     if request.body_length().is_some_and(|len| len > max) {
         return too_large(max);
     }
+    let expires_at_ms =
+        match params.get("ttl").map(positive_seconds) {
+            None => 0,
+            Some(Some(ttl_ms)) => now_ms().saturating_add(ttl_ms),
+            Some(None) => return Reply::message(
+                400,
+                "The ttl query parameter must be a number of seconds greater than 0, like ?ttl=60.",
+            ),
+        };
     let content_type = request
         .headers()
         .iter()
@@ -74,7 +110,8 @@ fn put<'b>(
         kind: RecordKind::Put,
         key,
         content_type,
-        expires_at_ms: 0,
+        expires_at_ms,
+        locked: false,
     };
     RecordBuilder::begin(record, &meta);
     let header_len = record.len();
@@ -89,21 +126,26 @@ fn put<'b>(
         return too_large(max);
     }
     *body_read = true;
-    match ctx.store.put(record) {
-        Ok(WriteOutcome::Created) => Reply::json(201, reply::CREATED),
-        Ok(WriteOutcome::Updated) => Reply::json(200, reply::UPDATED),
+    match ctx.store.put(record, expect) {
+        Ok(written) => match written.outcome {
+            WriteOutcome::Created => Reply::json(201, reply::CREATED),
+            WriteOutcome::Updated => Reply::json(200, reply::UPDATED),
+        }
+        .with_etag(written.version),
         Err(err) => store_error(err),
     }
 }
 
-fn too_large<'b>(max: usize) -> Reply<'b> {
+/// `413` for a value over `storage.max_value_bytes`.
+pub fn too_large<'b>(max: usize) -> Reply<'b> {
     Reply::message(
         413,
         format!("The value is larger than the limit of {max} bytes (storage.max_value_bytes)."),
     )
 }
 
-fn key_error<'b>(err: KeyError, max: usize) -> Reply<'b> {
+/// The reply for a refused key.
+pub fn key_error<'b>(err: KeyError, max: usize) -> Reply<'b> {
     match err {
         KeyError::Empty => Reply::message(400, "The key must not be empty: use /api/kv/{key}."),
         KeyError::TooLong => Reply::message(
@@ -120,8 +162,15 @@ fn key_error<'b>(err: KeyError, max: usize) -> Reply<'b> {
     }
 }
 
-fn store_error<'b>(err: StoreError) -> Reply<'b> {
+/// The reply for a store error.
+pub fn store_error<'b>(err: StoreError) -> Reply<'b> {
     match err {
+        StoreError::Locked => Reply::json(409, reply::CANNOT_UPDATE),
+        StoreError::PreconditionFailed => Reply::message(
+            412,
+            "The key's current version does not match the request's If-Match or If-None-Match condition; nothing was changed. Read the key again for its current version (ETag).",
+        ),
+        StoreError::NotFound => Reply::json(404, reply::KEY_NOT_FOUND),
         StoreError::ReadOnly => Reply::message(
             503,
             "The node is read-only after a disk failure: writes are refused until it is restarted. Reads still work.",

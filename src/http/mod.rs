@@ -10,10 +10,17 @@
 //! returns once all have, or after [`SHUTDOWN_GRACE`].
 
 mod admin;
+mod batch;
+mod conditions;
 mod kv;
+mod list;
 mod metrics;
+mod patch;
+mod query;
 mod reply;
 mod route;
+
+pub use patch::{parse as parse_patch, Operation as PatchOperation};
 
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
@@ -217,23 +224,29 @@ fn worker(server: &Server, ctx: &Context) {
         let mut body_read = false;
         let (bufs_ref, body_read_ref) = (&mut bufs, &mut body_read);
         let route = route::route(&url);
-        let stores_body = matches!(route, Route::Kv { .. }) && request.method() == &Method::Put;
+        let stores_body = match route {
+            Route::Kv { .. } => matches!(request.method(), Method::Put | Method::Patch),
+            Route::Batch => request.method() == &Method::Post,
+            _ => false,
+        };
         let reply = catch_panic(|| {
             match route {
             _ if body_may_block && !stores_body => Reply::message(
                 413,
-                "Only PUT /api/kv/{key} reads a request body; this request must not carry one over 1 KiB.",
+                "Only PUT and PATCH /api/kv/{key} and POST /api/batch read a request body; this request must not carry one over 1 KiB.",
             ),
             Route::Kv { raw_key } => {
-                kv::handle(ctx, bufs_ref, &mut request, raw_key, body_read_ref)
+                kv::handle(ctx, bufs_ref, &mut request, &url, raw_key, body_read_ref)
             }
+            Route::List => list::handle(ctx, &request, &url),
+            Route::Batch => batch::handle(ctx, &mut request, body_read_ref),
             Route::AdminStats => admin::stats(ctx, &request),
             Route::AdminCompact => admin::compact(ctx, &request),
             Route::Health => admin::health(ctx, &request),
             Route::Metrics => admin::metrics(ctx, &request),
             Route::Unknown => Reply::message(
                 404,
-                "No such resource. The API lives under /api/kv/{key} and /api/admin/.",
+                "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch and /api/admin/.",
             ),
         }
         });
@@ -247,11 +260,13 @@ fn worker(server: &Server, ctx: &Context) {
                 status,
                 body,
                 allow,
+                etag,
             } if unread_body => send_detached(
                 Reply::Json {
                     status,
                     body,
                     allow,
+                    etag,
                 },
                 request,
             ),

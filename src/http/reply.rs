@@ -3,7 +3,8 @@
 //!
 //! Every error body is `{"message": "..."}` with `Content-Type:
 //! application/json`. Values are sent with their stored content type,
-//! `Last-Modified` and `X-Content-Type-Options: nosniff`, never chunked.
+//! `Last-Modified`, `ETag: "<version>"` and `X-Content-Type-Options:
+//! nosniff`, never chunked.
 
 use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
@@ -18,6 +19,8 @@ pub const CREATED: &str = r#"{"message":"The specified key was successfully crea
 pub const UPDATED: &str = r#"{"message":"The specified key was successfully updated."}"#;
 /// `200` body of a DELETE.
 pub const DELETED: &str = r#"{"message":"The specified key was successfully deleted."}"#;
+/// `409` body for a change to a locked key (the API contract's wording).
+pub const CANNOT_UPDATE: &str = r#"{"message":"The specified key cannot be updated."}"#;
 /// `404` body for a missing key.
 pub const KEY_NOT_FOUND: &str = r#"{"message":"The specified key does not exist."}"#;
 
@@ -38,9 +41,13 @@ pub enum Reply<'a> {
         body: Cow<'static, str>,
         /// Value of an `Allow` header (for 405).
         allow: Option<&'static str>,
+        /// The key's version, sent as `ETag`.
+        etag: Option<u64>,
     },
     /// A stored value.
     Value(StoredValue<'a>),
+    /// `304 Not Modified` for a key still at this version.
+    NotModified(u64),
     /// A generated text document (metrics).
     Text {
         /// Its content type.
@@ -57,6 +64,7 @@ impl Reply<'_> {
             status,
             body: Cow::Borrowed(body),
             allow: None,
+            etag: None,
         }
     }
 
@@ -67,6 +75,7 @@ impl Reply<'_> {
             status,
             body: Cow::Owned(body),
             allow: None,
+            etag: None,
         }
     }
 
@@ -77,6 +86,7 @@ impl Reply<'_> {
             status,
             body: Cow::Owned(body),
             allow: None,
+            etag: None,
         }
     }
 
@@ -87,6 +97,7 @@ impl Reply<'_> {
             status: 405,
             body: Cow::Owned(body),
             allow: Some(allow),
+            etag: None,
         }
     }
 
@@ -98,11 +109,20 @@ impl Reply<'_> {
         )
     }
 
+    /// The same reply with an `ETag` header naming `version`.
+    pub fn with_etag(mut self, version: u64) -> Self {
+        if let Self::Json { etag, .. } = &mut self {
+            *etag = Some(version);
+        }
+        self
+    }
+
     /// HTTP status of this reply.
     pub fn status(&self) -> u16 {
         match self {
             Self::Json { status, .. } => *status,
             Self::Value(_) | Self::Text { .. } => 200,
+            Self::NotModified(_) => 304,
         }
     }
 
@@ -114,12 +134,17 @@ impl Reply<'_> {
                 status,
                 body,
                 allow,
+                etag,
             } => {
                 let mut headers = vec![header(b"Content-Type", b"application/json")];
                 if let Some(allow) = allow {
                     headers.push(header(b"Allow", allow.as_bytes()));
                 }
+                headers.extend(etag.map(etag_header));
                 request.respond(response(status, headers, body.as_bytes()))
+            }
+            Self::NotModified(version) => {
+                request.respond(response(304, vec![etag_header(version)], b""))
             }
             Self::Value(value) => {
                 let content_type = Header::from_bytes(&b"Content-Type"[..], value.content_type)
@@ -132,6 +157,7 @@ impl Reply<'_> {
                         last_modified(value.timestamp_ms).as_bytes(),
                     ),
                     header(b"X-Content-Type-Options", b"nosniff"),
+                    etag_header(value.sequence),
                 ];
                 request.respond(response(200, headers, value.value))
             }
@@ -151,6 +177,11 @@ impl Reply<'_> {
 fn last_modified(timestamp_ms: u64) -> String {
     let clamped = timestamp_ms.min(LAST_HTTP_DATE_MS);
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(clamped))
+}
+
+/// `ETag: "<version>"`.
+fn etag_header(version: u64) -> Header {
+    header(b"ETag", format!("\"{version}\"").as_bytes())
 }
 
 fn response(status: u16, headers: Vec<Header>, body: &[u8]) -> Response<&[u8]> {
@@ -188,7 +219,7 @@ mod tests {
 
     #[test]
     fn constant_bodies_are_valid_json() {
-        for body in [CREATED, UPDATED, DELETED, KEY_NOT_FOUND] {
+        for body in [CREATED, UPDATED, DELETED, KEY_NOT_FOUND, CANNOT_UPDATE] {
             let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
             assert!(parsed["message"].is_string());
         }

@@ -11,6 +11,10 @@ pub enum Route<'u> {
         /// Everything after `/api/kv/`, up to the query string.
         raw_key: &'u str,
     },
+    /// `/api/kv`: listing keys by prefix.
+    List,
+    /// `/api/batch`: atomic batches of writes.
+    Batch,
     /// `/api/admin/stats`: store size and compaction figures.
     AdminStats,
     /// `/api/admin/compact`: run a compaction now.
@@ -30,6 +34,8 @@ pub fn route(url: &str) -> Route<'_> {
         return Route::Kv { raw_key };
     }
     match path {
+        "/api/kv" => Route::List,
+        "/api/batch" => Route::Batch,
         "/api/admin/stats" => Route::AdminStats,
         "/api/admin/compact" => Route::AdminCompact,
         "/health" => Route::Health,
@@ -58,6 +64,16 @@ pub enum KeyError {
 /// Decoding is strict: a malformed escape is an error rather than being
 /// passed through, so one key has exactly one spelling on the wire.
 pub fn decode_key(raw: &str, out: &mut Vec<u8>, max_len: usize) -> Result<(), KeyError> {
+    percent_decode(raw, out, max_len)?;
+    if out.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    Ok(())
+}
+
+/// Percent-decodes `raw` once into `out` (cleared first), strictly as
+/// [`decode_key`] does, but allowing an empty result. `+` stays `+`.
+pub fn percent_decode(raw: &str, out: &mut Vec<u8>, max_len: usize) -> Result<(), KeyError> {
     out.clear();
     let bytes = raw.as_bytes();
     let mut at = 0;
@@ -78,9 +94,6 @@ pub fn decode_key(raw: &str, out: &mut Vec<u8>, max_len: usize) -> Result<(), Ke
         if out.len() > max_len {
             return Err(KeyError::TooLong);
         }
-    }
-    if out.is_empty() {
-        return Err(KeyError::Empty);
     }
     std::str::from_utf8(out).map_err(|_| KeyError::NotUtf8)?;
     Ok(())
@@ -109,7 +122,9 @@ mod tests {
         assert_eq!(route("/api/kv/a"), Route::Kv { raw_key: "a" });
         assert_eq!(route("/api/kv/a/b?x=1"), Route::Kv { raw_key: "a/b" });
         assert_eq!(route("/api/kv/"), Route::Kv { raw_key: "" });
-        assert_eq!(route("/api/kv"), Route::Unknown);
+        assert_eq!(route("/api/kv"), Route::List);
+        assert_eq!(route("/api/kv?prefix=a"), Route::List);
+        assert_eq!(route("/api/batch"), Route::Batch);
         assert_eq!(route("/"), Route::Unknown);
         assert_eq!(route("/api/kvx/a"), Route::Unknown);
         assert_eq!(route("/api/admin/stats"), Route::AdminStats);

@@ -47,8 +47,8 @@ use super::engine::{lock, now_ms, read, write, Store};
 use super::file::{DiskFile, LogFile};
 use super::index::Location;
 use super::record::{
-    verify, FileHeader, Position, RecordBuilder, RecordHeader, RecordView, FILE_HEADER_LEN,
-    RECORD_HEADER_LEN,
+    members, verify, FileHeader, Position, RecordBuilder, RecordHeader, RecordKind, RecordView,
+    FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 
 /// Name of the new log while compaction writes it.
@@ -358,7 +358,7 @@ impl Store {
         let new_end = shift(writer.end);
         for pending in &mut writer.pending {
             pending.offset = shift(pending.offset);
-            if let Some(location) = &mut pending.location {
+            if let Some((location, _)) = &mut pending.location {
                 location.offset = shift(location.offset);
             }
         }
@@ -427,9 +427,9 @@ fn copy_live_records(
         file_id: header.file_id,
         offset: first,
     };
-    let relocations = move_records(records, from, to, &mut writer, |view, location| {
-        read(&store.keydir).index.get(view.key) == Some(location)
-    })?;
+    let mut is_live =
+        |view: &RecordView<'_>, location| read(&store.keydir).index.get(view.key) == Some(location);
+    let relocations = move_records(records, from, to, &mut writer, Some(&mut is_live))?;
     writer.flush()?;
     Ok(relocations)
 }
@@ -450,24 +450,43 @@ fn copy_tail(
         file_id: old_id,
         offset: cut,
     };
-    move_records(&tail, from, to, out, |_, _| true)?;
+    move_records(&tail, from, to, out, None)?;
     Ok(())
 }
 
+/// Decides whether a record is copied; `None` copies every record as is.
+type Keep<'k> = Option<&'k mut dyn FnMut(&RecordView<'_>, Location) -> bool>;
+
 /// Walks the whole records in `bytes`, which start at `from` in the old log,
-/// verifying each there, and writes those `keep` accepts to `out`, stamped
-/// for where they land in the new log (from `to` on). Returns the old and
-/// new offset of every record written.
+/// verifying each there, and writes them to `out`, stamped for where they
+/// land in the new log (from `to` on). With `keep`, only the records it
+/// accepts are written, and live members of batch frames are written as
+/// plain records (compaction only filters durable records, so no batch can
+/// be half-copied by a crash); without, frames are copied whole. Returns the
+/// old and new offset of every record written.
 fn move_records(
     bytes: &[u8],
     from: Position,
     to: Position,
     out: &mut impl Write,
-    mut keep: impl FnMut(&RecordView<'_>, Location) -> bool,
+    mut keep: Keep<'_>,
 ) -> Result<Relocations, CompactionError> {
     let mut moved = Vec::new();
     let mut scratch = Vec::new();
     let (mut at, mut written) = (0usize, to.offset);
+    let mut copy = |record: &RecordView<'_>, old: u64, written: &mut u64| -> io::Result<()> {
+        scratch.clear();
+        scratch.extend_from_slice(record.bytes);
+        let new = Position {
+            file_id: to.file_id,
+            offset: *written,
+        };
+        RecordBuilder::detach(&mut scratch, new);
+        out.write_all(&scratch)?;
+        moved.push((old, *written));
+        *written += scratch.len() as u64;
+        Ok(())
+    };
     while at < bytes.len() {
         let old = Position {
             file_id: from.file_id,
@@ -479,26 +498,32 @@ fn move_records(
             .and_then(|header| bytes.get(at..at + header.record_len() as usize))
             .and_then(|record| verify(record, old).ok())
             .ok_or(CompactionError::Corrupt(old.offset))?;
-        let len = view.bytes.len();
-        let location = Location {
-            offset: old.offset,
-            len: len as u32,
+        at += view.bytes.len();
+        let Some(keep) = keep.as_mut() else {
+            copy(&view, old.offset, &mut written)?;
+            continue;
         };
-        if keep(&view, location) {
-            scratch.clear();
-            scratch.extend_from_slice(view.bytes);
-            let new = Position {
-                file_id: to.file_id,
-                offset: written,
-            };
-            RecordBuilder::restamp(&mut scratch, new);
-            out.write_all(&scratch)?;
-            moved.push((old.offset, written));
-            written += len as u64;
+        if view.header.kind != RecordKind::Batch {
+            if keep(&view, location_of(&view, old.offset)) {
+                copy(&view, old.offset, &mut written)?;
+            }
+            continue;
         }
-        at += len;
+        for member in members(&view, old) {
+            let (offset, member) = member.map_err(|_| CompactionError::Corrupt(old.offset))?;
+            if keep(&member, location_of(&member, offset)) {
+                copy(&member, offset, &mut written)?;
+            }
+        }
     }
     Ok(moved)
+}
+
+fn location_of(record: &RecordView<'_>, offset: u64) -> Location {
+    Location {
+        offset,
+        len: record.bytes.len() as u32,
+    }
 }
 
 /// The new offset of every index entry, in index order: entries before the
@@ -604,7 +629,9 @@ mod tests {
                         "new-in-tail",
                         b"created in the tail",
                     );
-                    assert!(hook_store.delete(b"key-2", &mut Vec::new()).unwrap());
+                    assert!(hook_store
+                        .delete(b"key-2", &mut Vec::new(), crate::store::engine::Expect::Any)
+                        .unwrap());
                     model.insert("deleted".into(), b"key-2".to_vec());
                 }
             }));
@@ -721,7 +748,7 @@ mod tests {
         assert!(store.get(b"pending", &mut Vec::new()).unwrap().is_none());
         assert_matches(&store, &model);
         assert!(matches!(
-            store.delete(b"key-1", &mut Vec::new()),
+            store.delete(b"key-1", &mut Vec::new(), crate::store::engine::Expect::Any),
             Err(crate::store::StoreError::ReadOnly)
         ));
         drop(store);

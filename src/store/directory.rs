@@ -22,7 +22,7 @@ use super::compaction::COMPACT_FILE;
 use super::engine::{Recovered, Store, SyncMode};
 use super::file::{DiskFile, LogFile};
 use super::hint;
-use super::index::{Index, Location};
+use super::index::{Attrs, Index, Location};
 use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
 use super::repair::REPAIR_FILE;
 use super::scan::{scan, Damage, ScanStart, ScanSummary};
@@ -285,7 +285,7 @@ fn check_hint(
         max_sequence: hinted.coverage.max_sequence,
     };
     replay(file, header.file_id, path, &mut index, start)?;
-    if !index.entries().eq(full.entries()) {
+    if !index.same_as(full) {
         return Ok(Err(hint::Unused::Rejected(
             "it disagrees with the log (the server ignores it only if it is stale; remove it)"
                 .into(),
@@ -310,8 +310,10 @@ fn replay(
                     offset,
                     len: record.header.record_len() as u32,
                 },
+                Attrs::of(&record.header),
             ),
             RecordKind::Delete => index.remove(record.key),
+            RecordKind::Batch => unreachable!("scan visits a frame's members, not the frame"),
         }
     })
     .map_err(io_error("read", path))

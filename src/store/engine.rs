@@ -36,9 +36,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::file::LogFile;
 use super::hint::{self, Coverage};
-use super::index::{Index, Location};
-use super::record::{verify, FileHeader, Position, RecordBuilder, RecordKind};
-use crate::watch::EventBus;
+use super::index::{Attrs, Index, Location};
+use super::record::{
+    members, verify, FileHeader, FrameBuilder, Position, RecordBuilder, RecordHeader, RecordKind,
+    RecordMeta, RecordView, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
+};
+use crate::watch::{Event, EventBus, EventOp};
 
 /// When writes are made durable with fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,118 @@ pub enum WriteOutcome {
     Updated,
 }
 
+/// A successful put: what it did and the key's new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Created or updated.
+    pub outcome: WriteOutcome,
+    /// The key's version now (the sequence number of the write).
+    pub version: u64,
+}
+
+/// A condition on a key's current state, checked atomically with a write
+/// (HTTP's `If-Match` and `If-None-Match`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expect {
+    /// No condition.
+    #[default]
+    Any,
+    /// The key exists, whatever its version.
+    Exists,
+    /// The key does not exist.
+    Absent,
+    /// The key exists with this version.
+    Version(u64),
+    /// The key does not exist with this version (it may not exist at all).
+    NotVersion(u64),
+}
+
+impl Expect {
+    /// Whether a key with `version` (`None`: missing) meets the condition.
+    pub fn holds(self, version: Option<u64>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exists => version.is_some(),
+            Self::Absent => version.is_none(),
+            Self::Version(expected) => version == Some(expected),
+            Self::NotVersion(refused) => version != Some(refused),
+        }
+    }
+
+    fn needs_version(self) -> bool {
+        matches!(self, Self::Version(_) | Self::NotVersion(_))
+    }
+}
+
+/// The current record of a key, as an update sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Current<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+    /// Its content type.
+    pub content_type: &'a [u8],
+    /// Lock and expiry.
+    pub attrs: Attrs,
+    /// The key's version.
+    pub version: u64,
+}
+
+/// One operation of an atomic batch.
+#[derive(Debug, Clone, Copy)]
+pub enum BatchOp<'a> {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The value's content type.
+        content_type: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// Absolute expiry, 0 = never.
+        expires_at_ms: u64,
+        /// Condition on the key's current state.
+        expect: Expect,
+    },
+    /// Delete `key` (nothing is written if it does not exist).
+    Delete {
+        /// The key.
+        key: &'a [u8],
+        /// Condition on the key's current state.
+        expect: Expect,
+    },
+}
+
+impl BatchOp<'_> {
+    /// The key the operation changes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Self::Put { key, .. } | Self::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// What one batch operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchResult {
+    /// A put: created or updated, and the key's new version.
+    Put(Written),
+    /// A delete of an existing key, with the tombstone's sequence number.
+    Deleted(u64),
+    /// A delete of a key that did not exist: nothing written.
+    NotFound,
+}
+
+/// A batch refused because of one of its operations; nothing was written.
+#[derive(Debug)]
+pub struct BatchError {
+    /// Position of the failing operation in the batch.
+    pub index: usize,
+    /// Why it failed.
+    pub error: StoreError,
+}
+
 /// Why a store operation failed.
 #[derive(Debug)]
 pub enum StoreError {
@@ -73,6 +188,12 @@ pub enum StoreError {
         /// Offset of the damaged record in the log.
         offset: u64,
     },
+    /// The key is locked against this change.
+    Locked,
+    /// The key's state does not meet the write's [`Expect`] condition.
+    PreconditionFailed,
+    /// The key to update does not exist.
+    NotFound,
 }
 
 impl std::fmt::Display for StoreError {
@@ -86,6 +207,9 @@ impl std::fmt::Display for StoreError {
                     "the record at offset {offset} failed its integrity check"
                 )
             }
+            Self::Locked => f.write_str("the key is locked"),
+            Self::PreconditionFailed => f.write_str("the key's version does not match"),
+            Self::NotFound => f.write_str("the key does not exist"),
         }
     }
 }
@@ -99,8 +223,40 @@ pub struct StoredValue<'a> {
     pub value: &'a [u8],
     /// Wall-clock time of the write, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
-    /// Sequence number of the write.
+    /// Sequence number of the write: the key's version.
     pub sequence: u64,
+    /// Absolute expiry, milliseconds since the epoch; 0 = never.
+    pub expires_at_ms: u64,
+    /// Whether the key is locked.
+    pub locked: bool,
+}
+
+/// A key's metadata, as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Value size in bytes.
+    pub size: u64,
+    /// Version (sequence number of the latest write).
+    pub version: u64,
+    /// Content type.
+    pub content_type: Vec<u8>,
+    /// Time of the latest write, milliseconds since the epoch.
+    pub updated_at_ms: u64,
+    /// Absolute expiry, 0 = never.
+    pub expires_at_ms: u64,
+    /// Whether the key is locked.
+    pub locked: bool,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The entries, in key order.
+    pub entries: Vec<T>,
+    /// Whether more keys follow the last one.
+    pub more: bool,
 }
 
 /// The group-commit role held by compaction (see [`Store::exclusive_sync`]).
@@ -149,12 +305,23 @@ pub struct Recovered {
 /// A record appended but not yet covered by an fsync (sync mode `always`).
 pub(super) struct Pending {
     pub(super) key: Box<[u8]>,
-    /// Log offset of the record.
+    /// Log offset of the record, or of the batch frame holding it.
     pub(super) offset: u64,
-    /// `None` for a tombstone.
-    pub(super) location: Option<Location>,
+    /// Where the record is and the key's attributes; `None` for a tombstone.
+    pub(super) location: Option<(Location, Attrs)>,
     /// Sequence number of the record.
     pub(super) sequence: u64,
+    /// The change, for watchers, once it is published.
+    event: Event,
+}
+
+/// A key's state as a write sees it: its latest record, published or not.
+#[derive(Debug, Clone, Copy)]
+struct KeyState {
+    location: Location,
+    attrs: Attrs,
+    /// Known without a read for records not yet published.
+    sequence: Option<u64>,
 }
 
 /// The append side of the store, behind one lock.
@@ -172,14 +339,16 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Whether `key` exists according to the not-yet-published writes, if
-    /// any of them touches it.
-    fn pending_exists(&self, key: &[u8]) -> Option<bool> {
-        self.pending
-            .iter()
-            .rev()
-            .find(|p| &*p.key == key)
-            .map(|p| p.location.is_some())
+    /// The latest not-yet-published write of `key`, if any: `Some(None)`
+    /// for a tombstone.
+    fn pending_state(&self, key: &[u8]) -> Option<Option<KeyState>> {
+        self.pending.iter().rev().find(|p| &*p.key == key).map(|p| {
+            p.location.map(|(location, attrs)| KeyState {
+                location,
+                attrs,
+                sequence: Some(p.sequence),
+            })
+        })
     }
 }
 
@@ -286,8 +455,9 @@ impl Store {
     }
 
     /// Reads `key`'s record into `buf` and returns its value, or `None` if
-    /// the key does not exist. The record's CRC is verified first: a damaged
-    /// record is reported as [`StoreError::Corrupt`], never served.
+    /// the key does not exist or has expired. The record's CRC is verified
+    /// first: a damaged record is reported as [`StoreError::Corrupt`], never
+    /// served.
     pub fn get<'b>(
         &self,
         key: &[u8],
@@ -300,105 +470,437 @@ impl Store {
             };
             (location, Arc::clone(&keydir.file), keydir.file_id)
         };
-        buf.resize(location.len as usize, 0);
-        file.read_at(buf, location.offset).map_err(StoreError::Io)?;
-        let offset = location.offset;
-        let corrupt = || {
-            log::error!(
-                "record at offset {offset} failed its integrity check and was not served; run `lucid check`"
-            );
-            StoreError::Corrupt { offset }
-        };
-        let at = Position {
-            file_id,
-            offset: location.offset,
-        };
-        let record = verify(buf, at).map_err(|_| corrupt())?;
-        if record.key != key || record.header.kind != RecordKind::Put {
-            return Err(corrupt());
+        let record = read_record(&*file, file_id, location, key, buf)?;
+        if Attrs::of(&record.header).expired(now_ms()) {
+            return Ok(None);
         }
         Ok(Some(StoredValue {
             content_type: record.content_type,
             value: record.value,
             timestamp_ms: record.header.timestamp_ms,
             sequence: record.header.sequence,
+            expires_at_ms: record.header.expires_at_ms,
+            locked: record.header.is_locked(),
         }))
     }
 
-    /// Appends a put record started with [`RecordBuilder::begin`] (kind
-    /// `Put`) and followed by its value bytes. Returns once the write is as
-    /// durable as the sync mode promises.
-    pub fn put(&self, record: &mut [u8]) -> Result<WriteOutcome, StoreError> {
-        debug_assert_eq!(RecordBuilder::kind(record), RecordKind::Put);
-        match self.write(record)? {
-            Some(true) => Ok(WriteOutcome::Updated),
-            _ => Ok(WriteOutcome::Created),
+    /// Up to `limit` live keys starting with `prefix` and sorting after
+    /// `after`, in key order; with `keys_only`, only the names are read
+    /// (from memory), otherwise each key's metadata is read from its
+    /// record's header. Costs O(limit), not O(keys).
+    pub fn list(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Page<(Vec<u8>, Location)> {
+        let now = now_ms();
+        let keydir = read(&self.keydir);
+        let mut live = keydir
+            .index
+            .range(prefix, after)
+            .filter(|(_, _, attrs)| !attrs.expired(now))
+            .map(|(key, location, _)| (key.to_vec(), location));
+        let entries: Vec<_> = live.by_ref().take(limit).collect();
+        Page {
+            entries,
+            more: live.next().is_some(),
         }
     }
 
-    /// Deletes `key` by appending a tombstone, built in `buf`. Returns
-    /// `false` (and writes nothing) if the key does not exist.
-    pub fn delete(&self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool, StoreError> {
-        let meta = super::record::RecordMeta {
-            kind: RecordKind::Delete,
-            key,
-            content_type: b"",
-            expires_at_ms: 0,
-        };
-        RecordBuilder::begin(buf, &meta);
-        Ok(self.write(buf)?.is_some())
-    }
-
-    /// Appends a record; returns whether its key existed before, or `None`
-    /// for a delete of a missing key (nothing written).
-    fn write(&self, record: &mut [u8]) -> Result<Option<bool>, StoreError> {
-        let kind = RecordBuilder::kind(record);
-        let (existed, sequence) = {
-            let mut writer = lock(&self.writer);
-            if self.is_read_only() {
-                return Err(StoreError::ReadOnly);
-            }
-            let key = RecordBuilder::key(record);
-            let existed = writer
-                .pending_exists(key)
-                .unwrap_or_else(|| read(&self.keydir).index.contains(key));
-            if kind == RecordKind::Delete && !existed {
-                return Ok(None);
-            }
-            let sequence = writer.next_sequence;
-            let offset = writer.end;
-            let at = Position {
-                file_id: writer.header.file_id,
-                offset,
+    /// The metadata of listed keys (from [`list`](Self::list)), read from
+    /// their records' headers (values are not read). A key changed or
+    /// deleted since it was listed is shown as it is now, or left out.
+    pub fn key_info(&self, listed: Vec<(Vec<u8>, Location)>) -> Result<Vec<KeyInfo>, StoreError> {
+        let mut buf = Vec::new();
+        let mut infos = Vec::with_capacity(listed.len());
+        let now = now_ms();
+        for (key, _) in listed {
+            let (location, file) = {
+                let keydir = read(&self.keydir);
+                let Some(location) = keydir.index.get(&key) else {
+                    continue;
+                };
+                (location, Arc::clone(&keydir.file))
             };
-            RecordBuilder::seal(record, sequence, now_ms(), at);
-            if let Err(err) = writer.file.append(offset, record) {
-                self.undo_append(&*writer.file, offset, &err);
-                return Err(StoreError::Io(err));
+            let head =
+                (RECORD_HEADER_LEN + key.len() + MAX_CONTENT_TYPE_LEN).min(location.len as usize);
+            buf.resize(head, 0);
+            file.read_at(&mut buf, location.offset)
+                .map_err(StoreError::Io)?;
+            let offset = location.offset;
+            let header = RecordHeader::decode(buf[..RECORD_HEADER_LEN].try_into().expect("header"))
+                .map_err(|_| corrupt(offset))?;
+            let key_end = RECORD_HEADER_LEN + usize::from(header.key_len);
+            let content_type_end = key_end + usize::from(header.content_type_len);
+            if header.kind != RecordKind::Put
+                || buf.get(RECORD_HEADER_LEN..key_end) != Some(&key[..])
+                || content_type_end > buf.len()
+            {
+                return Err(corrupt(offset));
             }
-            writer.next_sequence += 1;
-            writer.end += record.len() as u64;
-            let location = (kind == RecordKind::Put).then_some(Location {
-                offset,
-                len: record.len() as u32,
+            if Attrs::of(&header).expired(now) {
+                continue;
+            }
+            infos.push(KeyInfo {
+                size: u64::from(header.value_len),
+                version: header.sequence,
+                content_type: buf[key_end..content_type_end].to_vec(),
+                updated_at_ms: header.timestamp_ms,
+                expires_at_ms: header.expires_at_ms,
+                locked: header.is_locked(),
+                key,
             });
-            let key = RecordBuilder::key(record);
-            if self.sync == SyncMode::Always {
-                writer.pending.push(Pending {
-                    key: key.into(),
-                    offset,
-                    location,
-                    sequence,
-                });
-            } else {
-                apply(&mut write(&self.keydir).index, key, location);
-            }
-            (existed, sequence)
-        };
-        if self.sync == SyncMode::Always {
-            self.wait_durable(sequence)?;
         }
-        Ok(Some(existed))
+        Ok(infos)
+    }
+
+    /// Appends a put record started with [`RecordBuilder::begin`] (kind
+    /// `Put`) and followed by its value bytes, if the key is not locked and
+    /// meets `expect`. Returns once the write is as durable as the sync mode
+    /// promises.
+    pub fn put(&self, record: &mut [u8], expect: Expect) -> Result<Written, StoreError> {
+        debug_assert_eq!(RecordBuilder::kind(record), RecordKind::Put);
+        let writer = lock(&self.writer);
+        let state = self.state_for_write(&writer, RecordBuilder::key(record), expect)?;
+        let outcome = if state.is_some() {
+            WriteOutcome::Updated
+        } else {
+            WriteOutcome::Created
+        };
+        let version = self.append(writer, record, EventOp::Put)?;
+        Ok(Written { outcome, version })
+    }
+
+    /// Deletes `key` by appending a tombstone, built in `buf`, if the key is
+    /// not locked and meets `expect`. Returns `false` (and writes nothing)
+    /// if the key does not exist.
+    pub fn delete(
+        &self,
+        key: &[u8],
+        buf: &mut Vec<u8>,
+        expect: Expect,
+    ) -> Result<bool, StoreError> {
+        let writer = lock(&self.writer);
+        if self.state_for_write(&writer, key, expect)?.is_none() {
+            return Ok(false);
+        }
+        RecordBuilder::begin(buf, &RecordMeta::tombstone(key));
+        self.append(writer, buf, EventOp::Delete)?;
+        Ok(true)
+    }
+
+    /// Read-modify-write of an existing key, atomic with respect to every
+    /// other write: `change` sees the key's current record and either builds
+    /// the new record in `buf` (with [`RecordBuilder::begin`], kind `Put`)
+    /// and returns the event it makes, or returns `None` to write nothing.
+    /// Returns the key's version afterwards. Locks are for `change` to
+    /// honour (it is how a key gets unlocked); `expect` is checked first.
+    pub fn update<E: From<StoreError>>(
+        &self,
+        key: &[u8],
+        expect: Expect,
+        buf: &mut Vec<u8>,
+        change: impl FnOnce(&Current<'_>, &mut Vec<u8>) -> Result<Option<EventOp>, E>,
+    ) -> Result<u64, E> {
+        let writer = lock(&self.writer);
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly.into());
+        }
+        let state = self
+            .current_state(&writer, key, now_ms())
+            .ok_or(StoreError::NotFound)?;
+        let mut old = Vec::new();
+        let at = Position {
+            file_id: writer.header.file_id,
+            offset: state.location.offset,
+        };
+        let record = read_record(&*writer.file, at.file_id, state.location, key, &mut old)?;
+        let current = Current {
+            key: record.key,
+            value: record.value,
+            content_type: record.content_type,
+            attrs: state.attrs,
+            version: record.header.sequence,
+        };
+        if !expect.holds(Some(current.version)) {
+            return Err(StoreError::PreconditionFailed.into());
+        }
+        match change(&current, buf)? {
+            Some(op) => Ok(self.append(writer, buf, op)?),
+            None => Ok(current.version),
+        }
+    }
+
+    /// Applies every operation of `ops` or none: their records are written
+    /// as one batch frame (see [`super::record`]). Each key may appear only
+    /// once. A locked key or an unmet condition refuses the whole batch.
+    pub fn batch(
+        &self,
+        ops: &[BatchOp<'_>],
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<BatchResult>, BatchError> {
+        let mut writer = lock(&self.writer);
+        let mut results = Vec::with_capacity(ops.len());
+        FrameBuilder::begin(buf);
+        for (index, op) in ops.iter().enumerate() {
+            let state = self
+                .state_for_write(&writer, op.key(), expect_of(op))
+                .map_err(|error| BatchError { index, error })?;
+            match *op {
+                BatchOp::Put {
+                    key,
+                    content_type,
+                    value,
+                    expires_at_ms,
+                    ..
+                } => {
+                    let meta = RecordMeta {
+                        kind: RecordKind::Put,
+                        key,
+                        content_type,
+                        expires_at_ms,
+                        locked: false,
+                    };
+                    FrameBuilder::add(buf, &meta, value);
+                    let outcome = if state.is_some() {
+                        WriteOutcome::Updated
+                    } else {
+                        WriteOutcome::Created
+                    };
+                    results.push(BatchResult::Put(Written {
+                        outcome,
+                        version: 0,
+                    }));
+                }
+                BatchOp::Delete { key, .. } if state.is_some() => {
+                    FrameBuilder::add(buf, &RecordMeta::tombstone(key), b"");
+                    results.push(BatchResult::Deleted(0));
+                }
+                BatchOp::Delete { .. } => results.push(BatchResult::NotFound),
+            }
+        }
+        let first = writer.next_sequence;
+        if buf.len() > RECORD_HEADER_LEN {
+            self.append_frame(&mut writer, buf, |_| EventOp::Put)
+                .and_then(|last| self.finish(writer, last))
+                .map_err(|error| BatchError { index: 0, error })?;
+        }
+        let mut version = first;
+        for result in &mut results {
+            match result {
+                BatchResult::Put(written) => written.version = version,
+                BatchResult::Deleted(sequence) => *sequence = version,
+                BatchResult::NotFound => continue,
+            }
+            version += 1;
+        }
+        Ok(results)
+    }
+
+    /// Writes tombstones for up to `max` keys whose expiry is at or before
+    /// `now_ms`, as one batch frame; returns how many. Keys whose expiry
+    /// changed meanwhile are left alone; locks do not stop expiry.
+    pub fn expire_due(&self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let due = read(&self.keydir).index.expired(now_ms, max);
+        if due.is_empty() || self.is_read_only() {
+            return Ok(0);
+        }
+        let mut writer = lock(&self.writer);
+        let mut frame = Vec::new();
+        FrameBuilder::begin(&mut frame);
+        let mut count = 0;
+        for (key, expires_at_ms) in &due {
+            let still_due = self
+                .current_state(&writer, key, 0)
+                .is_some_and(|state| state.attrs.expires_at_ms == *expires_at_ms);
+            if still_due {
+                FrameBuilder::add(&mut frame, &RecordMeta::tombstone(key), b"");
+                count += 1;
+            }
+        }
+        if count > 0 {
+            let last = self.append_frame(&mut writer, &mut frame, |_| EventOp::Expire)?;
+            self.finish(writer, last)?;
+        }
+        Ok(count)
+    }
+
+    /// The state of `key` for a write (its latest record, published or
+    /// not), after refusing the write if the store is read-only, the key is
+    /// locked or `expect` does not hold. `None`: the key does not exist (or
+    /// has expired).
+    fn state_for_write(
+        &self,
+        writer: &Writer,
+        key: &[u8],
+        expect: Expect,
+    ) -> Result<Option<KeyState>, StoreError> {
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly);
+        }
+        let state = self.current_state(writer, key, now_ms());
+        if expect != Expect::Any {
+            let version = match state {
+                Some(state) if expect.needs_version() => Some(self.version_of(writer, key, state)?),
+                // Only existence matters: any version will do.
+                Some(_) => Some(0),
+                None => None,
+            };
+            if !expect.holds(version) {
+                return Err(StoreError::PreconditionFailed);
+            }
+        }
+        if state.is_some_and(|state| state.attrs.locked) {
+            return Err(StoreError::Locked);
+        }
+        Ok(state)
+    }
+
+    /// The latest record of `key`, published or not; `None` if the key does
+    /// not exist or expired by `now_ms` (0: ignore expiry).
+    fn current_state(&self, writer: &Writer, key: &[u8], now_ms: u64) -> Option<KeyState> {
+        let state = writer.pending_state(key).unwrap_or_else(|| {
+            let keydir = read(&self.keydir);
+            keydir.index.get(key).map(|location| KeyState {
+                location,
+                attrs: keydir.index.attrs(key),
+                sequence: None,
+            })
+        })?;
+        (now_ms == 0 || !state.attrs.expired(now_ms)).then_some(state)
+    }
+
+    /// The version of a key whose state is `state`: known for a pending
+    /// record, else read from its record's header.
+    fn version_of(&self, writer: &Writer, key: &[u8], state: KeyState) -> Result<u64, StoreError> {
+        if let Some(sequence) = state.sequence {
+            return Ok(sequence);
+        }
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        let offset = state.location.offset;
+        writer
+            .file
+            .read_at(&mut header, offset)
+            .map_err(StoreError::Io)?;
+        let header = RecordHeader::decode(&header).map_err(|_| corrupt(offset))?;
+        if usize::from(header.key_len) != key.len() {
+            return Err(corrupt(offset));
+        }
+        Ok(header.sequence)
+    }
+
+    /// Seals `record` (a put or tombstone) and appends it, then makes it
+    /// durable and visible as the sync mode says. Returns its sequence
+    /// number.
+    fn append(
+        &self,
+        mut writer: MutexGuard<'_, Writer>,
+        record: &mut [u8],
+        op: EventOp,
+    ) -> Result<u64, StoreError> {
+        let sequence = writer.next_sequence;
+        let offset = writer.end;
+        let at = Position {
+            file_id: writer.header.file_id,
+            offset,
+        };
+        RecordBuilder::seal(record, sequence, now_ms(), at);
+        self.append_bytes(&mut writer, record)?;
+        let view = verify(record, at).map_err(|_| corrupt(offset))?;
+        self.register(&mut writer, &view, offset, offset, op);
+        self.finish(writer, sequence)?;
+        Ok(sequence)
+    }
+
+    /// Seals the batch frame in `frame` and appends it; every member is then
+    /// registered with the event `op_of` gives it. Returns the last sequence
+    /// number.
+    fn append_frame(
+        &self,
+        writer: &mut MutexGuard<'_, Writer>,
+        frame: &mut [u8],
+        op_of: impl Fn(&RecordView<'_>) -> EventOp,
+    ) -> Result<u64, StoreError> {
+        let offset = writer.end;
+        let at = Position {
+            file_id: writer.header.file_id,
+            offset,
+        };
+        let last = FrameBuilder::seal(frame, writer.next_sequence, now_ms(), at);
+        self.append_bytes(writer, frame)?;
+        let view = verify(frame, at).map_err(|_| corrupt(offset))?;
+        for member in members(&view, at) {
+            let (member_offset, member) = member.map_err(|_| corrupt(offset))?;
+            let op = op_of(&member);
+            self.register(writer, &member, member_offset, offset, op);
+        }
+        Ok(last)
+    }
+
+    /// Appends sealed bytes at the end of the log, advancing the end and
+    /// the sequence counter past them. On failure nothing stays behind.
+    fn append_bytes(&self, writer: &mut Writer, bytes: &[u8]) -> Result<(), StoreError> {
+        let offset = writer.end;
+        if let Err(err) = writer.file.append(offset, bytes) {
+            self.undo_append(&*writer.file, offset, &err);
+            return Err(StoreError::Io(err));
+        }
+        writer.end += bytes.len() as u64;
+        let last = RecordHeader::decode(bytes[..RECORD_HEADER_LEN].try_into().expect("header"))
+            .map_or(writer.next_sequence, |header| header.sequence);
+        writer.next_sequence = last + 1;
+        Ok(())
+    }
+
+    /// Records an appended record (at `offset`; `frame_offset` is where its
+    /// frame starts, or `offset` again): published at once, or pending
+    /// until its fsync with `sync: always`.
+    fn register(
+        &self,
+        writer: &mut Writer,
+        record: &RecordView<'_>,
+        offset: u64,
+        frame_offset: u64,
+        op: EventOp,
+    ) {
+        let header = record.header;
+        let location = (header.kind == RecordKind::Put).then(|| {
+            let location = Location {
+                offset,
+                len: record.bytes.len() as u32,
+            };
+            (location, Attrs::of(&header))
+        });
+        let event = Event::new(
+            op,
+            record.key,
+            header.sequence,
+            record.content_type,
+            record.value,
+        );
+        if self.sync == SyncMode::Always {
+            writer.pending.push(Pending {
+                key: record.key.into(),
+                offset: frame_offset,
+                location,
+                sequence: header.sequence,
+                event,
+            });
+        } else {
+            apply(&mut write(&self.keydir).index, record.key, location);
+            self.events.publish(event);
+        }
+    }
+
+    /// Releases the writer lock and, with `sync: always`, waits until the
+    /// record with sequence number `last` is durable.
+    fn finish(&self, writer: MutexGuard<'_, Writer>, last: u64) -> Result<(), StoreError> {
+        drop(writer);
+        if self.sync == SyncMode::Always {
+            self.wait_durable(last)?;
+        }
+        Ok(())
     }
 
     /// Cuts the log back to `offset` after a failed append so no partial
@@ -477,6 +979,7 @@ impl Store {
         let mut keydir = write(&self.keydir);
         for pending in writer.pending.drain(..covered) {
             apply(&mut keydir.index, &pending.key, pending.location);
+            self.events.publish(pending.event);
         }
     }
 
@@ -577,11 +1080,43 @@ fn sync_periodically(store: &Weak<Store>, period: Duration) {
     }
 }
 
-fn apply(index: &mut Index, key: &[u8], location: Option<Location>) {
+fn apply(index: &mut Index, key: &[u8], location: Option<(Location, Attrs)>) {
     match location {
-        Some(location) => index.insert(key, location),
+        Some((location, attrs)) => index.insert(key, location, attrs),
         None => index.remove(key),
     }
+}
+
+fn expect_of(op: &BatchOp<'_>) -> Expect {
+    match op {
+        BatchOp::Put { expect, .. } | BatchOp::Delete { expect, .. } => *expect,
+    }
+}
+
+/// Reads the record of `key` at `location` into `buf` and verifies it.
+fn read_record<'b>(
+    file: &dyn LogFile,
+    file_id: u32,
+    location: Location,
+    key: &[u8],
+    buf: &'b mut Vec<u8>,
+) -> Result<RecordView<'b>, StoreError> {
+    let offset = location.offset;
+    buf.resize(location.len as usize, 0);
+    file.read_at(buf, offset).map_err(StoreError::Io)?;
+    let record = verify(buf, Position { file_id, offset }).map_err(|_| corrupt(offset))?;
+    if record.key != key || record.header.kind != RecordKind::Put {
+        return Err(corrupt(offset));
+    }
+    Ok(record)
+}
+
+/// The error for a record that failed its check, logged loudly.
+fn corrupt(offset: u64) -> StoreError {
+    log::error!(
+        "record at offset {offset} failed its integrity check and was not served; run `lucid check`"
+    );
+    StoreError::Corrupt { offset }
 }
 
 /// Milliseconds since the Unix epoch by the wall clock (0 if the clock is
@@ -641,8 +1176,8 @@ mod tests {
         assert_eq!(put(&store, "a", b"22").unwrap(), WriteOutcome::Updated);
         assert_eq!(get(&store, "a").as_deref(), Some(&b"22"[..]));
         let mut buf = Vec::new();
-        assert!(store.delete(b"a", &mut buf).unwrap());
-        assert!(!store.delete(b"a", &mut buf).unwrap());
+        assert!(store.delete(b"a", &mut buf, Expect::Any).unwrap());
+        assert!(!store.delete(b"a", &mut buf, Expect::Any).unwrap());
         assert_eq!(get(&store, "a"), None);
         assert_eq!(store.stats().keys, 0);
     }
@@ -682,7 +1217,7 @@ mod tests {
         ));
         let mut buf = Vec::new();
         assert!(matches!(
-            store.delete(b"kept", &mut buf),
+            store.delete(b"kept", &mut buf, Expect::Any),
             Err(StoreError::ReadOnly)
         ));
         assert_eq!(get(&store, "kept").as_deref(), Some(&b"safe"[..]));
@@ -703,6 +1238,7 @@ mod tests {
                 offset: FILE_HEADER_LEN as u64,
                 len: (bytes.len() - FILE_HEADER_LEN) as u32,
             },
+            Attrs::default(),
         );
         let recovered = Recovered {
             index,

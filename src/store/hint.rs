@@ -6,7 +6,7 @@
 //! ```text
 //! header, 48 bytes:
 //!      0    8 magic            b"LUCIDHNT"
-//!      8    4 version          u32, 1
+//!      8    4 version          u32, 2
 //!     12    4 log file id      u32: the log this hint describes (see record.rs)
 //!     16    8 log base seq     u64: ditto
 //!     24    8 covered end      u64: the index below is the state after every
@@ -18,6 +18,11 @@
 //!           4 record length    u32
 //!           8 record offset    u64
 //!           - key bytes
+//! attributes: 8 count          u64, then one per locked or expiring key
+//!           2 key length       u16
+//!           1 locked           u8, 0 or 1
+//!           8 expires at       u64, milliseconds since the epoch, 0 = never
+//!           - key bytes        (a key listed above)
 //! trailer:  4 CRC-32 of every byte before it
 //! ```
 //!
@@ -35,7 +40,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use super::directory::sync_dir;
-use super::index::{Index, Key, Location};
+use super::index::{Attrs, Index, Key, Location};
 use super::record::FileHeader;
 
 /// Name of the hint file in the data directory.
@@ -43,7 +48,7 @@ pub const HINT_FILE: &str = "data.hint";
 /// Name of a hint file being written.
 pub const HINT_TMP: &str = "data.hint.tmp";
 const MAGIC: &[u8; 8] = b"LUCIDHNT";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 48;
 
 /// The position in the log that an index snapshot reflects.
@@ -76,6 +81,14 @@ pub fn write(dir: &Path, coverage: Coverage, index: &Index) -> io::Result<()> {
         out.write_all(&(key.len() as u16).to_le_bytes())?;
         out.write_all(&location.len.to_le_bytes())?;
         out.write_all(&location.offset.to_le_bytes())?;
+        out.write_all(key)?;
+    }
+    let attrs: Vec<_> = index.all_attrs().collect();
+    out.write_all(&(attrs.len() as u64).to_le_bytes())?;
+    for (key, attrs) in attrs {
+        out.write_all(&(key.len() as u16).to_le_bytes())?;
+        out.write_all(&[u8::from(attrs.locked)])?;
+        out.write_all(&attrs.expires_at_ms.to_le_bytes())?;
         out.write_all(key)?;
     }
     let crc = out.crc.clone().finalize();
@@ -173,6 +186,27 @@ fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
         input.read_exact(&mut key).map_err(truncated)?;
         entries.push((Key::new(&key), location));
     }
+    let mut index = Index::from_sorted(entries).ok_or("its keys are out of order")?;
+    let mut count = [0u8; 8];
+    input.read_exact(&mut count).map_err(truncated)?;
+    let count = u64::from_le_bytes(count);
+    if count > index.len() as u64 {
+        return Err("its attribute count is impossible".into());
+    }
+    for _ in 0..count {
+        let mut fixed = [0u8; 11];
+        input.read_exact(&mut fixed).map_err(truncated)?;
+        key.resize(usize::from(u16::from_le_bytes([fixed[0], fixed[1]])), 0);
+        input.read_exact(&mut key).map_err(truncated)?;
+        let attrs = Attrs {
+            locked: fixed[2] == 1,
+            expires_at_ms: u64::from_le_bytes(fixed[3..11].try_into().expect("8 bytes")),
+        };
+        if fixed[2] > 1 || !index.contains(&key) {
+            return Err("it has attributes for a key it does not list".into());
+        }
+        index.set_attrs(&key, attrs);
+    }
     let expected = input.crc.clone().finalize();
     let mut trailer = [0u8; 4];
     input.inner.read_exact(&mut trailer).map_err(truncated)?;
@@ -182,7 +216,6 @@ fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
     if input.inner.read(&mut [0u8; 1]).map_err(truncated)? != 0 {
         return Err("it has bytes after its checksum".into());
     }
-    let index = Index::from_sorted(entries).ok_or("its keys are out of order")?;
     Ok(Loaded { index, coverage })
 }
 

@@ -3,13 +3,20 @@
 //! key (kept inline, without a heap allocation, up to 23 bytes on 64-bit
 //! targets) and a 12-byte location. The map is ordered so that prefix listing costs O(page).
 //!
+//! The few keys that are locked or expire also have an entry in a side map
+//! ([`Attrs`]), and expiring keys one in a queue ordered by expiry for the
+//! sweep; plain keys pay nothing for either.
+//!
 //! Measured with a million 16-byte keys (`cargo bench --bench storage`):
 //! about 72 bytes of memory per key inserted in order, 57 in random order,
 //! less after a start from the hint file (the tree is then built full).
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use super::record::RecordHeader;
 
 /// Key storage: inline up to 23 bytes on 64-bit targets; boxed on 32-bit
 /// ones, where `compact_bytes` does not build and a box is 8 bytes.
@@ -75,11 +82,39 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// The state of a key beyond its value, from its latest record's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attrs {
+    /// Changes are refused until the key is unlocked.
+    pub locked: bool,
+    /// Absolute expiry in milliseconds since the epoch; 0 = never.
+    pub expires_at_ms: u64,
+}
+
+impl Attrs {
+    /// The attributes a put record gives its key.
+    pub fn of(header: &RecordHeader) -> Self {
+        Self {
+            locked: header.is_locked(),
+            expires_at_ms: header.expires_at_ms,
+        }
+    }
+
+    /// Whether the key has expired at time `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+    }
+}
+
 /// Live keys and the location of their latest record.
 #[derive(Debug, Default)]
 pub struct Index {
     entries: BTreeMap<Key, Location>,
     live_bytes: u64,
+    /// Keys whose attributes are not the default.
+    attrs: BTreeMap<Box<[u8]>, Attrs>,
+    /// Expiring keys by expiry time.
+    expiring: BTreeSet<(u64, Box<[u8]>)>,
 }
 
 impl Index {
@@ -94,6 +129,7 @@ impl Index {
         Some(Self {
             entries: entries.into_iter().collect(),
             live_bytes,
+            ..Self::default()
         })
     }
 
@@ -107,8 +143,9 @@ impl Index {
         self.entries.contains_key(key)
     }
 
-    /// Points `key` at a newer record.
-    pub fn insert(&mut self, key: &[u8], location: Location) {
+    /// Points `key` at a newer record, whose attributes are `attrs`.
+    pub fn insert(&mut self, key: &[u8], location: Location, attrs: Attrs) {
+        self.set_attrs(key, attrs);
         self.live_bytes += u64::from(location.len);
         match self.entries.get_mut(key) {
             Some(slot) => {
@@ -125,7 +162,67 @@ impl Index {
     pub fn remove(&mut self, key: &[u8]) {
         if let Some(old) = self.entries.remove(key) {
             self.live_bytes -= u64::from(old.len);
+            self.set_attrs(key, Attrs::default());
         }
+    }
+
+    /// Sets the attributes of a live key (from a hint file, say).
+    pub fn set_attrs(&mut self, key: &[u8], attrs: Attrs) {
+        let old = if attrs == Attrs::default() {
+            self.attrs.remove(key)
+        } else {
+            self.attrs.insert(key.into(), attrs)
+        };
+        if let Some(old) = old.filter(|old| old.expires_at_ms != 0) {
+            self.expiring.remove(&(old.expires_at_ms, key.into()));
+        }
+        if attrs.expires_at_ms != 0 {
+            self.expiring.insert((attrs.expires_at_ms, key.into()));
+        }
+    }
+
+    /// The attributes of `key` (the default for a plain or missing key).
+    pub fn attrs(&self, key: &[u8]) -> Attrs {
+        self.attrs.get(key).copied().unwrap_or_default()
+    }
+
+    /// Every key with attributes, in key order.
+    pub fn all_attrs(&self) -> impl Iterator<Item = (&[u8], Attrs)> + '_ {
+        self.attrs.iter().map(|(key, attrs)| (&**key, *attrs))
+    }
+
+    /// Up to `max` keys that expired at or before `now_ms`, soonest first,
+    /// with their expiry.
+    pub fn expired(&self, now_ms: u64, max: usize) -> Vec<(Box<[u8]>, u64)> {
+        self.expiring
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(max)
+            .map(|(at, key)| (key.clone(), *at))
+            .collect()
+    }
+
+    /// Live keys starting with `prefix` and sorting after `after` (if
+    /// given), in key order, with their location and attributes.
+    pub fn range<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = (&'a [u8], Location, Attrs)> + 'a {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        self.entries
+            .range::<[u8], _>((start, Bound::Unbounded))
+            .map(|(key, location)| (Borrow::<[u8]>::borrow(key), *location))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .map(|(key, location)| (key, location, self.attrs(key)))
+    }
+
+    /// Whether both indexes hold the same keys, locations and attributes.
+    pub fn same_as(&self, other: &Index) -> bool {
+        self.entries().eq(other.entries()) && self.attrs == other.attrs
     }
 
     /// All live keys and their locations, in key order.
@@ -196,6 +293,7 @@ mod tests {
                 offset: 32,
                 len: 400,
             },
+            Attrs::default(),
         );
         index.insert(
             b"short",
@@ -203,6 +301,7 @@ mod tests {
                 offset: 432,
                 len: 50,
             },
+            Attrs::default(),
         );
         assert_eq!(index.get(&long).map(|l| l.len), Some(400));
         let keys: Vec<&[u8]> = index.entries().map(|(k, _)| k).collect();
@@ -218,6 +317,7 @@ mod tests {
                 offset: 32,
                 len: 50,
             },
+            Attrs::default(),
         );
         index.insert(
             b"b",
@@ -225,6 +325,7 @@ mod tests {
                 offset: 82,
                 len: 60,
             },
+            Attrs::default(),
         );
         assert_eq!(index.live_bytes(), 110);
         index.insert(
@@ -233,6 +334,7 @@ mod tests {
                 offset: 142,
                 len: 70,
             },
+            Attrs::default(),
         );
         assert_eq!(index.live_bytes(), 130);
         assert_eq!(

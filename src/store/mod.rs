@@ -13,6 +13,8 @@
 //!   put a failing disk underneath.
 //! * **Hint file**: an index snapshot written after compaction and at clean
 //!   shutdown, so a restart scans only the log written since. See [`hint`].
+//! * **Expiry**: keys with a time to live, swept by a background thread.
+//!   See [`expiry`].
 //! * **Compaction**: rewriting the log with only live records, crash-safe at
 //!   every step. See [`compaction`].
 //! * **Directory**: lock file, log file, torn tails kept aside. See
@@ -21,6 +23,7 @@
 pub mod compaction;
 pub mod directory;
 pub mod engine;
+pub mod expiry;
 pub mod file;
 pub mod hint;
 pub mod index;
@@ -33,4 +36,5 @@ pub mod testing;
 pub use compaction::{spawn_compactor, CompactionError, CompactionPolicy};
 pub use directory::{check, open, OpenError};
 pub use engine::{Store, StoreError, StoredValue, SyncMode, WriteOutcome};
+pub use expiry::spawn_expiry_sweeper;
 pub use repair::repair;

@@ -25,8 +25,9 @@
 //!             this field. A record is thus valid only where it was written:
 //!             a record's bytes found anywhere else (inside a value, say, or
 //!             copied from another log) never pass as a record.
-//!      4    1 kind            1 = put, 2 = delete (tombstone)
-//!      5    1 flags           reserved for per-key state (lock, ...), 0
+//!      4    1 kind            1 = put, 2 = delete (tombstone), 3 = batch frame
+//!      5    1 flags           bit 0: locked (puts only), bit 1: member of a
+//!                             batch frame; other bits 0
 //!      6    2 key length      u16 LE, 1..=65535
 //!      8    4 value length    u32 LE (0 for a tombstone)
 //!     12    1 content type length u8 (0 for a tombstone)
@@ -41,6 +42,19 @@
 //! at its position and every reserved field is zero; anything else is
 //! treated as damage. Compaction and repair, which move records, verify each
 //! at its old position and stamp it for its new one.
+//!
+//! # Batch frame (an atomic group of puts and deletes)
+//!
+//! A frame is a record of kind 3 with no key and no content type whose value
+//! is its member records, back to back. Each member is a complete put or
+//! delete record with the "member" flag set, sequence numbers consecutive,
+//! and its own CRC for the position where it sits, so the index can point at
+//! a member and a read verifies it like any record. The frame's sequence
+//! number is its last member's. The frame's CRC covers every member: a torn
+//! or damaged frame fails as a whole, so a crash never leaves half a batch.
+//! A member found outside a frame is not a record (the scan treats it as
+//! damage); compaction and repair copy live members out as plain records
+//! ([`RecordBuilder::detach`]).
 
 use std::fmt;
 
@@ -60,6 +74,11 @@ pub const MAX_CONTENT_TYPE_LEN: usize = u8::MAX as usize;
 /// node's configured limit is far lower).
 pub const MAX_VALUE_LEN: usize = (u32::MAX as usize) - RECORD_HEADER_LEN - 2 * MAX_KEY_LEN;
 
+/// Flag of a put whose key is locked against changes.
+pub const FLAG_LOCKED: u8 = 1;
+/// Flag of a record that is a member of a batch frame.
+pub const FLAG_MEMBER: u8 = 2;
+
 /// What a record does to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -67,6 +86,8 @@ pub enum RecordKind {
     Put = 1,
     /// Removes the key (a tombstone).
     Delete = 2,
+    /// An atomic group of puts and deletes (see the module documentation).
+    Batch = 3,
 }
 
 impl RecordKind {
@@ -74,6 +95,7 @@ impl RecordKind {
         match byte {
             1 => Some(Self::Put),
             2 => Some(Self::Delete),
+            3 => Some(Self::Batch),
             _ => None,
         }
     }
@@ -84,8 +106,10 @@ impl RecordKind {
 pub struct RecordHeader {
     /// Stored CRC-32 of the record body (everything after the CRC field).
     pub crc: u32,
-    /// Put or delete.
+    /// Put, delete or batch frame.
     pub kind: RecordKind,
+    /// [`FLAG_LOCKED`] and [`FLAG_MEMBER`] bits.
+    pub flags: u8,
     /// Key length in bytes.
     pub key_len: u16,
     /// Value length in bytes.
@@ -115,12 +139,18 @@ impl RecordHeader {
         let kind = RecordKind::from_byte(bytes[4]).ok_or(RecordError::BadHeader)?;
         let flags = bytes[5];
         let reserved = &bytes[13..16];
-        if flags != 0 || reserved.iter().any(|&b| b != 0) {
+        let allowed = match kind {
+            RecordKind::Put => FLAG_LOCKED | FLAG_MEMBER,
+            RecordKind::Delete => FLAG_MEMBER,
+            RecordKind::Batch => 0,
+        };
+        if flags & !allowed != 0 || reserved.iter().any(|&b| b != 0) {
             return Err(RecordError::BadHeader);
         }
         let header = Self {
             crc: u32_at(bytes, 0),
             kind,
+            flags,
             key_len: u16::from_le_bytes([bytes[6], bytes[7]]),
             value_len: u32_at(bytes, 8),
             content_type_len: bytes[12],
@@ -128,11 +158,28 @@ impl RecordHeader {
             timestamp_ms: u64_at(bytes, 24),
             expires_at_ms: u64_at(bytes, 32),
         };
-        let is_tombstone_shaped = header.value_len == 0 && header.content_type_len == 0;
-        if header.key_len == 0 || (kind == RecordKind::Delete && !is_tombstone_shaped) {
+        let no_value = header.value_len == 0 && header.content_type_len == 0;
+        let well_formed = match kind {
+            RecordKind::Put => header.key_len > 0,
+            RecordKind::Delete => header.key_len > 0 && no_value,
+            RecordKind::Batch => {
+                header.key_len == 0 && header.content_type_len == 0 && header.expires_at_ms == 0
+            }
+        };
+        if !well_formed {
             return Err(RecordError::BadHeader);
         }
         Ok(header)
+    }
+
+    /// Whether this put locks its key.
+    pub fn is_locked(&self) -> bool {
+        self.flags & FLAG_LOCKED != 0
+    }
+
+    /// Whether this record is a member of a batch frame.
+    pub fn is_member(&self) -> bool {
+        self.flags & FLAG_MEMBER != 0
     }
 }
 
@@ -208,6 +255,21 @@ pub struct RecordMeta<'a> {
     pub content_type: &'a [u8],
     /// Absolute expiry, 0 = never.
     pub expires_at_ms: u64,
+    /// Whether the key is locked (puts only).
+    pub locked: bool,
+}
+
+impl<'a> RecordMeta<'a> {
+    /// The metadata of a tombstone for `key`.
+    pub fn tombstone(key: &'a [u8]) -> Self {
+        Self {
+            kind: RecordKind::Delete,
+            key,
+            content_type: b"",
+            expires_at_ms: 0,
+            locked: false,
+        }
+    }
 }
 
 /// Builds a record in a buffer: header, key and content type are written by
@@ -224,19 +286,24 @@ impl RecordBuilder {
     /// Panics if the key or content type exceed the format's limits; callers
     /// validate user input before reaching the codec.
     pub fn begin(buf: &mut Vec<u8>, meta: &RecordMeta<'_>) {
+        buf.clear();
+        Self::start(buf, meta);
+    }
+
+    /// Appends the header, key and content type of a record to `buf`.
+    fn start(buf: &mut Vec<u8>, meta: &RecordMeta<'_>) {
         assert!(!meta.key.is_empty() && meta.key.len() <= MAX_KEY_LEN);
         assert!(meta.content_type.len() <= MAX_CONTENT_TYPE_LEN);
-        buf.clear();
+        assert!(meta.kind != RecordKind::Batch);
         buf.extend_from_slice(&[0u8; 4]); // CRC, filled by seal()
         buf.push(meta.kind as u8);
-        buf.push(0); // flags
+        buf.push(if meta.locked { FLAG_LOCKED } else { 0 });
         buf.extend_from_slice(&(meta.key.len() as u16).to_le_bytes());
         buf.extend_from_slice(&[0u8; 4]); // value length, filled by seal()
         buf.push(meta.content_type.len() as u8);
         buf.extend_from_slice(&[0u8; 3]);
         buf.extend_from_slice(&[0u8; 16]); // sequence and timestamp, filled by seal()
         buf.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
-        debug_assert_eq!(buf.len(), RECORD_HEADER_LEN);
         buf.extend_from_slice(meta.key);
         buf.extend_from_slice(meta.content_type);
     }
@@ -269,9 +336,37 @@ impl RecordBuilder {
 
     /// Rewrites the CRC of a whole record for a new position. Callers verify
     /// the record at its old position first, so damage is never laundered.
+    /// A batch frame's members are restamped too.
     pub fn restamp(record: &mut [u8], at: Position) {
+        if RecordKind::from_byte(record[4]) == Some(RecordKind::Batch) {
+            let mut from = RECORD_HEADER_LEN;
+            while from < record.len() {
+                let len = Self::len_of(&record[from..]);
+                let member_at = Position {
+                    offset: at.offset + from as u64,
+                    ..at
+                };
+                Self::restamp(&mut record[from..from + len], member_at);
+                from += len;
+            }
+        }
         let crc = checksum(&record[4..], at);
         record[0..4].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Turns a verified batch member into a plain record at `at` (compaction
+    /// and repair copy live members out of their frames this way).
+    pub fn detach(record: &mut [u8], at: Position) {
+        record[5] &= !FLAG_MEMBER;
+        Self::restamp(record, at);
+    }
+
+    /// Length of the record that starts `bytes`, from its header's length
+    /// fields (the record was built or verified before).
+    fn len_of(bytes: &[u8]) -> usize {
+        let key_len = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
+        let value_len = u32_at(bytes, 8) as usize;
+        RECORD_HEADER_LEN + key_len + usize::from(bytes[12]) + value_len
     }
 
     /// Encodes a whole, sealed record with the given value into `buf`.
@@ -287,6 +382,101 @@ impl RecordBuilder {
         Self::begin(buf, meta);
         buf.extend_from_slice(value);
         Self::seal(buf, sequence, timestamp_ms, at);
+    }
+}
+
+/// Builds a batch frame in a buffer: [`begin`](FrameBuilder::begin), one
+/// [`add`](FrameBuilder::add) per member, then [`seal`](FrameBuilder::seal)
+/// when the frame's place in the log is known.
+pub struct FrameBuilder;
+
+impl FrameBuilder {
+    /// Clears `buf` and writes the frame's header.
+    pub fn begin(buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&[0u8; 4]);
+        buf.push(RecordKind::Batch as u8);
+        buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN - 5]);
+    }
+
+    /// Appends a member with `value`; returns its offset in the frame.
+    pub fn add(buf: &mut Vec<u8>, meta: &RecordMeta<'_>, value: &[u8]) -> usize {
+        let at = buf.len();
+        RecordBuilder::start(buf, meta);
+        buf[at + 5] |= FLAG_MEMBER;
+        let value_len = u32::try_from(value.len()).expect("value length checked by the caller");
+        buf[at + 8..at + 12].copy_from_slice(&value_len.to_le_bytes());
+        buf.extend_from_slice(value);
+        at
+    }
+
+    /// Stamps the members with consecutive sequence numbers from `first`,
+    /// the timestamp and their CRCs, then the frame itself for position
+    /// `at`. Returns the last member's sequence number (the frame's).
+    pub fn seal(buf: &mut [u8], first: u64, timestamp_ms: u64, at: Position) -> u64 {
+        let mut sequence = first;
+        let mut from = RECORD_HEADER_LEN;
+        while from < buf.len() {
+            let len = RecordBuilder::len_of(&buf[from..]);
+            let member = &mut buf[from..from + len];
+            member[16..24].copy_from_slice(&sequence.to_le_bytes());
+            member[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+            sequence += 1;
+            from += len;
+        }
+        let last = sequence - 1;
+        let members_len = u32::try_from(buf.len() - RECORD_HEADER_LEN).expect("frame size checked");
+        buf[8..12].copy_from_slice(&members_len.to_le_bytes());
+        buf[16..24].copy_from_slice(&last.to_le_bytes());
+        buf[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+        RecordBuilder::restamp(buf, at);
+        last
+    }
+}
+
+/// The members of a verified batch frame at `at`, each verified at its own
+/// position: `(offset in the log, record)`.
+pub fn members<'a>(frame: &RecordView<'a>, at: Position) -> Members<'a> {
+    Members {
+        bytes: frame.bytes,
+        at,
+        from: RECORD_HEADER_LEN,
+    }
+}
+
+/// Iterator returned by [`members`].
+pub struct Members<'a> {
+    bytes: &'a [u8],
+    at: Position,
+    from: usize,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = Result<(u64, RecordView<'a>), RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.from >= self.bytes.len() {
+            return None;
+        }
+        let rest = &self.bytes[self.from..];
+        let offset = self.at.offset + self.from as u64;
+        let member = rest
+            .get(..RECORD_HEADER_LEN)
+            .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
+            .filter(|header| header.is_member() && header.kind != RecordKind::Batch)
+            .and_then(|header| rest.get(..header.record_len() as usize))
+            .ok_or(RecordError::BadHeader)
+            .and_then(|bytes| verify(bytes, Position { offset, ..self.at }));
+        match member {
+            Ok(view) => {
+                self.from += view.bytes.len();
+                Some(Ok((offset, view)))
+            }
+            Err(err) => {
+                self.from = self.bytes.len();
+                Some(Err(err))
+            }
+        }
     }
 }
 
@@ -428,6 +618,7 @@ mod tests {
             key,
             content_type,
             expires_at_ms: 0,
+            locked: false,
         }
     }
 

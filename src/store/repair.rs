@@ -69,7 +69,9 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
             };
             scratch.clear();
             scratch.extend_from_slice(record.bytes);
-            RecordBuilder::restamp(&mut scratch, at);
+            // Batch members are only visited when their whole frame is
+            // good; they are kept as plain records.
+            RecordBuilder::detach(&mut scratch, at);
             if write_error.is_none() {
                 if let Err(err) = out.write_all(&scratch) {
                     write_error = Some(err);

@@ -15,6 +15,9 @@
 //!   log: truncating would throw away good, acknowledged data, so the node
 //!   refuses to start and names the file and offset.
 //!
+//! A batch frame is one record for this rule: its members are visited only
+//! if the whole frame is good, so a torn batch is cut as a whole.
+//!
 //! A record whose CRC does not match is never indexed, so it is never served.
 //! The scan reads through a bounded window: the log is never loaded whole.
 
@@ -22,7 +25,8 @@ use std::io;
 
 use super::file::LogFile;
 use super::record::{
-    verify, Position, RecordChecksum, RecordHeader, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    members, verify, Position, RecordChecksum, RecordHeader, RecordKind, RecordView,
+    FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 
 /// How much of the log a scan reads at once.
@@ -79,7 +83,8 @@ impl ScanStart {
 }
 
 /// Reads every good record in `file` from `start` on, calling `visit` with
-/// each record and its offset, and applies the recovery rule to whatever
+/// each record and its offset (a batch frame's members one by one, never
+/// the frame itself), and applies the recovery rule to whatever
 /// follows the last good one. The file is not modified.
 pub fn scan(
     file: &dyn LogFile,
@@ -96,12 +101,31 @@ pub fn scan(
     };
     while summary.good_end < reader.file_len {
         let offset = summary.good_end;
-        match reader.record_at(offset)? {
+        let at = Position { file_id, offset };
+        let good = match reader.record_at(offset)? {
+            Some(record) if record.header.kind == RecordKind::Batch => {
+                // Members are checked before any is visited: a frame counts
+                // whole or not at all.
+                let sound = members(&record, at).all(|member| member.is_ok());
+                if sound {
+                    for (member_offset, member) in members(&record, at).flatten() {
+                        visit(&member, member_offset);
+                        summary.records += 1;
+                    }
+                }
+                sound.then_some(record.header)
+            }
             Some(record) => {
                 visit(&record, offset);
                 summary.records += 1;
-                summary.max_sequence = summary.max_sequence.max(record.header.sequence);
-                summary.good_end += record.header.record_len();
+                Some(record.header)
+            }
+            None => None,
+        };
+        match good {
+            Some(header) => {
+                summary.max_sequence = summary.max_sequence.max(header.sequence);
+                summary.good_end += header.record_len();
             }
             None => {
                 let newer = summary.max_sequence;
@@ -186,7 +210,8 @@ impl<'a> WindowReader<'a> {
         }
         Ok(self
             .bytes(offset, len as usize)?
-            .and_then(|bytes| verify(bytes, at).ok()))
+            .and_then(|bytes| verify(bytes, at).ok())
+            .filter(|record| !record.header.is_member()))
     }
 
     /// Whether the record with `header` at `at` has the CRC its header
@@ -240,6 +265,7 @@ mod tests {
             key,
             content_type: b"text/plain",
             expires_at_ms: 0,
+            locked: false,
         };
         let at = Position {
             file_id: file_id(log),

@@ -9,7 +9,7 @@ use std::sync::{Condvar, Mutex};
 
 use std::collections::BTreeMap;
 
-use super::engine::{Store, StoreError, WriteOutcome};
+use super::engine::{Expect, Store, StoreError, WriteOutcome};
 use super::file::LogFile;
 use super::record::{RecordBuilder, RecordKind, RecordMeta};
 
@@ -130,10 +130,13 @@ pub fn try_put(store: &Store, key: &str, value: &[u8]) -> Result<WriteOutcome, S
         key: key.as_bytes(),
         content_type: b"text/plain",
         expires_at_ms: 0,
+        locked: false,
     };
     RecordBuilder::begin(&mut buf, &meta);
     buf.extend_from_slice(value);
-    store.put(&mut buf)
+    store
+        .put(&mut buf, Expect::Any)
+        .map(|written| written.outcome)
 }
 
 /// Puts through the store and into the model.
@@ -144,7 +147,9 @@ pub fn put(store: &Store, model: &mut Model, key: &str, value: &[u8]) {
 
 /// Deletes through the store and from the model.
 pub fn delete(store: &Store, model: &mut Model, key: &str) {
-    assert!(store.delete(key.as_bytes(), &mut Vec::new()).unwrap());
+    assert!(store
+        .delete(key.as_bytes(), &mut Vec::new(), Expect::Any)
+        .unwrap());
     model.remove(key);
 }
 

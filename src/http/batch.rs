@@ -1,0 +1,282 @@
+//! `POST /api/batch`: several puts and deletes applied all or none.
+//!
+//! Body: `{"operations": [{"op": "put", "key": "k", "value": "text"
+//! (or "value_base64": "..."), "content_type": "...", "ttl": seconds,
+//! "version": N}, {"op": "delete", "key": "k", "version": N}, ...]}`, at
+//! most [`MAX_OPERATIONS`], each key at most once. `version` is a condition
+//! like `If-Match` (0: the key must not exist). The operations are written
+//! as one log frame with one CRC, so a crash never leaves half a batch.
+
+use std::collections::HashSet;
+use std::io::Read;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+use tiny_http::{Method, Request};
+
+use super::kv::store_error;
+use super::query::positive_seconds;
+use super::reply::{self, Reply};
+use super::Context;
+use crate::store::engine::{now_ms, BatchError, BatchOp, BatchResult, Expect, WriteOutcome};
+use crate::store::record::MAX_CONTENT_TYPE_LEN;
+use crate::store::StoreError;
+
+/// Most operations in one batch.
+pub const MAX_OPERATIONS: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    operations: Vec<OpBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpBody {
+    op: String,
+    key: String,
+    value: Option<String>,
+    value_base64: Option<String>,
+    content_type: Option<String>,
+    ttl: Option<serde_json::Value>,
+    version: Option<u64>,
+}
+
+/// One operation, checked and decoded.
+struct Checked {
+    key: String,
+    value: Vec<u8>,
+    content_type: Vec<u8>,
+    expires_at_ms: u64,
+    expect: Expect,
+    put: bool,
+}
+
+/// Largest batch body: room for two values of the maximum size in base64,
+/// plus the JSON around them.
+fn max_body(ctx: &Context) -> u64 {
+    2 * ctx.max_value_bytes as u64 + 64 * 1024
+}
+
+/// Answers `POST /api/batch`; sets `body_read` once the body has been read.
+pub fn handle<'b>(ctx: &Context, request: &mut Request, body_read: &mut bool) -> Reply<'b> {
+    if request.method() != &Method::Post {
+        return Reply::method_not_allowed("POST");
+    }
+    let limit = max_body(ctx);
+    if request.body_length().is_some_and(|len| len as u64 > limit) {
+        return too_large(limit);
+    }
+    let mut body = Vec::new();
+    if let Err(err) = request.as_reader().take(limit + 1).read_to_end(&mut body) {
+        return Reply::message(400, format!("The request body could not be read: {err}."));
+    }
+    *body_read = true;
+    if body.len() as u64 > limit {
+        return too_large(limit);
+    }
+    let checked = match parse(ctx, &body) {
+        Ok(checked) => checked,
+        Err(message) => return Reply::message(400, message),
+    };
+    if let Some(index) = checked
+        .iter()
+        .position(|op| op.value.len() > ctx.max_value_bytes)
+    {
+        return Reply::message(
+            413,
+            format!(
+                "Operation {index}: the value is larger than the limit of {} bytes (storage.max_value_bytes); nothing was applied.",
+                ctx.max_value_bytes
+            ),
+        );
+    }
+    let ops: Vec<BatchOp<'_>> = checked
+        .iter()
+        .map(|op| {
+            if op.put {
+                BatchOp::Put {
+                    key: op.key.as_bytes(),
+                    content_type: &op.content_type,
+                    value: &op.value,
+                    expires_at_ms: op.expires_at_ms,
+                    expect: op.expect,
+                }
+            } else {
+                BatchOp::Delete {
+                    key: op.key.as_bytes(),
+                    expect: op.expect,
+                }
+            }
+        })
+        .collect();
+    match ctx.store.batch(&ops, &mut Vec::new()) {
+        Ok(results) => {
+            let results: Vec<_> = checked
+                .iter()
+                .zip(results)
+                .map(|(op, result)| result_json(op, result))
+                .collect();
+            Reply::document(200, &json!({ "results": results }))
+        }
+        Err(BatchError { index, error }) => refused(index, &checked[index], error),
+    }
+}
+
+/// Parses and checks the body; the error is the message for a 400.
+fn parse(ctx: &Context, body: &[u8]) -> Result<Vec<Checked>, String> {
+    let body: Body = serde_json::from_slice(body).map_err(|err| {
+        format!(
+            "The request body must be JSON like {{\"operations\": [{{\"op\": \"put\", \"key\": \"k\", \"value\": \"v\"}}]}}: {err}."
+        )
+    })?;
+    if body.operations.is_empty() || body.operations.len() > MAX_OPERATIONS {
+        return Err(format!(
+            "A batch holds from 1 to {MAX_OPERATIONS} operations; this one has {}.",
+            body.operations.len()
+        ));
+    }
+    let mut seen = HashSet::new();
+    let now = now_ms();
+    body.operations
+        .into_iter()
+        .enumerate()
+        .map(|(index, op)| {
+            check(ctx, op, now, &mut seen).map_err(|why| format!("Operation {index}: {why}."))
+        })
+        .collect()
+}
+
+fn check(
+    ctx: &Context,
+    op: OpBody,
+    now: u64,
+    seen: &mut HashSet<String>,
+) -> Result<Checked, String> {
+    if op.key.is_empty() || op.key.len() > ctx.max_key_bytes {
+        return Err(format!(
+            "the key must be 1 to {} bytes (storage.max_key_bytes)",
+            ctx.max_key_bytes
+        ));
+    }
+    if !seen.insert(op.key.clone()) {
+        return Err(format!(
+            "the key '{}' appears more than once in the batch",
+            op.key.escape_default()
+        ));
+    }
+    let expect = match op.version {
+        None => Expect::Any,
+        Some(0) => Expect::Absent,
+        Some(version) => Expect::Version(version),
+    };
+    let put = match op.op.as_str() {
+        "put" => true,
+        "delete" => false,
+        other => {
+            return Err(format!(
+                "unknown op '{}'; use put or delete",
+                other.escape_default()
+            ))
+        }
+    };
+    if !put {
+        let extra = op.value.is_some()
+            || op.value_base64.is_some()
+            || op.content_type.is_some()
+            || op.ttl.is_some();
+        if extra {
+            return Err("a delete takes only key and version".into());
+        }
+        return Ok(Checked {
+            key: op.key,
+            value: Vec::new(),
+            content_type: Vec::new(),
+            expires_at_ms: 0,
+            expect,
+            put,
+        });
+    }
+    let value = match (op.value, op.value_base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|err| format!("value_base64 is not valid base64 ({err})"))?,
+        _ => return Err("a put takes exactly one of value and value_base64".into()),
+    };
+    let content_type = op
+        .content_type
+        .map_or(reply::DEFAULT_CONTENT_TYPE.to_vec(), String::into_bytes);
+    if content_type.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(format!(
+            "the content type is longer than {MAX_CONTENT_TYPE_LEN} bytes"
+        ));
+    }
+    let expires_at_ms = match op.ttl {
+        None => 0,
+        Some(ttl) => {
+            let seconds = match ttl {
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::String(s) => s,
+                _ => String::new(),
+            };
+            let ttl_ms = positive_seconds(&seconds)
+                .ok_or("ttl must be a number of seconds greater than 0")?;
+            now.saturating_add(ttl_ms)
+        }
+    };
+    Ok(Checked {
+        key: op.key,
+        value,
+        content_type,
+        expires_at_ms,
+        expect,
+        put,
+    })
+}
+
+fn result_json(op: &Checked, result: BatchResult) -> serde_json::Value {
+    let (status, version) = match result {
+        BatchResult::Put(written) => (
+            match written.outcome {
+                WriteOutcome::Created => 201,
+                WriteOutcome::Updated => 200,
+            },
+            Some(written.version),
+        ),
+        BatchResult::Deleted(_) => (200, None),
+        BatchResult::NotFound => (404, None),
+    };
+    json!({
+        "op": if op.put { "put" } else { "delete" },
+        "key": op.key,
+        "status": status,
+        "version": version,
+    })
+}
+
+/// The reply for a batch refused because of operation `index`.
+fn refused<'b>(index: usize, op: &Checked, error: StoreError) -> Reply<'b> {
+    let (status, why) = match error {
+        StoreError::Locked => (409, "the specified key cannot be updated (it is locked)"),
+        StoreError::PreconditionFailed => (412, "the key's version does not match"),
+        other => return store_error(other),
+    };
+    let message = format!(
+        "Operation {index} ({} '{}'): {why}; nothing was applied.",
+        if op.put { "put" } else { "delete" },
+        op.key.escape_default()
+    );
+    Reply::document(status, &json!({ "message": message, "operation": index }))
+}
+
+fn too_large<'b>(limit: u64) -> Reply<'b> {
+    Reply::message(
+        413,
+        format!(
+            "A batch body is at most {limit} bytes (twice storage.max_value_bytes, plus 64 KiB)."
+        ),
+    )
+}
