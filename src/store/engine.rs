@@ -1145,7 +1145,7 @@ pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::store::record::{FileHeader, FILE_HEADER_LEN};
-    use crate::store::testing::{try_put as put, MemFile};
+    use crate::store::testing::{batch_put, set_attrs, try_put as put, MemFile};
 
     fn empty_store(sync: SyncMode) -> (Arc<MemFile>, Arc<Store>) {
         let header = FileHeader::new(0);
@@ -1296,5 +1296,207 @@ mod tests {
         let mut buf2 = Vec::new();
         let b = store.get(b"b", &mut buf2).unwrap().unwrap().sequence;
         assert_eq!((b, a), (2, 3));
+    }
+
+    #[test]
+    fn a_batch_applies_all_or_nothing() {
+        let (_, store) = empty_store(SyncMode::Always);
+        put(&store, "a", b"old-a").unwrap();
+        let mut buf = Vec::new();
+        let version_a = store.get(b"a", &mut buf).unwrap().unwrap().sequence;
+        let ops = [
+            batch_put("a", b"new-a"),
+            batch_put("b", b"new-b"),
+            BatchOp::Delete {
+                key: b"missing",
+                expect: Expect::Any,
+            },
+        ];
+        let results = store.batch(&ops, &mut buf).unwrap();
+        assert!(matches!(
+            results[0],
+            BatchResult::Put(Written { outcome: WriteOutcome::Updated, version }) if version > version_a
+        ));
+        assert!(matches!(
+            results[1],
+            BatchResult::Put(Written {
+                outcome: WriteOutcome::Created,
+                ..
+            })
+        ));
+        assert_eq!(results[2], BatchResult::NotFound);
+        assert_eq!(get(&store, "b").as_deref(), Some(&b"new-b"[..]));
+        // A failing condition on the last op refuses the whole batch.
+        let ops = [
+            batch_put("a", b"newer-a"),
+            BatchOp::Delete {
+                key: b"b",
+                expect: Expect::Version(1),
+            },
+        ];
+        let err = store.batch(&ops, &mut buf).unwrap_err();
+        assert_eq!(err.index, 1);
+        assert!(matches!(err.error, StoreError::PreconditionFailed));
+        assert_eq!(get(&store, "a").as_deref(), Some(&b"new-a"[..]));
+        assert_eq!(get(&store, "b").as_deref(), Some(&b"new-b"[..]));
+    }
+
+    #[test]
+    fn locked_keys_refuse_writes_until_unlocked() {
+        let (_, store) = empty_store(SyncMode::Never);
+        put(&store, "k", b"v").unwrap();
+        let locked = Attrs {
+            locked: true,
+            expires_at_ms: 0,
+        };
+        set_attrs(&store, "k", locked);
+        assert!(matches!(put(&store, "k", b"w"), Err(StoreError::Locked)));
+        let mut buf = Vec::new();
+        assert!(matches!(
+            store.delete(b"k", &mut buf, Expect::Any),
+            Err(StoreError::Locked)
+        ));
+        let err = store.batch(&[batch_put("k", b"w")], &mut buf).unwrap_err();
+        assert!(matches!(err.error, StoreError::Locked));
+        assert_eq!(get(&store, "k").as_deref(), Some(&b"v"[..]));
+        assert!(store.get(b"k", &mut buf).unwrap().unwrap().locked);
+        set_attrs(&store, "k", Attrs::default());
+        assert_eq!(put(&store, "k", b"w").unwrap(), WriteOutcome::Updated);
+    }
+
+    #[test]
+    fn conditions_compare_versions_of_published_and_pending_records() {
+        for sync in [SyncMode::Always, SyncMode::Never] {
+            let (_, store) = empty_store(sync);
+            let mut record = Vec::new();
+            let meta = RecordMeta {
+                kind: RecordKind::Put,
+                key: b"k",
+                content_type: b"",
+                expires_at_ms: 0,
+                locked: false,
+            };
+            let mut put_if = |expect| {
+                RecordBuilder::begin(&mut record, &meta);
+                record.extend_from_slice(b"v");
+                store.put(&mut record, expect)
+            };
+            assert!(matches!(
+                put_if(Expect::Exists),
+                Err(StoreError::PreconditionFailed)
+            ));
+            let first = put_if(Expect::Absent).unwrap().version;
+            assert!(matches!(
+                put_if(Expect::Absent),
+                Err(StoreError::PreconditionFailed)
+            ));
+            assert!(matches!(
+                put_if(Expect::Version(first + 7)),
+                Err(StoreError::PreconditionFailed)
+            ));
+            let second = put_if(Expect::Version(first)).unwrap().version;
+            assert!(second > first);
+            assert!(matches!(
+                put_if(Expect::NotVersion(second)),
+                Err(StoreError::PreconditionFailed)
+            ));
+            assert!(put_if(Expect::NotVersion(first)).is_ok());
+        }
+    }
+
+    #[test]
+    fn expired_keys_read_as_missing_and_the_sweep_writes_tombstones() {
+        let (_, store) = empty_store(SyncMode::Always);
+        put(&store, "short", b"1").unwrap();
+        put(&store, "long", b"2").unwrap();
+        let now = now_ms();
+        let expiring = |at| Attrs {
+            locked: false,
+            expires_at_ms: at,
+        };
+        set_attrs(&store, "short", expiring(now - 1));
+        set_attrs(&store, "long", expiring(now + 3_600_000));
+        assert_eq!(get(&store, "short"), None);
+        assert_eq!(get(&store, "long").as_deref(), Some(&b"2"[..]));
+        let page = store.list(b"", None, 10);
+        let keys: Vec<_> = page.entries.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, [&b"long"[..]]);
+        let mut buf = Vec::new();
+        assert!(!store.delete(b"short", &mut buf, Expect::Any).unwrap());
+        let subscription = store.events().subscribe(b"", None).unwrap();
+        assert_eq!(store.expire_due(now_ms(), 100).unwrap(), 1);
+        assert_eq!(store.expire_due(now_ms(), 100).unwrap(), 0);
+        assert_eq!(store.stats().keys, 1);
+        let event = subscription.events.try_recv().unwrap();
+        assert_eq!((event.op, &*event.key), (EventOp::Expire, "short"));
+        // A key rewritten after its expiry was read is left alone.
+        set_attrs(&store, "long", expiring(now_ms() + 3_600_000));
+        assert_eq!(store.expire_due(now_ms(), 100).unwrap(), 0);
+    }
+
+    #[test]
+    fn updates_are_atomic_read_modify_writes() {
+        let (_, store) = empty_store(SyncMode::Always);
+        put(&store, "n", b"0").unwrap();
+        thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    let mut buf = Vec::new();
+                    for _ in 0..25 {
+                        store
+                            .update(b"n", Expect::Any, &mut buf, |current, buf| {
+                                let n: u64 =
+                                    std::str::from_utf8(current.value).unwrap().parse().unwrap();
+                                let meta = RecordMeta {
+                                    kind: RecordKind::Put,
+                                    key: current.key,
+                                    content_type: current.content_type,
+                                    expires_at_ms: 0,
+                                    locked: false,
+                                };
+                                RecordBuilder::begin(buf, &meta);
+                                buf.extend_from_slice((n + 1).to_string().as_bytes());
+                                Ok::<_, StoreError>(Some(EventOp::Put))
+                            })
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(get(&store, "n").as_deref(), Some(&b"200"[..]));
+        let mut buf = Vec::new();
+        let missing = store.update(b"nope", Expect::Any, &mut buf, |_, _| {
+            Ok::<_, StoreError>(None)
+        });
+        assert!(matches!(missing, Err(StoreError::NotFound)));
+    }
+
+    #[test]
+    fn every_visible_change_is_published_once_in_version_order() {
+        for sync in [SyncMode::Always, SyncMode::Never] {
+            let (_, store) = empty_store(sync);
+            let subscription = store.events().subscribe(b"", None).unwrap();
+            put(&store, "a", b"1").unwrap();
+            let mut buf = Vec::new();
+            store
+                .batch(&[batch_put("b", b"2"), batch_put("c", b"3")], &mut buf)
+                .unwrap();
+            store.delete(b"a", &mut buf, Expect::Any).unwrap();
+            let events: Vec<_> = subscription.events.try_iter().collect();
+            let seen: Vec<_> = events.iter().map(|e| (e.op, &*e.key)).collect();
+            assert_eq!(
+                seen,
+                [
+                    (EventOp::Put, "a"),
+                    (EventOp::Put, "b"),
+                    (EventOp::Put, "c"),
+                    (EventOp::Delete, "a")
+                ]
+            );
+            assert!(events
+                .windows(2)
+                .all(|pair| pair[0].version < pair[1].version));
+            assert_eq!(events[0].value.as_deref(), Some("1"));
+        }
     }
 }

@@ -350,4 +350,64 @@ mod tests {
         assert_eq!(index.len(), 1);
         assert!(!index.contains(b"b"));
     }
+
+    #[test]
+    fn ranges_follow_prefix_and_after() {
+        let mut index = Index::default();
+        for (n, key) in ["a", "b/1", "b/2", "b/3", "c"].iter().enumerate() {
+            let location = Location {
+                offset: 32 + n as u64,
+                len: 1,
+            };
+            index.insert(key.as_bytes(), location, Attrs::default());
+        }
+        let keys = |prefix: &str, after: Option<&str>| -> Vec<String> {
+            index
+                .range(prefix.as_bytes(), after.map(str::as_bytes))
+                .map(|(k, _, _)| String::from_utf8(k.to_vec()).unwrap())
+                .collect()
+        };
+        assert_eq!(keys("b/", None), ["b/1", "b/2", "b/3"]);
+        assert_eq!(keys("b/", Some("b/1")), ["b/2", "b/3"]);
+        assert_eq!(keys("b/", Some("a")), ["b/1", "b/2", "b/3"]);
+        assert_eq!(keys("b/", Some("b/3")), Vec::<String>::new());
+        assert_eq!(keys("", Some("b/2")), ["b/3", "c"]);
+        assert_eq!(keys("d", None), Vec::<String>::new());
+    }
+
+    #[test]
+    fn attributes_are_kept_only_for_keys_that_have_them() {
+        let mut index = Index::default();
+        let at = Location { offset: 32, len: 1 };
+        let expiring = Attrs {
+            locked: false,
+            expires_at_ms: 500,
+        };
+        index.insert(b"plain", at, Attrs::default());
+        index.insert(b"temp", at, expiring);
+        index.insert(
+            b"later",
+            at,
+            Attrs {
+                locked: true,
+                expires_at_ms: 900,
+            },
+        );
+        assert_eq!(index.attrs(b"temp"), expiring);
+        assert_eq!(index.all_attrs().count(), 2);
+        let due: Vec<_> = index
+            .expired(600, 10)
+            .into_iter()
+            .map(|(k, at)| (k.to_vec(), at))
+            .collect();
+        assert_eq!(due, [(b"temp".to_vec(), 500)]);
+        index.insert(b"temp", at, Attrs::default());
+        assert!(index
+            .expired(1000, 10)
+            .iter()
+            .all(|(k, _)| &**k == b"later"));
+        index.remove(b"later");
+        assert_eq!(index.all_attrs().count(), 0);
+        assert!(index.expired(u64::MAX, 10).is_empty());
+    }
 }

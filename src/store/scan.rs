@@ -249,7 +249,9 @@ impl<'a> WindowReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::{FileHeader, Position, RecordBuilder, RecordKind, RecordMeta};
+    use crate::store::record::{
+        FileHeader, FrameBuilder, Position, RecordBuilder, RecordKind, RecordMeta,
+    };
     use crate::store::testing::MemFile;
 
     fn file_id(log: &[u8]) -> u32 {
@@ -443,5 +445,84 @@ mod tests {
             "{:?} (records at {offsets:?})",
             summary.damage
         );
+    }
+
+    /// Appends a batch frame of puts "key" = "value", stamped for where it
+    /// lands; returns its offset.
+    fn append_frame(log: &mut Vec<u8>, members: &[(&str, &str)], first: u64) -> u64 {
+        let at = Position {
+            file_id: file_id(log),
+            offset: log.len() as u64,
+        };
+        let mut frame = Vec::new();
+        FrameBuilder::begin(&mut frame);
+        for (key, value) in members {
+            let meta = RecordMeta {
+                kind: RecordKind::Put,
+                key: key.as_bytes(),
+                content_type: b"text/plain",
+                expires_at_ms: 0,
+                locked: false,
+            };
+            FrameBuilder::add(&mut frame, &meta, value.as_bytes());
+        }
+        FrameBuilder::seal(&mut frame, first, 0, at);
+        log.extend_from_slice(&frame);
+        at.offset
+    }
+
+    #[test]
+    fn a_batch_frame_yields_its_members() {
+        let (mut log, _) = log_with(1);
+        append_frame(&mut log, &[("b1", "x"), ("b2", "y"), ("b3", "z")], 2);
+        append(&mut log, b"after", b"w", 5);
+        let (keys, summary) = keys_of(&log);
+        assert_eq!(keys, ["key-1", "b1", "b2", "b3", "after"]);
+        assert_eq!(summary.records, 5);
+        assert_eq!(summary.max_sequence, 5);
+        assert_eq!(summary.damage, None);
+    }
+
+    #[test]
+    fn a_torn_batch_frame_is_cut_whole_at_every_byte() {
+        let (mut log, _) = log_with(1);
+        let frame = append_frame(&mut log, &[("b1", "x"), ("b2", "y"), ("b3", "z")], 2);
+        for cut in frame + 1..log.len() as u64 {
+            let (keys, summary) = keys_of(&log[..cut as usize]);
+            assert_eq!(keys, ["key-1"], "cut at {cut}");
+            assert!(
+                matches!(summary.damage, Some(Damage::TornTail { offset, .. }) if offset == frame),
+                "cut at {cut}: {:?}",
+                summary.damage
+            );
+        }
+        for at in frame as usize..log.len() {
+            let mut damaged = log.clone();
+            damaged[at] ^= 0x10;
+            let (keys, _) = keys_of(&damaged);
+            assert_eq!(keys, ["key-1"], "flip at {at}");
+        }
+    }
+
+    #[test]
+    fn a_member_outside_its_frame_is_not_a_record() {
+        let (mut log, _) = log_with(1);
+        let frame = append_frame(&mut log, &[("b1", "x"), ("b2", "y")], 2);
+        // Drop the frame header: the members now sit at the top level, each
+        // with a CRC that would match where it now is.
+        let mut members = log.split_off(frame as usize)[RECORD_HEADER_LEN..].to_vec();
+        let member_len = members.len() / 2;
+        let id = file_id(&log);
+        for (n, chunk) in members.chunks_mut(member_len).enumerate() {
+            let at = Position {
+                file_id: id,
+                offset: frame + (n * member_len) as u64,
+            };
+            RecordBuilder::restamp(chunk, at);
+        }
+        log.extend_from_slice(&members);
+        let (keys, summary) = keys_of(&log);
+        assert_eq!(keys, ["key-1"]);
+        assert!(summary.damage.is_some());
     }
 }

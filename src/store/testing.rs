@@ -9,9 +9,11 @@ use std::sync::{Condvar, Mutex};
 
 use std::collections::BTreeMap;
 
-use super::engine::{Expect, Store, StoreError, WriteOutcome};
+use super::engine::{BatchOp, Expect, Store, StoreError, WriteOutcome};
 use super::file::LogFile;
+use super::index::Attrs;
 use super::record::{RecordBuilder, RecordKind, RecordMeta};
+use crate::watch::EventOp;
 
 /// An in-memory log file with injectable failures.
 #[derive(Default)]
@@ -187,4 +189,34 @@ pub fn assert_matches(store: &Store, model: &Model) {
                 .is_none());
         }
     }
+}
+
+/// A batch put of `value` (as text/plain) under `key`, without condition.
+pub fn batch_put<'a>(key: &'a str, value: &'a [u8]) -> BatchOp<'a> {
+    BatchOp::Put {
+        key: key.as_bytes(),
+        content_type: b"text/plain",
+        value,
+        expires_at_ms: 0,
+        expect: Expect::Any,
+    }
+}
+
+/// Rewrites `key` with its value unchanged and the given lock and expiry.
+pub fn set_attrs(store: &Store, key: &str, attrs: Attrs) {
+    let mut buf = Vec::new();
+    store
+        .update(key.as_bytes(), Expect::Any, &mut buf, |current, buf| {
+            let meta = RecordMeta {
+                kind: RecordKind::Put,
+                key: current.key,
+                content_type: current.content_type,
+                expires_at_ms: attrs.expires_at_ms,
+                locked: attrs.locked,
+            };
+            RecordBuilder::begin(buf, &meta);
+            buf.extend_from_slice(current.value);
+            Ok::<_, StoreError>(Some(EventOp::Put))
+        })
+        .unwrap();
 }
