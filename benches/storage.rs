@@ -1,5 +1,6 @@
 //! Storage engine benchmark: memory per key, restart time with and without
-//! the hint file, compaction throughput, and GET latency while compacting.
+//! the hint file, compaction throughput, GET latency while compacting, and
+//! prefix listing latency.
 //!
 //! `cargo bench --bench storage [-- KEYS]` (default 1,000,000 keys of 16
 //! bytes with 100-byte values). Prints one line per figure. Numbers drift on
@@ -46,6 +47,14 @@ fn main() {
     fill(&store, keys / 2, b'b'); // half the log is now dead
     let idle = get_latencies(&store, keys, None);
     report("GET latency, idle", idle.summary());
+    report(
+        "list page of 100, keys only",
+        list_latencies(&store, keys, false).summary_of("pages"),
+    );
+    report(
+        "list page of 100, metadata",
+        list_latencies(&store, keys, true).summary_of("pages"),
+    );
 
     let compacting = Arc::new(AtomicBool::new(true));
     let flag = Arc::clone(&compacting);
@@ -129,8 +138,12 @@ impl Latencies {
     }
 
     fn summary(&self) -> String {
+        self.summary_of("GETs")
+    }
+
+    fn summary_of(&self, what: &str) -> String {
         format!(
-            "{} GETs: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+            "{} {what}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
             self.0.len(),
             self.percentile(50.0),
             self.percentile(99.0),
@@ -162,6 +175,30 @@ fn get_latencies(store: &Store, keys: u64, while_set: Option<&AtomicBool>) -> La
         let hit = store.get(&key, &mut buf).expect("get").is_some();
         samples.push(started.elapsed());
         assert!(hit);
+    }
+    samples.sort_unstable();
+    Latencies(samples)
+}
+
+/// Times 2,000 listing pages of 100 keys from pseudo-random places in the
+/// key space, with or without each key's metadata.
+fn list_latencies(store: &Store, keys: u64, metadata: bool) -> Latencies {
+    let mut samples = Vec::with_capacity(2000);
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..2000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let after = key(state % keys);
+        let started = Instant::now();
+        let page = store.list(b"key-", Some(&after), 100);
+        let listed = if metadata {
+            store.key_info(page.entries).expect("key info").len()
+        } else {
+            page.entries.len()
+        };
+        samples.push(started.elapsed());
+        assert!(listed > 0 || state % keys + 100 >= keys);
     }
     samples.sort_unstable();
     Latencies(samples)
