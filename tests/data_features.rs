@@ -152,6 +152,10 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+fn sleep_until(when: Instant) {
+    thread::sleep(when.saturating_duration_since(Instant::now()));
+}
+
 /// Unix time in milliseconds.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -576,8 +580,10 @@ fn patch_ttl_expires_the_key_and_persist_cancels_it() {
     let resp = patch_value(port, "short", "ttl", json!(0.5));
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert!(json_message(&resp.body).is_some(), "{}", resp.text());
-    // A numeric string is accepted too.
-    assert_eq!(patch_value(port, "kept", "ttl", json!("0.5")).status, 200);
+    // A numeric string is accepted too. (2 s: time enough for the persist
+    // to arrive before it, even on a loaded machine.)
+    let kept_ttl_set = Instant::now();
+    assert_eq!(patch_value(port, "kept", "ttl", json!("2")).status, 200);
     let resp = patch_op(port, "kept", "persist");
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert!(json_message(&resp.body).is_some(), "{}", resp.text());
@@ -586,7 +592,7 @@ fn patch_ttl_expires_the_key_and_persist_cancels_it() {
         value(port, "short").is_none()
     });
     // Well past the cancelled expiry, the persisted key is still there.
-    thread::sleep(Duration::from_millis(1500));
+    sleep_until(kept_ttl_set + Duration::from_millis(3000));
     assert_eq!(value(port, "kept").as_deref(), Some(&b"v"[..]));
     assert_eq!(
         list(port, "prefix=kept")["keys"][0]["expires_at"],
@@ -734,16 +740,17 @@ fn bad_ttl_or_unknown_query_parameter_is_400_and_writes_nothing() {
 fn put_without_ttl_clears_a_previous_ttl() {
     let node = Node::start();
     let port = node.port();
-    assert_eq!(put(port, "/api/kv/k?ttl=0.5", b"v1").status, 201);
+    // 2 s: time enough for the next PUT to arrive first on a loaded machine.
+    let first = Instant::now();
+    assert_eq!(put(port, "/api/kv/k?ttl=2", b"v1").status, 201);
     assert_eq!(put(port, "/api/kv/k", b"v2").status, 200);
     assert_eq!(list(port, "prefix=k")["keys"][0]["expires_at"], Value::Null);
-    thread::sleep(Duration::from_millis(1500));
-    assert_eq!(value(port, "k").as_deref(), Some(&b"v2"[..]));
     // And a PUT with a ttl replaces the previous one.
-    assert_eq!(put(port, "/api/kv/k?ttl=0.5", b"v3").status, 200);
-    assert_eq!(put(port, "/api/kv/k?ttl=3600", b"v4").status, 200);
-    thread::sleep(Duration::from_millis(1500));
-    assert_eq!(value(port, "k").as_deref(), Some(&b"v4"[..]));
+    assert_eq!(put(port, "/api/kv/j?ttl=2", b"v3").status, 201);
+    assert_eq!(put(port, "/api/kv/j?ttl=3600", b"v4").status, 200);
+    sleep_until(first + Duration::from_millis(3000));
+    assert_eq!(value(port, "k").as_deref(), Some(&b"v2"[..]));
+    assert_eq!(value(port, "j").as_deref(), Some(&b"v4"[..]));
 }
 
 #[test]
@@ -820,7 +827,7 @@ fn expiry_and_persist_survive_restarts() {
     let port = node.port();
     assert_eq!(put(port, "/api/kv/later?ttl=3600", b"v").status, 201);
     assert_eq!(put_key(port, "kept", b"v").status, 201);
-    assert_eq!(patch_value(port, "kept", "ttl", json!(1)).status, 200);
+    assert_eq!(patch_value(port, "kept", "ttl", json!(60)).status, 200);
     assert_eq!(patch_op(port, "kept", "persist").status, 200);
     assert_eq!(put(port, "/api/kv/soon?ttl=2", b"v").status, 201);
     let expires = list(port, "prefix=later")["keys"][0]["expires_at"].clone();
