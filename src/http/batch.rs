@@ -214,6 +214,15 @@ fn check(
             "the content type is longer than {MAX_CONTENT_TYPE_LEN} bytes"
         ));
     }
+    // It is sent back as a header: only what a header value may hold.
+    if !content_type
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(
+            "the content type may hold only printable ASCII characters, spaces and tabs".into(),
+        );
+    }
     let expires_at_ms = match op.ttl {
         None => 0,
         Some(ttl) => {

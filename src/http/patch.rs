@@ -74,21 +74,18 @@ impl Number {
         value.is_finite().then_some(Ok(Self::Decimal(value)))
     }
 
-    /// `self + step`, or `None` when an integer sum overflows or a decimal
-    /// one is not finite.
-    fn add(self, step: Number) -> Option<Number> {
+    /// `self + step` (`self - step` if `subtract`), or `None` when an
+    /// integer result overflows or a decimal one is not finite.
+    fn add(self, step: Number, subtract: bool) -> Option<Number> {
         match (self, step) {
+            (Self::Int(a), Self::Int(b)) if subtract => a.checked_sub(b).map(Self::Int),
             (Self::Int(a), Self::Int(b)) => a.checked_add(b).map(Self::Int),
-            (a, b) => Some(a.as_f64() + b.as_f64())
-                .filter(|sum| sum.is_finite())
-                .map(Self::Decimal),
-        }
-    }
-
-    fn negated(self) -> Option<Number> {
-        match self {
-            Self::Int(n) => n.checked_neg().map(Self::Int),
-            Self::Decimal(d) => Some(Self::Decimal(-d)),
+            (a, b) => {
+                let b = if subtract { -b.as_f64() } else { b.as_f64() };
+                Some(a.as_f64() + b)
+                    .filter(|sum| sum.is_finite())
+                    .map(Self::Decimal)
+            }
         }
     }
 
@@ -142,10 +139,7 @@ pub fn parse(body: &[u8]) -> Result<Operation, String> {
     let value = body.value.filter(|v| !v.is_null());
     let step = || match &value {
         None => Ok(Number::Int(1)),
-        Some(value) => number_in(value).ok_or_else(|| {
-            "The value of increment and decrement must be a number (the step), like 1 or 0.5."
-                .to_string()
-        }),
+        Some(value) => number_in(value),
     };
     Ok(match operation.as_str() {
         "lock" => Operation::Lock,
@@ -174,14 +168,23 @@ pub fn parse(body: &[u8]) -> Result<Operation, String> {
 }
 
 /// A JSON number or numeric string as a [`Number`].
-fn number_in(value: &serde_json::Value) -> Option<Number> {
-    match value {
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(n) => Some(Number::Int(n)),
-            None => n.as_f64().filter(|f| f.is_finite()).map(Number::Decimal),
-        },
-        serde_json::Value::String(s) => Number::parse(s)?.ok(),
+/// An integer beyond 64 bits is refused, never turned into a decimal.
+fn number_in(value: &serde_json::Value) -> Result<Number, String> {
+    let parsed = match value {
+        serde_json::Value::Number(n) => Number::parse(&n.to_string()),
+        serde_json::Value::String(s) => Number::parse(s),
         _ => None,
+    };
+    match parsed {
+        Some(Ok(number)) => Ok(number),
+        Some(Err(())) => Err(
+            "The step of increment and decrement must fit a 64-bit signed integer (up to 9223372036854775807)."
+                .into(),
+        ),
+        None => Err(
+            "The value of increment and decrement must be a number (the step), like 1 or 0.5."
+                .into(),
+        ),
     }
 }
 
@@ -271,14 +274,10 @@ fn apply(
                     "The specified key is not a valid numeric value.",
                 )));
             };
-            let step = match operation {
-                Operation::Decrement(_) => step.negated(),
-                _ => Some(step),
-            };
+            let decrement = matches!(operation, Operation::Decrement(_));
             let result = parsed
                 .ok()
-                .zip(step)
-                .and_then(|(number, step)| number.add(step))
+                .and_then(|number| number.add(step, decrement))
                 .ok_or_else(|| {
                     Refusal::Reply(Reply::message(
                         400,
@@ -372,13 +371,26 @@ mod tests {
     #[test]
     fn numbers_keep_their_kind() {
         let n = |text: &str| Number::parse(text).unwrap().unwrap();
-        assert_eq!(n("41").add(Number::Int(1)), Some(Number::Int(42)));
+        assert_eq!(n("41").add(Number::Int(1), false), Some(Number::Int(42)));
+        assert_eq!(
+            n("-1").add(Number::Int(i64::MIN), true),
+            Some(Number::Int(i64::MAX))
+        );
         assert_eq!(n(" -3\n"), Number::Int(-3));
-        assert_eq!(n("1.5").add(Number::Int(1)).unwrap().to_text(), "2.5");
-        assert_eq!(n("1.5").add(Number::Decimal(1.5)).unwrap().to_text(), "3.0");
-        assert_eq!(n("2").add(Number::Decimal(0.5)).unwrap().to_text(), "2.5");
-        assert_eq!(n("9223372036854775807").add(Number::Int(1)), None);
-        assert_eq!(Number::Int(i64::MIN).negated(), None);
+        assert_eq!(
+            n("1.5").add(Number::Int(1), false).unwrap().to_text(),
+            "2.5"
+        );
+        assert_eq!(
+            n("1.5").add(Number::Decimal(1.5), false).unwrap().to_text(),
+            "3.0"
+        );
+        assert_eq!(
+            n("2").add(Number::Decimal(0.5), true).unwrap().to_text(),
+            "1.5"
+        );
+        assert_eq!(n("9223372036854775807").add(Number::Int(1), false), None);
+        assert_eq!(n("-9223372036854775808").add(Number::Int(1), true), None);
         assert_eq!(Number::parse("9223372036854775808"), Some(Err(())));
         for bad in ["", "abc", "NaN", "inf", "-", "1.2.3x", "0x10"] {
             assert!(
