@@ -38,6 +38,11 @@ pub struct InitArgs {
     /// overwrite the file if it already exists
     #[argh(switch)]
     pub force: bool,
+
+    /// turn on encryption at rest: create a random key file (lucid.key
+    /// beside the config file, mode 0600) and enable it in the config
+    #[argh(switch)]
+    pub encrypt: bool,
 }
 
 /// Run the node: serve the HTTP API on the configured address.
@@ -61,4 +66,10 @@ pub struct CheckArgs {
 /// records. If a server is running on the directory, it is left alone.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "compact")]
-pub struct CompactArgs {}
+pub struct CompactArgs {
+    /// write the compacted log encrypted with this key file instead (key
+    /// rotation, or encrypting a plain store); then point
+    /// encryption.key_file at it
+    #[argh(option)]
+    pub new_key_file: Option<PathBuf>,
+}

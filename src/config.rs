@@ -5,10 +5,12 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::store::crypt::Cipher;
 use crate::store::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
 use crate::store::{CompactionPolicy, SyncMode};
 
@@ -35,6 +37,8 @@ pub struct Config {
     pub storage: Storage,
     /// Background compaction settings.
     pub compaction: Compaction,
+    /// Encryption at rest.
+    pub encryption: Encryption,
     /// Log output settings.
     pub logging: Logging,
 }
@@ -175,6 +179,36 @@ impl Compaction {
             min_dead_bytes: self.min_dead_bytes,
             interval: (self.interval > 0).then(|| Duration::from_secs(self.interval)),
         }
+    }
+}
+
+/// `encryption:` — encryption at rest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Encryption {
+    /// Encrypt every record and hint file (XChaCha20-Poly1305).
+    pub enabled: bool,
+    /// The 32-byte key (relative paths are relative to the working
+    /// directory); must be readable by its owner only.
+    pub key_file: PathBuf,
+}
+
+impl Default for Encryption {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            key_file: PathBuf::from("./lucid.key"),
+        }
+    }
+}
+
+impl Encryption {
+    /// The store's cipher: loaded from the key file when enabled.
+    pub fn cipher(&self) -> Result<Option<Arc<Cipher>>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        Cipher::load(&self.key_file).map(|cipher| Some(Arc::new(cipher)))
     }
 }
 

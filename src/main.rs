@@ -8,10 +8,12 @@ fn main() -> ExitCode {
     let args: cli::Args = argh::from_env();
     let config = args.config.as_deref();
     let result = match args.command {
-        cli::Command::Init(init) => commands::init::run(config, init.force),
+        cli::Command::Init(init) => commands::init::run(config, init.force, init.encrypt),
         cli::Command::Server(_) => commands::server::run(config),
         cli::Command::Check(check) => commands::check::run(config, check.repair),
-        cli::Command::Compact(_) => commands::compact::run(config),
+        cli::Command::Compact(compact) => {
+            commands::compact::run(config, compact.new_key_file.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

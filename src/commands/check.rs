@@ -12,7 +12,8 @@ use crate::store::{self, hint::Unused, record::FILE_HEADER_LEN, scan::Damage};
 pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
     let (config, _) = Config::load(config_path)?;
     let dir = &config.storage.directory;
-    let report = store::check(dir)?;
+    let cipher = config.encryption.cipher()?;
+    let report = store::check(dir, cipher.as_deref())?;
     let scanned = report.scan.good_end - FILE_HEADER_LEN as u64;
     println!("checked {}", report.path.display());
     println!("  log bytes:   {}", report.log_bytes);
@@ -54,7 +55,7 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
     if !repair {
         return Err(problem.into());
     }
-    let repaired = store::repair(dir)?;
+    let repaired = store::repair(dir, cipher.as_deref())?;
     println!("repaired {}", report.path.display());
     println!("  records kept: {}", repaired.records_kept);
     println!("  bytes kept:   {}", repaired.bytes_kept);

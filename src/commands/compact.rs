@@ -1,18 +1,25 @@
 //! `lucid compact`: offline compaction of the data directory.
 
-use std::path::Path;
-
 use super::CommandResult;
 use crate::config::Config;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::store::crypt::Cipher;
 use crate::store::{self, OpenError};
 
 /// Opens the data directory (recovering it), compacts it and prints what
-/// changed. If a server holds the directory, nothing is touched and the
-/// message says how to ask the server instead.
-pub fn run(config_path: Option<&Path>) -> CommandResult {
+/// changed. With `new_key_file`, the new log is encrypted with that key
+/// instead (key rotation, or encrypting a plain store). If a server holds
+/// the directory, nothing is touched and the message says how to ask the
+/// server instead.
+pub fn run(config_path: Option<&Path>, new_key_file: Option<&Path>) -> CommandResult {
     let (config, _) = Config::load(config_path)?;
     let storage = &config.storage;
-    let (store, _) = match store::open(&storage.directory, storage.sync_mode()) {
+    let cipher = config.encryption.cipher()?;
+    let new_cipher = new_key_file.map(Cipher::load).transpose()?.map(Arc::new);
+    let opened = store::open_with(&storage.directory, storage.sync_mode(), cipher.clone());
+    let (store, _) = match opened {
         Ok(opened) => opened,
         Err(OpenError::Locked(dir)) => {
             let general = &config.general;
@@ -27,7 +34,20 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         }
         Err(err) => return Err(err.into()),
     };
-    let report = store.compact()?;
+    let report = match (new_cipher, new_key_file) {
+        (Some(new_cipher), Some(path)) => {
+            let report = store.compact_with(Some(new_cipher))?;
+            println!(
+                "re-encrypted {} with {}: set encryption.enabled: true and encryption.key_file: {} \
+                 in the config before starting the node again",
+                storage.directory.display(),
+                path.display(),
+                path.display()
+            );
+            report
+        }
+        _ => store.compact()?,
+    };
     println!("compacted {}", storage.directory.display());
     println!("  bytes before:    {}", report.bytes_before);
     println!("  bytes after:     {}", report.bytes_after);

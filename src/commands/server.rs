@@ -18,7 +18,8 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     let (config, source) = Config::load(config_path)?;
     logging::init(config.logging.level)?;
     let storage = &config.storage;
-    let (store, report) = store::open(&storage.directory, storage.sync_mode())?;
+    let cipher = config.encryption.cipher()?;
+    let (store, report) = store::open_with(&storage.directory, storage.sync_mode(), cipher)?;
     store::spawn_compactor(&store, config.compaction.policy());
     store::spawn_expiry_sweeper(&store);
     let server = HttpServer::bind(&config.general)?;
@@ -26,9 +27,10 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         .local_addr()
         .ok_or("the server is not bound to an IP address")?;
     log::info!(
-        "lucid {} listening on http://{addr} (config: {source}; data: {}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} threads)",
+        "lucid {} listening on http://{addr} (config: {source}; data: {}{}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} threads)",
         env!("CARGO_PKG_VERSION"),
         storage.directory.display(),
+        if config.encryption.enabled { ", encrypted" } else { "" },
         report.keys,
         report.hint_keys.unwrap_or(0),
         report.records,

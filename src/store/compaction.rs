@@ -42,13 +42,14 @@ use std::time::{Duration, Instant};
 
 use memmap2::Mmap;
 
+use super::crypt::{open_copy, stored_form, Cipher, ENVELOPE_OVERHEAD};
 use super::directory::{sync_dir, LOG_FILE};
 use super::engine::{lock, now_ms, read, write, Store};
 use super::file::{DiskFile, LogFile};
 use super::index::Location;
 use super::record::{
-    members, verify, FileHeader, Position, RecordBuilder, RecordHeader, RecordKind, RecordView,
-    FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    members, verify, FileHeader, FrameBuilder, Position, RecordBuilder, RecordHeader, RecordKind,
+    RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 
 /// Name of the new log while compaction writes it.
@@ -227,6 +228,18 @@ pub enum Step {
 impl Store {
     /// Compacts the log (see the module documentation).
     pub fn compact(&self) -> Result<CompactionReport, CompactionError> {
+        let cipher = lock(&self.writer).cipher.clone();
+        self.compact_with(cipher)
+    }
+
+    /// Compacts the log into a new one encrypted with `cipher` (plain with
+    /// `None`): key rotation, or encrypting or decrypting a store. Changing
+    /// the encryption needs a node with no writes in flight (run it with
+    /// the server stopped: `lucid compact --new-key-file`).
+    pub fn compact_with(
+        &self,
+        cipher: Option<Arc<Cipher>>,
+    ) -> Result<CompactionReport, CompactionError> {
         let Some(dir) = self.dir.as_deref() else {
             return Err(CompactionError::Unavailable(
                 "this store has no data directory",
@@ -241,7 +254,7 @@ impl Store {
             ));
         }
         let tmp_path = dir.join(COMPACT_FILE);
-        let result = self.copy_and_switch(dir, &tmp_path);
+        let result = self.copy_and_switch(dir, &tmp_path, cipher);
         match &result {
             Ok(report) => {
                 *lock(&self.last_compaction) = Some(LastCompaction {
@@ -286,16 +299,23 @@ impl Store {
         &self,
         dir: &Path,
         tmp_path: &Path,
+        new_cipher: Option<Arc<Cipher>>,
     ) -> Result<CompactionReport, CompactionError> {
         let started = Instant::now();
         // Records still waiting for their group's fsync are not in the index
         // yet: they must fall after the cut and move with the tail.
-        let (cut, base_sequence, old_id) = {
+        let (cut, base_sequence, old_id, old_cipher) = {
             let writer = lock(&self.writer);
             let first_pending = writer.pending.first().map(|p| p.offset);
             let cut = first_pending.unwrap_or(writer.end);
-            (cut, writer.next_sequence - 1, writer.header.file_id)
+            let cipher = writer.cipher.clone();
+            (cut, writer.next_sequence - 1, writer.header.file_id, cipher)
         };
+        let ciphers = Ciphers {
+            from: old_cipher.as_deref(),
+            to: new_cipher.as_deref(),
+        };
+        let rekeying = !same_cipher(old_cipher.as_ref(), new_cipher.as_ref());
         let log_path = dir.join(LOG_FILE);
         let old = File::open(&log_path)?;
         // SAFETY: the log is append-only and this process holds the
@@ -312,8 +332,12 @@ impl Store {
             .truncate(true)
             .open(tmp_path)?;
         self.reached(Step::Started);
-        let new_header = FileHeader::new(base_sequence);
-        let relocations = copy_live_records(self, live, old_id, &mut new_file, new_header)?;
+        let new_header = FileHeader::new(
+            base_sequence,
+            new_cipher.as_ref().map_or(0, |c| c.check_value()),
+        );
+        let relocations =
+            copy_live_records(self, live, old_id, ciphers, &mut new_file, new_header)?;
         self.reached(Step::Copied);
         new_file.sync_data()?;
 
@@ -329,12 +353,25 @@ impl Store {
                 "the node turned read-only during compaction",
             ));
         }
+        if rekeying && writer.end != cut {
+            return Err(CompactionError::Unavailable(
+                "writes arrived while the encryption was being changed; change it with the node stopped",
+            ));
+        }
         let tail_start = new_file.metadata()?.len();
         let to = Position {
             file_id: new_header.file_id,
             offset: tail_start,
         };
-        copy_tail(&*writer.file, old_id, cut, writer.end, &mut new_file, to)?;
+        copy_tail(
+            &*writer.file,
+            old_id,
+            cut,
+            writer.end,
+            ciphers,
+            &mut new_file,
+            to,
+        )?;
         new_file.sync_data()?;
         let new_locations = relocate(&read(&self.keydir).index, &relocations, cut, tail_start)?;
         self.reached(Step::Synced);
@@ -367,7 +404,9 @@ impl Store {
             keydir.index.set_locations(&new_locations);
             keydir.file = Arc::clone(&new_file);
             keydir.file_id = new_header.file_id;
+            keydir.cipher = new_cipher.clone();
         }
+        writer.cipher = new_cipher;
         // Closing the old log can take long (the filesystem may write back
         // or free a lot): keep it open until writers run again.
         let old_log = std::mem::replace(&mut writer.file, new_file);
@@ -403,8 +442,24 @@ impl Store {
     }
 }
 
-/// Old and new offset of every record copied before the cut, in log order.
-type Relocations = Vec<(u64, u64)>;
+/// Old offset, new offset and new length of every record copied before the
+/// cut, in log order.
+type Relocations = Vec<(u64, u64, u32)>;
+
+/// The encryption of the log records come from and of the one they go to.
+#[derive(Clone, Copy)]
+struct Ciphers<'a> {
+    from: Option<&'a Cipher>,
+    to: Option<&'a Cipher>,
+}
+
+fn same_cipher(a: Option<&Arc<Cipher>>, b: Option<&Arc<Cipher>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
 
 /// Writes the file header and every record of `live` (the old log below
 /// the cut) that the index still points at to `out`.
@@ -412,6 +467,7 @@ fn copy_live_records(
     store: &Store,
     live: &[u8],
     old_id: u32,
+    ciphers: Ciphers<'_>,
     out: &mut File,
     header: FileHeader,
 ) -> Result<Relocations, CompactionError> {
@@ -429,7 +485,7 @@ fn copy_live_records(
     };
     let mut is_live =
         |view: &RecordView<'_>, location| read(&store.keydir).index.get(view.key) == Some(location);
-    let relocations = move_records(records, from, to, &mut writer, Some(&mut is_live))?;
+    let relocations = move_records(records, from, to, ciphers, &mut writer, Some(&mut is_live))?;
     writer.flush()?;
     Ok(relocations)
 }
@@ -441,6 +497,7 @@ fn copy_tail(
     old_id: u32,
     cut: u64,
     end: u64,
+    ciphers: Ciphers<'_>,
     out: &mut File,
     to: Position,
 ) -> Result<(), CompactionError> {
@@ -450,84 +507,128 @@ fn copy_tail(
         file_id: old_id,
         offset: cut,
     };
-    move_records(&tail, from, to, out, None)?;
+    move_records(&tail, from, to, ciphers, out, None)?;
     Ok(())
 }
 
-/// Decides whether a record is copied; `None` copies every record as is.
+/// Decides whether a record is copied (given its plain form and where the
+/// index would point at it); `None` copies every record as is.
 type Keep<'k> = Option<&'k mut dyn FnMut(&RecordView<'_>, Location) -> bool>;
 
 /// Walks the whole records in `bytes`, which start at `from` in the old log,
-/// verifying each there, and writes them to `out`, stamped for where they
-/// land in the new log (from `to` on). With `keep`, only the records it
-/// accepts are written, and live members of batch frames are written as
-/// plain records (compaction only filters durable records, so no batch can
-/// be half-copied by a crash); without, frames are copied whole. Returns the
-/// old and new offset of every record written.
+/// verifying each there (and decrypting it), and writes them to `out`,
+/// stamped (and encrypted afresh) for where they land in the new log (from
+/// `to` on). With `keep`, only the records it accepts are written, and live
+/// members of batch frames are written as plain records (compaction only
+/// filters durable records, so no batch can be half-copied by a crash);
+/// without, frames are copied whole. Returns the old and new place of every
+/// record written.
 fn move_records(
     bytes: &[u8],
     from: Position,
     to: Position,
+    ciphers: Ciphers<'_>,
     out: &mut impl Write,
     mut keep: Keep<'_>,
 ) -> Result<Relocations, CompactionError> {
     let mut moved = Vec::new();
-    let mut scratch = Vec::new();
+    let (mut opened, mut plain, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut at, mut written) = (0usize, to.offset);
-    let mut copy = |record: &RecordView<'_>, old: u64, written: &mut u64| -> io::Result<()> {
-        scratch.clear();
-        scratch.extend_from_slice(record.bytes);
-        let new = Position {
-            file_id: to.file_id,
-            offset: *written,
-        };
-        RecordBuilder::detach(&mut scratch, new);
-        out.write_all(&scratch)?;
-        moved.push((old, *written));
-        *written += scratch.len() as u64;
-        Ok(())
-    };
     while at < bytes.len() {
         let old = Position {
             file_id: from.file_id,
             offset: from.offset + at as u64,
         };
+        let corrupt = || CompactionError::Corrupt(old.offset);
         let view = bytes
             .get(at..at + RECORD_HEADER_LEN)
             .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
             .and_then(|header| bytes.get(at..at + header.record_len() as usize))
             .and_then(|record| verify(record, old).ok())
-            .ok_or(CompactionError::Corrupt(old.offset))?;
+            .ok_or_else(corrupt)?;
         at += view.bytes.len();
-        let Some(keep) = keep.as_mut() else {
-            copy(&view, old.offset, &mut written)?;
-            continue;
+        let new = Position {
+            file_id: to.file_id,
+            offset: written,
         };
-        if view.header.kind != RecordKind::Batch {
-            if keep(&view, location_of(&view, old.offset)) {
-                copy(&view, old.offset, &mut written)?;
+        let mut records = Vec::new();
+        if view.header.kind == RecordKind::Batch {
+            for member in members(&view, old) {
+                records.push(member.map_err(|_| corrupt())?);
             }
+        } else {
+            records.push((old.offset, view));
+        }
+        if keep.is_none() && view.header.kind == RecordKind::Batch {
+            // The whole frame moves, members still members.
+            plain.clear();
+            plain.extend_from_slice(&view.bytes[..RECORD_HEADER_LEN]);
+            for &(offset, member) in &records {
+                let place = Position { offset, ..old };
+                let member =
+                    open_copy(ciphers.from, member, place, &mut opened).map_err(|_| corrupt())?;
+                plain.extend_from_slice(member.bytes);
+            }
+            let first = records.first().map_or(0, |(_, m)| m.header.sequence);
+            let overhead = if ciphers.to.is_some() {
+                ENVELOPE_OVERHEAD
+            } else {
+                0
+            };
+            FrameBuilder::seal_wrapped(
+                &mut plain,
+                first,
+                view.header.timestamp_ms,
+                new,
+                overhead,
+                &mut sealed,
+                |member, place, out| match ciphers.to {
+                    Some(cipher) => cipher.seal(member, place, out),
+                    None => out.extend_from_slice(member),
+                },
+            );
+            out.write_all(&sealed)?;
+            moved.push((old.offset, written, sealed.len() as u32));
+            written += sealed.len() as u64;
             continue;
         }
-        for member in members(&view, old) {
-            let (offset, member) = member.map_err(|_| CompactionError::Corrupt(old.offset))?;
-            if keep(&member, location_of(&member, offset)) {
-                copy(&member, offset, &mut written)?;
+        for (offset, record) in records {
+            let place = Position { offset, ..old };
+            let record =
+                open_copy(ciphers.from, record, place, &mut opened).map_err(|_| corrupt())?;
+            let location = Location {
+                offset,
+                len: (record.bytes.len()
+                    + if ciphers.from.is_some() {
+                        ENVELOPE_OVERHEAD
+                    } else {
+                        0
+                    }) as u32,
+            };
+            if let Some(keep) = keep.as_mut() {
+                if !keep(&record, location) {
+                    continue;
+                }
             }
+            plain.clear();
+            plain.extend_from_slice(record.bytes);
+            let new = Position {
+                file_id: to.file_id,
+                offset: written,
+            };
+            RecordBuilder::detach(&mut plain, new);
+            let stored = stored_form(ciphers.to, &plain, new, &mut sealed);
+            out.write_all(stored)?;
+            moved.push((offset, written, stored.len() as u32));
+            written += stored.len() as u64;
         }
     }
     Ok(moved)
 }
 
-fn location_of(record: &RecordView<'_>, offset: u64) -> Location {
-    Location {
-        offset,
-        len: record.bytes.len() as u32,
-    }
-}
-
-/// The new offset of every index entry, in index order: entries before the
-/// cut moved to where they were copied, entries in the tail moved with it.
+/// The new location of every index entry, in index order: entries before
+/// the cut moved to where they were copied, entries in the tail moved with
+/// it.
 ///
 /// Entries are sorted by old offset and merged with `relocations` (already
 /// in log order) rather than looked up one by one: with a million keys that
@@ -538,20 +639,22 @@ fn relocate(
     relocations: &Relocations,
     cut: u64,
     tail_start: u64,
-) -> Result<Vec<u64>, CompactionError> {
-    let mut new_offsets: Vec<u64> = index.locations().map(|l| l.offset).collect();
-    let mut by_offset: Vec<(u64, u32)> = new_offsets
+) -> Result<Vec<Location>, CompactionError> {
+    let mut new_locations: Vec<Location> = index.locations().collect();
+    let mut by_offset: Vec<(u64, u32)> = new_locations
         .iter()
         .enumerate()
-        .filter(|&(_, &offset)| offset < cut)
-        .map(|(position, &offset)| (offset, position as u32))
+        .filter(|(_, location)| location.offset < cut)
+        .map(|(position, location)| (location.offset, position as u32))
         .collect();
     by_offset.sort_unstable();
     let mut copied = relocations.iter().peekable();
     for (old, position) in by_offset {
-        while copied.next_if(|&&(from, _)| from < old).is_some() {}
+        while copied.next_if(|&&(from, _, _)| from < old).is_some() {}
         match copied.peek() {
-            Some(&&(from, to)) if from == old => new_offsets[position as usize] = to,
+            Some(&&(from, offset, len)) if from == old => {
+                new_locations[position as usize] = Location { offset, len }
+            }
             _ => {
                 return Err(CompactionError::Io(io::Error::other(format!(
                     "internal error: live record at offset {old} was not copied"
@@ -559,12 +662,12 @@ fn relocate(
             }
         }
     }
-    for offset in &mut new_offsets {
-        if *offset >= cut {
-            *offset = *offset - cut + tail_start;
+    for location in &mut new_locations {
+        if location.offset >= cut {
+            location.offset = location.offset - cut + tail_start;
         }
     }
-    Ok(new_offsets)
+    Ok(new_locations)
 }
 
 #[cfg(test)]

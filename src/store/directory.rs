@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::compaction::COMPACT_FILE;
+use super::crypt::{Cipher, ENVELOPE_OVERHEAD};
 use super::engine::{Recovered, Store, SyncMode};
 use super::file::{DiskFile, LogFile};
 use super::hint;
@@ -46,6 +47,8 @@ pub enum OpenError {
         /// Those files.
         found: Vec<String>,
     },
+    /// The log's encryption does not match the configured key.
+    Key(PathBuf, &'static str),
     /// A damaged record is followed by valid ones.
     Corrupt {
         /// The log file.
@@ -79,6 +82,7 @@ impl fmt::Display for OpenError {
                 "{}: {err}; is storage.directory pointing at the right directory?",
                 path.display()
             ),
+            Self::Key(path, why) => write!(f, "{}: {why}", path.display()),
             Self::MissingLog { dir, found } => write!(
                 f,
                 "{} has no {LOG_FILE} but holds {}, so its data was lost or moved; the node will \
@@ -122,6 +126,17 @@ pub struct OpenReport {
 /// recovers the store from its log, applying the recovery rule of
 /// [`scan`](super::scan).
 pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), OpenError> {
+    open_with(dir, sync, None)
+}
+
+/// [`open`] for a store encrypted with `cipher` (or plain, with `None`).
+/// The log's key check value must match: a wrong key, a missing one, or a
+/// key for a plain log is refused with a message saying which.
+pub fn open_with(
+    dir: &Path,
+    sync: SyncMode,
+    cipher: Option<Arc<Cipher>>,
+) -> Result<(Arc<Store>, OpenReport), OpenError> {
     let started = Instant::now();
     fs::create_dir_all(dir).map_err(io_error("create data directory", dir))?;
     let lock = lock_dir(dir)?;
@@ -131,13 +146,16 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
         refuse_to_start_empty_beside_data(dir)?;
     }
     let (file, created) = open_log(&path)?;
+    let key_check = cipher.as_ref().map_or(0, |c| c.check_value());
     if created {
-        initialise_log(&file, dir, &path)?;
+        initialise_log(&file, dir, &path, key_check)?;
     }
     let header = read_header(&file, &path)?;
+    check_key(&header, key_check, &path)?;
     let log_len = file.size().map_err(io_error("read", &path))?;
     let (mut index, mut summary, mut hint_keys) = (Index::default(), None, None);
-    match hint::load(dir, header, log_len) {
+    let source = (&file as &dyn LogFile, header.file_id, cipher.as_deref());
+    match hint::load(dir, header, log_len, cipher.as_deref()) {
         Ok(hint) => {
             let start = ScanStart {
                 offset: hint.coverage.end,
@@ -145,7 +163,7 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
             };
             hint_keys = Some(hint.index.len());
             index = hint.index;
-            let after_hint = replay(&file, header.file_id, &path, &mut index, start)?;
+            let after_hint = replay(source, &path, &mut index, start)?;
             if after_hint.damage.is_some() {
                 // The full scan below is the authority on damage.
                 log::warn!(
@@ -173,13 +191,7 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
     }
     let summary = match summary {
         Some(summary) => summary,
-        None => replay(
-            &file,
-            header.file_id,
-            &path,
-            &mut index,
-            ScanStart::BEGINNING,
-        )?,
+        None => replay(source, &path, &mut index, ScanStart::BEGINNING)?,
     };
     match summary.damage {
         None => {}
@@ -206,6 +218,7 @@ pub fn open(dir: &Path, sync: SyncMode) -> Result<(Arc<Store>, OpenReport), Open
                 source: io::Error::other("the log's sequence numbers are exhausted"),
             })?,
         dir: Some((dir.to_path_buf(), lock)),
+        cipher,
     };
     let store = Store::new(Arc::new(file), recovered, sync);
     Ok((store, report))
@@ -232,7 +245,7 @@ pub struct CheckReport {
 
 /// Verifies every record of the directory's log without changing anything.
 /// Takes the directory lock, so it refuses to run beside a server.
-pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
+pub fn check(dir: &Path, cipher: Option<&Cipher>) -> Result<CheckReport, OpenError> {
     let path = dir.join(LOG_FILE);
     if !path.exists() {
         return Err(OpenError::Io {
@@ -244,15 +257,11 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
     let _lock = lock_dir(dir)?;
     let file = DiskFile::new(File::open(&path).map_err(io_error("open", &path))?);
     let header = read_header(&file, &path)?;
+    check_key(&header, cipher.map_or(0, Cipher::check_value), &path)?;
     let mut index = Index::default();
-    let summary = replay(
-        &file,
-        header.file_id,
-        &path,
-        &mut index,
-        ScanStart::BEGINNING,
-    )?;
-    let hint = check_hint(dir, header, &file, &path, &index)?;
+    let source = (&file as &dyn LogFile, header.file_id, cipher);
+    let summary = replay(source, &path, &mut index, ScanStart::BEGINNING)?;
+    let hint = check_hint(dir, header, source, &path, &index)?;
     Ok(CheckReport {
         log_bytes: file.size().map_err(io_error("read", &path))?,
         path,
@@ -269,12 +278,12 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
 fn check_hint(
     dir: &Path,
     header: FileHeader,
-    file: &DiskFile,
+    source: LogSource<'_>,
     path: &Path,
     full: &Index,
 ) -> Result<Result<usize, hint::Unused>, OpenError> {
-    let log_len = file.size().map_err(io_error("read", path))?;
-    let hinted = match hint::load(dir, header, log_len) {
+    let log_len = source.0.size().map_err(io_error("read", path))?;
+    let hinted = match hint::load(dir, header, log_len, source.2) {
         Ok(hinted) => hinted,
         Err(unused) => return Ok(Err(unused)),
     };
@@ -284,7 +293,7 @@ fn check_hint(
         offset: hinted.coverage.end,
         max_sequence: hinted.coverage.max_sequence,
     };
-    replay(file, header.file_id, path, &mut index, start)?;
+    replay(source, path, &mut index, start)?;
     if !index.same_as(full) {
         return Ok(Err(hint::Unused::Rejected(
             "it disagrees with the log (the server ignores it only if it is stale; remove it)"
@@ -294,28 +303,40 @@ fn check_hint(
     Ok(Ok(keys))
 }
 
+/// A log to read: the file, its id, and its encryption.
+pub(super) type LogSource<'a> = (&'a dyn LogFile, u32, Option<&'a Cipher>);
+
 /// Applies every good record of the log from `start` on to `index`.
 fn replay(
-    file: &dyn LogFile,
-    file_id: u32,
+    source: LogSource<'_>,
     path: &Path,
     index: &mut Index,
     start: ScanStart,
 ) -> Result<ScanSummary, OpenError> {
-    scan(file, file_id, start, |record, offset| {
-        match record.header.kind {
+    let (file, file_id, cipher) = source;
+    let overhead = if cipher.is_some() {
+        ENVELOPE_OVERHEAD
+    } else {
+        0
+    };
+    scan(
+        file,
+        file_id,
+        cipher,
+        start,
+        |record, offset| match record.header.kind {
             RecordKind::Put => index.insert(
                 record.key,
                 Location {
                     offset,
-                    len: record.header.record_len() as u32,
+                    len: (record.header.record_len() as usize + overhead) as u32,
                 },
                 Attrs::of(&record.header),
             ),
             RecordKind::Delete => index.remove(record.key),
             RecordKind::Batch => unreachable!("scan visits a frame's members, not the frame"),
-        }
-    })
+        },
+    )
     .map_err(io_error("read", path))
 }
 
@@ -419,14 +440,30 @@ fn open_log(path: &Path) -> Result<(DiskFile, bool), OpenError> {
     Ok((DiskFile::new(file), len < FILE_HEADER_LEN as u64))
 }
 
-fn initialise_log(file: &DiskFile, dir: &Path, path: &Path) -> Result<(), OpenError> {
+fn initialise_log(
+    file: &DiskFile,
+    dir: &Path,
+    path: &Path,
+    key_check: u32,
+) -> Result<(), OpenError> {
     if file.size().map_err(io_error("read", path))? > 0 {
         file.truncate(0).map_err(io_error("initialise", path))?;
     }
-    file.append(0, &FileHeader::new(0).encode())
+    file.append(0, &FileHeader::new(0, key_check).encode())
         .and_then(|()| file.sync())
         .map_err(io_error("initialise", path))?;
     sync_dir(dir).map_err(io_error("sync", dir))
+}
+
+/// Refuses a log whose key check value is not `expected` (0: plain).
+pub(super) fn check_key(header: &FileHeader, expected: u32, path: &Path) -> Result<(), OpenError> {
+    let why = match (header.key_check, expected) {
+        (found, wanted) if found == wanted => return Ok(()),
+        (0, _) => "the log is not encrypted but encryption is enabled; turn encryption.enabled off, or encrypt the data with `lucid compact --new-key-file FILE` while it is off, then turn it on with that key file",
+        (_, 0) => "the log is encrypted; set encryption.enabled: true and encryption.key_file to its key file",
+        _ => "the log was encrypted with another key; encryption.key_file names the wrong key file",
+    };
+    Err(OpenError::Key(path.to_path_buf(), why))
 }
 
 /// Reads and checks the log's file header.

@@ -34,6 +34,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::crypt::{open_copy, open_record, stored_form, Cipher, ENVELOPE_OVERHEAD};
 use super::file::LogFile;
 use super::hint::{self, Coverage};
 use super::index::{Attrs, Index, Location};
@@ -300,6 +301,8 @@ pub struct Recovered {
     pub next_sequence: u64,
     /// The data directory, and its lock, held as long as the store lives.
     pub dir: Option<(PathBuf, File)>,
+    /// The log's encryption, if any.
+    pub cipher: Option<Arc<Cipher>>,
 }
 
 /// A record appended but not yet covered by an fsync (sync mode `always`).
@@ -336,6 +339,8 @@ pub(super) struct Writer {
     pub(super) next_sequence: u64,
     /// Appended records not yet covered by an fsync (`sync: always`).
     pub(super) pending: Vec<Pending>,
+    /// The log's encryption, if any.
+    pub(super) cipher: Option<Arc<Cipher>>,
 }
 
 impl Writer {
@@ -367,6 +372,8 @@ pub(super) struct Keydir {
     pub(super) file: Arc<dyn LogFile>,
     /// That file's id, which every record's CRC covers.
     pub(super) file_id: u32,
+    /// That file's encryption, if any.
+    pub(super) cipher: Option<Arc<Cipher>>,
 }
 
 /// The key-value store over one log file.
@@ -408,6 +415,7 @@ impl Store {
                 index: recovered.index,
                 file: Arc::clone(&file),
                 file_id: recovered.header.file_id,
+                cipher: recovered.cipher.clone(),
             }),
             writer: Mutex::new(Writer {
                 file,
@@ -415,6 +423,7 @@ impl Store {
                 end: recovered.end,
                 next_sequence: recovered.next_sequence,
                 pending: Vec::new(),
+                cipher: recovered.cipher,
             }),
             commit: Mutex::new(CommitState {
                 durable_sequence: recovered.next_sequence - 1,
@@ -463,14 +472,19 @@ impl Store {
         key: &[u8],
         buf: &'b mut Vec<u8>,
     ) -> Result<Option<StoredValue<'b>>, StoreError> {
-        let (location, file, file_id) = {
+        let (location, file, file_id, cipher) = {
             let keydir = read(&self.keydir);
             let Some(location) = keydir.index.get(key) else {
                 return Ok(None);
             };
-            (location, Arc::clone(&keydir.file), keydir.file_id)
+            (
+                location,
+                Arc::clone(&keydir.file),
+                keydir.file_id,
+                keydir.cipher.clone(),
+            )
         };
-        let record = read_record(&*file, file_id, location, key, buf)?;
+        let record = read_record((&*file, file_id, cipher.as_deref()), location, key, buf)?;
         if Attrs::of(&record.header).expired(now_ms()) {
             return Ok(None);
         }
@@ -516,13 +530,28 @@ impl Store {
         let mut infos = Vec::with_capacity(listed.len());
         let now = now_ms();
         for (key, _) in listed {
-            let (location, file) = {
+            let (location, file, cipher) = {
                 let keydir = read(&self.keydir);
                 let Some(location) = keydir.index.get(&key) else {
                     continue;
                 };
-                (location, Arc::clone(&keydir.file))
+                (location, Arc::clone(&keydir.file), keydir.cipher.is_some())
             };
+            if cipher {
+                // Metadata is encrypted with the value: read it all.
+                if let Some(value) = self.get(&key, &mut buf)? {
+                    infos.push(KeyInfo {
+                        size: value.value.len() as u64,
+                        version: value.sequence,
+                        content_type: value.content_type.to_vec(),
+                        updated_at_ms: value.timestamp_ms,
+                        expires_at_ms: value.expires_at_ms,
+                        locked: value.locked,
+                        key,
+                    });
+                }
+                continue;
+            }
             let head =
                 (RECORD_HEADER_LEN + key.len() + MAX_CONTENT_TYPE_LEN).min(location.len as usize);
             buf.resize(head, 0);
@@ -615,7 +644,8 @@ impl Store {
             file_id: writer.header.file_id,
             offset: state.location.offset,
         };
-        let record = read_record(&*writer.file, at.file_id, state.location, key, &mut old)?;
+        let source = (&*writer.file, at.file_id, writer.cipher.as_deref());
+        let record = read_record(source, state.location, key, &mut old)?;
         let current = Current {
             key: record.key,
             value: record.value,
@@ -806,9 +836,13 @@ impl Store {
             offset,
         };
         RecordBuilder::seal(record, sequence, now_ms(), at);
-        self.append_bytes(&mut writer, record)?;
+        let cipher = writer.cipher.clone();
+        let mut envelope = Vec::new();
+        let stored = stored_form(cipher.as_deref(), record, at, &mut envelope);
+        self.append_bytes(&mut writer, stored)?;
+        let stored_len = stored.len();
         let view = verify(record, at).map_err(|_| corrupt(offset))?;
-        self.register(&mut writer, &view, offset, offset, op);
+        self.register(&mut writer, &view, offset, stored_len, offset, op);
         self.finish(writer, sequence)?;
         Ok(sequence)
     }
@@ -827,13 +861,40 @@ impl Store {
             file_id: writer.header.file_id,
             offset,
         };
-        let last = FrameBuilder::seal(frame, writer.next_sequence, now_ms(), at);
-        self.append_bytes(writer, frame)?;
-        let view = verify(frame, at).map_err(|_| corrupt(offset))?;
+        let (first, now) = (writer.next_sequence, now_ms());
+        let cipher = writer.cipher.clone();
+        let mut wrapped = Vec::new();
+        let (last, stored): (u64, &[u8]) = match cipher.as_deref() {
+            None => (FrameBuilder::seal(frame, first, now, at), frame),
+            Some(cipher) => {
+                let seal =
+                    |member: &[u8], place, out: &mut Vec<u8>| cipher.seal(member, place, out);
+                let last = FrameBuilder::seal_wrapped(
+                    frame,
+                    first,
+                    now,
+                    at,
+                    ENVELOPE_OVERHEAD,
+                    &mut wrapped,
+                    seal,
+                );
+                (last, &wrapped)
+            }
+        };
+        self.append_bytes(writer, stored)?;
+        let view = verify(stored, at).map_err(|_| corrupt(offset))?;
+        let mut scratch = Vec::new();
         for member in members(&view, at) {
             let (member_offset, member) = member.map_err(|_| corrupt(offset))?;
-            let op = op_of(&member);
-            self.register(writer, &member, member_offset, offset, op);
+            let place = Position {
+                offset: member_offset,
+                ..at
+            };
+            let stored_len = member.bytes.len();
+            let plain = open_copy(cipher.as_deref(), member, place, &mut scratch)
+                .map_err(|_| corrupt(offset))?;
+            let op = op_of(&plain);
+            self.register(writer, &plain, member_offset, stored_len, offset, op);
         }
         Ok(last)
     }
@@ -853,14 +914,16 @@ impl Store {
         Ok(())
     }
 
-    /// Records an appended record (at `offset`; `frame_offset` is where its
-    /// frame starts, or `offset` again): published at once, or pending
+    /// Records an appended record (its plain form; stored at `offset` in
+    /// `stored_len` bytes; `frame_offset` is where its frame starts, or
+    /// `offset` again): published at once, or pending
     /// until its fsync with `sync: always`.
     fn register(
         &self,
         writer: &mut Writer,
         record: &RecordView<'_>,
         offset: u64,
+        stored_len: usize,
         frame_offset: u64,
         op: EventOp,
     ) {
@@ -868,7 +931,7 @@ impl Store {
         let location = (header.kind == RecordKind::Put).then(|| {
             let location = Location {
                 offset,
-                len: record.bytes.len() as u32,
+                len: stored_len as u32,
             };
             (location, Attrs::of(&header))
         });
@@ -1022,7 +1085,12 @@ impl Store {
             max_sequence: writer.next_sequence - 1 - writer.pending.len() as u64,
         };
         self.sync_log(&*writer.file)?;
-        hint::write(dir, coverage, &read(&self.keydir).index)
+        hint::write(
+            dir,
+            coverage,
+            &read(&self.keydir).index,
+            writer.cipher.as_deref(),
+        )
     }
 
     /// Waits until no group sync runs and keeps others from starting, so
@@ -1095,16 +1163,17 @@ fn expect_of(op: &BatchOp<'_>) -> Expect {
 
 /// Reads the record of `key` at `location` into `buf` and verifies it.
 fn read_record<'b>(
-    file: &dyn LogFile,
-    file_id: u32,
+    source: (&dyn LogFile, u32, Option<&Cipher>),
     location: Location,
     key: &[u8],
     buf: &'b mut Vec<u8>,
 ) -> Result<RecordView<'b>, StoreError> {
+    let (file, file_id, cipher) = source;
     let offset = location.offset;
     buf.resize(location.len as usize, 0);
     file.read_at(buf, offset).map_err(StoreError::Io)?;
-    let record = verify(buf, Position { file_id, offset }).map_err(|_| corrupt(offset))?;
+    let record =
+        open_record(cipher, buf, Position { file_id, offset }).map_err(|_| corrupt(offset))?;
     if record.key != key || record.header.kind != RecordKind::Put {
         return Err(corrupt(offset));
     }
@@ -1148,7 +1217,7 @@ mod tests {
     use crate::store::testing::{batch_put, set_attrs, try_put as put, MemFile};
 
     fn empty_store(sync: SyncMode) -> (Arc<MemFile>, Arc<Store>) {
-        let header = FileHeader::new(0);
+        let header = FileHeader::new(0, 0);
         let file = Arc::new(MemFile::with_bytes(&header.encode()));
         let recovered = Recovered {
             index: Index::default(),
@@ -1156,6 +1225,7 @@ mod tests {
             next_sequence: 1,
             header,
             dir: None,
+            cipher: None,
         };
         let store = Store::new(file.clone(), recovered, sync);
         (file, store)
@@ -1244,8 +1314,9 @@ mod tests {
             index,
             end: bytes.len() as u64,
             next_sequence: 2,
-            header: FileHeader::new(0),
+            header: FileHeader::new(0, 0),
             dir: None,
+            cipher: None,
         };
         let store = Store::new(damaged, recovered, SyncMode::Never);
         let mut buf = Vec::new();

@@ -23,7 +23,13 @@
 //!           1 locked           u8, 0 or 1
 //!           8 expires at       u64, milliseconds since the epoch, 0 = never
 //!           - key bytes        (a key listed above)
-//! trailer:  4 CRC-32 of every byte before it
+//! trailer:  4 CRC-32 of every byte after the version
+//! ```
+//!
+//! An encrypted store's hint starts with b"LUCIDHNE" instead, and everything
+//! after the version is encrypted (see [`super::crypt`]).
+//!
+//! ```text
 //! ```
 //!
 //! # Trust
@@ -39,6 +45,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
+use super::crypt::Cipher;
 use super::directory::sync_dir;
 use super::index::{Attrs, Index, Key, Location};
 use super::record::FileHeader;
@@ -48,6 +55,8 @@ pub const HINT_FILE: &str = "data.hint";
 /// Name of a hint file being written.
 pub const HINT_TMP: &str = "data.hint.tmp";
 const MAGIC: &[u8; 8] = b"LUCIDHNT";
+/// Magic of an encrypted hint file.
+const SEALED_MAGIC: &[u8; 8] = b"LUCIDHNE";
 const VERSION: u32 = 2;
 const HEADER_LEN: usize = 48;
 
@@ -62,16 +71,38 @@ pub struct Coverage {
     pub max_sequence: u64,
 }
 
-/// Writes `index`, which reflects the log up to `coverage`, as the hint file.
-pub fn write(dir: &Path, coverage: Coverage, index: &Index) -> io::Result<()> {
+/// Writes `index`, which reflects the log up to `coverage`, as the hint file
+/// (encrypted with `cipher` if the store is).
+pub fn write(
+    dir: &Path,
+    coverage: Coverage,
+    index: &Index,
+    cipher: Option<&Cipher>,
+) -> io::Result<()> {
     let tmp = dir.join(HINT_TMP);
-    let file = File::create(&tmp)?;
+    let mut file = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+    file.write_all(if cipher.is_some() {
+        SEALED_MAGIC
+    } else {
+        MAGIC
+    })?;
+    file.write_all(&VERSION.to_le_bytes())?;
+    let file = match cipher {
+        None => write_body(file, coverage, index)?,
+        Some(cipher) => write_body(cipher.stream_writer(file)?, coverage, index)?.finish()?,
+    };
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    fs::rename(&tmp, dir.join(HINT_FILE))?;
+    sync_dir(dir)
+}
+
+/// Writes everything after the magic and version, CRC trailer included.
+fn write_body<W: Write>(inner: W, coverage: Coverage, index: &Index) -> io::Result<W> {
     let mut out = CrcWriter {
-        inner: BufWriter::with_capacity(256 * 1024, file),
+        inner,
         crc: crc32fast::Hasher::new(),
     };
-    out.write_all(MAGIC)?;
-    out.write_all(&VERSION.to_le_bytes())?;
     out.write_all(&coverage.log.file_id.to_le_bytes())?;
     out.write_all(&coverage.log.base_sequence.to_le_bytes())?;
     out.write_all(&coverage.end.to_le_bytes())?;
@@ -94,10 +125,7 @@ pub fn write(dir: &Path, coverage: Coverage, index: &Index) -> io::Result<()> {
     let crc = out.crc.clone().finalize();
     let mut inner = out.inner;
     inner.write_all(&crc.to_le_bytes())?;
-    let file = inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    fs::rename(&tmp, dir.join(HINT_FILE))?;
-    sync_dir(dir)
+    Ok(inner)
 }
 
 /// A hint that was accepted: the index and where log scanning resumes.
@@ -117,27 +145,52 @@ pub enum Unused {
     Rejected(String),
 }
 
-/// Loads the hint for the log with header `log` and length `log_len`.
-pub fn load(dir: &Path, log: FileHeader, log_len: u64) -> Result<Loaded, Unused> {
+/// Loads the hint for the log with header `log` and length `log_len`,
+/// decrypting it with `cipher` if the store is encrypted.
+pub fn load(
+    dir: &Path,
+    log: FileHeader,
+    log_len: u64,
+    cipher: Option<&Cipher>,
+) -> Result<Loaded, Unused> {
     let file = match File::open(dir.join(HINT_FILE)) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(Unused::Missing),
         Err(err) => return Err(Unused::Rejected(format!("cannot open it: {err}"))),
     };
-    read(file, log, log_len).map_err(Unused::Rejected)
+    read(file, log, log_len, cipher).map_err(Unused::Rejected)
 }
 
-fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
+fn read(
+    file: File,
+    log: FileHeader,
+    log_len: u64,
+    cipher: Option<&Cipher>,
+) -> Result<Loaded, String> {
     let truncated = |err: io::Error| format!("it is truncated or unreadable ({err})");
+    let mut file = BufReader::with_capacity(256 * 1024, file);
+    let mut header = [0u8; HEADER_LEN];
+    file.read_exact(&mut header[..12]).map_err(truncated)?;
+    let expected = if cipher.is_some() {
+        SEALED_MAGIC
+    } else {
+        MAGIC
+    };
+    if &header[0..8] != expected {
+        return Err(match cipher {
+            Some(_) => "it is not an encrypted Lucid hint file".into(),
+            None => "it is not a plain Lucid hint file".into(),
+        });
+    }
+    let body: Box<dyn Read> = match cipher {
+        Some(cipher) => Box::new(cipher.stream_reader(file).map_err(truncated)?),
+        None => Box::new(file),
+    };
     let mut input = CrcReader {
-        inner: BufReader::with_capacity(256 * 1024, file),
+        inner: body,
         crc: crc32fast::Hasher::new(),
     };
-    let mut header = [0u8; HEADER_LEN];
-    input.read_exact(&mut header).map_err(truncated)?;
-    if &header[0..8] != MAGIC {
-        return Err("it is not a Lucid hint file".into());
-    }
+    input.read_exact(&mut header[12..]).map_err(truncated)?;
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
         return Err(format!(
@@ -149,6 +202,7 @@ fn read(file: File, log: FileHeader, log_len: u64) -> Result<Loaded, String> {
         log: FileHeader {
             file_id: u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")),
             base_sequence: u64_at(16),
+            key_check: log.key_check,
         },
         end: u64_at(24),
         max_sequence: u64_at(32),

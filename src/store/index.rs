@@ -237,12 +237,14 @@ impl Index {
         self.entries.values().copied()
     }
 
-    /// Moves every entry to a new offset; `offsets` is in key order, one per
-    /// entry, as [`locations`](Self::locations) listed them.
-    pub fn set_locations(&mut self, offsets: &[u64]) {
-        assert_eq!(offsets.len(), self.entries.len());
-        for (location, &offset) in self.entries.values_mut().zip(offsets) {
-            location.offset = offset;
+    /// Moves every entry to a new location; `locations` is in key order,
+    /// one per entry, as [`locations`](Self::locations) listed them.
+    pub fn set_locations(&mut self, locations: &[Location]) {
+        assert_eq!(locations.len(), self.entries.len());
+        self.live_bytes = 0;
+        for (slot, location) in self.entries.values_mut().zip(locations) {
+            *slot = *location;
+            self.live_bytes += u64::from(location.len);
         }
     }
 

@@ -13,6 +13,8 @@
 //!   put a failing disk underneath.
 //! * **Hint file**: an index snapshot written after compaction and at clean
 //!   shutdown, so a restart scans only the log written since. See [`hint`].
+//! * **Encryption at rest** (optional): every record in an authenticated
+//!   envelope bound to its place in the log. See [`crypt`].
 //! * **Expiry**: keys with a time to live, swept by a background thread.
 //!   See [`expiry`].
 //! * **Compaction**: rewriting the log with only live records, crash-safe at
@@ -21,6 +23,7 @@
 //!   [`directory`].
 
 pub mod compaction;
+pub mod crypt;
 pub mod directory;
 pub mod engine;
 pub mod expiry;
@@ -34,7 +37,7 @@ pub mod scan;
 pub mod testing;
 
 pub use compaction::{spawn_compactor, CompactionError, CompactionPolicy};
-pub use directory::{check, open, OpenError};
+pub use directory::{check, open, open_with, OpenError};
 pub use engine::{Store, StoreError, StoredValue, SyncMode, WriteOutcome};
 pub use expiry::spawn_expiry_sweeper;
 pub use repair::repair;

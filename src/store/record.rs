@@ -13,7 +13,9 @@
 //!                             ones (lets compaction drop the newest
 //!                             tombstones without numbers being reused)
 //!     24    4 header CRC-32   over bytes 0..24
-//!     28    4 reserved        0
+//!     28    4 key check       u32 LE: 0 for a plain log; for an encrypted
+//!                             one a value derived from the key, so a wrong
+//!                             key is told at once (see crypt.rs)
 //! ```
 //!
 //! # Record (40-byte header, then key, content type and value)
@@ -27,7 +29,8 @@
 //!             copied from another log) never pass as a record.
 //!      4    1 kind            1 = put, 2 = delete (tombstone), 3 = batch frame
 //!      5    1 flags           bit 0: locked (puts only), bit 1: member of a
-//!                             batch frame; other bits 0
+//!                             batch frame, bit 2: encrypted envelope (see
+//!                             crypt.rs); other bits 0
 //!      6    2 key length      u16 LE, 1..=65535
 //!      8    4 value length    u32 LE (0 for a tombstone)
 //!     12    1 content type length u8 (0 for a tombstone)
@@ -78,6 +81,8 @@ pub const MAX_VALUE_LEN: usize = (u32::MAX as usize) - RECORD_HEADER_LEN - 2 * M
 pub const FLAG_LOCKED: u8 = 1;
 /// Flag of a record that is a member of a batch frame.
 pub const FLAG_MEMBER: u8 = 2;
+/// Flag of an envelope: an encrypted record (see [`super::crypt`]).
+pub const FLAG_ENCRYPTED: u8 = 4;
 
 /// What a record does to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,8 +145,8 @@ impl RecordHeader {
         let flags = bytes[5];
         let reserved = &bytes[13..16];
         let allowed = match kind {
-            RecordKind::Put => FLAG_LOCKED | FLAG_MEMBER,
-            RecordKind::Delete => FLAG_MEMBER,
+            RecordKind::Put => FLAG_LOCKED | FLAG_MEMBER | FLAG_ENCRYPTED,
+            RecordKind::Delete => FLAG_MEMBER | FLAG_ENCRYPTED,
             RecordKind::Batch => 0,
         };
         if flags & !allowed != 0 || reserved.iter().any(|&b| b != 0) {
@@ -159,7 +164,14 @@ impl RecordHeader {
             expires_at_ms: u64_at(bytes, 32),
         };
         let no_value = header.value_len == 0 && header.content_type_len == 0;
+        let envelope_shaped = header.key_len == 0
+            && header.content_type_len == 0
+            && header.timestamp_ms == 0
+            && header.expires_at_ms == 0
+            && flags & FLAG_LOCKED == 0
+            && header.value_len as usize > super::crypt::ENVELOPE_OVERHEAD;
         let well_formed = match kind {
+            _ if flags & FLAG_ENCRYPTED != 0 => envelope_shaped,
             RecordKind::Put => header.key_len > 0,
             RecordKind::Delete => header.key_len > 0 && no_value,
             RecordKind::Batch => {
@@ -180,6 +192,11 @@ impl RecordHeader {
     /// Whether this record is a member of a batch frame.
     pub fn is_member(&self) -> bool {
         self.flags & FLAG_MEMBER != 0
+    }
+
+    /// Whether this record is an envelope around an encrypted record.
+    pub fn is_encrypted(&self) -> bool {
+        self.flags & FLAG_ENCRYPTED != 0
     }
 }
 
@@ -434,6 +451,51 @@ impl FrameBuilder {
     }
 }
 
+impl FrameBuilder {
+    /// Seals a frame like [`seal`](Self::seal), but writes it to `out` with
+    /// every member in its stored form: `wrap` turns a member sealed for a
+    /// position into what the log holds there (an envelope), `overhead`
+    /// bytes longer. Returns the last member's sequence number.
+    pub fn seal_wrapped(
+        buf: &mut [u8],
+        first: u64,
+        timestamp_ms: u64,
+        at: Position,
+        overhead: usize,
+        out: &mut Vec<u8>,
+        mut wrap: impl FnMut(&[u8], Position, &mut Vec<u8>),
+    ) -> u64 {
+        out.clear();
+        out.extend_from_slice(&buf[..RECORD_HEADER_LEN]);
+        let mut sequence = first;
+        let mut from = RECORD_HEADER_LEN;
+        while from < buf.len() {
+            let len = RecordBuilder::len_of(&buf[from..]);
+            let member = &mut buf[from..from + len];
+            member[16..24].copy_from_slice(&sequence.to_le_bytes());
+            member[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+            let place = Position {
+                offset: at.offset + out.len() as u64,
+                ..at
+            };
+            RecordBuilder::restamp(member, place);
+            let before = out.len();
+            wrap(member, place, out);
+            debug_assert_eq!(out.len() - before, len + overhead);
+            sequence += 1;
+            from += len;
+        }
+        let last = sequence - 1;
+        let members_len = u32::try_from(out.len() - RECORD_HEADER_LEN).expect("frame size checked");
+        out[8..12].copy_from_slice(&members_len.to_le_bytes());
+        out[16..24].copy_from_slice(&last.to_le_bytes());
+        out[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+        let crc = checksum(&out[4..], at);
+        out[0..4].copy_from_slice(&crc.to_le_bytes());
+        last
+    }
+}
+
 /// The members of a verified batch frame at `at`, each verified at its own
 /// position: `(offset in the log, record)`.
 pub fn members<'a>(frame: &RecordView<'a>, at: Position) -> Members<'a> {
@@ -528,11 +590,13 @@ pub struct FileHeader {
     /// The last sequence number issued when the file was created; records
     /// appended later get larger ones.
     pub base_sequence: u64,
+    /// The encryption key's check value, 0 for a plain log.
+    pub key_check: u32,
 }
 
 impl FileHeader {
     /// The header of a new log file, with a fresh random id.
-    pub fn new(base_sequence: u64) -> Self {
+    pub fn new(base_sequence: u64, key_check: u32) -> Self {
         use std::hash::{BuildHasher, Hasher};
         // RandomState is seeded from the OS's random source.
         let random = std::collections::hash_map::RandomState::new()
@@ -541,6 +605,7 @@ impl FileHeader {
         Self {
             file_id: random as u32,
             base_sequence,
+            key_check,
         }
     }
 
@@ -553,6 +618,7 @@ impl FileHeader {
         header[16..24].copy_from_slice(&self.base_sequence.to_le_bytes());
         let crc = crc32fast::hash(&header[0..24]);
         header[24..28].copy_from_slice(&crc.to_le_bytes());
+        header[28..32].copy_from_slice(&self.key_check.to_le_bytes());
         header
     }
 
@@ -571,6 +637,7 @@ impl FileHeader {
         Ok(Self {
             file_id: u32_at(bytes, 12),
             base_sequence: u64_at(bytes, 16),
+            key_check: u32_at(bytes, 28),
         })
     }
 }
@@ -713,10 +780,13 @@ mod tests {
 
     #[test]
     fn file_header_round_trips_and_rejects_damage() {
-        let fresh = FileHeader::new(42);
+        let fresh = FileHeader::new(42, 0);
         let header = fresh.encode();
         assert_eq!(FileHeader::decode(&header), Ok(fresh));
-        assert_ne!(FileHeader::new(42).file_id, FileHeader::new(42).file_id);
+        assert_ne!(
+            FileHeader::new(42, 0).file_id,
+            FileHeader::new(42, 0).file_id
+        );
         let mut other = header;
         other[0] = b'X';
         assert_eq!(FileHeader::decode(&other), Err(FileHeaderError::NotALog));

@@ -14,8 +14,10 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use super::crypt::{stored_form, Cipher};
 use super::directory::{
-    create_unique, io_error as io_err, lock_dir, read_header, sync_dir, OpenError, LOG_FILE,
+    check_key, create_unique, io_error as io_err, lock_dir, read_header, sync_dir, OpenError,
+    LOG_FILE,
 };
 use super::file::DiskFile;
 use super::hint::HINT_FILE;
@@ -40,11 +42,12 @@ pub struct RepairReport {
 
 /// Repairs the log in `dir` (see the module documentation). A log without
 /// damage is left alone.
-pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
+pub fn repair(dir: &Path, cipher: Option<&Cipher>) -> Result<RepairReport, OpenError> {
     let _lock = lock_dir(dir)?;
     let path = dir.join(LOG_FILE);
     let log = DiskFile::new(File::open(&path).map_err(io_err("open", &path))?);
     let header = read_header(&log, &path)?;
+    check_key(&header, cipher.map_or(0, Cipher::check_value), &path)?;
     let tmp = dir.join(REPAIR_FILE);
     let mut out = BufWriter::new(File::create(&tmp).map_err(io_err("create", &tmp))?);
     let mut report = RepairReport {
@@ -55,13 +58,13 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
     };
     let mut write_error = None;
     let mut start = ScanStart::BEGINNING;
-    let new_header = FileHeader::new(header.base_sequence);
+    let new_header = FileHeader::new(header.base_sequence, header.key_check);
     if let Err(err) = out.write_all(&new_header.encode()) {
         write_error = Some(err);
     }
-    let mut scratch = Vec::new();
+    let (mut scratch, mut sealed) = (Vec::new(), Vec::new());
     loop {
-        let summary = scan(&log, header.file_id, start, |record, _| {
+        let summary = scan(&log, header.file_id, cipher, start, |record, _| {
             // Stamped for where it lands in the repaired log.
             let at = Position {
                 file_id: new_header.file_id,
@@ -72,13 +75,14 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
             // Batch members are only visited when their whole frame is
             // good; they are kept as plain records.
             RecordBuilder::detach(&mut scratch, at);
+            let stored = stored_form(cipher, &scratch, at, &mut sealed);
             if write_error.is_none() {
-                if let Err(err) = out.write_all(&scratch) {
+                if let Err(err) = out.write_all(stored) {
                     write_error = Some(err);
                 }
             }
             report.records_kept += 1;
-            report.bytes_kept += record.bytes.len() as u64;
+            report.bytes_kept += stored.len() as u64;
         })
         .map_err(io_err("read", &path))?;
         match summary.damage {
@@ -187,7 +191,7 @@ mod tests {
             open(dir.path(), SyncMode::Always),
             Err(OpenError::Corrupt { .. })
         ));
-        let report = repair(dir.path()).unwrap();
+        let report = repair(dir.path(), None).unwrap();
         assert_eq!(report.records_kept, 2);
         assert_eq!(report.dropped.len(), 1);
         let broken = report.broken_copy.unwrap();
@@ -209,13 +213,13 @@ mod tests {
     #[test]
     fn repairs_in_the_same_second_keep_every_damaged_log() {
         let (dir, _, damaged) = damaged_directory();
-        let first = repair(dir.path()).unwrap().broken_copy.unwrap();
+        let first = repair(dir.path(), None).unwrap().broken_copy.unwrap();
         // Damage the repaired log again and repair at once.
         let log = dir.path().join(LOG_FILE);
         let mut bytes = fs::read(&log).unwrap();
         bytes[FILE_HEADER_LEN + RECORD_HEADER_LEN + 1] ^= 0x20;
         fs::write(&log, &bytes).unwrap();
-        let second = repair(dir.path()).unwrap().broken_copy.unwrap();
+        let second = repair(dir.path(), None).unwrap().broken_copy.unwrap();
         assert_ne!(first, second);
         assert_eq!(
             fs::read(first).unwrap(),
@@ -228,7 +232,7 @@ mod tests {
     #[test]
     fn a_directory_whose_log_vanished_does_not_start_empty() {
         let (dir, _, _) = damaged_directory();
-        repair(dir.path()).unwrap();
+        repair(dir.path(), None).unwrap();
         fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
         let err = open(dir.path(), SyncMode::Always)
             .err()
@@ -250,7 +254,7 @@ mod tests {
             put(&store, &mut model, "k", b"v");
         }
         let before = fs::read(dir.path().join(LOG_FILE)).unwrap();
-        let report = repair(dir.path()).unwrap();
+        let report = repair(dir.path(), None).unwrap();
         assert!(report.dropped.is_empty() && report.broken_copy.is_none());
         assert_eq!(fs::read(dir.path().join(LOG_FILE)).unwrap(), before);
         assert_eq!(
@@ -264,10 +268,13 @@ mod tests {
     fn repair_refuses_to_run_beside_an_open_store() {
         let (dir, _, _) = damaged_directory();
         let (store, _) = {
-            repair(dir.path()).unwrap();
+            repair(dir.path(), None).unwrap();
             open(dir.path(), SyncMode::Always).unwrap()
         };
-        assert!(matches!(repair(dir.path()), Err(OpenError::Locked(_))));
+        assert!(matches!(
+            repair(dir.path(), None),
+            Err(OpenError::Locked(_))
+        ));
         drop(store);
     }
 }

@@ -18,11 +18,15 @@
 //! A batch frame is one record for this rule: its members are visited only
 //! if the whole frame is good, so a torn batch is cut as a whole.
 //!
+//! In an encrypted log, a record that fails authentication counts as one
+//! that fails its CRC.
+//!
 //! A record whose CRC does not match is never indexed, so it is never served.
 //! The scan reads through a bounded window: the log is never loaded whole.
 
 use std::io;
 
+use super::crypt::{open_copy, Cipher};
 use super::file::LogFile;
 use super::record::{
     members, verify, Position, RecordChecksum, RecordHeader, RecordKind, RecordView,
@@ -89,10 +93,12 @@ impl ScanStart {
 pub fn scan(
     file: &dyn LogFile,
     file_id: u32,
+    cipher: Option<&Cipher>,
     start: ScanStart,
     mut visit: impl FnMut(&RecordView<'_>, u64),
 ) -> io::Result<ScanSummary> {
     let mut reader = WindowReader::new(file, file_id)?;
+    let mut scratch = Vec::new();
     let mut summary = ScanSummary {
         good_end: start.offset,
         records: 0,
@@ -106,19 +112,43 @@ pub fn scan(
             Some(record) if record.header.kind == RecordKind::Batch => {
                 // Members are checked before any is visited: a frame counts
                 // whole or not at all.
-                let sound = members(&record, at).all(|member| member.is_ok());
+                let mut open =
+                    |member: Result<(u64, RecordView<'_>), _>,
+                     visit: &mut dyn FnMut(&RecordView<'_>, u64)| {
+                        let Ok((member_offset, member)) = member else {
+                            return false;
+                        };
+                        let place = Position {
+                            offset: member_offset,
+                            ..at
+                        };
+                        match open_copy(cipher, member, place, &mut scratch) {
+                            Ok(plain) => {
+                                visit(&plain, member_offset);
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    };
+                let sound = members(&record, at).all(|member| open(member, &mut |_, _| {}));
                 if sound {
-                    for (member_offset, member) in members(&record, at).flatten() {
-                        visit(&member, member_offset);
+                    for member in members(&record, at) {
+                        open(member, &mut visit);
                         summary.records += 1;
                     }
                 }
                 sound.then_some(record.header)
             }
             Some(record) => {
-                visit(&record, offset);
-                summary.records += 1;
-                Some(record.header)
+                let header = record.header;
+                match open_copy(cipher, record, at, &mut scratch) {
+                    Ok(plain) => {
+                        visit(&plain, offset);
+                        summary.records += 1;
+                        Some(header)
+                    }
+                    Err(_) => None,
+                }
             }
             None => None,
         };
@@ -282,7 +312,7 @@ mod tests {
     /// A log with `count` records "key-i" = "value-i"; returns it with the
     /// offset of every record.
     fn log_with(count: u64) -> (Vec<u8>, Vec<u64>) {
-        let mut log = FileHeader::new(0).encode().to_vec();
+        let mut log = FileHeader::new(0, 0).encode().to_vec();
         let offsets = (1..=count)
             .map(|i| {
                 append(
@@ -299,9 +329,13 @@ mod tests {
     fn keys_of(log: &[u8]) -> (Vec<String>, ScanSummary) {
         let file = MemFile::with_bytes(log);
         let mut keys = Vec::new();
-        let summary = scan(&file, file_id(log), ScanStart::BEGINNING, |record, _| {
-            keys.push(String::from_utf8(record.key.to_vec()).unwrap())
-        })
+        let summary = scan(
+            &file,
+            file_id(log),
+            None,
+            ScanStart::BEGINNING,
+            |record, _| keys.push(String::from_utf8(record.key.to_vec()).unwrap()),
+        )
         .unwrap();
         (keys, summary)
     }
@@ -387,7 +421,7 @@ mod tests {
 
     #[test]
     fn records_larger_than_the_window_are_read_whole() {
-        let mut log = FileHeader::new(0).encode().to_vec();
+        let mut log = FileHeader::new(0, 0).encode().to_vec();
         let big = vec![7u8; WINDOW * 3 + 11];
         append(&mut log, b"big-1", &big, 1);
         append(&mut log, b"big-2", &big, 2);
@@ -398,7 +432,7 @@ mod tests {
 
     #[test]
     fn a_header_damaged_to_claim_a_huge_length_is_never_read_whole() {
-        let mut log = FileHeader::new(0).encode().to_vec();
+        let mut log = FileHeader::new(0, 0).encode().to_vec();
         append(&mut log, b"first", b"1", 1);
         let damaged = append(&mut log, b"second", b"2", 2) as usize;
         let big = append(&mut log, b"third", &vec![3u8; WINDOW * 2], 3);
@@ -407,9 +441,13 @@ mod tests {
         log[damaged + 8..damaged + 12].copy_from_slice(&claimed.to_le_bytes());
         let file = MemFile::with_bytes(&log);
         let mut keys = Vec::new();
-        let summary = scan(&file, file_id(&log), ScanStart::BEGINNING, |record, _| {
-            keys.push(record.key.to_vec())
-        })
+        let summary = scan(
+            &file,
+            file_id(&log),
+            None,
+            ScanStart::BEGINNING,
+            |record, _| keys.push(record.key.to_vec()),
+        )
         .unwrap();
         assert_eq!(keys, [b"first".to_vec()]);
         assert_eq!(
@@ -432,7 +470,7 @@ mod tests {
         // A value holding a whole record (a log backup stored as a blob),
         // written to look as new as can be; then the write is torn.
         let (mut log, offsets) = log_with(2);
-        let mut other = FileHeader::new(0).encode().to_vec();
+        let mut other = FileHeader::new(0, 0).encode().to_vec();
         append(&mut other, b"victim", b"FORGED", u64::MAX - 1);
         let embedded = &other[FILE_HEADER_LEN..];
         let blob = [&[b'b'; 100][..], embedded, &[b'b'; 100]].concat();

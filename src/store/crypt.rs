@@ -1,0 +1,641 @@
+//! Encryption at rest: the key file, the record envelope, and encrypted hint
+//! files.
+//!
+//! # Envelope
+//!
+//! With encryption on, every put and delete record (batch members included)
+//! is first built and sealed as a plain record (see [`super::record`]), then
+//! wrapped whole in an envelope, which is what the log holds:
+//!
+//! ```text
+//! offset size field
+//!      0   40 record header: CRC (as for any record), kind (put/delete),
+//!             flags (encrypted, plus batch member), key and content type
+//!             length 0, value length = the rest, sequence number; timestamp
+//!             and expiry 0
+//!     40   24 random nonce (XChaCha20-Poly1305)
+//!     64    n the plain record (header, key, content type, value), encrypted
+//!   64+n   16 authentication tag
+//! ```
+//!
+//! The associated data is the log's file id, the envelope's offset and the
+//! envelope header, so an envelope is authentic only where it was written:
+//! records cannot be moved, swapped or replayed between files. Keys, values,
+//! content types, times, expiries and locks are all inside; the disk shows
+//! only record sizes, kinds and sequence numbers. Moving a record
+//! (compaction, repair, key rotation) decrypts it and seals it afresh, with
+//! a new nonce, for its new place.
+//!
+//! A record that fails authentication is treated exactly like one that fails
+//! its CRC: never served, cut as a torn tail at the end of the log, a reason
+//! to refuse to start in the middle.
+//!
+//! # Key check
+//!
+//! The log's file header carries a 32-bit check value derived from the key
+//! (0 for a plain log), so starting with the wrong key, or without one,
+//! fails at once with a clear message instead of reporting damage.
+//!
+//! # Hint files
+//!
+//! An encrypted store's hint file is encrypted after its 12-byte magic and
+//! version with the STREAM construction (64 KiB segments, each
+//! authenticated, the last one marked), so it reveals nothing either.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
+use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
+use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+
+use super::record::{
+    verify, Position, RecordError, RecordHeader, RecordView, FLAG_ENCRYPTED, FLAG_MEMBER,
+    RECORD_HEADER_LEN,
+};
+
+/// Length of a key file: a 256-bit key.
+pub const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// Bytes an envelope adds to the plain record it wraps.
+pub const ENVELOPE_OVERHEAD: usize = RECORD_HEADER_LEN + NONCE_LEN + TAG_LEN;
+/// Plaintext bytes per segment of an encrypted hint file.
+const SEGMENT: usize = 64 * 1024;
+/// STREAM nonce: the XChaCha nonce less the 5 bytes of counter and flag.
+const STREAM_NONCE_LEN: usize = 19;
+
+/// The store's encryption key, ready to seal and open envelopes.
+pub struct Cipher {
+    aead: XChaCha20Poly1305,
+    check: u32,
+}
+
+/// Shows the check value only: the key never reaches a log or a message.
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cipher(check {:08x})", self.check)
+    }
+}
+
+impl Cipher {
+    /// A cipher over a raw 32-byte key.
+    pub fn from_key(key: &[u8; KEY_LEN]) -> Self {
+        let aead = XChaCha20Poly1305::new(Key::from_slice(key));
+        // The check value: a tag over nothing under a fixed nonce, which
+        // says whether two keys are the same and nothing about the key.
+        let mut empty = [];
+        let tag = aead
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&[0u8; NONCE_LEN]),
+                b"lucid key check",
+                &mut empty,
+            )
+            .expect("encrypting nothing cannot fail");
+        let check = u32::from_le_bytes(tag[..4].try_into().expect("4 bytes")).max(1);
+        Self { aead, check }
+    }
+
+    /// Reads the key file at `path`, which must hold exactly 32 bytes and be
+    /// readable by its owner only.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let metadata = fs::metadata(path).map_err(|err| {
+            format!(
+                "cannot read the encryption key file {}: {err}. Create one with `lucid init --encrypt`",
+                path.display()
+            )
+        })?;
+        let mode = metadata.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the encryption key file {} is readable by others (mode {:o}); run `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            ));
+        }
+        let bytes = fs::read(path).map_err(|err| {
+            format!(
+                "cannot read the encryption key file {}: {err}",
+                path.display()
+            )
+        })?;
+        let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
+            format!(
+                "the encryption key file {} must hold exactly {KEY_LEN} bytes, not {}",
+                path.display(),
+                bytes.len()
+            )
+        })?;
+        Ok(Self::from_key(&key))
+    }
+
+    /// Creates a new key file at `path` (mode 0600) from the OS's random
+    /// source; never overwrites an existing file.
+    pub fn create_key_file(path: &Path) -> Result<(), String> {
+        let key = XChaCha20Poly1305::generate_key(&mut OsRng);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|err| match err.kind() {
+                io::ErrorKind::AlreadyExists => format!(
+                    "{} already exists; it may be the key of existing data, so it is never overwritten",
+                    path.display()
+                ),
+                _ => format!("cannot create the key file {}: {err}", path.display()),
+            })?;
+        file.write_all(&key)
+            .and_then(|()| file.sync_all())
+            .map_err(|err| format!("cannot write the key file {}: {err}", path.display()))
+    }
+
+    /// The check value stored in the log's file header (never 0).
+    pub fn check_value(&self) -> u32 {
+        self.check
+    }
+
+    /// Wraps `plain`, a whole plain record already sealed for position `at`,
+    /// in an envelope for the same position, appended to `out`.
+    pub fn seal(&self, plain: &[u8], at: Position, out: &mut Vec<u8>) {
+        let plain_header =
+            RecordHeader::decode(plain[..RECORD_HEADER_LEN].try_into().expect("header"))
+                .expect("a record built by RecordBuilder");
+        let start = out.len();
+        let body_len = NONCE_LEN + plain.len() + TAG_LEN;
+        out.extend_from_slice(&[0u8; 4]);
+        out.push(plain[4]);
+        out.push(FLAG_ENCRYPTED | (plain_header.flags & FLAG_MEMBER));
+        out.extend_from_slice(&[0u8; 2]);
+        out.extend_from_slice(&u32::try_from(body_len).expect("size checked").to_le_bytes());
+        out.extend_from_slice(&[0u8; 4]);
+        out.extend_from_slice(&plain_header.sequence.to_le_bytes());
+        out.extend_from_slice(&[0u8; 16]);
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        out.extend_from_slice(&nonce);
+        let aad = associated_data(at, &out[start + 4..start + RECORD_HEADER_LEN]);
+        let text_start = out.len();
+        out.extend_from_slice(plain);
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(&nonce, &aad, &mut out[text_start..])
+            .expect("a record is far below the cipher's size limit");
+        out.extend_from_slice(&tag);
+        super::record::RecordBuilder::restamp(&mut out[start..], at);
+    }
+
+    /// Opens the envelope `stored` (CRC already verified at `at`) in place
+    /// and returns its plain record, verified too.
+    fn open_in_place<'a>(
+        &self,
+        stored: &'a mut [u8],
+        at: Position,
+    ) -> Result<RecordView<'a>, RecordError> {
+        let len = stored.len();
+        if len < ENVELOPE_OVERHEAD + RECORD_HEADER_LEN {
+            return Err(RecordError::BadHeader);
+        }
+        let aad = associated_data(at, &stored[4..RECORD_HEADER_LEN]);
+        let (head, text) = stored.split_at_mut(RECORD_HEADER_LEN + NONCE_LEN);
+        let (text, tag) = text.split_at_mut(text.len() - TAG_LEN);
+        let nonce = XNonce::from_slice(&head[RECORD_HEADER_LEN..]);
+        self.aead
+            .decrypt_in_place_detached(nonce, &aad, text, Tag::from_slice(tag))
+            .map_err(|_| RecordError::ChecksumMismatch)?;
+        let outer_flags = head[5];
+        let plain = verify(text, at)?;
+        let same_membership = (plain.header.flags & FLAG_MEMBER) == (outer_flags & FLAG_MEMBER);
+        if plain.header.is_encrypted() || !same_membership {
+            return Err(RecordError::BadHeader);
+        }
+        Ok(plain)
+    }
+
+    /// A writer that encrypts everything written through it (hint files).
+    pub fn stream_writer<W: Write>(&self, mut inner: W) -> io::Result<SealedWriter<W>> {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let nonce = &nonce[..STREAM_NONCE_LEN];
+        inner.write_all(nonce)?;
+        Ok(SealedWriter {
+            inner,
+            encryptor: Some(EncryptorBE32::from_aead(self.aead.clone(), nonce.into())),
+            pending: Vec::with_capacity(SEGMENT),
+        })
+    }
+
+    /// A reader that decrypts what [`stream_writer`](Self::stream_writer)
+    /// wrote; a damaged, truncated or foreign stream is an error.
+    pub fn stream_reader<R: Read>(&self, mut inner: R) -> io::Result<OpenedReader<R>> {
+        let mut nonce = [0u8; STREAM_NONCE_LEN];
+        inner.read_exact(&mut nonce)?;
+        Ok(OpenedReader {
+            inner,
+            decryptor: Some(DecryptorBE32::from_aead(
+                self.aead.clone(),
+                (&nonce[..]).into(),
+            )),
+            plain: Vec::new(),
+            at: 0,
+        })
+    }
+}
+
+/// File id and offset, then the envelope header after its CRC.
+fn associated_data(at: Position, header_after_crc: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(12 + header_after_crc.len());
+    aad.extend_from_slice(&at.file_id.to_le_bytes());
+    aad.extend_from_slice(&at.offset.to_le_bytes());
+    aad.extend_from_slice(header_after_crc);
+    aad
+}
+
+/// Turns a stored record whose CRC is verified (and which `stored` holds
+/// exactly, in a buffer the caller may overwrite) into its plain record:
+/// itself in a plain log, its decrypted envelope in an encrypted one. A
+/// plain record in an encrypted log, or an envelope in a plain one, is
+/// refused as damage.
+pub fn open_record<'a>(
+    cipher: Option<&Cipher>,
+    stored: &'a mut [u8],
+    at: Position,
+) -> Result<RecordView<'a>, RecordError> {
+    let view = verify(stored, at)?;
+    match (cipher, view.header.is_encrypted()) {
+        (None, false) => Ok(verify(stored, at)?),
+        (Some(cipher), true) => cipher.open_in_place(stored, at),
+        _ => Err(RecordError::BadHeader),
+    }
+}
+
+/// [`open_record`] for a record that must stay untouched (a mapped file, a
+/// scan window): an envelope is copied to `scratch` first.
+pub fn open_copy<'a>(
+    cipher: Option<&Cipher>,
+    stored: RecordView<'a>,
+    at: Position,
+    scratch: &'a mut Vec<u8>,
+) -> Result<RecordView<'a>, RecordError> {
+    match (cipher, stored.header.is_encrypted()) {
+        (None, false) => Ok(stored),
+        (Some(cipher), true) => {
+            scratch.clear();
+            scratch.extend_from_slice(stored.bytes);
+            cipher.open_in_place(scratch, at)
+        }
+        _ => Err(RecordError::BadHeader),
+    }
+}
+
+/// Writes `plain`, a plain record sealed for `at`, as the log must hold it
+/// there: as is, or in an envelope. Returns the stored bytes.
+pub fn stored_form<'a>(
+    cipher: Option<&Cipher>,
+    plain: &'a [u8],
+    at: Position,
+    scratch: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    match cipher {
+        None => plain,
+        Some(cipher) => {
+            scratch.clear();
+            cipher.seal(plain, at, scratch);
+            scratch
+        }
+    }
+}
+
+/// Encrypts in segments; [`finish`](Self::finish) must be called to write
+/// the last one.
+pub struct SealedWriter<W: Write> {
+    inner: W,
+    encryptor: Option<EncryptorBE32<XChaCha20Poly1305>>,
+    pending: Vec<u8>,
+}
+
+impl<W: Write> SealedWriter<W> {
+    /// Writes the last segment and returns the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        let encryptor = self.encryptor.take().expect("finished once");
+        let sealed = encryptor
+            .encrypt_last(self.pending.as_slice())
+            .map_err(|_| io::Error::other("hint encryption failed"))?;
+        self.inner.write_all(&sealed)?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for SealedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = SEGMENT - self.pending.len();
+        let n = room.min(buf.len());
+        self.pending.extend_from_slice(&buf[..n]);
+        if self.pending.len() == SEGMENT {
+            let encryptor = self.encryptor.as_mut().expect("not finished");
+            let sealed = encryptor
+                .encrypt_next(self.pending.as_slice())
+                .map_err(|_| io::Error::other("hint encryption failed"))?;
+            self.inner.write_all(&sealed)?;
+            self.pending.clear();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Decrypts what a [`SealedWriter`] wrote.
+pub struct OpenedReader<R: Read> {
+    inner: R,
+    decryptor: Option<DecryptorBE32<XChaCha20Poly1305>>,
+    plain: Vec<u8>,
+    at: usize,
+}
+
+impl<R: Read> OpenedReader<R> {
+    /// Decrypts the next segment into `plain`; false after the last one.
+    /// Every segment but the last is full, and the last never is (it may be
+    /// empty), so a full read means more follows.
+    fn fill(&mut self) -> io::Result<bool> {
+        let Some(decryptor) = self.decryptor.as_mut() else {
+            return Ok(false);
+        };
+        let mut sealed = Vec::with_capacity(SEGMENT + TAG_LEN);
+        (&mut self.inner)
+            .take((SEGMENT + TAG_LEN) as u64)
+            .read_to_end(&mut sealed)?;
+        let damaged = |_| io::Error::new(io::ErrorKind::InvalidData, "it fails authentication");
+        self.plain = if sealed.len() == SEGMENT + TAG_LEN {
+            decryptor.decrypt_next(sealed.as_slice()).map_err(damaged)?
+        } else {
+            let decryptor = self.decryptor.take().expect("checked above");
+            decryptor.decrypt_last(sealed.as_slice()).map_err(damaged)?
+        };
+        self.at = 0;
+        Ok(true)
+    }
+}
+
+impl<R: Read> Read for OpenedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.plain.len() {
+            if !self.fill()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.plain.len() - self.at);
+        buf[..n].copy_from_slice(&self.plain[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::directory::LOG_FILE;
+    use crate::store::index::Attrs;
+    use crate::store::testing::{assert_matches, batch_put, churn, put, set_attrs, Model};
+    use crate::store::{check, open_with, OpenError, SyncMode};
+    use std::sync::Arc;
+
+    /// A value that must never appear in the clear on disk.
+    const MARKER: &[u8] = b"SECRET-MARKER-7f3a";
+
+    fn cipher(byte: u8) -> Option<Arc<Cipher>> {
+        Some(Arc::new(Cipher::from_key(&[byte; KEY_LEN])))
+    }
+
+    fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+        fs::read_dir(dir).unwrap().any(|entry| {
+            let bytes = fs::read(entry.unwrap().path()).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+    }
+
+    /// An encrypted directory holding plain writes, a batch, a lock and an
+    /// expiry, values with trailing NUL bytes, and the marker as a key and a
+    /// value; returns it with its model.
+    fn encrypted_store(sync: SyncMode) -> (tempfile::TempDir, Model) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_with(dir.path(), sync, cipher(1)).unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        put(&store, &mut model, "SECRET-MARKER-7f3a", b"key is secret");
+        put(&store, &mut model, "nul", b"ends with NULs\0\0\0");
+        store
+            .batch(
+                &[batch_put("b1", MARKER), batch_put("b2", MARKER)],
+                &mut Vec::new(),
+            )
+            .unwrap();
+        model.insert("b1".into(), MARKER.to_vec());
+        model.insert("b2".into(), MARKER.to_vec());
+        set_attrs(
+            &store,
+            "key-1",
+            Attrs {
+                locked: true,
+                expires_at_ms: 0,
+            },
+        );
+        drop(store);
+        (dir, model)
+    }
+
+    #[test]
+    fn an_encrypted_store_round_trips_and_shows_no_plaintext() {
+        for sync in [SyncMode::Always, SyncMode::Never] {
+            let (dir, model) = encrypted_store(sync);
+            assert!(
+                !files_contain(dir.path(), MARKER),
+                "marker found in the clear"
+            );
+            assert!(!files_contain(dir.path(), b"round 4 of key"));
+            // Full scan (no clean close), then from the encrypted hint.
+            let (store, report) = open_with(dir.path(), sync, cipher(1)).unwrap();
+            assert!(report.records > 0);
+            assert_matches(&store, &model);
+            assert!(
+                store
+                    .get(b"key-1", &mut Vec::new())
+                    .unwrap()
+                    .unwrap()
+                    .locked
+            );
+            store.close().unwrap();
+            drop(store);
+            assert!(!files_contain(dir.path(), MARKER), "hint holds the marker");
+            let (store, report) = open_with(dir.path(), sync, cipher(1)).unwrap();
+            assert_eq!(report.records, 0, "everything came from the hint");
+            assert_matches(&store, &model);
+            store.compact().unwrap();
+            assert_matches(&store, &model);
+            drop(store);
+            let (store, _) = open_with(dir.path(), sync, cipher(1)).unwrap();
+            assert_matches(&store, &model);
+            drop(store);
+            assert!(!files_contain(dir.path(), MARKER));
+            assert!(check(dir.path(), cipher(1).as_deref())
+                .unwrap()
+                .scan
+                .damage
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn a_wrong_or_missing_key_is_refused_at_once() {
+        let (dir, _) = encrypted_store(SyncMode::Always);
+        for (key, why) in [(cipher(2), "another key"), (None, "is encrypted")] {
+            match open_with(dir.path(), SyncMode::Always, key) {
+                Err(err @ OpenError::Key(..)) => {
+                    assert!(err.to_string().contains(why), "{err}")
+                }
+                other => panic!("expected a key error, got {:?}", other.map(|_| ())),
+            }
+        }
+        let plain = tempfile::tempdir().unwrap();
+        drop(open_with(plain.path(), SyncMode::Always, None).unwrap());
+        assert!(matches!(
+            open_with(plain.path(), SyncMode::Always, cipher(1)),
+            Err(OpenError::Key(..))
+        ));
+    }
+
+    #[test]
+    fn rotation_rewrites_every_value_under_the_new_key() {
+        let (dir, model) = encrypted_store(SyncMode::Always);
+        let (store, _) = open_with(dir.path(), SyncMode::Always, cipher(1)).unwrap();
+        store.compact_with(cipher(3)).unwrap();
+        assert_matches(&store, &model);
+        let mut more = model.clone();
+        put(&store, &mut more, "after-rotation", b"new key");
+        drop(store);
+        assert!(matches!(
+            open_with(dir.path(), SyncMode::Always, cipher(1)),
+            Err(OpenError::Key(..))
+        ));
+        let (store, _) = open_with(dir.path(), SyncMode::Always, cipher(3)).unwrap();
+        assert_matches(&store, &more);
+        assert!(
+            store
+                .get(b"key-1", &mut Vec::new())
+                .unwrap()
+                .unwrap()
+                .locked
+        );
+        // And back to a plain log.
+        store.compact_with(None).unwrap();
+        drop(store);
+        let (store, _) = open_with(dir.path(), SyncMode::Always, None).unwrap();
+        assert_matches(&store, &more);
+    }
+
+    #[test]
+    fn a_plain_store_can_be_encrypted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_with(dir.path(), SyncMode::Always, None).unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        put(&store, &mut model, "m", MARKER);
+        assert!(files_contain(dir.path(), MARKER));
+        store.compact_with(cipher(4)).unwrap();
+        store.close().unwrap();
+        drop(store);
+        assert!(!files_contain(dir.path(), MARKER));
+        let (store, _) = open_with(dir.path(), SyncMode::Always, cipher(4)).unwrap();
+        assert_matches(&store, &model);
+    }
+
+    #[test]
+    fn a_tampered_byte_is_never_served() {
+        let (dir, model) = encrypted_store(SyncMode::Always);
+        let log = dir.path().join(LOG_FILE);
+        let original = fs::read(&log).unwrap();
+        // Any byte of the first record's ciphertext, CRC recomputed so only
+        // the authentication can tell: a forger knows how to fix a CRC.
+        let first = crate::store::record::FILE_HEADER_LEN;
+        let header = RecordHeader::decode(
+            original[first..first + RECORD_HEADER_LEN]
+                .try_into()
+                .unwrap(),
+        )
+        .unwrap();
+        let end = first + header.record_len() as usize;
+        let file_id = crate::store::record::FileHeader::decode(original[..32].try_into().unwrap())
+            .unwrap()
+            .file_id;
+        for at in [first + RECORD_HEADER_LEN + 3, first + 70, end - 1] {
+            let mut bytes = original.clone();
+            bytes[at] ^= 0x20;
+            crate::store::record::RecordBuilder::restamp(
+                &mut bytes[first..end],
+                Position {
+                    file_id,
+                    offset: first as u64,
+                },
+            );
+            fs::write(&log, &bytes).unwrap();
+            assert!(
+                matches!(
+                    open_with(dir.path(), SyncMode::Always, cipher(1)),
+                    Err(OpenError::Corrupt { .. })
+                ),
+                "tampering at byte {at} went unnoticed"
+            );
+        }
+        fs::write(&log, &original).unwrap();
+        let (store, _) = open_with(dir.path(), SyncMode::Always, cipher(1)).unwrap();
+        assert_matches(&store, &model);
+    }
+
+    #[test]
+    fn the_key_file_must_be_private_and_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lucid.key");
+        Cipher::create_key_file(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(Cipher::load(&path).is_ok());
+        assert!(Cipher::create_key_file(&path).is_err(), "never overwritten");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Cipher::load(&path).unwrap_err().contains("chmod 600"));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&path, [1u8; 31]).unwrap();
+        assert!(Cipher::load(&path)
+            .unwrap_err()
+            .contains("exactly 32 bytes"));
+    }
+
+    #[test]
+    fn sealed_streams_round_trip_and_refuse_damage() {
+        let cipher = Cipher::from_key(&[9; KEY_LEN]);
+        for len in [0, 10, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut writer = cipher.stream_writer(Vec::new()).unwrap();
+            writer.write_all(&data).unwrap();
+            let sealed = writer.finish().unwrap();
+            let mut back = Vec::new();
+            cipher
+                .stream_reader(&sealed[..])
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, data, "length {len}");
+            let mut cut = Vec::new();
+            let truncated = &sealed[..sealed.len() - 1];
+            assert!(cipher
+                .stream_reader(truncated)
+                .unwrap()
+                .read_to_end(&mut cut)
+                .is_err());
+        }
+    }
+}
