@@ -188,6 +188,12 @@ fn kill9_during_concurrent_writes_loses_nothing_acknowledged_sync_always() {
 }
 
 #[test]
+fn kill9_during_concurrent_writes_loses_nothing_acknowledged_encrypted() {
+    let keys = tempfile::tempdir().unwrap();
+    kill9_during_concurrent_writes(encrypted(Config::new().sync("always"), keys.path(), 7));
+}
+
+#[test]
 fn kill9_during_concurrent_writes_loses_nothing_acknowledged_sync_never() {
     kill9_during_concurrent_writes(Config::new().sync("never"));
 }

@@ -855,3 +855,27 @@ pub fn assert_values(port: u16, expected: &[(String, Vec<u8>)]) {
         assert_eq!(&resp.body, value, "GET {path}: wrong value");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Encryption at rest
+// ---------------------------------------------------------------------------
+
+/// Writes a key file (32 bytes made from `seed`, mode 0600) into `dir` and
+/// returns `config` with encryption on, using it.
+pub fn encrypted(config: Config, dir: &Path, seed: u8) -> Config {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("key-{seed}"));
+    std::fs::write(&path, [seed; 32]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    config
+        .raw("encryption", "enabled: true")
+        .raw("encryption", &format!("key_file: '{}'", path.display()))
+}
+
+/// Whether any file directly in `dir` contains `needle`.
+pub fn any_file_contains(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle)
+    })
+}
