@@ -52,16 +52,22 @@ wait_for() {
   exit 1
 }
 
-# Starts Lucid with the given sync mode; sets PORT.
+# start_lucid SYNC [encrypted]: starts Lucid with the given sync mode (and
+# encryption at rest); sets PORT.
 start_lucid() {
-  local sync=$1
-  printf 'general:\n  port: 0\nstorage:\n  directory: %s/lucid-%s\n  sync: %s\n' \
-    "$work" "$sync" "$sync" > "$work/lucid-$sync.yml"
-  taskset -c $SERVER_CPU target/release/lucid --config "$work/lucid-$sync.yml" server \
-    2> "$work/lucid-$sync.log" &
+  local sync=$1 name=$1${2:+-$2} extra=""
+  if [ "${2:-}" = encrypted ]; then
+    head -c 32 /dev/urandom > "$work/lucid.key"
+    chmod 600 "$work/lucid.key"
+    extra="encryption: {enabled: true, key_file: $work/lucid.key}"
+  fi
+  printf 'general:\n  port: 0\nstorage:\n  directory: %s/lucid-%s\n  sync: %s\n%s\n' \
+    "$work" "$name" "$sync" "$extra" > "$work/lucid-$name.yml"
+  taskset -c $SERVER_CPU target/release/lucid --config "$work/lucid-$name.yml" server \
+    2> "$work/lucid-$name.log" &
   pids+=($!)
   for _ in $(seq 1 300); do
-    PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) (.*/\1/p' "$work/lucid-$sync.log" | head -1)
+    PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) (.*/\1/p' "$work/lucid-$name.log" | head -1)
     [ -n "$PORT" ] && break
     sleep 0.1
   done
@@ -159,6 +165,10 @@ measure lucid W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
 measure lucid-interval W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
 measure lucid W3-get90-put10 mix.lua 64 2 "http://127.0.0.1:$PORT"
 
+start_lucid interval encrypted
+measure lucid-encrypted W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
+measure lucid-encrypted W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
+
 start_lucid always
 before=$(fsyncs "$PORT")
 measure lucid-always W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
@@ -198,6 +208,8 @@ ratios=$(cat <<EOF
 | W2 PUT (sync=always) req/s, Lucid / etcd | $(ratio lucid-always W2-put etcd-3.4-v2 W2-put 3) | >= 2.5 |
 | W3 90/10 req/s, Lucid / etcd | $(ratio lucid W3-get90-put10 etcd-3.4-v2 W3-get90-put10 3) | |
 | W4 PUT one connection (sync=always) req/s, Lucid / etcd | $(ratio lucid-always W4-put-1conn etcd-3.4-v2 W4-put-1conn 3) | >= 3 |
+| W1 GET req/s, encrypted / plain | $(ratio lucid-encrypted W1-get lucid W1-get 3) | >= 0.85 |
+| W2 PUT (sync=interval) req/s, encrypted / plain | $(ratio lucid-encrypted W2-put lucid-interval W2-put 3) | >= 0.85 |
 EOF
 )
 echo "== Lucid / peer ratios"
@@ -228,6 +240,7 @@ mkdir -p docs
   echo
   echo "W1: GET one key (-c64). W2: PUT random keys of 100,000 (-c64). W3: 90% GET, 10% PUT (-c64)."
   echo "W4: PUT on one connection. $fsync_note."
+  echo "lucid-encrypted: sync=interval with encryption at rest on (XChaCha20-Poly1305 per record)."
   echo
   echo "## Lucid / peer"
   echo
