@@ -34,7 +34,17 @@ fn metrics_count_requests_and_show_the_store() {
         assert_eq!(put(port, &format!("/api/kv/m/{i}"), b"v").status, 201);
     }
     assert_eq!(get(port, "/api/kv/m/missing").status, 404);
-    let resp = get(port, "/metrics");
+    // A worker counts a request just after sending its answer: wait until
+    // the last one is counted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let resp = loop {
+        let resp = get(port, "/metrics");
+        let counted = resp.text().contains("lucid_request_duration_seconds_count 4\n");
+        if counted || std::time::Instant::now() > deadline {
+            break resp;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(resp.status, 200);
     assert!(resp
         .header("Content-Type")
