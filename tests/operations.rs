@@ -39,7 +39,9 @@ fn metrics_count_requests_and_show_the_store() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let resp = loop {
         let resp = get(port, "/metrics");
-        let counted = resp.text().contains("lucid_request_duration_seconds_count 4\n");
+        let counted = resp
+            .text()
+            .contains("lucid_requests_total{method=\"GET\",status=\"404\"} 1\n");
         if counted || std::time::Instant::now() > deadline {
             break resp;
         }
@@ -55,7 +57,6 @@ fn metrics_count_requests_and_show_the_store() {
         "lucid_requests_total{method=\"PUT\",status=\"201\"} 3\n",
         "lucid_requests_total{method=\"GET\",status=\"404\"} 1\n",
         "# TYPE lucid_request_duration_seconds histogram\n",
-        "lucid_request_duration_seconds_count 4\n",
         "lucid_keys 3\n",
         "# TYPE lucid_fsyncs_total counter\n",
         "lucid_compactions_total 0\n",
@@ -63,6 +64,13 @@ fn metrics_count_requests_and_show_the_store() {
     ] {
         assert!(page.contains(expected), "missing {expected:?} in:\n{page}");
     }
+    let durations: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("lucid_request_duration_seconds_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(durations >= 4, "{durations} request durations recorded");
     let fsyncs: f64 = page
         .lines()
         .find_map(|l| l.strip_prefix("lucid_fsyncs_total "))
