@@ -39,9 +39,9 @@ fn metrics_count_requests_and_show_the_store() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let resp = loop {
         let resp = get(port, "/metrics");
-        let counted = resp
-            .text()
-            .contains("lucid_requests_total{method=\"GET\",status=\"404\"} 1\n");
+        let page = resp.text();
+        let counted = page.contains("lucid_requests_total{method=\"GET\",status=\"404\"} 1\n")
+            && page.contains("lucid_requests_total{method=\"PUT\",status=\"201\"} 3\n");
         if counted || std::time::Instant::now() > deadline {
             break resp;
         }
