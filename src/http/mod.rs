@@ -206,6 +206,8 @@ impl HttpServer {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
+        // Lets watchers send their closing frames.
+        ctx.watchers.wait_gone(Instant::now() + WATCHERS_GRACE);
         Ok(())
     }
 }
@@ -218,6 +220,10 @@ pub fn stop_signals() -> Result<Signals, String> {
 
 /// How long a graceful stop waits for busy workers.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a graceful stop then waits for watchers to close their streams
+/// (`on_stop` is expected to have closed the store's change feed).
+const WATCHERS_GRACE: Duration = Duration::from_secs(2);
 
 fn worker(server: &Server, ctx: &Context) {
     let mut bufs = Buffers::default();
@@ -250,7 +256,7 @@ fn worker(server: &Server, ctx: &Context) {
                 Ok(watcher) => watcher.start(request),
                 Err(reply) => {
                     let status = reply.status();
-                    reply.send_closing(request);
+                    reply.send(request);
                     status
                 }
             };

@@ -129,17 +129,6 @@ impl Reply<'_> {
     /// Writes the reply to the client. Errors (the client went away) are
     /// logged at debug level: there is nobody left to tell.
     pub fn send(self, request: Request) {
-        self.write(request, false);
-    }
-
-    /// Like [`send`](Self::send), with `Connection: close`: for a request
-    /// that is the last on its connection (see `http::watch`).
-    pub fn send_closing(self, request: Request) {
-        self.write(request, true);
-    }
-
-    fn write(self, request: Request, closing: bool) {
-        let closing = closing.then(|| header(b"Connection", b"close"));
         let result = match self {
             Self::Json {
                 status,
@@ -152,19 +141,16 @@ impl Reply<'_> {
                     headers.push(header(b"Allow", allow.as_bytes()));
                 }
                 headers.extend(etag.map(etag_header));
-                headers.extend(closing);
                 request.respond(response(status, headers, body.as_bytes()))
             }
             Self::NotModified(version) => {
-                let mut headers = vec![etag_header(version)];
-                headers.extend(closing);
-                request.respond(response(304, headers, b""))
+                request.respond(response(304, vec![etag_header(version)], b""))
             }
             Self::Value(value) => {
                 let content_type = Header::from_bytes(&b"Content-Type"[..], value.content_type)
                     .unwrap_or_else(|()| header(b"Content-Type", DEFAULT_CONTENT_TYPE));
 
-                let mut headers = vec![
+                let headers = vec![
                     content_type,
                     header(
                         b"Last-Modified",
@@ -173,12 +159,10 @@ impl Reply<'_> {
                     header(b"X-Content-Type-Options", b"nosniff"),
                     etag_header(value.sequence),
                 ];
-                headers.extend(closing);
                 request.respond(response(200, headers, value.value))
             }
             Self::Text { content_type, body } => {
-                let mut headers = vec![header(b"Content-Type", content_type.as_bytes())];
-                headers.extend(closing);
+                let headers = vec![header(b"Content-Type", content_type.as_bytes())];
                 request.respond(response(200, headers, body.as_bytes()))
             }
         };

@@ -72,6 +72,14 @@ impl Watchers {
         self.connected.load(Ordering::SeqCst)
     }
 
+    /// Waits, until `deadline` at most, for every watcher to be gone (after
+    /// the change feed was closed, they are closing their streams).
+    pub fn wait_gone(&self, deadline: Instant) {
+        while self.connected() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Takes a place for one more watcher, if the cap allows.
     fn admit(self: &Arc<Self>) -> Option<Place> {
         self.connected
@@ -261,7 +269,7 @@ impl Watcher {
                         503,
                         "The node cannot start another watcher now. Retry later.",
                     )
-                    .send_closing(request);
+                    .send(request);
                 }
                 503
             }
