@@ -151,6 +151,25 @@ measure() {
   printf '  %-16s %-28s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n' "$target" "$workload" $median
 }
 
+watchers() {
+  curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "lucid_watchers" {print $2}'
+}
+
+# start_watchers PORT N: N Server-Sent Events watchers of every key (curl,
+# on the client CPU, discarding the events), stopped with the rest.
+start_watchers() {
+  for _ in $(seq 1 "$2"); do
+    taskset -c $CLIENT_CPU curl -s -N -o /dev/null "http://127.0.0.1:$1/api/watch" &
+    pids+=($!)
+  done
+  for _ in $(seq 1 300); do
+    [ "$(watchers "$1")" = "$2" ] && return 0
+    sleep 0.1
+  done
+  echo "the $2 watchers did not connect" >&2
+  exit 1
+}
+
 fsyncs() {
   curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "lucid_fsyncs_total" {print $2}'
 }
@@ -164,6 +183,12 @@ start_lucid interval
 measure lucid W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
 measure lucid-interval W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
 measure lucid W3-get90-put10 mix.lua 64 2 "http://127.0.0.1:$PORT"
+# The same node with 10 watchers of every key: each PUT is sent to all 10.
+start_watchers "$PORT" 10
+measure lucid-10-watchers W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
+measure lucid-interval-10-watchers W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
+watch_note="W1/W2 with 10 watchers: $(watchers "$PORT") of 10 still connected at the end (a watcher that falls behind is dropped)"
+echo "  $watch_note"
 
 start_lucid interval encrypted
 measure lucid-encrypted W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
@@ -202,6 +227,8 @@ ratio() { # ratio TARGET_A WORKLOAD_A TARGET_B WORKLOAD_B COLUMN(3=req/s, 5=p99)
 ratios=$(cat <<EOF
 | W1 GET req/s, Lucid / tiny_http ceiling | $(ratio lucid W1-get tiny_http-ceiling W1-get 3) | >= 0.9 |
 | W1 GET p99, Lucid / tiny_http ceiling | $(ratio lucid W1-get tiny_http-ceiling W1-get 5) | <= 1.5 |
+| W1 GET req/s, 10 watchers / none | $(ratio lucid-10-watchers W1-get lucid W1-get 3) | >= 0.9 |
+| W2 PUT (sync=interval) req/s, 10 watchers / none | $(ratio lucid-interval-10-watchers W2-put lucid-interval W2-put 3) | |
 | W1 GET req/s, Lucid / nginx | $(ratio lucid W1-get nginx W1-get 3) | |
 | W1 GET req/s, Lucid / etcd | $(ratio lucid W1-get etcd-3.4-v2 W1-get 3) | |
 | W2 PUT (sync=interval) req/s, Lucid / tiny_http ceiling | $(ratio lucid-interval W2-put tiny_http-ceiling W2-put 3) | >= 0.8 |
@@ -241,6 +268,7 @@ mkdir -p docs
   echo "W1: GET one key (-c64). W2: PUT random keys of 100,000 (-c64). W3: 90% GET, 10% PUT (-c64)."
   echo "W4: PUT on one connection. $fsync_note."
   echo "lucid-encrypted: sync=interval with encryption at rest on (XChaCha20-Poly1305 per record)."
+  echo "$watch_note."
   echo
   echo "## Lucid / peer"
   echo

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::store::crypt::Cipher;
 use crate::store::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
 use crate::store::{CompactionPolicy, SyncMode};
+use crate::watch::{DEFAULT_HISTORY, DEFAULT_QUEUE};
 
 /// The documented sample configuration, written by `lucid init`. Every value
 /// in it is the built-in default (a unit test holds them equal).
@@ -41,6 +42,8 @@ pub struct Config {
     pub encryption: Encryption,
     /// Log output settings.
     pub logging: Logging,
+    /// Live watch settings.
+    pub watch: Watch,
 }
 
 /// `general:` — network settings.
@@ -228,6 +231,28 @@ impl Default for Logging {
     }
 }
 
+/// `watch:` — live watchers of changes (`GET /api/watch`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Watch {
+    /// Recent changes kept in memory, so a watcher can resume with `since`.
+    pub history: usize,
+    /// Changes queued for one watcher before it is dropped as too slow.
+    pub queue: usize,
+    /// Watchers connected at once; more are refused with 503.
+    pub max_watchers: usize,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Self {
+            history: DEFAULT_HISTORY,
+            queue: DEFAULT_QUEUE,
+            max_watchers: 64,
+        }
+    }
+}
+
 /// `logging.level` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -353,6 +378,9 @@ impl Config {
                 "compaction.dead_ratio must be above 0 and at most 1, not {ratio}"
             ));
         }
+        if self.watch.queue == 0 {
+            return Err("watch.queue must be at least 1".into());
+        }
         if storage.directory.as_os_str().is_empty() {
             return Err("storage.directory must not be empty".into());
         }
@@ -402,6 +430,10 @@ mod tests {
         assert!(err.contains("storage.sync_interval_ms"), "{err}");
         let err = Config::parse("general:\n  bind_address: not-an-ip\n").unwrap_err();
         assert!(err.contains("bind_address"), "{err}");
+        let err = Config::parse("watch:\n  queue: 0\n").unwrap_err();
+        assert!(err.contains("watch.queue"), "{err}");
+        let err = Config::parse("watch:\n  histroy: 5\n").unwrap_err();
+        assert!(err.contains("histroy"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     let storage = &config.storage;
     let cipher = config.encryption.cipher()?;
     let (store, report) = store::open_with(&storage.directory, storage.sync_mode(), cipher)?;
+    let watch = &config.watch;
+    store.events().set_limits(watch.history, watch.queue);
     store::spawn_compactor(&store, config.compaction.policy());
     store::spawn_expiry_sweeper(&store);
     let server = HttpServer::bind(&config.general)?;
@@ -53,8 +55,14 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         Arc::clone(&store),
         storage.max_key_bytes,
         storage.max_value_bytes,
-    );
-    server.run(ctx, signals, move || notifier.stopping())?;
+    )
+    .with_max_watchers(watch.max_watchers);
+    let events = Arc::clone(&store);
+    server.run(ctx, signals, move || {
+        notifier.stopping();
+        // Ends every watcher's stream, so their clients see the stop.
+        events.events().close();
+    })?;
     let closing = Instant::now();
     store.close()?;
     log::info!(

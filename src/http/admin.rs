@@ -66,6 +66,8 @@ pub fn metrics<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
     }
     Reply::Text {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: ctx.metrics.render(&ctx.store.stats()),
+        body: ctx
+            .metrics
+            .render(&ctx.store.stats(), ctx.watchers.connected()),
     }
 }

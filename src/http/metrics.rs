@@ -13,8 +13,8 @@ use tiny_http::Method;
 use crate::store::compaction::StoreStats;
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "DELETE", "POST", "PATCH", "other"];
-const STATUSES: [u16; 17] = [
-    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 412, 413, 414, 500, 503, 507,
+const STATUSES: [u16; 18] = [
+    101, 200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 412, 413, 414, 500, 503, 507,
 ];
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -73,8 +73,9 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// The whole `/metrics` page.
-    pub fn render(&self, store: &StoreStats) -> String {
+    /// The whole `/metrics` page, with the store's figures and the number
+    /// of connected watchers.
+    pub fn render(&self, store: &StoreStats, watchers: usize) -> String {
         let mut out = String::with_capacity(8 * 1024);
         help(
             &mut out,
@@ -151,7 +152,12 @@ impl Metrics {
                 "1 if writes are refused after a disk failure.",
                 f64::from(u8::from(store.read_only)),
             ),
-            ("lucid_watchers", "gauge", "Connected watch clients.", 0.0),
+            (
+                "lucid_watchers",
+                "gauge",
+                "Connected watch clients.",
+                watchers as f64,
+            ),
             (
                 "lucid_uptime_seconds",
                 "gauge",
@@ -196,7 +202,7 @@ mod tests {
         metrics.record(method_slot(&Method::Get), 200, Duration::from_micros(80));
         metrics.record(method_slot(&Method::Get), 200, Duration::from_millis(3));
         metrics.record(method_slot(&Method::Put), 418, Duration::from_secs(2));
-        let page = metrics.render(&stats());
+        let page = metrics.render(&stats(), 2);
         assert!(
             page.contains("lucid_requests_total{method=\"GET\",status=\"200\"} 2\n"),
             "{page}"
@@ -222,6 +228,7 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("lucid_keys 3\n"), "{page}");
+        assert!(page.contains("lucid_watchers 2\n"), "{page}");
         assert!(
             page.contains("lucid_fsync_seconds_total 0.0025\n"),
             "{page}"

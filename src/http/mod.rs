@@ -5,6 +5,10 @@
 //! A panic while handling a request is caught: the client gets a 500 JSON
 //! message, the panic is logged, and the worker goes on.
 //!
+//! `GET /api/watch` is the exception: a worker only checks and subscribes
+//! the watcher, then hands its connection to a thread of its own (see
+//! [`watch`]).
+//!
 //! SIGTERM or SIGINT stops the server gracefully: each worker finishes the
 //! request it is answering and those already queued, then exits; `run`
 //! returns once all have, or after [`SHUTDOWN_GRACE`].
@@ -19,6 +23,9 @@ mod patch;
 mod query;
 mod reply;
 mod route;
+mod sse;
+mod watch;
+mod websocket;
 
 pub use patch::{parse as parse_patch, Operation as PatchOperation};
 
@@ -34,7 +41,7 @@ use signal_hook::iterator::Signals;
 
 use tiny_http::{ConfigListenAddr, Method, Request, Server, ServerConfig};
 
-use crate::config::General;
+use crate::config::{self, General};
 use crate::store::Store;
 use reply::Reply;
 use route::Route;
@@ -51,6 +58,8 @@ pub struct Context {
     metrics: metrics::Metrics,
     /// Set once a stop signal arrives.
     stopping: AtomicBool,
+    /// Connected watchers and their cap.
+    watchers: Arc<watch::Watchers>,
 }
 
 impl Context {
@@ -62,7 +71,14 @@ impl Context {
             max_value_bytes,
             metrics: metrics::Metrics::default(),
             stopping: AtomicBool::new(false),
+            watchers: Arc::new(watch::Watchers::new(config::Watch::default().max_watchers)),
         }
+    }
+
+    /// Serves at most `max` watchers at once (`watch.max_watchers`).
+    pub fn with_max_watchers(mut self, max: usize) -> Self {
+        self.watchers = Arc::new(watch::Watchers::new(max));
+        self
     }
 }
 
@@ -101,6 +117,7 @@ impl HttpServer {
             addr: ConfigListenAddr::IP(vec![addr]),
             ssl: None,
             read_timeout: general.read_timeout(),
+            streams: Some(watch::is_watch),
         };
         let server = Server::new(config).map_err(|err| {
             format!(
@@ -189,6 +206,8 @@ impl HttpServer {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
+        // Lets watchers send their closing frames.
+        ctx.watchers.wait_gone(Instant::now() + WATCHERS_GRACE);
         Ok(())
     }
 }
@@ -201,6 +220,10 @@ pub fn stop_signals() -> Result<Signals, String> {
 
 /// How long a graceful stop waits for busy workers.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a graceful stop then waits for watchers to close their streams
+/// (`on_stop` is expected to have closed the store's change feed).
+const WATCHERS_GRACE: Duration = Duration::from_secs(2);
 
 fn worker(server: &Server, ctx: &Context) {
     let mut bufs = Buffers::default();
@@ -224,17 +247,31 @@ fn worker(server: &Server, ctx: &Context) {
         let mut body_read = false;
         let (bufs_ref, body_read_ref) = (&mut bufs, &mut body_read);
         let route = route::route(&url);
+        if route == Route::Watch && !body_may_block {
+            let prepared = catch_panic(
+                || watch::prepare(ctx, &request),
+                || Err(Reply::internal_error()),
+            );
+            let status = match prepared {
+                Ok(watcher) => watcher.start(request),
+                Err(reply) => {
+                    let status = reply.status();
+                    reply.send(request);
+                    status
+                }
+            };
+            ctx.metrics.record(method, status, started.elapsed());
+            continue;
+        }
         let stores_body = match route {
             Route::Kv { .. } => matches!(request.method(), Method::Put | Method::Patch),
             Route::Batch => request.method() == &Method::Post,
             _ => false,
         };
-        let reply = catch_panic(|| {
-            match route {
-            _ if body_may_block && !stores_body => Reply::message(
-                413,
-                "Only PUT and PATCH /api/kv/{key} and POST /api/batch read a request body; this request must not carry one over 1 KiB.",
-            ),
+        let reply = catch_panic(
+            || {
+                match route {
+            _ if body_may_block && !stores_body => body_not_allowed(),
             Route::Kv { raw_key } => {
                 kv::handle(ctx, bufs_ref, &mut request, &url, raw_key, body_read_ref)
             }
@@ -246,10 +283,14 @@ fn worker(server: &Server, ctx: &Context) {
             Route::Metrics => admin::metrics(ctx, &request),
             Route::Unknown => Reply::message(
                 404,
-                "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch and /api/admin/.",
+                "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch, /api/watch and /api/admin/.",
             ),
+            // Only with a body: watchers are answered above.
+            Route::Watch => body_not_allowed(),
         }
-        });
+            },
+            Reply::internal_error,
+        );
         if reply.status() == 500 {
             log::debug!("500 for {} {url}", request.method());
         }
@@ -275,6 +316,14 @@ fn worker(server: &Server, ctx: &Context) {
         ctx.metrics.record(method, status, started.elapsed());
         bufs.trim();
     }
+}
+
+/// The 413 for a request with a body where none is read.
+fn body_not_allowed<'b>() -> Reply<'b> {
+    Reply::message(
+        413,
+        "Only PUT and PATCH /api/kv/{key} and POST /api/batch read a request body; this request must not carry one over 1 KiB.",
+    )
 }
 
 /// Request bodies up to this size are read by tiny_http along with the
@@ -310,8 +359,9 @@ fn send_detached(reply: Reply<'static>, request: Request) {
     }
 }
 
-/// Runs a handler, turning a panic into a logged 500 reply.
-fn catch_panic<'b>(handler: impl FnOnce() -> Reply<'b>) -> Reply<'b> {
+/// Runs a handler, turning a panic into a logged error: what `on_panic`
+/// returns (a 500 reply).
+fn catch_panic<T>(handler: impl FnOnce() -> T, on_panic: impl FnOnce() -> T) -> T {
     panic::catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<&str>()
@@ -319,7 +369,7 @@ fn catch_panic<'b>(handler: impl FnOnce() -> Reply<'b>) -> Reply<'b> {
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         log::error!("a request handler panicked: {what}");
-        Reply::internal_error()
+        on_panic()
     })
 }
 
@@ -329,10 +379,10 @@ mod tests {
 
     #[test]
     fn a_panicking_handler_becomes_a_500() {
-        let reply = catch_panic(|| panic!("bug in a handler"));
+        let reply = catch_panic(|| panic!("bug in a handler"), Reply::internal_error);
         assert_eq!(reply, Reply::internal_error());
         assert_eq!(reply.status(), 500);
-        let reply = catch_panic(|| Reply::json(200, reply::DELETED));
+        let reply = catch_panic(|| Reply::json(200, reply::DELETED), Reply::internal_error);
         assert_eq!(reply.status(), 200);
     }
 }

@@ -23,6 +23,8 @@ pub enum Route<'u> {
     Health,
     /// `/metrics`: Prometheus metrics.
     Metrics,
+    /// `/api/watch`: live changes (Server-Sent Events or WebSocket).
+    Watch,
     /// Nothing here.
     Unknown,
 }
@@ -40,6 +42,7 @@ pub fn route(url: &str) -> Route<'_> {
         "/api/admin/compact" => Route::AdminCompact,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
+        "/api/watch" => Route::Watch,
         _ => Route::Unknown,
     }
 }
@@ -132,6 +135,8 @@ mod tests {
         assert_eq!(route("/api/admin/other"), Route::Unknown);
         assert_eq!(route("/health"), Route::Health);
         assert_eq!(route("/metrics?x=1"), Route::Metrics);
+        assert_eq!(route("/api/watch?prefix=a"), Route::Watch);
+        assert_eq!(route("/api/watch/x"), Route::Unknown);
     }
 
     #[test]

@@ -258,11 +258,14 @@ impl Config {
 
     /// The YAML text, with the data directory at `data_dir`.
     pub fn yaml(&self, data_dir: &Path) -> String {
-        let mut general = vec![
-            "bind_address: 127.0.0.1".to_string(),
-            "port: 0".into(),
-            format!("threads: {WORKER_THREADS}"),
-        ];
+        let mut general = vec!["bind_address: 127.0.0.1".to_string(), "port: 0".into()];
+        let own_threads = self
+            .raw
+            .iter()
+            .any(|(section, line)| section == "general" && line.starts_with("threads:"));
+        if !own_threads {
+            general.push(format!("threads: {WORKER_THREADS}"));
+        }
         let mut storage = vec![format!("directory: '{}'", data_dir.display())];
         if let Some(v) = &self.sync {
             storage.push(format!("sync: {v}"));
@@ -572,19 +575,8 @@ impl Conn {
     /// so there is no body whatever the headers say.
     pub fn read_response(&mut self, head: bool) -> io::Result<Response> {
         loop {
-            let status_line = self.read_line()?;
-            let mut parts = status_line.splitn(3, ' ');
-            let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let status: u16 = match (version.starts_with("HTTP/1."), code.parse()) {
-                (true, Ok(code)) => code,
-                _ => return Err(bad_data(format!("bad status line {status_line:?}"))),
-            };
-            let headers = self.read_headers()?;
-            let mut response = Response {
-                status,
-                headers,
-                body: Vec::new(),
-            };
+            let mut response = self.read_head()?;
+            let status = response.status;
             if (100..200).contains(&status) {
                 continue;
             }
@@ -608,6 +600,23 @@ impl Conn {
             }
             return Ok(response);
         }
+    }
+
+    /// Reads a response's status line and headers, not its body.
+    pub fn read_head(&mut self) -> io::Result<Response> {
+        let status_line = self.read_line()?;
+        let mut parts = status_line.splitn(3, ' ');
+        let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let status: u16 = match (version.starts_with("HTTP/1."), code.parse()) {
+            (true, Ok(code)) => code,
+            _ => return Err(bad_data(format!("bad status line {status_line:?}"))),
+        };
+        let headers = self.read_headers()?;
+        Ok(Response {
+            status,
+            headers,
+            body: Vec::new(),
+        })
     }
 
     fn read_line(&mut self) -> io::Result<String> {
@@ -878,4 +887,122 @@ pub fn any_file_contains(dir: &Path, needle: &[u8]) -> bool {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
         bytes.windows(needle.len()).any(|w| w == needle)
     })
+}
+
+// ---------------------------------------------------------------------------
+// Watch streams (Server-Sent Events)
+// ---------------------------------------------------------------------------
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The data parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {:?}", self.data))
+    }
+}
+
+impl Conn {
+    /// Sends `GET path` with `headers` and reads the response head only: a
+    /// 200 leaves the event stream on the connection for
+    /// [`next_event`](Self::next_event); any other status comes with its
+    /// body.
+    pub fn watch(port: u16, path: &str, headers: &[(&str, &str)]) -> (Conn, Response) {
+        let mut conn = Conn::open(port);
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        conn.write_raw(request.as_bytes())
+            .expect("send a watch request");
+        let mut head = conn.read_head().expect("read a watch response");
+        if head.status != 200 {
+            let len: usize = head
+                .header("content-length")
+                .map_or(0, |l| l.parse().unwrap());
+            head.body = vec![0; len];
+            conn.reader
+                .read_exact(&mut head.body)
+                .expect("read the body");
+        }
+        (conn, head)
+    }
+
+    /// Reads the next event of a Server-Sent Events stream, skipping
+    /// comments (keepalives); `None` once the stream has ended.
+    pub fn next_event(&mut self) -> io::Result<Option<SseEvent>> {
+        let mut event = SseEvent {
+            id: None,
+            event: "message".into(),
+            data: String::new(),
+        };
+        let mut fields = 0;
+        loop {
+            let line = match self.read_line() {
+                Ok(line) => line,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && fields == 0 => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            };
+            if line.is_empty() {
+                if fields > 0 {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (name, value) = line.split_once(": ").unwrap_or((&line, ""));
+            match name {
+                "id" => event.id = Some(value.to_string()),
+                "event" => event.event = value.to_string(),
+                "data" => event.data.push_str(value),
+                other => return Err(bad_data(format!("unknown SSE field {other:?}"))),
+            }
+            fields += 1;
+        }
+    }
+
+    /// Sets the read timeout of the connection.
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.reader
+            .get_mut()
+            .set_read_timeout(Some(timeout))
+            .expect("set a read timeout");
+    }
+}
+
+/// The value of the `lucid_watchers` gauge.
+pub fn watchers(port: u16) -> usize {
+    let page = get(port, "/metrics").text();
+    page.lines()
+        .find_map(|line| line.strip_prefix("lucid_watchers "))
+        .expect("lucid_watchers in /metrics")
+        .parse()
+        .expect("a count")
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes;
+/// returns whether it held.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -34,6 +34,12 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // Lucid patch: see `Request::socket`.
+    socket: Option<crate::Socket>,
+
+    // Lucid patch: see `ServerConfig::streams`.
+    streams: Option<fn(&Request) -> bool>,
 }
 
 /// Error that can happen when reading a request.
@@ -51,6 +57,8 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        socket: Option<crate::Socket>,
+        streams: Option<fn(&Request) -> bool>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,6 +73,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            socket,
+            streams,
         }
     }
 
@@ -165,7 +175,7 @@ impl ClientConnection {
         })?;
 
         // return the request
-        Ok(request)
+        Ok(request.with_socket(self.socket.clone()))
     }
 }
 
@@ -258,6 +268,11 @@ impl Iterator for ClientConnection {
                 None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
                 _ => (),
             };
+
+            // Lucid patch: see `ServerConfig::streams`.
+            if self.streams.is_some_and(|picks| picks(&rq)) {
+                self.no_more_requests = true;
+            }
 
             // returning the request
             return Some(rq);

@@ -87,6 +87,18 @@ impl Connection {
         }
     }
 
+    /// Lucid patch: sets the socket's write timeout.
+    pub(crate) fn set_write_timeout(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_write_timeout(timeout),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_write_timeout(timeout),
+        }
+    }
+
     /// Gets the peer's address. Some for TCP, None for Unix sockets.
     pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {
         match self {
@@ -112,6 +124,31 @@ impl Connection {
         }
     }
 }
+/// Lucid patch: a handle on the socket under a request, to set timeouts on
+/// the connection once it is handed over by `Request::upgrade` or
+/// `Request::into_stream` (see `Request::socket`).
+#[derive(Debug, Clone)]
+pub struct Socket(std::sync::Arc<Connection>);
+
+impl Socket {
+    pub(crate) fn new(connection: Connection) -> Self {
+        Self(std::sync::Arc::new(connection))
+    }
+
+    /// Sets how long a read may wait for data (`None`: forever); a read
+    /// that times out fails with `WouldBlock` or `TimedOut`.
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+        self.0.set_read_timeout(timeout)
+    }
+
+    /// Sets how long a write may wait for the peer to make room (`None`:
+    /// forever); a write that times out fails with `WouldBlock` or
+    /// `TimedOut`.
+    pub fn set_write_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+        self.0.set_write_timeout(timeout)
+    }
+}
+
 impl From<TcpStream> for Connection {
     fn from(s: TcpStream) -> Self {
         Self::Tcp(s)

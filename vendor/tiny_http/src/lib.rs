@@ -111,7 +111,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use connection::{ConfigListenAddr, ListenAddr, Listener, Socket};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -182,6 +182,13 @@ pub struct ServerConfig {
     /// so a client that stops sending mid-request (or stays idle between
     /// requests) is cut off instead of holding a thread forever.
     pub read_timeout: Option<std::time::Duration>,
+
+    /// Lucid patch: requests this picks are the last read from their
+    /// connection (as if they carried `Connection: close`), so that the
+    /// handler can answer with a stream that lasts until it drops it
+    /// (`Request::into_stream`): no request pipelined behind one waits
+    /// for its end.
+    pub streams: Option<fn(&Request) -> bool>,
 }
 
 /// Configuration of the server for SSL.
@@ -204,6 +211,7 @@ impl Server {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: None,
             read_timeout: None,
+            streams: None,
         })
     }
 
@@ -221,6 +229,7 @@ impl Server {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: Some(config),
             read_timeout: None,
+            streams: None,
         })
     }
 
@@ -234,13 +243,14 @@ impl Server {
             addr: ConfigListenAddr::unix_from_path(path),
             ssl: None,
             read_timeout: None,
+            streams: None,
         })
     }
 
     /// Builds a new server that listens on the specified address.
     pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = config.addr.bind()?;
-        Self::from_listener_with_timeout(listener, config.ssl, config.read_timeout)
+        Self::start(listener, config.ssl, config.read_timeout, config.streams)
     }
 
     /// Builds a new server using the specified TCP listener.
@@ -260,6 +270,17 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
         read_timeout: Option<std::time::Duration>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::start(listener, ssl_config, read_timeout, None)
+    }
+
+    /// Lucid patch: `from_listener` with `ServerConfig::read_timeout` and
+    /// `ServerConfig::streams`.
+    fn start<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        read_timeout: Option<std::time::Duration>,
+        streams: Option<fn(&Request) -> bool>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
@@ -316,6 +337,8 @@ impl Server {
                         if let Err(err) = sock.set_read_timeout(read_timeout) {
                             log::warn!("cannot set a read timeout on a connection: {}", err);
                         }
+                        // Lucid patch: see `Request::socket`.
+                        let socket = sock.try_clone().ok().map(connection::Socket::new);
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -333,7 +356,12 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::new(
+                            write_closable,
+                            read_closable,
+                            socket,
+                            streams,
+                        ))
                     }
                     Err(e) => Err(e),
                 };

@@ -74,6 +74,9 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // Lucid patch: see `Request::socket`.
+    socket: Option<crate::Socket>,
 }
 
 struct NotifyOnDrop<R> {
@@ -242,6 +245,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        socket: None,
     })
 }
 
@@ -316,6 +320,44 @@ impl Request {
     #[inline]
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
         self.remote_addr.as_ref()
+    }
+
+    /// Lucid patch: a handle on the socket under this request, to set
+    /// timeouts on the connection once `upgrade` or `into_stream` has
+    /// handed it over. `None` for requests not read from a socket.
+    pub fn socket(&self) -> Option<crate::Socket> {
+        self.socket.clone()
+    }
+
+    pub(crate) fn with_socket(mut self, socket: Option<crate::Socket>) -> Self {
+        self.socket = socket;
+        self
+    }
+
+    /// Lucid patch: sends the status line and headers of `response` (not
+    /// its body) with `Connection: close` and neither `Content-Length` nor
+    /// chunked encoding, then hands over the connection's writer: the body
+    /// is whatever is written to it, and it ends when the writer is
+    /// dropped, which closes the connection. For requests picked by
+    /// `ServerConfig::streams` (the last read from their connection);
+    /// on another, the connection would stay open after the writer is
+    /// dropped.
+    pub fn into_stream<R: Read>(
+        mut self,
+        response: Response<R>,
+    ) -> io::Result<Box<dyn Write + Send + 'static>> {
+        let mut writer = self.extract_writer_impl();
+        let printed = response
+            .print_head_until_close(writer.by_ref(), &self.http_version)
+            .and_then(|()| writer.flush());
+        let writer = match self.notify_when_responded.take() {
+            Some(sender) => Box::new(NotifyOnDrop {
+                sender,
+                inner: writer,
+            }) as Box<dyn Write + Send + 'static>,
+            None => writer,
+        };
+        printed.map(|()| writer)
     }
 
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.

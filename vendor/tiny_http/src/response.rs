@@ -453,6 +453,34 @@ where
         Ok(())
     }
 
+    /// Lucid patch: writes the status line and the headers, adding `Date`,
+    /// `Server` and `Connection: close`, but no framing header and no body:
+    /// the body is what follows until the connection closes (see
+    /// `Request::into_stream`).
+    pub(crate) fn print_head_until_close<W: Write>(
+        mut self,
+        writer: W,
+        http_version: &HTTPVersion,
+    ) -> IoResult<()> {
+        self.headers.retain(|h| {
+            !(h.field.equiv("Connection")
+                || h.field.equiv("Content-Length")
+                || h.field.equiv("Transfer-Encoding"))
+        });
+        self.headers
+            .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        if !self.headers.iter().any(|h| h.field.equiv("Date")) {
+            self.headers.insert(0, build_date_header());
+        }
+        if !self.headers.iter().any(|h| h.field.equiv("Server")) {
+            self.headers.insert(
+                0,
+                Header::from_bytes(&b"Server"[..], &b"tiny-http (Rust)"[..]).unwrap(),
+            );
+        }
+        write_message_header(writer, http_version, &self.status_code, &self.headers)
+    }
+
     /// Retrieves the current value of the `Response` status code
     pub fn status_code(&self) -> StatusCode {
         self.status_code

@@ -1,0 +1,412 @@
+//! `GET /api/watch?prefix=P[&since=VERSION]`: live changes to the keys
+//! under a prefix, as Server-Sent Events ([`super::sse`]) or, with
+//! `Upgrade: websocket`, as WebSocket messages ([`super::websocket`]).
+//!
+//! A worker checks the request ([`prepare`]: method, query, handshake,
+//! the watcher cap, `since` against the history), subscribes to the store's
+//! change feed, and hands the connection to a thread of the watcher's own
+//! ([`Watcher::start`]), so watchers never occupy the worker pool. That
+//! thread sends the backlog, then live events, and a keepalive after
+//! [`KEEPALIVE`] of silence, so a client that went away is noticed by a
+//! failed write. A watcher that falls behind is dropped by the feed (writers
+//! never wait for it): it gets a final error event and is disconnected.
+//!
+//! Authorization belongs before [`prepare`]: nothing is sent or subscribed
+//! until it has accepted the request.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tiny_http::{Method, Request};
+
+use super::query::Params;
+use super::reply::Reply;
+use super::route::{self, Route};
+use super::{sse, websocket, Context};
+use crate::watch::{Event, SinceTooOld, Subscription};
+
+/// Methods `/api/watch` accepts.
+pub const ALLOWED: &str = "GET";
+
+/// Silence after which a keepalive is sent (an SSE comment, a WebSocket
+/// ping).
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// A client that accepts no data for this long is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Stack of a watcher's thread: it only formats events and writes them.
+const STACK_SIZE: usize = 128 * 1024;
+
+/// Events written between two flushes at most, so a steady stream of
+/// changes still lets a watcher look at what its client sent.
+const BURST: usize = 256;
+
+/// Whether tiny_http must treat `request` as the last on its connection:
+/// a watch answers with a stream that lasts as long as the connection (see
+/// `ServerConfig::streams` in `vendor/tiny_http/PATCHES.md`).
+pub fn is_watch(request: &Request) -> bool {
+    request.method() == &Method::Get && route::route(request.url()) == Route::Watch
+}
+
+/// The watcher cap (`watch.max_watchers`) and the number connected.
+pub struct Watchers {
+    connected: AtomicUsize,
+    max: usize,
+}
+
+impl Watchers {
+    /// At most `max` watchers at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            connected: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Watchers connected now.
+    pub fn connected(&self) -> usize {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Waits, until `deadline` at most, for every watcher to be gone (after
+    /// the change feed was closed, they are closing their streams).
+    pub fn wait_gone(&self, deadline: Instant) {
+        while self.connected() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Takes a place for one more watcher, if the cap allows.
+    fn admit(self: &Arc<Self>) -> Option<Place> {
+        self.connected
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(Arc::clone(self)))
+    }
+}
+
+/// One watcher's place under the cap, given back when dropped.
+struct Place(Arc<Watchers>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How the events reach the client.
+enum Protocol {
+    /// Server-Sent Events.
+    Sse,
+    /// WebSocket, with the handshake's `Sec-WebSocket-Accept` value.
+    WebSocket { accept: String },
+}
+
+/// An accepted watch request, subscribed, waiting for its thread.
+pub struct Watcher {
+    protocol: Protocol,
+    subscription: Subscription,
+    /// The version the client resumes after, if it said.
+    since: Option<u64>,
+    _place: Place,
+}
+
+/// Checks a watch request and subscribes it, or says why not (405, 400,
+/// 503 beyond the cap, 410 for a `since` the history no longer holds).
+pub fn prepare(ctx: &Context, request: &Request) -> Result<Watcher, Reply<'static>> {
+    if request.method() != &Method::Get {
+        return Err(Reply::method_not_allowed(ALLOWED));
+    }
+    let query = Query::parse(request.url(), ctx.max_key_bytes)?;
+    let since = match last_event_id(request)? {
+        Some(version) => Some(version),
+        None => query.since,
+    };
+    let protocol = match websocket::accept_key(request) {
+        Ok(None) => Protocol::Sse,
+        Ok(Some(accept)) => Protocol::WebSocket { accept },
+        Err(problem) => return Err(Reply::message(400, problem)),
+    };
+    let place = ctx.watchers.admit().ok_or_else(|| {
+        Reply::message(
+            503,
+            format!(
+                "The node already serves {} watchers, its limit (watch.max_watchers). Retry later.",
+                ctx.watchers.max
+            ),
+        )
+    })?;
+    let subscription = ctx
+        .store
+        .events()
+        .subscribe(query.prefix.as_bytes(), since)
+        .map_err(|too_old| gone(too_old, &query))?;
+    Ok(Watcher {
+        protocol,
+        subscription,
+        since,
+        _place: place,
+    })
+}
+
+/// The `410` for a `since` older than the history.
+fn gone(too_old: SinceTooOld, query: &Query) -> Reply<'static> {
+    Reply::message(
+        410,
+        format!(
+            "The changes after that version are no longer kept: the oldest version this node can resume after is {}. \
+             Re-list the keys with GET /api/kv?prefix={}, then watch again without since (or with since={} or later).",
+            too_old.oldest,
+            encoded(&query.prefix),
+            too_old.oldest
+        ),
+    )
+}
+
+/// `prefix` percent-encoded for a query string.
+fn encoded(prefix: &str) -> String {
+    prefix
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The query of a watch request.
+struct Query {
+    /// The prefix, decoded (empty: every key).
+    prefix: String,
+    since: Option<u64>,
+}
+
+impl Query {
+    fn parse(url: &str, max_key_bytes: usize) -> Result<Self, Reply<'static>> {
+        let params = Params::parse(url, &["prefix", "since"], max_key_bytes)?;
+        let since = match params.get("since") {
+            None => None,
+            Some(text) => Some(version(text).ok_or_else(|| {
+                Reply::message(
+                    400,
+                    "since must be a version: a whole number, as in the id of an event.",
+                )
+            })?),
+        };
+        Ok(Self {
+            prefix: params.get("prefix").unwrap_or_default().to_string(),
+            since,
+        })
+    }
+}
+
+/// A version number as written in `since` or `Last-Event-ID`.
+fn version(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The `Last-Event-ID` header an EventSource sends when it reconnects: the
+/// id of the last event it received, which wins over the URL's `since`.
+fn last_event_id(request: &Request) -> Result<Option<u64>, Reply<'static>> {
+    let Some(header) = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Last-Event-ID"))
+    else {
+        return Ok(None);
+    };
+    let text = header.value.as_str();
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    version(text).map(Some).ok_or_else(|| {
+        Reply::message(
+            400,
+            "Last-Event-ID must be a version: a whole number, as in the id of an event.",
+        )
+    })
+}
+
+impl Watcher {
+    /// Hands the connection to a new thread that serves this watcher, and
+    /// returns the status it answers with (101 or 200). If no thread can be
+    /// started, answers 503 instead.
+    pub fn start(self, request: Request) -> u16 {
+        let status = match self.protocol {
+            Protocol::Sse => 200,
+            Protocol::WebSocket { .. } => 101,
+        };
+        // Held here too, so the request can still be answered if the
+        // thread cannot start (the closure is dropped then).
+        let handoff = Arc::new(Mutex::new(Some(request)));
+        let theirs = Arc::clone(&handoff);
+        let spawned = thread::Builder::new()
+            .name("lucid-watch".into())
+            .stack_size(STACK_SIZE)
+            .spawn(move || {
+                if let Some(request) = take(&theirs) {
+                    self.serve(request);
+                }
+            });
+        match spawned {
+            Ok(_) => status,
+            Err(err) => {
+                log::warn!("cannot start a watcher thread: {err}");
+                if let Some(request) = take(&handoff) {
+                    Reply::message(
+                        503,
+                        "The node cannot start another watcher now. Retry later.",
+                    )
+                    .send(request);
+                }
+                503
+            }
+        }
+    }
+
+    fn serve(self, request: Request) {
+        let socket = request.socket();
+        if let Some(socket) = &socket {
+            if let Err(err) = socket.set_write_timeout(Some(WRITE_TIMEOUT)) {
+                log::debug!("cannot set a watcher's write timeout: {err}");
+            }
+        }
+        let Self {
+            protocol,
+            subscription,
+            since,
+            _place,
+        } = self;
+        let ended = match protocol {
+            Protocol::Sse => sse::Feed::start(request)
+                .and_then(|mut feed| pump(&subscription, since, &mut feed, KEEPALIVE)),
+            Protocol::WebSocket { accept } => {
+                let mut feed = websocket::Feed::start(request, &accept, socket.as_ref());
+                pump(&subscription, since, &mut feed, KEEPALIVE)
+            }
+        };
+        match ended {
+            Ok(end) => log::debug!("watcher closed: {end:?}"),
+            Err(err) => log::debug!("watcher disconnected: {err}"),
+        }
+    }
+}
+
+fn take(handoff: &Mutex<Option<Request>>) -> Option<Request> {
+    handoff.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// How a watcher's events reach its client: one implementation per protocol.
+pub trait Feed {
+    /// Writes one event (buffered until [`flush`](Self::flush)).
+    fn event(&mut self, event: &Event) -> io::Result<()>;
+    /// Writes a keepalive, after [`KEEPALIVE`] of silence.
+    fn keepalive(&mut self) -> io::Result<()>;
+    /// Sends what was written.
+    fn flush(&mut self) -> io::Result<()>;
+    /// How often [`poll`](Self::poll) must run; `None`: never.
+    fn poll_interval(&self) -> Option<Duration>;
+    /// Handles what the client sent since the last call, without waiting
+    /// long; `Ok(false)` once the client has closed the stream.
+    fn poll(&mut self) -> io::Result<bool>;
+    /// Ends the stream, after `end`.
+    fn finish(&mut self, end: &End);
+}
+
+/// Why a watcher's stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// It fell too far behind and the feed dropped it.
+    Overflow {
+        /// The last version it was sent (or resumed after), if any.
+        last_version: Option<u64>,
+    },
+    /// The node is stopping.
+    Stopping,
+    /// The client closed it.
+    ClientClosed,
+}
+
+impl End {
+    /// The final error event for an overflow, as one line of JSON.
+    pub fn error_json(&self) -> Option<String> {
+        let Self::Overflow { last_version } = self else {
+            return None;
+        };
+        let resume = match last_version {
+            Some(version) => format!("Reconnect with since={version} to resume where it stopped."),
+            None => "Re-list the keys, then watch again.".to_string(),
+        };
+        let message = format!(
+            "This watcher fell too far behind (more than watch.queue changes waiting) and was disconnected. {resume}"
+        );
+        Some(serde_json::json!({ "op": "error", "message": message }).to_string())
+    }
+}
+
+/// Sends the backlog, then live events until the stream ends; returns why
+/// it ended, or the write error that ended it.
+pub fn pump(
+    subscription: &Subscription,
+    since: Option<u64>,
+    feed: &mut impl Feed,
+    keepalive: Duration,
+) -> io::Result<End> {
+    let mut last_version = since;
+    for event in &subscription.backlog {
+        feed.event(event)?;
+        last_version = Some(event.version);
+    }
+    feed.flush()?;
+    let poll_every = feed.poll_interval();
+    let tick = poll_every.map_or(keepalive, |poll| poll.min(keepalive));
+    let (mut last_sent, mut last_poll) = (Instant::now(), Instant::now());
+    loop {
+        match subscription.events.recv_timeout(tick) {
+            Ok(event) => {
+                for event in
+                    std::iter::once(event).chain(subscription.events.try_iter().take(BURST))
+                {
+                    feed.event(&event)?;
+                    last_version = Some(event.version);
+                }
+                feed.flush()?;
+                last_sent = Instant::now();
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let end = if subscription.overflowed() {
+                    End::Overflow { last_version }
+                } else {
+                    End::Stopping
+                };
+                feed.finish(&end);
+                return Ok(end);
+            }
+        }
+        if last_sent.elapsed() >= keepalive {
+            feed.keepalive()?;
+            feed.flush()?;
+            last_sent = Instant::now();
+        }
+        if poll_every.is_some_and(|every| last_poll.elapsed() >= every) {
+            if !feed.poll()? {
+                feed.finish(&End::ClientClosed);
+                return Ok(End::ClientClosed);
+            }
+            last_poll = Instant::now();
+        }
+    }
+}
