@@ -262,10 +262,13 @@ pub fn open_record<'a>(
     stored: &'a mut [u8],
     at: Position,
 ) -> Result<RecordView<'a>, RecordError> {
-    let view = verify(stored, at)?;
-    match (cipher, view.header.is_encrypted()) {
-        (None, false) => Ok(verify(stored, at)?),
-        (Some(cipher), true) => cipher.open_in_place(stored, at),
+    let encrypted = stored.get(5).is_some_and(|&flags| flags & FLAG_ENCRYPTED != 0);
+    match (cipher, encrypted) {
+        (None, false) => verify(stored, at),
+        (Some(cipher), true) => {
+            verify(stored, at)?;
+            cipher.open_in_place(stored, at)
+        }
         _ => Err(RecordError::BadHeader),
     }
 }
