@@ -182,6 +182,9 @@ pub enum CompactionError {
     Corrupt(u64),
     /// The filesystem failed; the old log is still in place.
     Io(io::Error),
+    /// Encrypting the store would leave these plaintext copies of data
+    /// beside it (torn tails, logs set aside by repair).
+    PlaintextLeftovers(Vec<String>),
 }
 
 impl std::error::Error for CompactionError {}
@@ -197,6 +200,12 @@ impl std::fmt::Display for CompactionError {
                  changing anything. Run `lucid check`"
             ),
             Self::Io(err) => write!(f, "compaction failed, the old log is unchanged: {err}"),
+            Self::PlaintextLeftovers(files) => write!(
+                f,
+                "the data directory holds unencrypted copies of data ({}); move them off the \
+                 card or delete them, then encrypt again. Nothing was changed",
+                files.join(", ")
+            ),
         }
     }
 }
@@ -252,6 +261,9 @@ impl Store {
             return Err(CompactionError::Unavailable(
                 "the node is read-only after a disk failure",
             ));
+        }
+        if cipher.is_some() && lock(&self.writer).cipher.is_none() {
+            refuse_plaintext_leftovers(dir)?;
         }
         let tmp_path = dir.join(COMPACT_FILE);
         let result = self.copy_and_switch(dir, &tmp_path, cipher);
@@ -375,6 +387,14 @@ impl Store {
         new_file.sync_data()?;
         let new_locations = relocate(&read(&self.keydir).index, &relocations, cut, tail_start)?;
         self.reached(Step::Synced);
+        if rekeying {
+            // The hint belongs to the old encryption (plaintext keys, maybe):
+            // gone before the new log takes its place.
+            match fs::remove_file(dir.join(super::hint::HINT_FILE)) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
+                _ => {}
+            }
+        }
         fs::rename(tmp_path, &log_path)?;
         self.reached(Step::Renamed);
         // data.log is the new file now: the switch below must happen even if
@@ -440,6 +460,24 @@ impl Store {
             writers_paused,
         })
     }
+}
+
+/// Refuses to encrypt a directory that keeps plaintext copies of data.
+fn refuse_plaintext_leftovers(dir: &Path) -> Result<(), CompactionError> {
+    let prefixes = [format!("{LOG_FILE}.torn-"), format!("{LOG_FILE}.broken-")];
+    let mut found: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| {
+            prefixes
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_str()))
+        })
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    Err(CompactionError::PlaintextLeftovers(found))
 }
 
 /// Old offset, new offset and new length of every record copied before the
@@ -563,10 +601,12 @@ fn move_records(
             // The whole frame moves, members still members.
             plain.clear();
             plain.extend_from_slice(&view.bytes[..RECORD_HEADER_LEN]);
+            let mut timestamp_ms = 0;
             for &(offset, member) in &records {
                 let place = Position { offset, ..old };
                 let member =
                     open_copy(ciphers.from, member, place, &mut opened).map_err(|_| corrupt())?;
+                timestamp_ms = member.header.timestamp_ms;
                 plain.extend_from_slice(member.bytes);
             }
             let first = records.first().map_or(0, |(_, m)| m.header.sequence);
@@ -578,7 +618,7 @@ fn move_records(
             FrameBuilder::seal_wrapped(
                 &mut plain,
                 first,
-                view.header.timestamp_ms,
+                timestamp_ms,
                 new,
                 overhead,
                 &mut sealed,

@@ -262,7 +262,9 @@ pub fn open_record<'a>(
     stored: &'a mut [u8],
     at: Position,
 ) -> Result<RecordView<'a>, RecordError> {
-    let encrypted = stored.get(5).is_some_and(|&flags| flags & FLAG_ENCRYPTED != 0);
+    let encrypted = stored
+        .get(5)
+        .is_some_and(|&flags| flags & FLAG_ENCRYPTED != 0);
     match (cipher, encrypted) {
         (None, false) => verify(stored, at),
         (Some(cipher), true) => {
@@ -640,5 +642,58 @@ mod tests {
                 .read_to_end(&mut cut)
                 .is_err());
         }
+    }
+
+    #[test]
+    fn conditional_writes_work_on_an_encrypted_store() {
+        use crate::store::engine::Expect;
+        use crate::store::record::{RecordBuilder, RecordKind, RecordMeta};
+        for sync in [SyncMode::Always, SyncMode::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = open_with(dir.path(), sync, cipher(1)).unwrap();
+            let mut buf = Vec::new();
+            let mut put_if = |expect| {
+                let meta = RecordMeta {
+                    kind: RecordKind::Put,
+                    key: b"k",
+                    content_type: b"",
+                    expires_at_ms: 0,
+                    locked: false,
+                };
+                RecordBuilder::begin(&mut buf, &meta);
+                buf.extend_from_slice(b"v");
+                store.put(&mut buf, expect)
+            };
+            let first = put_if(Expect::Any).unwrap().version;
+            let second = put_if(Expect::Version(first)).unwrap().version;
+            assert!(put_if(Expect::Version(first)).is_err());
+            assert!(put_if(Expect::NotVersion(first)).is_ok());
+            let current = store.get(b"k", &mut Vec::new()).unwrap().unwrap().sequence;
+            assert!(current > second);
+            let mut tombstone = Vec::new();
+            assert!(store
+                .delete(b"k", &mut tombstone, Expect::Version(current))
+                .unwrap());
+        }
+    }
+
+    #[test]
+    fn encrypting_refuses_to_leave_plaintext_copies_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_with(dir.path(), SyncMode::Always, None).unwrap();
+        let mut model = Model::new();
+        put(&store, &mut model, "m", MARKER);
+        drop(store);
+        let torn = dir.path().join(format!("{LOG_FILE}.torn-99"));
+        fs::write(&torn, MARKER).unwrap();
+        let (store, _) = open_with(dir.path(), SyncMode::Always, None).unwrap();
+        let refused = store.compact_with(cipher(5)).unwrap_err();
+        assert!(refused.to_string().contains("torn-99"), "{refused}");
+        fs::remove_file(&torn).unwrap();
+        store.compact_with(cipher(5)).unwrap();
+        drop(store);
+        assert!(!files_contain(dir.path(), MARKER));
+        let (store, _) = open_with(dir.path(), SyncMode::Always, cipher(5)).unwrap();
+        assert_matches(&store, &model);
     }
 }

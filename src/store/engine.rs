@@ -318,6 +318,17 @@ pub(super) struct Pending {
     event: Event,
 }
 
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    /// Its offset in the log.
+    offset: u64,
+    /// Its size there (an envelope is larger than the plain record).
+    stored_len: usize,
+    /// Where its batch frame starts (its own offset if it has none).
+    frame_offset: u64,
+}
+
 /// A key's state as a write sees it: its latest record, published or not.
 #[derive(Debug, Clone, Copy)]
 struct KeyState {
@@ -712,7 +723,11 @@ impl Store {
         }
         let first = writer.next_sequence;
         if buf.len() > RECORD_HEADER_LEN {
-            self.append_frame(&mut writer, buf, |_| EventOp::Put)
+            let op_of = |member: &RecordView<'_>| match member.header.kind {
+                RecordKind::Delete => EventOp::Delete,
+                _ => EventOp::Put,
+            };
+            self.append_frame(&mut writer, buf, op_of)
                 .and_then(|last| self.finish(writer, last))
                 .map_err(|error| BatchError { index: 0, error })?;
         }
@@ -741,9 +756,12 @@ impl Store {
         FrameBuilder::begin(&mut frame);
         let mut count = 0;
         for (key, expires_at_ms) in &due {
-            let still_due = self
-                .current_state(&writer, key, 0)
-                .is_some_and(|state| state.attrs.expires_at_ms == *expires_at_ms);
+            // Still the same expiry, and still past it now (the clock may
+            // have stepped back since the index was read).
+            let still_due = self.current_state(&writer, key, 0).is_some_and(|state| {
+                state.attrs.expires_at_ms == *expires_at_ms
+                    && state.attrs.expired(crate::store::engine::now_ms())
+            });
             if still_due {
                 FrameBuilder::add(&mut frame, &RecordMeta::tombstone(key), b"");
                 count += 1;
@@ -814,7 +832,9 @@ impl Store {
             .read_at(&mut header, offset)
             .map_err(StoreError::Io)?;
         let header = RecordHeader::decode(&header).map_err(|_| corrupt(offset))?;
-        if usize::from(header.key_len) != key.len() {
+        // An envelope's header shows no key (it is encrypted); its sequence
+        // number is the record's, and authenticated.
+        if !header.is_encrypted() && usize::from(header.key_len) != key.len() {
             return Err(corrupt(offset));
         }
         Ok(header.sequence)
@@ -842,7 +862,12 @@ impl Store {
         self.append_bytes(&mut writer, stored)?;
         let stored_len = stored.len();
         let view = verify(record, at).map_err(|_| corrupt(offset))?;
-        self.register(&mut writer, &view, offset, stored_len, offset, op);
+        let place = Placed {
+            offset,
+            stored_len,
+            frame_offset: offset,
+        };
+        self.register(&mut writer, &view, place, op, None);
         self.finish(writer, sequence)?;
         Ok(sequence)
     }
@@ -884,6 +909,9 @@ impl Store {
         self.append_bytes(writer, stored)?;
         let view = verify(stored, at).map_err(|_| corrupt(offset))?;
         let mut scratch = Vec::new();
+        // Readers must see the whole batch or none of it: without a pending
+        // sync, the members are published together below.
+        let mut visible = Vec::new();
         for member in members(&view, at) {
             let (member_offset, member) = member.map_err(|_| corrupt(offset))?;
             let place = Position {
@@ -894,7 +922,22 @@ impl Store {
             let plain = open_copy(cipher.as_deref(), member, place, &mut scratch)
                 .map_err(|_| corrupt(offset))?;
             let op = op_of(&plain);
-            self.register(writer, &plain, member_offset, stored_len, offset, op);
+            let place = Placed {
+                offset: member_offset,
+                stored_len,
+                frame_offset: offset,
+            };
+            self.register(writer, &plain, place, op, Some(&mut visible));
+        }
+        if !visible.is_empty() {
+            let mut keydir = write(&self.keydir);
+            for member in &visible {
+                apply(&mut keydir.index, &member.key, member.location);
+            }
+            drop(keydir);
+            for member in visible {
+                self.events.publish(member.event);
+            }
         }
         Ok(last)
     }
@@ -914,24 +957,23 @@ impl Store {
         Ok(())
     }
 
-    /// Records an appended record (its plain form; stored at `offset` in
-    /// `stored_len` bytes; `frame_offset` is where its frame starts, or
-    /// `offset` again): published at once, or pending
-    /// until its fsync with `sync: always`.
+    /// Records an appended record (its plain form, stored at `place`):
+    /// published at once (or, with `deferred`, handed back to be published
+    /// with the rest of its batch), or pending until its fsync with `sync:
+    /// always`.
     fn register(
         &self,
         writer: &mut Writer,
         record: &RecordView<'_>,
-        offset: u64,
-        stored_len: usize,
-        frame_offset: u64,
+        place: Placed,
         op: EventOp,
+        deferred: Option<&mut Vec<Pending>>,
     ) {
         let header = record.header;
         let location = (header.kind == RecordKind::Put).then(|| {
             let location = Location {
-                offset,
-                len: stored_len as u32,
+                offset: place.offset,
+                len: place.stored_len as u32,
             };
             (location, Attrs::of(&header))
         });
@@ -942,18 +984,22 @@ impl Store {
             record.content_type,
             record.value,
         );
-        if self.sync == SyncMode::Always {
-            writer.pending.push(Pending {
-                key: record.key.into(),
-                offset: frame_offset,
-                location,
-                sequence: header.sequence,
-                event,
-            });
-        } else {
-            apply(&mut write(&self.keydir).index, record.key, location);
-            self.events.publish(event);
-        }
+        let queue = match deferred {
+            _ if self.sync == SyncMode::Always => &mut writer.pending,
+            Some(deferred) => deferred,
+            None => {
+                apply(&mut write(&self.keydir).index, record.key, location);
+                self.events.publish(event);
+                return;
+            }
+        };
+        queue.push(Pending {
+            key: record.key.into(),
+            offset: place.frame_offset,
+            location,
+            sequence: header.sequence,
+            event,
+        });
     }
 
     /// Releases the writer lock and, with `sync: always`, waits until the
@@ -1553,6 +1599,11 @@ mod tests {
                 .batch(&[batch_put("b", b"2"), batch_put("c", b"3")], &mut buf)
                 .unwrap();
             store.delete(b"a", &mut buf, Expect::Any).unwrap();
+            let delete_b = BatchOp::Delete {
+                key: b"b",
+                expect: Expect::Any,
+            };
+            store.batch(&[delete_b], &mut buf).unwrap();
             let events: Vec<_> = subscription.events.try_iter().collect();
             let seen: Vec<_> = events.iter().map(|e| (e.op, &*e.key)).collect();
             assert_eq!(
@@ -1561,13 +1612,49 @@ mod tests {
                     (EventOp::Put, "a"),
                     (EventOp::Put, "b"),
                     (EventOp::Put, "c"),
-                    (EventOp::Delete, "a")
+                    (EventOp::Delete, "a"),
+                    (EventOp::Delete, "b")
                 ]
             );
             assert!(events
                 .windows(2)
                 .all(|pair| pair[0].version < pair[1].version));
             assert_eq!(events[0].value.as_deref(), Some("1"));
+        }
+    }
+
+    #[test]
+    fn readers_never_see_half_a_batch() {
+        for sync in [SyncMode::Never, SyncMode::Always] {
+            let (_, store) = empty_store(sync);
+            put(&store, "a", b"0").unwrap();
+            put(&store, "b", b"0").unwrap();
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let read = |key: &str| -> u32 {
+                let value = get(&store, key).unwrap();
+                std::str::from_utf8(&value).unwrap().parse().unwrap()
+            };
+            thread::scope(|scope| {
+                scope.spawn(|| {
+                    let mut buf = Vec::new();
+                    for i in 1..=2000u32 {
+                        let value = i.to_string();
+                        let ops = [
+                            batch_put("a", value.as_bytes()),
+                            batch_put("b", value.as_bytes()),
+                        ];
+                        store.batch(&ops, &mut buf).unwrap();
+                    }
+                    done.store(true, Ordering::SeqCst);
+                });
+                // "a" is applied before "b": reading "b" after "a" must find
+                // at least "a"'s batch, never an older one.
+                while !done.load(Ordering::SeqCst) {
+                    let a = read("a");
+                    let b = read("b");
+                    assert!(b >= a, "{sync:?}: read a={a} then b={b}: half a batch");
+                }
+            });
         }
     }
 }

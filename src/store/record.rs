@@ -489,7 +489,9 @@ impl FrameBuilder {
         let members_len = u32::try_from(out.len() - RECORD_HEADER_LEN).expect("frame size checked");
         out[8..12].copy_from_slice(&members_len.to_le_bytes());
         out[16..24].copy_from_slice(&last.to_le_bytes());
-        out[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+        // Wrapped members hide their time; the frame must not show it.
+        let frame_time = if overhead > 0 { 0 } else { timestamp_ms };
+        out[24..32].copy_from_slice(&frame_time.to_le_bytes());
         let crc = checksum(&out[4..], at);
         out[0..4].copy_from_slice(&crc.to_le_bytes());
         last
