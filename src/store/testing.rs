@@ -370,7 +370,7 @@ impl CrashFile {
     }
 
     /// Length of the file as the process sees it.
-    pub fn len(&self) -> usize {
+    pub fn written_len(&self) -> usize {
         self.disk.lock().unwrap().bytes.len()
     }
 

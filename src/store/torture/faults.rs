@@ -76,7 +76,7 @@ fn check(
     tally: &Tally,
 ) -> Result<(), TestCaseError> {
     let (file, store) = fresh_store(CrashFile::with_bytes, SyncMode::Always);
-    let mut history = History::new(file.len());
+    let mut history = History::new(file.written_len());
     for (step, (op, fault)) in steps.iter().enumerate() {
         if let Some((Call::Read, _)) = fault {
             // Aimed at a GET of a live key: that request fails, alone.

@@ -179,21 +179,21 @@ impl History {
         step: usize,
         op: &Op,
     ) -> Result<(), StoreError> {
-        let before = file.len();
+        let before = file.written_len();
         let result = run(store, file, step, op);
         let mut next = self.model.clone();
         apply(&mut next, step, op);
         let landed = match &result {
             Ok(()) => true,
-            Err(StoreError::ReadOnly) => file.len() > before,
+            Err(StoreError::ReadOnly) => file.written_len() > before,
             Err(_) => false,
         };
         if result.is_ok() {
             self.model = next.clone();
-            self.acknowledged_len = file.len();
+            self.acknowledged_len = file.written_len();
         }
         if landed {
-            self.states.push((next, file.len()));
+            self.states.push((next, file.written_len()));
         }
         result
     }

@@ -70,7 +70,7 @@ fn check(case: Case, tally: &Tally) -> Result<(), TestCaseError> {
     if let Some(calls) = case.dies_at {
         file.die_after(calls);
     }
-    let mut history = History::new(file.len());
+    let mut history = History::new(file.written_len());
     for (step, op) in case.ops.iter().enumerate() {
         match history.step(&store, &file, step, op) {
             Ok(()) => {}
