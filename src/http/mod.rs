@@ -12,6 +12,8 @@
 mod admin;
 mod batch;
 mod conditions;
+#[cfg(test)]
+mod faults;
 mod kv;
 mod list;
 mod metrics;
