@@ -855,3 +855,48 @@ pub fn assert_values(port: u16, expected: &[(String, Vec<u8>)]) {
         assert_eq!(&resp.body, value, "GET {path}: wrong value");
     }
 }
+
+pub mod workload;
+
+impl Node {
+    /// Rewrites the node's config (same data directory) for its next start.
+    pub fn reconfigure(&mut self, config: &Config) {
+        std::fs::write(&self.config_path, config.yaml(&self.data_dir())).unwrap();
+        self.env = config.env.clone();
+    }
+
+    /// Starts the node and SIGKILLs it `after` that long, in the middle of
+    /// its recovery or soon after; returns whether it was serving by then.
+    pub fn kill_during_start(&mut self, after: Duration) -> bool {
+        self.kill9();
+        let mut server = self.spawn();
+        thread::sleep(after);
+        let serving = server.logs().contains(LISTENING);
+        server.kill();
+        serving
+    }
+}
+
+/// A seed from `var` if set, else from the OS's random source; printed, so
+/// a failing run can be replayed.
+pub fn seed_from_env(var: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+    eprintln!("seed {seed} (replay: {var}={seed})");
+    seed
+}
+
+/// The number in environment variable `var`, or `default`.
+pub fn env_number(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
