@@ -17,32 +17,24 @@ struct ApiCall {
     body: &'static str,
 }
 
-const PUT: ApiCall = ApiCall {
-    method: Method::Put,
-    path: "/api/kv/counter",
-    body: "41",
-};
-const DELETE: ApiCall = ApiCall {
-    method: Method::Delete,
-    path: "/api/kv/counter",
-    body: "",
-};
-const GET: ApiCall = ApiCall {
-    method: Method::Get,
-    path: "/api/kv/counter",
-    body: "",
-};
-const INCREMENT: ApiCall = ApiCall {
-    method: Method::Patch,
-    path: "/api/kv/counter",
-    body: r#"{"operation": "increment"}"#,
-};
-const BATCH: ApiCall = ApiCall {
-    method: Method::Post,
-    path: "/api/batch",
-    body: r#"{"operations": [{"op": "put", "key": "counter", "value": "7"},
-                             {"op": "put", "key": "new", "value": "x"}]}"#,
-};
+const fn call(method: Method, path: &'static str, body: &'static str) -> ApiCall {
+    ApiCall { method, path, body }
+}
+
+const PUT: ApiCall = call(Method::Put, "/api/kv/counter", "41");
+const DELETE: ApiCall = call(Method::Delete, "/api/kv/counter", "");
+const GET: ApiCall = call(Method::Get, "/api/kv/counter", "");
+const INCREMENT: ApiCall = call(
+    Method::Patch,
+    "/api/kv/counter",
+    r#"{"operation": "increment"}"#,
+);
+const BATCH: ApiCall = call(
+    Method::Post,
+    "/api/batch",
+    r#"{"operations": [{"op": "put", "key": "counter", "value": "7"},
+                       {"op": "put", "key": "new", "value": "x"}]}"#,
+);
 
 /// Answers `call` as a worker would; returns the status and, for a JSON
 /// reply, its `message`.

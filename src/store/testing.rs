@@ -83,13 +83,7 @@ impl MemFile {
 impl LogFile for MemFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.largest_read.fetch_max(buf.len(), Ordering::SeqCst);
-        let bytes = self.bytes.lock().unwrap();
-        let start = offset as usize;
-        let source = bytes
-            .get(start..start + buf.len())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(source);
-        Ok(())
+        read_from(&self.bytes.lock().unwrap(), buf, offset)
     }
 
     fn append(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -124,6 +118,16 @@ impl LogFile for MemFile {
         self.bytes.lock().unwrap().truncate(len as usize);
         Ok(())
     }
+}
+
+/// Fills `buf` from `bytes` at `offset`, as `read_at` does.
+fn read_from(bytes: &[u8], buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let start = offset as usize;
+    let source = bytes
+        .get(start..start + buf.len())
+        .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+    buf.copy_from_slice(source);
+    Ok(())
 }
 
 /// What the store should hold.
@@ -449,13 +453,7 @@ impl LogFile for CrashFile {
         if disk.dead || Self::take_fault(&mut disk, Call::Read).is_some() {
             return Err(eio("read"));
         }
-        let start = offset as usize;
-        let source = disk
-            .bytes
-            .get(start..start + buf.len())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(source);
-        Ok(())
+        read_from(&disk.bytes, buf, offset)
     }
 
     fn append(&self, offset: u64, data: &[u8]) -> io::Result<()> {

@@ -49,7 +49,7 @@ impl Server {
         cwd: Option<&Path>,
         env: &[(String, String)],
     ) -> Server {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(lucid_bin());
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -899,4 +899,21 @@ pub fn env_number(var: &str, default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// The `lucid` binary servers run: `LUCID_BIN` if set (the soak runs the
+/// release build; a relative path is from the repository root), else the
+/// one Cargo built for the tests.
+pub fn lucid_bin() -> PathBuf {
+    std::env::var_os("LUCID_BIN").map_or_else(
+        || PathBuf::from(BIN),
+        |bin| Path::new(env!("CARGO_MANIFEST_DIR")).join(bin),
+    )
+}
+
+impl Node {
+    /// Process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.server.as_ref().expect("node is running").child.id()
+    }
 }

@@ -94,8 +94,8 @@ pub struct Client {
     held: BTreeMap<String, Held>,
     /// The changes of the operation cut off by a kill, if any.
     in_flight: Vec<(String, Held)>,
-    /// TTL keys: the value and when it was put (soak).
-    ttl: BTreeMap<String, (Vec<u8>, Instant)>,
+    /// TTL keys: the value, when its PUT was sent and answered (soak).
+    ttl: BTreeMap<String, (Vec<u8>, Instant, Instant)>,
     /// Numbers the values written.
     seq: u64,
     /// What the client saw.
@@ -319,34 +319,38 @@ impl Client {
         Ok(())
     }
 
-    /// Puts a TTL key with `?ttl=1`, or reads one back: its value until
-    /// 0.9 s after the put, 404 from 1.5 s on.
+    /// Puts a TTL key with `?ttl=1`, or reads one back: its value before
+    /// it can have expired, 404 after it must have (the PUT and the GET
+    /// are each placed between their send and their answer).
     fn ttl(&mut self, conn: &mut Conn) -> io::Result<()> {
         let key = format!("c{}-t{}", self.id, self.rng.random_range(0..TTL_KEYS));
         let path = kv_path(&key);
-        let Some((value, at)) = self
-            .ttl
-            .get(&key)
-            .cloned()
-            .filter(|_| self.rng.random_bool(0.6))
-        else {
+        let reread = self.rng.random_bool(0.6);
+        let Some((value, sent, answered)) = self.ttl.get(&key).cloned().filter(|_| reread) else {
             let value = self.next_value();
-            let at = Instant::now();
+            let sent = Instant::now();
             let resp = self.send(conn, "PUT", &format!("{path}?ttl=1"), &value)?;
             if !matches!(resp.status, 200 | 201) {
                 return self.fail(format!("PUT {path}?ttl=1 answered {}", resp.status));
             }
-            self.ttl.insert(key, (value, at));
+            self.ttl.insert(key, (value, sent, Instant::now()));
             return Ok(());
         };
+        let get_sent = Instant::now();
         let resp = self.send(conn, "GET", &path, b"")?;
-        let age = at.elapsed();
+        let (get_answered, ttl) = (Instant::now(), Duration::from_secs(1));
+        // Expiry lies between sent + ttl and answered + ttl (give or take
+        // the clock's resolution).
+        let slack = Duration::from_millis(20);
+        let may_live = get_sent < answered + ttl + slack;
+        let may_be_gone = get_answered + slack > sent + ttl;
         self.tally.checked += 1;
         match resp.status {
-            200 if resp.body == value && age < Duration::from_millis(1500) => Ok(()),
-            404 if age > Duration::from_millis(900) => Ok(()),
+            200 if resp.body == value && may_live => Ok(()),
+            404 if may_be_gone => Ok(()),
             status => self.fail(format!(
-                "GET {path} {age:?} after a put with ttl=1: {status}"
+                "GET {path} {:?} after a put with ttl=1: {status}",
+                get_sent - sent
             )),
         }
     }

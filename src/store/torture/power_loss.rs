@@ -91,36 +91,25 @@ fn check(case: Case, tally: &Tally) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Runs the power-loss cases of `mode`.
+fn run_mode(name: &str, mode: Mode) {
+    let tally = Tally::default();
+    run_cases(name, 1500, case(mode), &tally, |c| check(c, &tally));
+}
+
 #[test]
 fn power_loss_with_sync_always_loses_no_acknowledged_write() {
-    let tally = Tally::default();
-    run_cases(
-        "power loss, always",
-        1500,
-        case(Mode::Always),
-        &tally,
-        |c| check(c, &tally),
-    );
+    run_mode("power loss, always", Mode::Always);
 }
 
 #[test]
 fn power_loss_with_sync_interval_recovers_a_prefix() {
-    let tally = Tally::default();
-    run_cases(
-        "power loss, interval",
-        1500,
-        case(Mode::Interval),
-        &tally,
-        |c| check(c, &tally),
-    );
+    run_mode("power loss, interval", Mode::Interval);
 }
 
 #[test]
 fn power_loss_with_sync_never_recovers_a_prefix() {
-    let tally = Tally::default();
-    run_cases("power loss, never", 1500, case(Mode::Never), &tally, |c| {
-        check(c, &tally)
-    });
+    run_mode("power loss, never", Mode::Never);
 }
 
 /// Writers per concurrent case.
