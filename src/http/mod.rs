@@ -16,6 +16,8 @@
 mod admin;
 mod batch;
 mod conditions;
+#[cfg(test)]
+mod faults;
 mod kv;
 mod list;
 mod metrics;

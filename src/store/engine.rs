@@ -1260,21 +1260,10 @@ pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::store::record::{FileHeader, FILE_HEADER_LEN};
-    use crate::store::testing::{batch_put, set_attrs, try_put as put, MemFile};
+    use crate::store::testing::{batch_put, fresh_store, set_attrs, try_put as put, MemFile};
 
     fn empty_store(sync: SyncMode) -> (Arc<MemFile>, Arc<Store>) {
-        let header = FileHeader::new(0, 0);
-        let file = Arc::new(MemFile::with_bytes(&header.encode()));
-        let recovered = Recovered {
-            index: Index::default(),
-            end: FILE_HEADER_LEN as u64,
-            next_sequence: 1,
-            header,
-            dir: None,
-            cipher: None,
-        };
-        let store = Store::new(file.clone(), recovered, sync);
-        (file, store)
+        fresh_store(MemFile::with_bytes, sync)
     }
 
     fn get(store: &Store, key: &str) -> Option<Vec<u8>> {

@@ -35,6 +35,8 @@ pub mod repair;
 pub mod scan;
 #[cfg(test)]
 pub mod testing;
+#[cfg(test)]
+mod torture;
 
 pub use compaction::{spawn_compactor, CompactionError, CompactionPolicy};
 pub use directory::{check, open, open_with, OpenError};

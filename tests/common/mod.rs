@@ -49,7 +49,7 @@ impl Server {
         cwd: Option<&Path>,
         env: &[(String, String)],
     ) -> Server {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(lucid_bin());
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -1004,5 +1004,67 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
             return false;
         }
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub mod workload;
+
+impl Node {
+    /// Rewrites the node's config (same data directory) for its next start.
+    pub fn reconfigure(&mut self, config: &Config) {
+        std::fs::write(&self.config_path, config.yaml(&self.data_dir())).unwrap();
+        self.env = config.env.clone();
+    }
+
+    /// Starts the node and SIGKILLs it `after` that long, in the middle of
+    /// its recovery or soon after; returns whether it was serving by then.
+    pub fn kill_during_start(&mut self, after: Duration) -> bool {
+        self.kill9();
+        let mut server = self.spawn();
+        thread::sleep(after);
+        let serving = server.logs().contains(LISTENING);
+        server.kill();
+        serving
+    }
+}
+
+/// A seed from `var` if set, else from the OS's random source; printed, so
+/// a failing run can be replayed.
+pub fn seed_from_env(var: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+    eprintln!("seed {seed} (replay: {var}={seed})");
+    seed
+}
+
+/// The number in environment variable `var`, or `default`.
+pub fn env_number(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `lucid` binary servers run: `LUCID_BIN` if set (the soak runs the
+/// release build; a relative path is from the repository root), else the
+/// one Cargo built for the tests.
+pub fn lucid_bin() -> PathBuf {
+    std::env::var_os("LUCID_BIN").map_or_else(
+        || PathBuf::from(BIN),
+        |bin| Path::new(env!("CARGO_MANIFEST_DIR")).join(bin),
+    )
+}
+
+impl Node {
+    /// Process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.server.as_ref().expect("node is running").child.id()
     }
 }
