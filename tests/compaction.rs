@@ -123,19 +123,15 @@ fn background_compaction_runs_when_the_log_is_mostly_dead() {
         .start();
     let live = churn(node.port());
     let deadline = Instant::now() + Duration::from_secs(15);
-    while stats(node.port())["compactions"] == 0 {
+    // The counter moves just before the compactor logs its report.
+    while stats(node.port())["compactions"] == 0 || !node.logs().contains("background compaction") {
         assert!(
             Instant::now() < deadline,
-            "no background compaction; stderr:\n{}",
+            "no background compaction reported; stderr:\n{}",
             node.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        node.logs().contains("background compaction"),
-        "{}",
-        node.logs()
-    );
     assert_churned(node.port(), &live);
 }
 
