@@ -13,6 +13,7 @@
 //! request it is answering and those already queued, then exits; `run`
 //! returns once all have, or after [`SHUTDOWN_GRACE`].
 
+mod access;
 mod admin;
 mod batch;
 mod conditions;
@@ -43,6 +44,7 @@ use signal_hook::iterator::Signals;
 
 use tiny_http::{ConfigListenAddr, Method, Request, Server, ServerConfig};
 
+use crate::auth::Auth;
 use crate::config::{self, General};
 use crate::store::Store;
 use reply::Reply;
@@ -62,6 +64,10 @@ pub struct Context {
     stopping: AtomicBool,
     /// Connected watchers and their cap.
     watchers: Arc<watch::Watchers>,
+    /// Token verification; `None` when authentication is off.
+    auth: Option<Auth>,
+    /// Whether `/metrics` needs no token.
+    metrics_public: bool,
 }
 
 impl Context {
@@ -74,12 +80,22 @@ impl Context {
             metrics: metrics::Metrics::default(),
             stopping: AtomicBool::new(false),
             watchers: Arc::new(watch::Watchers::new(config::Watch::default().max_watchers)),
+            auth: None,
+            metrics_public: true,
         }
     }
 
     /// Serves at most `max` watchers at once (`watch.max_watchers`).
     pub fn with_max_watchers(mut self, max: usize) -> Self {
         self.watchers = Arc::new(watch::Watchers::new(max));
+        self
+    }
+
+    /// Requires tokens as `auth` says (`None`: no authentication); with
+    /// them, `/metrics` needs `admin` unless `metrics_public`.
+    pub fn with_auth(mut self, auth: Option<Auth>, metrics_public: bool) -> Self {
+        self.auth = auth;
+        self.metrics_public = metrics_public;
         self
     }
 }
@@ -249,7 +265,12 @@ fn worker(server: &Server, ctx: &Context) {
         let mut body_read = false;
         let (bufs_ref, body_read_ref) = (&mut bufs, &mut body_read);
         let route = route::route(&url);
-        if route == Route::Watch && !body_may_block {
+        // Authentication and authorization, for every route, watchers too.
+        let refused = catch_panic(
+            || access::check(ctx, &request, &url, route, &mut bufs_ref.key).err(),
+            || Some(Reply::internal_error()),
+        );
+        if route == Route::Watch && !body_may_block && refused.is_none() {
             let prepared = catch_panic(
                 || watch::prepare(ctx, &request),
                 || Err(Reply::internal_error()),
@@ -272,6 +293,9 @@ fn worker(server: &Server, ctx: &Context) {
         };
         let reply = catch_panic(
             || {
+                if let Some(refused) = refused {
+                    return refused;
+                }
                 match route {
             _ if body_may_block && !stores_body => body_not_allowed(),
             Route::Kv { raw_key } => {
