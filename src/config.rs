@@ -538,6 +538,15 @@ mod tests {
         assert!(err.contains("watch.queue"), "{err}");
         let err = Config::parse("watch:\n  histroy: 5\n").unwrap_err();
         assert!(err.contains("histroy"), "{err}");
+        let err = Config::parse("general:\n  max_connections: 0\n").unwrap_err();
+        assert!(err.contains("general.max_connections"), "{err}");
+        let err = Config::parse("general:\n  tls:\n    certificate: c.pem\n").unwrap_err();
+        assert!(err.contains("private_key"), "{err}");
+        let err = Config::parse("authentication:\n  enabled: true\n").unwrap_err();
+        assert!(err.contains("authentication.secret_key"), "{err}");
+        let err = Config::parse("authentication:\n  secret_key: short\n").unwrap_err();
+        assert!(err.contains("at least 32"), "{err}");
+        assert!(!err.contains("short"), "the secret is echoed: {err}");
     }
 
     #[test]

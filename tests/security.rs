@@ -463,24 +463,35 @@ fn health_is_open_and_metrics_only_when_public() {
 
 #[test]
 fn a_refused_request_with_a_large_body_does_not_hold_the_node() {
-    let node = secured(&[]);
+    let node = Config::new()
+        .raw("general", "read_timeout_ms: 1000")
+        .raw("authentication", "enabled: true")
+        .raw("authentication", &format!("secret_key: \"{SECRET}\""))
+        .start();
     let port = node.port();
     let body = vec![b'x'; 4 << 20];
     assert_unauthorized(&put(port, "/api/kv/big", &body));
     let resp = with_token(port, &token(&["read"]), "PUT", "/api/kv/big", &body);
     assert_error(&resp, 403, None);
-    // A client that announces a body and never sends it.
-    let mut idle = Conn::open(port);
-    idle.write_raw(b"PUT /api/kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    // A client that asks to continue is refused before it sends its body.
+    let mut asking = Conn::open(port);
+    let head = "PUT /api/kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n";
+    asking
+        .write_raw(format!("{head}Expect: 100-continue\r\n\r\n").as_bytes())
         .unwrap();
+    assert_unauthorized(&asking.read_response(false).unwrap());
+    // One that announces a body and never sends it holds no worker, and is
+    // answered once the read timeout ends its body.
+    let mut idle = Conn::open(port);
+    idle.write_raw(format!("{head}\r\n").as_bytes()).unwrap();
+    for n in 0..8 {
+        let path = format!("/api/kv/ok-{n}");
+        assert_eq!(with_token(port, &root(), "PUT", &path, b"1").status, 201);
+    }
     assert_unauthorized(&idle.read_response(false).unwrap());
     assert_eq!(
         with_token(port, &root(), "GET", "/api/kv/big", b"").status,
         404
-    );
-    assert_eq!(
-        with_token(port, &root(), "PUT", "/api/kv/ok", b"1").status,
-        201
     );
 }
 

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use tiny_http::{ConfigListenAddr, Method, Request, Server, ServerConfig};
+use tiny_http::{ConfigListenAddr, ConnectionLimit, Method, Request, Server, ServerConfig};
 
 use crate::auth::Auth;
 use crate::config::{self, General};
@@ -128,14 +128,21 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds the configured address.
-    pub fn bind(general: &General) -> Result<Self, String> {
+    /// Binds the configured address. Request bodies up to `max_body_bytes`
+    /// are read whole by the connection's thread before a worker sees the
+    /// request, so a client trickling its body never holds a worker.
+    pub fn bind(general: &General, max_body_bytes: usize) -> Result<Self, String> {
         let addr = SocketAddr::new(general.bind_address, general.port);
         let config = ServerConfig {
             addr: ConfigListenAddr::IP(vec![addr]),
             ssl: None,
             read_timeout: general.read_timeout(),
             streams: Some(watch::is_watch),
+            connection_limit: Some(ConnectionLimit {
+                max: general.max_connections,
+                refusal: reply::too_many_connections(),
+            }),
+            read_ahead: Some(max_body_bytes),
         };
         let server = Server::new(config).map_err(|err| {
             format!(

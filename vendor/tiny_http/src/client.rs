@@ -40,6 +40,10 @@ pub struct ClientConnection {
 
     // Lucid patch: see `ServerConfig::streams`.
     streams: Option<fn(&Request) -> bool>,
+
+    // Lucid patch: bodies up to this size are read before the request is
+    // handed out (see `request::ReadAhead`).
+    read_ahead: Option<usize>,
 }
 
 /// Error that can happen when reading a request.
@@ -75,7 +79,15 @@ impl ClientConnection {
             secure,
             socket,
             streams,
+            read_ahead: None,
         }
+    }
+
+    /// Lucid patch: request bodies up to `limit` bytes are read whole by
+    /// this connection's thread before their request is handed out.
+    pub fn with_read_ahead(mut self, limit: Option<usize>) -> ClientConnection {
+        self.read_ahead = limit;
+        self
     }
 
     /// true if the connection is HTTPS
@@ -163,6 +175,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            self.read_ahead,
         )
         .map_err(|e| {
             use crate::request;

@@ -138,6 +138,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    read_ahead: Option<usize>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -233,6 +234,19 @@ where
         Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     };
 
+    // Lucid patch: see `ReadAhead`. A client that asked for `100 Continue`
+    // is left to the caller, who may refuse the request before its body.
+    let streamed = connection_upgrade
+        || expects_continue
+        || (content_length.is_none() && transfer_encoding.is_none())
+        || content_length.is_some_and(|len| len <= 1024);
+    let reader = match read_ahead {
+        Some(limit) if !streamed && content_length.map_or(true, |len| len <= limit) => {
+            Box::new(ReadAhead::new(reader, limit)) as Box<dyn Read + Send + 'static>
+        }
+        _ => reader,
+    };
+
     Ok(Request {
         data_reader: Some(reader),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
@@ -247,6 +261,44 @@ where
         notify_when_responded: None,
         socket: None,
     })
+}
+
+/// Lucid patch: a request body read whole (up to a limit) by the
+/// connection's own thread before the request is handed to the server's
+/// user, so a client that trickles its body holds only its own connection's
+/// thread, never one of the user's workers. The body's bytes come first,
+/// then the error that ended the read early, if any (a timeout, bad chunked
+/// encoding); a body over the limit continues from the connection.
+struct ReadAhead<R> {
+    buffered: Cursor<Vec<u8>>,
+    error: Option<IoError>,
+    rest: R,
+}
+
+impl<R: Read> ReadAhead<R> {
+    fn new(mut body: R, limit: usize) -> Self {
+        let mut buffered = Vec::new();
+        let over_limit = (limit as u64).saturating_add(1);
+        let error = (&mut body).take(over_limit).read_to_end(&mut buffered).err();
+        ReadAhead {
+            buffered: Cursor::new(buffered),
+            error,
+            rest: body,
+        }
+    }
+}
+
+impl<R: Read> Read for ReadAhead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.buffered.read(buf)?;
+        if read > 0 || buf.is_empty() {
+            return Ok(read);
+        }
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
+        self.rest.read(buf)
+    }
 }
 
 /// Lucid patch: the connection under a request body whose end is known from
