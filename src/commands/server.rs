@@ -27,7 +27,7 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     store.events().set_limits(watch.history, watch.queue);
     store::spawn_compactor(&store, config.compaction.policy());
     store::spawn_expiry_sweeper(&store);
-    let server = HttpServer::bind(&config.general, storage.max_value_bytes)?;
+    let server = HttpServer::bind(&config.general, storage)?;
     let addr = server
         .local_addr()
         .ok_or("the server is not bound to an IP address")?;

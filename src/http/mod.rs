@@ -45,7 +45,7 @@ use signal_hook::iterator::Signals;
 use tiny_http::{ConfigListenAddr, ConnectionLimit, Method, Request, Server, ServerConfig};
 
 use crate::auth::Auth;
-use crate::config::{self, General};
+use crate::config::{self, General, Storage};
 use crate::store::Store;
 use reply::Reply;
 use route::Route;
@@ -128,10 +128,11 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds the configured address. Request bodies up to `max_body_bytes`
+    /// Binds the configured address. Request bodies up to the largest value
     /// are read whole by the connection's thread before a worker sees the
-    /// request, so a client trickling its body never holds a worker.
-    pub fn bind(general: &General, max_body_bytes: usize) -> Result<Self, String> {
+    /// request, so a client trickling its body never holds a worker; request
+    /// heads are limited to [`head_limit`] bytes.
+    pub fn bind(general: &General, storage: &Storage) -> Result<Self, String> {
         let addr = SocketAddr::new(general.bind_address, general.port);
         let config = ServerConfig {
             addr: ConfigListenAddr::IP(vec![addr]),
@@ -142,7 +143,8 @@ impl HttpServer {
                 max: general.max_connections,
                 refusal: reply::too_many_connections(),
             }),
-            read_ahead: Some(max_body_bytes),
+            read_ahead: Some(storage.max_value_bytes),
+            max_head_bytes: Some(head_limit(storage.max_key_bytes)),
         };
         let server = Server::new(config).map_err(|err| {
             format!(
@@ -235,6 +237,16 @@ impl HttpServer {
         ctx.watchers.wait_gone(Instant::now() + WATCHERS_GRACE);
         Ok(())
     }
+}
+
+/// Room in a request head for everything but the key: the request line's
+/// other parts and the headers (a token is at most 8 KiB of them).
+const HEAD_ROOM: usize = 16 * 1024;
+
+/// The longest request head accepted: room for the longest key with every
+/// byte percent-encoded, and [`HEAD_ROOM`].
+pub fn head_limit(max_key_bytes: usize) -> usize {
+    3 * max_key_bytes + HEAD_ROOM
 }
 
 /// Catches SIGTERM and SIGINT from now on, for [`HttpServer::run`]. Call it

@@ -200,6 +200,11 @@ pub struct ServerConfig {
     /// handed to `recv`, so a client trickling its body holds no thread of
     /// the caller's. Larger bodies are streamed as upstream does.
     pub read_ahead: Option<usize>,
+
+    /// Lucid patch: if `Some`, a request head (request line and headers)
+    /// longer than this many bytes is refused: 414 if the request line
+    /// alone is, else 431. Upstream read heads of any size.
+    pub max_head_bytes: Option<usize>,
 }
 
 /// Lucid patch: see `ServerConfig::connection_limit`.
@@ -244,6 +249,7 @@ impl Server {
             streams: None,
             connection_limit: None,
             read_ahead: None,
+            max_head_bytes: None,
         })
     }
 
@@ -264,6 +270,7 @@ impl Server {
             streams: None,
             connection_limit: None,
             read_ahead: None,
+            max_head_bytes: None,
         })
     }
 
@@ -280,6 +287,7 @@ impl Server {
             streams: None,
             connection_limit: None,
             read_ahead: None,
+            max_head_bytes: None,
         })
     }
 
@@ -314,13 +322,14 @@ impl Server {
             connection_limit: None,
             read_ahead: None,
             streams: None,
+            max_head_bytes: None,
         };
         Self::from_listener_with_limits(listener, config)
     }
 
     /// Lucid patch: a server on `listener` with `config`'s settings other
     /// than its address (see `ServerConfig::read_timeout`,
-    /// `connection_limit`, `read_ahead`, `streams`).
+    /// `connection_limit`, `read_ahead`, `streams`, `max_head_bytes`).
     pub fn from_listener_with_limits<L: Into<Listener>>(
         listener: L,
         config: ServerConfig,
@@ -331,6 +340,7 @@ impl Server {
             connection_limit,
             read_ahead,
             streams,
+            max_head_bytes,
             ..
         } = config;
         let listener = listener.into();
@@ -425,7 +435,7 @@ impl Server {
                             socket,
                             streams,
                         )
-                        .with_read_ahead(read_ahead))
+                        .with_limits(read_ahead, max_head_bytes))
                     }
                     Err(e) => Err(e),
                 };

@@ -1,6 +1,7 @@
 use std::io::Error as IoError;
 use std::io::{self, Cursor, ErrorKind, Read, Write};
 
+use ascii::AsciiString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -111,6 +112,10 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// Lucid patch: the body's framing headers are malformed or
+    /// contradictory (see `body_framing`); the message says how.
+    BadFraming(&'static str),
 }
 
 impl From<IoError> for RequestCreationError {
@@ -144,23 +149,9 @@ where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
+    // Lucid patch: see `body_framing`.
+    let (transfer_encoding, content_length) =
+        body_framing(&headers).map_err(RequestCreationError::BadFraming)?;
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
@@ -261,6 +252,42 @@ where
         notify_when_responded: None,
         socket: None,
     })
+}
+
+/// Lucid patch: the request's `Transfer-Encoding` and `Content-Length`,
+/// refusing what upstream let through and what lets a request be framed two
+/// ways (request smuggling): a `Content-Length` that is not a number,
+/// several that differ, one beside `Transfer-Encoding`, and a
+/// `Transfer-Encoding` other than `chunked`. Upstream took a malformed
+/// length as no body, so the body was read as the next request. A length
+/// too large for `usize` becomes `usize::MAX`, which the caller refuses as
+/// too large.
+fn body_framing(headers: &[Header]) -> Result<(Option<AsciiString>, Option<usize>), &'static str> {
+    let transfer_encoding = headers
+        .iter()
+        .find(|h| h.field.equiv("Transfer-Encoding"))
+        .map(|h| h.value.clone());
+    let mut content_length = None;
+    for header in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+        let value = header.value.as_str().trim();
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("The Content-Length header is not a number of bytes.");
+        }
+        let length = value.parse().unwrap_or(usize::MAX);
+        if content_length.is_some_and(|earlier| earlier != length) {
+            return Err("The request has several Content-Length headers that differ.");
+        }
+        content_length = Some(length);
+    }
+    match transfer_encoding {
+        Some(ref te) if !te.as_str().trim().eq_ignore_ascii_case("chunked") => {
+            Err("Transfer-Encoding must be chunked (no other coding is supported).")
+        }
+        Some(_) if content_length.is_some() => {
+            Err("The request has both Content-Length and Transfer-Encoding; send one.")
+        }
+        framing => Ok((framing, content_length)),
+    }
 }
 
 /// Lucid patch: a request body read whole (up to a limit) by the
