@@ -693,3 +693,52 @@ fn expired_tokens_stop_working() {
     std::thread::sleep(Duration::from_secs(4));
     assert_unauthorized(&with_token(node.port(), &short, "GET", "/api/kv/k", b""));
 }
+
+#[test]
+fn listings_need_read_on_the_whole_prefix_and_batches_write_on_every_key() {
+    let node = secured(&[]);
+    let port = node.port();
+    for key in ["sensors/a", "sensors/private/b", "wallets/c"] {
+        assert_eq!(
+            with_token(port, &root(), "PUT", &kv_path(key), b"v").status,
+            201
+        );
+    }
+    let prefixes = json!({"prefixes": ["sensors/", {"prefix": "sensors/private/", "scopes": []}]});
+    let scoped = sign(SECRET, claims(&["read", "write"], prefixes));
+    let list =
+        |token: &str, query: &str| with_token(port, token, "GET", &format!("/api/kv{query}"), b"");
+
+    let open = list(&scoped, "?prefix=sensors%2Fa");
+    assert_eq!(open.status, 200, "{}", open.text());
+    assert!(open.text().contains("sensors/a"), "{}", open.text());
+    for query in ["?prefix=sensors/", "?prefix=wallets/", "", "?limit=5"] {
+        let resp = list(&scoped, query);
+        assert_error(&resp, 403, None);
+        assert!(
+            !resp.text().contains("wallets/c"),
+            "{query}: {}",
+            resp.text()
+        );
+    }
+    assert_unauthorized(&request(port, "GET", "/api/kv?prefix=sensors/", &[], b""));
+    assert_error(&list(&token(&["write"]), "?prefix=sensors/"), 403, None);
+    assert_eq!(list(&token(&["read"]), "").status, 200);
+
+    let batch =
+        json!({"operations": [{"op": "put", "key": "sensors/a", "value": "new"}]}).to_string();
+    let post = |token: &str| with_token(port, token, "POST", "/api/batch", batch.as_bytes());
+    assert_unauthorized(&request(port, "POST", "/api/batch", &[], batch.as_bytes()));
+    assert_error(&post(&scoped), 403, None);
+    assert_error(&post(&token(&["read"])), 403, None);
+    assert_eq!(
+        with_token(port, &root(), "GET", "/api/kv/sensors/a", b"").body,
+        b"v"
+    );
+    let resp = post(&token(&["write"]));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        with_token(port, &root(), "GET", "/api/kv/sensors/a", b"").body,
+        b"new"
+    );
+}
