@@ -273,6 +273,12 @@ fn scopes_decide_what_a_valid_token_may_do() {
         403,
         None,
     );
+    let lock = br#"{"operation": "lock"}"#;
+    assert_error(
+        &with_token(port, &read, "PATCH", "/api/kv/k", lock),
+        403,
+        None,
+    );
     assert_error(
         &with_token(port, &read, "GET", "/api/admin/stats", b""),
         403,
