@@ -32,8 +32,9 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         .local_addr()
         .ok_or("the server is not bound to an IP address")?;
     log::info!(
-        "lucid {} listening on http://{addr} (config: {source}; data: {}{}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} threads)",
+        "lucid {} listening on {}://{addr} (config: {source}; data: {}{}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} threads)",
         env!("CARGO_PKG_VERSION"),
+        server.scheme(),
         storage.directory.display(),
         if config.encryption.enabled { ", encrypted" } else { "" },
         report.keys,

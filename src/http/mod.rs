@@ -42,10 +42,12 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use tiny_http::{ConfigListenAddr, ConnectionLimit, Method, Request, Server, ServerConfig};
+use tiny_http::{
+    ConfigListenAddr, ConnectionLimit, Method, Request, Server, ServerConfig, SslConfig,
+};
 
 use crate::auth::Auth;
-use crate::config::{self, General, Storage};
+use crate::config::{self, General, Storage, Tls};
 use crate::store::Store;
 use reply::Reply;
 use route::Route;
@@ -125,6 +127,7 @@ impl Buffers {
 pub struct HttpServer {
     server: Arc<Server>,
     threads: usize,
+    tls: bool,
 }
 
 impl HttpServer {
@@ -134,9 +137,11 @@ impl HttpServer {
     /// heads are limited to [`head_limit`] bytes.
     pub fn bind(general: &General, storage: &Storage) -> Result<Self, String> {
         let addr = SocketAddr::new(general.bind_address, general.port);
+        let ssl = ssl_config(&general.tls)?;
+        let tls = ssl.is_some();
         let config = ServerConfig {
             addr: ConfigListenAddr::IP(vec![addr]),
-            ssl: None,
+            ssl,
             read_timeout: general.read_timeout(),
             streams: Some(watch::is_watch),
             connection_limit: Some(ConnectionLimit {
@@ -147,15 +152,30 @@ impl HttpServer {
             max_head_bytes: Some(head_limit(storage.max_key_bytes)),
         };
         let server = Server::new(config).map_err(|err| {
+            let tls_hint = if tls {
+                " Or are general.tls's files not a PEM certificate chain and its key?"
+            } else {
+                ""
+            };
             format!(
                 "cannot listen on {addr}: {err}. Is another process using the port? \
-                 Change general.port or general.bind_address in the config"
+                 Change general.port or general.bind_address in the config.{tls_hint}"
             )
         })?;
         Ok(Self {
             server: Arc::new(server),
             threads: general.worker_threads(),
+            tls,
         })
+    }
+
+    /// `https` when TLS is on, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The address actually bound (the real port when 0 was configured).
@@ -237,6 +257,34 @@ impl HttpServer {
         ctx.watchers.wait_gone(Instant::now() + WATCHERS_GRACE);
         Ok(())
     }
+}
+
+/// The certificate and key for tiny_http, read from `tls`'s files; `None`
+/// when TLS is not configured.
+fn ssl_config(tls: &Tls) -> Result<Option<SslConfig>, String> {
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    if !cfg!(feature = "tls") {
+        return Err(
+            "general.tls is set, but this lucid was built without TLS: build it with \
+             `cargo build --release --features tls`, or leave general.tls empty and put a \
+             TLS-terminating proxy in front"
+                .into(),
+        );
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|err| {
+            format!(
+                "cannot read the TLS {what} {}: {err} (general.tls in the config)",
+                path.display()
+            )
+        })
+    };
+    Ok(Some(SslConfig {
+        certificate: read(&tls.certificate, "certificate")?,
+        private_key: read(&tls.private_key, "private key")?,
+    }))
 }
 
 /// Room in a request head for everything but the key: the request line's
