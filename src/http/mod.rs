@@ -25,7 +25,7 @@ mod metrics;
 mod patch;
 mod query;
 mod reply;
-mod route;
+pub mod route;
 mod sse;
 mod watch;
 mod websocket;
