@@ -249,88 +249,54 @@ fn scopes_decide_what_a_valid_token_may_do() {
     let node = secured(&[]);
     let port = node.port();
     let (read, write, admin) = (token(&["read"]), token(&["write"]), token(&["admin"]));
+    let unknown = token(&["superuser"]);
     assert_eq!(
         with_token(port, &root(), "PUT", "/api/kv/k", b"old").status,
         201
     );
-
+    let lock: &[u8] = br#"{"operation": "lock"}"#;
+    // (token, method, path, body, status): 403s first, so nothing has
+    // changed "k" when the allowed requests run.
+    let cases: [(&str, &str, &str, &[u8], u16); 16] = [
+        (&read, "PUT", "/api/kv/k", b"new", 403),
+        (&read, "DELETE", "/api/kv/k", b"", 403),
+        (&read, "PATCH", "/api/kv/k", lock, 403),
+        (&read, "GET", "/api/admin/stats", b"", 403),
+        (&read, "GET", "/metrics", b"", 403),
+        (&write, "GET", "/api/kv/k", b"", 403),
+        (&write, "POST", "/api/admin/compact", b"", 403),
+        (&admin, "GET", "/api/kv/k", b"", 403),
+        (&unknown, "GET", "/api/kv/k", b"", 403),
+        (&read, "GET", "/api/kv/k", b"", 200),
+        (&read, "HEAD", "/api/kv/k", b"", 200),
+        (&read, "GET", "/api/nothing", b"", 404),
+        (&write, "PUT", "/api/kv/w", b"1", 201),
+        (&admin, "GET", "/api/admin/stats", b"", 200),
+        (&admin, "POST", "/api/admin/compact", b"", 200),
+        (&admin, "GET", "/metrics", b"", 200),
+    ];
+    for (token, method, path, body, status) in cases {
+        let resp = with_token(port, token, method, path, body);
+        assert_eq!(resp.status, status, "{method} {path}: {}", resp.text());
+        if status == 403 {
+            assert_error(&resp, 403, None);
+        }
+    }
+    let denied = |token: &str, method: &str| {
+        let resp = with_token(port, token, method, "/api/kv/k", b"x");
+        json_message(&resp.body).unwrap()
+    };
     assert_eq!(
-        with_token(port, &read, "GET", "/api/kv/k", b"").body,
-        b"old"
-    );
-    assert_eq!(
-        with_token(port, &read, "HEAD", "/api/kv/k", b"").status,
-        200
-    );
-    let denied = with_token(port, &read, "PUT", "/api/kv/k", b"new");
-    assert_error(
-        &denied,
-        403,
-        Some("This token does not grant the write scope here."),
-    );
-    assert_error(
-        &with_token(port, &read, "DELETE", "/api/kv/k", b""),
-        403,
-        None,
-    );
-    let lock = br#"{"operation": "lock"}"#;
-    assert_error(
-        &with_token(port, &read, "PATCH", "/api/kv/k", lock),
-        403,
-        None,
-    );
-    assert_error(
-        &with_token(port, &read, "GET", "/api/admin/stats", b""),
-        403,
-        None,
-    );
-
-    assert_eq!(
-        with_token(port, &write, "PUT", "/api/kv/w", b"1").status,
-        201
-    );
-    assert_error(
-        &with_token(port, &write, "GET", "/api/kv/k", b""),
-        403,
-        Some("This token does not grant the read scope here."),
-    );
-    assert_error(
-        &with_token(port, &write, "POST", "/api/admin/compact", b""),
-        403,
-        None,
-    );
-
-    assert_eq!(
-        with_token(port, &admin, "GET", "/api/admin/stats", b"").status,
-        200
+        denied(&read, "PUT"),
+        "This token does not grant the write scope here."
     );
     assert_eq!(
-        with_token(port, &admin, "POST", "/api/admin/compact", b"").status,
-        200
+        denied(&write, "GET"),
+        "This token does not grant the read scope here."
     );
-    assert_eq!(with_token(port, &admin, "GET", "/metrics", b"").status, 200);
-    assert_error(
-        &with_token(port, &admin, "GET", "/api/kv/k", b""),
-        403,
-        None,
-    );
-    assert_error(&with_token(port, &read, "GET", "/metrics", b""), 403, None);
-
-    // An unknown scope grants nothing; an unknown resource is a 404 for
-    // any valid token.
-    assert_error(
-        &with_token(port, &token(&["superuser"]), "GET", "/api/kv/k", b""),
-        403,
-        None,
-    );
-    assert_eq!(
-        with_token(port, &read, "GET", "/api/nothing", b"").status,
-        404
-    );
-
     // The refused requests changed nothing.
     assert_eq!(
-        with_token(port, &root(), "GET", "/api/kv/k", b"").body,
+        with_token(port, &read, "GET", "/api/kv/k", b"").body,
         b"old"
     );
 }
@@ -584,91 +550,50 @@ fn init_makes_a_private_config_with_a_secret_and_prints_a_root_token_once() {
 fn tokens_issue_prints_a_token_the_node_honours() {
     let node = secured(&[]);
     let port = node.port();
-    let issue = |args: &[&str]| {
+    // `lucid tokens issue ARGS` (split at spaces).
+    let run = |args: &str| {
         let mut all = vec!["tokens", "issue"];
-        all.extend_from_slice(args);
+        all.extend(args.split(' '));
         node.run(&all)
     };
-    let out = issue(&[
-        "--scope",
-        "read",
-        "--prefix",
-        "sensors/",
-        "--expires",
-        "30d",
-        "--subject",
-        "dashboard",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let issue = |args: &str| {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args}: {stderr}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let token = issue("--scope read --prefix sensors/ --expires 30d --subject dashboard");
     let claims = HS256Key::from_bytes(SECRET.as_bytes())
         .verify_token::<Map<String, Value>>(&token, None)
         .unwrap();
     assert_eq!(claims.subject.as_deref(), Some("dashboard"));
     let days = (claims.expires_at.unwrap().as_secs() - unix_now()) as f64 / 86_400.0;
     assert!((29.9..=30.1).contains(&days), "{days} days");
+    let ruled = issue("--scope read --scope write --prefix a/ --rule a/secret/=none --expires 1h");
 
     assert_eq!(
         with_token(port, &root(), "PUT", "/api/kv/sensors/t", b"1").status,
         201
     );
-    assert_eq!(
-        with_token(port, &token, "GET", "/api/kv/sensors/t", b"").body,
-        b"1"
-    );
-    assert_error(
-        &with_token(port, &token, "PUT", "/api/kv/sensors/t", b"2"),
-        403,
-        None,
-    );
-    assert_error(
-        &with_token(port, &token, "GET", "/api/kv/wallets/w", b""),
-        403,
-        None,
-    );
-
-    let out = issue(&[
-        "--scope",
-        "read",
-        "--scope",
-        "write",
-        "--prefix",
-        "a/",
-        "--rule",
-        "a/secret/=none",
-        "--expires",
-        "1h",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ruled = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(
-        with_token(port, &ruled, "PUT", "/api/kv/a/x", b"1").status,
-        201
-    );
-    assert_error(
-        &with_token(port, &ruled, "PUT", "/api/kv/a/secret/x", b"1"),
-        403,
-        None,
-    );
+    let cases = [
+        (&token, "GET", "/api/kv/sensors/t", 200),
+        (&token, "PUT", "/api/kv/sensors/t", 403),
+        (&token, "GET", "/api/kv/wallets/w", 403),
+        (&ruled, "PUT", "/api/kv/a/x", 201),
+        (&ruled, "PUT", "/api/kv/a/secret/x", 403),
+    ];
+    for (token, method, path, status) in cases {
+        let resp = with_token(port, token, method, path, b"1");
+        assert_eq!(resp.status, status, "{method} {path}: {}", resp.text());
+    }
 
     for (args, expected) in [
-        (&["--expires", "30d"][..], "--scope"),
-        (
-            &["--scope", "root", "--expires", "30d"][..],
-            "read, write or admin",
-        ),
-        (&["--scope", "read", "--expires", "soon"][..], "30d"),
-        (&["--scope", "read"][..], "--expires"),
+        ("--expires 30d", "--scope"),
+        ("--scope root --expires 30d", "read, write or admin"),
+        ("--scope read --expires soon", "30d"),
+        ("--scope read", "--expires"),
     ] {
-        let out = issue(args);
+        let out = run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned()
             + &String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "{args:?} succeeded");
