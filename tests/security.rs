@@ -673,3 +673,41 @@ fn listings_need_read_on_the_whole_prefix_and_batches_write_on_every_key() {
         b"new"
     );
 }
+
+#[test]
+fn watches_need_read_on_the_whole_prefix() {
+    let node = secured(&[]);
+    let port = node.port();
+    let scoped = sign(SECRET, claims(&["read"], json!({"prefixes": ["sensors/"]})));
+    assert_unauthorized(&request(
+        port,
+        "GET",
+        "/api/watch?prefix=sensors/",
+        &[],
+        b"",
+    ));
+    for path in ["/api/watch?prefix=wallets/", "/api/watch"] {
+        assert_error(&with_token(port, &scoped, "GET", path, b""), 403, None);
+    }
+    assert_error(
+        &with_token(
+            port,
+            &token(&["write"]),
+            "GET",
+            "/api/watch?prefix=sensors/",
+            b"",
+        ),
+        403,
+        None,
+    );
+    // Allowed: the event stream starts (its first line is enough).
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let head = format!(
+        "GET /api/watch?prefix=sensors%2F HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {scoped}\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+    let mut status = [0u8; 12];
+    std::io::Read::read_exact(&mut stream, &mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+}
