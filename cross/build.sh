@@ -7,6 +7,8 @@
 # Run cross/setup.sh first. The 32-bit targets have no prebuilt standard
 # library here, so it is built from source (-Z build-std, allowed on the
 # stable compiler by RUSTC_BOOTSTRAP) and linked by zig's musl.
+# FEATURES=tls cross/build.sh aarch64 builds with HTTPS support: ring (under
+# rustls) has C and assembly, which zig compiles for the target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,11 +24,16 @@ triple() {
 build() {
   local name=$1 target
   target=$(triple "$name")
-  if [ "$name" = aarch64 ]; then
+  local features=()
+  if [ -n "${FEATURES:-}" ]; then features=(--features "$FEATURES"); fi
+  if [ "$name" = aarch64 ] && [ -z "${FEATURES:-}" ]; then
     cargo build --locked --profile edge --target "$target"
+  elif [ "$name" = aarch64 ]; then
+    cargo zigbuild --locked --profile edge --target "$target" "${features[@]}"
   else
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no" \
-      cargo zigbuild --locked --profile edge --target "$target" -Z build-std=std,panic_abort
+      cargo zigbuild --locked --profile edge --target "$target" -Z build-std=std,panic_abort \
+      "${features[@]}"
   fi
   mkdir -p dist
   cp "target/$target/edge/lucid" "dist/lucid-$name"

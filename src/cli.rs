@@ -1,8 +1,11 @@
 //! Command-line arguments (argh). Parsing only: the work is in `commands`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use argh::FromArgs;
+
+use crate::auth::{PrefixRule, Scope};
 
 /// Lucid: a small, fast, trustworthy key-value node with an HTTP API.
 #[derive(FromArgs, Debug)]
@@ -28,10 +31,13 @@ pub enum Command {
     Check(CheckArgs),
     /// `lucid compact`
     Compact(CompactArgs),
+    /// `lucid tokens`
+    Tokens(TokensArgs),
 }
 
 /// Write a commented configuration file (to --config, $LUCID_CONFIG or
-/// ./lucid.yml).
+/// ./lucid.yml) with authentication on and a new random secret, and print a
+/// root token (all scopes, valid for a year) once.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "init")]
 pub struct InitArgs {
@@ -72,4 +78,118 @@ pub struct CompactArgs {
     /// encryption.key_file at it
     #[argh(option)]
     pub new_key_file: Option<PathBuf>,
+}
+
+/// Manage API tokens (signed with the config's authentication.secret_key).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "tokens")]
+pub struct TokensArgs {
+    #[argh(subcommand)]
+    pub command: TokensCommand,
+}
+
+/// The `tokens` subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum TokensCommand {
+    /// `lucid tokens issue`
+    Issue(IssueArgs),
+}
+
+/// Print a new token, e.g. `lucid tokens issue --scope read --prefix
+/// sensors/ --expires 30d --subject dashboard`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "issue")]
+pub struct IssueArgs {
+    /// a scope to grant: read, write or admin (repeat for more)
+    #[argh(option, from_str_fn(parse_scope))]
+    pub scope: Vec<Scope>,
+    /// limit the token to keys starting with this prefix (repeat for
+    /// more); without one it reaches every key
+    #[argh(option)]
+    pub prefix: Vec<String>,
+    /// PREFIX=SCOPES: under PREFIX, grant exactly SCOPES (comma-separated,
+    /// or "none") instead of the --scope list; the longest matching prefix
+    /// wins, e.g. --prefix sensors/ --rule sensors/private/=none
+    #[argh(option, from_str_fn(parse_rule))]
+    pub rule: Vec<PrefixRule>,
+    /// how long the token is valid: a number with s, m, h, d or y, e.g. 30d
+    #[argh(option, from_str_fn(parse_duration))]
+    pub expires: Duration,
+    /// who the token is for (its "sub" claim)
+    #[argh(option)]
+    pub subject: Option<String>,
+}
+
+fn parse_scope(name: &str) -> Result<Scope, String> {
+    Scope::parse(name).ok_or_else(|| format!("unknown scope {name:?}: use read, write or admin"))
+}
+
+fn parse_rule(rule: &str) -> Result<PrefixRule, String> {
+    let (prefix, scopes) = rule
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{rule:?} is not PREFIX=SCOPES, e.g. secrets/=none"))?;
+    let scopes = match scopes {
+        "none" => Vec::new(),
+        list => list.split(',').map(parse_scope).collect::<Result<_, _>>()?,
+    };
+    Ok(PrefixRule::Scoped {
+        prefix: prefix.to_string(),
+        scopes,
+    })
+}
+
+/// Parses `90s`, `15m`, `12h`, `30d` or `1y` (365 days).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 3600s, 90m, 12h, 30d or 1y");
+    let split = text.len().checked_sub(1).ok_or_else(bad)?;
+    let (number, unit) = text.split_at_checked(split).ok_or_else(bad)?;
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(bad()),
+    };
+    match number.checked_mul(seconds) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1y"), Ok(Duration::from_secs(31_536_000)));
+        for bad in ["", "d", "30", "0d", "-1d", "1w", "99999999999999999y", "3é"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rules() {
+        assert_eq!(
+            parse_rule("a=b/=read,write"),
+            Ok(PrefixRule::Scoped {
+                prefix: "a=b/".into(),
+                scopes: vec![Scope::Read, Scope::Write]
+            })
+        );
+        assert_eq!(
+            parse_rule("x/=none"),
+            Ok(PrefixRule::Scoped {
+                prefix: "x/".into(),
+                scopes: vec![]
+            })
+        );
+        assert!(parse_rule("x/").is_err());
+        assert!(parse_rule("x/=root").is_err());
+    }
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub logging: Logging,
     /// Live watch settings.
     pub watch: Watch,
+    /// Who may use the API.
+    pub authentication: Authentication,
 }
 
 /// `general:` — network settings.
@@ -59,6 +61,11 @@ pub struct General {
     /// A client silent this long in the middle of a request, or between
     /// keep-alive requests, is disconnected; 0 = never.
     pub read_timeout_ms: u64,
+    /// Open client connections at most; one more is answered with 503 and
+    /// closed.
+    pub max_connections: usize,
+    /// HTTPS on the same port, if set.
+    pub tls: Tls,
 }
 
 impl Default for General {
@@ -68,6 +75,8 @@ impl Default for General {
             port: 7021,
             threads: 0,
             read_timeout_ms: 10_000,
+            max_connections: 512,
+            tls: Tls::default(),
         }
     }
 }
@@ -86,6 +95,89 @@ impl General {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (cores * 2).max(2)
+    }
+}
+
+/// `general.tls:` — PEM files for HTTPS; both empty = plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// The certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// The certificate's private key (PEM).
+    pub private_key: PathBuf,
+}
+
+impl Tls {
+    /// Whether HTTPS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.certificate.as_os_str().is_empty() || !self.private_key.as_os_str().is_empty()
+    }
+}
+
+/// `authentication:` — bearer tokens (JWT, HS256) for `/api/*`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Authentication {
+    /// Whether `/api/*` requires a token.
+    pub enabled: bool,
+    /// The HMAC secret tokens are signed with (at least 32 bytes).
+    pub secret_key: String,
+    /// If not empty, tokens must carry this `iss`.
+    pub issuer: String,
+    /// If not empty, tokens must carry this `aud`.
+    pub audience: String,
+    /// Clock difference tolerated on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_s: u64,
+    /// Whether a token without a `scopes` claim has full access.
+    pub allow_unscoped: bool,
+    /// Whether `/metrics` is served without a token (else it needs `admin`).
+    pub metrics_public: bool,
+}
+
+/// Shortest accepted `authentication.secret_key`, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl Default for Authentication {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            secret_key: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_s: 30,
+            allow_unscoped: false,
+            metrics_public: false,
+        }
+    }
+}
+
+/// Never prints the secret.
+impl fmt::Debug for Authentication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authentication")
+            .field("enabled", &self.enabled)
+            .field("secret_key", &"<redacted>")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_s", &self.leeway_s)
+            .field("allow_unscoped", &self.allow_unscoped)
+            .field("metrics_public", &self.metrics_public)
+            .finish()
+    }
+}
+
+impl Authentication {
+    /// Checks the secret's length if one is needed or given.
+    fn validate(&self) -> Result<(), String> {
+        let len = self.secret_key.len();
+        if (self.enabled || len > 0) && len < MIN_SECRET_BYTES {
+            return Err(format!(
+                "authentication.secret_key must be at least {MIN_SECRET_BYTES} bytes long \
+                 (it has {len}); `lucid init` generates one"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -384,7 +476,19 @@ impl Config {
         if storage.directory.as_os_str().is_empty() {
             return Err("storage.directory must not be empty".into());
         }
-        Ok(())
+        let general = &self.general;
+        if general.max_connections == 0 {
+            return Err("general.max_connections must be at least 1".into());
+        }
+        let tls = &general.tls;
+        if tls.enabled()
+            && (tls.certificate.as_os_str().is_empty() || tls.private_key.as_os_str().is_empty())
+        {
+            return Err(
+                "general.tls needs both certificate and private_key (PEM files), or neither".into(),
+            );
+        }
+        self.authentication.validate()
     }
 }
 
@@ -434,6 +538,15 @@ mod tests {
         assert!(err.contains("watch.queue"), "{err}");
         let err = Config::parse("watch:\n  histroy: 5\n").unwrap_err();
         assert!(err.contains("histroy"), "{err}");
+        let err = Config::parse("general:\n  max_connections: 0\n").unwrap_err();
+        assert!(err.contains("general.max_connections"), "{err}");
+        let err = Config::parse("general:\n  tls:\n    certificate: c.pem\n").unwrap_err();
+        assert!(err.contains("private_key"), "{err}");
+        let err = Config::parse("authentication:\n  enabled: true\n").unwrap_err();
+        assert!(err.contains("authentication.secret_key"), "{err}");
+        let err = Config::parse("authentication:\n  secret_key: short\n").unwrap_err();
+        assert!(err.contains("at least 32"), "{err}");
+        assert!(!err.contains("short"), "the secret is echoed: {err}");
     }
 
     #[test]

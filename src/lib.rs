@@ -1,11 +1,13 @@
 //! Lucid: a small, fast, trustworthy key-value node with an HTTP API.
 //!
 //! * [`store`] is the storage engine (log, index, recovery, compaction).
-//! * [`http`] serves the HTTP API over the store.
+//! * [`http`] serves the HTTP API over the store; [`auth`] decides who may
+//!   use it.
 //! * [`watch`] is the change feed that watchers subscribe to.
 //! * [`config`] reads `lucid.yml`; [`notify`] speaks systemd's notify protocol.
 //! * [`cli`] parses the command line; [`commands`] does what each command says.
 
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -14,6 +14,9 @@ fn main() -> ExitCode {
         cli::Command::Compact(compact) => {
             commands::compact::run(config, compact.new_key_file.as_deref())
         }
+        cli::Command::Tokens(tokens) => match tokens.command {
+            cli::TokensCommand::Issue(issue) => commands::tokens::issue(config, issue),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

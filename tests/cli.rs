@@ -94,8 +94,17 @@ fn init_writes_commented_config_that_server_accepts() {
             server.logs()
         )
     });
-    assert_eq!(put(port, "/api/kv/k", b"v").status, 201);
-    assert_eq!(get(port, "/api/kv/k").body, b"v");
+    // init turned authentication on and printed a root token, last.
+    assert_eq!(put(port, "/api/kv/k", b"v").status, 401);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let bearer = format!("Bearer {}", stdout.lines().last().unwrap());
+    let auth = [("Authorization", bearer.as_str())];
+    assert_eq!(request(port, "PUT", "/api/kv/k", &auth, b"v").status, 201);
+    assert_eq!(request(port, "GET", "/api/kv/k", &auth, b"").body, b"v");
+    assert_eq!(
+        request(port, "GET", "/api/admin/stats", &auth, b"").status,
+        200
+    );
 }
 
 #[test]

@@ -1,19 +1,26 @@
-//! `lucid init`: writes the documented sample configuration.
+//! `lucid init`: writes the documented sample configuration with
+//! authentication on and a new random secret, and prints a root token once.
 
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::CommandResult;
-use crate::config::{DEFAULT_PATH, ENV_VAR, SAMPLE};
+use crate::auth::{generate_secret, LucidClaims, Scope, Tokens};
+use crate::config::{Config, DEFAULT_PATH, ENV_VAR, SAMPLE};
 use crate::store::crypt::Cipher;
 
 /// The sample's `encryption` settings, turned on by `--encrypt`.
 const ENCRYPTION_OFF: &str = "  enabled: false\n  key_file: ./lucid.key\n";
 
-/// Writes the sample config to `path` (default `$LUCID_CONFIG`, else
-/// `./lucid.yml`); refuses to replace an existing file unless `force` is set.
-/// With `encrypt`, also creates a key file beside it and enables encryption.
+/// How long the root token printed by `init` is valid.
+pub const ROOT_TOKEN_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+
+/// Writes the config to `path` (default `$LUCID_CONFIG`, else
+/// `./lucid.yml`), readable by its owner only; refuses to replace an
+/// existing file unless `force` is set. Prints the root token. With
+/// `encrypt`, also creates a key file beside it and enables encryption.
 pub fn run(path: Option<&Path>, force: bool, encrypt: bool) -> CommandResult {
     let from_env = std::env::var_os(ENV_VAR)
         .filter(|v| !v.is_empty())
@@ -23,21 +30,35 @@ pub fn run(path: Option<&Path>, force: bool, encrypt: bool) -> CommandResult {
         .or(from_env)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
     let path = path.as_path();
+    let mut text = with_secret(&generate_secret()?);
+    let config = Config::parse(&text)?;
+    let root = LucidClaims {
+        scopes: Some(vec![Scope::Read, Scope::Write, Scope::Admin]),
+        prefixes: None,
+    };
+    let token =
+        Tokens::new(&config.authentication).issue(root, ROOT_TOKEN_VALIDITY, Some("root"))?;
     let mut options = OpenOptions::new();
     options.write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     if force {
         options.create(true).truncate(true);
     } else {
         options.create_new(true);
     }
+    let cannot_write = |err| format!("cannot write {}: {err}", path.display());
     let mut file = options.open(path).map_err(|err| match err.kind() {
         ErrorKind::AlreadyExists => format!(
             "{} already exists; use `lucid init --force` to overwrite it",
             path.display()
         ),
-        _ => format!("cannot write {}: {err}", path.display()),
+        _ => cannot_write(err),
     })?;
-    let mut text = SAMPLE.to_string();
+    // An existing file keeps its mode when opened: make it private too.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(cannot_write)?;
     if encrypt {
         let key_file = path.with_file_name("lucid.key");
         Cipher::create_key_file(&key_file)?;
@@ -50,11 +71,52 @@ pub fn run(path: Option<&Path>, force: bool, encrypt: bool) -> CommandResult {
     }
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        .map_err(cannot_write)?;
     println!(
-        "Wrote {}. Start the node with: lucid --config {} server",
+        "Wrote {} with authentication on and a new secret: keep the file private. \
+         Start the node with: lucid --config {} server",
         path.display(),
         path.display()
     );
+    println!(
+        "Root token (read, write and admin on every key; valid for 365 days). It is shown \
+         only now and not stored; keep it safe, and make narrower ones with `lucid tokens issue`:"
+    );
+    println!("{token}");
     Ok(())
+}
+
+/// The sample configuration with authentication on and `secret` as its key
+/// (only the `authentication:` section is touched).
+fn with_secret(secret: &str) -> String {
+    let section = SAMPLE
+        .find("\nauthentication:\n")
+        .expect("the sample has an authentication section");
+    let (before, auth) = SAMPLE.split_at(section);
+    let auth = auth
+        .replacen("\n  enabled: false\n", "\n  enabled: true\n", 1)
+        .replacen(
+            "\n  secret_key: \"\"\n",
+            &format!("\n  secret_key: \"{secret}\"\n"),
+            1,
+        );
+    format!("{before}{auth}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_config_turns_authentication_on_with_the_secret() {
+        let secret = "ab".repeat(32);
+        let config = Config::parse(&with_secret(&secret)).unwrap();
+        assert!(config.authentication.enabled);
+        assert_eq!(config.authentication.secret_key, secret);
+        let expected = Config {
+            authentication: config.authentication.clone(),
+            ..Config::default()
+        };
+        assert_eq!(config, expected, "only authentication differs");
+    }
 }

@@ -5,6 +5,7 @@ pub mod check;
 pub mod compact;
 pub mod init;
 pub mod server;
+pub mod tokens;
 
 /// The error type of every command: a message for the user.
 pub type CommandResult = Result<(), Box<dyn std::error::Error>>;

@@ -1,11 +1,14 @@
 //! `lucid server`: recovers the store, serves the HTTP API until SIGTERM or
-//! SIGINT, then syncs the log and writes the hint file.
+//! SIGINT, then syncs the log and writes the hint file. Warns loudly when
+//! the API is open to the network without authentication.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::CommandResult;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::{Context, HttpServer};
 use crate::notify::Notifier;
@@ -24,13 +27,14 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     store.events().set_limits(watch.history, watch.queue);
     store::spawn_compactor(&store, config.compaction.policy());
     store::spawn_expiry_sweeper(&store);
-    let server = HttpServer::bind(&config.general)?;
+    let server = HttpServer::bind(&config.general, storage)?;
     let addr = server
         .local_addr()
         .ok_or("the server is not bound to an IP address")?;
     log::info!(
-        "lucid {} listening on http://{addr} (config: {source}; data: {}{}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} threads)",
+        "lucid {} listening on {}://{addr} (config: {source}; data: {}{}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} threads)",
         env!("CARGO_PKG_VERSION"),
+        server.scheme(),
         storage.directory.display(),
         if config.encryption.enabled { ", encrypted" } else { "" },
         report.keys,
@@ -51,12 +55,24 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
                 std::thread::sleep(period);
             })?;
     }
+    let authentication = &config.authentication;
+    if exposed_without_auth(authentication.enabled, addr.ip()) {
+        log::warn!(
+            "AUTHENTICATION IS OFF and the API listens on {addr}, beyond this machine: anyone who \
+             can reach the port can read, change and delete every key. Set \
+             authentication.enabled (see `lucid init`) or bind_address: 127.0.0.1"
+        );
+    }
     let ctx = Context::new(
         Arc::clone(&store),
         storage.max_key_bytes,
         storage.max_value_bytes,
     )
-    .with_max_watchers(watch.max_watchers);
+    .with_max_watchers(watch.max_watchers)
+    .with_auth(
+        Auth::from_config(authentication),
+        authentication.metrics_public,
+    );
     let events = Arc::clone(&store);
     server.run(ctx, signals, move || {
         notifier.stopping();
@@ -70,4 +86,25 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         closing.elapsed().as_secs_f64() * 1000.0
     );
     Ok(())
+}
+
+/// Whether the API is open to other machines with no authentication.
+fn exposed_without_auth(auth_enabled: bool, ip: IpAddr) -> bool {
+    !auth_enabled && !ip.is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_non_loopback_address_without_authentication_is_exposed() {
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        let lan: IpAddr = "192.168.1.20".parse().unwrap();
+        assert!(exposed_without_auth(false, any));
+        assert!(exposed_without_auth(false, lan));
+        assert!(!exposed_without_auth(true, any));
+        assert!(!exposed_without_auth(false, "127.0.0.1".parse().unwrap()));
+        assert!(!exposed_without_auth(false, "::1".parse().unwrap()));
+    }
 }

@@ -159,6 +159,7 @@ pub fn key_error<'b>(err: KeyError, max: usize) -> Reply<'b> {
         KeyError::NotUtf8 => {
             Reply::message(400, "The key is not valid UTF-8 once percent-decoded.")
         }
+        KeyError::Nul => Reply::message(400, "The key must not contain a NUL byte (%00)."),
     }
 }
 

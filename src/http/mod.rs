@@ -13,6 +13,7 @@
 //! request it is answering and those already queued, then exits; `run`
 //! returns once all have, or after [`SHUTDOWN_GRACE`].
 
+mod access;
 mod admin;
 mod batch;
 mod conditions;
@@ -24,7 +25,7 @@ mod metrics;
 mod patch;
 mod query;
 mod reply;
-mod route;
+pub mod route;
 mod sse;
 mod watch;
 mod websocket;
@@ -41,9 +42,12 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use tiny_http::{ConfigListenAddr, Method, Request, Server, ServerConfig};
+use tiny_http::{
+    ConfigListenAddr, ConnectionLimit, Method, Request, Server, ServerConfig, SslConfig,
+};
 
-use crate::config::{self, General};
+use crate::auth::Auth;
+use crate::config::{self, General, Storage, Tls};
 use crate::store::Store;
 use reply::Reply;
 use route::Route;
@@ -62,6 +66,10 @@ pub struct Context {
     stopping: AtomicBool,
     /// Connected watchers and their cap.
     watchers: Arc<watch::Watchers>,
+    /// Token verification; `None` when authentication is off.
+    auth: Option<Auth>,
+    /// Whether `/metrics` needs no token.
+    metrics_public: bool,
 }
 
 impl Context {
@@ -74,12 +82,22 @@ impl Context {
             metrics: metrics::Metrics::default(),
             stopping: AtomicBool::new(false),
             watchers: Arc::new(watch::Watchers::new(config::Watch::default().max_watchers)),
+            auth: None,
+            metrics_public: true,
         }
     }
 
     /// Serves at most `max` watchers at once (`watch.max_watchers`).
     pub fn with_max_watchers(mut self, max: usize) -> Self {
         self.watchers = Arc::new(watch::Watchers::new(max));
+        self
+    }
+
+    /// Requires tokens as `auth` says (`None`: no authentication); with
+    /// them, `/metrics` needs `admin` unless `metrics_public`.
+    pub fn with_auth(mut self, auth: Option<Auth>, metrics_public: bool) -> Self {
+        self.auth = auth;
+        self.metrics_public = metrics_public;
         self
     }
 }
@@ -109,28 +127,55 @@ impl Buffers {
 pub struct HttpServer {
     server: Arc<Server>,
     threads: usize,
+    tls: bool,
 }
 
 impl HttpServer {
-    /// Binds the configured address.
-    pub fn bind(general: &General) -> Result<Self, String> {
+    /// Binds the configured address. Request bodies up to the largest value
+    /// are read whole by the connection's thread before a worker sees the
+    /// request, so a client trickling its body never holds a worker; request
+    /// heads are limited to [`head_limit`] bytes.
+    pub fn bind(general: &General, storage: &Storage) -> Result<Self, String> {
         let addr = SocketAddr::new(general.bind_address, general.port);
+        let ssl = ssl_config(&general.tls)?;
+        let tls = ssl.is_some();
         let config = ServerConfig {
             addr: ConfigListenAddr::IP(vec![addr]),
-            ssl: None,
+            ssl,
             read_timeout: general.read_timeout(),
             streams: Some(watch::is_watch),
+            connection_limit: Some(ConnectionLimit {
+                max: general.max_connections,
+                refusal: reply::too_many_connections(),
+            }),
+            read_ahead: Some(storage.max_value_bytes),
+            max_head_bytes: Some(head_limit(storage.max_key_bytes)),
         };
         let server = Server::new(config).map_err(|err| {
+            let tls_hint = if tls {
+                " Or are general.tls's files not a PEM certificate chain and its key?"
+            } else {
+                ""
+            };
             format!(
                 "cannot listen on {addr}: {err}. Is another process using the port? \
-                 Change general.port or general.bind_address in the config"
+                 Change general.port or general.bind_address in the config.{tls_hint}"
             )
         })?;
         Ok(Self {
             server: Arc::new(server),
             threads: general.worker_threads(),
+            tls,
         })
+    }
+
+    /// `https` when TLS is on, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The address actually bound (the real port when 0 was configured).
@@ -214,6 +259,44 @@ impl HttpServer {
     }
 }
 
+/// The certificate and key for tiny_http, read from `tls`'s files; `None`
+/// when TLS is not configured.
+fn ssl_config(tls: &Tls) -> Result<Option<SslConfig>, String> {
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    if !cfg!(feature = "tls") {
+        return Err(
+            "general.tls is set, but this lucid was built without TLS: build it with \
+             `cargo build --release --features tls`, or leave general.tls empty and put a \
+             TLS-terminating proxy in front"
+                .into(),
+        );
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|err| {
+            format!(
+                "cannot read the TLS {what} {}: {err} (general.tls in the config)",
+                path.display()
+            )
+        })
+    };
+    Ok(Some(SslConfig {
+        certificate: read(&tls.certificate, "certificate")?,
+        private_key: read(&tls.private_key, "private key")?,
+    }))
+}
+
+/// Room in a request head for everything but the key: the request line's
+/// other parts and the headers (a token is at most 8 KiB of them).
+const HEAD_ROOM: usize = 16 * 1024;
+
+/// The longest request head accepted: room for the longest key with every
+/// byte percent-encoded, and [`HEAD_ROOM`].
+pub fn head_limit(max_key_bytes: usize) -> usize {
+    3 * max_key_bytes + HEAD_ROOM
+}
+
 /// Catches SIGTERM and SIGINT from now on, for [`HttpServer::run`]. Call it
 /// first thing, so a stop requested during start-up is not fatal.
 pub fn stop_signals() -> Result<Signals, String> {
@@ -249,7 +332,12 @@ fn worker(server: &Server, ctx: &Context) {
         let mut body_read = false;
         let (bufs_ref, body_read_ref) = (&mut bufs, &mut body_read);
         let route = route::route(&url);
-        if route == Route::Watch && !body_may_block {
+        // Authentication and authorization, for every route, watchers too.
+        let refused = catch_panic(
+            || access::check(ctx, &request, &url, route, &mut bufs_ref.key).err(),
+            || Some(Reply::internal_error()),
+        );
+        if route == Route::Watch && !body_may_block && refused.is_none() {
             let prepared = catch_panic(
                 || watch::prepare(ctx, &request),
                 || Err(Reply::internal_error()),
@@ -272,6 +360,9 @@ fn worker(server: &Server, ctx: &Context) {
         };
         let reply = catch_panic(
             || {
+                if let Some(refused) = refused {
+                    return refused;
+                }
                 match route {
             _ if body_may_block && !stores_body => body_not_allowed(),
             Route::Kv { raw_key } => {

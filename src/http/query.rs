@@ -64,6 +64,7 @@ fn bad_value(name: &str, err: KeyError, max_len: usize) -> Reply<'static> {
         KeyError::TooLong => format!("is longer than {max_len} bytes"),
         KeyError::BadEscape => "has a malformed percent-escape".into(),
         KeyError::NotUtf8 | KeyError::Empty => "is not valid UTF-8 once percent-decoded".into(),
+        KeyError::Nul => "contains a NUL byte (%00)".into(),
     };
     Reply::message(400, format!("The query parameter '{name}' {why}."))
 }

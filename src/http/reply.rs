@@ -172,6 +172,18 @@ impl Reply<'_> {
     }
 }
 
+/// The whole response (head and body) written to a connection refused for
+/// being over `general.max_connections`: a 503 the client may retry.
+pub fn too_many_connections() -> Vec<u8> {
+    let body = r#"{"message":"The node has too many open connections; retry in a moment."}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// The HTTP date of a write's timestamp. HTTP dates end with the year 9999
 /// (formatting a later one panics): a clock that far off shows as that.
 fn last_modified(timestamp_ms: u64) -> String {

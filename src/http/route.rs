@@ -58,10 +58,13 @@ pub enum KeyError {
     BadEscape,
     /// The decoded bytes are not UTF-8.
     NotUtf8,
+    /// The decoded key contains a NUL byte.
+    Nul,
 }
 
 /// Percent-decodes `raw` once into `out` (cleared first) and checks the
-/// result: non-empty, at most `max_len` bytes, valid UTF-8. `/` stays as is,
+/// result: non-empty, at most `max_len` bytes, valid UTF-8 without NUL (which
+/// too many tools take for the end of a string). `/` stays as is,
 /// so `sensors/pi-1/temp` and `sensors%2Fpi-1%2Ftemp` name the same key.
 ///
 /// Decoding is strict: a malformed escape is an error rather than being
@@ -99,6 +102,9 @@ pub fn percent_decode(raw: &str, out: &mut Vec<u8>, max_len: usize) -> Result<()
         }
     }
     std::str::from_utf8(out).map_err(|_| KeyError::NotUtf8)?;
+    if out.contains(&0) {
+        return Err(KeyError::Nul);
+    }
     Ok(())
 }
 
@@ -158,6 +164,8 @@ mod tests {
         assert_eq!(decoded("abc%4", 100), Err(KeyError::BadEscape));
         assert_eq!(decoded("abc%", 100), Err(KeyError::BadEscape));
         assert_eq!(decoded("%ff", 100), Err(KeyError::NotUtf8));
+        assert_eq!(decoded("a%00b", 100), Err(KeyError::Nul));
+        assert_eq!(decoded("a\0b", 100), Err(KeyError::Nul));
         assert_eq!(decoded("abcd", 3), Err(KeyError::TooLong));
         assert_eq!(decoded("%41%42%43", 3).unwrap(), "ABC");
         assert_eq!(decoded("%41%42%43%44", 3), Err(KeyError::TooLong));

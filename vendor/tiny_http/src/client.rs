@@ -40,6 +40,13 @@ pub struct ClientConnection {
 
     // Lucid patch: see `ServerConfig::streams`.
     streams: Option<fn(&Request) -> bool>,
+
+    // Lucid patch: bodies up to this size are read before the request is
+    // handed out (see `request::ReadAhead`).
+    read_ahead: Option<usize>,
+
+    // Lucid patch: longest request head (request line and headers) read.
+    max_head: usize,
 }
 
 /// Error that can happen when reading a request.
@@ -50,6 +57,14 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// Lucid patch: the request line is longer than the head may be.
+    UriTooLong,
+    /// Lucid patch: the head is longer than it may be.
+    HeadTooLarge,
+    /// Lucid patch: the head has a byte outside ASCII.
+    NotAscii,
+    /// Lucid patch: see `request::body_framing`.
+    BadFraming(&'static str),
 }
 
 impl ClientConnection {
@@ -75,7 +90,19 @@ impl ClientConnection {
             secure,
             socket,
             streams,
+            read_ahead: None,
+            max_head: usize::MAX,
         }
+    }
+
+    /// Lucid patch: request bodies up to `read_ahead` bytes are read whole
+    /// by this connection's thread before their request is handed out; a
+    /// request head over `max_head` bytes is refused (414 if the request
+    /// line alone is, else 431).
+    pub fn with_limits(mut self, read_ahead: Option<usize>, max_head: Option<usize>) -> ClientConnection {
+        self.read_ahead = read_ahead;
+        self.max_head = max_head.unwrap_or(usize::MAX);
+        self
     }
 
     /// true if the connection is HTTPS
@@ -87,7 +114,7 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    fn read_next_line(&mut self, budget: &mut usize) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -95,18 +122,22 @@ impl ClientConnection {
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(b) => b.map_err(ReadError::ReadIoError)?,
+                None => {
+                    let eof = IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF");
+                    return Err(ReadError::ReadIoError(eof));
+                }
             };
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii);
             }
 
             prev_byte_was_cr = byte == b'\r';
 
+            // Lucid patch: see `with_limits`.
+            *budget = budget.checked_sub(1).ok_or(ReadError::HeadTooLarge)?;
             buf.push(byte);
         }
     }
@@ -114,10 +145,16 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        let mut head_budget;
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let mut budget = self.max_head;
+                let line = self.read_next_line(&mut budget).map_err(|err| match err {
+                    ReadError::HeadTooLarge => ReadError::UriTooLong,
+                    err => err,
+                })?;
+                head_budget = budget;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -128,7 +165,7 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line(&mut head_budget)?;
 
                     if line.is_empty() {
                         break;
@@ -163,6 +200,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            self.read_ahead,
         )
         .map_err(|e| {
             use crate::request;
@@ -171,11 +209,28 @@ impl ClientConnection {
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
                 }
+                request::RequestCreationError::BadFraming(why) => ReadError::BadFraming(why),
             }
         })?;
 
         // return the request
         Ok(request.with_socket(self.socket.clone()))
+    }
+}
+
+impl ClientConnection {
+    /// Lucid patch: answers a request that cannot be read with `status` and
+    /// `{"message": message}` (a constant, so no JSON escaping is needed).
+    fn refuse(&mut self, status: u16, message: &str) {
+        use crate::{Header, Response, StatusCode};
+        let writer = self.sink.next().unwrap();
+        let content_type = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+            .expect("a valid header");
+        Response::from_string(format!(r#"{{"message":"{}"}}"#, message))
+            .with_status_code(StatusCode(status))
+            .with_header(content_type)
+            .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+            .ok();
     }
 }
 
@@ -195,42 +250,34 @@ impl Iterator for ClientConnection {
 
         loop {
             let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
+                // Lucid patch: every error is answered with a JSON
+                // `{"message": ...}` (upstream sent empty bodies, or
+                // nothing), and the connection is closed: where the next
+                // request would start is not known.
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
+                    self.refuse(408, "The request did not arrive in time.");
+                    return None;
                 }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
                 Err(ReadError::ReadIoError(_)) => return None,
+                Err(err) => {
+                    let (status, message) = match err {
+                        ReadError::WrongRequestLine => (400, "The request line is malformed."),
+                        ReadError::WrongHeader(_) => (400, "A header line is malformed."),
+                        ReadError::ExpectationFailed(_) => {
+                            (417, "The only Expect header understood is 100-continue.")
+                        }
+                        ReadError::UriTooLong => (414, "The request line is too long."),
+                        ReadError::HeadTooLarge => (431, "The request's headers are too large."),
+                        ReadError::NotAscii => (
+                            400,
+                            "The request head has bytes outside ASCII: percent-encode them in the URL.",
+                        ),
+                        ReadError::BadFraming(why) => (400, why),
+                        ReadError::ReadIoError(_) => unreachable!("answered above"),
+                    };
+                    self.refuse(status, message);
+                    return None;
+                }
 
                 Ok(rq) => rq,
             };

@@ -99,8 +99,8 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -189,6 +189,41 @@ pub struct ServerConfig {
     /// (`Request::into_stream`): no request pipelined behind one waits
     /// for its end.
     pub streams: Option<fn(&Request) -> bool>,
+
+    /// Lucid patch: if `Some`, at most `max` connections are open at once;
+    /// a connection accepted beyond that gets `refusal` written to it (on
+    /// plain HTTP) and is closed, without taking a thread.
+    pub connection_limit: Option<ConnectionLimit>,
+
+    /// Lucid patch: if `Some(limit)`, a request body of up to `limit` bytes
+    /// is read whole by its connection's thread before the request is
+    /// handed to `recv`, so a client trickling its body holds no thread of
+    /// the caller's. Larger bodies are streamed as upstream does.
+    pub read_ahead: Option<usize>,
+
+    /// Lucid patch: if `Some`, a request head (request line and headers)
+    /// longer than this many bytes is refused: 414 if the request line
+    /// alone is, else 431. Upstream read heads of any size.
+    pub max_head_bytes: Option<usize>,
+}
+
+/// Lucid patch: see `ServerConfig::connection_limit`.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    /// Most connections open at once.
+    pub max: usize,
+    /// The raw bytes (a whole HTTP response) sent to a connection refused
+    /// for being one too many.
+    pub refusal: Vec<u8>,
+}
+
+/// Lucid patch: counts a connection as open until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Release);
+    }
 }
 
 /// Configuration of the server for SSL.
@@ -212,6 +247,9 @@ impl Server {
             ssl: None,
             read_timeout: None,
             streams: None,
+            connection_limit: None,
+            read_ahead: None,
+            max_head_bytes: None,
         })
     }
 
@@ -230,6 +268,9 @@ impl Server {
             ssl: Some(config),
             read_timeout: None,
             streams: None,
+            connection_limit: None,
+            read_ahead: None,
+            max_head_bytes: None,
         })
     }
 
@@ -244,13 +285,16 @@ impl Server {
             ssl: None,
             read_timeout: None,
             streams: None,
+            connection_limit: None,
+            read_ahead: None,
+            max_head_bytes: None,
         })
     }
 
     /// Builds a new server that listens on the specified address.
     pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = config.addr.bind()?;
-        Self::start(listener, config.ssl, config.read_timeout, config.streams)
+        Self::from_listener_with_limits(listener, config)
     }
 
     /// Builds a new server using the specified TCP listener.
@@ -271,18 +315,36 @@ impl Server {
         ssl_config: Option<SslConfig>,
         read_timeout: Option<std::time::Duration>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::start(listener, ssl_config, read_timeout, None)
+        let config = ServerConfig {
+            addr: ConfigListenAddr::IP(Vec::new()),
+            ssl: ssl_config,
+            read_timeout,
+            connection_limit: None,
+            read_ahead: None,
+            streams: None,
+            max_head_bytes: None,
+        };
+        Self::from_listener_with_limits(listener, config)
     }
 
-    /// Lucid patch: `from_listener` with `ServerConfig::read_timeout` and
-    /// `ServerConfig::streams`.
-    fn start<L: Into<Listener>>(
+    /// Lucid patch: a server on `listener` with `config`'s settings other
+    /// than its address (see `ServerConfig::read_timeout`,
+    /// `connection_limit`, `read_ahead`, `streams`, `max_head_bytes`).
+    pub fn from_listener_with_limits<L: Into<Listener>>(
         listener: L,
-        ssl_config: Option<SslConfig>,
-        read_timeout: Option<std::time::Duration>,
-        streams: Option<fn(&Request) -> bool>,
+        config: ServerConfig,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        let ServerConfig {
+            ssl: ssl_config,
+            read_timeout,
+            connection_limit,
+            read_ahead,
+            streams,
+            max_head_bytes,
+            ..
+        } = config;
         let listener = listener.into();
+        let open_connections = Arc::new(AtomicUsize::new(0));
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -331,8 +393,19 @@ impl Server {
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
-                    Ok((sock, _)) => {
+                    Ok((mut sock, _)) => {
                         use util::RefinedTcpStream;
+                        // Lucid patch: see `ServerConfig::connection_limit`.
+                        if let Some(limit) = &connection_limit {
+                            if open_connections.load(Acquire) >= limit.max {
+                                if ssl.is_none() {
+                                    use std::io::Write;
+                                    let _ = sock.write_all(&limit.refusal);
+                                }
+                                let _ = sock.shutdown(Shutdown::Write);
+                                continue;
+                            }
+                        }
                         // Lucid patch: see `ServerConfig::read_timeout`.
                         if let Err(err) = sock.set_read_timeout(read_timeout) {
                             log::warn!("cannot set a read timeout on a connection: {}", err);
@@ -361,7 +434,8 @@ impl Server {
                             read_closable,
                             socket,
                             streams,
-                        ))
+                        )
+                        .with_limits(read_ahead, max_head_bytes))
                     }
                     Err(e) => Err(e),
                 };
@@ -370,7 +444,10 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
+                        open_connections.fetch_add(1, Release);
+                        let mut open = Some(OpenConnection(open_connections.clone()));
                         tasks_pool.spawn(Box::new(move || {
+                            let _open = open.take();
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
@@ -388,10 +465,13 @@ impl Server {
                         }));
                     }
 
+                    // Lucid patch: an accept error (out of file descriptors,
+                    // a connection reset before it was accepted) is
+                    // transient; upstream ended the accept thread on it, and
+                    // the server never accepted another connection.
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        thread::sleep(Duration::from_millis(50));
                     }
                 }
             }

@@ -1,6 +1,7 @@
 use std::io::Error as IoError;
 use std::io::{self, Cursor, ErrorKind, Read, Write};
 
+use ascii::AsciiString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -111,6 +112,10 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// Lucid patch: the body's framing headers are malformed or
+    /// contradictory (see `body_framing`); the message says how.
+    BadFraming(&'static str),
 }
 
 impl From<IoError> for RequestCreationError {
@@ -138,28 +143,15 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    read_ahead: Option<usize>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
+    // Lucid patch: see `body_framing`.
+    let (transfer_encoding, content_length) =
+        body_framing(&headers).map_err(RequestCreationError::BadFraming)?;
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
@@ -233,6 +225,19 @@ where
         Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     };
 
+    // Lucid patch: see `ReadAhead`. A client that asked for `100 Continue`
+    // is left to the caller, who may refuse the request before its body.
+    let streamed = connection_upgrade
+        || expects_continue
+        || (content_length.is_none() && transfer_encoding.is_none())
+        || content_length.is_some_and(|len| len <= 1024);
+    let reader = match read_ahead {
+        Some(limit) if !streamed && content_length.map_or(true, |len| len <= limit) => {
+            Box::new(ReadAhead::new(reader, limit)) as Box<dyn Read + Send + 'static>
+        }
+        _ => reader,
+    };
+
     Ok(Request {
         data_reader: Some(reader),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
@@ -247,6 +252,80 @@ where
         notify_when_responded: None,
         socket: None,
     })
+}
+
+/// Lucid patch: the request's `Transfer-Encoding` and `Content-Length`,
+/// refusing what upstream let through and what lets a request be framed two
+/// ways (request smuggling): a `Content-Length` that is not a number,
+/// several that differ, one beside `Transfer-Encoding`, and a
+/// `Transfer-Encoding` other than `chunked`. Upstream took a malformed
+/// length as no body, so the body was read as the next request. A length
+/// too large for `usize` becomes `usize::MAX`, which the caller refuses as
+/// too large.
+fn body_framing(headers: &[Header]) -> Result<(Option<AsciiString>, Option<usize>), &'static str> {
+    let transfer_encoding = headers
+        .iter()
+        .find(|h| h.field.equiv("Transfer-Encoding"))
+        .map(|h| h.value.clone());
+    let mut content_length = None;
+    for header in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+        let value = header.value.as_str().trim();
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("The Content-Length header is not a number of bytes.");
+        }
+        let length = value.parse().unwrap_or(usize::MAX);
+        if content_length.is_some_and(|earlier| earlier != length) {
+            return Err("The request has several Content-Length headers that differ.");
+        }
+        content_length = Some(length);
+    }
+    match transfer_encoding {
+        Some(ref te) if !te.as_str().trim().eq_ignore_ascii_case("chunked") => {
+            Err("Transfer-Encoding must be chunked (no other coding is supported).")
+        }
+        Some(_) if content_length.is_some() => {
+            Err("The request has both Content-Length and Transfer-Encoding; send one.")
+        }
+        framing => Ok((framing, content_length)),
+    }
+}
+
+/// Lucid patch: a request body read whole (up to a limit) by the
+/// connection's own thread before the request is handed to the server's
+/// user, so a client that trickles its body holds only its own connection's
+/// thread, never one of the user's workers. The body's bytes come first,
+/// then the error that ended the read early, if any (a timeout, bad chunked
+/// encoding); a body over the limit continues from the connection.
+struct ReadAhead<R> {
+    buffered: Cursor<Vec<u8>>,
+    error: Option<IoError>,
+    rest: R,
+}
+
+impl<R: Read> ReadAhead<R> {
+    fn new(mut body: R, limit: usize) -> Self {
+        let mut buffered = Vec::new();
+        let over_limit = (limit as u64).saturating_add(1);
+        let error = (&mut body).take(over_limit).read_to_end(&mut buffered).err();
+        ReadAhead {
+            buffered: Cursor::new(buffered),
+            error,
+            rest: body,
+        }
+    }
+}
+
+impl<R: Read> Read for ReadAhead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.buffered.read(buf)?;
+        if read > 0 || buf.is_empty() {
+            return Ok(read);
+        }
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
+        self.rest.read(buf)
+    }
 }
 
 /// Lucid patch: the connection under a request body whose end is known from

@@ -1,0 +1,137 @@
+//! Clients that try to knock the node over: slowloris (heads and bodies
+//! trickled a byte at a time, idle keep-alive connections) and more open
+//! connections than `general.max_connections`.
+
+mod common;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Generous bound for a normal request while hostile clients are around.
+const PROMPT: Duration = Duration::from_secs(2);
+
+fn connect(port: u16) -> TcpStream {
+    let stream =
+        TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), IO_TIMEOUT)
+            .expect("connect");
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// A PUT with the framing header `framing` and a body of `len` bytes (a
+/// chunked one of 64 KiB when `len` is 0).
+fn body_request(framing: &str, len: usize) -> Vec<u8> {
+    let mut request =
+        format!("PUT /api/kv/slow HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n").into_bytes();
+    if len == 0 {
+        request.extend(chunked(&[&[b'c'; 64 * 1024]]));
+    } else {
+        request.extend(std::iter::repeat_n(b'b', len));
+    }
+    request
+}
+
+#[test]
+fn two_hundred_slow_clients_do_not_stop_a_normal_one() {
+    let node = Config::new().start();
+    let port = node.port();
+    // Each slow client sends its bytes one at a time: a request head, or
+    // the body of a PUT (small, large, or chunked); or it sends one request
+    // and then nothing.
+    let head = b"GET /api/kv/slow HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n".to_vec();
+    let small_body = body_request("Content-Length: 600", 600);
+    let large_body = body_request("Content-Length: 100000", 100_000);
+    let chunked_body = body_request("Transfer-Encoding: chunked", 0);
+    let mut slow: Vec<(TcpStream, Vec<u8>, usize)> = Vec::new();
+    for n in 0..200 {
+        let mut stream = connect(port);
+        let script = match n % 5 {
+            0 => head.clone(),
+            1..=3 => {
+                // The whole head at once, then the body a byte at a time.
+                let request = [&small_body, &large_body, &chunked_body][n % 5 - 1];
+                let end_of_head = request.windows(4).position(|w| w == b"\r\n\r\n");
+                let split = end_of_head.unwrap() + 4;
+                stream.write_all(&request[..split]).unwrap();
+                request[split..].to_vec()
+            }
+            _ => {
+                // Idle keep-alive: one whole request, then nothing more
+                // (its response is never read).
+                stream
+                    .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                Vec::new()
+            }
+        };
+        slow.push((stream, script, 0));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickler = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (stream, script, sent) in slow.iter_mut() {
+                    if *sent < script.len() {
+                        let _ = stream.write_all(&script[*sent..*sent + 1]);
+                        *sent += 1;
+                    }
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            slow.len()
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+    let mut slowest = Duration::ZERO;
+    for n in 0..30 {
+        let started = Instant::now();
+        let path = format!("/api/kv/normal-{n}");
+        let put = Conn::open(port).send("PUT", &path, &[], b"value");
+        assert_eq!(put.status, 201);
+        assert_eq!(get(port, &path).body, b"value");
+        let took = started.elapsed();
+        slowest = slowest.max(took);
+        assert!(took < PROMPT, "a normal PUT and GET took {took:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(trickler.join().unwrap(), 200);
+    println!("slowest normal PUT+GET beside 200 slow clients: {slowest:?}");
+    node.assert_serving();
+}
+
+#[test]
+fn connections_beyond_max_connections_get_503_and_the_node_recovers() {
+    let node = Config::new().raw("general", "max_connections: 8").start();
+    let port = node.port();
+    let mut open: Vec<Conn> = (0..8).map(|_| Conn::open(port)).collect();
+    // The ninth is refused at once, whatever it would have asked.
+    let mut ninth = Conn::open(port);
+    let refused = ninth.read_response(false).expect("a 503 response");
+    assert_error(&refused, 503, None);
+    assert_eq!(refused.header("connection"), Some("close"));
+    // The open ones are served.
+    let resp = open[0].send("PUT", "/api/kv/k", &[], b"v");
+    assert_eq!(resp.status, 201);
+    // Once some close, new connections are served again.
+    open.truncate(4);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Conn::try_open(port).and_then(|mut c| c.try_send("GET", "/api/kv/k", &[], b"")) {
+            Ok(resp) if resp.status == 200 => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "still refused after closing connections: {other:?}"
+            ),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    node.assert_serving();
+}

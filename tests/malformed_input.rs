@@ -1,0 +1,96 @@
+//! Malformed requests: each gets the right 4xx with a JSON
+//! `{"message": ...}` body, nothing is stored, and the node keeps serving.
+//! Values are never content-sniffed.
+
+mod common;
+
+use common::*;
+
+/// Sends raw bytes on a new connection and reads one response.
+fn raw(port: u16, bytes: &[u8]) -> Response {
+    let mut conn = Conn::open(port);
+    conn.write_raw(bytes).unwrap();
+    conn.read_response(false).unwrap_or_else(|e| {
+        panic!(
+            "no response to {:?}: {e}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+        )
+    })
+}
+
+#[test]
+fn malformed_heads_and_framing_get_json_4xx_and_store_nothing() {
+    let node = Config::new().start();
+    let port = node.port();
+    let big_header = format!(
+        "GET /api/kv/a HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let many_headers = format!(
+        "GET /api/kv/a HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..5000)
+            .map(|n| format!("X-H{n}: v\r\n"))
+            .collect::<String>()
+    );
+    let long_line = format!(
+        "GET /api/kv/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let put = |framing: &str| {
+        format!("PUT /api/kv/framed HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\nxyz").into_bytes()
+    };
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("oversize header", big_header.into_bytes(), 431),
+        ("too many headers", many_headers.into_bytes(), 431),
+        ("request line too long", long_line.into_bytes(), 414),
+        ("raw non-ASCII in the URL", b"GET /api/kv/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("raw NUL in the URL", b"GET /api/kv/a\0b HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("%00 in the key", b"PUT /api/kv/a%00b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv".to_vec(), 400),
+        ("malformed request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        ("malformed header line", b"GET /api/kv/a HTTP/1.1\r\nNo colon here\r\n\r\n".to_vec(), 400),
+        ("Content-Length not a number", put("Content-Length: abc"), 400),
+        ("negative Content-Length", put("Content-Length: -3"), 400),
+        ("two Content-Lengths that differ", put("Content-Length: 3\r\nContent-Length: 5"), 400),
+        ("Content-Length and Transfer-Encoding", put("Content-Length: 3\r\nTransfer-Encoding: chunked"), 400),
+        ("Transfer-Encoding other than chunked", put("Transfer-Encoding: gzip"), 400),
+        ("Content-Length past 64 bits", put("Content-Length: 99999999999999999999999999"), 413),
+        ("bad chunk size", b"PUT /api/kv/framed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(), 400),
+        ("chunk longer than its size", b"PUT /api/kv/framed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n".to_vec(), 400),
+        ("invalid percent-encoding", b"GET /api/kv/a%g1 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("invalid UTF-8 in the key", b"GET /api/kv/%c3%28 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("huge key", format!("GET /api/kv/{} HTTP/1.1\r\nHost: x\r\n\r\n", "k".repeat(2000)).into_bytes(), 414),
+    ];
+    for (what, bytes, status) in cases {
+        let resp = raw(port, &bytes);
+        assert_eq!(resp.status, status, "{what}: {}", resp.text());
+        assert_error(&resp, status, None);
+        node.assert_serving();
+    }
+    // None of the refused writes stored anything.
+    assert_eq!(get(port, "/api/kv/framed").status, 404);
+}
+
+#[test]
+fn values_are_never_sniffed() {
+    let node = Config::new().start();
+    let port = node.port();
+    let html = b"<html><script>alert(1)</script></html>";
+    assert_eq!(put(port, "/api/kv/page", html).status, 201);
+    let resp = get(port, "/api/kv/page");
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+    let typed = request(
+        port,
+        "PUT",
+        "/api/kv/doc",
+        &[("Content-Type", "text/plain")],
+        html,
+    );
+    assert_eq!(typed.status, 201);
+    let resp = get(port, "/api/kv/doc");
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+    assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+}
