@@ -656,22 +656,41 @@ fn listings_need_read_on_the_whole_prefix_and_batches_write_on_every_key() {
     assert_error(&list(&token(&["write"]), "?prefix=sensors/"), 403, None);
     assert_eq!(list(&token(&["read"]), "").status, 200);
 
-    let batch =
-        json!({"operations": [{"op": "put", "key": "sensors/a", "value": "new"}]}).to_string();
-    let post = |token: &str| with_token(port, token, "POST", "/api/batch", batch.as_bytes());
-    assert_unauthorized(&request(port, "POST", "/api/batch", &[], batch.as_bytes()));
-    assert_error(&post(&scoped), 403, None);
-    assert_error(&post(&token(&["read"])), 403, None);
+    // A batch needs write on each of its keys, checked one by one: one
+    // key out of reach refuses the whole batch and names it.
+    let ops = |keys: &[&str], value: &str| {
+        let ops: Vec<_> = keys
+            .iter()
+            .map(|key| json!({"op": "put", "key": key, "value": value}))
+            .collect();
+        json!({ "operations": ops }).to_string()
+    };
+    let post =
+        |token: &str, body: &str| with_token(port, token, "POST", "/api/batch", body.as_bytes());
+    let value_of = |key: &str| with_token(port, &root(), "GET", &kv_path(key), b"").body;
+    let mixed = ops(&["sensors/a", "sensors/private/b"], "mixed");
+    assert_unauthorized(&request(port, "POST", "/api/batch", &[], mixed.as_bytes()));
+    let refused = post(&scoped, &mixed);
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    let body: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+    assert!(body["message"].as_str().unwrap().contains("Operation 1"));
+    assert_eq!(body["operation"], 1, "{}", refused.text());
+    assert_eq!(post(&scoped, &ops(&["wallets/c"], "x")).status, 403);
     assert_eq!(
-        with_token(port, &root(), "GET", "/api/kv/sensors/a", b"").body,
-        b"v"
+        post(&token(&["read"]), &ops(&["sensors/a"], "x")).status,
+        403
     );
-    let resp = post(&token(&["write"]));
+    assert_eq!(
+        value_of("sensors/a"),
+        b"v",
+        "nothing of a refused batch applied"
+    );
+    let resp = post(&scoped, &ops(&["sensors/a"], "new"));
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(
-        with_token(port, &root(), "GET", "/api/kv/sensors/a", b"").body,
-        b"new"
-    );
+    assert_eq!(value_of("sensors/a"), b"new");
+    let resp = post(&token(&["write"]), &ops(&["sensors/a", "wallets/c"], "all"));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(value_of("wallets/c"), b"all");
 }
 
 #[test]

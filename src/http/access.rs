@@ -28,8 +28,9 @@ enum Need<'u> {
 
 /// The access `route` needs for `method`; `url` is the request target.
 ///
-/// A batch needs `write` on every key for now: its keys are in its body,
-/// which is read later (see the README's Security section).
+/// A batch needs a valid token here; its keys are in its body, and the
+/// batch handler checks `write` on each of them with the claims [`check`]
+/// returns.
 fn need<'u>(route: Route<'u>, url: &'u str, method: &Method, metrics_public: bool) -> Need<'u> {
     match route {
         Route::Kv { raw_key } => {
@@ -42,7 +43,7 @@ fn need<'u>(route: Route<'u>, url: &'u str, method: &Method, metrics_public: boo
         Route::List | Route::Watch => {
             Need::Prefix(Access::Read, query_param(url, "prefix").unwrap_or(""))
         }
-        Route::Batch => Need::Prefix(Access::Write, ""),
+        Route::Batch => Need::Token,
         Route::AdminStats | Route::AdminCompact => Need::Access(Access::Admin, None),
         Route::Health => Need::Open,
         Route::Metrics if metrics_public => Need::Open,
@@ -51,41 +52,45 @@ fn need<'u>(route: Route<'u>, url: &'u str, method: &Method, metrics_public: boo
     }
 }
 
-/// Checks the request against what its route needs: `Ok` to dispatch, or
-/// the 401/403 reply. `scratch` receives the decoded key or prefix.
+/// Checks the request against what its route needs: `Ok` to dispatch, with
+/// the token's claims when authentication is on (for handlers that check
+/// more, as a batch does for each of its keys), or the 401/403 reply.
+/// `scratch` receives the decoded key or prefix.
 pub fn check(
     ctx: &Context,
     request: &Request,
     url: &str,
     route: Route<'_>,
     scratch: &mut Vec<u8>,
-) -> Result<(), Reply<'static>> {
+) -> Result<Option<Claims>, Reply<'static>> {
     let Some(auth) = &ctx.auth else {
-        return Ok(());
+        return Ok(None);
     };
     let need = match need(route, url, request.method(), ctx.metrics_public) {
-        Need::Open => return Ok(()),
-        Need::Token if !url.starts_with("/api/") => return Ok(()),
+        Need::Open => return Ok(None),
+        Need::Token if !url.starts_with("/api/") => return Ok(None),
         need => need,
     };
     let claims = authenticate(auth, request)?;
     let (access, raw, whole_prefix) = match need {
-        Need::Open | Need::Token => return Ok(()),
-        Need::Access(access, None) => return authorize(&claims, access, b""),
+        Need::Open | Need::Token => return Ok(Some(claims)),
+        Need::Access(access, None) => {
+            return authorize(&claims, access, b"").map(|()| Some(claims))
+        }
         Need::Access(access, Some(raw_key)) => (access, raw_key, false),
         Need::Prefix(access, raw_prefix) => (access, raw_prefix, true),
     };
     // What does not decode is left to the handler's 400; nothing is
     // reached with it.
     if percent_decode(raw, scratch, ctx.max_key_bytes).is_err() {
-        return Ok(());
+        return Ok(Some(claims));
     }
     let allowed = if whole_prefix {
         claims.authorize_prefix(access, scratch)
     } else {
         claims.authorize(access, scratch)
     };
-    allowed.map_err(denied)
+    allowed.map_err(denied).map(|()| Some(claims))
 }
 
 /// The raw (still encoded) value of the first query parameter `name`.

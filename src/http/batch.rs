@@ -19,6 +19,7 @@ use super::kv::store_error;
 use super::query::positive_seconds;
 use super::reply::{self, Reply};
 use super::Context;
+use crate::auth::{Access, Claims};
 use crate::store::engine::{now_ms, BatchError, BatchOp, BatchResult, Expect, WriteOutcome};
 use crate::store::record::MAX_CONTENT_TYPE_LEN;
 use crate::store::StoreError;
@@ -61,7 +62,13 @@ fn max_body(ctx: &Context) -> u64 {
 }
 
 /// Answers `POST /api/batch`; sets `body_read` once the body has been read.
-pub fn handle<'b>(ctx: &Context, request: &mut Request, body_read: &mut bool) -> Reply<'b> {
+/// With authentication on, `claims` must grant `write` on every key.
+pub fn handle<'b>(
+    ctx: &Context,
+    request: &mut Request,
+    body_read: &mut bool,
+    claims: Option<&Claims>,
+) -> Reply<'b> {
     if request.method() != &Method::Post {
         return Reply::method_not_allowed("POST");
     }
@@ -81,6 +88,14 @@ pub fn handle<'b>(ctx: &Context, request: &mut Request, body_read: &mut bool) ->
         Ok(checked) => checked,
         Err(message) => return Reply::message(400, message),
     };
+    if let Some(claims) = claims {
+        for (index, op) in checked.iter().enumerate() {
+            if let Err(why) = claims.authorize(Access::Write, op.key.as_bytes()) {
+                let message = format!("Operation {index}: {} Nothing was applied.", why.message());
+                return Reply::document(403, &json!({ "message": message, "operation": index }));
+            }
+        }
+    }
     if let Some(index) = checked
         .iter()
         .position(|op| op.value.len() > ctx.max_value_bytes)

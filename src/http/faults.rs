@@ -54,7 +54,7 @@ fn answer(ctx: &Context, call: &ApiCall) -> (u16, Option<String>) {
             raw_key,
             &mut body_read,
         ),
-        None => batch::handle(ctx, &mut request, &mut body_read),
+        None => batch::handle(ctx, &mut request, &mut body_read, None),
     };
     let message = match &reply {
         Reply::Json { body, .. } => serde_json::from_str::<serde_json::Value>(body)

@@ -333,10 +333,14 @@ fn worker(server: &Server, ctx: &Context) {
         let (bufs_ref, body_read_ref) = (&mut bufs, &mut body_read);
         let route = route::route(&url);
         // Authentication and authorization, for every route, watchers too.
-        let refused = catch_panic(
-            || access::check(ctx, &request, &url, route, &mut bufs_ref.key).err(),
-            || Some(Reply::internal_error()),
+        let checked = catch_panic(
+            || access::check(ctx, &request, &url, route, &mut bufs_ref.key),
+            || Err(Reply::internal_error()),
         );
+        let (claims, refused) = match checked {
+            Ok(claims) => (claims, None),
+            Err(reply) => (None, Some(reply)),
+        };
         if route == Route::Watch && !body_may_block && refused.is_none() {
             let prepared = catch_panic(
                 || watch::prepare(ctx, &request),
@@ -369,7 +373,7 @@ fn worker(server: &Server, ctx: &Context) {
                 kv::handle(ctx, bufs_ref, &mut request, &url, raw_key, body_read_ref)
             }
             Route::List => list::handle(ctx, &request, &url),
-            Route::Batch => batch::handle(ctx, &mut request, body_read_ref),
+            Route::Batch => batch::handle(ctx, &mut request, body_read_ref, claims.as_ref()),
             Route::AdminStats => admin::stats(ctx, &request),
             Route::AdminCompact => admin::compact(ctx, &request),
             Route::Health => admin::health(ctx, &request),
