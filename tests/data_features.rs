@@ -1502,6 +1502,10 @@ fn malformed_batches_are_400_and_apply_nothing() {
             json!({ "operations": [ok, { "op": "put", "key": "", "value": "x" }] }).to_string(),
         ),
         (
+            "NUL in a key",
+            json!({ "operations": [ok, { "op": "put", "key": "a\0b", "value": "x" }] }).to_string(),
+        ),
+        (
             "bad ttl",
             json!({ "operations": [ok, { "op": "put", "key": "b", "value": "x", "ttl": 0 }] })
                 .to_string(),

@@ -176,6 +176,9 @@ fn check(
             ctx.max_key_bytes
         ));
     }
+    if op.key.contains('\0') {
+        return Err("the key contains a NUL byte, which keys may not hold".into());
+    }
     if !seen.insert(op.key.clone()) {
         return Err(format!(
             "the key '{}' appears more than once in the batch",
