@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 
 use crate::util::{EqualReader, FusedReader};
@@ -296,22 +297,74 @@ fn body_framing(headers: &[Header]) -> Result<(Option<AsciiString>, Option<usize
 /// thread, never one of the user's workers. The body's bytes come first,
 /// then the error that ended the read early, if any (a timeout, bad chunked
 /// encoding); a body over the limit continues from the connection.
+///
+/// All connections together buffer at most [`READ_AHEAD_BUDGET`] bytes:
+/// past it, the rest of a body is left on the connection for the caller to
+/// read, as upstream did, so many clients sending large bodies at once
+/// cannot exhaust memory.
 struct ReadAhead<R> {
     buffered: Cursor<Vec<u8>>,
     error: Option<IoError>,
     rest: R,
+    /// Bytes of the budget this body holds, given back when it is dropped.
+    reserved: usize,
+    budget: &'static AtomicUsize,
 }
 
+/// Lucid patch: the most body bytes all connections read ahead at once.
+pub const READ_AHEAD_BUDGET: usize = 64 * 1024 * 1024;
+
+/// Body bytes currently read ahead, by every connection.
+static READ_AHEAD_IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+/// How much of a body is read per step, each step reserved in the budget.
+const READ_AHEAD_STEP: usize = 64 * 1024;
+
 impl<R: Read> ReadAhead<R> {
-    fn new(mut body: R, limit: usize) -> Self {
+    fn new(body: R, limit: usize) -> Self {
+        Self::within(body, limit, &READ_AHEAD_IN_USE, READ_AHEAD_BUDGET)
+    }
+
+    /// Reads ahead up to `limit + 1` bytes of `body`, step by step, while
+    /// `budget` (shared, at most `cap`) has room for the step.
+    fn within(mut body: R, limit: usize, budget: &'static AtomicUsize, cap: usize) -> Self {
         let mut buffered = Vec::new();
-        let over_limit = (limit as u64).saturating_add(1);
-        let error = (&mut body).take(over_limit).read_to_end(&mut buffered).err();
+        let mut reserved = 0;
+        let mut error = None;
+        let wanted = limit.saturating_add(1);
+        while buffered.len() < wanted {
+            let step = READ_AHEAD_STEP.min(wanted - buffered.len());
+            let granted = budget
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                    used.checked_add(step).filter(|&total| total <= cap)
+                })
+                .is_ok();
+            if !granted {
+                break;
+            }
+            reserved += step;
+            match (&mut body).take(step as u64).read_to_end(&mut buffered) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) => {
+                    error = Some(err);
+                    break;
+                }
+            }
+        }
         ReadAhead {
             buffered: Cursor::new(buffered),
             error,
             rest: body,
+            reserved,
+            budget,
         }
+    }
+}
+
+impl<R> Drop for ReadAhead<R> {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.reserved, Ordering::SeqCst);
     }
 }
 
