@@ -341,8 +341,7 @@ impl RecordBuilder {
     /// and the CRC for position `at`. The record is then ready to append
     /// there.
     pub fn seal(buf: &mut [u8], sequence: u64, timestamp_ms: u64, at: Position) {
-        buf[16..24].copy_from_slice(&sequence.to_le_bytes());
-        buf[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+        stamp(buf, sequence, timestamp_ms);
         let key_len = usize::from(u16::from_le_bytes([buf[6], buf[7]]));
         let content_type_len = usize::from(buf[12]);
         let value_len = buf.len() - RECORD_HEADER_LEN - key_len - content_type_len;
@@ -435,20 +434,30 @@ impl FrameBuilder {
         let mut from = RECORD_HEADER_LEN;
         while from < buf.len() {
             let len = RecordBuilder::len_of(&buf[from..]);
-            let member = &mut buf[from..from + len];
-            member[16..24].copy_from_slice(&sequence.to_le_bytes());
-            member[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+            stamp(&mut buf[from..from + len], sequence, timestamp_ms);
             sequence += 1;
             from += len;
         }
         let last = sequence - 1;
-        let members_len = u32::try_from(buf.len() - RECORD_HEADER_LEN).expect("frame size checked");
-        buf[8..12].copy_from_slice(&members_len.to_le_bytes());
-        buf[16..24].copy_from_slice(&last.to_le_bytes());
-        buf[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+        Self::stamp_frame(buf, last, timestamp_ms);
         RecordBuilder::restamp(buf, at);
         last
     }
+
+    /// Fills in a frame's header: the length of its members, its sequence
+    /// number (its last member's) and time.
+    fn stamp_frame(frame: &mut [u8], last: u64, timestamp_ms: u64) {
+        let members_len =
+            u32::try_from(frame.len() - RECORD_HEADER_LEN).expect("frame size checked");
+        frame[8..12].copy_from_slice(&members_len.to_le_bytes());
+        stamp(frame, last, timestamp_ms);
+    }
+}
+
+/// Writes a record header's sequence number and timestamp.
+fn stamp(record: &mut [u8], sequence: u64, timestamp_ms: u64) {
+    record[16..24].copy_from_slice(&sequence.to_le_bytes());
+    record[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
 }
 
 impl FrameBuilder {
@@ -472,8 +481,7 @@ impl FrameBuilder {
         while from < buf.len() {
             let len = RecordBuilder::len_of(&buf[from..]);
             let member = &mut buf[from..from + len];
-            member[16..24].copy_from_slice(&sequence.to_le_bytes());
-            member[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+            stamp(member, sequence, timestamp_ms);
             let place = Position {
                 offset: at.offset + out.len() as u64,
                 ..at
@@ -486,12 +494,9 @@ impl FrameBuilder {
             from += len;
         }
         let last = sequence - 1;
-        let members_len = u32::try_from(out.len() - RECORD_HEADER_LEN).expect("frame size checked");
-        out[8..12].copy_from_slice(&members_len.to_le_bytes());
-        out[16..24].copy_from_slice(&last.to_le_bytes());
         // Wrapped members hide their time; the frame must not show it.
         let frame_time = if overhead > 0 { 0 } else { timestamp_ms };
-        out[24..32].copy_from_slice(&frame_time.to_le_bytes());
+        Self::stamp_frame(out, last, frame_time);
         let crc = checksum(&out[4..], at);
         out[0..4].copy_from_slice(&crc.to_le_bytes());
         last
