@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use lucid::store::engine::Expect;
 use lucid::store::hint::HINT_FILE;
-use lucid::store::record::{RecordBuilder, RecordKind, RecordMeta};
+use lucid::store::record::{RecordBuilder, RecordMeta};
 use lucid::store::{open, Store, SyncMode};
 
 fn main() {
@@ -116,13 +116,7 @@ fn fill(store: &Store, keys: u64, byte: u8) {
     let mut buf = Vec::new();
     for i in 0..keys {
         let key = key(i);
-        let meta = RecordMeta {
-            kind: RecordKind::Put,
-            key: &key,
-            content_type: b"application/octet-stream",
-            expires_at_ms: 0,
-            locked: false,
-        };
+        let meta = RecordMeta::put(&key, b"application/octet-stream", 0);
         RecordBuilder::begin(&mut buf, &meta);
         buf.extend_from_slice(&value);
         store.put(&mut buf, Expect::Any).expect("put");

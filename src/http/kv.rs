@@ -10,7 +10,7 @@ use super::reply::{self, Reply};
 use super::route::{decode_key, KeyError};
 use super::{patch, Buffers, Context};
 use crate::store::engine::now_ms;
-use crate::store::record::{RecordBuilder, RecordKind, RecordMeta, MAX_CONTENT_TYPE_LEN};
+use crate::store::record::{RecordBuilder, RecordMeta, MAX_CONTENT_TYPE_LEN};
 use crate::store::{StoreError, WriteOutcome};
 
 /// Methods `/api/kv/{key}` accepts, as listed in a 405's `Allow` header.
@@ -106,13 +106,7 @@ fn put<'b>(
             format!("The Content-Type header is longer than {MAX_CONTENT_TYPE_LEN} bytes."),
         );
     }
-    let meta = RecordMeta {
-        kind: RecordKind::Put,
-        key,
-        content_type,
-        expires_at_ms,
-        locked: false,
-    };
+    let meta = RecordMeta::put(key, content_type, expires_at_ms);
     RecordBuilder::begin(record, &meta);
     let header_len = record.len();
     record.reserve(request.body_length().unwrap_or(0));

@@ -647,23 +647,11 @@ mod tests {
     #[test]
     fn conditional_writes_work_on_an_encrypted_store() {
         use crate::store::engine::Expect;
-        use crate::store::record::{RecordBuilder, RecordKind, RecordMeta};
+        use crate::store::testing::put_if;
         for sync in [SyncMode::Always, SyncMode::Never] {
             let dir = tempfile::tempdir().unwrap();
             let (store, _) = open_with(dir.path(), sync, cipher(1)).unwrap();
-            let mut buf = Vec::new();
-            let mut put_if = |expect| {
-                let meta = RecordMeta {
-                    kind: RecordKind::Put,
-                    key: b"k",
-                    content_type: b"",
-                    expires_at_ms: 0,
-                    locked: false,
-                };
-                RecordBuilder::begin(&mut buf, &meta);
-                buf.extend_from_slice(b"v");
-                store.put(&mut buf, expect)
-            };
+            let put_if = |expect| put_if(&store, "k", b"v", expect);
             let first = put_if(Expect::Any).unwrap().version;
             let second = put_if(Expect::Version(first)).unwrap().version;
             assert!(put_if(Expect::Version(first)).is_err());

@@ -696,13 +696,7 @@ impl Store {
                     expires_at_ms,
                     ..
                 } => {
-                    let meta = RecordMeta {
-                        kind: RecordKind::Put,
-                        key,
-                        content_type,
-                        expires_at_ms,
-                        locked: false,
-                    };
+                    let meta = RecordMeta::put(key, content_type, expires_at_ms);
                     FrameBuilder::add(buf, &meta, value);
                     let outcome = if state.is_some() {
                         WriteOutcome::Updated
@@ -1260,7 +1254,9 @@ pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::store::record::{FileHeader, FILE_HEADER_LEN};
-    use crate::store::testing::{batch_put, fresh_store, set_attrs, try_put as put, MemFile};
+    use crate::store::testing::{
+        batch_put, fresh_store, put_if, set_attrs, try_put as put, MemFile,
+    };
 
     fn empty_store(sync: SyncMode) -> (Arc<MemFile>, Arc<Store>) {
         fresh_store(MemFile::with_bytes, sync)
@@ -1474,19 +1470,7 @@ mod tests {
     fn conditions_compare_versions_of_published_and_pending_records() {
         for sync in [SyncMode::Always, SyncMode::Never] {
             let (_, store) = empty_store(sync);
-            let mut record = Vec::new();
-            let meta = RecordMeta {
-                kind: RecordKind::Put,
-                key: b"k",
-                content_type: b"",
-                expires_at_ms: 0,
-                locked: false,
-            };
-            let mut put_if = |expect| {
-                RecordBuilder::begin(&mut record, &meta);
-                record.extend_from_slice(b"v");
-                store.put(&mut record, expect)
-            };
+            let put_if = |expect| put_if(&store, "k", b"v", expect);
             assert!(matches!(
                 put_if(Expect::Exists),
                 Err(StoreError::PreconditionFailed)
@@ -1553,13 +1537,7 @@ mod tests {
                             .update(b"n", Expect::Any, &mut buf, |current, buf| {
                                 let n: u64 =
                                     std::str::from_utf8(current.value).unwrap().parse().unwrap();
-                                let meta = RecordMeta {
-                                    kind: RecordKind::Put,
-                                    key: current.key,
-                                    content_type: current.content_type,
-                                    expires_at_ms: 0,
-                                    locked: false,
-                                };
+                                let meta = RecordMeta::put(current.key, current.content_type, 0);
                                 RecordBuilder::begin(buf, &meta);
                                 buf.extend_from_slice((n + 1).to_string().as_bytes());
                                 Ok::<_, StoreError>(Some(EventOp::Put))

@@ -277,6 +277,17 @@ pub struct RecordMeta<'a> {
 }
 
 impl<'a> RecordMeta<'a> {
+    /// The metadata of an unlocked put of `key`.
+    pub fn put(key: &'a [u8], content_type: &'a [u8], expires_at_ms: u64) -> Self {
+        Self {
+            kind: RecordKind::Put,
+            key,
+            content_type,
+            expires_at_ms,
+            locked: false,
+        }
+    }
+
     /// The metadata of a tombstone for `key`.
     pub fn tombstone(key: &'a [u8]) -> Self {
         Self {
@@ -687,13 +698,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn meta<'a>(key: &'a [u8], content_type: &'a [u8]) -> RecordMeta<'a> {
-        RecordMeta {
-            kind: RecordKind::Put,
-            key,
-            content_type,
-            expires_at_ms: 0,
-            locked: false,
-        }
+        RecordMeta::put(key, content_type, 0)
     }
 
     const T0: u64 = 1_700_000_000_000;

@@ -279,9 +279,7 @@ impl<'a> WindowReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::{
-        FileHeader, FrameBuilder, Position, RecordBuilder, RecordKind, RecordMeta,
-    };
+    use crate::store::record::{FileHeader, FrameBuilder, Position, RecordBuilder, RecordMeta};
     use crate::store::testing::MemFile;
 
     fn file_id(log: &[u8]) -> u32 {
@@ -292,13 +290,7 @@ mod tests {
 
     /// Appends a put record, stamped for where it lands; returns its offset.
     fn append(log: &mut Vec<u8>, key: &[u8], value: &[u8], sequence: u64) -> u64 {
-        let meta = RecordMeta {
-            kind: RecordKind::Put,
-            key,
-            content_type: b"text/plain",
-            expires_at_ms: 0,
-            locked: false,
-        };
+        let meta = RecordMeta::put(key, b"text/plain", 0);
         let at = Position {
             file_id: file_id(log),
             offset: log.len() as u64,
@@ -495,13 +487,7 @@ mod tests {
         let mut frame = Vec::new();
         FrameBuilder::begin(&mut frame);
         for (key, value) in members {
-            let meta = RecordMeta {
-                kind: RecordKind::Put,
-                key: key.as_bytes(),
-                content_type: b"text/plain",
-                expires_at_ms: 0,
-                locked: false,
-            };
+            let meta = RecordMeta::put(key.as_bytes(), b"text/plain", 0);
             FrameBuilder::add(&mut frame, &meta, value.as_bytes());
         }
         FrameBuilder::seal(&mut frame, first, 0, at);

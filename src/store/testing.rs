@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use proptest::prelude::RngExt;
 use proptest::test_runner::TestRng;
 
-use super::engine::{BatchOp, Expect, Recovered, Store, StoreError, SyncMode, WriteOutcome};
+use super::engine::{
+    BatchOp, Expect, Recovered, Store, StoreError, SyncMode, WriteOutcome, Written,
+};
 use super::file::LogFile;
 use super::index::{Attrs, Index};
 use super::record::{FileHeader, RecordBuilder, RecordKind, RecordMeta, FILE_HEADER_LEN};
@@ -135,19 +137,20 @@ pub type Model = BTreeMap<String, Vec<u8>>;
 
 /// Puts `value` (as text/plain) under `key`.
 pub fn try_put(store: &Store, key: &str, value: &[u8]) -> Result<WriteOutcome, StoreError> {
+    put_if(store, key, value, Expect::Any).map(|written| written.outcome)
+}
+
+/// Puts `value` (as text/plain) under `key` if the key meets `expect`.
+pub fn put_if(
+    store: &Store,
+    key: &str,
+    value: &[u8],
+    expect: Expect,
+) -> Result<Written, StoreError> {
     let mut buf = Vec::new();
-    let meta = RecordMeta {
-        kind: RecordKind::Put,
-        key: key.as_bytes(),
-        content_type: b"text/plain",
-        expires_at_ms: 0,
-        locked: false,
-    };
-    RecordBuilder::begin(&mut buf, &meta);
+    RecordBuilder::begin(&mut buf, &RecordMeta::put(key.as_bytes(), b"text/plain", 0));
     buf.extend_from_slice(value);
-    store
-        .put(&mut buf, Expect::Any)
-        .map(|written| written.outcome)
+    store.put(&mut buf, expect)
 }
 
 /// Puts through the store and into the model.
