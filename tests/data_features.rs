@@ -1796,7 +1796,9 @@ fn torn_batch_frame_is_dropped_whole() {
     put_all("2");
     node.kill9();
     let log = fs::read(node.data_log()).unwrap();
-    let end = log.len();
+    // The batch's fsync was followed by a 48-byte sync marker (kind 4).
+    let end = log.len() - 48;
+    assert_eq!(log[end + 4], 4, "the log ends with a sync marker");
     let frame = end - whole_first as usize;
     assert!(frame > 10 * 8, "the second batch is {frame} bytes");
     for cut in [end - 1, end - frame / 2, whole_first as usize + 1] {

@@ -18,10 +18,14 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
     println!("checked {}", report.path.display());
     println!("  log bytes:   {}", report.log_bytes);
     println!("  records:     {}", report.records);
+    println!(
+        "  durable to:  offset {} ({} sync markers)",
+        report.scan.durable, report.scan.markers
+    );
     println!("  live keys:   {}", report.live_keys);
     println!("  live bytes:  {}", report.live_bytes);
     println!(
-        "  dead bytes:  {} (overwritten and deleted records)",
+        "  dead bytes:  {} (overwritten and deleted records, sync markers)",
         scanned - report.live_bytes
     );
     match &report.hint {
@@ -34,21 +38,45 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
             println!("  status:      ok");
             return Ok(());
         }
-        Some(Damage::TornTail { offset, len }) => {
+        Some(Damage::TornTail {
+            offset,
+            len,
+            next_valid: None,
+        }) => {
             println!("  status:      torn tail: {len} bytes at offset {offset}");
             format!(
                 "the log ends with {len} bytes of an interrupted write at offset {offset}; \
                  the server cuts them away (keeping a copy) when it starts"
             )
         }
-        Some(Damage::Corrupt { offset, next_valid }) => {
+        Some(Damage::TornTail {
+            offset,
+            len,
+            next_valid: Some(next_valid),
+        }) => {
             println!(
-                "  status:      DAMAGED at offset {offset} (valid records resume at {next_valid})"
+                "  status:      unsynced tail: {len} bytes at offset {offset}, damaged before \
+                 any fsync (unsynced records from offset {next_valid} on)"
             );
             format!(
-                "the log is damaged at offset {offset} and valid records follow; \
-                 run `lucid check --repair` to rebuild it from its good records \
-                 (the damaged file is kept)"
+                "a power cut lost unsynced writes: the log is damaged at offset {offset}, which \
+                 no fsync had made durable; the server cuts the {len} bytes from there \
+                 (keeping a copy) when it starts, so the log keeps a prefix of its history"
+            )
+        }
+        Some(Damage::Corrupt {
+            offset,
+            next_valid,
+            durable,
+        }) => {
+            let resume = next_valid.map_or("no valid record follows".to_owned(), |at| {
+                format!("valid records resume at {at}")
+            });
+            println!("  status:      DAMAGED at offset {offset} ({resume})");
+            format!(
+                "the log is damaged at offset {offset}, in data an fsync made durable (up to \
+                 offset {durable}); run `lucid check --repair` to rebuild it from its good \
+                 records (the damaged file is kept)"
             )
         }
     };

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::store::crypt::Cipher;
-use crate::store::{self, OpenError};
+use crate::store::{self, OpenError, SyncMode};
 
 /// Opens the data directory (recovering it), compacts it and prints what
 /// changed. With `new_key_file`, the new log is encrypted with that key
@@ -18,7 +18,10 @@ pub fn run(config_path: Option<&Path>, new_key_file: Option<&Path>) -> CommandRe
     let storage = &config.storage;
     let cipher = config.encryption.cipher()?;
     let new_cipher = new_key_file.map(Cipher::load).transpose()?.map(Arc::new);
-    let opened = store::open_with(&storage.directory, storage.sync_mode(), cipher.clone());
+    // Offline nothing is written but by compaction, which fsyncs what it
+    // writes: no periodic sync (its sync marker would be a write arriving
+    // during a re-encryption).
+    let opened = store::open_with(&storage.directory, SyncMode::Never, cipher.clone());
     let (store, _) = match opened {
         Ok(opened) => opened,
         Err(OpenError::Locked(dir)) => {

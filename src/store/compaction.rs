@@ -25,6 +25,13 @@
 //! file's header carries the last sequence number issued, so sequence
 //! numbers never go back even when the newest records were dropped.
 //!
+//! Sync markers (see [`super::record`]) are not live data: those before the
+//! cut are dropped. Those in the tail are kept, restamped for their new
+//! place and naming the same bytes there (anything before the tail names
+//! the tail's start), so the tail keeps its layout; the new log is fsynced
+//! whole before it is used, so every such claim is true. The new log's own
+//! durability is recorded by the hint file written after the switch.
+//!
 //! # Crash safety
 //!
 //! Until the rename, `data.log` is the untouched old log and
@@ -48,8 +55,8 @@ use super::engine::{lock, now_ms, read, write, Store};
 use super::file::{DiskFile, LogFile};
 use super::index::Location;
 use super::record::{
-    members, verify, FileHeader, FrameBuilder, Position, RecordBuilder, RecordHeader, RecordKind,
-    RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
+    RecordKind, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 
 /// Name of the new log while compaction writes it.
@@ -182,6 +189,10 @@ pub enum CompactionError {
     Corrupt(u64),
     /// The filesystem failed; the old log is still in place.
     Io(io::Error),
+    /// The new log is in place, but the directory fsync after the rename
+    /// failed, so the switch may not survive a power cut: the store turned
+    /// read-only.
+    DirSync(io::Error),
     /// Encrypting the store would leave these plaintext copies of data
     /// beside it (torn tails, logs set aside by repair).
     PlaintextLeftovers(Vec<String>),
@@ -200,6 +211,12 @@ impl std::fmt::Display for CompactionError {
                  changing anything. Run `lucid check`"
             ),
             Self::Io(err) => write!(f, "compaction failed, the old log is unchanged: {err}"),
+            Self::DirSync(err) => write!(
+                f,
+                "compaction switched to the new log, but syncing the data directory failed \
+                 ({err}); the node is now read-only. Check the disk (dmesg, free space), \
+                 then restart the node"
+            ),
             Self::PlaintextLeftovers(files) => write!(
                 f,
                 "the data directory holds unencrypted copies of data ({}); move them off the \
@@ -432,11 +449,13 @@ impl Store {
         let old_log = std::mem::replace(&mut writer.file, new_file);
         writer.header = new_header;
         writer.end = new_end;
+        // The new log is fsynced to its end: nothing in it needs a marker.
+        writer.marked_end = new_end;
         if let Err(err) = dir_synced {
             drop(writer);
             drop(exclusive);
             drop(old_log);
-            return Err(CompactionError::Io(err));
+            return Err(CompactionError::DirSync(err));
         }
         // The new file is synced to its end: everything pending is durable.
         let durable = writer.next_sequence - 1;
@@ -559,8 +578,9 @@ type Keep<'k> = Option<&'k mut dyn FnMut(&RecordView<'_>, Location) -> bool>;
 /// `to` on). With `keep`, only the records it accepts are written, and live
 /// members of batch frames are written as plain records (compaction only
 /// filters durable records, so no batch can be half-copied by a crash);
-/// without, frames are copied whole. Returns the old and new place of every
-/// record written.
+/// without, frames are copied whole. Sync markers are dropped with `keep`,
+/// restamped (and their claim moved with them) without. Returns the old and
+/// new place of every record written but markers.
 fn move_records(
     bytes: &[u8],
     from: Position,
@@ -589,6 +609,19 @@ fn move_records(
             file_id: to.file_id,
             offset: written,
         };
+        if view.header.kind == RecordKind::Marker {
+            let marker = open_copy(ciphers.from, view, old, &mut opened).map_err(|_| corrupt())?;
+            let claim = Marker::claim(&marker, old.offset).ok_or_else(corrupt)?;
+            if keep.is_some() {
+                continue; // not live data
+            }
+            let claim = claim.max(from.offset) - from.offset + to.offset;
+            let plain = Marker::encode(claim, marker.header.timestamp_ms, new);
+            let stored = stored_form(ciphers.to, &plain, new, &mut sealed);
+            out.write_all(stored)?;
+            written += stored.len() as u64;
+            continue;
+        }
         let mut records = Vec::new();
         if view.header.kind == RecordKind::Batch {
             for member in members(&view, old) {
@@ -958,7 +991,9 @@ mod tests {
             Step::DirSynced => fs::rename(&to, &from).unwrap(),
             _ => {}
         }));
-        assert!(matches!(store.compact(), Err(CompactionError::Io(_))));
+        let err = store.compact().unwrap_err();
+        assert!(matches!(err, CompactionError::DirSync(_)), "{err:?}");
+        assert!(err.to_string().contains("read-only"), "{err}");
         *lock(&store.step_hook) = None;
         assert!(
             store.is_read_only(),
@@ -1081,6 +1116,83 @@ mod tests {
         assert!(matches!(store.compact(), Err(CompactionError::Corrupt(32))));
         assert_eq!(fs::read(&log_path).unwrap(), bytes);
         assert!(!dir.path().join(COMPACT_FILE).exists());
+    }
+
+    #[test]
+    fn sync_markers_are_never_data_and_compaction_drops_them() {
+        use crate::store::record::MARKER_LEN;
+        use crate::watch::EventOp;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), SyncMode::Never).unwrap();
+        let subscription = store.events().subscribe(b"", None).unwrap();
+        let mut model = Model::new();
+        put(&store, &mut model, "a", b"1");
+        store.sync_appended().unwrap();
+        put(&store, &mut model, "b", b"2");
+        store.sync_appended().unwrap();
+        let marked = store.stats();
+        // Idle: nothing new to mark, the log does not grow.
+        store.sync_appended().unwrap();
+        store.sync_appended().unwrap();
+        assert_eq!(store.stats().log_bytes, marked.log_bytes);
+        assert_eq!(marked.keys, 2);
+        assert_eq!(
+            marked.dead_bytes,
+            2 * MARKER_LEN as u64,
+            "markers are garbage"
+        );
+        let mut buf = Vec::new();
+        assert_eq!(store.get(b"b", &mut buf).unwrap().unwrap().sequence, 2);
+        assert_eq!(store.list(b"", None, 10).entries.len(), 2);
+        // A marker written while compaction copies lands in the tail.
+        let (hook_store, hook_model) = (
+            Arc::clone(&store),
+            Arc::new(std::sync::Mutex::new(Model::new())),
+        );
+        let during = Arc::clone(&hook_model);
+        *lock(&store.step_hook) = Some(Box::new(move |step| {
+            if step == Step::Copied {
+                put(&hook_store, &mut during.lock().unwrap(), "c", b"3");
+                hook_store.sync_appended().unwrap();
+            }
+        }));
+        store.compact().unwrap();
+        *lock(&store.step_hook) = None;
+        model.insert("c".into(), b"3".to_vec());
+        assert_matches(&store, &model);
+        let compacted = store.stats();
+        assert_eq!(
+            compacted.dead_bytes, MARKER_LEN as u64,
+            "only the tail's marker"
+        );
+        put(&store, &mut model, "d", b"4");
+        assert_eq!(store.get(b"d", &mut buf).unwrap().unwrap().sequence, 4);
+        let events: Vec<_> = subscription.events.try_iter().collect();
+        let seen: Vec<_> = events.iter().map(|e| (e.op, e.key(), e.version)).collect();
+        assert_eq!(
+            seen,
+            [
+                (EventOp::Put, "a", 1),
+                (EventOp::Put, "b", 2),
+                (EventOp::Put, "c", 3),
+                (EventOp::Put, "d", 4)
+            ]
+        );
+        store.close().unwrap();
+        drop(store);
+        // The tail's marker was restamped for its new place: it names the
+        // bytes before it there, and the log checks clean.
+        let report = crate::store::check(dir.path(), None).unwrap();
+        assert_eq!(report.scan.damage, None);
+        assert_eq!(report.scan.markers, 2, "the tail's, and close's");
+        assert_eq!(report.records, 4);
+        assert_eq!(report.live_keys, 4);
+        let (store, _) = open(dir.path(), SyncMode::Never).unwrap();
+        assert_matches(&store, &model);
+        // Closing an idle store writes no marker.
+        let before = log_len(dir.path());
+        store.close().unwrap();
+        assert_eq!(log_len(dir.path()), before);
     }
 
     #[test]

@@ -49,12 +49,14 @@ pub enum OpenError {
     },
     /// The log's encryption does not match the configured key.
     Key(PathBuf, &'static str),
-    /// A damaged record is followed by valid ones.
+    /// A damaged record in the part of the log an fsync made durable.
     Corrupt {
         /// The log file.
         path: PathBuf,
         /// Offset of the damaged record.
         offset: u64,
+        /// The offset before which the log is known durable.
+        durable: u64,
     },
     /// The filesystem refused an operation.
     Io {
@@ -90,12 +92,16 @@ impl fmt::Display for OpenError {
                 dir.display(),
                 found.join(", ")
             ),
-            Self::Corrupt { path, offset } => write!(
+            Self::Corrupt {
+                path,
+                offset,
+                durable,
+            } => write!(
                 f,
-                "{} is damaged at offset {offset} and valid records follow the damage, so the \
-                 node will not start (cutting the log there would lose data). Run `lucid check` \
-                 for a report, then `lucid check --repair` to rebuild the log from its good \
-                 records (the damaged file is kept)",
+                "{} is damaged at offset {offset}, in data an fsync made durable (up to offset \
+                 {durable}), so the node will not start (cutting the log there would lose \
+                 data). Run `lucid check` for a report, then `lucid check --repair` to rebuild \
+                 the log from its good records (the damaged file is kept)",
                 path.display()
             ),
             Self::Io {
@@ -155,12 +161,21 @@ pub fn open_with(
     let log_len = file.size().map_err(io_error("read", &path))?;
     let (mut index, mut summary, mut hint_keys) = (Index::default(), None, None);
     let source = (&file as &dyn LogFile, header.file_id, cipher.as_deref());
+    let mut full_scan = ScanStart::BEGINNING;
+    // A hint followed by damage goes, but only once the full scan has not
+    // refused to start: it is the evidence that what it covers is durable,
+    // and the next start (or `lucid check`) must judge the damage the same.
+    let mut drop_hint = false;
     match hint::load(dir, header, log_len, cipher.as_deref()) {
         Ok(hint) => {
             let start = ScanStart {
                 offset: hint.coverage.end,
                 max_sequence: hint.coverage.max_sequence,
+                durable: hint.coverage.end,
             };
+            // What the hint covers was fsynced before it was written: damage
+            // there is damage to durable data, even if the hint goes.
+            full_scan.durable = hint.coverage.end;
             hint_keys = Some(hint.index.len());
             index = hint.index;
             let after_hint = replay(source, &path, &mut index, start)?;
@@ -170,7 +185,7 @@ pub fn open_with(
                     "the log after the hint file's coverage is damaged; reading the whole log"
                 );
                 (index, hint_keys) = (Index::default(), None);
-                remove_hint(dir)?;
+                drop_hint = true;
             } else {
                 summary = Some(after_hint);
             }
@@ -191,12 +206,27 @@ pub fn open_with(
     }
     let summary = match summary {
         Some(summary) => summary,
-        None => replay(source, &path, &mut index, ScanStart::BEGINNING)?,
+        None => replay(source, &path, &mut index, full_scan)?,
     };
+    if drop_hint && !matches!(summary.damage, Some(Damage::Corrupt { .. })) {
+        remove_hint(dir)?;
+    }
     match summary.damage {
         None => {}
-        Some(Damage::TornTail { offset, len }) => cut_torn_tail(&file, &path, offset, len)?,
-        Some(Damage::Corrupt { offset, .. }) => return Err(OpenError::Corrupt { path, offset }),
+        Some(Damage::TornTail {
+            offset,
+            len,
+            next_valid,
+        }) => cut_torn_tail(&file, &path, offset, len, next_valid)?,
+        Some(Damage::Corrupt {
+            offset, durable, ..
+        }) => {
+            return Err(OpenError::Corrupt {
+                path,
+                offset,
+                durable,
+            })
+        }
     }
     let report = OpenReport {
         keys: index.len(),
@@ -217,6 +247,7 @@ pub fn open_with(
                 path: path.clone(),
                 source: io::Error::other("the log's sequence numbers are exhausted"),
             })?,
+        marked_end: summary.marked_end,
         dir: Some((dir.to_path_buf(), lock)),
         cipher,
     };
@@ -260,10 +291,12 @@ pub fn check(dir: &Path, cipher: Option<&Cipher>) -> Result<CheckReport, OpenErr
     check_key(&header, cipher.map_or(0, Cipher::check_value), &path)?;
     let mut index = Index::default();
     let source = (&file as &dyn LogFile, header.file_id, cipher);
-    let summary = replay(source, &path, &mut index, ScanStart::BEGINNING)?;
+    let log_bytes = file.size().map_err(io_error("read", &path))?;
+    let start = full_scan_start(dir, header, log_bytes, cipher);
+    let summary = replay(source, &path, &mut index, start)?;
     let hint = check_hint(dir, header, source, &path, &index)?;
     Ok(CheckReport {
-        log_bytes: file.size().map_err(io_error("read", &path))?,
+        log_bytes,
         path,
         records: summary.records,
         live_keys: index.len(),
@@ -292,6 +325,7 @@ fn check_hint(
     let start = ScanStart {
         offset: hinted.coverage.end,
         max_sequence: hinted.coverage.max_sequence,
+        durable: hinted.coverage.end,
     };
     replay(source, path, &mut index, start)?;
     if !index.same_as(full) {
@@ -301,6 +335,22 @@ fn check_hint(
         )));
     }
     Ok(Ok(keys))
+}
+
+/// Where a full scan of the log in `dir` starts, as open's would: at the
+/// first record, with what a valid hint file covers known durable.
+pub(super) fn full_scan_start(
+    dir: &Path,
+    header: FileHeader,
+    log_len: u64,
+    cipher: Option<&Cipher>,
+) -> ScanStart {
+    let durable = hint::load(dir, header, log_len, cipher)
+        .map_or(FILE_HEADER_LEN as u64, |hint| hint.coverage.end);
+    ScanStart {
+        durable,
+        ..ScanStart::BEGINNING
+    }
 }
 
 /// A log to read: the file, its id, and its encryption.
@@ -334,7 +384,9 @@ fn replay(
                 Attrs::of(&record.header),
             ),
             RecordKind::Delete => index.remove(record.key),
-            RecordKind::Batch => unreachable!("scan visits a frame's members, not the frame"),
+            RecordKind::Batch | RecordKind::Marker => {
+                unreachable!("scan visits a frame's members, never a frame or a sync marker")
+            }
         },
     )
     .map_err(io_error("read", path))
@@ -475,7 +527,14 @@ pub(super) fn read_header(file: &dyn LogFile, path: &Path) -> Result<FileHeader,
 }
 
 /// Saves the torn tail beside the log, then cuts the log to `offset`.
-fn cut_torn_tail(file: &DiskFile, path: &Path, offset: u64, len: u64) -> Result<(), OpenError> {
+/// `next_valid`: the first valid record after the damage, if any.
+fn cut_torn_tail(
+    file: &DiskFile,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    next_valid: Option<u64>,
+) -> Result<(), OpenError> {
     let (aside, mut copy) = create_unique(&format!("{}.torn-{offset}", path.display()))?;
     let mut chunk = vec![0u8; len.min(1 << 20) as usize];
     let mut at = offset;
@@ -489,12 +548,23 @@ fn cut_torn_tail(file: &DiskFile, path: &Path, offset: u64, len: u64) -> Result<
     }
     copy.sync_all().map_err(io_error("write", &aside))?;
     file.truncate(offset).map_err(io_error("truncate", path))?;
-    log::warn!(
-        "{}: truncated a torn tail of {len} bytes at offset {offset} (an interrupted write; \
-         no acknowledged write is in it); the bytes are saved in {}",
-        path.display(),
-        aside.display()
-    );
+    match next_valid {
+        None => log::warn!(
+            "{}: truncated a torn tail of {len} bytes at offset {offset} (an interrupted write; \
+             no acknowledged write is in it); the bytes are saved in {}",
+            path.display(),
+            aside.display()
+        ),
+        Some(next_valid) => log::warn!(
+            "{}: a power cut lost unsynced writes: the log was damaged at offset {offset}, \
+             which no fsync had made durable; truncated the {len} bytes from there (with the \
+             unsynced records written after the damage, from offset {next_valid}, so the log \
+             keeps a prefix of its history; with sync: always no acknowledged write is in \
+             them); the bytes are saved in {}",
+            path.display(),
+            aside.display()
+        ),
+    }
     Ok(())
 }
 
@@ -540,6 +610,141 @@ pub(super) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Err
 mod tests {
     use super::*;
     use crate::store::testing::{assert_matches, put, Model};
+
+    /// A store in `dir` (`sync: never`, encrypted with `cipher` if given)
+    /// that wrote `a` and `b`, synced them (a sync marker), then wrote `c`
+    /// and `d` and died; returns the model of everything written, the
+    /// offset the marker names and the offsets of `c` and `d`.
+    fn synced_then_died(dir: &Path, cipher: Option<&Arc<Cipher>>) -> (Model, u64, u64, u64) {
+        let (store, _) = open_with(dir, SyncMode::Never, cipher.cloned()).unwrap();
+        let mut model = Model::new();
+        put(&store, &mut model, "a", b"synced");
+        put(&store, &mut model, "b", b"synced too");
+        let synced = store.stats().log_bytes;
+        store.sync_appended().unwrap();
+        let c = store.stats().log_bytes;
+        put(&store, &mut model, "c", b"never synced");
+        let d = store.stats().log_bytes;
+        put(&store, &mut model, "d", b"never synced, survived");
+        (model, synced, c, d)
+    }
+
+    fn reopen_with(dir: &Path, cipher: Option<&Arc<Cipher>>) -> Result<Arc<Store>, OpenError> {
+        open_with(dir, SyncMode::Never, cipher.cloned()).map(|(store, _)| store)
+    }
+
+    #[test]
+    fn an_unsynced_record_lost_before_a_surviving_one_is_cut_as_a_torn_tail() {
+        let key = Arc::new(Cipher::from_key(&[9; 32]));
+        for cipher in [None, Some(&key)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut model, _, c, d) = synced_then_died(dir.path(), cipher);
+            // Out-of-order writeback at a power cut: c's page lost (zeros),
+            // d's kept.
+            let log = dir.path().join(LOG_FILE);
+            let mut bytes = fs::read(&log).unwrap();
+            bytes[c as usize..d as usize].fill(0);
+            fs::write(&log, &bytes).unwrap();
+            let store = reopen_with(dir.path(), cipher).unwrap();
+            model.remove("c");
+            model.remove("d"); // intact, but after the hole: cut too
+            assert_matches(&store, &model);
+            assert!(store.get(b"d", &mut Vec::new()).unwrap().is_none());
+            assert_eq!(fs::metadata(&log).unwrap().len(), c);
+            let aside = format!("{}.torn-{c}", log.display());
+            assert_eq!(fs::read(aside).unwrap(), &bytes[c as usize..]);
+            drop(store);
+            // The cut is durable: the next start finds nothing to cut.
+            let store = reopen_with(dir.path(), cipher).unwrap();
+            assert_matches(&store, &model);
+        }
+    }
+
+    #[test]
+    fn damage_before_what_a_marker_names_durable_refuses_to_start() {
+        let key = Arc::new(Cipher::from_key(&[9; 32]));
+        for cipher in [None, Some(&key)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (_, synced, _, _) = synced_then_died(dir.path(), cipher);
+            let log = dir.path().join(LOG_FILE);
+            let mut bytes = fs::read(&log).unwrap();
+            // Inside `b`, which the marker names durable.
+            bytes[synced as usize - 5] ^= 0x04;
+            fs::write(&log, &bytes).unwrap();
+            let err = reopen_with(dir.path(), cipher).err().expect("opened");
+            assert!(
+                matches!(err, OpenError::Corrupt { durable, .. } if durable == synced),
+                "{err}"
+            );
+            assert!(err.to_string().contains("lucid check"), "{err}");
+            assert_eq!(fs::read(&log).unwrap(), bytes, "a refused start wrote");
+        }
+    }
+
+    #[test]
+    fn what_a_clean_shutdown_wrote_is_durable_even_without_the_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Model::new();
+        let (store, _) = open(dir.path(), SyncMode::Never).unwrap();
+        for key in ["a", "b", "c"] {
+            put(&store, &mut model, key, b"value");
+        }
+        let second = store.list(b"b", None, 1).entries[0].1.offset;
+        store.close().unwrap();
+        drop(store);
+        fs::remove_file(dir.path().join(hint::HINT_FILE)).unwrap();
+        let log = dir.path().join(LOG_FILE);
+        let mut bytes = fs::read(&log).unwrap();
+        bytes[second as usize + 45] ^= 0x01;
+        fs::write(&log, &bytes).unwrap();
+        assert!(matches!(
+            open(dir.path(), SyncMode::Never),
+            Err(OpenError::Corrupt { offset, .. }) if offset == second
+        ));
+    }
+
+    #[test]
+    fn a_start_refused_for_damage_under_the_hint_stays_refused() {
+        // A compacted log holds no sync marker: the hint written after the
+        // switch is the only evidence that its records are durable.
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Model::new();
+        let (store, _) = open(dir.path(), SyncMode::Never).unwrap();
+        for key in ["a", "b", "c"] {
+            put(&store, &mut model, key, b"value");
+        }
+        store.compact().unwrap();
+        let covered = store.stats().log_bytes;
+        let second = store.list(b"b", None, 1).entries[0].1.offset;
+        // An unsynced write, then the process dies.
+        put(&store, &mut model, "d", b"never synced");
+        drop(store);
+        let log = dir.path().join(LOG_FILE);
+        let mut bytes = fs::read(&log).unwrap();
+        // The disk damages `b`, which the hint covers, and the power cut
+        // tears `d`.
+        bytes[second as usize + 45] ^= 0x01;
+        bytes.truncate(bytes.len() - 3);
+        fs::write(&log, &bytes).unwrap();
+        for start in 0..2 {
+            let err = open(dir.path(), SyncMode::Never)
+                .err()
+                .unwrap_or_else(|| panic!("start {start} opened, cutting durable data"));
+            assert!(
+                matches!(err, OpenError::Corrupt { offset, durable, .. }
+                    if offset == second && durable == covered),
+                "start {start}: {err}"
+            );
+            assert_eq!(fs::read(&log).unwrap(), bytes, "a refused start wrote");
+        }
+        // `lucid check` judges it as the refused starts did.
+        let report = check(dir.path(), None).unwrap();
+        assert!(
+            matches!(report.scan.damage, Some(Damage::Corrupt { offset, .. }) if offset == second),
+            "{:?}",
+            report.scan.damage
+        );
+    }
 
     #[test]
     fn torn_tails_at_the_same_offset_are_all_kept() {

@@ -19,6 +19,11 @@
 //! In every mode the caller is answered only after the record is in the file,
 //! so killing the process never loses an acknowledged write.
 //!
+//! After each fdatasync of the log that covered new bytes (group commit, the
+//! `interval` thread, close), a sync marker naming the durable end is
+//! appended ([`Store::mark_durable`]); recovery uses markers to tell an
+//! unsynced tail from damaged durable data (see `scan.rs`).
+//!
 //! # Failed fsync
 //!
 //! A failed fsync is never retried and reported as success (Linux may have
@@ -39,8 +44,8 @@ use super::file::LogFile;
 use super::hint::{self, Coverage};
 use super::index::{Attrs, Index, Location};
 use super::record::{
-    members, verify, FileHeader, FrameBuilder, Position, RecordBuilder, RecordHeader, RecordKind,
-    RecordMeta, RecordView, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
+    members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
+    RecordKind, RecordMeta, RecordView, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
 };
 use crate::watch::{Event, EventBus, EventOp};
 
@@ -299,6 +304,9 @@ pub struct Recovered {
     pub end: u64,
     /// Sequence number for the next write.
     pub next_sequence: u64,
+    /// Everything before this offset, but a sync marker ending there, is
+    /// already claimed durable on disk (see [`Writer::marked_end`]).
+    pub marked_end: u64,
     /// The data directory, and its lock, held as long as the store lives.
     pub dir: Option<(PathBuf, File)>,
     /// The log's encryption, if any.
@@ -348,10 +356,16 @@ pub(super) struct Writer {
     pub(super) end: u64,
     /// Sequence number of the next record.
     pub(super) next_sequence: u64,
+    /// The end of the last sync marker (or of what was durable when the
+    /// log was opened or compacted): a sync covering no byte past it has
+    /// nothing new to mark.
+    pub(super) marked_end: u64,
     /// Appended records not yet covered by an fsync (`sync: always`).
     pub(super) pending: Vec<Pending>,
     /// The log's encryption, if any.
     pub(super) cipher: Option<Arc<Cipher>>,
+    /// Reused buffer for sealing envelopes (encrypted logs).
+    pub(super) envelope: Vec<u8>,
 }
 
 impl Writer {
@@ -433,8 +447,10 @@ impl Store {
                 header: recovered.header,
                 end: recovered.end,
                 next_sequence: recovered.next_sequence,
+                marked_end: recovered.marked_end,
                 pending: Vec::new(),
                 cipher: recovered.cipher,
+                envelope: Vec::new(),
             }),
             commit: Mutex::new(CommitState {
                 durable_sequence: recovered.next_sequence - 1,
@@ -467,6 +483,12 @@ impl Store {
     /// The change feed: one event per change made visible, in version order.
     pub fn events(&self) -> &EventBus {
         &self.events
+    }
+
+    /// Whether every write waits for an fdatasync before it returns
+    /// (`sync: always`).
+    pub fn syncs_every_write(&self) -> bool {
+        self.sync == SyncMode::Always
     }
 
     /// Whether the store refuses writes after a failed fsync.
@@ -850,11 +872,7 @@ impl Store {
             offset,
         };
         RecordBuilder::seal(record, sequence, now_ms(), at);
-        let cipher = writer.cipher.clone();
-        let mut envelope = Vec::new();
-        let stored = stored_form(cipher.as_deref(), record, at, &mut envelope);
-        self.append_bytes(&mut writer, stored)?;
-        let stored_len = stored.len();
+        let stored_len = self.append_sealed(&mut writer, record, at)?;
         let view = verify(record, at).map_err(|_| corrupt(offset))?;
         let place = Placed {
             offset,
@@ -936,6 +954,24 @@ impl Store {
         Ok(last)
     }
 
+    /// Appends `plain`, a record sealed for `at` (the log's end), as the
+    /// log stores it there: as is, or in an envelope built in the writer's
+    /// reused buffer. Returns the stored length.
+    fn append_sealed(
+        &self,
+        writer: &mut Writer,
+        plain: &[u8],
+        at: Position,
+    ) -> Result<usize, StoreError> {
+        let cipher = writer.cipher.clone();
+        let mut envelope = std::mem::take(&mut writer.envelope);
+        let stored = stored_form(cipher.as_deref(), plain, at, &mut envelope);
+        let stored_len = stored.len();
+        let appended = self.append_bytes(writer, stored);
+        writer.envelope = envelope;
+        appended.map(|()| stored_len)
+    }
+
     /// Appends sealed bytes at the end of the log, advancing the end and
     /// the sequence counter past them. On failure nothing stays behind.
     fn append_bytes(&self, writer: &mut Writer, bytes: &[u8]) -> Result<(), StoreError> {
@@ -945,8 +981,11 @@ impl Store {
             return Err(StoreError::Io(err));
         }
         writer.end += bytes.len() as u64;
-        let last = RecordHeader::decode(bytes[..RECORD_HEADER_LEN].try_into().expect("header"))
-            .map_or(writer.next_sequence, |header| header.sequence);
+        let header = RecordHeader::decode(bytes[..RECORD_HEADER_LEN].try_into().expect("header"));
+        if header.is_ok_and(|header| header.kind == RecordKind::Marker) {
+            return Ok(()); // a sync marker takes no sequence number
+        }
+        let last = header.map_or(writer.next_sequence, |header| header.sequence);
         writer.next_sequence = last + 1;
         Ok(())
     }
@@ -1052,9 +1091,13 @@ impl Store {
     /// covers. Returns the last durable sequence number, or `None` if the
     /// sync failed.
     fn sync_and_publish(&self) -> Option<u64> {
-        let (file, target) = {
+        let (file, target, end) = {
             let writer = lock(&self.writer);
-            (Arc::clone(&writer.file), writer.next_sequence - 1)
+            (
+                Arc::clone(&writer.file),
+                writer.next_sequence - 1,
+                writer.end,
+            )
         };
         if let Err(err) = self.sync_log(&*file) {
             self.enter_read_only(&format!("fdatasync of the log failed: {err}"));
@@ -1062,7 +1105,44 @@ impl Store {
         }
         let mut writer = lock(&self.writer);
         self.publish(&mut writer, target);
+        self.mark_durable(&mut writer, end);
         Some(target)
+    }
+
+    /// The periodic fdatasync of `sync: interval`: syncs what was appended
+    /// and marks it durable.
+    pub(super) fn sync_appended(&self) -> io::Result<()> {
+        let (file, end) = {
+            let writer = lock(&self.writer);
+            (Arc::clone(&writer.file), writer.end)
+        };
+        self.sync_log(&*file)?;
+        let mut writer = lock(&self.writer);
+        // Compaction may have switched files meanwhile; its new log needs
+        // no marker for what it holds (see `Writer::marked_end`).
+        if Arc::ptr_eq(&writer.file, &file) {
+            self.mark_durable(&mut writer, end);
+        }
+        Ok(())
+    }
+
+    /// After an fdatasync of the log that began when the log ended at
+    /// `durable_end`, appends a sync marker saying every byte before it is
+    /// durable (see [`super::record`]), unless no byte after the last
+    /// marker was synced: an idle store does not grow its log. A failed
+    /// append is cut back like any; the sync it describes still stands.
+    fn mark_durable(&self, writer: &mut Writer, durable_end: u64) {
+        if durable_end <= writer.marked_end || self.is_read_only() {
+            return;
+        }
+        let at = Position {
+            file_id: writer.header.file_id,
+            offset: writer.end,
+        };
+        let marker = Marker::encode(durable_end, now_ms(), at);
+        if self.append_sealed(writer, &marker, at).is_ok() {
+            writer.marked_end = writer.end;
+        }
     }
 
     /// fdatasyncs the log, counting the call and its time for metrics.
@@ -1180,8 +1260,7 @@ fn sync_periodically(store: &Weak<Store>, period: Duration) {
         if store.is_read_only() {
             return;
         }
-        let file = Arc::clone(&lock(&store.writer).file);
-        if let Err(err) = store.sync_log(&*file) {
+        if let Err(err) = store.sync_appended() {
             store.enter_read_only(&format!("periodic fdatasync of the log failed: {err}"));
             return;
         }
@@ -1345,6 +1424,7 @@ mod tests {
             index,
             end: bytes.len() as u64,
             next_sequence: 2,
+            marked_end: FILE_HEADER_LEN as u64,
             header: FileHeader::new(0, 0),
             dir: None,
             cipher: None,
@@ -1518,7 +1598,7 @@ mod tests {
         assert_eq!(store.expire_due(now_ms(), 100).unwrap(), 0);
         assert_eq!(store.stats().keys, 1);
         let event = subscription.events.try_recv().unwrap();
-        assert_eq!((event.op, &*event.key), (EventOp::Expire, "short"));
+        assert_eq!((event.op, event.key()), (EventOp::Expire, "short"));
         // A key rewritten after its expiry was read is left alone.
         set_attrs(&store, "long", expiring(now_ms() + 3_600_000));
         assert_eq!(store.expire_due(now_ms(), 100).unwrap(), 0);
@@ -1572,7 +1652,7 @@ mod tests {
             };
             store.batch(&[delete_b], &mut buf).unwrap();
             let events: Vec<_> = subscription.events.try_iter().collect();
-            let seen: Vec<_> = events.iter().map(|e| (e.op, &*e.key)).collect();
+            let seen: Vec<_> = events.iter().map(|e| (e.op, e.key())).collect();
             assert_eq!(
                 seen,
                 [
@@ -1586,7 +1666,7 @@ mod tests {
             assert!(events
                 .windows(2)
                 .all(|pair| pair[0].version < pair[1].version));
-            assert_eq!(events[0].value.as_deref(), Some("1"));
+            assert_eq!(events[0].value(), Some("1"));
         }
     }
 

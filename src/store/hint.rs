@@ -40,6 +40,11 @@
 //! Anything else — missing, stale, truncated, damaged — means a full scan,
 //! with a WARN saying why. The hint is written to `data.hint.tmp`, fsynced
 //! and renamed, so a crash leaves the old hint or the new one, never half.
+//!
+//! The log is fsynced before a hint is written, so the covered end of a
+//! valid hint counts as durable for the recovery rule (see `scan.rs`). The
+//! hint lists what the index holds, so sync markers, which are never
+//! indexed, are never in it.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};

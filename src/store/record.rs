@@ -27,7 +27,8 @@
 //!             this field. A record is thus valid only where it was written:
 //!             a record's bytes found anywhere else (inside a value, say, or
 //!             copied from another log) never pass as a record.
-//!      4    1 kind            1 = put, 2 = delete (tombstone), 3 = batch frame
+//!      4    1 kind            1 = put, 2 = delete (tombstone), 3 = batch frame,
+//!                             4 = sync marker
 //!      5    1 flags           bit 0: locked (puts only), bit 1: member of a
 //!                             batch frame, bit 2: encrypted envelope (see
 //!                             crypt.rs); other bits 0
@@ -58,6 +59,21 @@
 //! A member found outside a frame is not a record (the scan treats it as
 //! damage); compaction and repair copy live members out as plain records
 //! ([`RecordBuilder::detach`]).
+//!
+//! # Sync marker (what an fdatasync made durable)
+//!
+//! A marker is a record of kind 4 with no key, no content type, sequence
+//! number 0, expiry 0, and an 8-byte value: `D`, u64 LE. It says "every byte
+//! of this log before offset `D` was made durable by an fdatasync". The
+//! store appends one after each fdatasync of the log that covered bytes no
+//! marker covered yet (see `engine.rs`), naming the log's end when that sync
+//! began; so `D` is never past the marker's own offset, and a marker
+//! claiming more is not valid. The marker itself is durable only once the
+//! next sync covers it. Markers take no sequence number and are never
+//! visible as keys, versions or events; compaction drops them and the
+//! recovery rule uses them to tell bytes a power cut may take back from
+//! durable ones (see `scan.rs`). In an encrypted log a marker is sealed in
+//! an envelope like any record.
 
 use std::fmt;
 
@@ -93,6 +109,9 @@ pub enum RecordKind {
     Delete = 2,
     /// An atomic group of puts and deletes (see the module documentation).
     Batch = 3,
+    /// A sync marker: what an fdatasync made durable (see the module
+    /// documentation).
+    Marker = 4,
 }
 
 impl RecordKind {
@@ -101,6 +120,7 @@ impl RecordKind {
             1 => Some(Self::Put),
             2 => Some(Self::Delete),
             3 => Some(Self::Batch),
+            4 => Some(Self::Marker),
             _ => None,
         }
     }
@@ -148,6 +168,7 @@ impl RecordHeader {
             RecordKind::Put => FLAG_LOCKED | FLAG_MEMBER | FLAG_ENCRYPTED,
             RecordKind::Delete => FLAG_MEMBER | FLAG_ENCRYPTED,
             RecordKind::Batch => 0,
+            RecordKind::Marker => FLAG_ENCRYPTED,
         };
         if flags & !allowed != 0 || reserved.iter().any(|&b| b != 0) {
             return Err(RecordError::BadHeader);
@@ -170,12 +191,20 @@ impl RecordHeader {
             && header.expires_at_ms == 0
             && flags & FLAG_LOCKED == 0
             && header.value_len as usize > super::crypt::ENVELOPE_OVERHEAD;
+        let marker_shaped = kind != RecordKind::Marker || header.sequence == 0;
         let well_formed = match kind {
+            _ if !marker_shaped => false,
             _ if flags & FLAG_ENCRYPTED != 0 => envelope_shaped,
             RecordKind::Put => header.key_len > 0,
             RecordKind::Delete => header.key_len > 0 && no_value,
             RecordKind::Batch => {
                 header.key_len == 0 && header.content_type_len == 0 && header.expires_at_ms == 0
+            }
+            RecordKind::Marker => {
+                header.key_len == 0
+                    && header.content_type_len == 0
+                    && header.value_len == MARKER_VALUE_LEN
+                    && header.expires_at_ms == 0
             }
         };
         if !well_formed {
@@ -322,7 +351,7 @@ impl RecordBuilder {
     fn start(buf: &mut Vec<u8>, meta: &RecordMeta<'_>) {
         assert!(!meta.key.is_empty() && meta.key.len() <= MAX_KEY_LEN);
         assert!(meta.content_type.len() <= MAX_CONTENT_TYPE_LEN);
-        assert!(meta.kind != RecordKind::Batch);
+        assert!(matches!(meta.kind, RecordKind::Put | RecordKind::Delete));
         buf.extend_from_slice(&[0u8; 4]); // CRC, filled by seal()
         buf.push(meta.kind as u8);
         buf.push(if meta.locked { FLAG_LOCKED } else { 0 });
@@ -465,6 +494,45 @@ impl FrameBuilder {
     }
 }
 
+/// Length of a sync marker's value: the durable offset it names.
+const MARKER_VALUE_LEN: u32 = 8;
+/// Length of a plain sync marker.
+pub const MARKER_LEN: usize = RECORD_HEADER_LEN + MARKER_VALUE_LEN as usize;
+
+/// Builds and reads sync markers (see the module documentation).
+pub struct Marker;
+
+impl Marker {
+    /// A plain marker sealed for position `at`, saying every byte before
+    /// `durable_end` is durable.
+    pub fn encode(durable_end: u64, timestamp_ms: u64, at: Position) -> [u8; MARKER_LEN] {
+        debug_assert!(
+            durable_end <= at.offset,
+            "a marker claims only bytes before it"
+        );
+        let mut marker = [0u8; MARKER_LEN];
+        marker[4] = RecordKind::Marker as u8;
+        marker[8..12].copy_from_slice(&MARKER_VALUE_LEN.to_le_bytes());
+        stamp(&mut marker, 0, timestamp_ms);
+        marker[RECORD_HEADER_LEN..].copy_from_slice(&durable_end.to_le_bytes());
+        RecordBuilder::restamp(&mut marker, at);
+        marker
+    }
+
+    /// The durable offset a verified plain marker found at `offset` names,
+    /// or `None` if it is not a marker or claims what it cannot (bytes at or
+    /// after its own offset, or inside the file header).
+    pub fn claim(record: &RecordView<'_>, offset: u64) -> Option<u64> {
+        if record.header.kind != RecordKind::Marker {
+            return None;
+        }
+        let durable_end = u64::from_le_bytes(record.value.try_into().ok()?);
+        (FILE_HEADER_LEN as u64..=offset)
+            .contains(&durable_end)
+            .then_some(durable_end)
+    }
+}
+
 /// Writes a record header's sequence number and timestamp.
 fn stamp(record: &mut [u8], sequence: u64, timestamp_ms: u64) {
     record[16..24].copy_from_slice(&sequence.to_le_bytes());
@@ -543,7 +611,9 @@ impl<'a> Iterator for Members<'a> {
         let member = rest
             .get(..RECORD_HEADER_LEN)
             .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
-            .filter(|header| header.is_member() && header.kind != RecordKind::Batch)
+            .filter(|header| {
+                header.is_member() && matches!(header.kind, RecordKind::Put | RecordKind::Delete)
+            })
             .and_then(|header| rest.get(..header.record_len() as usize))
             .ok_or(RecordError::BadHeader)
             .and_then(|bytes| verify(bytes, Position { offset, ..self.at }));
@@ -788,6 +858,37 @@ mod tests {
         RecordBuilder::restamp(&mut buf, elsewhere);
         assert!(verify(&buf, elsewhere).is_ok());
         assert!(verify(&buf, AT).is_err());
+    }
+
+    #[test]
+    fn sync_markers_round_trip_and_claim_only_bytes_before_them() {
+        let buf = Marker::encode(32, T0, AT);
+        let view = verify(&buf, AT).unwrap();
+        assert_eq!(view.header.kind, RecordKind::Marker);
+        assert_eq!(view.header.sequence, 0);
+        assert!(view.key.is_empty());
+        assert_eq!(Marker::claim(&view, AT.offset), Some(32));
+        // Bytes at or after itself, or inside the file header: no claim.
+        let elsewhere = Position { offset: 4096, ..AT };
+        let mut buf = Marker::encode(4096, T0, elsewhere);
+        let view = verify(&buf, elsewhere).unwrap();
+        assert_eq!(Marker::claim(&view, 4095), None);
+        assert_eq!(Marker::claim(&view, 4096), Some(4096));
+        buf[RECORD_HEADER_LEN..].copy_from_slice(&31u64.to_le_bytes());
+        RecordBuilder::restamp(&mut buf, elsewhere);
+        assert_eq!(Marker::claim(&verify(&buf, elsewhere).unwrap(), 4096), None);
+        // A marker takes no sequence number, and is never a batch member.
+        for (at, byte) in [(16, 1u8), (5, FLAG_MEMBER), (5, FLAG_LOCKED), (6, 1)] {
+            let mut other = buf;
+            other[at] |= byte;
+            RecordBuilder::restamp(&mut other, elsewhere);
+            assert_eq!(verify(&other, elsewhere), Err(RecordError::BadHeader));
+        }
+        for at in 0..buf.len() {
+            let mut damaged = buf;
+            damaged[at] ^= 0x08;
+            assert!(verify(&damaged, elsewhere).is_err(), "flip at {at}");
+        }
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! `lucid check --repair`: rebuilding a damaged log from its good records.
 //!
-//! Every record that passes its CRC at its position is kept, in log order,
-//! including those after a damaged stretch (re-stamped for its place in the
-//! repaired log); damaged stretches and a torn tail are left out.
+//! Damage is judged by the recovery rule (see [`super::scan`]), as the
+//! server and `lucid check` judge it. Every record that passes its CRC at
+//! its position is kept, in log order, including those after damage to
+//! durable data (re-stamped for its place in the repaired log); damaged
+//! stretches are left out, and so is an unsynced tail, with any records
+//! after it, exactly as the server would cut it. Sync markers are not
+//! copied (they name offsets of the old log); the repaired log ends with one
+//! naming its end, which is durable once the repaired log is fsynced.
 //! The repaired log is written to `data.log.repair` and fsynced; the damaged
 //! log is kept as `data.log.broken-<unix seconds>` (a hard link, or a copy
 //! where links are impossible), and the repaired log is renamed over
@@ -16,12 +21,12 @@ use std::path::{Path, PathBuf};
 
 use super::crypt::{stored_form, Cipher};
 use super::directory::{
-    check_key, create_unique, io_error as io_err, lock_dir, read_header, sync_dir, OpenError,
-    LOG_FILE,
+    check_key, create_unique, full_scan_start, io_error as io_err, lock_dir, read_header, sync_dir,
+    OpenError, LOG_FILE,
 };
-use super::file::DiskFile;
+use super::file::{DiskFile, LogFile};
 use super::hint::HINT_FILE;
-use super::record::{FileHeader, Position, RecordBuilder, FILE_HEADER_LEN};
+use super::record::{FileHeader, Marker, Position, RecordBuilder, FILE_HEADER_LEN};
 use super::scan::{scan, Damage, ScanStart};
 
 /// Name of the new log while a repair writes it.
@@ -57,7 +62,8 @@ pub fn repair(dir: &Path, cipher: Option<&Cipher>) -> Result<RepairReport, OpenE
         broken_copy: None,
     };
     let mut write_error = None;
-    let mut start = ScanStart::BEGINNING;
+    let log_len = log.size().map_err(io_err("read", &path))?;
+    let mut start = full_scan_start(dir, header, log_len, cipher);
     let new_header = FileHeader::new(header.base_sequence, header.key_check);
     if let Err(err) = out.write_all(&new_header.encode()) {
         write_error = Some(err);
@@ -87,17 +93,38 @@ pub fn repair(dir: &Path, cipher: Option<&Cipher>) -> Result<RepairReport, OpenE
         .map_err(io_err("read", &path))?;
         match summary.damage {
             None => break,
-            Some(Damage::TornTail { offset, len }) => {
+            Some(Damage::TornTail { offset, len, .. }) => {
                 report.dropped.push((offset, offset + len));
                 break;
             }
-            Some(Damage::Corrupt { offset, next_valid }) => {
+            Some(Damage::Corrupt {
+                offset,
+                next_valid: Some(next_valid),
+                ..
+            }) => {
                 report.dropped.push((offset, next_valid));
                 start = ScanStart {
                     offset: next_valid,
                     max_sequence: summary.max_sequence,
+                    durable: summary.durable,
                 };
             }
+            Some(Damage::Corrupt { offset, .. }) => {
+                report.dropped.push((offset, log_len));
+                break;
+            }
+        }
+    }
+    if !report.dropped.is_empty() && report.records_kept > 0 && write_error.is_none() {
+        let at = Position {
+            file_id: new_header.file_id,
+            offset: report.bytes_kept,
+        };
+        let marker = Marker::encode(at.offset, super::engine::now_ms(), at);
+        let stored = stored_form(cipher, &marker, at, &mut sealed);
+        match out.write_all(stored) {
+            Ok(()) => report.bytes_kept += stored.len() as u64,
+            Err(err) => write_error = Some(err),
         }
     }
     if let Some(err) = write_error {

@@ -4,32 +4,53 @@
 //!
 //! At open, every record after the file header is read in order and its CRC
 //! verified. The scan stops at the first record that is incomplete or fails
-//! its check, at offset `X`. Then:
+//! its check, at offset `X`, and looks through everything after `X` for
+//! valid records (newer than the last good one) and sync markers (see
+//! `record.rs`). Let `S` be the highest offset known durable: the largest
+//! offset named by any valid sync marker in the log, before or after `X`,
+//! and at least the end of the file header and the end a valid hint file
+//! covers (the log was fsynced before the hint was written; compaction
+//! writes one, and so does a clean shutdown). Then:
 //!
-//! * If no valid record with a higher sequence number starts anywhere after
-//!   `X`, the bytes from `X` to the end are a **torn tail**: a write that a
-//!   crash or power cut interrupted. No acknowledged write can be in it (an
-//!   acknowledged record is complete on disk), so the tail is copied aside to
-//!   `data.log.torn-X` and the log is truncated to `X` with a WARN log.
-//! * If a valid, newer record follows, the damage is in the **middle** of the
-//!   log: truncating would throw away good, acknowledged data, so the node
-//!   refuses to start and names the file and offset.
+//! * `X >= S`: nothing confirms the damaged bytes were ever durable. They,
+//!   and everything after them, are an **unsynced tail**: a write that a
+//!   crash interrupted, or (with valid records after the damage) a power cut
+//!   whose out-of-order writeback kept later unsynced pages and lost an
+//!   earlier one. The tail is copied aside to `data.log.torn-X` and the log
+//!   is truncated to `X` with a WARN log, so the log recovers a prefix of its
+//!   history: no holes. No write that `sync: always` acknowledged is in it
+//!   after a power cut: that write was fsynced, and a power cut damages only
+//!   bytes written after the last fsync.
+//! * `X < S`: an fsync made the damaged bytes durable, so the disk corrupted
+//!   data after the fact. Truncating would throw away good, acknowledged
+//!   data, so the node refuses to start and names the file and offset
+//!   (`lucid check --repair` rebuilds the log from its good records).
+//!
+//! A marker names the log's end when an fsync began and is written after
+//! that fsync returned, so it never claims bytes a power cut could still
+//! take back; a marker lost to the power cut only makes `S` smaller, which
+//! cuts more of the unsynced tail, never durable data a surviving marker
+//! covers. (The limit of the rule: a marker is durable only once the next
+//! fsync covers it, so if a power cut takes the last one and the disk also
+//! corrupts the bytes it named, that damage looks like an unsynced tail and
+//! is cut as one, a copy kept.) `lucid check` reports, and `lucid check
+//! --repair` cuts or skips, by the same rule.
 //!
 //! A batch frame is one record for this rule: its members are visited only
-//! if the whole frame is good, so a torn batch is cut as a whole.
-//!
-//! In an encrypted log, a record that fails authentication counts as one
-//! that fails its CRC.
+//! if the whole frame is good, so a torn batch is cut as a whole. In an
+//! encrypted log, a record that fails authentication counts as one that
+//! fails its CRC, and a marker counts only if it authenticates.
 //!
 //! A record whose CRC does not match is never indexed, so it is never served.
-//! The scan reads through a bounded window: the log is never loaded whole.
+//! Markers are never visited: they hold no key. The scan reads through a
+//! bounded window: the log is never loaded whole.
 
 use std::io;
 
 use super::crypt::{open_copy, Cipher};
 use super::file::LogFile;
 use super::record::{
-    members, verify, Position, RecordChecksum, RecordHeader, RecordKind, RecordView,
+    members, verify, Marker, Position, RecordChecksum, RecordHeader, RecordKind, RecordView,
     FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 
@@ -39,20 +60,26 @@ const WINDOW: usize = 256 * 1024;
 /// What a scan found past the last good record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Damage {
-    /// Incomplete or damaged bytes at the end of the log with nothing valid
-    /// after them: safe to cut.
+    /// Incomplete or damaged bytes that no sync marker (nor hint) confirms
+    /// were durable: an unsynced tail, safe to cut with everything after it.
     TornTail {
         /// Offset of the first bad byte.
         offset: u64,
         /// Number of bytes from there to the end of the file.
         len: u64,
+        /// Offset of the first valid record after the damage, if any: a
+        /// later unsynced write that survived an earlier one (out-of-order
+        /// writeback at a power cut). It is cut too.
+        next_valid: Option<u64>,
     },
-    /// A damaged record with valid records after it.
+    /// A damaged record in the part of the log an fsync made durable.
     Corrupt {
         /// Offset of the damaged record.
         offset: u64,
-        /// Offset of the next valid record after it.
-        next_valid: u64,
+        /// Offset of the next valid record after it, if any.
+        next_valid: Option<u64>,
+        /// The offset known durable that the damage lies before.
+        durable: u64,
     },
 }
 
@@ -61,10 +88,18 @@ pub enum Damage {
 pub struct ScanSummary {
     /// Offset just past the last good record.
     pub good_end: u64,
-    /// Number of good records read.
+    /// Number of good records read (sync markers not counted).
     pub records: u64,
+    /// Number of valid sync markers found (after the damage too).
+    pub markers: u64,
     /// Highest sequence number seen (0 if none).
     pub max_sequence: u64,
+    /// The highest offset known durable (`S` of the recovery rule).
+    pub durable: u64,
+    /// Everything before this offset, but a sync marker ending there, is
+    /// claimed durable by a marker or by the scan's start: the end of the
+    /// last valid marker before `good_end`, or the start's durable offset.
+    pub marked_end: u64,
     /// Damage found after `good_end`, if any.
     pub damage: Option<Damage>,
 }
@@ -76,6 +111,9 @@ pub struct ScanStart {
     pub offset: u64,
     /// Highest sequence number of the records before `offset`.
     pub max_sequence: u64,
+    /// Every byte before this offset is known durable (the file header, or
+    /// what a valid hint file covers).
+    pub durable: u64,
 }
 
 impl ScanStart {
@@ -83,13 +121,14 @@ impl ScanStart {
     pub const BEGINNING: Self = Self {
         offset: FILE_HEADER_LEN as u64,
         max_sequence: 0,
+        durable: FILE_HEADER_LEN as u64,
     };
 }
 
 /// Reads every good record in `file` from `start` on, calling `visit` with
 /// each record and its offset (a batch frame's members one by one, never
-/// the frame itself), and applies the recovery rule to whatever
-/// follows the last good one. The file is not modified.
+/// the frame itself, never a sync marker), and applies the recovery rule to
+/// whatever follows the last good one. The file is not modified.
 pub fn scan(
     file: &dyn LogFile,
     file_id: u32,
@@ -97,12 +136,15 @@ pub fn scan(
     start: ScanStart,
     mut visit: impl FnMut(&RecordView<'_>, u64),
 ) -> io::Result<ScanSummary> {
-    let mut reader = WindowReader::new(file, file_id)?;
+    let mut reader = WindowReader::new(file, file_id, cipher)?;
     let mut scratch = Vec::new();
     let mut summary = ScanSummary {
         good_end: start.offset,
         records: 0,
+        markers: 0,
         max_sequence: start.max_sequence,
+        durable: start.durable.max(FILE_HEADER_LEN as u64),
+        marked_end: start.durable,
         damage: None,
     };
     while summary.good_end < reader.file_len {
@@ -139,6 +181,18 @@ pub fn scan(
                 }
                 sound.then_some(record.header)
             }
+            Some(record) if record.header.kind == RecordKind::Marker => {
+                let header = record.header;
+                let claim = open_copy(cipher, record, at, &mut scratch)
+                    .ok()
+                    .and_then(|plain| Marker::claim(&plain, offset));
+                claim.map(|durable_end| {
+                    summary.durable = summary.durable.max(durable_end);
+                    summary.marked_end = summary.marked_end.max(offset + header.record_len());
+                    summary.markers += 1;
+                    header
+                })
+            }
             Some(record) => {
                 let header = record.header;
                 match open_copy(cipher, record, at, &mut scratch) {
@@ -158,13 +212,21 @@ pub fn scan(
                 summary.good_end += header.record_len();
             }
             None => {
-                let newer = summary.max_sequence;
-                summary.damage = Some(match reader.next_valid_after(offset, newer)? {
-                    Some(next_valid) => Damage::Corrupt { offset, next_valid },
-                    None => Damage::TornTail {
+                let after = reader.after_damage(offset, summary.max_sequence)?;
+                summary.durable = summary.durable.max(after.durable);
+                summary.markers += after.markers;
+                summary.damage = Some(if offset < summary.durable {
+                    Damage::Corrupt {
+                        offset,
+                        next_valid: after.next_valid,
+                        durable: summary.durable,
+                    }
+                } else {
+                    Damage::TornTail {
                         offset,
                         len: reader.file_len - offset,
-                    },
+                        next_valid: after.next_valid,
+                    }
                 });
                 break;
             }
@@ -173,20 +235,33 @@ pub fn scan(
     Ok(summary)
 }
 
+/// What follows damage in a log.
+struct AfterDamage {
+    /// The first valid record after the damage, if any.
+    next_valid: Option<u64>,
+    /// The highest offset a valid sync marker after the damage names (0 if
+    /// none).
+    durable: u64,
+    /// How many valid sync markers follow the damage.
+    markers: u64,
+}
+
 /// Sequential reads of a log through a reusable window buffer.
 struct WindowReader<'a> {
     file: &'a dyn LogFile,
     file_id: u32,
+    cipher: Option<&'a Cipher>,
     file_len: u64,
     window: Vec<u8>,
     window_start: u64,
 }
 
 impl<'a> WindowReader<'a> {
-    fn new(file: &'a dyn LogFile, file_id: u32) -> io::Result<Self> {
+    fn new(file: &'a dyn LogFile, file_id: u32, cipher: Option<&'a Cipher>) -> io::Result<Self> {
         Ok(Self {
             file,
             file_id,
+            cipher,
             file_len: file.size()?,
             window: Vec::new(),
             window_start: 0,
@@ -259,20 +334,59 @@ impl<'a> WindowReader<'a> {
         Ok(crc.finish() == header.crc)
     }
 
-    /// Offset of the first valid record after `offset` whose sequence number
-    /// is above `newer_than`, if any.
-    fn next_valid_after(&mut self, offset: u64, newer_than: u64) -> io::Result<Option<u64>> {
+    /// Looks past damage at `offset` for valid records: records newer than
+    /// `newer_than` (a valid record's bytes can hardly appear by chance, and
+    /// an older one is not part of this log's history after the damage) and
+    /// sync markers, which must also authenticate in an encrypted log. From
+    /// each valid record the search jumps to the next; through damaged
+    /// stretches it moves byte by byte.
+    fn after_damage(&mut self, offset: u64, newer_than: u64) -> io::Result<AfterDamage> {
+        let mut after = AfterDamage {
+            next_valid: None,
+            durable: 0,
+            markers: 0,
+        };
+        let mut scratch = Vec::new();
         let mut candidate = offset + 1;
         while candidate + RECORD_HEADER_LEN as u64 <= self.file_len {
-            let newer = self
-                .header_at(candidate)?
-                .is_some_and(|header| header.sequence > newer_than);
-            if newer && self.record_at(candidate)?.is_some() {
-                return Ok(Some(candidate));
+            let Some(header) = self.header_at(candidate)? else {
+                candidate += 1;
+                continue;
+            };
+            if header.kind != RecordKind::Marker && header.sequence <= newer_than {
+                candidate += 1;
+                continue;
             }
-            candidate += 1;
+            let at = Position {
+                file_id: self.file_id,
+                offset: candidate,
+            };
+            let cipher = self.cipher;
+            let valid = match self.record_at(candidate)? {
+                Some(record) if header.kind == RecordKind::Marker => {
+                    match open_copy(cipher, record, at, &mut scratch)
+                        .ok()
+                        .and_then(|plain| Marker::claim(&plain, candidate))
+                    {
+                        Some(claim) => {
+                            after.durable = after.durable.max(claim);
+                            after.markers += 1;
+                            true
+                        }
+                        None => false,
+                    }
+                }
+                Some(_) => true,
+                None => false,
+            };
+            if valid {
+                after.next_valid.get_or_insert(candidate);
+                candidate += header.record_len();
+            } else {
+                candidate += 1;
+            }
         }
-        Ok(None)
+        Ok(after)
     }
 }
 
@@ -353,7 +467,8 @@ mod tests {
                 summary.damage,
                 Some(Damage::TornTail {
                     offset: last,
-                    len: cut - last
+                    len: cut - last,
+                    next_valid: None,
                 }),
                 "cut at {cut}"
             );
@@ -376,23 +491,178 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_flip_of_any_byte_in_a_middle_record_is_corruption() {
-        let (log, offsets) = log_with(3);
+    /// Appends a sync marker naming `durable_end`, stamped for where it
+    /// lands; returns its offset.
+    fn append_marker(log: &mut Vec<u8>, durable_end: u64) -> u64 {
+        let at = Position {
+            file_id: file_id(log),
+            offset: log.len() as u64,
+        };
+        log.extend_from_slice(&Marker::encode(durable_end, 0, at));
+        at.offset
+    }
+
+    /// Flips each byte of the second record of `log` (whose records start
+    /// at `offsets`) in turn: the scan must keep only the first record and
+    /// report `expected`.
+    fn assert_each_flip_of_second_record(log: &[u8], offsets: &[u64], expected: Damage) {
         for at in offsets[1] as usize..offsets[2] as usize {
-            let mut damaged = log.clone();
+            let mut damaged = log.to_vec();
             damaged[at] ^= 0x01;
             let (keys, summary) = keys_of(&damaged);
             assert_eq!(keys, ["key-1"], "flip at {at}");
-            assert_eq!(
-                summary.damage,
-                Some(Damage::Corrupt {
-                    offset: offsets[1],
-                    next_valid: offsets[2]
-                }),
-                "flip at {at}"
-            );
+            assert_eq!(summary.damage, Some(expected), "flip at {at}");
         }
+    }
+
+    #[test]
+    fn damage_before_a_markers_durable_offset_is_corruption() {
+        let (mut log, offsets) = log_with(3);
+        let durable = log.len() as u64;
+        append_marker(&mut log, durable);
+        let expected = Damage::Corrupt {
+            offset: offsets[1],
+            next_valid: Some(offsets[2]),
+            durable,
+        };
+        assert_each_flip_of_second_record(&log, &offsets, expected);
+    }
+
+    #[test]
+    fn unsynced_damage_followed_by_valid_records_is_a_torn_tail() {
+        // No marker names the damaged record durable: out-of-order
+        // writeback at a power cut lost it and kept the next one.
+        let (log, offsets) = log_with(3);
+        let expected = Damage::TornTail {
+            offset: offsets[1],
+            len: log.len() as u64 - offsets[1],
+            next_valid: Some(offsets[2]),
+        };
+        assert_each_flip_of_second_record(&log, &offsets, expected);
+    }
+
+    #[test]
+    fn damage_is_corruption_exactly_when_a_marker_names_a_later_offset() {
+        let (mut log, offsets) = log_with(3);
+        let marker = append_marker(&mut log, offsets[1]);
+        let claim_at = marker as usize + RECORD_HEADER_LEN;
+        let mut damaged = log.clone();
+        damaged[offsets[1] as usize + 20] = 0xee;
+        // Naming the damaged record's offset says nothing of its bytes.
+        let (_, summary) = keys_of(&damaged);
+        assert!(
+            matches!(summary.damage, Some(Damage::TornTail { offset, .. }) if offset == offsets[1]),
+            "{:?}",
+            summary.damage
+        );
+        assert_eq!(summary.durable, offsets[1]);
+        // One byte more and the damaged record was durable.
+        let claim = offsets[1] + 1;
+        damaged[claim_at..claim_at + 8].copy_from_slice(&claim.to_le_bytes());
+        let at = Position {
+            file_id: file_id(&log),
+            offset: marker,
+        };
+        RecordBuilder::restamp(&mut damaged[marker as usize..], at);
+        let (_, summary) = keys_of(&damaged);
+        assert!(
+            matches!(summary.damage, Some(Damage::Corrupt { offset, durable, .. }) if offset == offsets[1] && durable == claim),
+            "{:?}",
+            summary.damage
+        );
+    }
+
+    #[test]
+    fn markers_are_read_but_never_visited() {
+        let (mut log, _) = log_with(2);
+        let first_claim = log.len() as u64;
+        append_marker(&mut log, first_claim);
+        append(&mut log, b"key-3", b"value-3", 3);
+        let last_claim = log.len() as u64;
+        append_marker(&mut log, last_claim);
+        let (keys, summary) = keys_of(&log);
+        assert_eq!(keys, ["key-1", "key-2", "key-3"]);
+        assert_eq!(summary.damage, None);
+        assert_eq!(summary.records, 3);
+        assert_eq!(summary.markers, 2);
+        assert_eq!(summary.max_sequence, 3);
+        assert_eq!(summary.durable, last_claim);
+        assert_eq!(summary.marked_end, log.len() as u64);
+        assert_eq!(summary.good_end, log.len() as u64);
+    }
+
+    #[test]
+    fn a_marker_claiming_bytes_after_itself_is_damage() {
+        let (mut log, _) = log_with(2);
+        let end = log.len() as u64;
+        let at = Position {
+            file_id: file_id(&log),
+            offset: end,
+        };
+        let mut marker = Marker::encode(end, 0, at);
+        marker[RECORD_HEADER_LEN..].copy_from_slice(&(end + 1).to_le_bytes());
+        RecordBuilder::restamp(&mut marker, at);
+        log.extend_from_slice(&marker);
+        let (keys, summary) = keys_of(&log);
+        assert_eq!(keys, ["key-1", "key-2"]);
+        assert_eq!(
+            summary.damage,
+            Some(Damage::TornTail {
+                offset: end,
+                len: marker.len() as u64,
+                next_valid: None,
+            })
+        );
+    }
+
+    #[test]
+    fn in_an_encrypted_log_only_sealed_markers_count() {
+        let cipher = Cipher::from_key(&[7; 32]);
+        let mut log = FileHeader::new(0, cipher.check_value()).encode().to_vec();
+        let id = file_id(&log);
+        let mut offsets = Vec::new();
+        let (mut plain, mut sealed) = (Vec::new(), Vec::new());
+        for i in 1..=3u64 {
+            let at = Position {
+                file_id: id,
+                offset: log.len() as u64,
+            };
+            let meta = RecordMeta::put(b"k", b"text/plain", 0);
+            RecordBuilder::encode(&mut plain, &meta, format!("v{i}").as_bytes(), i, 0, at);
+            sealed.clear();
+            cipher.seal(&plain, at, &mut sealed);
+            offsets.push(at.offset);
+            log.extend_from_slice(&sealed);
+        }
+        let durable = log.len() as u64;
+        let at = Position {
+            file_id: id,
+            offset: durable,
+        };
+        let plain = Marker::encode(durable, 0, at);
+        let mut forged = log.clone();
+        forged.extend_from_slice(&plain); // a plaintext marker
+        sealed.clear();
+        cipher.seal(&plain, at, &mut sealed);
+        log.extend_from_slice(&sealed);
+        let scan_of = |bytes: &[u8]| {
+            let mut damaged = bytes.to_vec();
+            damaged[offsets[1] as usize + 70] ^= 0x01;
+            let file = MemFile::with_bytes(&damaged);
+            scan(&file, id, Some(&cipher), ScanStart::BEGINNING, |_, _| {}).unwrap()
+        };
+        assert_eq!(
+            scan_of(&log).damage,
+            Some(Damage::Corrupt {
+                offset: offsets[1],
+                next_valid: Some(offsets[2]),
+                durable,
+            })
+        );
+        assert!(
+            matches!(scan_of(&forged).damage, Some(Damage::TornTail { offset, .. }) if offset == offsets[1]),
+            "a plaintext marker was believed"
+        );
     }
 
     #[test]
@@ -406,7 +676,8 @@ mod tests {
             summary.damage,
             Some(Damage::TornTail {
                 offset: good_end,
-                len: 5000
+                len: 5000,
+                next_valid: None,
             })
         );
     }
@@ -428,6 +699,8 @@ mod tests {
         append(&mut log, b"first", b"1", 1);
         let damaged = append(&mut log, b"second", b"2", 2) as usize;
         let big = append(&mut log, b"third", &vec![3u8; WINDOW * 2], 3);
+        let durable = log.len() as u64;
+        append_marker(&mut log, durable);
         // The second record's value length now claims the rest of the file.
         let claimed = (log.len() - damaged - RECORD_HEADER_LEN - b"second".len() - 10) as u32;
         log[damaged + 8..damaged + 12].copy_from_slice(&claimed.to_le_bytes());
@@ -446,10 +719,11 @@ mod tests {
             summary.damage,
             Some(Damage::Corrupt {
                 offset: damaged as u64,
-                next_valid: big
+                next_valid: Some(big),
+                durable,
             })
         );
-        let legit = log.len() - big as usize;
+        let legit = durable as usize - big as usize;
         let largest = file.largest_read.load(std::sync::atomic::Ordering::SeqCst);
         assert!(
             largest <= legit,

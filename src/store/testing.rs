@@ -522,6 +522,7 @@ pub fn fresh_store<F: LogFile + 'static>(
         index: Index::default(),
         end: FILE_HEADER_LEN as u64,
         next_sequence: 1,
+        marked_end: FILE_HEADER_LEN as u64,
         header,
         dir: None,
         cipher: None,

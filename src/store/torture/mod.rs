@@ -17,9 +17,13 @@ use std::sync::Mutex;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestRng, TestRunner};
 
-use super::directory::{self, OpenError, LOG_FILE};
+use super::directory::{self, LOG_FILE};
 use super::engine::{BatchOp, Expect, Store, StoreError, SyncMode};
-use super::testing::{batch_put, increment, incremented, try_put, CrashFile, Model, PowerCut};
+use super::record::{FileHeader, RecordHeader, RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+use super::scan::{scan, Damage, ScanStart};
+use super::testing::{
+    batch_put, increment, incremented, try_put, CrashFile, MemFile, Model, PowerCut,
+};
 
 /// Keys are `k0` to `k7`: few enough that operations overwrite and delete
 /// each other's keys.
@@ -48,7 +52,7 @@ pub enum Op {
         /// Key number.
         key: u8,
     },
-    /// The background fdatasync of `sync: interval`.
+    /// The background fdatasync of `sync: interval` (with its sync marker).
     Sync,
 }
 
@@ -93,7 +97,7 @@ fn batch_ops(step: usize, ops: &[(u8, bool)]) -> Vec<(String, Option<Vec<u8>>)> 
 }
 
 /// Runs operation number `step` on the store. Missing keys are not errors.
-pub fn run(store: &Store, file: &CrashFile, step: usize, op: &Op) -> Result<(), StoreError> {
+pub fn run(store: &Store, step: usize, op: &Op) -> Result<(), StoreError> {
     let mut buf = Vec::new();
     match op {
         Op::Put { key, len } => try_put(store, &key_name(*key), &value(step, *key, *len)).map(drop),
@@ -118,7 +122,7 @@ pub fn run(store: &Store, file: &CrashFile, step: usize, op: &Op) -> Result<(), 
             Err(StoreError::NotFound) => Ok(()),
             other => other.map(drop),
         },
-        Op::Sync => super::file::LogFile::sync(file).map_err(StoreError::Io),
+        Op::Sync => store.sync_appended().map_err(StoreError::Io),
     }
 }
 
@@ -149,7 +153,9 @@ pub fn apply(model: &mut Model, step: usize, op: &Op) {
 }
 
 /// The states the store went through: the model after each operation
-/// whose record reached the log whole, with the log's length then.
+/// whose record reached the log whole, with the end of the log's last
+/// record then (a sync marker after it is part of no state: a power cut
+/// may take it and leave the state).
 pub struct History {
     states: Vec<(Model, usize)>,
     /// The model after the last acknowledged operation.
@@ -180,7 +186,7 @@ impl History {
         op: &Op,
     ) -> Result<(), StoreError> {
         let before = file.written_len();
-        let result = run(store, file, step, op);
+        let result = run(store, step, op);
         let mut next = self.model.clone();
         apply(&mut next, step, op);
         let landed = match &result {
@@ -188,28 +194,53 @@ impl History {
             Err(StoreError::ReadOnly) => file.written_len() > before,
             Err(_) => false,
         };
+        let len = data_end(&file.contents());
         if result.is_ok() {
             self.model = next.clone();
-            self.acknowledged_len = file.written_len();
+            self.acknowledged_len = len;
         }
         if landed {
-            self.states.push((next, file.written_len()));
+            self.states.push((next, len));
         }
         result
     }
 
     /// The state a log whose first `intact` bytes are the ones written
-    /// must recover: the latest one whose records all lie in them.
-    pub fn state_within(&self, intact: usize) -> &Model {
+    /// must recover: the latest one whose records all lie in them; and
+    /// whether it is the last state.
+    pub fn state_within(&self, intact: usize) -> (&Model, bool) {
         let at = self.states.partition_point(|(_, len)| *len <= intact);
-        &self.states[at.saturating_sub(1)].0
+        (
+            &self.states[at.saturating_sub(1)].0,
+            at == self.states.len(),
+        )
     }
 }
 
+/// End of the last whole record in `log` that is not a sync marker.
+fn data_end(log: &[u8]) -> usize {
+    let (mut at, mut end) = (FILE_HEADER_LEN, FILE_HEADER_LEN);
+    while let Some(header) = log
+        .get(at..at + RECORD_HEADER_LEN)
+        .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
+    {
+        let next = at + header.record_len() as usize;
+        if next > log.len() {
+            break;
+        }
+        if header.kind != RecordKind::Marker {
+            end = next;
+        }
+        at = next;
+    }
+    end
+}
+
 /// Cuts the power under `file` (random choices from `seed`), recovers the
-/// surviving bytes and checks the state is the history's state for the
-/// bytes that survived intact: no holes, no resurrections, no corrupt
-/// values, nothing fsynced lost. Returns what happened, for the tally.
+/// surviving bytes and checks the store opens (never refuses) with the
+/// history's state for the bytes that survived intact: no holes, no
+/// resurrections, no corrupt values, nothing fsynced lost. Returns what
+/// happened, for the tally.
 pub fn cut_and_recover(
     file: &CrashFile,
     history: &History,
@@ -223,30 +254,43 @@ pub fn cut_and_recover(
         intact >= file.durable_len(),
         "a power cut lost synced bytes"
     );
-    Ok(match reopen(&image)? {
-        Reopened::State(state) => {
-            prop_assert_eq!(&state, history.state_within(intact));
-            "reopened with a prefix state"
-        }
-        Reopened::Refused => {
-            prop_assert_eq!(cut, PowerCut::Pages, "refused to open a prefix");
-            "refused to open: damage followed by valid records"
-        }
+    let state = reopen(&image)?;
+    let (expected, whole) = history.state_within(intact);
+    prop_assert_eq!(&state, expected);
+    Ok(match (whole, records_after_damage(&image)) {
+        (true, _) => "reopened with every operation",
+        (false, false) => "reopened with a shorter prefix",
+        // Before sync markers, recovery refused these.
+        (false, true) => "reopened with a shorter prefix, valid records after the damage cut",
     })
 }
 
-/// What reopening a log after a crash gave.
-pub enum Reopened {
-    /// The store opened with this state.
-    State(Model),
-    /// The store refused to open: damage followed by valid records.
-    Refused,
+/// Whether the log `image` has damage with valid records after it.
+fn records_after_damage(image: &[u8]) -> bool {
+    let Some(header) = image
+        .get(..FILE_HEADER_LEN)
+        .and_then(|h| FileHeader::decode(h.try_into().ok()?).ok())
+    else {
+        return false;
+    };
+    let file = MemFile::with_bytes(image);
+    let summary = scan(&file, header.file_id, None, ScanStart::BEGINNING, |_, _| {});
+    matches!(
+        summary.map(|summary| summary.damage),
+        Ok(Some(
+            Damage::TornTail {
+                next_valid: Some(_),
+                ..
+            } | Damage::Corrupt { .. }
+        ))
+    )
 }
 
 /// Recovers the log `image` the way a restart does (in a fresh data
-/// directory), and reads back every key. Any failure other than the
-/// documented refusal of mid-log damage is a test failure.
-pub fn reopen(image: &[u8]) -> Result<Reopened, TestCaseError> {
+/// directory), and reads back every key. Any failure, a refusal to open
+/// included, is a test failure: a power cut only ever damages bytes no
+/// fsync covered, which recovery cuts.
+pub fn reopen(image: &[u8]) -> Result<Model, TestCaseError> {
     // tmpfs where there is one: recovery fsyncs, and thousands of cases run.
     let dir = match fs::metadata("/dev/shm") {
         Ok(meta) if meta.is_dir() => tempfile::tempdir_in("/dev/shm"),
@@ -257,7 +301,6 @@ pub fn reopen(image: &[u8]) -> Result<Reopened, TestCaseError> {
         .map_err(|e| TestCaseError::fail(format!("write the log: {e}")))?;
     let store = match directory::open(dir.path(), SyncMode::Never) {
         Ok((store, _)) => store,
-        Err(OpenError::Corrupt { .. }) => return Ok(Reopened::Refused),
         Err(err) => return Err(TestCaseError::fail(format!("reopen failed: {err}"))),
     };
     let mut state = Model::new();
@@ -271,7 +314,7 @@ pub fn reopen(image: &[u8]) -> Result<Reopened, TestCaseError> {
         }
     }
     prop_assert_eq!(store.stats().keys, state.len(), "keys beyond k0..k7");
-    Ok(Reopened::State(state))
+    Ok(state)
 }
 
 /// Length of the longest common prefix of `image` and `written`.
@@ -291,6 +334,11 @@ impl Tally {
     /// Adds one to `what`.
     pub fn count(&self, what: impl Into<String>) {
         *self.0.lock().unwrap().entry(what.into()).or_default() += 1;
+    }
+
+    /// Lists `what` in the tally even if it is never counted.
+    pub fn declare(&self, what: impl Into<String>) {
+        self.0.lock().unwrap().entry(what.into()).or_default();
     }
 
     /// How many times `what` was counted.
