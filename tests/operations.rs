@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -78,6 +78,76 @@ fn metrics_count_requests_and_show_the_store() {
         .parse()
         .unwrap();
     assert!(fsyncs >= 1.0, "sync: always wrote without fsync:\n{page}");
+}
+
+/// Polls `name` until `done` holds for it (at most 30 s); returns the last
+/// value seen.
+fn metric_until(port: u16, name: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = metric(port, name);
+        if done(value) || Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+}
+
+/// Starts `clients` threads, each creating `each` new keys one by one.
+fn start_writers(port: u16, clients: usize, each: usize) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|client| {
+            std::thread::spawn(move || {
+                for i in 0..each {
+                    let resp = put(port, &format!("/api/kv/w/{client}/{i}"), b"value");
+                    assert_eq!(resp.status, 201, "{}", resp.text());
+                }
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn writes_waiting_for_fsync_get_extra_workers_that_retire_when_idle() {
+    let mut node = Config::new()
+        .sync("always")
+        .raw("general", "threads: 2")
+        .start();
+    let port = node.port();
+    assert_eq!(metric(port, "lucid_http_workers"), 2.0);
+    // 32 clients writing at once: each waits for an fsync, and 2 workers are
+    // kept free for everything else, so readers are answered meanwhile.
+    let writers = start_writers(port, 32, 20);
+    let mut most = 0.0f64;
+    while !writers.iter().all(|w| w.is_finished()) {
+        assert_eq!(get(port, "/api/kv/w/missing").status, 404);
+        most = most.max(metric(port, "lucid_http_workers"));
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert!(most > 2.0, "no extra worker started for waiting writes");
+    assert!(most <= 64.0, "{most} workers: more than the cap");
+    assert_eq!(metric(port, "lucid_keys"), 640.0);
+    // Idle extra workers retire; the core stays.
+    let workers = metric_until(port, "lucid_http_workers", |n| n == 2.0);
+    assert_eq!(workers, 2.0, "extra workers did not retire");
+    assert!(node.stop().success(), "{}", node.logs());
+}
+
+#[test]
+fn without_sync_always_the_worker_pool_stays_fixed() {
+    let mut node = Config::new()
+        .sync("interval")
+        .raw("general", "threads: 2")
+        .start();
+    let port = node.port();
+    let writers = start_writers(port, 8, 20);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert_eq!(metric(port, "lucid_http_workers"), 2.0);
+    assert!(node.stop().success(), "{}", node.logs());
 }
 
 /// Receives one datagram (bounded wait) as text.

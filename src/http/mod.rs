@@ -1,6 +1,7 @@
 //! The HTTP API: a tiny_http server shared by a pool of worker threads, each
 //! calling `recv()` and answering one request at a time with buffers it
-//! reuses from request to request.
+//! reuses from request to request. With `sync: always` the pool grows while
+//! writes wait for their fsync (see [`pool`]).
 //!
 //! A panic while handling a request is caught: the client gets a 500 JSON
 //! message, the panic is logged, and the worker goes on.
@@ -23,6 +24,7 @@ mod kv;
 mod list;
 mod metrics;
 mod patch;
+mod pool;
 mod query;
 mod reply;
 pub mod route;
@@ -35,7 +37,7 @@ pub use patch::{parse as parse_patch, Operation as PatchOperation};
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,7 @@ use tiny_http::{
 use crate::auth::Auth;
 use crate::config::{self, General, Storage, Tls};
 use crate::store::Store;
+use pool::{Pool, Role};
 use reply::Reply;
 use route::Route;
 
@@ -70,6 +73,8 @@ pub struct Context {
     auth: Option<Auth>,
     /// Whether `/metrics` needs no token.
     metrics_public: bool,
+    /// The running server's workers, once it runs.
+    pool: std::sync::OnceLock<std::sync::Weak<Pool>>,
 }
 
 impl Context {
@@ -84,6 +89,7 @@ impl Context {
             watchers: Arc::new(watch::Watchers::new(config::Watch::default().max_watchers)),
             auth: None,
             metrics_public: true,
+            pool: std::sync::OnceLock::new(),
         }
     }
 
@@ -99,6 +105,19 @@ impl Context {
         self.auth = auth;
         self.metrics_public = metrics_public;
         self
+    }
+
+    /// HTTP worker threads running now.
+    fn workers(&self) -> usize {
+        self.pool
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .map_or(0, |pool| pool.live())
+    }
+
+    /// Whether a stop signal has arrived.
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 }
 
@@ -198,7 +217,14 @@ impl HttpServer {
         on_stop: impl FnOnce() + Send + 'static,
     ) -> Result<(), String> {
         let ctx = Arc::new(ctx);
-        let (server, threads, flag) = (Arc::clone(&self.server), self.threads, Arc::clone(&ctx));
+        let max_workers = if ctx.store.syncs_every_write() {
+            pool::MAX_WORKERS
+        } else {
+            self.threads
+        };
+        let pool = Pool::new(self.threads, max_workers);
+        let _ = ctx.pool.set(Arc::downgrade(&pool));
+        let (server, workers, flag) = (Arc::clone(&self.server), pool.max(), Arc::clone(&ctx));
         thread::Builder::new()
             .name("lucid-signals".into())
             .spawn(move || {
@@ -211,47 +237,20 @@ impl HttpServer {
                     log::info!("{name} received: finishing the requests in flight, then stopping");
                     on_stop();
                     flag.stopping.store(true, Ordering::SeqCst);
-                    for _ in 0..threads {
+                    // One unblock per worker the pool can hold.
+                    for _ in 0..workers {
                         server.unblock();
                     }
                 }
             })
             .map_err(|err| format!("cannot start the signal thread: {err}"))?;
-        let (done, finished) = mpsc::channel();
-        for n in 0..self.threads {
-            let (server, ctx, done) = (Arc::clone(&self.server), Arc::clone(&ctx), done.clone());
-            thread::Builder::new()
-                .name(format!("lucid-http-{n}"))
-                .spawn(move || {
-                    worker(&server, &ctx);
-                    let _ = done.send(());
-                })
-                .map_err(|err| format!("cannot start an HTTP worker: {err}"))?;
+        pool.start(&self.server, &ctx, worker)?;
+        while !ctx.is_stopping() && pool.live() > 0 {
+            thread::sleep(Duration::from_millis(100));
         }
-        drop(done);
-        let mut running = self.threads;
-        let mut deadline = None;
-        while running > 0 {
-            let wait = deadline.map_or(Duration::from_millis(100), |end: Instant| {
-                end.saturating_duration_since(Instant::now())
-            });
-            match finished.recv_timeout(wait) {
-                Ok(()) => running -= 1,
-                Err(mpsc::RecvTimeoutError::Timeout)
-                    if deadline.is_some_and(|end| Instant::now() >= end) =>
-                {
-                    log::warn!(
-                        "{running} workers still busy after {SHUTDOWN_GRACE:?}; stopping anyway"
-                    );
-                    break;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if deadline.is_none() && ctx.stopping.load(Ordering::SeqCst) {
-                        deadline = Some(Instant::now() + SHUTDOWN_GRACE);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
+        let busy = pool.wait_exited(Instant::now() + SHUTDOWN_GRACE);
+        if busy > 0 {
+            log::warn!("{busy} workers still busy after {SHUTDOWN_GRACE:?}; stopping anyway");
         }
         // Lets watchers send their closing frames.
         ctx.watchers.wait_gone(Instant::now() + WATCHERS_GRACE);
@@ -310,19 +309,18 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// (`on_stop` is expected to have closed the store's change feed).
 const WATCHERS_GRACE: Duration = Duration::from_secs(2);
 
-fn worker(server: &Server, ctx: &Context) {
+/// A worker of the [`Pool`]: answers requests until the server stops (or,
+/// for an extra worker, until the pool retires it: then `true`).
+fn worker(server: &Arc<Server>, ctx: &Arc<Context>, pool: &Arc<Pool>, role: Role) -> bool {
     let mut bufs = Buffers::default();
     // The request target, copied so the request can be borrowed mutably by
     // the handler; reused, so no allocation per request.
     let mut url = String::new();
     loop {
-        let mut request = match server.recv() {
-            Ok(request) => request,
-            Err(_) if ctx.stopping.load(Ordering::SeqCst) => return,
-            Err(err) => {
-                log::warn!("could not receive a request: {err}");
-                continue;
-            }
+        let mut request = match next_request(server, ctx, pool, role) {
+            Next::Request(request) => request,
+            Next::Stop => return false,
+            Next::Retire => return true,
         };
         let started = Instant::now();
         let method = metrics::method_slot(request.method());
@@ -362,6 +360,10 @@ fn worker(server: &Server, ctx: &Context) {
             Route::Batch => request.method() == &Method::Post,
             _ => false,
         };
+        // A write waits for its fsync with `sync: always`: other requests
+        // must still find a free worker meanwhile.
+        let waits_for_fsync = ctx.store.syncs_every_write() && is_write(route, request.method());
+        let _waiting = waits_for_fsync.then(|| pool.waiting_for_fsync(server, ctx, worker));
         let reply = catch_panic(
             || {
                 if let Some(refused) = refused {
@@ -412,6 +414,43 @@ fn worker(server: &Server, ctx: &Context) {
         }
         ctx.metrics.record(method, status, started.elapsed());
         bufs.trim();
+    }
+}
+
+/// What a worker gets from the server next.
+enum Next {
+    Request(Request),
+    /// The server is stopping.
+    Stop,
+    /// An idle extra worker leaves the pool.
+    Retire,
+}
+
+/// Waits for the next request: a core worker as long as it takes, an extra
+/// worker for [`pool::EXTRA_IDLE`] at most before it retires.
+fn next_request(server: &Server, ctx: &Context, pool: &Pool, role: Role) -> Next {
+    loop {
+        let received = match role {
+            Role::Core => server.recv().map(Some),
+            Role::Extra => server.recv_timeout(pool::EXTRA_IDLE),
+        };
+        match received {
+            Ok(Some(request)) => return Next::Request(request),
+            _ if ctx.is_stopping() => return Next::Stop,
+            Ok(None) if pool.retire() => return Next::Retire,
+            Ok(None) => {}
+            Err(err) => log::warn!("could not receive a request: {err}"),
+        }
+    }
+}
+
+/// Whether the request changes data (and so, with `sync: always`, waits
+/// for an fsync).
+fn is_write(route: Route<'_>, method: &Method) -> bool {
+    match route {
+        Route::Kv { .. } => matches!(method, Method::Put | Method::Delete | Method::Patch),
+        Route::Batch => method == &Method::Post,
+        _ => false,
     }
 }
 

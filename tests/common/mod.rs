@@ -692,6 +692,17 @@ pub fn delete(port: u16, path: &str) -> Response {
     request(port, "DELETE", path, &[], b"")
 }
 
+/// The value of the gauge or counter `name` on the node's `/metrics` page.
+pub fn metric(port: u16, name: &str) -> f64 {
+    let page = get(port, "/metrics").text();
+    let prefix = format!("{name} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in:\n{page}"))
+        .parse()
+        .unwrap()
+}
+
 /// `/api/kv/` followed by `key` percent-encoded (every byte outside the
 /// unreserved set, including `/`, becomes `%XX`).
 pub fn kv_path(key: &str) -> String {
