@@ -174,9 +174,28 @@ fsyncs() {
   curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "lucid_fsyncs_total" {print $2}'
 }
 
+# idle_rss NAME COMMAND...: starts a server, lets it settle for 2 s without
+# load, prints "NAME: R MB resident (A MB anonymous)" and stops it.
+idle_rss() {
+  local name=$1
+  shift
+  "$@" 2> "$work/idle-$name.log" &
+  local pid=$!
+  pids+=($pid)
+  sleep 2
+  awk -v n="$name" '/^VmRSS:/ {r = $2} /^RssAnon:/ {a = $2}
+    END { printf "%s: %.1f MB resident (%.1f MB anonymous)", n, r / 1024, a / 1024 }' "/proc/$pid/status"
+  kill "$pid"
+}
+
 : > "$work/results.tsv"
 echo "== HTTP: ${RUNS} runs of ${SECONDS_PER_RUN}s each, median by req/s (wrk -t2 -c64 unless noted)"
 export BENCH_GET BENCH_PREFIX BENCH_FORM
+
+printf 'general:\n  port: 0\nstorage:\n  directory: %s/lucid-idle\n' "$work" > "$work/lucid-idle.yml"
+idle_note="Idle, default config: $(idle_rss lucid target/release/lucid --config "$work/lucid-idle.yml" server); \
+$(idle_rss tiny_http-ceiling target/release/examples/http_ceiling --port 0)"
+echo "  $idle_note"
 
 BENCH_GET=/api/kv/bench-hot BENCH_PREFIX=/api/kv/bench- BENCH_FORM=0
 start_lucid interval
@@ -269,6 +288,7 @@ mkdir -p docs
   echo "W4: PUT on one connection. $fsync_note."
   echo "lucid-encrypted: sync=interval with encryption at rest on (XChaCha20-Poly1305 per record)."
   echo "$watch_note."
+  echo "$idle_note (file-backed pages are the mapped binary and libc)."
   echo
   echo "## Lucid / peer"
   echo

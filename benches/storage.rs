@@ -1,6 +1,6 @@
 //! Storage engine benchmark: memory per key, restart time with and without
-//! the hint file, compaction throughput, GET latency while compacting, and
-//! prefix listing latency.
+//! the hint file, compaction throughput, GET latency while compacting,
+//! prefix listing latency, and the engine-level cost of encryption at rest.
 //!
 //! `cargo bench --bench storage [-- KEYS]` (default 1,000,000 keys of 16
 //! bytes with 100-byte values). Prints one line per figure. Numbers drift on
@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use lucid::store::crypt::{Cipher, KEY_LEN};
 use lucid::store::engine::Expect;
 use lucid::store::hint::HINT_FILE;
 use lucid::store::record::{RecordBuilder, RecordMeta};
-use lucid::store::{open, Store, SyncMode};
+use lucid::store::{open, open_with, Store, SyncMode};
 
 fn main() {
     let keys: u64 = std::env::args()
@@ -90,6 +91,90 @@ fn main() {
     report("restart with hint file", restart(dir.path(), keys));
     fs::remove_file(dir.path().join(HINT_FILE)).expect("remove hint");
     report("restart without hint file", restart(dir.path(), keys));
+
+    encryption_cost(keys.min(200_000));
+    fsync_floor(dir.path());
+}
+
+/// The disk's floor for one durable write: a 180-byte append then
+/// fdatasync, as `sync: always` does for a lone writer, and the same over
+/// bytes already written (no size change to journal). No server can
+/// acknowledge durable writes on one connection faster than this.
+fn fsync_floor(dir: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    const WRITES: u64 = 1000;
+    let record = [b'r'; 180];
+    let mut per_write = Vec::new();
+    for overwrite in [false, true] {
+        let path = dir.join("fsync-floor");
+        let file = fs::File::create(&path).expect("create");
+        if overwrite {
+            file.write_all_at(&vec![0; 180 * WRITES as usize], 0)
+                .and_then(|()| file.sync_all())
+                .expect("preallocate");
+        }
+        let started = Instant::now();
+        for i in 0..WRITES {
+            file.write_all_at(&record, i * 180).expect("write");
+            file.sync_data().expect("fdatasync");
+        }
+        per_write.push(started.elapsed().as_secs_f64() * 1e6 / WRITES as f64);
+        fs::remove_file(&path).expect("remove");
+    }
+    report(
+        "append + fdatasync",
+        format!(
+            "{:.0} us (at most {:.0} durable writes/s on one connection)",
+            per_write[0],
+            1e6 / per_write[0]
+        ),
+    );
+    report(
+        "overwrite + fdatasync",
+        format!(
+            "{:.0} us (at most {:.0} durable writes/s, a preallocated log)",
+            per_write[1],
+            1e6 / per_write[1]
+        ),
+    );
+}
+
+/// Put and get cost per operation in the engine alone (no HTTP), plain
+/// against encrypted, over fresh stores of `keys` keys.
+fn encryption_cost(keys: u64) {
+    let mut per_op = Vec::new();
+    for cipher in [None, Some(Arc::new(Cipher::from_key(&[7; KEY_LEN])))] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _) = open_with(dir.path(), SyncMode::Never, cipher).expect("open");
+        let started = Instant::now();
+        fill(&store, keys, b'p');
+        let put = started.elapsed().as_secs_f64() * 1e6 / keys as f64;
+        let mut buf = Vec::new();
+        let started = Instant::now();
+        for i in 0..keys {
+            let found = store.get(&key(i), &mut buf).expect("get").is_some();
+            assert!(found, "key {i} is missing");
+        }
+        let get = started.elapsed().as_secs_f64() * 1e6 / keys as f64;
+        per_op.push((put, get));
+    }
+    let [(plain_put, plain_get), (sealed_put, sealed_get)] = per_op[..] else {
+        unreachable!("two runs")
+    };
+    report(
+        "engine PUT, plain / encrypted",
+        format!(
+            "{plain_put:.2} / {sealed_put:.2} us per put = {:.2}x the plain throughput",
+            plain_put / sealed_put
+        ),
+    );
+    report(
+        "engine GET, plain / encrypted",
+        format!(
+            "{plain_get:.2} / {sealed_get:.2} us per get = {:.2}x the plain throughput",
+            plain_get / sealed_get
+        ),
+    );
 }
 
 /// Opens the directory and answers one GET; reports the time to both.

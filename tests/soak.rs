@@ -3,7 +3,9 @@
 //! PUTs with a 1 s TTL read back before and after expiry, with background
 //! compaction running), checking zero 5xx answers, zero wrong values, and
 //! that the process does not grow: resident memory, open file descriptors
-//! and the log size are sampled from `/proc` and reported at start and end.
+//! and the log size are sampled from `/proc` and reported at start and end
+//! (resident memory halfway too, to tell a leak from a working set that
+//! levels off).
 //!
 //! Ignored by default. Run it against the release binary:
 //!
@@ -57,14 +59,6 @@ fn sample(node: &Node) -> Sample {
         fds: fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count(),
         log_bytes: fs::metadata(node.data_log()).unwrap().len(),
     }
-}
-
-/// The value of a counter on the node's `/metrics` page.
-fn metric(port: u16, name: &str) -> f64 {
-    let page = get(port, "/metrics").text();
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 #[test]
@@ -121,12 +115,14 @@ fn soak_mixed_load_keeps_the_node_correct_and_flat() {
         tally.add(&client.tally);
     }
     let (first, last) = (samples[0], samples[samples.len() - 1]);
+    // Halfway: a leak keeps growing after it, a working set levels off.
+    let halfway = samples[samples.len() / 2];
     let max_log = samples.iter().map(|s| s.log_bytes).max().unwrap_or(0);
     let compactions = metric(port, "lucid_compactions_total");
     eprintln!(
         "soak: {:?}, {} requests ({:.0}/s), {} 5xx, {} acknowledged writes, {} values checked, \
          {connection_errors} connection errors, {compactions} compactions; \
-         RSS {} KiB -> {} KiB, fds {} -> {}, log {} -> {} bytes (max {max_log})",
+         RSS {} KiB -> {} KiB halfway -> {} KiB, fds {} -> {}, log {} -> {} bytes (max {max_log})",
         started.elapsed(),
         tally.requests,
         tally.requests as f64 / started.elapsed().as_secs_f64(),
@@ -134,6 +130,7 @@ fn soak_mixed_load_keeps_the_node_correct_and_flat() {
         tally.acknowledged,
         tally.checked,
         first.rss_kib,
+        halfway.rss_kib,
         last.rss_kib,
         first.fds,
         last.fds,
