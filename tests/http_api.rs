@@ -555,6 +555,29 @@ fn keep_alive_serves_many_requests_on_one_connection() {
 }
 
 #[test]
+fn replies_of_every_size_are_framed_and_dated_on_one_connection() {
+    let node = Node::start();
+    let mut conn = Conn::open(node.port());
+    // Around the size up to which a body joins its head in one write.
+    for len in [0, 1, 4095, 4096, 4097, 10_000, 70_000] {
+        let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let path = format!("/api/kv/sized/{len}");
+        assert_eq!(conn.send("PUT", &path, &[], &value).status, 201);
+        let head = conn.send("HEAD", &path, &[], b"");
+        let got = conn.send("GET", &path, &[], b"");
+        assert_eq!(got.body, value, "{len} bytes");
+        assert_eq!(head.header("content-length"), Some(&*len.to_string()));
+        assert!(head.body.is_empty());
+        for resp in [&head, &got] {
+            assert_eq!(resp.header("server"), Some("lucid"));
+            let date = resp.header("date").expect("a Date header");
+            let when = parse_http_date(date).unwrap_or_else(|| panic!("Date {date:?}"));
+            assert!(when.abs_diff(unix_now()) < 3600, "Date {date:?}");
+        }
+    }
+}
+
+#[test]
 fn sixteen_concurrent_keep_alive_clients_get_correct_answers() {
     const CLIENTS: usize = 16;
     let node = Node::start();

@@ -52,7 +52,7 @@ use crate::auth::Auth;
 use crate::config::{self, General, Storage, Tls};
 use crate::store::Store;
 use pool::{Pool, Role};
-use reply::Reply;
+use reply::{Reply, Responder};
 use route::Route;
 
 /// What every worker shares.
@@ -313,6 +313,7 @@ const WATCHERS_GRACE: Duration = Duration::from_secs(2);
 /// for an extra worker, until the pool retires it: then `true`).
 fn worker(server: &Arc<Server>, ctx: &Arc<Context>, pool: &Arc<Pool>, role: Role) -> bool {
     let mut bufs = Buffers::default();
+    let mut responder = Responder::default();
     // The request target, copied so the request can be borrowed mutably by
     // the handler; reused, so no allocation per request.
     let mut url = String::new();
@@ -348,7 +349,7 @@ fn worker(server: &Arc<Server>, ctx: &Arc<Context>, pool: &Arc<Pool>, role: Role
                 Ok(watcher) => watcher.start(request),
                 Err(reply) => {
                     let status = reply.status();
-                    reply.send(request);
+                    reply.send(request, &mut responder);
                     status
                 }
             };
@@ -410,7 +411,7 @@ fn worker(server: &Arc<Server>, ctx: &Arc<Context>, pool: &Arc<Pool>, role: Role
                 },
                 request,
             ),
-            reply => reply.send(request),
+            reply => reply.send(request, &mut responder),
         }
         ctx.metrics.record(method, status, started.elapsed());
         bufs.trim();
@@ -489,7 +490,7 @@ fn body_may_block(request: &Request) -> bool {
 fn send_detached(reply: Reply<'static>, request: Request) {
     let spawned = thread::Builder::new()
         .name("lucid-drain".into())
-        .spawn(move || reply.send(request));
+        .spawn(move || reply.send(request, &mut Responder::default()));
     if let Err(err) = spawned {
         log::warn!("cannot start a thread to answer a rejected request: {err}");
     }

@@ -7,9 +7,9 @@
 //! nosniff`, never chunked.
 
 use std::borrow::Cow;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tiny_http::{Header, Request, Response, StatusCode};
+use tiny_http::{Method, Request, StatusCode};
 
 use crate::store::StoredValue;
 
@@ -126,50 +126,159 @@ impl Reply<'_> {
         }
     }
 
-    /// Writes the reply to the client. Errors (the client went away) are
-    /// logged at debug level: there is nobody left to tell.
-    pub fn send(self, request: Request) {
-        let result = match self {
+    /// Writes the reply to the client, its head built in `out`'s reused
+    /// buffer. Errors (the client went away) are logged at debug level:
+    /// there is nobody left to tell.
+    pub fn send(self, request: Request, out: &mut Responder) {
+        let status = self.status();
+        let mut head = out.start(&request, status);
+        let body: &[u8] = match &self {
             Self::Json {
-                status,
-                body,
-                allow,
-                etag,
+                body, allow, etag, ..
             } => {
-                let mut headers = vec![header(b"Content-Type", b"application/json")];
+                head.field(b"Content-Type", b"application/json");
                 if let Some(allow) = allow {
-                    headers.push(header(b"Allow", allow.as_bytes()));
+                    head.field(b"Allow", allow.as_bytes());
                 }
-                headers.extend(etag.map(etag_header));
-                request.respond(response(status, headers, body.as_bytes()))
+                if let Some(version) = etag {
+                    head.etag(*version);
+                }
+                body.as_bytes()
             }
             Self::NotModified(version) => {
-                request.respond(response(304, vec![etag_header(version)], b""))
+                head.etag(*version);
+                b""
             }
             Self::Value(value) => {
-                let content_type = Header::from_bytes(&b"Content-Type"[..], value.content_type)
-                    .unwrap_or_else(|()| header(b"Content-Type", DEFAULT_CONTENT_TYPE));
-
-                let headers = vec![
-                    content_type,
-                    header(
-                        b"Last-Modified",
-                        last_modified(value.timestamp_ms).as_bytes(),
-                    ),
-                    header(b"X-Content-Type-Options", b"nosniff"),
-                    etag_header(value.sequence),
-                ];
-                request.respond(response(200, headers, value.value))
+                let content_type = if is_header_safe(value.content_type) {
+                    value.content_type
+                } else {
+                    DEFAULT_CONTENT_TYPE
+                };
+                head.field(b"Content-Type", content_type);
+                head.last_modified(value.timestamp_ms);
+                head.field(b"X-Content-Type-Options", b"nosniff");
+                head.etag(value.sequence);
+                value.value
             }
             Self::Text { content_type, body } => {
-                let headers = vec![header(b"Content-Type", content_type.as_bytes())];
-                request.respond(response(200, headers, body.as_bytes()))
+                head.field(b"Content-Type", content_type.as_bytes());
+                body.as_bytes()
             }
         };
-        if let Err(err) = result {
+        // A 304 has no body, and no length: it describes the client's copy.
+        if status != 304 {
+            head.content_length(body.len());
+        }
+        // A HEAD's reply is the GET's head alone.
+        let body = if request.method() == &Method::Head {
+            b""
+        } else {
+            body
+        };
+        let (head, body) = head.finish(body);
+        if let Err(err) = request.respond_raw(head, body) {
             log::debug!("could not send a response: {err}");
         }
     }
+}
+
+/// Bodies up to this size are copied behind the head, so that a reply is
+/// one write to the connection.
+const INLINE_BODY_MAX: usize = 4096;
+
+/// Writes reply heads into a buffer reused from reply to reply; one per
+/// worker. The `Date` field is formatted once a second.
+#[derive(Default)]
+pub struct Responder {
+    head: Vec<u8>,
+    /// The Unix second `date` was formatted for.
+    date_second: u64,
+    date: [u8; HTTP_DATE_LEN],
+}
+
+/// Length of an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+const HTTP_DATE_LEN: usize = 29;
+
+impl Responder {
+    /// Starts the head of a reply to `request`: status line, `Server` and
+    /// `Date`.
+    fn start(&mut self, request: &Request, status: u16) -> Head<'_> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if now.as_secs() != self.date_second || self.date[0] == 0 {
+            self.date_second = now.as_secs();
+            write_http_date(&mut self.date, now.as_millis() as u64);
+        }
+        let head = &mut self.head;
+        head.clear();
+        head.extend_from_slice(match request.http_version() {
+            version if *version <= (1, 0) => b"HTTP/1.0 ",
+            _ => b"HTTP/1.1 ",
+        });
+        head.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(StatusCode(status).default_reason_phrase().as_bytes());
+        head.extend_from_slice(b"\r\n");
+        let mut head = Head(head);
+        head.field(b"Server", b"lucid");
+        head.field(b"Date", &self.date);
+        head
+    }
+}
+
+/// A reply head being written.
+struct Head<'a>(&'a mut Vec<u8>);
+
+impl<'a> Head<'a> {
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        for part in [name, b": ", value, b"\r\n"] {
+            self.0.extend_from_slice(part);
+        }
+    }
+
+    /// `ETag: "<version>"`.
+    fn etag(&mut self, version: u64) {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(version).as_bytes();
+        for part in [&b"ETag: \""[..], digits, b"\"\r\n"] {
+            self.0.extend_from_slice(part);
+        }
+    }
+
+    fn last_modified(&mut self, timestamp_ms: u64) {
+        let mut date = [0u8; HTTP_DATE_LEN];
+        write_http_date(&mut date, timestamp_ms);
+        self.field(b"Last-Modified", &date);
+    }
+
+    fn content_length(&mut self, len: usize) {
+        self.field(
+            b"Content-Length",
+            itoa::Buffer::new().format(len).as_bytes(),
+        );
+    }
+
+    /// Ends the head; returns it and what is left of `body` to write after
+    /// it (nothing, when the body is small enough to join the head).
+    fn finish<'b>(self, body: &'b [u8]) -> (&'a [u8], &'b [u8]) {
+        self.0.extend_from_slice(b"\r\n");
+        if body.len() <= INLINE_BODY_MAX {
+            self.0.extend_from_slice(body);
+            (self.0, b"")
+        } else {
+            (self.0, body)
+        }
+    }
+}
+
+/// Whether `value` can be sent as a header value as it is: printable ASCII
+/// and tabs.
+fn is_header_safe(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 /// The whole response (head and body) written to a connection refused for
@@ -184,25 +293,14 @@ pub fn too_many_connections() -> Vec<u8> {
     .into_bytes()
 }
 
-/// The HTTP date of a write's timestamp. HTTP dates end with the year 9999
-/// (formatting a later one panics): a clock that far off shows as that.
-fn last_modified(timestamp_ms: u64) -> String {
+/// Writes the HTTP date of a timestamp (`Sun, 06 Nov 1994 08:49:37 GMT`)
+/// into `out`. HTTP dates end with the year 9999 (formatting a later one
+/// panics): a clock that far off shows as that.
+fn write_http_date(out: &mut [u8; HTTP_DATE_LEN], timestamp_ms: u64) {
+    use std::io::Write;
     let clamped = timestamp_ms.min(LAST_HTTP_DATE_MS);
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(clamped))
-}
-
-/// `ETag: "<version>"`.
-fn etag_header(version: u64) -> Header {
-    header(b"ETag", format!("\"{version}\"").as_bytes())
-}
-
-fn response(status: u16, headers: Vec<Header>, body: &[u8]) -> Response<&[u8]> {
-    Response::new(StatusCode(status), headers, body, Some(body.len()), None)
-        .with_chunked_threshold(usize::MAX)
-}
-
-fn header(name: &[u8], value: &[u8]) -> Header {
-    Header::from_bytes(name, value).expect("a valid header")
+    let date = httpdate::HttpDate::from(UNIX_EPOCH + Duration::from_millis(clamped));
+    write!(&mut out[..], "{date}").expect("an HTTP date is 29 bytes");
 }
 
 #[cfg(test)]
@@ -221,12 +319,14 @@ mod tests {
 
     #[test]
     fn last_modified_covers_every_timestamp() {
-        assert_eq!(last_modified(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            last_modified(1_700_000_000_123),
-            "Tue, 14 Nov 2023 22:13:20 GMT"
-        );
-        assert_eq!(last_modified(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
+        let date = |timestamp_ms| {
+            let mut out = [0u8; HTTP_DATE_LEN];
+            write_http_date(&mut out, timestamp_ms);
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        assert_eq!(date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(date(1_700_000_000_123), "Tue, 14 Nov 2023 22:13:20 GMT");
+        assert_eq!(date(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
 use super::query::Params;
-use super::reply::Reply;
+use super::reply::{Reply, Responder};
 use super::route::{self, Route};
 use super::{sse, websocket, Context};
 use crate::watch::{Event, SinceTooOld, Subscription};
@@ -269,7 +269,7 @@ impl Watcher {
                         503,
                         "The node cannot start another watcher now. Retry later.",
                     )
-                    .send(request);
+                    .send(request, &mut Responder::default());
                 }
                 503
             }
