@@ -57,8 +57,8 @@ pub struct General {
     /// TCP port; 0 lets the OS pick a free one (it is logged at start).
     pub port: u16,
     /// Worker threads answering requests; 0 = twice the number of cores.
-    /// With `sync: always`, extra ones start while writes wait for their
-    /// fsync (see `http::pool`).
+    /// No worker waits for an fsync: with `sync: always`, replies to writes
+    /// are held and sent once durable (see `http::ack`).
     pub threads: usize,
     /// A client silent this long in the middle of a request, or between
     /// keep-alive requests, is disconnected; 0 = never.

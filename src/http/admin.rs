@@ -68,6 +68,6 @@ pub fn metrics<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         body: ctx
             .metrics
-            .render(&ctx.store.stats(), ctx.watchers.connected(), ctx.workers()),
+            .render(&ctx.store.stats(), ctx.watchers.connected()),
     }
 }

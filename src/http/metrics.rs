@@ -73,9 +73,9 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// The whole `/metrics` page, with the store's figures, the number of
-    /// connected watchers and of HTTP workers running.
-    pub fn render(&self, store: &StoreStats, watchers: usize, workers: usize) -> String {
+    /// The whole `/metrics` page, with the store's figures and the number
+    /// of connected watchers.
+    pub fn render(&self, store: &StoreStats, watchers: usize) -> String {
         let mut out = String::with_capacity(8 * 1024);
         help(
             &mut out,
@@ -114,7 +114,7 @@ impl Metrics {
         let sum = self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "lucid_request_duration_seconds_sum {sum}");
         let _ = writeln!(out, "lucid_request_duration_seconds_count {cumulative}");
-        let gauges: [(&str, &str, &str, f64); 10] = [
+        let gauges: [(&str, &str, &str, f64); 9] = [
             ("lucid_keys", "gauge", "Live keys.", store.keys as f64),
             (
                 "lucid_log_bytes",
@@ -157,12 +157,6 @@ impl Metrics {
                 "gauge",
                 "Connected watch clients.",
                 watchers as f64,
-            ),
-            (
-                "lucid_http_workers",
-                "gauge",
-                "HTTP worker threads running (more while writes wait for an fsync).",
-                workers as f64,
             ),
             (
                 "lucid_uptime_seconds",
@@ -208,7 +202,7 @@ mod tests {
         metrics.record(method_slot(&Method::Get), 200, Duration::from_micros(80));
         metrics.record(method_slot(&Method::Get), 200, Duration::from_millis(3));
         metrics.record(method_slot(&Method::Put), 418, Duration::from_secs(2));
-        let page = metrics.render(&stats(), 2, 4);
+        let page = metrics.render(&stats(), 2);
         assert!(
             page.contains("lucid_requests_total{method=\"GET\",status=\"200\"} 2\n"),
             "{page}"
@@ -235,7 +229,6 @@ mod tests {
         );
         assert!(page.contains("lucid_keys 3\n"), "{page}");
         assert!(page.contains("lucid_watchers 2\n"), "{page}");
-        assert!(page.contains("lucid_http_workers 4\n"), "{page}");
         assert!(
             page.contains("lucid_fsync_seconds_total 0.0025\n"),
             "{page}"

@@ -1,7 +1,8 @@
 //! The HTTP API: a tiny_http server shared by a pool of worker threads, each
 //! calling `recv()` and answering one request at a time with buffers it
-//! reuses from request to request. With `sync: always` the pool grows while
-//! writes wait for their fsync (see [`pool`]).
+//! reuses from request to request. With `sync: always` a worker does not
+//! wait for a write's fsync: the reply is held and sent once the write is
+//! durable (see [`ack`]).
 //!
 //! A panic while handling a request is caught: the client gets a 500 JSON
 //! message, the panic is logged, and the worker goes on.
@@ -15,6 +16,7 @@
 //! returns once all have, or after [`SHUTDOWN_GRACE`].
 
 mod access;
+mod ack;
 mod admin;
 mod batch;
 mod conditions;
@@ -51,7 +53,7 @@ use tiny_http::{
 use crate::auth::Auth;
 use crate::config::{self, General, Storage, Tls};
 use crate::store::Store;
-use pool::{Pool, Role};
+use pool::Pool;
 use reply::{Reply, Responder};
 use route::Route;
 
@@ -73,8 +75,8 @@ pub struct Context {
     auth: Option<Auth>,
     /// Whether `/metrics` needs no token.
     metrics_public: bool,
-    /// The running server's workers, once it runs.
-    pool: std::sync::OnceLock<std::sync::Weak<Pool>>,
+    /// Replies to writes held until they are durable (`sync: always`).
+    acknowledger: ack::Acknowledger,
 }
 
 impl Context {
@@ -89,7 +91,7 @@ impl Context {
             watchers: Arc::new(watch::Watchers::new(config::Watch::default().max_watchers)),
             auth: None,
             metrics_public: true,
-            pool: std::sync::OnceLock::new(),
+            acknowledger: ack::Acknowledger::default(),
         }
     }
 
@@ -105,14 +107,6 @@ impl Context {
         self.auth = auth;
         self.metrics_public = metrics_public;
         self
-    }
-
-    /// HTTP worker threads running now.
-    fn workers(&self) -> usize {
-        self.pool
-            .get()
-            .and_then(std::sync::Weak::upgrade)
-            .map_or(0, |pool| pool.live())
     }
 
     /// Whether a stop signal has arrived.
@@ -217,14 +211,19 @@ impl HttpServer {
         on_stop: impl FnOnce() + Send + 'static,
     ) -> Result<(), String> {
         let ctx = Arc::new(ctx);
-        let max_workers = if ctx.store.syncs_every_write() {
-            pool::MAX_WORKERS
+        let acknowledging = if ctx.store.syncs_every_write() {
+            ctx.store.defer_durability();
+            let ctx = Arc::clone(&ctx);
+            let thread = thread::Builder::new()
+                .name("lucid-ack".into())
+                .spawn(move || ctx.acknowledger.run(&ctx))
+                .map_err(|err| format!("cannot start the acknowledging thread: {err}"))?;
+            Some(thread)
         } else {
-            self.threads
+            None
         };
-        let pool = Pool::new(self.threads, max_workers);
-        let _ = ctx.pool.set(Arc::downgrade(&pool));
-        let (server, workers, flag) = (Arc::clone(&self.server), pool.max(), Arc::clone(&ctx));
+        let pool = Pool::new(self.threads);
+        let (server, workers, flag) = (Arc::clone(&self.server), self.threads, Arc::clone(&ctx));
         thread::Builder::new()
             .name("lucid-signals".into())
             .spawn(move || {
@@ -237,7 +236,6 @@ impl HttpServer {
                     log::info!("{name} received: finishing the requests in flight, then stopping");
                     on_stop();
                     flag.stopping.store(true, Ordering::SeqCst);
-                    // One unblock per worker the pool can hold.
                     for _ in 0..workers {
                         server.unblock();
                     }
@@ -251,6 +249,11 @@ impl HttpServer {
         let busy = pool.wait_exited(Instant::now() + SHUTDOWN_GRACE);
         if busy > 0 {
             log::warn!("{busy} workers still busy after {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+        // Writes the workers appended are answered once durable.
+        ctx.acknowledger.close();
+        if let Some(thread) = acknowledging {
+            let _ = thread.join();
         }
         // Lets watchers send their closing frames.
         ctx.watchers.wait_gone(Instant::now() + WATCHERS_GRACE);
@@ -309,19 +312,21 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// (`on_stop` is expected to have closed the store's change feed).
 const WATCHERS_GRACE: Duration = Duration::from_secs(2);
 
-/// A worker of the [`Pool`]: answers requests until the server stops (or,
-/// for an extra worker, until the pool retires it: then `true`).
-fn worker(server: &Arc<Server>, ctx: &Arc<Context>, pool: &Arc<Pool>, role: Role) -> bool {
+/// A worker of the [`Pool`]: answers requests until the server stops.
+fn worker(server: &Server, ctx: &Context) {
     let mut bufs = Buffers::default();
     let mut responder = Responder::default();
     // The request target, copied so the request can be borrowed mutably by
     // the handler; reused, so no allocation per request.
     let mut url = String::new();
     loop {
-        let mut request = match next_request(server, ctx, pool, role) {
-            Next::Request(request) => request,
-            Next::Stop => return false,
-            Next::Retire => return true,
+        let mut request = match server.recv() {
+            Ok(request) => request,
+            Err(_) if ctx.is_stopping() => return,
+            Err(err) => {
+                log::warn!("could not receive a request: {err}");
+                continue;
+            }
         };
         let started = Instant::now();
         let method = metrics::method_slot(request.method());
@@ -361,10 +366,7 @@ fn worker(server: &Arc<Server>, ctx: &Arc<Context>, pool: &Arc<Pool>, role: Role
             Route::Batch => request.method() == &Method::Post,
             _ => false,
         };
-        // A write waits for its fsync with `sync: always`: other requests
-        // must still find a free worker meanwhile.
         let waits_for_fsync = ctx.store.syncs_every_write() && is_write(route, request.method());
-        let _waiting = waits_for_fsync.then(|| pool.waiting_for_fsync(server, ctx, worker));
         let reply = catch_panic(
             || {
                 if let Some(refused) = refused {
@@ -395,6 +397,18 @@ fn worker(server: &Arc<Server>, ctx: &Arc<Context>, pool: &Arc<Pool>, role: Role
             log::debug!("500 for {} {url}", request.method());
         }
         let status = reply.status();
+        // With `sync: always` a successful write is answered once durable,
+        // by the acknowledging thread.
+        if waits_for_fsync && (200..300).contains(&status) {
+            if let Some((request, reply)) = hold_until_durable(ctx, request, reply, method, started)
+            {
+                let status = reply.status();
+                reply.send(request, &mut responder);
+                ctx.metrics.record(method, status, started.elapsed());
+            }
+            bufs.trim();
+            continue;
+        }
         let unread_body = body_may_block && !body_read;
         match reply {
             Reply::Json {
@@ -418,30 +432,40 @@ fn worker(server: &Arc<Server>, ctx: &Arc<Context>, pool: &Arc<Pool>, role: Role
     }
 }
 
-/// What a worker gets from the server next.
-enum Next {
-    Request(Request),
-    /// The server is stopping.
-    Stop,
-    /// An idle extra worker leaves the pool.
-    Retire,
-}
-
-/// Waits for the next request: a core worker as long as it takes, an extra
-/// worker for [`pool::EXTRA_IDLE`] at most before it retires.
-fn next_request(server: &Server, ctx: &Context, pool: &Pool, role: Role) -> Next {
-    loop {
-        let received = match role {
-            Role::Core => server.recv().map(Some),
-            Role::Extra => server.recv_timeout(pool::EXTRA_IDLE),
-        };
-        match received {
-            Ok(Some(request)) => return Next::Request(request),
-            _ if ctx.is_stopping() => return Next::Stop,
-            Ok(None) if pool.retire() => return Next::Retire,
-            Ok(None) => {}
-            Err(err) => log::warn!("could not receive a request: {err}"),
+/// Hands the reply to a write over to the acknowledging thread unless the
+/// write is durable already; else (or if the reply borrows a value, which
+/// no write's reply does) returns what to send now, after waiting for the
+/// write's fsync here.
+fn hold_until_durable<'b>(
+    ctx: &Context,
+    request: Request,
+    reply: Reply<'b>,
+    method_slot: usize,
+    started: Instant,
+) -> Option<(Request, Reply<'b>)> {
+    let sequence = ctx.store.appended_sequence();
+    if sequence <= ctx.store.durable_sequence() {
+        return Some((request, reply));
+    }
+    // A lone write syncs on its own worker: no hand-over to wait for.
+    let alone = ctx.acknowledger.is_idle() && !ctx.store.is_syncing();
+    let reply = match reply.into_owned() {
+        Ok(reply) if !alone => {
+            ctx.acknowledger.hold(ack::Held {
+                request,
+                reply,
+                sequence,
+                method_slot,
+                started,
+            });
+            return None;
         }
+        Ok(reply) => reply,
+        Err(reply) => reply,
+    };
+    match ctx.store.wait_durable(sequence) {
+        Ok(()) => Some((request, reply)),
+        Err(err) => Some((request, kv::store_error(err))),
     }
 }
 

@@ -117,6 +117,27 @@ impl Reply<'_> {
         self
     }
 
+    /// The same reply owning everything it holds, or the reply itself if
+    /// it borrows a stored value.
+    pub fn into_owned(self) -> Result<Reply<'static>, Self> {
+        match self {
+            Self::Json {
+                status,
+                body,
+                allow,
+                etag,
+            } => Ok(Reply::Json {
+                status,
+                body,
+                allow,
+                etag,
+            }),
+            Self::NotModified(version) => Ok(Reply::NotModified(version)),
+            Self::Text { content_type, body } => Ok(Reply::Text { content_type, body }),
+            Self::Value(_) => Err(self),
+        }
+    }
+
     /// HTTP status of this reply.
     pub fn status(&self) -> u16 {
         match self {

@@ -11,7 +11,11 @@
 //!    it. Writers that arrive while a sync is running are covered by the next
 //!    one, so 64 concurrent writers share a handful of syncs (group commit).
 //!    Only after the sync is the record published to the index: readers never
-//!    see a value that a power cut could still take back.
+//!    see a value that a power cut could still take back. The writer waits
+//!    for that sync, unless the store was told to leave the wait to its
+//!    caller ([`Store::defer_durability`]): then the write returns once
+//!    appended, and the caller holds its acknowledgement until
+//!    [`Store::wait_durable`] covers [`Store::appended_sequence`].
 //! 3. `interval` and `never`: the record is published right after the append;
 //!    a background thread syncs every `sync_interval_ms` (`interval`) or the
 //!    OS writes back when it likes (`never`).
@@ -408,6 +412,9 @@ pub struct Store {
     pub(super) commit: Mutex<CommitState>,
     pub(super) commit_done: Condvar,
     sync: SyncMode,
+    /// With `sync: always`, writes return once appended; their callers wait
+    /// for durability themselves (see [`Store::defer_durability`]).
+    deferred: AtomicBool,
     read_only: AtomicBool,
     /// The data directory (absent for stores over an in-memory test file).
     pub(super) dir: Option<PathBuf>,
@@ -458,6 +465,7 @@ impl Store {
             }),
             commit_done: Condvar::new(),
             sync,
+            deferred: AtomicBool::new(false),
             read_only: AtomicBool::new(false),
             dir,
             compaction: Mutex::new(()),
@@ -489,6 +497,34 @@ impl Store {
     /// (`sync: always`).
     pub fn syncs_every_write(&self) -> bool {
         self.sync == SyncMode::Always
+    }
+
+    /// From now on, with `sync: always`, writes return as soon as their
+    /// record is appended (not yet visible, not yet durable) instead of
+    /// waiting for the fdatasync that covers it. The caller must then hold
+    /// each acknowledgement until [`wait_durable`](Self::wait_durable)
+    /// covers the write ([`appended_sequence`](Self::appended_sequence)
+    /// after it returned). The HTTP server does so, answering every write
+    /// of a group commit from one thread instead of parking a worker per
+    /// write.
+    pub fn defer_durability(&self) {
+        self.deferred.store(true, Ordering::SeqCst);
+    }
+
+    /// Sequence number of the latest record appended (0 if none): every
+    /// write that returned before this call is at or below it.
+    pub fn appended_sequence(&self) -> u64 {
+        lock(&self.writer).next_sequence - 1
+    }
+
+    /// Every write up to this sequence number is durable (and visible).
+    pub fn durable_sequence(&self) -> u64 {
+        lock(&self.commit).durable_sequence
+    }
+
+    /// Whether a group commit's fdatasync is running.
+    pub fn is_syncing(&self) -> bool {
+        lock(&self.commit).syncing
     }
 
     /// Whether the store refuses writes after a failed fsync.
@@ -785,7 +821,7 @@ impl Store {
         }
         if count > 0 {
             let last = self.append_frame(&mut writer, &mut frame, |_| EventOp::Expire)?;
-            self.finish(writer, last)?;
+            self.finish_durable(writer, last)?;
         }
         Ok(count)
     }
@@ -1036,8 +1072,20 @@ impl Store {
     }
 
     /// Releases the writer lock and, with `sync: always`, waits until the
-    /// record with sequence number `last` is durable.
+    /// record with sequence number `last` is durable, unless callers wait
+    /// for that themselves ([`Store::defer_durability`]).
     fn finish(&self, writer: MutexGuard<'_, Writer>, last: u64) -> Result<(), StoreError> {
+        if self.deferred.load(Ordering::Relaxed) {
+            drop(writer);
+            return Ok(());
+        }
+        self.finish_durable(writer, last)
+    }
+
+    /// Releases the writer lock and, with `sync: always`, waits until the
+    /// record with sequence number `last` is durable: for the store's own
+    /// writes, which no caller acknowledges.
+    fn finish_durable(&self, writer: MutexGuard<'_, Writer>, last: u64) -> Result<(), StoreError> {
         drop(writer);
         if self.sync == SyncMode::Always {
             self.wait_durable(last)?;
@@ -1058,8 +1106,9 @@ impl Store {
     }
 
     /// Blocks until the record with this sequence number is durable,
-    /// running the group's fdatasync if nobody else is.
-    fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
+    /// running the group's fdatasync if nobody else is. Fails with
+    /// [`StoreError::ReadOnly`] if an fsync failed first.
+    pub fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
         let mut state = lock(&self.commit);
         loop {
             if state.durable_sequence >= sequence {
