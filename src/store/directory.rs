@@ -375,14 +375,16 @@ fn replay(
         cipher,
         start,
         |record, offset| match record.header.kind {
-            RecordKind::Put => index.insert(
-                record.key,
-                Location {
-                    offset,
-                    len: (record.header.record_len() as usize + overhead) as u32,
-                },
-                Attrs::of(&record.header),
-            ),
+            RecordKind::Put => {
+                index.insert(
+                    record.key,
+                    Location {
+                        offset,
+                        len: (record.header.record_len() as usize + overhead) as u32,
+                    },
+                    Attrs::of(&record.header),
+                );
+            }
             RecordKind::Delete => index.remove(record.key),
             RecordKind::Batch | RecordKind::Marker => {
                 unreachable!("scan visits a frame's members, never a frame or a sync marker")

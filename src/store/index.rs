@@ -144,16 +144,19 @@ impl Index {
     }
 
     /// Points `key` at a newer record, whose attributes are `attrs`.
-    pub fn insert(&mut self, key: &[u8], location: Location, attrs: Attrs) {
-        self.set_attrs(key, attrs);
+    /// Returns the attributes the key had if it was live.
+    pub fn insert(&mut self, key: &[u8], location: Location, attrs: Attrs) -> Option<Attrs> {
+        let old_attrs = self.set_attrs(key, attrs);
         self.live_bytes += u64::from(location.len);
         match self.entries.get_mut(key) {
             Some(slot) => {
                 self.live_bytes -= u64::from(slot.len);
                 *slot = location;
+                Some(old_attrs)
             }
             None => {
                 self.entries.insert(Key::new(key), location);
+                None
             }
         }
     }
@@ -166,8 +169,9 @@ impl Index {
         }
     }
 
-    /// Sets the attributes of a live key (from a hint file, say).
-    pub fn set_attrs(&mut self, key: &[u8], attrs: Attrs) {
+    /// Sets the attributes of a live key (from a hint file, say); returns
+    /// the ones it had.
+    pub fn set_attrs(&mut self, key: &[u8], attrs: Attrs) -> Attrs {
         let old = if attrs == Attrs::default() {
             self.attrs.remove(key)
         } else {
@@ -179,6 +183,7 @@ impl Index {
         if attrs.expires_at_ms != 0 {
             self.expiring.insert((attrs.expires_at_ms, key.into()));
         }
+        old.unwrap_or_default()
     }
 
     /// The attributes of `key` (the default for a plain or missing key).
