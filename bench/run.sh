@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Lucid's benchmark suite: Lucid side by side with the tiny_http ceiling
 # (examples/http_ceiling.rs), nginx answering a fixed 100-byte body, and
-# etcd 3.4's v2 HTTP API, in one run on this machine; then the storage
-# engine benchmark. Prints one table and writes docs/BENCHMARKS.md and
-# docs/BENCHMARKS.tsv.
+# etcd 3.4's v2 HTTP API, in one run on this machine; then idle memory and
+# the storage engine benchmark. Prints one table and writes
+# docs/BENCHMARKS.md and docs/BENCHMARKS.tsv.
 #
 # Usage: bench/run.sh            (BENCH_SECONDS=10 BENCH_RUNS=3 by default)
+#
 # Every server listens on 127.0.0.1, is pinned to CPU 0 (wrk runs on CPU 1),
-# and is stopped by PID when the script ends. Installs wrk, nginx and
-# etcd-server from Debian's packages if they are missing (needs root).
+# and is stopped by PID when the script ends. All servers start first; then
+# every measurement runs once per round, RUNS rounds, with only the server
+# under load running (the others are paused with SIGSTOP). So a peer and
+# Lucid are measured minutes apart at most, under the same conditions, and
+# the medians' ratios hold even while the shared machine's speed drifts.
+# Installs wrk, nginx, etcd-server and musl-tools from Debian's packages and
+# the x86_64 musl target with rustup if they are missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +22,7 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 RUNS=${BENCH_RUNS:-3}
 SERVER_CPU=0
 CLIENT_CPU=1
+MUSL=x86_64-unknown-linux-musl
 
 need() {
   command -v "$1" >/dev/null && return
@@ -26,13 +33,20 @@ need wrk wrk
 need nginx nginx-light
 need etcd etcd-server
 need curl curl
+need musl-gcc musl-tools
+rustup target list --installed | grep -q "^$MUSL\$" || rustup target add "$MUSL"
 
 cargo build --quiet --release --bin lucid --example http_ceiling
+# The static build as shipped to boards (cross/build.sh), for idle memory.
+cargo build --quiet --profile edge --target "$MUSL" --bin lucid --example http_ceiling
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    kill -CONT "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -52,37 +66,48 @@ wait_for() {
   exit 1
 }
 
-# start_lucid SYNC [encrypted]: starts Lucid with the given sync mode (and
-# encryption at rest); sets PORT.
+# Servers by name: their PID, URL and the paths the wrk scripts use.
+declare -A PID URL GET_PATH PREFIX FORM
+
+# start_lucid NAME SYNC [encrypted]: starts Lucid with the given sync mode
+# (and encryption at rest) and stores one 100-byte value for W1.
 start_lucid() {
-  local sync=$1 name=$1${2:+-$2} extra=""
-  if [ "${2:-}" = encrypted ]; then
-    head -c 32 /dev/urandom > "$work/lucid.key"
-    chmod 600 "$work/lucid.key"
-    extra="encryption: {enabled: true, key_file: $work/lucid.key}"
+  local name=$1 sync=$2 extra="" port
+  if [ "${3:-}" = encrypted ]; then
+    head -c 32 /dev/urandom > "$work/$name.key"
+    chmod 600 "$work/$name.key"
+    extra="encryption: {enabled: true, key_file: $work/$name.key}"
   fi
-  printf 'general:\n  port: 0\nstorage:\n  directory: %s/lucid-%s\n  sync: %s\n%s\n' \
-    "$work" "$name" "$sync" "$extra" > "$work/lucid-$name.yml"
-  taskset -c $SERVER_CPU target/release/lucid --config "$work/lucid-$name.yml" server \
-    2> "$work/lucid-$name.log" &
+  printf 'general:\n  port: 0\nstorage:\n  directory: %s/%s\n  sync: %s\n%s\n' \
+    "$work" "$name" "$sync" "$extra" > "$work/$name.yml"
+  taskset -c $SERVER_CPU target/release/lucid --config "$work/$name.yml" server \
+    2> "$work/$name.log" &
+  PID[$name]=$!
   pids+=($!)
   for _ in $(seq 1 300); do
-    PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) (.*/\1/p' "$work/lucid-$name.log" | head -1)
-    [ -n "$PORT" ] && break
+    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) (.*/\1/p' "$work/$name.log" | head -1)
+    [ -n "$port" ] && break
     sleep 0.1
   done
-  curl -s -X PUT --data-binary "$(printf 'v%.0s' $(seq 1 100))" "http://127.0.0.1:$PORT/api/kv/bench-hot" >/dev/null
+  URL[$name]="http://127.0.0.1:$port"
+  GET_PATH[$name]=/api/kv/bench-hot PREFIX[$name]=/api/kv/bench- FORM[$name]=0
+  curl -s -X PUT --data-binary "$(printf 'v%.0s' $(seq 1 100))" "${URL[$name]}/api/kv/bench-hot" >/dev/null
 }
 
 start_ceiling() {
-  PORT=$(free_port)
-  taskset -c $SERVER_CPU target/release/examples/http_ceiling --port "$PORT" 2> "$work/ceiling.log" &
+  local port
+  port=$(free_port)
+  taskset -c $SERVER_CPU target/release/examples/http_ceiling --port "$port" 2> "$work/ceiling.log" &
+  PID[tiny_http-ceiling]=$!
   pids+=($!)
-  wait_for "http://127.0.0.1:$PORT/"
+  URL[tiny_http-ceiling]="http://127.0.0.1:$port"
+  GET_PATH[tiny_http-ceiling]=/ PREFIX[tiny_http-ceiling]=/bench- FORM[tiny_http-ceiling]=0
+  wait_for "${URL[tiny_http-ceiling]}/"
 }
 
 start_nginx() {
-  PORT=$(free_port)
+  local port
+  port=$(free_port)
   mkdir -p "$work/nginx"
   cat > "$work/nginx/nginx.conf" <<EOF
 daemon off;
@@ -98,27 +123,52 @@ http {
   uwsgi_temp_path $work/nginx/uwsgi;
   scgi_temp_path $work/nginx/scgi;
   server {
-    listen 127.0.0.1:$PORT;
+    listen 127.0.0.1:$port;
     location / { return 200 "$(printf 'x%.0s' $(seq 1 100))"; }
   }
 }
 EOF
   taskset -c $SERVER_CPU nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" 2> "$work/nginx/stderr" &
+  PID[nginx]=$!
   pids+=($!)
-  wait_for "http://127.0.0.1:$PORT/"
+  URL[nginx]="http://127.0.0.1:$port"
+  GET_PATH[nginx]=/ PREFIX[nginx]=/bench- FORM[nginx]=0
+  wait_for "${URL[nginx]}/"
 }
 
 start_etcd() {
-  PORT=$(free_port)
-  local peer
+  local port peer name=etcd-3.4-v2
+  port=$(free_port)
   peer=$(free_port)
   taskset -c $SERVER_CPU etcd --name bench --data-dir "$work/etcd" --enable-v2=true \
-    --listen-client-urls "http://127.0.0.1:$PORT" --advertise-client-urls "http://127.0.0.1:$PORT" \
+    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
     --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
     --initial-cluster "bench=http://127.0.0.1:$peer" > "$work/etcd.log" 2>&1 &
+  PID[$name]=$!
   pids+=($!)
-  wait_for "http://127.0.0.1:$PORT/version"
-  curl -s -X PUT -d "value=$(printf 'v%.0s' $(seq 1 100))" "http://127.0.0.1:$PORT/v2/keys/bench-hot" >/dev/null
+  URL[$name]="http://127.0.0.1:$port"
+  GET_PATH[$name]=/v2/keys/bench-hot PREFIX[$name]=/v2/keys/bench- FORM[$name]=1
+  wait_for "${URL[$name]}/version"
+  curl -s -X PUT -d "value=$(printf 'v%.0s' $(seq 1 100))" "${URL[$name]}/v2/keys/bench-hot" >/dev/null
+}
+
+metric() { # metric SERVER NAME: a value from Lucid's /metrics
+  curl -s "${URL[$1]}/metrics" | awk -v n="$2" '$1 == n {print $2}'
+}
+
+# start_watchers SERVER N: N Server-Sent Events watchers of every key (curl,
+# on the client CPU, discarding the events), stopped with the rest.
+start_watchers() {
+  for _ in $(seq 1 "$2"); do
+    taskset -c $CLIENT_CPU curl -s -N -o /dev/null "${URL[$1]}/api/watch" &
+    pids+=($!)
+  done
+  for _ in $(seq 1 300); do
+    [ "$(metric "$1" lucid_watchers)" = "$2" ] && return 0
+    sleep 0.1
+  done
+  echo "the $2 watchers did not connect" >&2
+  exit 1
 }
 
 # to_ms "1.45ms" | "812.00us" | "1.02s" -> milliseconds
@@ -129,53 +179,50 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-# measure TARGET WORKLOAD SCRIPT CONNECTIONS THREADS URL: median of RUNS by
-# req/s; appends "target workload req/s p50 p99" to the results.
-measure() {
-  local target=$1 workload=$2 script=$3 connections=$4 threads=$5 url=$6 runs=()
-  for _ in $(seq 1 "$RUNS"); do
-    local out req p50 p99
-    out=$(taskset -c $CLIENT_CPU wrk -t"$threads" -c"$connections" -d"${SECONDS_PER_RUN}s" --latency \
-      -s "bench/$script" "$url")
-    req=$(awk '/^Requests\/sec:/ {print $2}' <<< "$out")
-    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<< "$out")")
-    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<< "$out")")
-    if grep -q "Non-2xx" <<< "$out"; then
-      echo "warning: $target $workload got non-2xx answers: $(grep Non-2xx <<< "$out")" >&2
-    fi
-    runs+=("$req $p50 $p99")
-  done
-  local median
-  median=$(printf '%s\n' "${runs[@]}" | sort -n | awk -v n="$RUNS" 'NR == int((n + 1) / 2)')
-  printf '%s\t%s\t%s\n' "$target" "$workload" "$(tr ' ' '\t' <<< "$median")" >> "$work/results.tsv"
-  printf '  %-16s %-28s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n' "$target" "$workload" $median
-}
+# Measurements, in the order each round runs them:
+# "ROW-NAME SERVER WORKLOAD SCRIPT CONNECTIONS THREADS"
+MEASUREMENTS=(
+  "lucid lucid W1-get get.lua 64 2"
+  "tiny_http-ceiling tiny_http-ceiling W1-get get.lua 64 2"
+  "lucid-interval lucid W2-put put.lua 64 2"
+  "tiny_http-ceiling tiny_http-ceiling W2-put put.lua 64 2"
+  "lucid lucid W3-get90-put10 mix.lua 64 2"
+  "lucid-10-watchers lucid-watched W1-get get.lua 64 2"
+  "lucid-interval-10-watchers lucid-watched W2-put put.lua 64 2"
+  "lucid-encrypted lucid-encrypted W1-get get.lua 64 2"
+  "lucid-encrypted lucid-encrypted W2-put put.lua 64 2"
+  "lucid-always lucid-always W2-put put.lua 64 2"
+  "lucid-always lucid-always W4-put-1conn put.lua 1 1"
+  "nginx nginx W1-get get.lua 64 2"
+  "etcd-3.4-v2 etcd-3.4-v2 W1-get get.lua 64 2"
+  "etcd-3.4-v2 etcd-3.4-v2 W2-put put.lua 64 2"
+  "etcd-3.4-v2 etcd-3.4-v2 W3-get90-put10 mix.lua 64 2"
+  "etcd-3.4-v2 etcd-3.4-v2 W4-put-1conn put.lua 1 1"
+)
 
-watchers() {
-  curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "lucid_watchers" {print $2}'
-}
-
-# start_watchers PORT N: N Server-Sent Events watchers of every key (curl,
-# on the client CPU, discarding the events), stopped with the rest.
-start_watchers() {
-  for _ in $(seq 1 "$2"); do
-    taskset -c $CLIENT_CPU curl -s -N -o /dev/null "http://127.0.0.1:$1/api/watch" &
-    pids+=($!)
-  done
-  for _ in $(seq 1 300); do
-    [ "$(watchers "$1")" = "$2" ] && return 0
-    sleep 0.1
-  done
-  echo "the $2 watchers did not connect" >&2
-  exit 1
-}
-
-fsyncs() {
-  curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "lucid_fsyncs_total" {print $2}'
+# measure_once ROW SERVER WORKLOAD SCRIPT CONNECTIONS THREADS: one wrk run
+# against SERVER alone (every other server paused); appends
+# "row workload req/s p50 p99" to the raw results.
+measure_once() {
+  local row=$1 server=$2 workload=$3 script=$4 connections=$5 threads=$6 out req p50 p99
+  for name in "${!PID[@]}"; do [ "$name" = "$server" ] || kill -STOP "${PID[$name]}"; done
+  kill -CONT "${PID[$server]}"
+  sleep 0.5
+  out=$(BENCH_GET=${GET_PATH[$server]} BENCH_PREFIX=${PREFIX[$server]} BENCH_FORM=${FORM[$server]} \
+    taskset -c $CLIENT_CPU wrk -t"$threads" -c"$connections" -d"${SECONDS_PER_RUN}s" --latency \
+    -s "bench/$script" "${URL[$server]}")
+  req=$(awk '/^Requests\/sec:/ {print $2}' <<< "$out")
+  p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<< "$out")")
+  p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<< "$out")")
+  if grep -q "Non-2xx" <<< "$out"; then
+    echo "warning: $row $workload got non-2xx answers: $(grep Non-2xx <<< "$out")" >&2
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\n' "$row" "$workload" "$req" "$p50" "$p99" >> "$work/raw.tsv"
+  printf '    %-28s %-14s %10.0f req/s  p99 %7.3f ms\n' "$row" "$workload" "$req" "$p99"
 }
 
 # idle_rss NAME COMMAND...: starts a server, lets it settle for 2 s without
-# load, prints "NAME: R MB resident (A MB anonymous)" and stops it.
+# load, prints "NAME R MB (A MB anonymous)" and stops it.
 idle_rss() {
   local name=$1
   shift
@@ -184,60 +231,66 @@ idle_rss() {
   pids+=($pid)
   sleep 2
   awk -v n="$name" '/^VmRSS:/ {r = $2} /^RssAnon:/ {a = $2}
-    END { printf "%s: %.1f MB resident (%.1f MB anonymous)", n, r / 1024, a / 1024 }' "/proc/$pid/status"
+    END { printf "%s %.1f MB (%.1f MB anonymous)", n, r / 1024, a / 1024 }' "/proc/$pid/status"
   kill "$pid"
 }
 
-: > "$work/results.tsv"
-echo "== HTTP: ${RUNS} runs of ${SECONDS_PER_RUN}s each, median by req/s (wrk -t2 -c64 unless noted)"
-export BENCH_GET BENCH_PREFIX BENCH_FORM
-
-printf 'general:\n  port: 0\nstorage:\n  directory: %s/lucid-idle\n' "$work" > "$work/lucid-idle.yml"
-idle_note="Idle, default config: $(idle_rss lucid target/release/lucid --config "$work/lucid-idle.yml" server); \
-$(idle_rss tiny_http-ceiling target/release/examples/http_ceiling --port 0)"
+echo "== Idle resident memory (default config, no load)"
+printf 'general:\n  port: 0\nstorage:\n  directory: %s/idle\n' "$work" > "$work/idle.yml"
+idle_note="Idle resident memory, default config, no load. Release build (glibc, dynamic; \
+file-backed pages are the mapped binary and libc): $(idle_rss lucid target/release/lucid \
+--config "$work/idle.yml" server), $(idle_rss tiny_http-ceiling \
+target/release/examples/http_ceiling --port 0). Static musl build as shipped to boards (edge \
+profile): $(idle_rss lucid "target/$MUSL/edge/lucid" --config "$work/idle.yml" server), \
+$(idle_rss tiny_http-ceiling "target/$MUSL/edge/examples/http_ceiling" --port 0)"
 echo "  $idle_note"
 
-BENCH_GET=/api/kv/bench-hot BENCH_PREFIX=/api/kv/bench- BENCH_FORM=0
-start_lucid interval
-measure lucid W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
-measure lucid-interval W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
-measure lucid W3-get90-put10 mix.lua 64 2 "http://127.0.0.1:$PORT"
-# The same node with 10 watchers of every key: each PUT is sent to all 10.
-start_watchers "$PORT" 10
-measure lucid-10-watchers W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
-measure lucid-interval-10-watchers W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
-watch_note="W1/W2 with 10 watchers: $(watchers "$PORT") of 10 still connected at the end (a watcher that falls behind is dropped)"
-echo "  $watch_note"
-
-start_lucid interval encrypted
-measure lucid-encrypted W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
-measure lucid-encrypted W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
-
-start_lucid always
-before=$(fsyncs "$PORT")
-measure lucid-always W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
-after=$(fsyncs "$PORT")
-w2_puts=$(awk -F'\t' '$1 == "lucid-always" && $2 == "W2-put" {print $3 * '"$SECONDS_PER_RUN"' * '"$RUNS"'}' "$work/results.tsv")
-measure lucid-always W4-put-1conn put.lua 1 1 "http://127.0.0.1:$PORT"
-fsync_note=$(awk -v f="$((${after%.*} - ${before%.*}))" -v p="$w2_puts" -v s="$((SECONDS_PER_RUN * RUNS))" \
-  'BEGIN { printf "W2 with sync=always: %.0f fsyncs/s, %.1f writes per fsync (approximate: median req/s x time)", f / s, p / f }')
-echo "  $fsync_note"
-
-BENCH_GET=/ BENCH_PREFIX=/bench- BENCH_FORM=0
+echo "== Starting the servers"
+start_lucid lucid interval
+start_lucid lucid-watched interval
+start_watchers lucid-watched 10
+start_lucid lucid-encrypted interval encrypted
+start_lucid lucid-always always
 start_ceiling
-measure tiny_http-ceiling W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
-measure tiny_http-ceiling W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
 start_nginx
-measure nginx W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
-
-BENCH_GET=/v2/keys/bench-hot BENCH_PREFIX=/v2/keys/bench- BENCH_FORM=1
 start_etcd
-measure etcd-3.4-v2 W1-get get.lua 64 2 "http://127.0.0.1:$PORT"
-measure etcd-3.4-v2 W2-put put.lua 64 2 "http://127.0.0.1:$PORT"
-measure etcd-3.4-v2 W3-get90-put10 mix.lua 64 2 "http://127.0.0.1:$PORT"
-measure etcd-3.4-v2 W4-put-1conn put.lua 1 1 "http://127.0.0.1:$PORT"
 
-# Ratios of Lucid to its peers, measured in this same run.
+echo "== HTTP: ${RUNS} rounds of ${SECONDS_PER_RUN}s runs (wrk -t2 -c64 unless noted)"
+: > "$work/raw.tsv"
+fsyncs_before=$(metric lucid-always lucid_fsyncs_total)
+for round in $(seq 1 "$RUNS"); do
+  echo "  round $round of $RUNS"
+  for measurement in "${MEASUREMENTS[@]}"; do
+    # shellcheck disable=SC2086 # the fields are words on purpose
+    measure_once $measurement
+    if [ "$measurement" = "lucid-always lucid-always W2-put put.lua 64 2" ]; then
+      fsyncs_after_w2=$(metric lucid-always lucid_fsyncs_total)
+      w2_fsyncs=$(( ${w2_fsyncs:-0} + ${fsyncs_after_w2%.*} - ${fsyncs_before%.*} ))
+    fi
+    if [ "$measurement" = "lucid-always lucid-always W4-put-1conn put.lua 1 1" ]; then
+      fsyncs_before=$(metric lucid-always lucid_fsyncs_total)
+    fi
+  done
+done
+for name in "${!PID[@]}"; do kill -CONT "${PID[$name]}"; done
+
+# The median run of each row by req/s.
+: > "$work/results.tsv"
+for measurement in "${MEASUREMENTS[@]}"; do
+  read -r row _ workload _ <<< "$measurement"
+  awk -F'\t' -v r="$row" -v w="$workload" '$1 == r && $2 == w' "$work/raw.tsv" \
+    | sort -t$'\t' -k3 -n | awk -v n="$RUNS" 'NR == int((n + 1) / 2)' >> "$work/results.tsv"
+done
+watch_note="W1/W2 with 10 watchers: $(metric lucid-watched lucid_watchers) of 10 still connected at the end (a watcher that falls behind is dropped)"
+w2_puts=$(awk -F'\t' '$1 == "lucid-always" && $2 == "W2-put" {s += $3} END {print s * '"$SECONDS_PER_RUN"'}' "$work/raw.tsv")
+fsync_note=$(awk -v f="$w2_fsyncs" -v p="$w2_puts" -v s="$((SECONDS_PER_RUN * RUNS))" \
+  'BEGIN { printf "W2 with sync=always: %.0f fsyncs/s, %.1f writes per fsync", f / s, p / f }')
+echo "  $fsync_note"
+echo "  $watch_note"
+echo "== Medians"
+awk -F'\t' '{printf "  %-28s %-16s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n", $1, $2, $3, $4, $5}' "$work/results.tsv"
+
+# Ratios of Lucid to its peers, medians of this same run.
 ratio() { # ratio TARGET_A WORKLOAD_A TARGET_B WORKLOAD_B COLUMN(3=req/s, 5=p99)
   awk -F'\t' -v a="$1" -v wa="$2" -v b="$3" -v wb="$4" -v c="$5" '
     $1 == a && $2 == wa {x = $c} $1 == b && $2 == wb {y = $c}
@@ -261,6 +314,11 @@ EOF
 echo "== Lucid / peer ratios"
 echo "$ratios" | awk -F'|' '{printf "  %-60s %s  (target %s)\n", $2, $3, $4}'
 
+# The servers are done: the storage benchmark gets the machine to itself.
+for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+wait 2>/dev/null || true
+pids=()
+
 echo "== Storage engine"
 storage=$(cargo bench --quiet --bench storage 2>/dev/null)
 echo "$storage"
@@ -275,7 +333,8 @@ mkdir -p docs
   echo
   echo "Generated by \`bench/run.sh\` on $(date -u +%Y-%m-%d). Machine: $(nproc) cores,"
   echo "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)."
-  echo "Servers pinned to CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU; $RUNS runs of ${SECONDS_PER_RUN} s, median by req/s."
+  echo "Servers pinned to CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU. Every row ran once per round, $RUNS rounds"
+  echo "of ${SECONDS_PER_RUN} s, with only the server under load running (the others paused); median by req/s."
   echo "Absolute numbers drift on this shared machine; the ratios, measured in one run, are what to compare."
   echo
   echo "## HTTP (100-byte values)"
@@ -288,7 +347,8 @@ mkdir -p docs
   echo "W4: PUT on one connection. $fsync_note."
   echo "lucid-encrypted: sync=interval with encryption at rest on (XChaCha20-Poly1305 per record)."
   echo "$watch_note."
-  echo "$idle_note (file-backed pages are the mapped binary and libc)."
+  echo
+  echo "$idle_note."
   echo
   echo "## Lucid / peer"
   echo
