@@ -51,10 +51,17 @@ pub struct Held {
 }
 
 impl Acknowledger {
-    /// Holds `held` until its write is durable.
-    pub fn hold(&self, held: Held) {
-        lock(&self.queue).held.push(held);
+    /// Holds `held` until its write is durable, or hands it back once the
+    /// acknowledger is closed (the caller then waits itself).
+    pub fn hold(&self, held: Held) -> Option<Held> {
+        let mut queue = lock(&self.queue);
+        if queue.closed {
+            return Some(held);
+        }
+        queue.held.push(held);
+        drop(queue);
         self.changed.notify_one();
+        None
     }
 
     /// Whether no reply is held.
@@ -137,13 +144,14 @@ mod tests {
     /// Puts `key` (returning before its fsync) and holds a 201 for it.
     fn put_and_hold(ctx: &Context, key: &str) {
         try_put(&ctx.store, key, b"value").unwrap();
-        ctx.acknowledger.hold(Held {
+        let held = Held {
             request: TestRequest::new().with_method(Method::Put).into(),
             reply: Reply::json(201, CREATED),
             sequence: ctx.store.appended_sequence(),
             method_slot: method_slot(&Method::Put),
             started: Instant::now(),
-        });
+        };
+        assert!(ctx.acknowledger.hold(held).is_none());
     }
 
     /// Whether the one PUT was answered with `status`.
@@ -176,6 +184,15 @@ mod tests {
         assert!(answered(&ctx, 201));
         assert!(visible(&ctx.store, "k"));
         assert!(ctx.acknowledger.is_idle());
+        // Closed: a reply is handed back for its worker to answer.
+        let late = Held {
+            request: TestRequest::new().into(),
+            reply: Reply::json(201, CREATED),
+            sequence: 1,
+            method_slot: method_slot(&Method::Put),
+            started: Instant::now(),
+        };
+        assert!(ctx.acknowledger.hold(late).is_some());
     }
 
     #[test]

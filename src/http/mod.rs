@@ -449,19 +449,21 @@ fn hold_until_durable<'b>(
     }
     // A lone write syncs on its own worker: no hand-over to wait for.
     let alone = ctx.acknowledger.is_idle() && !ctx.store.is_syncing();
-    let reply = match reply.into_owned() {
+    let (request, reply) = match reply.into_owned() {
         Ok(reply) if !alone => {
-            ctx.acknowledger.hold(ack::Held {
+            let held = ack::Held {
                 request,
                 reply,
                 sequence,
                 method_slot,
                 started,
-            });
-            return None;
+            };
+            // Handed back only once the server stops.
+            let held = ctx.acknowledger.hold(held)?;
+            (held.request, held.reply)
         }
-        Ok(reply) => reply,
-        Err(reply) => reply,
+        Ok(reply) => (request, reply),
+        Err(reply) => (request, reply),
     };
     match ctx.store.wait_durable(sequence) {
         Ok(()) => Some((request, reply)),
