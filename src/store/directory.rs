@@ -683,15 +683,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn what_a_clean_shutdown_wrote_is_durable_even_without_the_hint() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store (`sync: never`) in `dir` holding keys `a`, `b` and `c`; the
+    /// model of them and the offset of `b`'s record.
+    fn store_of_three(dir: &Path) -> (Arc<Store>, Model, u64) {
         let mut model = Model::new();
-        let (store, _) = open(dir.path(), SyncMode::Never).unwrap();
+        let (store, _) = open(dir, SyncMode::Never).unwrap();
         for key in ["a", "b", "c"] {
             put(&store, &mut model, key, b"value");
         }
         let second = store.list(b"b", None, 1).entries[0].1.offset;
+        (store, model, second)
+    }
+
+    #[test]
+    fn what_a_clean_shutdown_wrote_is_durable_even_without_the_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, second) = store_of_three(dir.path());
         store.close().unwrap();
         drop(store);
         fs::remove_file(dir.path().join(hint::HINT_FILE)).unwrap();
@@ -710,11 +717,7 @@ mod tests {
         // A compacted log holds no sync marker: the hint written after the
         // switch is the only evidence that its records are durable.
         let dir = tempfile::tempdir().unwrap();
-        let mut model = Model::new();
-        let (store, _) = open(dir.path(), SyncMode::Never).unwrap();
-        for key in ["a", "b", "c"] {
-            put(&store, &mut model, key, b"value");
-        }
+        let (store, mut model, _) = store_of_three(dir.path());
         store.compact().unwrap();
         let covered = store.stats().log_bytes;
         let second = store.list(b"b", None, 1).entries[0].1.offset;
