@@ -61,7 +61,8 @@ pub struct General {
     /// are held and sent once durable (see `http::ack`).
     pub threads: usize,
     /// A client silent this long in the middle of a request, or between
-    /// keep-alive requests, is disconnected; 0 = never.
+    /// keep-alive requests, or that accepts no data of a response for this
+    /// long, is disconnected; 0 = never.
     pub read_timeout_ms: u64,
     /// Open client connections at most; one more is answered with 503 and
     /// closed.

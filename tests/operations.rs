@@ -128,6 +128,57 @@ fn with_sync_always_concurrent_writes_share_fsyncs_and_reads_go_on() {
     assert!(node.stop().success(), "{}", node.logs());
 }
 
+#[test]
+fn with_sync_always_pipelined_writes_are_answered_in_order() {
+    let mut node = Config::new()
+        .sync("always")
+        .raw("general", "threads: 4")
+        .start();
+    let port = node.port();
+    // Clients each sending 16 writes in one go before reading any answer:
+    // small and larger bodies, so some are read ahead and some not. Many
+    // at once, so that replies are held while fsyncs run.
+    const CLIENTS: usize = 16;
+    const WRITES: usize = 16;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(port);
+                let mut batch = Vec::new();
+                for i in 0..WRITES {
+                    let body = vec![b'a' + i as u8; if i % 2 == 0 { 1 } else { 901 }];
+                    batch.extend_from_slice(
+                        format!(
+                            "PUT /api/kv/p/{client}/{i} HTTP/1.1\r\nHost: x\r\n\
+                             Content-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    batch.extend_from_slice(&body);
+                }
+                conn.write_raw(&batch).unwrap();
+                for i in 0..WRITES {
+                    let resp = conn.read_response(false).expect("an answer in time");
+                    assert_eq!(resp.status, 201, "client {client}, write {i}");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    for client in 0..CLIENTS {
+        for i in 0..WRITES {
+            let got = get(port, &format!("/api/kv/p/{client}/{i}")).body;
+            assert_eq!(got[0], b'a' + i as u8, "p/{client}/{i}");
+        }
+    }
+    // Later writes are still answered, and the node stops when asked.
+    assert_eq!(put(port, "/api/kv/after", b"x").status, 201);
+    assert!(node.stop().success(), "{}", node.logs());
+}
+
 /// Receives one datagram (bounded wait) as text.
 fn receive(socket: &UnixDatagram) -> String {
     socket

@@ -89,10 +89,13 @@ impl Acknowledger {
             }
             let last = group.iter().map(|held| held.sequence).max().unwrap_or(0);
             // It fails only when an fsync failed and the store turned
-            // read-only.
-            let durable = ctx.store.wait_durable(last).is_ok();
+            // read-only; writes an earlier fsync covered still succeeded.
+            let durable = match ctx.store.wait_durable(last) {
+                Ok(()) => last,
+                Err(_) => ctx.store.durable_sequence(),
+            };
             for held in group.drain(..) {
-                let reply = if durable {
+                let reply = if held.sequence <= durable {
                     held.reply
                 } else {
                     store_error(StoreError::ReadOnly)

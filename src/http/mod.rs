@@ -211,17 +211,6 @@ impl HttpServer {
         on_stop: impl FnOnce() + Send + 'static,
     ) -> Result<(), String> {
         let ctx = Arc::new(ctx);
-        let acknowledging = if ctx.store.syncs_every_write() {
-            ctx.store.defer_durability();
-            let ctx = Arc::clone(&ctx);
-            let thread = thread::Builder::new()
-                .name("lucid-ack".into())
-                .spawn(move || ctx.acknowledger.run(&ctx))
-                .map_err(|err| format!("cannot start the acknowledging thread: {err}"))?;
-            Some(thread)
-        } else {
-            None
-        };
         let pool = Pool::new(self.threads);
         let (server, workers, flag) = (Arc::clone(&self.server), self.threads, Arc::clone(&ctx));
         thread::Builder::new()
@@ -242,9 +231,28 @@ impl HttpServer {
                 }
             })
             .map_err(|err| format!("cannot start the signal thread: {err}"))?;
-        pool.start(&self.server, &ctx, worker)?;
-        while !ctx.is_stopping() && pool.live() > 0 {
-            thread::sleep(Duration::from_millis(100));
+        let acknowledging = if ctx.store.syncs_every_write() {
+            ctx.store.defer_durability();
+            let ctx = Arc::clone(&ctx);
+            let thread = thread::Builder::new()
+                .name("lucid-ack".into())
+                .spawn(move || ctx.acknowledger.run(&ctx))
+                .map_err(|err| format!("cannot start the acknowledging thread: {err}"))?;
+            Some(thread)
+        } else {
+            None
+        };
+        let started = pool.start(&self.server, &ctx, worker);
+        if started.is_ok() {
+            while !ctx.is_stopping() && pool.live() > 0 {
+                thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            // Stops the workers that did start.
+            ctx.stopping.store(true, Ordering::SeqCst);
+            for _ in 0..workers {
+                self.server.unblock();
+            }
         }
         let busy = pool.wait_exited(Instant::now() + SHUTDOWN_GRACE);
         if busy > 0 {
@@ -257,7 +265,7 @@ impl HttpServer {
         }
         // Lets watchers send their closing frames.
         ctx.watchers.wait_gone(Instant::now() + WATCHERS_GRACE);
-        Ok(())
+        started
     }
 }
 

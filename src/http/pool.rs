@@ -39,11 +39,11 @@ impl Pool {
         ctx: &Arc<Context>,
         work: WorkerLoop,
     ) -> Result<(), String> {
-        for _ in 0..self.size {
+        for n in 0..self.size {
             *lock(&self.live) += 1;
             let (pool, server, ctx) = (Arc::clone(self), Arc::clone(server), Arc::clone(ctx));
             let spawned = thread::Builder::new()
-                .name("lucid-http".into())
+                .name(format!("lucid-http-{n}"))
                 .spawn(move || {
                     let _exit = Exit(pool);
                     work(&server, &ctx);

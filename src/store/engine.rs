@@ -675,7 +675,7 @@ impl Store {
             let now = now_ms();
             self.check_unlocked(key, now)?;
             let (version, replaced) = self.append(writer, record, EventOp::Put)?;
-            let live = replaced.flatten().is_some_and(|attrs| !attrs.expired(now));
+            let live = replaced.is_some_and(|attrs| !attrs.expired(now));
             return Ok(Written {
                 outcome: outcome_of(live),
                 version,
@@ -927,14 +927,13 @@ impl Store {
 
     /// Seals `record` (a put or tombstone) and appends it, then makes it
     /// durable and visible as the sync mode says. Returns its sequence
-    /// number, and what it replaced in the index if it was applied at once
-    /// (see [`Store::register`]).
+    /// number, and what it replaced in the index (see [`Store::register`]).
     fn append(
         &self,
         mut writer: MutexGuard<'_, Writer>,
         record: &mut [u8],
         op: EventOp,
-    ) -> Result<(u64, Option<Replaced>), StoreError> {
+    ) -> Result<(u64, Replaced), StoreError> {
         let sequence = writer.next_sequence;
         let offset = writer.end;
         let at = Position {
@@ -1064,7 +1063,7 @@ impl Store {
     /// published at once (or, with `deferred`, handed back to be published
     /// with the rest of its batch), or pending until its fsync with `sync:
     /// always`. Returns what it replaced in the index when published at
-    /// once.
+    /// once (`None` when it waits).
     fn register(
         &self,
         writer: &mut Writer,
@@ -1072,7 +1071,7 @@ impl Store {
         place: Placed,
         op: EventOp,
         deferred: Option<&mut Vec<Pending>>,
-    ) -> Option<Replaced> {
+    ) -> Replaced {
         let header = record.header;
         let location = (header.kind == RecordKind::Put).then(|| {
             let location = Location {
@@ -1094,7 +1093,7 @@ impl Store {
             None => {
                 let replaced = apply(&mut write(&self.keydir).index, record.key, location);
                 self.events.publish(event);
-                return Some(replaced);
+                return replaced;
             }
         };
         queue.push(Pending {
@@ -1354,7 +1353,7 @@ fn sync_periodically(store: &Weak<Store>, period: Duration) {
 
 /// What publishing a record replaced in the index: the attributes of the
 /// key's previous record, if the key was in the index (`None` for a
-/// tombstone, which replaces nothing it reports).
+/// tombstone, which reports nothing).
 type Replaced = Option<Attrs>;
 
 fn apply(index: &mut Index, key: &[u8], location: Option<(Location, Attrs)>) -> Replaced {

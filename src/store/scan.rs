@@ -183,10 +183,7 @@ pub fn scan(
             }
             Some(record) if record.header.kind == RecordKind::Marker => {
                 let header = record.header;
-                let claim = open_copy(cipher, record, at, &mut scratch)
-                    .ok()
-                    .and_then(|plain| Marker::claim(&plain, offset));
-                claim.map(|durable_end| {
+                marker_claim(cipher, record, at, &mut scratch).map(|durable_end| {
                     summary.durable = summary.durable.max(durable_end);
                     summary.marked_end = summary.marked_end.max(offset + header.record_len());
                     summary.markers += 1;
@@ -233,6 +230,20 @@ pub fn scan(
         }
     }
     Ok(summary)
+}
+
+/// The durable offset the sync marker `record`, read at `at`, names if it
+/// is one that counts: it opens (an encrypted log's markers must
+/// authenticate) and claims only bytes before itself.
+fn marker_claim(
+    cipher: Option<&Cipher>,
+    record: RecordView<'_>,
+    at: Position,
+    scratch: &mut Vec<u8>,
+) -> Option<u64> {
+    open_copy(cipher, record, at, scratch)
+        .ok()
+        .and_then(|plain| Marker::claim(&plain, at.offset))
 }
 
 /// What follows damage in a log.
@@ -364,10 +375,7 @@ impl<'a> WindowReader<'a> {
             let cipher = self.cipher;
             let valid = match self.record_at(candidate)? {
                 Some(record) if header.kind == RecordKind::Marker => {
-                    match open_copy(cipher, record, at, &mut scratch)
-                        .ok()
-                        .and_then(|plain| Marker::claim(&plain, candidate))
-                    {
+                    match marker_claim(cipher, record, at, &mut scratch) {
                         Some(claim) => {
                             after.durable = after.durable.max(claim);
                             after.markers += 1;

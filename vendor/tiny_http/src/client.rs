@@ -249,6 +249,15 @@ impl Iterator for ClientConnection {
         }
 
         loop {
+            // Lucid patch: one request at a time per connection. The next
+            // request is read only once the previous one is answered, so a
+            // request's response never waits for another one's: a caller
+            // may answer requests in any order (Lucid answers writes from
+            // one thread once they are durable; with pipelined requests in
+            // flight together, that thread could wait on a response it was
+            // to send itself). Clients that wait for each answer, nearly
+            // all of them, see no difference.
+            self.sink.wait_for_writers();
             let rq = match self.read() {
                 // Lucid patch: every error is answered with a JSON
                 // `{"message": ...}` (upstream sent empty bodies, or

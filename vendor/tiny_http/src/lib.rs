@@ -180,7 +180,9 @@ pub struct ServerConfig {
 
     /// Lucid patch: if `Some`, every accepted socket gets this read timeout,
     /// so a client that stops sending mid-request (or stays idle between
-    /// requests) is cut off instead of holding a thread forever.
+    /// requests) is cut off instead of holding a thread forever; and this
+    /// write timeout, so a client that stops reading its responses cannot
+    /// hold the thread writing one.
     pub read_timeout: Option<std::time::Duration>,
 
     /// Lucid patch: requests this picks are the last read from their
@@ -409,6 +411,9 @@ impl Server {
                         // Lucid patch: see `ServerConfig::read_timeout`.
                         if let Err(err) = sock.set_read_timeout(read_timeout) {
                             log::warn!("cannot set a read timeout on a connection: {}", err);
+                        }
+                        if let Err(err) = sock.set_write_timeout(read_timeout) {
+                            log::warn!("cannot set a write timeout on a connection: {}", err);
                         }
                         // Lucid patch: see `Request::socket`.
                         let socket = sock.try_clone().ok().map(connection::Socket::new);

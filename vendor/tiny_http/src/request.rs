@@ -660,9 +660,9 @@ impl Request {
 
     /// Lucid patch: sends a response the caller wrote itself. `head` is the
     /// whole status line and header block (ending with the empty line) and
-    /// must frame `body` by `Content-Length`; `body` is left out for `HEAD`
-    /// requests. Skips building a `Response` and its `Header`s, which costs
-    /// several allocations per header.
+    /// must frame `body` by `Content-Length`; for a `HEAD` request the
+    /// caller passes no body. Skips building a `Response` and its
+    /// `Header`s, which costs several allocations per header.
     pub fn respond_raw(mut self, head: &[u8], body: &[u8]) -> Result<(), IoError> {
         let res = self.respond_raw_impl(head, body);
         if let Some(sender) = self.notify_when_responded.take() {
@@ -675,9 +675,7 @@ impl Request {
         let mut writer = self.extract_writer_impl();
         let mut write = || {
             writer.write_all(head)?;
-            if self.method != Method::Head && !body.is_empty() {
-                writer.write_all(body)?;
-            }
+            writer.write_all(body)?;
             writer.flush()
         };
         Self::ignore_client_closing_errors(write())

@@ -71,6 +71,16 @@ impl<W: Write + Send> SequentialWriterBuilder<W> {
             next_trigger: None,
         }
     }
+
+    /// Lucid patch: blocks until every writer handed out so far has
+    /// finished (been dropped), so that the next one may write at once.
+    pub fn wait_for_writers(&mut self) {
+        if let Some(previous) = self.next_trigger.take() {
+            // A writer signals when dropped; an error would mean it is gone
+            // all the same.
+            let _ = previous.recv();
+        }
+    }
 }
 
 impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
