@@ -12,13 +12,15 @@
 //!    is verified at its old position and stamped for its new one: damage
 //!    aborts the compaction rather than being copied. Reads and writes go on
 //!    meanwhile.
-//! 3. **Sync** the new file.
-//! 4. **Switch**, with writers paused: copy the tail, fsync, compute every
-//!    index entry's new offset, rename the new file over `data.log`, fsync
-//!    the directory, then point the index and the writer at the new file
-//!    (readers pause only for that last, in-memory step). Once the rename
-//!    is done the in-memory switch always follows; if the directory fsync
-//!    failed, the store then turns read-only.
+//! 3. **Catch up.** Copy the tail as far as it was written by now, and
+//!    **sync** the new file. Writes go on meanwhile.
+//! 4. **Switch**, with writers paused: copy the rest of the tail (what was
+//!    written during step 3), fsync, compute every index entry's new
+//!    offset, rename the new file over `data.log`, fsync the directory,
+//!    then point the index and the writer at the new file (readers pause
+//!    only for that last, in-memory step). Once the rename is done the
+//!    in-memory switch always follows; if the directory fsync failed, the
+//!    store then turns read-only.
 //!
 //! Tombstones before the cut are dropped: the new log holds no older record
 //! of any key for them to hide. Tombstones in the tail are kept. The new
@@ -27,9 +29,10 @@
 //!
 //! Sync markers (see [`super::record`]) are not live data: those before the
 //! cut are dropped. Those in the tail are kept, restamped for their new
-//! place and naming the same bytes there (anything before the tail names
-//! the tail's start), so the tail keeps its layout; the new log is fsynced
-//! whole before it is used, so every such claim is true. The new log's own
+//! place and naming the same bytes there (anything before the part of the
+//! tail being copied names that part's start), so the tail keeps its
+//! layout; the new log is fsynced whole before it is used, so every such
+//! claim is true. The new log's own
 //! durability is recorded by the hint file written after the switch.
 //!
 //! # Crash safety
@@ -368,6 +371,27 @@ impl Store {
         let relocations =
             copy_live_records(self, live, old_id, ciphers, &mut new_file, new_header)?;
         self.reached(Step::Copied);
+        // Catch up with the tail written meanwhile, so that the switch, with
+        // writers paused, copies only what arrives from here on.
+        let tail_start = new_file.metadata()?.len();
+        let (old_file, caught_up) = {
+            let writer = lock(&self.writer);
+            (Arc::clone(&writer.file), writer.end)
+        };
+        let caught_up = if rekeying { cut } else { caught_up };
+        let at = |offset: u64| Position {
+            file_id: new_header.file_id,
+            offset: offset - cut + tail_start,
+        };
+        copy_tail(
+            &*old_file,
+            old_id,
+            cut,
+            caught_up,
+            ciphers,
+            &mut new_file,
+            at(cut),
+        )?;
         new_file.sync_data()?;
 
         // Switch. Take the group-commit role so no other sync runs (the
@@ -387,19 +411,15 @@ impl Store {
                 "writes arrived while the encryption was being changed; change it with the node stopped",
             ));
         }
-        let tail_start = new_file.metadata()?.len();
-        let to = Position {
-            file_id: new_header.file_id,
-            offset: tail_start,
-        };
+        let end = writer.end;
         copy_tail(
-            &*writer.file,
+            &*old_file,
             old_id,
-            cut,
-            writer.end,
+            caught_up,
+            end,
             ciphers,
             &mut new_file,
-            to,
+            at(caught_up),
         )?;
         new_file.sync_data()?;
         let new_locations = relocate(&read(&self.keydir).index, &relocations, cut, tail_start)?;
@@ -558,6 +578,9 @@ fn copy_tail(
     out: &mut File,
     to: Position,
 ) -> Result<(), CompactionError> {
+    if end == cut {
+        return Ok(());
+    }
     let mut tail = vec![0u8; (end - cut) as usize];
     log.read_at(&mut tail, cut)?;
     let from = Position {
