@@ -12,8 +12,9 @@
 //!    is verified at its old position and stamped for its new one: damage
 //!    aborts the compaction rather than being copied. Reads and writes go on
 //!    meanwhile.
-//! 3. **Catch up.** Copy the tail as far as it was written by now, and
-//!    **sync** the new file. Writes go on meanwhile.
+//! 3. **Catch up.** Copy the tail as far as it was written by now, again
+//!    while much more arrived meanwhile (a few rounds), and **sync** the
+//!    new file. Writes go on meanwhile.
 //! 4. **Switch**, with writers paused: copy the rest of the tail (what was
 //!    written during step 3), fsync, compute every index entry's new
 //!    offset, rename the new file over `data.log`, fsync the directory,
@@ -64,6 +65,12 @@ use super::record::{
 
 /// Name of the new log while compaction writes it.
 pub const COMPACT_FILE: &str = "data.log.compact";
+
+/// At most this many rounds of copying the tail before writers are paused.
+const CATCH_UP_ROUNDS: usize = 4;
+
+/// A tail this short is left for the pause to copy.
+const CAUGHT_UP_BYTES: u64 = 64 * 1024;
 
 /// When the background compactor runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -371,27 +378,31 @@ impl Store {
         let relocations =
             copy_live_records(self, live, old_id, ciphers, &mut new_file, new_header)?;
         self.reached(Step::Copied);
-        // Catch up with the tail written meanwhile, so that the switch, with
-        // writers paused, copies only what arrives from here on.
+        // Catch up with the tail written meanwhile, a few rounds while much
+        // arrives, so that the switch, with writers paused, copies little.
         let tail_start = new_file.metadata()?.len();
-        let (old_file, caught_up) = {
-            let writer = lock(&self.writer);
-            (Arc::clone(&writer.file), writer.end)
-        };
-        let caught_up = if rekeying { cut } else { caught_up };
+        let old_file = Arc::clone(&lock(&self.writer).file);
         let at = |offset: u64| Position {
             file_id: new_header.file_id,
             offset: offset - cut + tail_start,
         };
-        copy_tail(
-            &*old_file,
-            old_id,
-            cut,
-            caught_up,
-            ciphers,
-            &mut new_file,
-            at(cut),
-        )?;
+        let mut caught_up = cut;
+        for _ in 0..CATCH_UP_ROUNDS {
+            let end = lock(&self.writer).end;
+            if rekeying || end - caught_up <= CAUGHT_UP_BYTES {
+                break;
+            }
+            copy_tail(
+                &*old_file,
+                old_id,
+                caught_up,
+                end,
+                ciphers,
+                &mut new_file,
+                at(caught_up),
+            )?;
+            caught_up = end;
+        }
         new_file.sync_data()?;
 
         // Switch. Take the group-commit role so no other sync runs (the
@@ -811,9 +822,20 @@ mod tests {
 
     #[test]
     fn writes_during_compaction_land_in_the_tail_and_survive() {
-        for sync in [SyncMode::Always, SyncMode::Never] {
+        let key = Arc::new(Cipher::from_key(&[3; 32]));
+        let cases = [
+            (SyncMode::Always, None),
+            (SyncMode::Never, None),
+            (SyncMode::Never, Some(key)),
+        ];
+        for (sync, cipher) in cases {
             let dir = tempfile::tempdir().unwrap();
-            let (store, _) = open(dir.path(), sync).unwrap();
+            let open = || {
+                crate::store::open_with(dir.path(), sync, cipher.clone())
+                    .unwrap()
+                    .0
+            };
+            let store = open();
             let mut model = Model::new();
             churn(&store, &mut model);
             let during = Arc::new(std::sync::Mutex::new(Model::new()));
@@ -821,6 +843,11 @@ mod tests {
             *lock(&store.step_hook) = Some(Box::new(move |step| {
                 if step == Step::Copied {
                     let mut model = hook_model.lock().unwrap();
+                    // More than the pause is left to copy: the catch-up
+                    // copies these before writers are paused.
+                    for i in 0..(2 * CAUGHT_UP_BYTES / 1024) {
+                        put(&hook_store, &mut model, &format!("bulk-{i}"), &[b'b'; 1024]);
+                    }
                     put(&hook_store, &mut model, "key-1", b"overwritten in the tail");
                     put(
                         &hook_store,
@@ -836,14 +863,14 @@ mod tests {
             }));
             store.compact().unwrap();
             *lock(&store.step_hook) = None;
-            model.insert("key-1".into(), b"overwritten in the tail".to_vec());
-            model.insert("new-in-tail".into(), b"created in the tail".to_vec());
+            model.extend(during.lock().unwrap().clone());
+            model.remove("deleted");
             model.remove("key-2");
             assert_matches(&store, &model);
             assert!(store.get(b"key-2", &mut Vec::new()).unwrap().is_none());
             // No reference cycle may keep the store alive: drop the hook's clone.
             drop(store);
-            let (store, _) = open(dir.path(), sync).unwrap();
+            let store = open();
             assert_matches(&store, &model);
             assert!(store.get(b"key-2", &mut Vec::new()).unwrap().is_none());
         }
