@@ -418,22 +418,10 @@ fn worker(server: &Server, ctx: &Context) {
             continue;
         }
         let unread_body = body_may_block && !body_read;
-        match reply {
-            Reply::Json {
-                status,
-                body,
-                allow,
-                etag,
-            } if unread_body => send_detached(
-                Reply::Json {
-                    status,
-                    body,
-                    allow,
-                    etag,
-                },
-                request,
-            ),
-            reply => reply.send(request, &mut responder),
+        match reply.into_owned() {
+            Ok(reply) if unread_body => send_detached(reply, request),
+            Ok(reply) => reply.send(request, &mut responder),
+            Err(reply) => reply.send(request, &mut responder),
         }
         ctx.metrics.record(method, status, started.elapsed());
         bufs.trim();
