@@ -382,9 +382,14 @@ impl Store {
         // arrives, so that the switch, with writers paused, copies little.
         let tail_start = new_file.metadata()?.len();
         let old_file = Arc::clone(&lock(&self.writer).file);
-        let at = |offset: u64| Position {
-            file_id: new_header.file_id,
-            offset: offset - cut + tail_start,
+        // Copies the tail's records from `from` to `end`, which the new
+        // file holds up to `from`.
+        let copy_tail_part = |new_file: &mut File, from: u64, end: u64| {
+            let to = Position {
+                file_id: new_header.file_id,
+                offset: from - cut + tail_start,
+            };
+            copy_tail(&*old_file, old_id, from, end, ciphers, new_file, to)
         };
         let mut caught_up = cut;
         for _ in 0..CATCH_UP_ROUNDS {
@@ -392,15 +397,7 @@ impl Store {
             if rekeying || end - caught_up <= CAUGHT_UP_BYTES {
                 break;
             }
-            copy_tail(
-                &*old_file,
-                old_id,
-                caught_up,
-                end,
-                ciphers,
-                &mut new_file,
-                at(caught_up),
-            )?;
+            copy_tail_part(&mut new_file, caught_up, end)?;
             caught_up = end;
         }
         new_file.sync_data()?;
@@ -422,16 +419,7 @@ impl Store {
                 "writes arrived while the encryption was being changed; change it with the node stopped",
             ));
         }
-        let end = writer.end;
-        copy_tail(
-            &*old_file,
-            old_id,
-            caught_up,
-            end,
-            ciphers,
-            &mut new_file,
-            at(caught_up),
-        )?;
+        copy_tail_part(&mut new_file, caught_up, writer.end)?;
         new_file.sync_data()?;
         let new_locations = relocate(&read(&self.keydir).index, &relocations, cut, tail_start)?;
         self.reached(Step::Synced);
