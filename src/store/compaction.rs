@@ -7,11 +7,13 @@
 //!    cut are copied selectively; records after it (the *tail*) are copied
 //!    verbatim later.
 //! 2. **Copy.** Map the old log (memmap2) and write every record before the
-//!    cut that the index still points at to `data.log.compact`, in log order
-//!    (so a newer version is never overwritten by an older one). Each record
-//!    is verified at its old position and stamped for its new one: damage
-//!    aborts the compaction rather than being copied. Reads and writes go on
-//!    meanwhile.
+//!    cut that the index pointed at when the copy began (its offsets, noted
+//!    and sorted then) to `data.log.compact`, in log order (so a newer
+//!    version is never overwritten by an older one). Each record is verified
+//!    at its old position (CRC) and stamped for its new one: damage aborts
+//!    the compaction rather than being copied. Only copied records are
+//!    decrypted, and sealed afresh. Reads and writes go on meanwhile; a
+//!    record overwritten by then is copied as a dead one.
 //! 3. **Catch up.** Copy the tail as far as it was written by now, again
 //!    while much more arrived meanwhile (a few rounds), and **sync** the
 //!    new file. Writes go on meanwhile.
@@ -60,7 +62,7 @@ use super::file::{DiskFile, LogFile};
 use super::index::Location;
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
-    RecordKind, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 
 /// Name of the new log while compaction writes it.
@@ -559,8 +561,24 @@ fn copy_live_records(
         file_id: header.file_id,
         offset: first,
     };
-    let mut is_live =
-        |view: &RecordView<'_>, location| read(&store.keydir).index.get(view.key) == Some(location);
+    // The records the index points at when the copy starts, by offset: a
+    // record is kept or skipped before it is decrypted (in an encrypted
+    // log, half the records are typically dead, and opening them would be
+    // most of the work). One overwritten meanwhile is copied all the same,
+    // as a dead record; the switch only moves entries still pointing at it.
+    let mut live_offsets: Vec<u64> = read(&store.keydir)
+        .index
+        .locations()
+        .map(|location| location.offset)
+        .filter(|&offset| offset < first + records.len() as u64)
+        .collect();
+    live_offsets.sort_unstable();
+    let mut live_offsets = live_offsets.into_iter().peekable();
+    // Records arrive in log order, so the offsets are walked once.
+    let mut is_live = |offset: u64| {
+        while live_offsets.next_if(|&live| live < offset).is_some() {}
+        live_offsets.next_if_eq(&offset).is_some()
+    };
     let relocations = move_records(records, from, to, ciphers, &mut writer, Some(&mut is_live))?;
     writer.flush()?;
     Ok(relocations)
@@ -590,9 +608,9 @@ fn copy_tail(
     Ok(())
 }
 
-/// Decides whether a record is copied (given its plain form and where the
-/// index would point at it); `None` copies every record as is.
-type Keep<'k> = Option<&'k mut dyn FnMut(&RecordView<'_>, Location) -> bool>;
+/// Decides whether a record is copied, given its offset in the old log;
+/// `None` copies every record as is.
+type Keep<'k> = Option<&'k mut dyn FnMut(u64) -> bool>;
 
 /// Walks the whole records in `bytes`, which start at `from` in the old log,
 /// verifying each there (and decrypting it), and writes them to `out`,
@@ -632,11 +650,11 @@ fn move_records(
             offset: written,
         };
         if view.header.kind == RecordKind::Marker {
-            let marker = open_copy(ciphers.from, view, old, &mut opened).map_err(|_| corrupt())?;
-            let claim = Marker::claim(&marker, old.offset).ok_or_else(corrupt)?;
             if keep.is_some() {
                 continue; // not live data
             }
+            let marker = open_copy(ciphers.from, view, old, &mut opened).map_err(|_| corrupt())?;
+            let claim = Marker::claim(&marker, old.offset).ok_or_else(corrupt)?;
             let claim = claim.max(from.offset) - from.offset + to.offset;
             let plain = Marker::encode(claim, marker.header.timestamp_ms, new);
             let stored = stored_form(ciphers.to, &plain, new, &mut sealed);
@@ -688,23 +706,12 @@ fn move_records(
             continue;
         }
         for (offset, record) in records {
+            if keep.as_mut().is_some_and(|keep| !keep(offset)) {
+                continue;
+            }
             let place = Position { offset, ..old };
             let record =
                 open_copy(ciphers.from, record, place, &mut opened).map_err(|_| corrupt())?;
-            let location = Location {
-                offset,
-                len: (record.bytes.len()
-                    + if ciphers.from.is_some() {
-                        ENVELOPE_OVERHEAD
-                    } else {
-                        0
-                    }) as u32,
-            };
-            if let Some(keep) = keep.as_mut() {
-                if !keep(&record, location) {
-                    continue;
-                }
-            }
             plain.clear();
             plain.extend_from_slice(record.bytes);
             let new = Position {

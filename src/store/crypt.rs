@@ -51,10 +51,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use chacha20::cipher::consts::U10;
+use chacha20::hchacha;
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
-use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag, XChaCha20Poly1305, XNonce};
 
 use super::record::{
     verify, Position, RecordError, RecordHeader, RecordView, FLAG_ENCRYPTED, FLAG_MEMBER,
@@ -78,6 +80,8 @@ pub struct Cipher {
     check: u32,
     /// Nonces: a random prefix drawn once per cipher, then a counter.
     nonces: NonceSource,
+    /// The XChaCha20 subkey for that prefix, derived once.
+    session: ChaCha20Poly1305,
 }
 
 /// Envelope nonces without a system call per record: 16 random bytes drawn
@@ -85,14 +89,23 @@ pub struct Cipher {
 /// never drawn twice in practice (2^-128 per pair of starts), and the
 /// counter never repeats within one, so no nonce is ever used twice under
 /// the key, also not when compaction or rotation reseals records.
+///
+/// XChaCha20-Poly1305 is ChaCha20-Poly1305 under a subkey, HChaCha20 of the
+/// key and the nonce's first 16 bytes, with the nonce's last 8 bytes (after
+/// 4 zero bytes) as the ChaCha20 nonce. Every nonce of one source shares
+/// its prefix, so the cipher derives that subkey once ([`Cipher::session`])
+/// instead of once per record; the bytes on disk are the same.
 struct NonceSource {
-    prefix: [u8; NONCE_LEN - 8],
+    prefix: [u8; PREFIX_LEN],
     counter: AtomicU64,
 }
 
+/// Bytes of an envelope nonce that pick the XChaCha20 subkey.
+const PREFIX_LEN: usize = 16;
+
 impl NonceSource {
     fn new() -> Self {
-        let mut prefix = [0u8; NONCE_LEN - 8];
+        let mut prefix = [0u8; PREFIX_LEN];
         OsRng.fill_bytes(&mut prefix);
         Self {
             prefix,
@@ -104,9 +117,16 @@ impl NonceSource {
     fn next(&self) -> XNonce {
         let count = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut nonce = XNonce::default();
-        nonce[..NONCE_LEN - 8].copy_from_slice(&self.prefix);
-        nonce[NONCE_LEN - 8..].copy_from_slice(&count.to_le_bytes());
+        nonce[..PREFIX_LEN].copy_from_slice(&self.prefix);
+        nonce[PREFIX_LEN..].copy_from_slice(&count.to_le_bytes());
         nonce
+    }
+
+    /// The ChaCha20-Poly1305 nonce under the subkey of `nonce`'s prefix.
+    fn within_session(nonce: &XNonce) -> Nonce {
+        let mut inner = Nonce::default();
+        inner[4..].copy_from_slice(&nonce[PREFIX_LEN..]);
+        inner
     }
 }
 
@@ -132,10 +152,13 @@ impl Cipher {
             )
             .expect("encrypting nothing cannot fail");
         let check = u32::from_le_bytes(tag[..4].try_into().expect("4 bytes")).max(1);
+        let nonces = NonceSource::new();
+        let subkey = hchacha::<U10>(Key::from_slice(key), (&nonces.prefix).into());
         Self {
             aead,
             check,
-            nonces: NonceSource::new(),
+            nonces,
+            session: ChaCha20Poly1305::new(&subkey),
         }
     }
 
@@ -221,8 +244,12 @@ impl Cipher {
         let text_start = out.len();
         out.extend_from_slice(plain);
         let tag = self
-            .aead
-            .encrypt_in_place_detached(&nonce, &aad, &mut out[text_start..])
+            .session
+            .encrypt_in_place_detached(
+                &NonceSource::within_session(&nonce),
+                &aad,
+                &mut out[text_start..],
+            )
             .expect("a record is far below the cipher's size limit");
         out.extend_from_slice(&tag);
         super::record::RecordBuilder::restamp(&mut out[start..], at);
@@ -243,9 +270,16 @@ impl Cipher {
         let (head, text) = stored.split_at_mut(RECORD_HEADER_LEN + NONCE_LEN);
         let (text, tag) = text.split_at_mut(text.len() - TAG_LEN);
         let nonce = XNonce::from_slice(&head[RECORD_HEADER_LEN..]);
-        self.aead
-            .decrypt_in_place_detached(nonce, &aad, text, Tag::from_slice(tag))
-            .map_err(|_| RecordError::ChecksumMismatch)?;
+        let tag = Tag::from_slice(tag);
+        let opened = if nonce[..PREFIX_LEN] == self.nonces.prefix {
+            let nonce = NonceSource::within_session(nonce);
+            self.session
+                .decrypt_in_place_detached(&nonce, &aad, text, tag)
+        } else {
+            // Sealed by an earlier run, under another prefix.
+            self.aead.decrypt_in_place_detached(nonce, &aad, text, tag)
+        };
+        opened.map_err(|_| RecordError::ChecksumMismatch)?;
         let outer_flags = head[5];
         let plain = verify(text, at)?;
         let same_membership = (plain.header.flags & FLAG_MEMBER) == (outer_flags & FLAG_MEMBER);
@@ -616,17 +650,60 @@ mod tests {
         assert_eq!(associated_data(at, &header)[..], old[..]);
     }
 
-    #[test]
-    fn nonces_never_repeat_within_a_run_or_across_restarts() {
+    /// Where [`plain_record`] is sealed.
+    const AT: Position = Position {
+        file_id: 1,
+        offset: 64,
+    };
+
+    /// A plain put record of `k` = `value`, sealed for [`AT`].
+    fn plain_record() -> Vec<u8> {
         use crate::store::record::{RecordBuilder, RecordMeta};
         let mut plain = Vec::new();
         RecordBuilder::begin(&mut plain, &RecordMeta::put(b"k", b"", 0));
         plain.extend_from_slice(b"value");
-        let at = Position {
-            file_id: 1,
-            offset: 64,
-        };
-        RecordBuilder::seal(&mut plain, 1, 0, at);
+        RecordBuilder::seal(&mut plain, 1, 0, AT);
+        plain
+    }
+
+    #[test]
+    fn envelopes_are_xchacha20_poly1305_whichever_run_sealed_them() {
+        let (at, plain, key) = (AT, plain_record(), [9; KEY_LEN]);
+        let (this_run, other_run) = (Cipher::from_key(&key), Cipher::from_key(&key));
+        // Several, so the nonces' counters are not all zero.
+        for _ in 0..3 {
+            let mut envelope = Vec::new();
+            this_run.seal(&plain, at, &mut envelope);
+            // The reference construction, with no subkey cached, opens it.
+            let (head, rest) = envelope.split_at(RECORD_HEADER_LEN + NONCE_LEN);
+            let (text, tag) = rest.split_at(rest.len() - TAG_LEN);
+            let mut text = text.to_vec();
+            XChaCha20Poly1305::new(Key::from_slice(&key))
+                .decrypt_in_place_detached(
+                    XNonce::from_slice(&head[RECORD_HEADER_LEN..]),
+                    &associated_data(at, &head[4..RECORD_HEADER_LEN]),
+                    &mut text,
+                    Tag::from_slice(tag),
+                )
+                .unwrap();
+            assert_eq!(text, plain);
+            // Its sealer opens it through the subkey, a later run through
+            // the whole construction; a changed byte fails both ways, also
+            // with its CRC made right.
+            for run in [&this_run, &other_run] {
+                let mut copy = envelope.clone();
+                assert_eq!(open_record(Some(run), &mut copy, at).unwrap().bytes, plain);
+                let mut tampered = envelope.clone();
+                tampered[RECORD_HEADER_LEN + NONCE_LEN + 3] ^= 1;
+                crate::store::record::RecordBuilder::restamp(&mut tampered, at);
+                assert!(open_record(Some(run), &mut tampered, at).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn nonces_never_repeat_within_a_run_or_across_restarts() {
+        let (at, plain) = (AT, plain_record());
         let mut seen = std::collections::HashSet::new();
         // Two ciphers over one key: the same key loaded by two starts.
         for start in [
