@@ -99,7 +99,8 @@ fn main() {
 /// The disk's floor for one durable write: a 180-byte append then
 /// fdatasync, as `sync: always` does for a lone writer, and the same over
 /// bytes already written (no size change to journal). No server can
-/// acknowledge durable writes on one connection faster than this.
+/// acknowledge durable writes on one connection faster than this. Also the
+/// append alone, without the fdatasync.
 fn fsync_floor(dir: &std::path::Path) {
     use std::os::unix::fs::FileExt;
     const WRITES: u64 = 1000;
@@ -121,6 +122,21 @@ fn fsync_floor(dir: &std::path::Path) {
         per_write.push(started.elapsed().as_secs_f64() * 1e6 / WRITES as f64);
         fs::remove_file(&path).expect("remove");
     }
+    // The same append without the fdatasync: the system call every write
+    // pays even with `sync: interval` (page cache, file size).
+    let path = dir.join("append-floor");
+    let file = fs::File::create(&path).expect("create");
+    let appends = WRITES * 100;
+    let started = Instant::now();
+    for i in 0..appends {
+        file.write_all_at(&record, i * 180).expect("write");
+    }
+    let append = started.elapsed().as_secs_f64() * 1e6 / appends as f64;
+    fs::remove_file(&path).expect("remove");
+    report(
+        "append alone (no fsync)",
+        format!("{append:.1} us per 180-byte pwrite"),
+    );
     report(
         "append + fdatasync",
         format!(
