@@ -7,7 +7,8 @@
 //! deleted, an operation cut off applied whole or not at all, and no value
 //! is one that was never written. Each cycle runs under `sync: always`,
 //! `interval` or `never` in turn: a kill (unlike a power cut) loses no
-//! acknowledged write in any mode.
+//! acknowledged write in any mode. The loop runs on a plain node and on one
+//! with encryption at rest.
 //!
 //! `LUCID_TORTURE_CYCLES` sets the number of cycles (default 50; the long
 //! run is 1000), `LUCID_TORTURE_SEED` replays a run.
@@ -59,6 +60,17 @@ struct Counts {
 
 #[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_write() {
+    crash_loop("plain", config);
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_no_acknowledged_write_encrypted() {
+    let keys = tempfile::tempdir().unwrap();
+    crash_loop("encrypted", |sync| encrypted(config(sync), keys.path(), 3));
+}
+
+/// Runs the crash loop on nodes configured by `config` for a sync mode.
+fn crash_loop(name: &str, config: impl Fn(&str) -> Config) {
     let cycles = env_number("LUCID_TORTURE_CYCLES", 50);
     let seed = seed_from_env("LUCID_TORTURE_SEED");
     let mut seed_bytes = [0u8; 32];
@@ -169,7 +181,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
         tally.add(&client.tally);
     }
     eprintln!(
-        "crash loop: {cycles} cycles in {:?}: {counts:?}; {tally:?}; lost or wrong writes: 0",
+        "crash loop ({name}): {cycles} cycles in {:?}: {counts:?}; {tally:?}; lost or wrong writes: 0",
         started.elapsed()
     );
     assert!(
