@@ -15,6 +15,9 @@
 # the medians' ratios hold even while the shared machine's speed drifts.
 # Installs wrk, nginx, etcd-server and musl-tools from Debian's packages and
 # the x86_64 musl target with rustup if they are missing (needs root).
+# Besides req/s and latency, each row reports the server's CPU time per
+# request (user + system, from /proc), steadier than req/s on a shared
+# machine and the figure to compare when a ratio falls short.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -200,25 +203,40 @@ MEASUREMENTS=(
   "etcd-3.4-v2 etcd-3.4-v2 W4-put-1conn put.lua 1 1"
 )
 
+# cpu_ticks PID: user and system CPU time (clock ticks) of PID and its
+# children (nginx's worker), threads that ended included.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
 # measure_once ROW SERVER WORKLOAD SCRIPT CONNECTIONS THREADS: one wrk run
 # against SERVER alone (every other server paused); appends
-# "row workload req/s p50 p99" to the raw results.
+# "row workload req/s p50 p99 cpu" to the raw results, cpu being the
+# server's CPU time (user + system) per request in microseconds.
 measure_once() {
   local row=$1 server=$2 workload=$3 script=$4 connections=$5 threads=$6 out req p50 p99
+  local ticks_before cpu
   for name in "${!PID[@]}"; do [ "$name" = "$server" ] || kill -STOP "${PID[$name]}"; done
   kill -CONT "${PID[$server]}"
   sleep 0.5
+  ticks_before=$(cpu_ticks "${PID[$server]}")
   out=$(BENCH_GET=${GET_PATH[$server]} BENCH_PREFIX=${PREFIX[$server]} BENCH_FORM=${FORM[$server]} \
     taskset -c $CLIENT_CPU wrk -t"$threads" -c"$connections" -d"${SECONDS_PER_RUN}s" --latency \
     -s "bench/$script" "${URL[$server]}")
+  cpu=$(awk -v t="$(( $(cpu_ticks "${PID[$server]}") - ticks_before ))" -v hz="$(getconf CLK_TCK)" \
+    -v n="$(awk '/requests in/ {print $1}' <<< "$out")" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
   req=$(awk '/^Requests\/sec:/ {print $2}' <<< "$out")
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<< "$out")")
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<< "$out")")
   if grep -q "Non-2xx" <<< "$out"; then
     echo "warning: $row $workload got non-2xx answers: $(grep Non-2xx <<< "$out")" >&2
   fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$row" "$workload" "$req" "$p50" "$p99" >> "$work/raw.tsv"
-  printf '    %-28s %-14s %10.0f req/s  p99 %7.3f ms\n' "$row" "$workload" "$req" "$p99"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$workload" "$req" "$p50" "$p99" "$cpu" >> "$work/raw.tsv"
+  printf '    %-28s %-14s %10.0f req/s  p99 %7.3f ms  cpu %5.1f us/req\n' "$row" "$workload" "$req" "$p99" "$cpu"
 }
 
 # idle_rss NAME COMMAND...: starts a server, lets it settle for 2 s without
@@ -288,7 +306,7 @@ fsync_note=$(awk -v f="$w2_fsyncs" -v p="$w2_puts" -v s="$((SECONDS_PER_RUN * RU
 echo "  $fsync_note"
 echo "  $watch_note"
 echo "== Medians"
-awk -F'\t' '{printf "  %-28s %-16s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n", $1, $2, $3, $4, $5}' "$work/results.tsv"
+awk -F'\t' '{printf "  %-28s %-16s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %5.1f us/req\n", $1, $2, $3, $4, $5, $6}' "$work/results.tsv"
 
 # Ratios of Lucid to its peers, medians of this same run.
 ratio() { # ratio TARGET_A WORKLOAD_A TARGET_B WORKLOAD_B COLUMN(3=req/s, 5=p99)
@@ -325,7 +343,7 @@ echo "$storage"
 
 mkdir -p docs
 {
-  printf 'target\tworkload\treq_per_s\tp50_ms\tp99_ms\n'
+  printf 'target\tworkload\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\n'
   cat "$work/results.tsv"
 } > docs/BENCHMARKS.tsv
 {
@@ -339,12 +357,14 @@ mkdir -p docs
   echo
   echo "## HTTP (100-byte values)"
   echo
-  echo "| target | workload | req/s | p50 ms | p99 ms |"
-  echo "| --- | --- | ---: | ---: | ---: |"
-  awk -F'\t' '{printf "| %s | %s | %.0f | %.3f | %.3f |\n", $1, $2, $3, $4, $5}' "$work/results.tsv"
+  echo "| target | workload | req/s | p50 ms | p99 ms | server CPU µs/req |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: |"
+  awk -F'\t' '{printf "| %s | %s | %.0f | %.3f | %.3f | %.1f |\n", $1, $2, $3, $4, $5, $6}' "$work/results.tsv"
   echo
   echo "W1: GET one key (-c64). W2: PUT random keys of 100,000 (-c64). W3: 90% GET, 10% PUT (-c64)."
   echo "W4: PUT on one connection. $fsync_note."
+  echo "Server CPU: user + system time of the server's process (threads and child processes included)"
+  echo "during the run, per request answered; unlike req/s it does not depend on the client's speed."
   echo "lucid-encrypted: sync=interval with encryption at rest on (XChaCha20-Poly1305 per record)."
   echo "$watch_note."
   echo
