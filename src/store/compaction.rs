@@ -7,13 +7,13 @@
 //!    cut are copied selectively; records after it (the *tail*) are copied
 //!    verbatim later.
 //! 2. **Copy.** Map the old log (memmap2) and write every record before the
-//!    cut that the index pointed at when the copy began (its offsets, noted
-//!    and sorted then) to `data.log.compact`, in log order (so a newer
-//!    version is never overwritten by an older one). Each record is verified
-//!    at its old position (CRC) and stamped for its new one: damage aborts
-//!    the compaction rather than being copied. Only copied records are
-//!    decrypted, and sealed afresh. Reads and writes go on meanwhile; a
-//!    record overwritten by then is copied as a dead one.
+//!    cut that the index still points at to `data.log.compact`, in log
+//!    order (so a newer version is never overwritten by an older one). Each
+//!    record is verified at its old position (CRC) and stamped for its new
+//!    one: damage aborts the compaction rather than being copied. Records
+//!    dead when the copy began are skipped by offset, unopened; only the
+//!    others are decrypted (and sealed afresh). Reads and writes go on
+//!    meanwhile.
 //! 3. **Catch up.** Copy the tail as far as it was written by now, again
 //!    while much more arrived meanwhile (a few rounds), and **sync** the
 //!    new file. Writes go on meanwhile.
@@ -62,7 +62,7 @@ use super::file::{DiskFile, LogFile};
 use super::index::Location;
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
-    RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    RecordKind, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 
 /// Name of the new log while compaction writes it.
@@ -561,25 +561,8 @@ fn copy_live_records(
         file_id: header.file_id,
         offset: first,
     };
-    // The records the index points at when the copy starts, by offset: a
-    // record is kept or skipped before it is decrypted (in an encrypted
-    // log, half the records are typically dead, and opening them would be
-    // most of the work). One overwritten meanwhile is copied all the same,
-    // as a dead record; the switch only moves entries still pointing at it.
-    let mut live_offsets: Vec<u64> = read(&store.keydir)
-        .index
-        .locations()
-        .map(|location| location.offset)
-        .filter(|&offset| offset < first + records.len() as u64)
-        .collect();
-    live_offsets.sort_unstable();
-    let mut live_offsets = live_offsets.into_iter().peekable();
-    // Records arrive in log order, so the offsets are walked once.
-    let mut is_live = |offset: u64| {
-        while live_offsets.next_if(|&live| live < offset).is_some() {}
-        live_offsets.next_if_eq(&offset).is_some()
-    };
-    let relocations = move_records(records, from, to, ciphers, &mut writer, Some(&mut is_live))?;
+    let mut live = LiveRecords::new(store, first + records.len() as u64);
+    let relocations = move_records(records, from, to, ciphers, &mut writer, Some(&mut live))?;
     writer.flush()?;
     Ok(relocations)
 }
@@ -608,9 +591,52 @@ fn copy_tail(
     Ok(())
 }
 
-/// Decides whether a record is copied, given its offset in the old log;
-/// `None` copies every record as is.
-type Keep<'k> = Option<&'k mut dyn FnMut(u64) -> bool>;
+/// The records of the old log that compaction copies: those the index
+/// points at. Each is decided twice: by its offset before it is opened
+/// (decrypted), against the offsets the index held when the copy began, so
+/// dead records, typically half the log, are never decrypted; then, once
+/// opened, by its key, against the index as it is now, so a record
+/// overwritten meanwhile is left out and an index entry pointing at some
+/// other record stops the compaction (it relocates no entry it did not
+/// copy) instead of being moved onto it.
+struct LiveRecords<'s> {
+    store: &'s Store,
+    /// Offsets below the cut, ascending; records are asked in log order, so
+    /// this is walked once.
+    offsets: std::iter::Peekable<std::vec::IntoIter<u64>>,
+}
+
+impl<'s> LiveRecords<'s> {
+    /// The live records of `store` before offset `cut`.
+    fn new(store: &'s Store, cut: u64) -> Self {
+        let mut offsets: Vec<u64> = read(&store.keydir)
+            .index
+            .locations()
+            .map(|location| location.offset)
+            .filter(|&offset| offset < cut)
+            .collect();
+        offsets.sort_unstable();
+        Self {
+            store,
+            offsets: offsets.into_iter().peekable(),
+        }
+    }
+
+    /// Whether the record at `offset` was live when the copy began; asked
+    /// in increasing offset order.
+    fn were_live(&mut self, offset: u64) -> bool {
+        while self.offsets.next_if(|&live| live < offset).is_some() {}
+        self.offsets.next_if_eq(&offset).is_some()
+    }
+
+    /// Whether the index still points at `record`, stored at `location`.
+    fn is_live(&self, record: &RecordView<'_>, location: Location) -> bool {
+        read(&self.store.keydir).index.get(record.key) == Some(location)
+    }
+}
+
+/// Which records are copied; `None` copies every record as is.
+type Keep<'k, 's> = Option<&'k mut LiveRecords<'s>>;
 
 /// Walks the whole records in `bytes`, which start at `from` in the old log,
 /// verifying each there (and decrypting it), and writes them to `out`,
@@ -627,7 +653,7 @@ fn move_records(
     to: Position,
     ciphers: Ciphers<'_>,
     out: &mut impl Write,
-    mut keep: Keep<'_>,
+    mut keep: Keep<'_, '_>,
 ) -> Result<Relocations, CompactionError> {
     let mut moved = Vec::new();
     let (mut opened, mut plain, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
@@ -706,12 +732,23 @@ fn move_records(
             continue;
         }
         for (offset, record) in records {
-            if keep.as_mut().is_some_and(|keep| !keep(offset)) {
+            if keep.as_mut().is_some_and(|keep| !keep.were_live(offset)) {
                 continue;
             }
             let place = Position { offset, ..old };
+            let stored_len = record.bytes.len() as u32;
             let record =
                 open_copy(ciphers.from, record, place, &mut opened).map_err(|_| corrupt())?;
+            let location = Location {
+                offset,
+                len: stored_len,
+            };
+            if keep
+                .as_ref()
+                .is_some_and(|keep| !keep.is_live(&record, location))
+            {
+                continue;
+            }
             plain.clear();
             plain.extend_from_slice(record.bytes);
             let new = Position {
@@ -776,6 +813,7 @@ fn relocate(
 mod tests {
     use super::*;
     use crate::store::engine::SyncMode;
+    use crate::store::index::Attrs;
     use crate::store::open;
     use crate::store::testing::{assert_matches, churn, put, Model};
     use std::panic::{self, AssertUnwindSafe};
@@ -1148,6 +1186,35 @@ mod tests {
             store.compact().unwrap();
             put(&store, &mut model, "after", b"crash");
             assert_matches(&store, &model);
+        }
+    }
+
+    #[test]
+    fn an_index_entry_at_another_keys_record_stops_compaction() {
+        // An inconsistent index (a bug, a stale hint) must not be "fixed" by
+        // moving the entry onto whatever record sits at its offset.
+        for cipher in [None, Some(Arc::new(Cipher::from_key(&[5; 32])))] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = crate::store::open_with(dir.path(), SyncMode::Always, cipher).unwrap();
+            let mut model = Model::new();
+            churn(&store, &mut model);
+            let log_path = dir.path().join(LOG_FILE);
+            let before = fs::read(&log_path).unwrap();
+            // The log's first record: key-0's first version, long dead.
+            let first = FILE_HEADER_LEN;
+            let header = &before[first..first + RECORD_HEADER_LEN];
+            let dead = Location {
+                offset: first as u64,
+                len: RecordHeader::decode(header.try_into().unwrap())
+                    .unwrap()
+                    .record_len() as u32,
+            };
+            write(&store.keydir)
+                .index
+                .insert(b"key-1", dead, Attrs::default());
+            let err = store.compact().unwrap_err();
+            assert!(err.to_string().contains("was not copied"), "{err}");
+            assert_eq!(fs::read(&log_path).unwrap(), before);
         }
     }
 
