@@ -72,15 +72,21 @@ wait_for() {
 # Servers by name: their PID, URL and the paths the wrk scripts use.
 declare -A PID URL GET_PATH PREFIX FORM
 
-# start_lucid NAME SYNC [encrypted]: starts Lucid with the given sync mode
-# (and encryption at rest) and stores one 100-byte value for W1.
+# start_lucid NAME SYNC [encrypted] [no-compaction]: starts Lucid with the
+# given sync mode (with encryption at rest; without background compaction,
+# to show its share of a write's cost) and stores one 100-byte value for W1.
 start_lucid() {
-  local name=$1 sync=$2 extra="" port
-  if [ "${3:-}" = encrypted ]; then
-    head -c 32 /dev/urandom > "$work/$name.key"
-    chmod 600 "$work/$name.key"
-    extra="encryption: {enabled: true, key_file: $work/$name.key}"
-  fi
+  local name=$1 sync=$2 extra="" port option
+  for option in "${@:3}"; do
+    case $option in
+      encrypted)
+        head -c 32 /dev/urandom > "$work/$name.key"
+        chmod 600 "$work/$name.key"
+        extra+="encryption: {enabled: true, key_file: $work/$name.key}"$'\n'
+        ;;
+      no-compaction) extra+="compaction: {dead_ratio: 1}"$'\n' ;;
+    esac
+  done
   printf 'general:\n  port: 0\nstorage:\n  directory: %s/%s\n  sync: %s\n%s\n' \
     "$work" "$name" "$sync" "$extra" > "$work/$name.yml"
   taskset -c $SERVER_CPU target/release/lucid --config "$work/$name.yml" server \
@@ -194,6 +200,8 @@ MEASUREMENTS=(
   "lucid-interval-10-watchers lucid-watched W2-put put.lua 64 2"
   "lucid-encrypted lucid-encrypted W1-get get.lua 64 2"
   "lucid-encrypted lucid-encrypted W2-put put.lua 64 2"
+  "lucid-no-compaction lucid-no-compaction W2-put put.lua 64 2"
+  "lucid-encrypted-no-compaction lucid-encrypted-no-compaction W2-put put.lua 64 2"
   "lucid-always lucid-always W2-put put.lua 64 2"
   "lucid-always lucid-always W4-put-1conn put.lua 1 1"
   "nginx nginx W1-get get.lua 64 2"
@@ -268,6 +276,8 @@ start_lucid lucid interval
 start_lucid lucid-watched interval
 start_watchers lucid-watched 10
 start_lucid lucid-encrypted interval encrypted
+start_lucid lucid-no-compaction interval no-compaction
+start_lucid lucid-encrypted-no-compaction interval encrypted no-compaction
 start_lucid lucid-always always
 start_ceiling
 start_nginx
@@ -327,6 +337,8 @@ ratios=$(cat <<EOF
 | W4 PUT one connection (sync=always) req/s, Lucid / etcd | $(ratio lucid-always W4-put-1conn etcd-3.4-v2 W4-put-1conn 3) | >= 3 |
 | W1 GET req/s, encrypted / plain | $(ratio lucid-encrypted W1-get lucid W1-get 3) | >= 0.85 |
 | W2 PUT (sync=interval) req/s, encrypted / plain | $(ratio lucid-encrypted W2-put lucid-interval W2-put 3) | >= 0.85 |
+| W2 PUT (sync=interval) req/s, Lucid without compaction / tiny_http ceiling | $(ratio lucid-no-compaction W2-put tiny_http-ceiling W2-put 3) | |
+| W2 PUT (sync=interval) req/s, encrypted / plain, both without compaction | $(ratio lucid-encrypted-no-compaction W2-put lucid-no-compaction W2-put 3) | |
 EOF
 )
 echo "== Lucid / peer ratios"
@@ -366,6 +378,9 @@ mkdir -p docs
   echo "Server CPU: user + system time of the server's process (threads and child processes included)"
   echo "during the run, per request answered; unlike req/s it does not depend on the client's speed."
   echo "lucid-encrypted: sync=interval with encryption at rest on (XChaCha20-Poly1305 per record)."
+  echo "-no-compaction: background compaction off (compaction.dead_ratio: 1), so a row shows what"
+  echo "compaction adds to a write: copying about one live record per overwrite at the default"
+  echo "dead_ratio 0.5, which an encrypted store also decrypts and seals again for its new place."
   echo "$watch_note."
   echo
   echo "$idle_note."
