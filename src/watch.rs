@@ -123,19 +123,44 @@ impl Event {
     }
 
     /// The event as one line of JSON:
-    /// `{"op","key","version","size","content_type","value"?}`.
+    /// `{"content_type","key","op","size","value"?,"version"}`.
     pub fn to_json(&self) -> String {
-        let mut json = serde_json::json!({
-            "op": self.op.name(),
-            "key": self.key(),
-            "version": self.version,
-            "size": self.size,
-            "content_type": self.content_type(),
-        });
-        if let Some(value) = self.value() {
-            json["value"] = serde_json::Value::from(value);
+        let mut json = Vec::with_capacity(96 + self.text.len());
+        self.write_json(&mut json)
+            .expect("writing to memory cannot fail");
+        String::from_utf8(json).expect("serde_json writes UTF-8")
+    }
+
+    /// Writes [`to_json`](Self::to_json)'s text to `out`, without building
+    /// it in memory first: each watcher writes every event, so this runs
+    /// once per change and watcher.
+    pub fn write_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(out, &EventJson::of(self)).map_err(std::io::Error::from)
+    }
+}
+
+/// An [`Event`]'s JSON fields, borrowed, in the order they are written.
+#[derive(serde::Serialize)]
+struct EventJson<'a> {
+    content_type: Option<&'a str>,
+    key: &'a str,
+    op: &'static str,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    version: u64,
+}
+
+impl<'a> EventJson<'a> {
+    fn of(event: &'a Event) -> Self {
+        Self {
+            content_type: event.content_type(),
+            key: event.key(),
+            op: event.op.name(),
+            size: event.size,
+            value: event.value(),
+            version: event.version,
         }
-        json.to_string()
     }
 }
 
@@ -394,6 +419,35 @@ mod tests {
             (deleted.key(), deleted.content_type(), deleted.value()),
             ("k\u{fffd}k", None, None)
         );
+    }
+
+    #[test]
+    fn json_is_written_as_a_json_object_would_be() {
+        let events = [
+            Event::new(
+                EventOp::Put,
+                b"a\"b\\c\n\x01",
+                7,
+                b"text/x; \"q\"",
+                b"line\n\ttab",
+            ),
+            Event::new(EventOp::Put, b"k", 8, b"", &[0xff]),
+            Event::new(EventOp::Delete, b"k\xff", 9, b"", b""),
+            Event::new(EventOp::Unlock, b"\xc3\xa9", u64::MAX, b"a/b", b""),
+        ];
+        for event in events {
+            let mut object = serde_json::json!({
+                "op": event.op.name(),
+                "key": event.key(),
+                "version": event.version,
+                "size": event.size,
+                "content_type": event.content_type(),
+            });
+            if let Some(value) = event.value() {
+                object["value"] = value.into();
+            }
+            assert_eq!(event.to_json(), object.to_string());
+        }
     }
 
     #[test]

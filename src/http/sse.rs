@@ -64,11 +64,12 @@ impl<W: Write> super::watch::Feed for Feed<W> {
     fn event(&mut self, event: &Event) -> io::Result<()> {
         write!(
             self.out,
-            "id: {}\nevent: {}\ndata: {}\n\n",
+            "id: {}\nevent: {}\ndata: ",
             event.version,
-            event.op.name(),
-            event.to_json()
-        )
+            event.op.name()
+        )?;
+        event.write_json(&mut self.out)?;
+        self.out.write_all(b"\n\n")
     }
 
     fn keepalive(&mut self) -> io::Result<()> {

@@ -45,6 +45,14 @@ const STACK_SIZE: usize = 128 * 1024;
 /// changes still lets a watcher look at what its client sent.
 const BURST: usize = 256;
 
+/// After sending, a watcher lets changes gather this long before it takes
+/// the next ones. Under a stream of writes, each wake-up then carries every
+/// change of the last millisecond in one write, instead of each change
+/// waking every watcher (a system call for the writer, a context switch
+/// and a send for the watcher). A change after a quiet spell still goes
+/// out at once.
+const GATHER: Duration = Duration::from_millis(1);
+
 /// Whether tiny_http must treat `request` as the last on its connection:
 /// a watch answers with a stream that lasts as long as the connection (see
 /// `ServerConfig::streams` in `vendor/tiny_http/PATCHES.md`).
@@ -384,6 +392,7 @@ pub fn pump(
                 }
                 feed.flush()?;
                 last_sent = Instant::now();
+                std::thread::sleep(GATHER);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
