@@ -63,7 +63,7 @@ pub struct ServerArgs {}
 #[argh(subcommand, name = "check")]
 pub struct CheckArgs {
     /// rebuild a damaged log from its good records; the damaged file is kept
-    /// as data.log.broken-<time>
+    /// as data.log.broken-TIME
     #[argh(switch)]
     pub repair: bool,
 }

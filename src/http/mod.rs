@@ -2,14 +2,14 @@
 //! calling `recv()` and answering one request at a time with buffers it
 //! reuses from request to request. With `sync: always` a worker does not
 //! wait for a write's fsync: the reply is held and sent once the write is
-//! durable (see [`ack`]).
+//! durable (see `ack.rs`).
 //!
 //! A panic while handling a request is caught: the client gets a 500 JSON
 //! message, the panic is logged, and the worker goes on.
 //!
 //! `GET /api/watch` is the exception: a worker only checks and subscribes
 //! the watcher, then hands its connection to a thread of its own (see
-//! [`watch`]).
+//! `watch.rs`).
 //!
 //! SIGTERM or SIGINT stops the server gracefully: each worker finishes the
 //! request it is answering and those already queued, then exits; `run`
@@ -302,7 +302,7 @@ fn ssl_config(tls: &Tls) -> Result<Option<SslConfig>, String> {
 const HEAD_ROOM: usize = 16 * 1024;
 
 /// The longest request head accepted: room for the longest key with every
-/// byte percent-encoded, and [`HEAD_ROOM`].
+/// byte percent-encoded, and `HEAD_ROOM`.
 pub fn head_limit(max_key_bytes: usize) -> usize {
     3 * max_key_bytes + HEAD_ROOM
 }

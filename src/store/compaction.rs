@@ -246,7 +246,7 @@ impl From<io::Error> for CompactionError {
 }
 
 /// Points of a compaction where tests simulate a crash (see
-/// [`Store::reached`]).
+/// `Store::reached`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// The new file exists, nothing copied yet.

@@ -25,7 +25,7 @@
 //!
 //! After each fdatasync of the log that covered new bytes (group commit, the
 //! `interval` thread, close), a sync marker naming the durable end is
-//! appended ([`Store::mark_durable`]); recovery uses markers to tell an
+//! appended (`Store::mark_durable`); recovery uses markers to tell an
 //! unsynced tail from damaged durable data (see `scan.rs`).
 //!
 //! # Failed fsync
@@ -309,7 +309,7 @@ pub struct Recovered {
     /// Sequence number for the next write.
     pub next_sequence: u64,
     /// Everything before this offset, but a sync marker ending there, is
-    /// already claimed durable on disk (see [`Writer::marked_end`]).
+    /// already claimed durable on disk (see `Writer::marked_end`).
     pub marked_end: u64,
     /// The data directory, and its lock, held as long as the store lives.
     pub dir: Option<(PathBuf, File)>,
