@@ -179,9 +179,16 @@ pub struct Subscription {
     /// Live events, after the backlog.
     pub events: Receiver<Arc<Event>>,
     overflowed: Arc<AtomicBool>,
+    capacity: usize,
 }
 
 impl Subscription {
+    /// How many live events may wait in `events` before the subscription
+    /// is dropped (config `watch.queue`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Whether the subscription was dropped because its queue filled up
     /// (meaningful once `events` reports disconnection).
     pub fn overflowed(&self) -> bool {
@@ -299,6 +306,7 @@ impl EventBus {
             backlog,
             events,
             overflowed,
+            capacity: state.queue_limit,
         })
     }
 
@@ -369,6 +377,16 @@ mod tests {
         let fresh = EventBus::new(10);
         assert!(fresh.subscribe(b"", Some(9)).is_err());
         assert!(fresh.subscribe(b"", Some(10)).is_ok());
+    }
+
+    #[test]
+    fn a_subscription_knows_its_queue_size() {
+        let bus = EventBus::new(0);
+        assert_eq!(bus.subscribe(b"", None).unwrap().capacity(), DEFAULT_QUEUE);
+        bus.set_limits(10, 8);
+        assert_eq!(bus.subscribe(b"", None).unwrap().capacity(), 8);
+        bus.set_limits(10, 0);
+        assert_eq!(bus.subscribe(b"", None).unwrap().capacity(), 1);
     }
 
     #[test]

@@ -50,8 +50,13 @@ const BURST: usize = 256;
 /// change of the last millisecond in one write, instead of each change
 /// waking every watcher (a system call for the writer, a context switch
 /// and a send for the watcher). A change after a quiet spell still goes
-/// out at once.
+/// out at once. Only for a queue of at least [`GATHER_MIN_QUEUE`] changes:
+/// a smaller one could fill up while its watcher waits.
 const GATHER: Duration = Duration::from_millis(1);
+
+/// The smallest `watch.queue` with which a watcher gathers changes: 256 in
+/// 1 ms would take 256,000 writes a second.
+const GATHER_MIN_QUEUE: usize = 256;
 
 /// Whether tiny_http must treat `request` as the last on its connection:
 /// a watch answers with a stream that lasts as long as the connection (see
@@ -392,7 +397,9 @@ pub fn pump(
                 }
                 feed.flush()?;
                 last_sent = Instant::now();
-                std::thread::sleep(GATHER);
+                if subscription.capacity() >= GATHER_MIN_QUEUE {
+                    std::thread::sleep(GATHER);
+                }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
