@@ -85,6 +85,7 @@ start_lucid() {
         extra+="encryption: {enabled: true, key_file: $work/$name.key}"$'\n'
         ;;
       no-compaction) extra+="compaction: {dead_ratio: 1}"$'\n' ;;
+      *) echo "start_lucid: unknown option $option" >&2; exit 1 ;;
     esac
   done
   printf 'general:\n  port: 0\nstorage:\n  directory: %s/%s\n  sync: %s\n%s\n' \

@@ -45,13 +45,15 @@ const STACK_SIZE: usize = 128 * 1024;
 /// changes still lets a watcher look at what its client sent.
 const BURST: usize = 256;
 
-/// After sending, a watcher lets changes gather this long before it takes
-/// the next ones. Under a stream of writes, each wake-up then carries every
-/// change of the last millisecond in one write, instead of each change
+/// After sending, a watcher lets changes gather about this long before it
+/// takes the next ones. Under a stream of writes, each wake-up then carries
+/// the changes of the last millisecond in one write, instead of each change
 /// waking every watcher (a system call for the writer, a context switch
 /// and a send for the watcher). A change after a quiet spell still goes
-/// out at once. Only for a queue of at least [`GATHER_MIN_QUEUE`] changes:
-/// a smaller one could fill up while its watcher waits.
+/// out at once. A watcher does not wait when its last batch did not empty
+/// its queue (it is behind already), when a WebSocket poll is due (that
+/// poll may wait for the client a few milliseconds itself), or when its
+/// queue holds fewer than [`GATHER_MIN_QUEUE`] changes.
 const GATHER: Duration = Duration::from_millis(1);
 
 /// The smallest `watch.queue` with which a watcher gathers changes: 256 in
@@ -389,15 +391,20 @@ pub fn pump(
     loop {
         match subscription.events.recv_timeout(tick) {
             Ok(event) => {
+                let mut sent = 0;
                 for event in
                     std::iter::once(event).chain(subscription.events.try_iter().take(BURST))
                 {
                     feed.event(&event)?;
                     last_version = Some(event.version);
+                    sent += 1;
                 }
                 feed.flush()?;
                 last_sent = Instant::now();
-                if subscription.capacity() >= GATHER_MIN_QUEUE {
+                let emptied_queue = sent <= BURST;
+                let poll_due =
+                    poll_every.is_some_and(|every| last_poll.elapsed() + GATHER >= every);
+                if emptied_queue && !poll_due && subscription.capacity() >= GATHER_MIN_QUEUE {
                     std::thread::sleep(GATHER);
                 }
             }
