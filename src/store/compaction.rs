@@ -12,16 +12,18 @@
 //!    record is verified at its old position (CRC) and stamped for its new
 //!    one: damage aborts the compaction rather than being copied. Records
 //!    dead when the copy began are skipped by offset, unopened; only the
-//!    others are decrypted (and sealed afresh). Reads and writes go on
-//!    meanwhile.
+//!    others are decrypted (and sealed afresh). Then plan where each index
+//!    entry below the cut goes (a sort, done here rather than while
+//!    writers are paused). Reads and writes go on meanwhile.
 //! 3. **Catch up.** Copy the tail as far as it was written by now, again
 //!    while much more arrived meanwhile (a few rounds), and **sync** the
 //!    new file. Writes go on meanwhile.
 //! 4. **Switch**, with writers paused: copy the rest of the tail (what was
 //!    written during step 3), fsync, compute every index entry's new
-//!    offset, rename the new file over `data.log`, fsync the directory,
-//!    then point the index and the writer at the new file (readers pause
-//!    only for that last, in-memory step). Once the rename is done the
+//!    offset (one walk of the index along the plan), rename the new file
+//!    over `data.log`, fsync the directory, then point the index and the
+//!    writer at the new file (readers pause only for that last, in-memory
+//!    step). Once the rename is done the
 //!    in-memory switch always follows; if the directory fsync failed, the
 //!    store then turns read-only.
 //!
@@ -377,8 +379,7 @@ impl Store {
             base_sequence,
             new_cipher.as_ref().map_or(0, |c| c.check_value()),
         );
-        let relocations =
-            copy_live_records(self, live, old_id, ciphers, &mut new_file, new_header)?;
+        let plan = copy_live_records(self, live, old_id, ciphers, &mut new_file, new_header)?;
         self.reached(Step::Copied);
         // Catch up with the tail written meanwhile, a few rounds while much
         // arrives, so that the switch, with writers paused, copies little.
@@ -423,7 +424,7 @@ impl Store {
         }
         copy_tail_part(&mut new_file, caught_up, writer.end)?;
         new_file.sync_data()?;
-        let new_locations = relocate(&read(&self.keydir).index, &relocations, cut, tail_start)?;
+        let new_locations = relocate(&read(&self.keydir).index, &plan, cut, tail_start)?;
         self.reached(Step::Synced);
         if rekeying {
             // The hint belongs to the old encryption (plaintext keys, maybe):
@@ -540,7 +541,8 @@ fn same_cipher(a: Option<&Arc<Cipher>>, b: Option<&Arc<Cipher>>) -> bool {
 }
 
 /// Writes the file header and every record of `live` (the old log below
-/// the cut) that the index still points at to `out`.
+/// the cut) that the index still points at to `out`. Returns where each
+/// index entry below the cut went (see [`RelocationPlan`]).
 fn copy_live_records(
     store: &Store,
     live: &[u8],
@@ -548,7 +550,7 @@ fn copy_live_records(
     ciphers: Ciphers<'_>,
     out: &mut File,
     header: FileHeader,
-) -> Result<Relocations, CompactionError> {
+) -> Result<RelocationPlan, CompactionError> {
     let mut writer = BufWriter::with_capacity(256 * 1024, out);
     writer.write_all(&header.encode())?;
     let records = live.get(FILE_HEADER_LEN..).unwrap_or_default();
@@ -561,10 +563,10 @@ fn copy_live_records(
         file_id: header.file_id,
         offset: first,
     };
-    let mut live = LiveRecords::new(store, first + records.len() as u64);
+    let (mut live, in_key_order) = LiveRecords::new(store, first + records.len() as u64);
     let relocations = move_records(records, from, to, ciphers, &mut writer, Some(&mut live))?;
     writer.flush()?;
-    Ok(relocations)
+    Ok(RelocationPlan::new(in_key_order, &relocations))
 }
 
 /// Appends every record of the old log from `cut` to `end` to `out`, which
@@ -607,19 +609,22 @@ struct LiveRecords<'s> {
 }
 
 impl<'s> LiveRecords<'s> {
-    /// The live records of `store` before offset `cut`.
-    fn new(store: &'s Store, cut: u64) -> Self {
-        let mut offsets: Vec<u64> = read(&store.keydir)
+    /// The live records of `store` before offset `cut`, and their offsets
+    /// in the index's (key) order.
+    fn new(store: &'s Store, cut: u64) -> (Self, Vec<u64>) {
+        let in_key_order: Vec<u64> = read(&store.keydir)
             .index
             .locations()
             .map(|location| location.offset)
             .filter(|&offset| offset < cut)
             .collect();
+        let mut offsets = in_key_order.clone();
         offsets.sort_unstable();
-        Self {
+        let live = Self {
             store,
             offsets: offsets.into_iter().peekable(),
-        }
+        };
+        (live, in_key_order)
     }
 
     /// Whether the record at `offset` was live when the copy began; asked
@@ -765,48 +770,81 @@ fn move_records(
     Ok(moved)
 }
 
-/// The new location of every index entry, in index order: entries before
-/// the cut moved to where they were copied, entries in the tail moved with
-/// it.
+/// Where the index entries below the cut went, computed after the copy and
+/// before writers are paused, so that the pause only walks the index once.
 ///
-/// Entries are sorted by old offset and merged with `relocations` (already
-/// in log order) rather than looked up one by one: with a million keys that
-/// is a sort of plain integers instead of a million cache-missing binary
-/// searches, and it runs while writers are paused.
+/// It lists, in key order, the offset of every entry below the cut when
+/// the copy began and the place its record was copied to (`None` if it was
+/// not: the key was overwritten or deleted before the copy reached it). An
+/// entry below the cut when writers are paused is one of these, unchanged:
+/// every write since the cut went after it, and an entry only ever moves
+/// to a newer record. Offsets name one record each, so the entry is found
+/// by its offset, walking both lists in key order.
+struct RelocationPlan {
+    /// Old offsets, in the key order of the index when the copy began.
+    old_offsets: Vec<u64>,
+    /// Where each of those records was copied to, if it was.
+    copied_to: Vec<Option<Location>>,
+}
+
+impl RelocationPlan {
+    /// Pairs `in_key_order` (offsets of index entries below the cut, in key
+    /// order) with `relocations` (in log order). Sorting the entries by
+    /// offset and merging, rather than searching one by one: with a
+    /// million keys that is a sort of plain integers instead of a million
+    /// cache-missing binary searches.
+    fn new(in_key_order: Vec<u64>, relocations: &Relocations) -> Self {
+        let mut by_offset: Vec<(u64, u32)> = in_key_order
+            .iter()
+            .enumerate()
+            .map(|(position, &offset)| (offset, position as u32))
+            .collect();
+        by_offset.sort_unstable();
+        let mut copied_to = vec![None; in_key_order.len()];
+        let mut copied = relocations.iter().peekable();
+        for (old, position) in by_offset {
+            while copied.next_if(|&&(from, _, _)| from < old).is_some() {}
+            if let Some(&&(_, offset, len)) = copied.peek().filter(|&&&(from, _, _)| from == old) {
+                copied_to[position as usize] = Some(Location { offset, len });
+            }
+        }
+        Self {
+            old_offsets: in_key_order,
+            copied_to,
+        }
+    }
+}
+
+/// The new location of every index entry, in index order: entries before
+/// the cut moved to where `plan` says they were copied, entries in the tail
+/// moved with it. One walk of the index, while writers are paused.
 fn relocate(
     index: &super::index::Index,
-    relocations: &Relocations,
+    plan: &RelocationPlan,
     cut: u64,
     tail_start: u64,
 ) -> Result<Vec<Location>, CompactionError> {
-    let mut new_locations: Vec<Location> = index.locations().collect();
-    let mut by_offset: Vec<(u64, u32)> = new_locations
-        .iter()
-        .enumerate()
-        .filter(|(_, location)| location.offset < cut)
-        .map(|(position, location)| (location.offset, position as u32))
-        .collect();
-    by_offset.sort_unstable();
-    let mut copied = relocations.iter().peekable();
-    for (old, position) in by_offset {
-        while copied.next_if(|&&(from, _, _)| from < old).is_some() {}
-        match copied.peek() {
-            Some(&&(from, offset, len)) if from == old => {
-                new_locations[position as usize] = Location { offset, len }
+    let mut planned = plan.old_offsets.iter().zip(&plan.copied_to);
+    index
+        .locations()
+        .map(|location| {
+            if location.offset >= cut {
+                return Ok(Location {
+                    offset: location.offset - cut + tail_start,
+                    ..location
+                });
             }
-            _ => {
-                return Err(CompactionError::Io(io::Error::other(format!(
-                    "internal error: live record at offset {old} was not copied"
-                ))))
-            }
-        }
-    }
-    for location in &mut new_locations {
-        if location.offset >= cut {
-            location.offset = location.offset - cut + tail_start;
-        }
-    }
-    Ok(new_locations)
+            planned
+                .find(|(&old, _)| old == location.offset)
+                .and_then(|(_, &copied_to)| copied_to)
+                .ok_or_else(|| {
+                    CompactionError::Io(io::Error::other(format!(
+                        "internal error: live record at offset {} was not copied",
+                        { location.offset }
+                    )))
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -815,7 +853,7 @@ mod tests {
     use crate::store::engine::SyncMode;
     use crate::store::index::Attrs;
     use crate::store::open;
-    use crate::store::testing::{assert_matches, churn, put, Model};
+    use crate::store::testing::{assert_matches, churn, delete, put, Model};
     use std::panic::{self, AssertUnwindSafe};
 
     /// A store in a fresh directory after `churn`, and its model.
@@ -991,10 +1029,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn concurrent_always_writers_and_repeated_compactions_lose_nothing() {
+    /// Compacts over and over for 1.5 s while six writer threads each apply
+    /// `op(store, model, writer, i)` for i = 0, 1, ... to keys of their own;
+    /// then every value, and nothing else, is there, also after a restart.
+    fn compact_repeatedly_beside_writers(
+        sync: SyncMode,
+        cipher: Option<Arc<Cipher>>,
+        op: fn(&Store, &mut Model, usize, u32),
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        let open = || {
+            crate::store::open_with(dir.path(), sync, cipher.clone())
+                .unwrap()
+                .0
+        };
+        let store = open();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writers: Vec<_> = (0..6)
             .map(|w| {
@@ -1003,12 +1052,7 @@ mod tests {
                     let mut model = Model::new();
                     let mut i = 0u32;
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        put(
-                            &store,
-                            &mut model,
-                            &format!("w{w}-{}", i % 20),
-                            &i.to_le_bytes(),
-                        );
+                        op(&store, &mut model, w, i);
                         i += 1;
                     }
                     model
@@ -1029,8 +1073,32 @@ mod tests {
         assert!(compactions > 1);
         assert_matches(&store, &model);
         drop(store);
-        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
-        assert_matches(&store, &model);
+        assert_matches(&open(), &model);
+    }
+
+    #[test]
+    fn concurrent_always_writers_and_repeated_compactions_lose_nothing() {
+        compact_repeatedly_beside_writers(SyncMode::Always, None, |store, model, w, i| {
+            put(store, model, &format!("w{w}-{}", i % 20), &i.to_le_bytes());
+        });
+    }
+
+    /// Keys created, overwritten and deleted while the copy runs move the
+    /// other entries' places in key order; every entry must still be
+    /// relocated to its own record.
+    #[test]
+    fn keys_created_and_deleted_during_the_copy_are_relocated_right() {
+        let key = Arc::new(Cipher::from_key(&[5; 32]));
+        for cipher in [None, Some(key)] {
+            compact_repeatedly_beside_writers(SyncMode::Never, cipher, |store, model, w, i| {
+                let key = format!("w{w}-{}", i % 400);
+                match i % 4 {
+                    0 => put(store, model, &format!("w{w}-{i}-new"), &i.to_le_bytes()),
+                    1 if model.contains_key(&key) => delete(store, model, &key),
+                    _ => put(store, model, &key, &i.to_le_bytes()),
+                }
+            });
+        }
     }
 
     /// Starts a put of `key` on another thread and returns once it has been
