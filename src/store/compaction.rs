@@ -12,9 +12,9 @@
 //!    record is verified at its old position (CRC) and stamped for its new
 //!    one: damage aborts the compaction rather than being copied. Records
 //!    dead when the copy began are skipped by offset, unopened; only the
-//!    others are decrypted (and sealed afresh). Then plan where each index
-//!    entry below the cut goes (a sort, done here rather than while
-//!    writers are paused). Reads and writes go on meanwhile.
+//!    others are decrypted (and sealed afresh). The copy also notes where
+//!    each index entry below the cut went (the plan), so the pause need not
+//!    sort the index. Reads and writes go on meanwhile.
 //! 3. **Catch up.** Copy the tail as far as it was written by now, again
 //!    while much more arrived meanwhile (a few rounds), and **sync** the
 //!    new file. Writes go on meanwhile.
@@ -23,9 +23,8 @@
 //!    offset (one walk of the index along the plan), rename the new file
 //!    over `data.log`, fsync the directory, then point the index and the
 //!    writer at the new file (readers pause only for that last, in-memory
-//!    step). Once the rename is done the
-//!    in-memory switch always follows; if the directory fsync failed, the
-//!    store then turns read-only.
+//!    step). Once the rename is done the in-memory switch always follows;
+//!    if the directory fsync failed, the store then turns read-only.
 //!
 //! Tombstones before the cut are dropped: the new log holds no older record
 //! of any key for them to hide. Tombstones in the tail are kept. The new
@@ -61,7 +60,7 @@ use super::crypt::{open_copy, stored_form, Cipher, ENVELOPE_OVERHEAD};
 use super::directory::{sync_dir, LOG_FILE};
 use super::engine::{lock, now_ms, read, write, Store};
 use super::file::{DiskFile, LogFile};
-use super::index::Location;
+use super::index::{Index, Location};
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
     RecordKind, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
@@ -521,10 +520,6 @@ fn refuse_plaintext_leftovers(dir: &Path) -> Result<(), CompactionError> {
     Err(CompactionError::PlaintextLeftovers(found))
 }
 
-/// Old offset, new offset and new length of every record copied before the
-/// cut, in log order.
-type Relocations = Vec<(u64, u64, u32)>;
-
 /// The encryption of the log records come from and of the one they go to.
 #[derive(Clone, Copy)]
 struct Ciphers<'a> {
@@ -542,7 +537,8 @@ fn same_cipher(a: Option<&Arc<Cipher>>, b: Option<&Arc<Cipher>>) -> bool {
 
 /// Writes the file header and every record of `live` (the old log below
 /// the cut) that the index still points at to `out`. Returns where each
-/// index entry below the cut went (see [`RelocationPlan`]).
+/// index entry below the cut when the copy began went (see
+/// [`RelocationPlan`]).
 fn copy_live_records(
     store: &Store,
     live: &[u8],
@@ -563,10 +559,10 @@ fn copy_live_records(
         file_id: header.file_id,
         offset: first,
     };
-    let (mut live, in_key_order) = LiveRecords::new(store, first + records.len() as u64);
-    let relocations = move_records(records, from, to, ciphers, &mut writer, Some(&mut live))?;
+    let mut live = LiveRecords::new(store, first + records.len() as u64);
+    move_records(records, from, to, ciphers, &mut writer, Some(&mut live))?;
     writer.flush()?;
-    Ok(RelocationPlan::new(in_key_order, &relocations))
+    Ok(live.plan)
 }
 
 /// Appends every record of the old log from `cut` to `end` to `out`, which
@@ -589,8 +585,7 @@ fn copy_tail(
         file_id: old_id,
         offset: cut,
     };
-    move_records(&tail, from, to, ciphers, out, None)?;
-    Ok(())
+    move_records(&tail, from, to, ciphers, out, None)
 }
 
 /// The records of the old log that compaction copies: those the index
@@ -600,38 +595,64 @@ fn copy_tail(
 /// opened, by its key, against the index as it is now, so a record
 /// overwritten meanwhile is left out and an index entry pointing at some
 /// other record stops the compaction (it relocates no entry it did not
-/// copy) instead of being moved onto it.
+/// copy) instead of being moved onto it. Where each accepted record lands is
+/// written into the [`RelocationPlan`].
 struct LiveRecords<'s> {
     store: &'s Store,
-    /// Offsets below the cut, ascending; records are asked in log order, so
-    /// this is walked once.
-    offsets: std::iter::Peekable<std::vec::IntoIter<u64>>,
+    /// Offsets below the cut, ascending, each with its entry's place in the
+    /// plan; records are asked in log order, so this is walked once.
+    by_offset: std::iter::Peekable<std::vec::IntoIter<(u64, u32)>>,
+    /// The plan entry of the record last found live by offset.
+    current: Option<u32>,
+    plan: RelocationPlan,
 }
 
 impl<'s> LiveRecords<'s> {
-    /// The live records of `store` before offset `cut`, and their offsets
-    /// in the index's (key) order.
-    fn new(store: &'s Store, cut: u64) -> (Self, Vec<u64>) {
-        let in_key_order: Vec<u64> = read(&store.keydir)
+    /// The live records of `store` before offset `cut`, with a plan that
+    /// lists them, none copied yet. Sorting their offsets (plain integers)
+    /// pairs them with the copy, which runs in log order, without a
+    /// cache-missing search per index entry.
+    fn new(store: &'s Store, cut: u64) -> Self {
+        let old_offsets: Vec<u64> = read(&store.keydir)
             .index
             .locations()
             .map(|location| location.offset)
             .filter(|&offset| offset < cut)
             .collect();
-        let mut offsets = in_key_order.clone();
-        offsets.sort_unstable();
-        let live = Self {
+        let mut by_offset: Vec<(u64, u32)> = old_offsets
+            .iter()
+            .enumerate()
+            .map(|(position, &offset)| (offset, position as u32))
+            .collect();
+        by_offset.sort_unstable();
+        Self {
             store,
-            offsets: offsets.into_iter().peekable(),
-        };
-        (live, in_key_order)
+            by_offset: by_offset.into_iter().peekable(),
+            current: None,
+            plan: RelocationPlan {
+                copied_to: vec![None; old_offsets.len()],
+                old_offsets,
+            },
+        }
     }
 
     /// Whether the record at `offset` was live when the copy began; asked
     /// in increasing offset order.
     fn were_live(&mut self, offset: u64) -> bool {
-        while self.offsets.next_if(|&live| live < offset).is_some() {}
-        self.offsets.next_if_eq(&offset).is_some()
+        while self.by_offset.next_if(|&(live, _)| live < offset).is_some() {}
+        self.current = self
+            .by_offset
+            .next_if(|&(live, _)| live == offset)
+            .map(|(_, position)| position);
+        self.current.is_some()
+    }
+
+    /// Notes that the record last found live by offset was copied to
+    /// `location` of the new log.
+    fn copied_to(&mut self, location: Location) {
+        if let Some(position) = self.current.take() {
+            self.plan.copied_to[position as usize] = Some(location);
+        }
     }
 
     /// Whether the index still points at `record`, stored at `location`.
@@ -650,8 +671,7 @@ type Keep<'k, 's> = Option<&'k mut LiveRecords<'s>>;
 /// members of batch frames are written as plain records (compaction only
 /// filters durable records, so no batch can be half-copied by a crash);
 /// without, frames are copied whole. Sync markers are dropped with `keep`,
-/// restamped (and their claim moved with them) without. Returns the old and
-/// new place of every record written but markers.
+/// restamped (and their claim moved with them) without.
 fn move_records(
     bytes: &[u8],
     from: Position,
@@ -659,8 +679,7 @@ fn move_records(
     ciphers: Ciphers<'_>,
     out: &mut impl Write,
     mut keep: Keep<'_, '_>,
-) -> Result<Relocations, CompactionError> {
-    let mut moved = Vec::new();
+) -> Result<(), CompactionError> {
     let (mut opened, mut plain, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut at, mut written) = (0usize, to.offset);
     while at < bytes.len() {
@@ -732,7 +751,6 @@ fn move_records(
                 },
             );
             out.write_all(&sealed)?;
-            moved.push((old.offset, written, sealed.len() as u32));
             written += sealed.len() as u64;
             continue;
         }
@@ -763,23 +781,31 @@ fn move_records(
             RecordBuilder::detach(&mut plain, new);
             let stored = stored_form(ciphers.to, &plain, new, &mut sealed);
             out.write_all(stored)?;
-            moved.push((offset, written, stored.len() as u32));
+            if let Some(keep) = keep.as_mut() {
+                keep.copied_to(Location {
+                    offset: written,
+                    len: stored.len() as u32,
+                });
+            }
             written += stored.len() as u64;
         }
     }
-    Ok(moved)
+    Ok(())
 }
 
-/// Where the index entries below the cut went, computed after the copy and
-/// before writers are paused, so that the pause only walks the index once.
+/// Where the index entries below the cut went, filled in by the copy, so
+/// that the pause only walks the index once.
 ///
 /// It lists, in key order, the offset of every entry below the cut when
 /// the copy began and the place its record was copied to (`None` if it was
-/// not: the key was overwritten or deleted before the copy reached it). An
-/// entry below the cut when writers are paused is one of these, unchanged:
-/// every write since the cut went after it, and an entry only ever moves
-/// to a newer record. Offsets name one record each, so the entry is found
-/// by its offset, walking both lists in key order.
+/// not: the key was overwritten or deleted before the copy reached it, or
+/// the entry pointed at a record not its key's). An entry below the cut
+/// when writers are paused is one of these, unchanged: every write since
+/// the cut went after it, and an entry only ever moves to a newer record.
+/// So the entries still below the cut are, in key order, a subsequence of
+/// the plan, each found by its offset (an offset names one record); an
+/// entry not found, or not copied, means an inconsistent index, and the
+/// compaction stops.
 struct RelocationPlan {
     /// Old offsets, in the key order of the index when the copy began.
     old_offsets: Vec<u64>,
@@ -787,39 +813,11 @@ struct RelocationPlan {
     copied_to: Vec<Option<Location>>,
 }
 
-impl RelocationPlan {
-    /// Pairs `in_key_order` (offsets of index entries below the cut, in key
-    /// order) with `relocations` (in log order). Sorting the entries by
-    /// offset and merging, rather than searching one by one: with a
-    /// million keys that is a sort of plain integers instead of a million
-    /// cache-missing binary searches.
-    fn new(in_key_order: Vec<u64>, relocations: &Relocations) -> Self {
-        let mut by_offset: Vec<(u64, u32)> = in_key_order
-            .iter()
-            .enumerate()
-            .map(|(position, &offset)| (offset, position as u32))
-            .collect();
-        by_offset.sort_unstable();
-        let mut copied_to = vec![None; in_key_order.len()];
-        let mut copied = relocations.iter().peekable();
-        for (old, position) in by_offset {
-            while copied.next_if(|&&(from, _, _)| from < old).is_some() {}
-            if let Some(&&(_, offset, len)) = copied.peek().filter(|&&&(from, _, _)| from == old) {
-                copied_to[position as usize] = Some(Location { offset, len });
-            }
-        }
-        Self {
-            old_offsets: in_key_order,
-            copied_to,
-        }
-    }
-}
-
 /// The new location of every index entry, in index order: entries before
 /// the cut moved to where `plan` says they were copied, entries in the tail
 /// moved with it. One walk of the index, while writers are paused.
 fn relocate(
-    index: &super::index::Index,
+    index: &Index,
     plan: &RelocationPlan,
     cut: u64,
     tail_start: u64,
@@ -828,19 +826,20 @@ fn relocate(
     index
         .locations()
         .map(|location| {
-            if location.offset >= cut {
+            // A copy: `Location` is packed, its fields cannot be borrowed.
+            let offset = location.offset;
+            if offset >= cut {
                 return Ok(Location {
-                    offset: location.offset - cut + tail_start,
+                    offset: offset - cut + tail_start,
                     ..location
                 });
             }
             planned
-                .find(|(&old, _)| old == location.offset)
+                .find(|(&old, _)| old == offset)
                 .and_then(|(_, &copied_to)| copied_to)
                 .ok_or_else(|| {
                     CompactionError::Io(io::Error::other(format!(
-                        "internal error: live record at offset {} was not copied",
-                        { location.offset }
+                        "internal error: live record at offset {offset} was not copied"
                     )))
                 })
         })
@@ -1089,8 +1088,13 @@ mod tests {
     #[test]
     fn keys_created_and_deleted_during_the_copy_are_relocated_right() {
         let key = Arc::new(Cipher::from_key(&[5; 32]));
-        for cipher in [None, Some(key)] {
-            compact_repeatedly_beside_writers(SyncMode::Never, cipher, |store, model, w, i| {
+        let cases = [
+            (SyncMode::Never, None),
+            (SyncMode::Never, Some(key)),
+            (SyncMode::Always, None),
+        ];
+        for (sync, cipher) in cases {
+            compact_repeatedly_beside_writers(sync, cipher, |store, model, w, i| {
                 let key = format!("w{w}-{}", i % 400);
                 match i % 4 {
                     0 => put(store, model, &format!("w{w}-{i}-new"), &i.to_le_bytes()),
