@@ -853,6 +853,7 @@ mod tests {
     use crate::store::index::Attrs;
     use crate::store::open;
     use crate::store::testing::{assert_matches, churn, delete, put, Model};
+    use std::collections::BTreeMap;
     use std::panic::{self, AssertUnwindSafe};
 
     /// A store in a fresh directory after `churn`, and its model.
@@ -1080,6 +1081,65 @@ mod tests {
         compact_repeatedly_beside_writers(SyncMode::Always, None, |store, model, w, i| {
             put(store, model, &format!("w{w}-{}", i % 20), &i.to_le_bytes());
         });
+    }
+
+    proptest::proptest! {
+        /// The pause's walk takes every entry to its own record, whatever
+        /// happened to the keys since the copy began. Each key below the
+        /// cut (log order unrelated to key order) is kept, overwritten or
+        /// deleted, before or after the copy reached it (before: the copy
+        /// skipped it); new keys land after the cut, between the others.
+        #[test]
+        fn relocation_takes_each_entry_to_its_own_record(
+            fates in proptest::collection::vec(0u8..5, 0..200),
+            created in proptest::collection::btree_set(0usize..200, 0..50),
+            shuffle in proptest::prelude::any::<u64>(),
+        ) {
+            const LEN: u32 = 100;
+            let first = FILE_HEADER_LEN as u64;
+            let cut = first + fates.len() as u64 * u64::from(LEN);
+            let tail_start = first + 7;
+            let key = |i: usize| format!("key-{i:03}");
+            let mut log_order: Vec<usize> = (0..fates.len()).collect();
+            log_order.sort_by_key(|&i| (i as u64 ^ shuffle).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut old_offsets = vec![0; fates.len()];
+            for (slot, &i) in log_order.iter().enumerate() {
+                old_offsets[i] = first + slot as u64 * u64::from(LEN);
+            }
+            let (mut index, mut expected) = (Index::default(), BTreeMap::new());
+            let mut copied_to = vec![None; fates.len()];
+            let mut written = first;
+            for &i in &log_order {
+                let copied = Location { offset: written, len: LEN };
+                let after_cut = Location { offset: cut + i as u64 * 10, len: LEN };
+                let shifted = Location { offset: after_cut.offset - cut + tail_start, len: LEN };
+                let old = Location { offset: old_offsets[i], len: LEN };
+                let (copy, now) = match fates[i] {
+                    0 => (true, Some((old, copied))),
+                    1 => (true, Some((after_cut, shifted))),
+                    2 => (false, Some((after_cut, shifted))),
+                    3 => (true, None),
+                    _ => (false, None),
+                };
+                if copy {
+                    copied_to[i] = Some(copied);
+                    written += u64::from(LEN);
+                }
+                if let Some((at, goes_to)) = now {
+                    index.insert(key(i).as_bytes(), at, Attrs::default());
+                    expected.insert(key(i), goes_to);
+                }
+            }
+            for &j in &created {
+                let at = Location { offset: cut + 5_000 + j as u64, len: LEN };
+                index.insert(format!("{}-new", key(j)).as_bytes(), at, Attrs::default());
+                let goes_to = Location { offset: at.offset - cut + tail_start, len: LEN };
+                expected.insert(format!("{}-new", key(j)), goes_to);
+            }
+            let plan = RelocationPlan { old_offsets, copied_to };
+            let relocated = relocate(&index, &plan, cut, tail_start).unwrap();
+            proptest::prop_assert_eq!(relocated, expected.into_values().collect::<Vec<_>>());
+        }
     }
 
     /// Keys created, overwritten and deleted while the copy runs move the
