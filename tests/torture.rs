@@ -47,6 +47,18 @@ fn config(sync: &str) -> Config {
         .raw("compaction", "interval: 1")
 }
 
+/// How long an asked-for compaction may take to answer.
+const COMPACTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Counts of what the loop did.
 #[derive(Debug, Default)]
 struct Counts {
@@ -97,6 +109,10 @@ fn crash_loop(name: &str, config: impl Fn(&str) -> Config) {
         let port = node.port();
         let stop = AtomicBool::new(false);
         thread::scope(|scope| {
+            // Stops the clients however this cycle ends: a failed assertion
+            // below must fail the test, not leave the scope waiting for
+            // clients that never stop.
+            let _stop_clients = StopOnDrop(&stop);
             for client in clients.iter_mut() {
                 let stop = &stop;
                 scope.spawn(move || {
@@ -112,7 +128,13 @@ fn crash_loop(name: &str, config: impl Fn(&str) -> Config) {
             let compaction = (kill == Kill::Compacting).then(|| {
                 scope.spawn(move || {
                     Conn::try_open(port)
-                        .and_then(|mut c| c.try_send("POST", "/api/admin/compact", &[], b""))
+                        .and_then(|mut c| {
+                            // A debug build compacting an encrypted log
+                            // under eight clients can take longer than the
+                            // usual I/O timeout.
+                            c.set_read_timeout(COMPACTION_TIMEOUT);
+                            c.try_send("POST", "/api/admin/compact", &[], b"")
+                        })
                         .is_err()
                 })
             });
