@@ -79,6 +79,7 @@ fn soak_mixed_load_keeps_the_node_correct_and_flat() {
     let started = Instant::now();
     let mut samples = Vec::new();
     let connection_errors: usize = thread::scope(|scope| {
+        let _stop_clients = StopOnDrop(&stop);
         let workers: Vec<_> = clients
             .iter_mut()
             .map(|client| {

@@ -50,15 +50,6 @@ fn config(sync: &str) -> Config {
 /// How long an asked-for compaction may take to answer.
 const COMPACTION_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Sets the flag when dropped.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
 /// Counts of what the loop did.
 #[derive(Debug, Default)]
 struct Counts {
@@ -109,9 +100,6 @@ fn crash_loop(name: &str, config: impl Fn(&str) -> Config) {
         let port = node.port();
         let stop = AtomicBool::new(false);
         thread::scope(|scope| {
-            // Stops the clients however this cycle ends: a failed assertion
-            // below must fail the test, not leave the scope waiting for
-            // clients that never stop.
             let _stop_clients = StopOnDrop(&stop);
             for client in clients.iter_mut() {
                 let stop = &stop;

@@ -9,6 +9,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -28,6 +29,17 @@ pub const WORKER_THREADS: usize = 4;
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------
+
+/// Sets a stop flag when dropped: clients looping on the flag in a thread
+/// scope stop however the scope's body ends, so a failed check fails the
+/// test instead of leaving the scope waiting for them.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
 
 /// A spawned `lucid` process whose stderr is collected line by line.
 pub struct Server {
