@@ -413,7 +413,7 @@ mkdir -p docs
   echo "lucid-encrypted: sync=interval with encryption at rest on (XChaCha20-Poly1305 per record)."
   echo "-no-compaction: background compaction off (compaction.dead_ratio: 1), so a row shows what"
   echo "compaction adds to a write: copying about one live record per overwrite at the default"
-  echo "dead_ratio 0.5, which an encrypted store also decrypts and seals again for its new place."
+  echo "dead_ratio 0.5 (an encrypted store moves its records unopened, with a new place tag each)."
   echo "$watch_note."
   echo
   echo "$idle_note."

@@ -131,3 +131,87 @@ fn compact_with_a_new_key_file_rotates_the_key() {
     node.stop();
     assert!(!any_file_contains(&node.data_dir(), MARKER.as_bytes()));
 }
+
+/// What the format 1 fixture holds: keys and values, as they were written
+/// (`None`: deleted).
+const FORMAT_1_FIXTURE: &[(&str, Option<&[u8]>)] = &[
+    ("plain", Some(b"second version")),
+    ("typed", Some(b"{\"a\":1}")),
+    ("nul", Some(b"nul\0\0\0")),
+    ("gone", None),
+    ("far", Some(b"expires in ten years")),
+    ("batch/a", Some(b"A")),
+    ("batch/b", Some(b"B2")),
+    ("batch/c", None),
+    ("wallet/key", Some(b"locked secret")),
+];
+
+/// Flags of the records at the top level of a log (frames' members not
+/// visited), from their headers.
+fn record_flags(log: &std::path::Path) -> Vec<u8> {
+    let bytes = fs::read(log).unwrap();
+    let (mut at, mut flags) = (32, Vec::new());
+    while at < bytes.len() {
+        let field = |from: usize, len: usize| {
+            let mut le = [0u8; 8];
+            le[..len].copy_from_slice(&bytes[at + from..at + from + len]);
+            u64::from_le_bytes(le) as usize
+        };
+        flags.push(bytes[at + 5]);
+        at += 40 + field(6, 2) + field(8, 4) + field(12, 1);
+    }
+    flags
+}
+
+/// Bit 3 of a record's flags: a movable envelope (with a place tag).
+const MOVABLE: u8 = 8;
+
+#[test]
+fn an_encrypted_log_from_before_place_tags_opens_and_compaction_converts_it() {
+    // tests/fixtures/encrypted-v1: a log of format 1 envelopes (plain and
+    // typed puts, an overwrite, a delete, a TTL, two batches, a locked key;
+    // `sync: always`, so sync markers too; ended by kill -9) and its key.
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encrypted-v1");
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("lucid.key");
+    fs::copy(fixture.join("lucid.key"), &key).unwrap();
+    let mut node = encrypted_by(Config::new(), &key).prepare();
+    fs::create_dir_all(node.data_dir()).unwrap();
+    fs::copy(fixture.join("data.log"), node.data_log()).unwrap();
+    let holds_the_fixture = |node: &Node| {
+        let port = node.port();
+        for &(key, value) in FORMAT_1_FIXTURE {
+            let got = get(port, &kv_path(key));
+            match value {
+                Some(value) => assert_eq!(got.body, value, "{key}"),
+                None => assert_eq!(got.status, 404, "{key}"),
+            }
+        }
+        let typed = get(port, "/api/kv/typed");
+        assert_eq!(typed.header("content-type"), Some("application/json"));
+        let listed = get(port, "/api/kv?prefix=far").text();
+        let expiry = listed.split("\"expires_at\":").nth(1).unwrap_or_default();
+        assert!(expiry.starts_with(|c: char| c.is_ascii_digit()), "{listed}");
+        assert_eq!(put(port, &kv_path("wallet/key"), b"x").status, 409);
+    };
+    node.restart();
+    holds_the_fixture(&node);
+    let before = record_flags(&node.data_log());
+    assert!(
+        before.iter().all(|flags| flags & MOVABLE == 0),
+        "{before:?}"
+    );
+    let compacted = request(node.port(), "POST", "/api/admin/compact", &[], b"");
+    assert_eq!(compacted.status, 200);
+    let after = record_flags(&node.data_log());
+    assert_eq!(after.len(), 7, "one record per live key: {after:?}");
+    assert!(after.iter().all(|flags| flags & MOVABLE != 0), "{after:?}");
+    holds_the_fixture(&node);
+    // Written since, then recovered from the log alone.
+    assert_eq!(put(node.port(), "/api/kv/new", b"after").status, 201);
+    node.kill9();
+    node.restart();
+    holds_the_fixture(&node);
+    assert_eq!(get(node.port(), "/api/kv/new").body, b"after");
+}

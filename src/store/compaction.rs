@@ -11,8 +11,11 @@
 //!    order (so a newer version is never overwritten by an older one). Each
 //!    record is verified at its old position (CRC) and stamped for its new
 //!    one: damage aborts the compaction rather than being copied. Records
-//!    dead when the copy began are skipped by offset, unopened; only the
-//!    others are decrypted (and sealed afresh). The copy also notes where
+//!    dead when the copy began are skipped by offset, unopened. An
+//!    encrypted record keeping its key moves unopened too, with a new place
+//!    tag (see [`super::crypt`]); the rest (plain records, batch members,
+//!    records changing key) are opened and checked by key, and sealed
+//!    afresh if encrypted. The copy also notes where
 //!    each index entry below the cut went (the plan), so the pause need not
 //!    sort the index. Reads and writes go on meanwhile.
 //! 3. **Catch up.** Copy the tail as far as it was written by now, again
@@ -527,6 +530,17 @@ struct Ciphers<'a> {
     to: Option<&'a Cipher>,
 }
 
+impl<'a> Ciphers<'a> {
+    /// The cipher of both logs, if both are encrypted with the same key
+    /// (not a rotation): envelopes can then move unopened.
+    fn unchanged(&self) -> Option<&'a Cipher> {
+        match (self.from, self.to) {
+            (Some(from), Some(to)) if std::ptr::eq(from, to) => Some(from),
+            _ => None,
+        }
+    }
+}
+
 fn same_cipher(a: Option<&Arc<Cipher>>, b: Option<&Arc<Cipher>>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -589,14 +603,16 @@ fn copy_tail(
 }
 
 /// The records of the old log that compaction copies: those the index
-/// points at. Each is decided twice: by its offset before it is opened
-/// (decrypted), against the offsets the index held when the copy began, so
-/// dead records, typically half the log, are never decrypted; then, once
-/// opened, by its key, against the index as it is now, so a record
-/// overwritten meanwhile is left out and an index entry pointing at some
-/// other record stops the compaction (it relocates no entry it did not
-/// copy) instead of being moved onto it. Where each accepted record lands is
-/// written into the [`RelocationPlan`].
+/// points at. Each is decided by its offset before it is opened, against
+/// the offsets the index held when the copy began, so dead records,
+/// typically half the log, are never read further. A record that is opened
+/// (any but an envelope moving unopened) is decided again by its key,
+/// against the index as it is now, so a record overwritten meanwhile is
+/// left out and an index entry pointing at some other record stops the
+/// compaction (it relocates no entry it did not copy) instead of being
+/// moved onto it; an envelope moved unopened carries such an entry along,
+/// still pointing at a record that reads refuse as not its key's. Where
+/// each accepted record lands is written into the [`RelocationPlan`].
 struct LiveRecords<'s> {
     store: &'s Store,
     /// Offsets below the cut, ascending, each with its entry's place in the
@@ -665,9 +681,10 @@ impl<'s> LiveRecords<'s> {
 type Keep<'k, 's> = Option<&'k mut LiveRecords<'s>>;
 
 /// Walks the whole records in `bytes`, which start at `from` in the old log,
-/// verifying each there (and decrypting it), and writes them to `out`,
-/// stamped (and encrypted afresh) for where they land in the new log (from
-/// `to` on). With `keep`, only the records it accepts are written, and live
+/// verifying each there (CRC; an envelope's place tag, and unless it moves
+/// unopened its encryption too), and writes them to `out`, stamped (an
+/// envelope tagged, or sealed afresh) for where they land in the new log
+/// (from `to` on). With `keep`, only the records it accepts are written, and live
 /// members of batch frames are written as plain records (compaction only
 /// filters durable records, so no batch can be half-copied by a crash);
 /// without, frames are copied whole. Sync markers are dropped with `keep`,
@@ -759,27 +776,40 @@ fn move_records(
                 continue;
             }
             let place = Position { offset, ..old };
-            let stored_len = record.bytes.len() as u32;
-            let record =
-                open_copy(ciphers.from, record, place, &mut opened).map_err(|_| corrupt())?;
-            let location = Location {
-                offset,
-                len: stored_len,
-            };
-            if keep
-                .as_ref()
-                .is_some_and(|keep| !keep.is_live(&record, location))
-            {
-                continue;
-            }
-            plain.clear();
-            plain.extend_from_slice(record.bytes);
             let new = Position {
                 file_id: to.file_id,
                 offset: written,
             };
-            RecordBuilder::detach(&mut plain, new);
-            let stored = stored_form(ciphers.to, &plain, new, &mut sealed);
+            let stored = match ciphers.unchanged() {
+                Some(cipher) if record.header.is_movable() && !record.header.is_member() => {
+                    // Moved unopened: its key is unknown, so the offset
+                    // check above alone says it is live. One overwritten
+                    // since is copied all the same: dead but harmless,
+                    // since its key's entry is in the tail, after it.
+                    cipher
+                        .move_envelope(record.bytes, place, new, &mut sealed)
+                        .map_err(|_| corrupt())?;
+                    &sealed[..]
+                }
+                _ => {
+                    let location = Location {
+                        offset,
+                        len: record.bytes.len() as u32,
+                    };
+                    let record = open_copy(ciphers.from, record, place, &mut opened)
+                        .map_err(|_| corrupt())?;
+                    if keep
+                        .as_ref()
+                        .is_some_and(|keep| !keep.is_live(&record, location))
+                    {
+                        continue;
+                    }
+                    plain.clear();
+                    plain.extend_from_slice(record.bytes);
+                    RecordBuilder::detach(&mut plain, new);
+                    stored_form(ciphers.to, &plain, new, &mut sealed)
+                }
+            };
             out.write_all(stored)?;
             if let Some(keep) = keep.as_mut() {
                 keep.copied_to(Location {
@@ -1330,7 +1360,8 @@ mod tests {
         // moving the entry onto whatever record sits at its offset.
         for cipher in [None, Some(Arc::new(Cipher::from_key(&[5; 32])))] {
             let dir = tempfile::tempdir().unwrap();
-            let (store, _) = crate::store::open_with(dir.path(), SyncMode::Always, cipher).unwrap();
+            let (store, _) =
+                crate::store::open_with(dir.path(), SyncMode::Always, cipher.clone()).unwrap();
             let mut model = Model::new();
             churn(&store, &mut model);
             let log_path = dir.path().join(LOG_FILE);
@@ -1347,9 +1378,20 @@ mod tests {
             write(&store.keydir)
                 .index
                 .insert(b"key-1", dead, Attrs::default());
-            let err = store.compact().unwrap_err();
-            assert!(err.to_string().contains("was not copied"), "{err}");
-            assert_eq!(fs::read(&log_path).unwrap(), before);
+            if cipher.is_none() {
+                let err = store.compact().unwrap_err();
+                assert!(err.to_string().contains("was not copied"), "{err}");
+                assert_eq!(fs::read(&log_path).unwrap(), before);
+                continue;
+            }
+            // An envelope moves unopened, so its key is not checked: the
+            // entry goes along, still at key-0's record, which a read
+            // refuses; key-0's value is never served as key-1's.
+            store.compact().unwrap();
+            assert!(matches!(
+                store.get(b"key-1", &mut Vec::new()),
+                Err(crate::store::StoreError::Corrupt { .. })
+            ));
         }
     }
 

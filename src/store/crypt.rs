@@ -4,29 +4,47 @@
 //! # Envelope
 //!
 //! With encryption on, every put and delete record (batch members included)
-//! and every sync marker is first built and sealed as a plain record (see
+//! and every sync marker is first built as a plain record (see
 //! [`super::record`]), then wrapped whole in an envelope, which is what the
 //! log holds:
 //!
 //! ```text
 //! offset size field
 //!      0   40 record header: CRC (as for any record), kind (put/delete/
-//!             sync marker), flags (encrypted, plus batch member), key and
-//!             content type length 0, value length = the rest, sequence
-//!             number; timestamp and expiry 0
+//!             sync marker), flags (encrypted and movable, plus batch
+//!             member), key and content type length 0, value length = the
+//!             rest, sequence number; timestamp and expiry 0
 //!     40   24 nonce (XChaCha20-Poly1305): 16 bytes drawn from the OS when
 //!             the key is loaded, then a 64-bit counter
-//!     64    n the plain record (header, key, content type, value), encrypted
-//!   64+n   16 authentication tag
+//!     64    n the plain record (header, key, content type, value), its CRC
+//!             stamped for no place (file id 0, offset 0), encrypted
+//!   64+n   16 authentication tag; associated data: the envelope header
+//!             after its CRC (kind, flags, lengths, sequence number)
+//!   80+n   16 place tag: keyed BLAKE2s-128 (a subkey derived from the key)
+//!             of the log's file id, the envelope's offset, its nonce and
+//!             its authentication tag
 //! ```
 //!
-//! The associated data is the log's file id, the envelope's offset and the
-//! envelope header, so an envelope is authentic only where it was written:
-//! records cannot be moved, swapped or replayed between files. Keys, values,
-//! content types, times, expiries and locks are all inside; the disk shows
-//! only record sizes, kinds and sequence numbers. Moving a record
-//! (compaction, repair, key rotation) decrypts it and seals it afresh, with
-//! a new nonce, for its new place.
+//! The encryption authenticates the envelope's content; the place tag
+//! binds that content to where it is, so an envelope is authentic only
+//! where it was written: records cannot be moved, swapped or replayed
+//! between files, or cut out of the middle of a log, without the key.
+//! Keys, values, content types, times, expiries and locks are all inside;
+//! the disk shows only record sizes, kinds and sequence numbers.
+//!
+//! Compaction moves an envelope without opening it: it checks the CRC and
+//! the place tag at the old place, then writes the same bytes with a place
+//! tag and CRC for the new one (one BLAKE2s block instead of decrypting and
+//! encrypting the record again). The nonce goes along with the ciphertext
+//! it was used for, so no nonce ever encrypts two texts. Batch members,
+//! which become plain records when moved, and sync markers, whose claim
+//! changes, are opened and sealed afresh, as is everything when the key
+//! changes (rotation) or a log is repaired.
+//!
+//! Logs written before place tags (format 1 envelopes: no movable flag, no
+//! place tag, the file id and offset in the associated data, the plain
+//! record stamped for the envelope's place) still open; compaction opens
+//! and seals those afresh, so the first compaction converts a log.
 //!
 //! A record that fails authentication is treated exactly like one that fails
 //! its CRC: never served, cut with an unsynced tail, a reason to refuse to
@@ -51,6 +69,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use blake2::digest::consts::U16;
+use blake2::digest::Mac;
+use blake2::{Blake2sMac, Blake2sMac256};
 use chacha20::cipher::consts::U10;
 use chacha20::hchacha;
 use chacha20poly1305::aead::rand_core::RngCore;
@@ -59,16 +80,35 @@ use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag, XChaCha20Poly1305, XNonce};
 
 use super::record::{
-    verify, Position, RecordError, RecordHeader, RecordView, FLAG_ENCRYPTED, FLAG_MEMBER,
-    RECORD_HEADER_LEN,
+    verify, Position, RecordBuilder, RecordError, RecordHeader, RecordView, FLAG_ENCRYPTED,
+    FLAG_MEMBER, FLAG_MOVABLE, RECORD_HEADER_LEN,
 };
 
 /// Length of a key file: a 256-bit key.
 pub const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
+const PLACE_TAG_LEN: usize = 16;
 /// Bytes an envelope adds to the plain record it wraps.
-pub const ENVELOPE_OVERHEAD: usize = RECORD_HEADER_LEN + NONCE_LEN + TAG_LEN;
+pub const ENVELOPE_OVERHEAD: usize = RECORD_HEADER_LEN + NONCE_LEN + TAG_LEN + PLACE_TAG_LEN;
+/// Where the plain record inside a movable envelope is stamped for.
+const NOWHERE: Position = Position {
+    file_id: 0,
+    offset: 0,
+};
+
+/// Bytes an envelope with these header flags adds to its plain record: a
+/// format 1 envelope (not movable) has no place tag.
+pub fn envelope_overhead(flags: u8) -> usize {
+    if flags & FLAG_MOVABLE != 0 {
+        ENVELOPE_OVERHEAD
+    } else {
+        ENVELOPE_OVERHEAD - PLACE_TAG_LEN
+    }
+}
+
+/// The keyed hash that makes place tags.
+type PlaceMac = Blake2sMac<U16>;
 /// Plaintext bytes per segment of an encrypted hint file.
 const SEGMENT: usize = 64 * 1024;
 /// STREAM nonce: the XChaCha nonce less the 5 bytes of counter and flag.
@@ -82,6 +122,8 @@ pub struct Cipher {
     nonces: NonceSource,
     /// The XChaCha20 subkey for that prefix, derived once.
     session: ChaCha20Poly1305,
+    /// Keyed with the place-tag subkey; cloned for each tag.
+    places: PlaceMac,
 }
 
 /// Envelope nonces without a system call per record: 16 random bytes drawn
@@ -154,11 +196,17 @@ impl Cipher {
         let check = u32::from_le_bytes(tag[..4].try_into().expect("4 bytes")).max(1);
         let nonces = NonceSource::new();
         let subkey = hchacha::<U10>(Key::from_slice(key), (&nonces.prefix).into());
+        // The place-tag key: a subkey of its own, so the key file's key is
+        // used by one primitive only.
+        let mut derive = <Blake2sMac256 as Mac>::new_from_slice(key).expect("32-byte key");
+        derive.update(b"lucid place tag key");
+        let place_key = derive.finalize().into_bytes();
         Self {
             aead,
             check,
             nonces,
             session: ChaCha20Poly1305::new(&subkey),
+            places: <PlaceMac as Mac>::new_from_slice(&place_key).expect("32-byte key"),
         }
     }
 
@@ -222,17 +270,17 @@ impl Cipher {
         self.check
     }
 
-    /// Wraps `plain`, a whole plain record already sealed for position `at`,
-    /// in an envelope for the same position, appended to `out`.
+    /// Wraps `plain`, a whole plain record (its CRC stamped for any place),
+    /// in a movable envelope for position `at`, appended to `out`.
     pub fn seal(&self, plain: &[u8], at: Position, out: &mut Vec<u8>) {
         let plain_header =
             RecordHeader::decode(plain[..RECORD_HEADER_LEN].try_into().expect("header"))
                 .expect("a record built by RecordBuilder");
         let start = out.len();
-        let body_len = NONCE_LEN + plain.len() + TAG_LEN;
+        let body_len = NONCE_LEN + plain.len() + TAG_LEN + PLACE_TAG_LEN;
         out.extend_from_slice(&[0u8; 4]);
         out.push(plain[4]);
-        out.push(FLAG_ENCRYPTED | (plain_header.flags & FLAG_MEMBER));
+        out.push(FLAG_ENCRYPTED | FLAG_MOVABLE | (plain_header.flags & FLAG_MEMBER));
         out.extend_from_slice(&[0u8; 2]);
         out.extend_from_slice(&u32::try_from(body_len).expect("size checked").to_le_bytes());
         out.extend_from_slice(&[0u8; 4]);
@@ -243,16 +291,55 @@ impl Cipher {
         let aad = associated_data(at, &out[start + 4..start + RECORD_HEADER_LEN]);
         let text_start = out.len();
         out.extend_from_slice(plain);
+        RecordBuilder::restamp(&mut out[text_start..], NOWHERE);
         let tag = self
             .session
             .encrypt_in_place_detached(
                 &NonceSource::within_session(&nonce),
-                &aad,
+                &aad[POSITION_LEN..],
                 &mut out[text_start..],
             )
             .expect("a record is far below the cipher's size limit");
         out.extend_from_slice(&tag);
-        super::record::RecordBuilder::restamp(&mut out[start..], at);
+        let place = self.place_tag(at, &out[start..]).finalize().into_bytes();
+        out.extend_from_slice(&place);
+        RecordBuilder::restamp(&mut out[start..], at);
+    }
+
+    /// Writes `stored`, a movable envelope whose CRC is verified at `from`,
+    /// to `out` as it must read at `to`, without opening it: its place tag
+    /// is checked at `from`, then replaced, and its CRC stamped for `to`.
+    pub fn move_envelope(
+        &self,
+        stored: &[u8],
+        from: Position,
+        to: Position,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        if stored.len() < ENVELOPE_OVERHEAD + RECORD_HEADER_LEN || stored[5] & FLAG_MOVABLE == 0 {
+            return Err(RecordError::BadHeader);
+        }
+        let (sealed, place) = stored.split_at(stored.len() - PLACE_TAG_LEN);
+        self.place_tag(from, sealed)
+            .verify_slice(place)
+            .map_err(|_| RecordError::ChecksumMismatch)?;
+        out.clear();
+        out.extend_from_slice(sealed);
+        let place = self.place_tag(to, out).finalize().into_bytes();
+        out.extend_from_slice(&place);
+        RecordBuilder::restamp(out, to);
+        Ok(())
+    }
+
+    /// The place tag of `sealed`, a movable envelope up to its place tag,
+    /// at `at`, ready to finalize or verify.
+    fn place_tag(&self, at: Position, sealed: &[u8]) -> PlaceMac {
+        let mut mac = self.places.clone();
+        mac.update(&at.file_id.to_le_bytes());
+        mac.update(&at.offset.to_le_bytes());
+        mac.update(&sealed[RECORD_HEADER_LEN..RECORD_HEADER_LEN + NONCE_LEN]);
+        mac.update(&sealed[sealed.len() - TAG_LEN..]);
+        mac
     }
 
     /// Opens the envelope `stored` (CRC already verified at `at`) in place
@@ -262,26 +349,37 @@ impl Cipher {
         stored: &'a mut [u8],
         at: Position,
     ) -> Result<RecordView<'a>, RecordError> {
-        let len = stored.len();
-        if len < ENVELOPE_OVERHEAD + RECORD_HEADER_LEN {
+        let flags = stored.get(5).copied().unwrap_or_default();
+        let movable = flags & FLAG_MOVABLE != 0;
+        if stored.len() < envelope_overhead(flags) + RECORD_HEADER_LEN {
             return Err(RecordError::BadHeader);
         }
-        let aad = associated_data(at, &stored[4..RECORD_HEADER_LEN]);
-        let (head, text) = stored.split_at_mut(RECORD_HEADER_LEN + NONCE_LEN);
+        let full_aad = associated_data(at, &stored[4..RECORD_HEADER_LEN]);
+        let place_len = if movable { PLACE_TAG_LEN } else { 0 };
+        let (sealed, place) = stored.split_at_mut(stored.len() - place_len);
+        let (aad, plain_at) = if movable {
+            self.place_tag(at, sealed)
+                .verify_slice(place)
+                .map_err(|_| RecordError::ChecksumMismatch)?;
+            (&full_aad[POSITION_LEN..], NOWHERE)
+        } else {
+            (&full_aad[..], at)
+        };
+        let (head, text) = sealed.split_at_mut(RECORD_HEADER_LEN + NONCE_LEN);
         let (text, tag) = text.split_at_mut(text.len() - TAG_LEN);
         let nonce = XNonce::from_slice(&head[RECORD_HEADER_LEN..]);
         let tag = Tag::from_slice(tag);
         let opened = if nonce[..PREFIX_LEN] == self.nonces.prefix {
             let nonce = NonceSource::within_session(nonce);
             self.session
-                .decrypt_in_place_detached(&nonce, &aad, text, tag)
+                .decrypt_in_place_detached(&nonce, aad, text, tag)
         } else {
             // Sealed by an earlier run, under another prefix.
-            self.aead.decrypt_in_place_detached(nonce, &aad, text, tag)
+            self.aead.decrypt_in_place_detached(nonce, aad, text, tag)
         };
         opened.map_err(|_| RecordError::ChecksumMismatch)?;
         let outer_flags = head[5];
-        let plain = verify(text, at)?;
+        let plain = verify(text, plain_at)?;
         let same_membership = (plain.header.flags & FLAG_MEMBER) == (outer_flags & FLAG_MEMBER);
         if plain.header.is_encrypted() || !same_membership {
             return Err(RecordError::BadHeader);
@@ -318,10 +416,14 @@ impl Cipher {
     }
 }
 
-/// Length of an envelope's associated data.
-const AAD_LEN: usize = 4 + 8 + RECORD_HEADER_LEN - 4;
+/// Bytes of a position (file id, offset) in a format 1 envelope's
+/// associated data.
+const POSITION_LEN: usize = 4 + 8;
+/// Length of a format 1 envelope's associated data.
+const AAD_LEN: usize = POSITION_LEN + RECORD_HEADER_LEN - 4;
 
-/// File id and offset, then the envelope header after its CRC.
+/// File id and offset, then the envelope header after its CRC: a format 1
+/// envelope's associated data; a movable envelope's is the header part.
 fn associated_data(at: Position, header_after_crc: &[u8]) -> [u8; AAD_LEN] {
     let mut aad = [0u8; AAD_LEN];
     aad[..4].copy_from_slice(&at.file_id.to_le_bytes());
@@ -482,6 +584,7 @@ mod tests {
     use super::*;
     use crate::store::directory::LOG_FILE;
     use crate::store::index::Attrs;
+    use crate::store::record::RecordKind;
     use crate::store::testing::{assert_matches, batch_put, churn, put, set_attrs, Model};
     use crate::store::{check, open_with, OpenError, SyncMode};
     use std::sync::Arc;
@@ -656,13 +759,14 @@ mod tests {
         offset: 64,
     };
 
-    /// A plain put record of `k` = `value`, sealed for [`AT`].
+    /// A plain put record of `k` = `value`, stamped for no place, as an
+    /// envelope holds it.
     fn plain_record() -> Vec<u8> {
         use crate::store::record::{RecordBuilder, RecordMeta};
         let mut plain = Vec::new();
         RecordBuilder::begin(&mut plain, &RecordMeta::put(b"k", b"", 0));
         plain.extend_from_slice(b"value");
-        RecordBuilder::seal(&mut plain, 1, 0, AT);
+        RecordBuilder::seal(&mut plain, 1, 0, NOWHERE);
         plain
     }
 
@@ -676,17 +780,33 @@ mod tests {
             this_run.seal(&plain, at, &mut envelope);
             // The reference construction, with no subkey cached, opens it.
             let (head, rest) = envelope.split_at(RECORD_HEADER_LEN + NONCE_LEN);
-            let (text, tag) = rest.split_at(rest.len() - TAG_LEN);
+            let (text, tags) = rest.split_at(rest.len() - TAG_LEN - PLACE_TAG_LEN);
+            let (tag, place) = tags.split_at(TAG_LEN);
+            let nonce = &head[RECORD_HEADER_LEN..];
             let mut text = text.to_vec();
             XChaCha20Poly1305::new(Key::from_slice(&key))
                 .decrypt_in_place_detached(
-                    XNonce::from_slice(&head[RECORD_HEADER_LEN..]),
-                    &associated_data(at, &head[4..RECORD_HEADER_LEN]),
+                    XNonce::from_slice(nonce),
+                    &head[4..RECORD_HEADER_LEN],
                     &mut text,
                     Tag::from_slice(tag),
                 )
                 .unwrap();
             assert_eq!(text, plain);
+            // The place tag, as documented: BLAKE2s-128 under a subkey.
+            let mut derive = <Blake2sMac256 as Mac>::new_from_slice(&key).unwrap();
+            derive.update(b"lucid place tag key");
+            let subkey = derive.finalize().into_bytes();
+            let mut expected = <PlaceMac as Mac>::new_from_slice(&subkey).unwrap();
+            for part in [
+                &at.file_id.to_le_bytes()[..],
+                &at.offset.to_le_bytes(),
+                nonce,
+                tag,
+            ] {
+                expected.update(part);
+            }
+            assert_eq!(expected.finalize().into_bytes()[..], *place);
             // Its sealer opens it through the subkey, a later run through
             // the whole construction; a changed byte fails both ways, also
             // with its CRC made right.
@@ -719,6 +839,150 @@ mod tests {
                 assert_eq!(opened.value, b"value");
             }
         }
+    }
+
+    /// Where the records of a log's bytes start, and how long each is.
+    fn records_of(log: &[u8]) -> Vec<(usize, usize)> {
+        let mut at = crate::store::record::FILE_HEADER_LEN;
+        let mut records = Vec::new();
+        while at < log.len() {
+            let header = &log[at..at + RECORD_HEADER_LEN];
+            let len = RecordHeader::decode(header.try_into().unwrap())
+                .unwrap()
+                .record_len() as usize;
+            records.push((at, len));
+            at += len;
+        }
+        records
+    }
+
+    fn file_id_of(log: &[u8]) -> u32 {
+        crate::store::record::FileHeader::decode(log[..32].try_into().unwrap())
+            .unwrap()
+            .file_id
+    }
+
+    /// Stamps every record's CRC for where it now sits, as a forger can.
+    fn restamp_all(log: &mut [u8]) {
+        let file_id = file_id_of(log);
+        for (at, len) in records_of(log) {
+            let place = Position {
+                file_id,
+                offset: at as u64,
+            };
+            crate::store::record::RecordBuilder::restamp(&mut log[at..at + len], place);
+        }
+    }
+
+    #[test]
+    fn an_envelope_moves_unopened_and_only_from_its_own_place() {
+        let cipher = Cipher::from_key(&[9; KEY_LEN]);
+        let mut envelope = Vec::new();
+        cipher.seal(&plain_record(), AT, &mut envelope);
+        let there = Position {
+            file_id: 2,
+            offset: 4096,
+        };
+        let mut moved = Vec::new();
+        cipher
+            .move_envelope(&envelope, AT, there, &mut moved)
+            .unwrap();
+        // Same nonce, ciphertext and tag: nothing was sealed again.
+        let sealed = RECORD_HEADER_LEN..envelope.len() - PLACE_TAG_LEN;
+        assert_eq!(moved[sealed.clone()], envelope[sealed.clone()]);
+        assert_eq!(
+            open_record(Some(&cipher), &mut moved.clone(), there)
+                .unwrap()
+                .value,
+            b"value"
+        );
+        assert!(open_record(Some(&cipher), &mut moved.clone(), AT).is_err());
+        // Bytes copied elsewhere, CRC made right: refused there, and not
+        // laundered by a move from there either.
+        let mut copied = envelope.clone();
+        crate::store::record::RecordBuilder::restamp(&mut copied, there);
+        assert_eq!(
+            open_record(Some(&cipher), &mut copied.clone(), there),
+            Err(RecordError::ChecksumMismatch)
+        );
+        assert!(cipher
+            .move_envelope(&copied, there, AT, &mut Vec::new())
+            .is_err());
+        // Another key cannot move it (nor forge its place tag).
+        let other = Cipher::from_key(&[8; KEY_LEN]);
+        assert!(other
+            .move_envelope(&envelope, AT, there, &mut Vec::new())
+            .is_err());
+        // A changed ciphertext byte moves (the move reads no more than the
+        // place tag) but never opens.
+        let mut tampered = envelope.clone();
+        tampered[RECORD_HEADER_LEN + NONCE_LEN + 3] ^= 1;
+        let mut moved = Vec::new();
+        cipher
+            .move_envelope(&tampered, AT, there, &mut moved)
+            .unwrap();
+        assert!(open_record(Some(&cipher), &mut moved, there).is_err());
+    }
+
+    #[test]
+    fn envelopes_swapped_or_cut_out_never_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_with(dir.path(), SyncMode::Always, cipher(1)).unwrap();
+        let mut model = Model::new();
+        for key in ["a", "b", "c", "d"] {
+            put(&store, &mut model, key, format!("value {key}").as_bytes());
+        }
+        drop(store);
+        let log = dir.path().join(LOG_FILE);
+        let original = fs::read(&log).unwrap();
+        let puts: Vec<_> = records_of(&original)
+            .into_iter()
+            .filter(|&(at, _)| original[at + 4] == RecordKind::Put as u8)
+            .collect();
+        let ((b, len), (c, _)) = (puts[1], puts[2]);
+        // Two envelopes of one size swapped, CRCs made right: the sync
+        // markers after them still authenticate, so this is damage in
+        // durable data and the node refuses to start.
+        let mut swapped = original.clone();
+        swapped[b..b + len].copy_from_slice(&original[c..c + len]);
+        swapped[c..c + len].copy_from_slice(&original[b..b + len]);
+        restamp_all(&mut swapped);
+        fs::write(&log, &swapped).unwrap();
+        assert!(matches!(
+            open_with(dir.path(), SyncMode::Always, cipher(1)),
+            Err(OpenError::Corrupt { .. })
+        ));
+        // One cut out of the middle: nothing after it authenticates where
+        // it now sits, so the log reads as if cut short there (as any
+        // truncation does); b's place never serves c or d.
+        let mut cut_out = original.clone();
+        cut_out.drain(b..b + len);
+        restamp_all(&mut cut_out);
+        fs::write(&log, &cut_out).unwrap();
+        let (store, _) = open_with(dir.path(), SyncMode::Always, cipher(1)).unwrap();
+        assert_matches(&store, &Model::from([("a".into(), b"value a".to_vec())]));
+    }
+
+    #[test]
+    fn compaction_moves_envelopes_unopened_and_rotation_reseals_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_with(dir.path(), SyncMode::Never, cipher(1)).unwrap();
+        let mut model = Model::new();
+        put(&store, &mut model, "k", b"old");
+        put(&store, &mut model, "k", MARKER);
+        let log = dir.path().join(LOG_FILE);
+        let sealed_part = |log: &[u8]| {
+            let (at, len) = *records_of(log).last().unwrap();
+            log[at + RECORD_HEADER_LEN..at + len - PLACE_TAG_LEN].to_vec()
+        };
+        let before = sealed_part(&fs::read(&log).unwrap());
+        store.compact().unwrap();
+        let after = fs::read(&log).unwrap();
+        assert_eq!(records_of(&after).len(), 1);
+        assert_eq!(sealed_part(&after), before, "moved as it was");
+        store.compact_with(cipher(2)).unwrap();
+        assert_ne!(sealed_part(&fs::read(&log).unwrap()), before);
+        assert_matches(&store, &model);
     }
 
     #[test]

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::compaction::COMPACT_FILE;
-use super::crypt::{Cipher, ENVELOPE_OVERHEAD};
+use super::crypt::Cipher;
 use super::engine::{Recovered, Store, SyncMode};
 use super::file::{DiskFile, LogFile};
 use super::hint;
-use super::index::{Attrs, Index, Location};
+use super::index::{Attrs, Index};
 use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
 use super::repair::REPAIR_FILE;
 use super::scan::{scan, Damage, ScanStart, ScanSummary};
@@ -364,26 +364,14 @@ fn replay(
     start: ScanStart,
 ) -> Result<ScanSummary, OpenError> {
     let (file, file_id, cipher) = source;
-    let overhead = if cipher.is_some() {
-        ENVELOPE_OVERHEAD
-    } else {
-        0
-    };
     scan(
         file,
         file_id,
         cipher,
         start,
-        |record, offset| match record.header.kind {
+        |record, stored| match record.header.kind {
             RecordKind::Put => {
-                index.insert(
-                    record.key,
-                    Location {
-                        offset,
-                        len: (record.header.record_len() as usize + overhead) as u32,
-                    },
-                    Attrs::of(&record.header),
-                );
+                index.insert(record.key, stored, Attrs::of(&record.header));
             }
             RecordKind::Delete => index.remove(record.key),
             RecordKind::Batch | RecordKind::Marker => {

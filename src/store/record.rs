@@ -30,8 +30,9 @@
 //!      4    1 kind            1 = put, 2 = delete (tombstone), 3 = batch frame,
 //!                             4 = sync marker
 //!      5    1 flags           bit 0: locked (puts only), bit 1: member of a
-//!                             batch frame, bit 2: encrypted envelope (see
-//!                             crypt.rs); other bits 0
+//!                             batch frame, bit 2: encrypted envelope, bit 3:
+//!                             movable envelope, one with a place tag (both
+//!                             see crypt.rs); other bits 0
 //!      6    2 key length      u16 LE, 1..=65535
 //!      8    4 value length    u32 LE (0 for a tombstone)
 //!     12    1 content type length u8 (0 for a tombstone)
@@ -99,6 +100,9 @@ pub const FLAG_LOCKED: u8 = 1;
 pub const FLAG_MEMBER: u8 = 2;
 /// Flag of an envelope: an encrypted record (see [`super::crypt`]).
 pub const FLAG_ENCRYPTED: u8 = 4;
+/// Flag of an envelope whose place is authenticated by a place tag instead
+/// of its encryption, so it can move unopened (see [`super::crypt`]).
+pub const FLAG_MOVABLE: u8 = 8;
 
 /// What a record does to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,10 +169,10 @@ impl RecordHeader {
         let flags = bytes[5];
         let reserved = &bytes[13..16];
         let allowed = match kind {
-            RecordKind::Put => FLAG_LOCKED | FLAG_MEMBER | FLAG_ENCRYPTED,
-            RecordKind::Delete => FLAG_MEMBER | FLAG_ENCRYPTED,
+            RecordKind::Put => FLAG_LOCKED | FLAG_MEMBER | FLAG_ENCRYPTED | FLAG_MOVABLE,
+            RecordKind::Delete => FLAG_MEMBER | FLAG_ENCRYPTED | FLAG_MOVABLE,
             RecordKind::Batch => 0,
-            RecordKind::Marker => FLAG_ENCRYPTED,
+            RecordKind::Marker => FLAG_ENCRYPTED | FLAG_MOVABLE,
         };
         if flags & !allowed != 0 || reserved.iter().any(|&b| b != 0) {
             return Err(RecordError::BadHeader);
@@ -190,11 +194,12 @@ impl RecordHeader {
             && header.timestamp_ms == 0
             && header.expires_at_ms == 0
             && flags & FLAG_LOCKED == 0
-            && header.value_len as usize > super::crypt::ENVELOPE_OVERHEAD;
+            && header.value_len as usize > super::crypt::envelope_overhead(flags);
         let marker_shaped = kind != RecordKind::Marker || header.sequence == 0;
         let well_formed = match kind {
             _ if !marker_shaped => false,
             _ if flags & FLAG_ENCRYPTED != 0 => envelope_shaped,
+            _ if flags & FLAG_MOVABLE != 0 => false,
             RecordKind::Put => header.key_len > 0,
             RecordKind::Delete => header.key_len > 0 && no_value,
             RecordKind::Batch => {
@@ -226,6 +231,11 @@ impl RecordHeader {
     /// Whether this record is an envelope around an encrypted record.
     pub fn is_encrypted(&self) -> bool {
         self.flags & FLAG_ENCRYPTED != 0
+    }
+
+    /// Whether this record is an envelope that can move unopened.
+    pub fn is_movable(&self) -> bool {
+        self.flags & FLAG_MOVABLE != 0
     }
 }
 

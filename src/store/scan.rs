@@ -49,6 +49,7 @@ use std::io;
 
 use super::crypt::{open_copy, Cipher};
 use super::file::LogFile;
+use super::index::Location;
 use super::record::{
     members, verify, Marker, Position, RecordChecksum, RecordHeader, RecordKind, RecordView,
     FILE_HEADER_LEN, RECORD_HEADER_LEN,
@@ -126,15 +127,15 @@ impl ScanStart {
 }
 
 /// Reads every good record in `file` from `start` on, calling `visit` with
-/// each record and its offset (a batch frame's members one by one, never
-/// the frame itself, never a sync marker), and applies the recovery rule to
+/// each record (opened) and where it is stored (a batch frame's members one
+/// by one, never the frame itself, never a sync marker), and applies the recovery rule to
 /// whatever follows the last good one. The file is not modified.
 pub fn scan(
     file: &dyn LogFile,
     file_id: u32,
     cipher: Option<&Cipher>,
     start: ScanStart,
-    mut visit: impl FnMut(&RecordView<'_>, u64),
+    mut visit: impl FnMut(&RecordView<'_>, Location),
 ) -> io::Result<ScanSummary> {
     let mut reader = WindowReader::new(file, file_id, cipher)?;
     let mut scratch = Vec::new();
@@ -156,7 +157,7 @@ pub fn scan(
                 // whole or not at all.
                 let mut open =
                     |member: Result<(u64, RecordView<'_>), _>,
-                     visit: &mut dyn FnMut(&RecordView<'_>, u64)| {
+                     visit: &mut dyn FnMut(&RecordView<'_>, Location)| {
                         let Ok((member_offset, member)) = member else {
                             return false;
                         };
@@ -164,9 +165,13 @@ pub fn scan(
                             offset: member_offset,
                             ..at
                         };
+                        let stored = Location {
+                            offset: member_offset,
+                            len: member.bytes.len() as u32,
+                        };
                         match open_copy(cipher, member, place, &mut scratch) {
                             Ok(plain) => {
-                                visit(&plain, member_offset);
+                                visit(&plain, stored);
                                 true
                             }
                             Err(_) => false,
@@ -192,9 +197,13 @@ pub fn scan(
             }
             Some(record) => {
                 let header = record.header;
+                let stored = Location {
+                    offset,
+                    len: record.bytes.len() as u32,
+                };
                 match open_copy(cipher, record, at, &mut scratch) {
                     Ok(plain) => {
-                        visit(&plain, offset);
+                        visit(&plain, stored);
                         summary.records += 1;
                         Some(header)
                     }

@@ -895,10 +895,15 @@ pub fn assert_values(port: u16, expected: &[(String, Vec<u8>)]) {
 /// Writes a key file (32 bytes made from `seed`, mode 0600) into `dir` and
 /// returns `config` with encryption on, using it.
 pub fn encrypted(config: Config, dir: &Path, seed: u8) -> Config {
-    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(format!("key-{seed}"));
     std::fs::write(&path, [seed; 32]).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    encrypted_by(config, &path)
+}
+
+/// `config` with encryption on under the key file at `path` (made private).
+pub fn encrypted_by(config: Config, path: &Path) -> Config {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     config
         .raw("encryption", "enabled: true")
         .raw("encryption", &format!("key_file: '{}'", path.display()))
