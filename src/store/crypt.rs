@@ -69,15 +69,16 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use blake2::digest::consts::U16;
-use blake2::digest::Mac;
-use blake2::{Blake2sMac, Blake2sMac256};
+use blake2::digest::core_api::{Block, Buffer, UpdateCore, VariableOutputCore};
+use blake2::digest::{Mac, Output};
+use blake2::{Blake2sMac256, Blake2sVarCore};
 use chacha20::cipher::consts::U10;
 use chacha20::hchacha;
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag, XChaCha20Poly1305, XNonce};
+use subtle::ConstantTimeEq;
 
 use super::record::{
     verify, Position, RecordBuilder, RecordError, RecordHeader, RecordView, FLAG_ENCRYPTED,
@@ -107,8 +108,54 @@ pub fn envelope_overhead(flags: u8) -> usize {
     }
 }
 
-/// The keyed hash that makes place tags.
-type PlaceMac = Blake2sMac<U16>;
+/// Bytes a place tag covers: file id, offset, nonce, authentication tag.
+const PLACE_MESSAGE_LEN: usize = 4 + 8 + NONCE_LEN + TAG_LEN;
+
+/// Keyed BLAKE2s-128, the place tags' hash, with its key block compressed
+/// once: a tag then costs one compression, not two (the `Mac` interface
+/// compresses the key block again for every message).
+#[derive(Clone)]
+struct PlaceKey {
+    keyed: Blake2sVarCore,
+}
+
+impl PlaceKey {
+    /// Derives the place-tag subkey from the store's key.
+    fn derive(key: &[u8; KEY_LEN]) -> Self {
+        let mut derive = <Blake2sMac256 as Mac>::new_from_slice(key).expect("32-byte key");
+        derive.update(b"lucid place tag key");
+        let subkey = derive.finalize().into_bytes();
+        let mut keyed = Blake2sVarCore::new_with_params(&[], &[], subkey.len(), PLACE_TAG_LEN);
+        let mut key_block = Block::<Blake2sVarCore>::default();
+        key_block[..subkey.len()].copy_from_slice(&subkey);
+        keyed.update_blocks(&[key_block]);
+        Self { keyed }
+    }
+
+    /// The place tag of `sealed`, a movable envelope up to its place tag,
+    /// at `at`.
+    fn tag(&self, at: Position, sealed: &[u8]) -> [u8; PLACE_TAG_LEN] {
+        let mut message = [0u8; PLACE_MESSAGE_LEN];
+        message[..4].copy_from_slice(&at.file_id.to_le_bytes());
+        message[4..12].copy_from_slice(&at.offset.to_le_bytes());
+        message[12..12 + NONCE_LEN]
+            .copy_from_slice(&sealed[RECORD_HEADER_LEN..RECORD_HEADER_LEN + NONCE_LEN]);
+        message[12 + NONCE_LEN..].copy_from_slice(&sealed[sealed.len() - TAG_LEN..]);
+        let mut core = self.keyed.clone();
+        let mut out = Output::<Blake2sVarCore>::default();
+        core.finalize_variable_core(&mut Buffer::<Blake2sVarCore>::new(&message), &mut out);
+        out[..PLACE_TAG_LEN].try_into().expect("16 bytes")
+    }
+
+    /// Whether `place` is the place tag of `sealed` at `at` (compared in
+    /// constant time).
+    fn check(&self, at: Position, sealed: &[u8], place: &[u8]) -> Result<(), RecordError> {
+        match bool::from(self.tag(at, sealed).ct_eq(place)) {
+            true => Ok(()),
+            false => Err(RecordError::ChecksumMismatch),
+        }
+    }
+}
 /// Plaintext bytes per segment of an encrypted hint file.
 const SEGMENT: usize = 64 * 1024;
 /// STREAM nonce: the XChaCha nonce less the 5 bytes of counter and flag.
@@ -122,8 +169,8 @@ pub struct Cipher {
     nonces: NonceSource,
     /// The XChaCha20 subkey for that prefix, derived once.
     session: ChaCha20Poly1305,
-    /// Keyed with the place-tag subkey; cloned for each tag.
-    places: PlaceMac,
+    /// Makes and checks place tags.
+    places: PlaceKey,
 }
 
 /// Envelope nonces without a system call per record: 16 random bytes drawn
@@ -196,17 +243,12 @@ impl Cipher {
         let check = u32::from_le_bytes(tag[..4].try_into().expect("4 bytes")).max(1);
         let nonces = NonceSource::new();
         let subkey = hchacha::<U10>(Key::from_slice(key), (&nonces.prefix).into());
-        // The place-tag key: a subkey of its own, so the key file's key is
-        // used by one primitive only.
-        let mut derive = <Blake2sMac256 as Mac>::new_from_slice(key).expect("32-byte key");
-        derive.update(b"lucid place tag key");
-        let place_key = derive.finalize().into_bytes();
         Self {
             aead,
             check,
             nonces,
             session: ChaCha20Poly1305::new(&subkey),
-            places: <PlaceMac as Mac>::new_from_slice(&place_key).expect("32-byte key"),
+            places: PlaceKey::derive(key),
         }
     }
 
@@ -301,7 +343,7 @@ impl Cipher {
             )
             .expect("a record is far below the cipher's size limit");
         out.extend_from_slice(&tag);
-        let place = self.place_tag(at, &out[start..]).finalize().into_bytes();
+        let place = self.places.tag(at, &out[start..]);
         out.extend_from_slice(&place);
         RecordBuilder::restamp(&mut out[start..], at);
     }
@@ -320,26 +362,13 @@ impl Cipher {
             return Err(RecordError::BadHeader);
         }
         let (sealed, place) = stored.split_at(stored.len() - PLACE_TAG_LEN);
-        self.place_tag(from, sealed)
-            .verify_slice(place)
-            .map_err(|_| RecordError::ChecksumMismatch)?;
+        self.places.check(from, sealed, place)?;
         out.clear();
         out.extend_from_slice(sealed);
-        let place = self.place_tag(to, out).finalize().into_bytes();
+        let place = self.places.tag(to, out);
         out.extend_from_slice(&place);
         RecordBuilder::restamp(out, to);
         Ok(())
-    }
-
-    /// The place tag of `sealed`, a movable envelope up to its place tag,
-    /// at `at`, ready to finalize or verify.
-    fn place_tag(&self, at: Position, sealed: &[u8]) -> PlaceMac {
-        let mut mac = self.places.clone();
-        mac.update(&at.file_id.to_le_bytes());
-        mac.update(&at.offset.to_le_bytes());
-        mac.update(&sealed[RECORD_HEADER_LEN..RECORD_HEADER_LEN + NONCE_LEN]);
-        mac.update(&sealed[sealed.len() - TAG_LEN..]);
-        mac
     }
 
     /// Opens the envelope `stored` (CRC already verified at `at`) in place
@@ -358,9 +387,7 @@ impl Cipher {
         let place_len = if movable { PLACE_TAG_LEN } else { 0 };
         let (sealed, place) = stored.split_at_mut(stored.len() - place_len);
         let (aad, plain_at) = if movable {
-            self.place_tag(at, sealed)
-                .verify_slice(place)
-                .map_err(|_| RecordError::ChecksumMismatch)?;
+            self.places.check(at, sealed, place)?;
             (&full_aad[POSITION_LEN..], NOWHERE)
         } else {
             (&full_aad[..], at)
@@ -797,7 +824,9 @@ mod tests {
             let mut derive = <Blake2sMac256 as Mac>::new_from_slice(&key).unwrap();
             derive.update(b"lucid place tag key");
             let subkey = derive.finalize().into_bytes();
-            let mut expected = <PlaceMac as Mac>::new_from_slice(&subkey).unwrap();
+            let mut expected =
+                <blake2::Blake2sMac<blake2::digest::consts::U16> as Mac>::new_from_slice(&subkey)
+                    .unwrap();
             for part in [
                 &at.file_id.to_le_bytes()[..],
                 &at.offset.to_le_bytes(),
