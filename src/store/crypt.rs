@@ -156,6 +156,7 @@ impl PlaceKey {
         }
     }
 }
+
 /// Plaintext bytes per segment of an encrypted hint file.
 const SEGMENT: usize = 64 * 1024;
 /// STREAM nonce: the XChaCha nonce less the 5 bytes of counter and flag.
