@@ -202,10 +202,21 @@ fn an_encrypted_log_from_before_place_tags_opens_and_compaction_converts_it() {
         before.iter().all(|flags| flags & MOVABLE == 0),
         "{before:?}"
     );
+    // New records after old ones, the log read whole after kill -9.
+    assert_eq!(put(node.port(), "/api/kv/mixed", b"new format").status, 201);
+    node.kill9();
+    node.restart();
+    holds_the_fixture(&node);
+    assert_eq!(get(node.port(), "/api/kv/mixed").body, b"new format");
+    let mixed = record_flags(&node.data_log());
+    assert_eq!(mixed[..before.len()], before[..]);
+    assert!(mixed[before.len()..]
+        .iter()
+        .any(|flags| flags & MOVABLE != 0));
     let compacted = request(node.port(), "POST", "/api/admin/compact", &[], b"");
     assert_eq!(compacted.status, 200);
     let after = record_flags(&node.data_log());
-    assert_eq!(after.len(), 7, "one record per live key: {after:?}");
+    assert_eq!(after.len(), 8, "one record per live key: {after:?}");
     assert!(after.iter().all(|flags| flags & MOVABLE != 0), "{after:?}");
     holds_the_fixture(&node);
     // Written since, then recovered from the log alone.

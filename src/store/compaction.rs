@@ -11,11 +11,12 @@
 //!    order (so a newer version is never overwritten by an older one). Each
 //!    record is verified at its old position (CRC) and stamped for its new
 //!    one: damage aborts the compaction rather than being copied. Records
-//!    dead when the copy began are skipped by offset, unopened. An
-//!    encrypted record keeping its key moves unopened too, with a new place
-//!    tag (see [`super::crypt`]); the rest (plain records, batch members,
-//!    records changing key) are opened and checked by key, and sealed
-//!    afresh if encrypted. The copy also notes where
+//!    dead when the copy began are skipped by offset, unopened. The others
+//!    are checked by key against the index; an encrypted record keeping
+//!    its encryption key then moves unopened (only its key is decrypted
+//!    for that check), with a new place tag (see [`super::crypt`]), while
+//!    batch members and records changing encryption key are opened and
+//!    sealed afresh. The copy also notes where
 //!    each index entry below the cut went (the plan), so the pause need not
 //!    sort the index. Reads and writes go on meanwhile.
 //! 3. **Catch up.** Copy the tail as far as it was written by now, again
@@ -66,7 +67,7 @@ use super::file::{DiskFile, LogFile};
 use super::index::{Index, Location};
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
-    RecordKind, RecordView, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 
 /// Name of the new log while compaction writes it.
@@ -603,16 +604,15 @@ fn copy_tail(
 }
 
 /// The records of the old log that compaction copies: those the index
-/// points at. Each is decided by its offset before it is opened, against
-/// the offsets the index held when the copy began, so dead records,
-/// typically half the log, are never read further. A record that is opened
-/// (any but an envelope moving unopened) is decided again by its key,
-/// against the index as it is now, so a record overwritten meanwhile is
-/// left out and an index entry pointing at some other record stops the
-/// compaction (it relocates no entry it did not copy) instead of being
-/// moved onto it; an envelope moved unopened carries such an entry along,
-/// still pointing at a record that reads refuse as not its key's. Where
-/// each accepted record lands is written into the [`RelocationPlan`].
+/// points at. Each is decided twice: by its offset before it is opened,
+/// against the offsets the index held when the copy began, so dead
+/// records, typically half the log, are never read further; then by its
+/// key (an envelope moving unopened has just its key decrypted, see
+/// [`Cipher::peek_key`]), against the index as it is now, so a record
+/// overwritten meanwhile is left out and an index entry pointing at some
+/// other record stops the compaction (it relocates no entry it did not
+/// copy) instead of being moved onto it. Where each accepted record lands
+/// is written into the [`RelocationPlan`].
 struct LiveRecords<'s> {
     store: &'s Store,
     /// Offsets below the cut, ascending, each with its entry's place in the
@@ -671,9 +671,9 @@ impl<'s> LiveRecords<'s> {
         }
     }
 
-    /// Whether the index still points at `record`, stored at `location`.
-    fn is_live(&self, record: &RecordView<'_>, location: Location) -> bool {
-        read(&self.store.keydir).index.get(record.key) == Some(location)
+    /// Whether the index still points the record of `key` at `location`.
+    fn is_live(&self, key: &[u8], location: Location) -> bool {
+        read(&self.store.keydir).index.get(key) == Some(location)
     }
 }
 
@@ -780,27 +780,31 @@ fn move_records(
                 file_id: to.file_id,
                 offset: written,
             };
+            let location = Location {
+                offset,
+                len: record.bytes.len() as u32,
+            };
             let stored = match ciphers.unchanged() {
                 Some(cipher) if record.header.is_movable() && !record.header.is_member() => {
-                    // Moved unopened: its key is unknown, so the offset
-                    // check above alone says it is live. One overwritten
-                    // since is copied all the same: dead but harmless,
-                    // since its key's entry is in the tail, after it.
+                    if let Some(keep) = keep.as_ref() {
+                        let key = cipher
+                            .peek_key(record.bytes, &mut opened)
+                            .ok_or_else(corrupt)?;
+                        if !keep.is_live(key, location) {
+                            continue;
+                        }
+                    }
                     cipher
                         .move_envelope(record.bytes, place, new, &mut sealed)
                         .map_err(|_| corrupt())?;
                     &sealed[..]
                 }
                 _ => {
-                    let location = Location {
-                        offset,
-                        len: record.bytes.len() as u32,
-                    };
                     let record = open_copy(ciphers.from, record, place, &mut opened)
                         .map_err(|_| corrupt())?;
                     if keep
                         .as_ref()
-                        .is_some_and(|keep| !keep.is_live(&record, location))
+                        .is_some_and(|keep| !keep.is_live(record.key, location))
                     {
                         continue;
                     }
@@ -1360,8 +1364,7 @@ mod tests {
         // moving the entry onto whatever record sits at its offset.
         for cipher in [None, Some(Arc::new(Cipher::from_key(&[5; 32])))] {
             let dir = tempfile::tempdir().unwrap();
-            let (store, _) =
-                crate::store::open_with(dir.path(), SyncMode::Always, cipher.clone()).unwrap();
+            let (store, _) = crate::store::open_with(dir.path(), SyncMode::Always, cipher).unwrap();
             let mut model = Model::new();
             churn(&store, &mut model);
             let log_path = dir.path().join(LOG_FILE);
@@ -1378,20 +1381,9 @@ mod tests {
             write(&store.keydir)
                 .index
                 .insert(b"key-1", dead, Attrs::default());
-            if cipher.is_none() {
-                let err = store.compact().unwrap_err();
-                assert!(err.to_string().contains("was not copied"), "{err}");
-                assert_eq!(fs::read(&log_path).unwrap(), before);
-                continue;
-            }
-            // An envelope moves unopened, so its key is not checked: the
-            // entry goes along, still at key-0's record, which a read
-            // refuses; key-0's value is never served as key-1's.
-            store.compact().unwrap();
-            assert!(matches!(
-                store.get(b"key-1", &mut Vec::new()),
-                Err(crate::store::StoreError::Corrupt { .. })
-            ));
+            let err = store.compact().unwrap_err();
+            assert!(err.to_string().contains("was not copied"), "{err}");
+            assert_eq!(fs::read(&log_path).unwrap(), before);
         }
     }
 

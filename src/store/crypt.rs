@@ -28,7 +28,11 @@
 //! The encryption authenticates the envelope's content; the place tag
 //! binds that content to where it is, so an envelope is authentic only
 //! where it was written: records cannot be moved, swapped or replayed
-//! between files, or cut out of the middle of a log, without the key.
+//! between files without the key, and cutting records out of the middle of
+//! a log leaves every envelope after them failing (batch frames, whose
+//! headers are not encrypted, must hold at least one member, so a gap
+//! cannot be filled with empty ones). As with any log, cutting off its end
+//! cannot be told from a crash before those writes.
 //! Keys, values, content types, times, expiries and locks are all inside;
 //! the disk shows only record sizes, kinds and sequence numbers.
 //!
@@ -73,7 +77,8 @@ use blake2::digest::core_api::{Block, Buffer, UpdateCore, VariableOutputCore};
 use blake2::digest::{Mac, Output};
 use blake2::{Blake2sMac256, Blake2sVarCore};
 use chacha20::cipher::consts::U10;
-use chacha20::hchacha;
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use chacha20::{hchacha, XChaCha20};
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
@@ -164,6 +169,8 @@ const STREAM_NONCE_LEN: usize = 19;
 
 /// The store's encryption key, ready to seal and open envelopes.
 pub struct Cipher {
+    /// The key, for [`Cipher::peek_key`]'s bare keystream.
+    key: Key,
     aead: XChaCha20Poly1305,
     check: u32,
     /// Nonces: a random prefix drawn once per cipher, then a counter.
@@ -245,6 +252,7 @@ impl Cipher {
         let nonces = NonceSource::new();
         let subkey = hchacha::<U10>(Key::from_slice(key), (&nonces.prefix).into());
         Self {
+            key: *Key::from_slice(key),
             aead,
             check,
             nonces,
@@ -370,6 +378,28 @@ impl Cipher {
         out.extend_from_slice(&place);
         RecordBuilder::restamp(out, to);
         Ok(())
+    }
+
+    /// The key of the record in `stored`, a movable envelope, decrypted
+    /// without being authenticated (the ChaCha20 keystream from where the
+    /// encrypted record starts; about one block for a short key), for
+    /// compaction's check that the index still points at the record it
+    /// moves unopened. Never for serving: a changed byte gives a wrong key,
+    /// and the check then fails. `None` if the lengths do not fit.
+    pub fn peek_key<'s>(&self, stored: &[u8], scratch: &'s mut Vec<u8>) -> Option<&'s [u8]> {
+        let text =
+            stored.get(RECORD_HEADER_LEN + NONCE_LEN..stored.len() - TAG_LEN - PLACE_TAG_LEN)?;
+        let nonce = XNonce::from_slice(&stored[RECORD_HEADER_LEN..RECORD_HEADER_LEN + NONCE_LEN]);
+        let mut keystream = XChaCha20::new(&self.key, nonce);
+        // Block 0 makes the Poly1305 key; the text starts at block 1.
+        keystream.seek(64u64);
+        scratch.clear();
+        scratch.extend_from_slice(text.get(..RECORD_HEADER_LEN)?);
+        keystream.apply_keystream(scratch);
+        let key_len = usize::from(u16::from_le_bytes([scratch[6], scratch[7]]));
+        scratch.extend_from_slice(text.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len)?);
+        keystream.apply_keystream(&mut scratch[RECORD_HEADER_LEN..]);
+        Some(&scratch[RECORD_HEADER_LEN..])
     }
 
     /// Opens the envelope `stored` (CRC already verified at `at`) in place
@@ -841,6 +871,7 @@ mod tests {
             // the whole construction; a changed byte fails both ways, also
             // with its CRC made right.
             for run in [&this_run, &other_run] {
+                assert_eq!(run.peek_key(&envelope, &mut Vec::new()), Some(&b"k"[..]));
                 let mut copy = envelope.clone();
                 assert_eq!(open_record(Some(run), &mut copy, at).unwrap().bytes, plain);
                 let mut tampered = envelope.clone();
@@ -991,6 +1022,46 @@ mod tests {
         fs::write(&log, &cut_out).unwrap();
         let (store, _) = open_with(dir.path(), SyncMode::Always, cipher(1)).unwrap();
         assert_matches(&store, &Model::from([("a".into(), b"value a".to_vec())]));
+    }
+
+    #[test]
+    fn a_record_cut_out_cannot_be_filled_with_empty_batch_frames() {
+        // A delete of a 24-byte key is a 160-byte envelope: four 40-byte
+        // frame headers would fill its place exactly and bring the key back.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_with(dir.path(), SyncMode::Always, cipher(1)).unwrap();
+        let mut model = Model::new();
+        let key = "a-key-of-24-bytes-length";
+        put(&store, &mut model, key, b"deleted secret");
+        crate::store::testing::delete(&store, &mut model, key);
+        put(&store, &mut model, "later", b"write");
+        drop(store);
+        let log = dir.path().join(LOG_FILE);
+        let mut bytes = fs::read(&log).unwrap();
+        let (at, len) = records_of(&bytes)
+            .into_iter()
+            .find(|&(at, _)| bytes[at + 4] == RecordKind::Delete as u8)
+            .unwrap();
+        assert_eq!(len, 4 * RECORD_HEADER_LEN);
+        let file_id = file_id_of(&bytes);
+        for frame in (at..at + len).step_by(RECORD_HEADER_LEN) {
+            let header = &mut bytes[frame..frame + RECORD_HEADER_LEN];
+            header.fill(0);
+            header[4] = RecordKind::Batch as u8;
+            header[16] = 9; // a sequence number
+            let place = Position {
+                file_id,
+                offset: frame as u64,
+            };
+            crate::store::record::RecordBuilder::restamp(header, place);
+        }
+        fs::write(&log, &bytes).unwrap();
+        // The sync markers after them still authenticate: damage in
+        // durable data, so the node refuses to start.
+        assert!(matches!(
+            open_with(dir.path(), SyncMode::Always, cipher(1)),
+            Err(OpenError::Corrupt { .. })
+        ));
     }
 
     #[test]

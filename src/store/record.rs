@@ -202,8 +202,14 @@ impl RecordHeader {
             _ if flags & FLAG_MOVABLE != 0 => false,
             RecordKind::Put => header.key_len > 0,
             RecordKind::Delete => header.key_len > 0 && no_value,
+            // A frame holds at least one member: an empty one, a bare
+            // header with a CRC anyone can compute, could stand in for
+            // records cut out of an encrypted log.
             RecordKind::Batch => {
-                header.key_len == 0 && header.content_type_len == 0 && header.expires_at_ms == 0
+                header.key_len == 0
+                    && header.content_type_len == 0
+                    && header.expires_at_ms == 0
+                    && header.value_len > 0
             }
             RecordKind::Marker => {
                 header.key_len == 0
