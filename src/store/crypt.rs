@@ -78,7 +78,7 @@ use blake2::digest::{Mac, Output};
 use blake2::{Blake2sMac256, Blake2sVarCore};
 use chacha20::cipher::consts::U10;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-use chacha20::{hchacha, XChaCha20};
+use chacha20::{hchacha, ChaCha20, XChaCha20};
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
@@ -169,8 +169,10 @@ const STREAM_NONCE_LEN: usize = 19;
 
 /// The store's encryption key, ready to seal and open envelopes.
 pub struct Cipher {
-    /// The key, for [`Cipher::peek_key`]'s bare keystream.
+    /// The key and the session's subkey, for [`Cipher::peek_key`]'s bare
+    /// keystream.
     key: Key,
+    session_key: Key,
     aead: XChaCha20Poly1305,
     check: u32,
     /// Nonces: a random prefix drawn once per cipher, then a counter.
@@ -253,6 +255,7 @@ impl Cipher {
         let subkey = hchacha::<U10>(Key::from_slice(key), (&nonces.prefix).into());
         Self {
             key: *Key::from_slice(key),
+            session_key: subkey,
             aead,
             check,
             nonces,
@@ -390,16 +393,12 @@ impl Cipher {
         let text =
             stored.get(RECORD_HEADER_LEN + NONCE_LEN..stored.len() - TAG_LEN - PLACE_TAG_LEN)?;
         let nonce = XNonce::from_slice(&stored[RECORD_HEADER_LEN..RECORD_HEADER_LEN + NONCE_LEN]);
-        let mut keystream = XChaCha20::new(&self.key, nonce);
-        // Block 0 makes the Poly1305 key; the text starts at block 1.
-        keystream.seek(64u64);
-        scratch.clear();
-        scratch.extend_from_slice(text.get(..RECORD_HEADER_LEN)?);
-        keystream.apply_keystream(scratch);
-        let key_len = usize::from(u16::from_le_bytes([scratch[6], scratch[7]]));
-        scratch.extend_from_slice(text.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len)?);
-        keystream.apply_keystream(&mut scratch[RECORD_HEADER_LEN..]);
-        Some(&scratch[RECORD_HEADER_LEN..])
+        if nonce[..PREFIX_LEN] == self.nonces.prefix {
+            let inner = NonceSource::within_session(nonce);
+            decrypt_key(ChaCha20::new(&self.session_key, &inner), text, scratch)
+        } else {
+            decrypt_key(XChaCha20::new(&self.key, nonce), text, scratch)
+        }
     }
 
     /// Opens the envelope `stored` (CRC already verified at `at`) in place
@@ -488,6 +487,24 @@ fn associated_data(at: Position, header_after_crc: &[u8]) -> [u8; AAD_LEN] {
     aad[4..12].copy_from_slice(&at.offset.to_le_bytes());
     aad[12..].copy_from_slice(header_after_crc);
     aad
+}
+
+/// The key of the plain record encrypted as `text` under `keystream`
+/// (fresh; block 0 made the Poly1305 key, so the text starts at block 1),
+/// decrypted into `scratch` after its header.
+fn decrypt_key<'s>(
+    mut keystream: impl StreamCipher + StreamCipherSeek,
+    text: &[u8],
+    scratch: &'s mut Vec<u8>,
+) -> Option<&'s [u8]> {
+    keystream.seek(64u64);
+    scratch.clear();
+    scratch.extend_from_slice(text.get(..RECORD_HEADER_LEN)?);
+    keystream.apply_keystream(scratch);
+    let key_len = usize::from(u16::from_le_bytes([scratch[6], scratch[7]]));
+    scratch.extend_from_slice(text.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len)?);
+    keystream.apply_keystream(&mut scratch[RECORD_HEADER_LEN..]);
+    Some(&scratch[RECORD_HEADER_LEN..])
 }
 
 /// Turns a stored record whose CRC is verified (and which `stored` holds
