@@ -361,7 +361,7 @@ impl Store {
             from: old_cipher.as_deref(),
             to: new_cipher.as_deref(),
         };
-        let rekeying = !same_cipher(old_cipher.as_ref(), new_cipher.as_ref());
+        let rekeying = !ciphers.same();
         let log_path = dir.join(LOG_FILE);
         let old = File::open(&log_path)?;
         // SAFETY: the log is append-only and this process holds the
@@ -532,21 +532,20 @@ struct Ciphers<'a> {
 }
 
 impl<'a> Ciphers<'a> {
-    /// The cipher of both logs, if both are encrypted with the same key
-    /// (not a rotation): envelopes can then move unopened.
-    fn unchanged(&self) -> Option<&'a Cipher> {
+    /// Whether both logs are plain, or encrypted with the same key (the
+    /// store's own cipher): not a rotation.
+    fn same(&self) -> bool {
         match (self.from, self.to) {
-            (Some(from), Some(to)) if std::ptr::eq(from, to) => Some(from),
-            _ => None,
+            (None, None) => true,
+            (Some(from), Some(to)) => std::ptr::eq(from, to),
+            _ => false,
         }
     }
-}
 
-fn same_cipher(a: Option<&Arc<Cipher>>, b: Option<&Arc<Cipher>>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        _ => false,
+    /// The cipher of both logs, if both are encrypted with the same key:
+    /// envelopes can then move unopened.
+    fn unchanged(&self) -> Option<&'a Cipher> {
+        self.from.filter(|_| self.same())
     }
 }
 
