@@ -40,7 +40,12 @@
 //! the place tag at the old place, then writes the same bytes with a place
 //! tag and CRC for the new one (one BLAKE2s block instead of decrypting and
 //! encrypting the record again). The nonce goes along with the ciphertext
-//! it was used for, so no nonce ever encrypts two texts. Batch members,
+//! it was used for, so no nonce ever encrypts two texts. A move does not
+//! check the whole encryption: accidental damage fails the CRC and a
+//! changed key fails compaction's key check (see [`Cipher::peek_key`]),
+//! both stopping the compaction, but a value byte changed on purpose, its
+//! CRC fixed, moves along and stays refused by every read and by `lucid
+//! check`, as it was before the move. Batch members,
 //! which become plain records when moved, and sync markers, whose claim
 //! changes, are opened and sealed afresh, as is everything when the key
 //! changes (rotation) or a log is repaired.
