@@ -128,8 +128,9 @@ impl ScanStart {
 
 /// Reads every good record in `file` from `start` on, calling `visit` with
 /// each record (opened) and where it is stored (a batch frame's members one
-/// by one, never the frame itself, never a sync marker), and applies the recovery rule to
-/// whatever follows the last good one. The file is not modified.
+/// by one, never the frame itself, never a sync marker), and applies the
+/// recovery rule to whatever follows the last good one. The file is not
+/// modified.
 pub fn scan(
     file: &dyn LogFile,
     file_id: u32,
