@@ -162,3 +162,67 @@ fn plain_http_on_the_tls_port_gets_no_answer_and_stops_nothing() {
     assert_eq!(curl(dir.path(), port, &[], "/health").0, 200);
     drop(server);
 }
+
+/// For `rounds` GETs of `path` made by one curl on one kept-alive
+/// connection: the median time from the request to the response's first
+/// byte, and from its first byte to its last, in milliseconds.
+fn median_get_ms(dir: &Path, port: u16, path: &str, rounds: usize) -> (f64, f64) {
+    let url = format!("https://localhost:{port}{path}");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(dir.join("cert.pem"))
+        .args([
+            "-w",
+            "%{http_code} %{time_pretransfer} %{time_starttransfer} %{time_total}\\n",
+        ])
+        .args((0..rounds).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut first_byte, mut rest): (Vec<f64>, Vec<f64>) = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1) // the first pays for the TLS handshake
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields[0], "200", "{line}");
+            let [pretransfer, starttransfer, total] =
+                [1, 2, 3].map(|i| fields[i].parse::<f64>().unwrap() * 1000.0);
+            (starttransfer - pretransfer, total - starttransfer)
+        })
+        .unzip();
+    let median = |times: &mut Vec<f64>| {
+        times.sort_by(|a, b| a.total_cmp(b));
+        times[times.len() / 2]
+    };
+    (median(&mut first_byte), median(&mut rest))
+}
+
+#[test]
+fn responses_leave_whole_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, port) = start_https(dir.path(), Config::new());
+    for len in [1024, 20 * 1024] {
+        let value = "v".repeat(len);
+        let put = curl(
+            dir.path(),
+            port,
+            &["-X", "PUT", "--data-binary", &value],
+            &format!("/api/kv/v{len}"),
+        );
+        assert_eq!(put.0, 201, "{}", put.1);
+        // A response in two writes (TLS records) waits between them for
+        // the client's delayed ACK: its last byte comes long after its
+        // first. Whole, the rest of it follows at once.
+        let (first_byte, rest) = median_get_ms(dir.path(), port, &format!("/api/kv/v{len}"), 16);
+        assert!(
+            rest <= first_byte * 4.0,
+            "GET of {len} bytes over TLS: {rest:.3} ms from the first byte to the last, \
+             {first_byte:.3} ms to the first"
+        );
+    }
+    drop(server);
+}

@@ -197,16 +197,12 @@ impl Reply<'_> {
         } else {
             body
         };
-        let (head, body) = head.finish(body);
+        let head = head.finish();
         if let Err(err) = request.respond_raw(head, body) {
             log::debug!("could not send a response: {err}");
         }
     }
 }
-
-/// Bodies up to this size are copied behind the head, so that a reply is
-/// one write to the connection.
-const INLINE_BODY_MAX: usize = 4096;
 
 /// Writes reply heads into a buffer reused from reply to reply; one per
 /// worker. The `Date` field is formatted once a second.
@@ -281,16 +277,12 @@ impl<'a> Head<'a> {
         );
     }
 
-    /// Ends the head; returns it and what is left of `body` to write after
-    /// it (nothing, when the body is small enough to join the head).
-    fn finish<'b>(self, body: &'b [u8]) -> (&'a [u8], &'b [u8]) {
+    /// Ends the head and returns it. The body is sent with it in one write
+    /// (`Request::respond_raw`): a reply in two writes would wait for the
+    /// client's delayed ACK.
+    fn finish(self) -> &'a [u8] {
         self.0.extend_from_slice(b"\r\n");
-        if body.len() <= INLINE_BODY_MAX {
-            self.0.extend_from_slice(body);
-            (self.0, b"")
-        } else {
-            (self.0, body)
-        }
+        self.0
     }
 }
 

@@ -69,6 +69,15 @@ impl std::io::Write for Connection {
         }
     }
 
+    /// Lucid patch: see `WriteBuffer`.
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write_vectored(bufs),
+            #[cfg(unix)]
+            Self::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Self::Tcp(s) => s.flush(),
@@ -78,6 +87,16 @@ impl std::io::Write for Connection {
     }
 }
 impl Connection {
+    /// Lucid patch: turns Nagle's algorithm off on a TCP socket (a Unix
+    /// socket has none).
+    pub(crate) fn set_nodelay(&self, nodelay: bool) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_nodelay(nodelay),
+            #[cfg(unix)]
+            Self::Unix(_) => Ok(()),
+        }
+    }
+
     /// Lucid patch: sets the socket's read timeout.
     pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
         match self {

@@ -408,6 +408,13 @@ impl Server {
                                 continue;
                             }
                         }
+                        // Lucid patch: every write leaves at once. Responses
+                        // are written whole (see `util::WriteBuffer`), and a
+                        // stream's event must not wait for the client's
+                        // delayed ACK of the one before (Nagle's algorithm).
+                        if let Err(err) = sock.set_nodelay(true) {
+                            log::warn!("cannot set TCP_NODELAY on a connection: {}", err);
+                        }
                         // Lucid patch: see `ServerConfig::read_timeout`.
                         if let Err(err) = sock.set_read_timeout(read_timeout) {
                             log::warn!("cannot set a read timeout on a connection: {}", err);

@@ -674,8 +674,9 @@ impl Request {
     fn respond_raw_impl(&mut self, head: &[u8], body: &[u8]) -> Result<(), IoError> {
         let mut writer = self.extract_writer_impl();
         let mut write = || {
-            writer.write_all(head)?;
-            writer.write_all(body)?;
+            // Lucid patch: head and body in one write (see `WriteBuffer`).
+            let mut parts = [io::IoSlice::new(head), io::IoSlice::new(body)];
+            crate::util::write_all_vectored(&mut writer, &mut parts)?;
             writer.flush()
         };
         Self::ignore_client_closing_errors(write())

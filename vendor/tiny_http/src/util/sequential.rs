@@ -134,22 +134,31 @@ impl<R: Read + Send> Read for SequentialReader<R> {
     }
 }
 
-impl<W: Write + Send> Write for SequentialWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
+impl<W: Write + Send> SequentialWriter<W> {
+    /// Waits until the writers before this one are done.
+    fn wait_turn(&mut self) {
         if let Some(v) = self.trigger.as_mut() {
             v.recv().unwrap()
         }
         self.trigger = None;
+    }
+}
 
+impl<W: Write + Send> Write for SequentialWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
+        self.wait_turn();
         self.writer.lock().unwrap().write(buf)
     }
 
-    fn flush(&mut self) -> IoResult<()> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
-        }
-        self.trigger = None;
+    /// Lucid patch: passed on whole (the default writes the first slice
+    /// only), so a response's head and body can leave in one write.
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> IoResult<usize> {
+        self.wait_turn();
+        self.writer.lock().unwrap().write_vectored(bufs)
+    }
 
+    fn flush(&mut self) -> IoResult<()> {
+        self.wait_turn();
         self.writer.lock().unwrap().flush()
     }
 }
