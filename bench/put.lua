@@ -1,8 +1,11 @@
--- W2/W4: PUT 100-byte values to random keys of 100,000.
--- BENCH_PREFIX: path before the key number; BENCH_FORM=1: send the value as
--- a form field (etcd's v2 API), else as the raw body.
+-- W2/W4/W5: PUT values to random keys.
+-- BENCH_PREFIX: path before the key number; BENCH_SIZE: the value's size in
+-- bytes (100 unless set); BENCH_KEYS: how many keys (100,000 unless set);
+-- BENCH_FORM=1: send the value as a form field (etcd's v2 API), else as the
+-- raw body.
 local prefix = os.getenv("BENCH_PREFIX") or "/api/kv/bench-"
-local value = string.rep("v", 100)
+local value = string.rep("v", tonumber(os.getenv("BENCH_SIZE") or "100"))
+local keys = tonumber(os.getenv("BENCH_KEYS") or "100000")
 wrk.method = "PUT"
 if os.getenv("BENCH_FORM") == "1" then
   wrk.body = "value=" .. value
@@ -16,5 +19,5 @@ function init(args)
 end
 
 function request()
-  return wrk.format(nil, prefix .. math.random(0, 99999))
+  return wrk.format(nil, prefix .. math.random(0, keys - 1))
 end

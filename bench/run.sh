@@ -6,6 +6,11 @@
 # docs/BENCHMARKS.md and docs/BENCHMARKS.tsv.
 #
 # Usage: bench/run.sh            (BENCH_SECONDS=10 BENCH_RUNS=3 by default)
+#        BENCH_W5_ONLY=1 bench/run.sh   (W5 alone, printed, docs untouched)
+#
+# W5 times GET and PUT of values from 16 B to 1 MiB (BENCH_W5_SECONDS=3 per
+# run, on one connection and at -c64), with nginx serving static files of
+# the same sizes as the reference for GET, and etcd where it takes the size.
 #
 # Every server listens on 127.0.0.1, is pinned to CPU 0 (wrk runs on CPU 1),
 # and is stopped by PID when the script ends. All servers start first; then
@@ -43,7 +48,8 @@ rustup target list --installed | grep -q "^$MUSL\$" || rustup target add "$MUSL"
 
 cargo build --quiet --release --bin lucid --example http_ceiling
 # The static build as shipped to boards (cross/build.sh), for idle memory.
-cargo build --quiet --profile edge --target "$MUSL" --bin lucid --example http_ceiling
+[ -n "${BENCH_W5_ONLY:-}" ] ||
+  cargo build --quiet --profile edge --target "$MUSL" --bin lucid --example http_ceiling
 
 work=$(mktemp -d)
 pids=()
@@ -72,7 +78,7 @@ wait_for() {
 }
 
 # Servers by name: their PID, URL and the paths the wrk scripts use.
-declare -A PID URL GET_PATH PREFIX FORM
+declare -A PID URL GET_PATH PREFIX FORM BODY_SIZE KEYS
 
 # start_lucid NAME SYNC [encrypted] [no-compaction]: starts Lucid with the
 # given sync mode (with encryption at rest; without background compaction,
@@ -137,6 +143,7 @@ http {
   server {
     listen 127.0.0.1:$port;
     location / { return 200 "$(printf 'x%.0s' $(seq 1 100))"; }
+    location /w5/ { root $work/nginx; }
   }
 }
 EOF
@@ -256,6 +263,7 @@ measure_once() {
   settle "${PID[$server]}"
   ticks_before=$(cpu_ticks "${PID[$server]}")
   out=$(BENCH_GET=${GET_PATH[$server]} BENCH_PREFIX=${PREFIX[$server]} BENCH_FORM=${FORM[$server]} \
+    BENCH_SIZE=${BODY_SIZE[$server]:-100} BENCH_KEYS=${KEYS[$server]:-100000} \
     taskset -c $CLIENT_CPU wrk -t"$threads" -c"$connections" -d"${SECONDS_PER_RUN}s" --latency \
     -s "bench/$script" "${URL[$server]}")
   cpu=$(awk -v t="$(( $(cpu_ticks "${PID[$server]}") - ticks_before ))" -v hz="$(getconf CLK_TCK)" \
@@ -266,7 +274,7 @@ measure_once() {
   if grep -q "Non-2xx" <<< "$out"; then
     echo "warning: $row $workload got non-2xx answers: $(grep Non-2xx <<< "$out")" >&2
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$workload" "$req" "$p50" "$p99" "$cpu" >> "$work/raw.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$workload" "$req" "$p50" "$p99" "$cpu" >> "${RAW:-$work/raw.tsv}"
   printf '    %-28s %-14s %10.0f req/s  p99 %7.3f ms  cpu %5.1f us/req\n' "$row" "$workload" "$req" "$p99" "$cpu"
 }
 
@@ -283,6 +291,117 @@ idle_rss() {
     END { printf "%s %.1f MB (%.1f MB anonymous)", n, r / 1024, a / 1024 }' "/proc/$pid/status"
   kill "$pid"
 }
+
+# W5: values of every size a board sends, GET and PUT, on one connection
+# and at -c64. Each size has names of its own ("lucid@SIZE", ...) that share
+# their server's process and differ in the paths and body size they use.
+W5_SIZES=(16 1024 4096 16384 65536 262144 1048576)
+W5_SECONDS=${BENCH_W5_SECONDS:-3}
+W5_RUNS=${BENCH_W5_RUNS:-$RUNS}
+W5_CONNECTIONS=("1 1" "64 2")
+W5_MEASUREMENTS=()
+
+size_label() {
+  awk -v n="$1" 'BEGIN { if (n >= 1048576) printf "%dMiB", n / 1048576;
+    else if (n >= 1024) printf "%dKiB", n / 1024; else printf "%dB", n }'
+}
+
+# alias_server SERVER NAME GET_PATH PUT_PREFIX SIZE: NAME is SERVER with
+# other paths and values of SIZE bytes (100 keys to PUT to).
+alias_server() {
+  PID[$2]=${PID[$1]} URL[$2]=${URL[$1]} FORM[$2]=${FORM[$1]}
+  GET_PATH[$2]=$3 PREFIX[$2]=$4 BODY_SIZE[$2]=$5 KEYS[$2]=100
+}
+
+# prepare_w5: the values to GET (a file per size for nginx, a key per size
+# for Lucid and etcd) and the list of W5 measurements. etcd is measured at
+# the sizes it accepts.
+prepare_w5() {
+  local size label etcd=etcd-3.4-v2 status conns
+  mkdir -p "$work/nginx/w5"
+  for size in "${W5_SIZES[@]}"; do
+    label=$(size_label "$size")
+    head -c "$size" /dev/zero | tr '\0' v > "$work/nginx/w5/$size"
+    { printf 'value='; cat "$work/nginx/w5/$size"; } > "$work/w5-form-$size"
+    alias_server lucid "lucid@$size" "/api/kv/w5-get-$size" "/api/kv/w5-put-$size-" "$size"
+    alias_server nginx "nginx@$size" "/w5/$size" "/w5/put-" "$size"
+    alias_server "$etcd" "etcd@$size" "/v2/keys/w5-get-$size" "/v2/keys/w5-put-$size-" "$size"
+    curl -sf -o /dev/null -X PUT --data-binary "@$work/nginx/w5/$size" "${URL[lucid]}/api/kv/w5-get-$size"
+    status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary "@$work/w5-form-$size" \
+      -H 'Content-Type: application/x-www-form-urlencoded' "${URL[$etcd]}/v2/keys/w5-get-$size")
+    for conns in "${W5_CONNECTIONS[@]}"; do
+      read -r c t <<< "$conns"
+      W5_MEASUREMENTS+=("lucid lucid@$size W5-get-$label-c$c get.lua $c $t")
+      W5_MEASUREMENTS+=("nginx nginx@$size W5-get-$label-c$c get.lua $c $t")
+      [[ $status == 2* ]] && W5_MEASUREMENTS+=("$etcd etcd@$size W5-get-$label-c$c get.lua $c $t")
+      W5_MEASUREMENTS+=("lucid lucid@$size W5-put-$label-c$c put.lua $c $t")
+      [[ $status == 2* ]] && W5_MEASUREMENTS+=("$etcd etcd@$size W5-put-$label-c$c put.lua $c $t")
+    done
+    [[ $status == 2* ]] || echo "  etcd refused a $label value ($status): not measured at that size"
+  done
+}
+
+# run_w5: W5_RUNS rounds of every W5 measurement; the median of each row by
+# req/s goes to $work/w5.tsv as "row workload req/s p50 p99 cpu MB/s".
+run_w5() {
+  local measurement row workload size
+  RAW=$work/w5-raw.tsv
+  : > "$RAW"
+  echo "== W5: ${W5_RUNS} rounds of ${W5_SECONDS}s runs, values of 16 B to 1 MiB"
+  for round in $(seq 1 "$W5_RUNS"); do
+    echo "  round $round of $W5_RUNS"
+    for measurement in "${W5_MEASUREMENTS[@]}"; do
+      # shellcheck disable=SC2086 # the fields are words on purpose
+      SECONDS_PER_RUN=$W5_SECONDS measure_once $measurement
+    done
+  done
+  unset RAW
+  for name in "${!PID[@]}"; do kill -CONT "${PID[$name]}"; done
+  : > "$work/w5.tsv"
+  for measurement in "${W5_MEASUREMENTS[@]}"; do
+    read -r row server workload _ <<< "$measurement"
+    size=${BODY_SIZE[$server]}
+    awk -F'\t' -v r="$row" -v w="$workload" '$1 == r && $2 == w' "$work/w5-raw.tsv" \
+      | sort -t$'\t' -k3 -n | awk -v n="$W5_RUNS" 'NR == int((n + 1) / 2)' \
+      | awk -F'\t' -v OFS='\t' -v s="$size" '{ print $0, sprintf("%.1f", $3 * s / 1e6) }' >> "$work/w5.tsv"
+  done
+}
+
+# w5_report: the W5 table and its targets, as Markdown.
+w5_report() {
+  echo "| workload | target | req/s | p50 ms | p99 ms | MB/s | server CPU µs/req |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+  awk -F'\t' '{printf "| %s | %s | %.0f | %.3f | %.3f | %.1f | %.1f |\n", $2, $1, $3, $4, $5, $7, $6}' "$work/w5.tsv"
+  echo
+  echo "| W5 target | measured | holds |"
+  echo "| --- | --- | --- |"
+  local size label c
+  for c in 1 64; do
+    for size in "${W5_SIZES[@]}"; do
+      label=$(size_label "$size")
+      awk -F'\t' -v w="W5-get-$label-c$c" -v l="$label" -v c="$c" '
+        $2 == w && $1 == "lucid" {x = $4} $2 == w && $1 == "nginx" {y = $4}
+        END { printf "| GET %s -c%s p50 <= 1.5 x nginx + 0.1 ms | %.3f ms vs %.3f ms (limit %.3f) | %s |\n",
+          l, c, x, y, 1.5 * y + 0.1, (x <= 1.5 * y + 0.1) ? "yes" : "no" }' "$work/w5.tsv"
+    done
+  done
+  for c in 1 64; do
+    awk -F'\t' -v w="W5-get-1MiB-c$c" -v c="$c" '
+      $2 == w && $1 == "lucid" {x = $7} $2 == w && $1 == "nginx" {y = $7}
+      END { printf "| GET 1 MiB -c%s MB/s >= 0.7 x nginx | %.1f vs %.1f (%.2f) | %s |\n",
+        c, x, y, (y > 0 ? x / y : 0), (x >= 0.7 * y) ? "yes" : "no" }' "$work/w5.tsv"
+  done
+}
+
+if [ -n "${BENCH_W5_ONLY:-}" ]; then
+  start_lucid lucid interval
+  start_nginx
+  start_etcd
+  prepare_w5
+  run_w5
+  w5_report
+  exit 0
+fi
 
 echo "== Idle resident memory (default config, no load)"
 printf 'general:\n  port: 0\nstorage:\n  directory: %s/idle\n' "$work" > "$work/idle.yml"
@@ -376,6 +495,11 @@ EOF
 echo "== Lucid / peer ratios"
 echo "$ratios" | awk -F'|' '{printf "  %-60s %s  (target %s)\n", $2, $3, $4}'
 
+prepare_w5
+run_w5
+w5=$(w5_report)
+echo "$w5"
+
 # The servers are done: the storage benchmark gets the machine to itself.
 for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
@@ -423,6 +547,15 @@ mkdir -p docs
   echo "| ratio | measured | target |"
   echo "| --- | ---: | --- |"
   echo "$ratios"
+  echo
+  echo "## W5: values of 16 B to 1 MiB"
+  echo
+  echo "GET of one existing value and PUT to 100 keys, $W5_RUNS rounds of $W5_SECONDS s, on one"
+  echo "connection (-c1) and on 64 (-c64); nginx serves static files of the same sizes (the limit of"
+  echo "this machine for HTTP/1.1), etcd's v2 API stores them as form values where it accepts the size."
+  echo "MB/s counts the values' bytes only. Lucid checks each value's CRC on every read."
+  echo
+  echo "$w5"
   echo
   echo "## Storage engine (\`cargo bench --bench storage\`)"
   echo
