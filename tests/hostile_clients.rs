@@ -1,6 +1,7 @@
 //! Clients that try to knock the node over: slowloris (heads and bodies
-//! trickled a byte at a time, idle keep-alive connections) and more open
-//! connections than `general.max_connections`.
+//! trickled a byte at a time, idle keep-alive connections), more open
+//! connections than `general.max_connections`, and HTTP versions the node
+//! does not speak.
 
 mod common;
 
@@ -134,4 +135,55 @@ fn connections_beyond_max_connections_get_503_and_the_node_recovers() {
         thread::sleep(Duration::from_millis(50));
     }
     node.assert_serving();
+}
+
+/// How many entries `/proc/<pid>/<what>` has: open descriptors (`fd`) or
+/// threads (`task`) of the node.
+fn proc_entries(node: &Node, what: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{}/{what}", node.pid()))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn other_http_versions_get_505_and_leave_no_thread_or_descriptor_behind() {
+    let node = Config::new().start();
+    let port = node.port();
+    node.assert_serving();
+    let (fds_before, threads_before) = (proc_entries(&node, "fd"), proc_entries(&node, "task"));
+    let heads: [&[u8]; 4] = [
+        b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /api/kv/k HTTP/3.0\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/0.9\r\n\r\n",
+        // The HTTP/2 connection preface (`curl --http2-prior-knowledge`).
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ];
+    // 600 connections, more than the 512 the node admits at once, in
+    // batches of 100 open together.
+    for batch in 0..6 {
+        let mut conns: Vec<Conn> = (0..100).map(|_| Conn::open(port)).collect();
+        for (n, conn) in conns.iter_mut().enumerate() {
+            conn.write_raw(heads[(batch + n) % heads.len()]).unwrap();
+        }
+        for conn in &mut conns {
+            let resp = conn.read_response(false).expect("an answer to the request");
+            assert_error(&resp, 505, None);
+            // And the node closed the connection.
+            assert!(conn.read_response(false).is_err());
+        }
+    }
+    node.assert_serving();
+    // Connection threads idle for 5 s end; wait for them, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (fds, threads) = (proc_entries(&node, "fd"), proc_entries(&node, "task"));
+        if fds <= fds_before && threads <= threads_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {fds} descriptors (from {fds_before}), {threads} threads (from {threads_before})"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -65,6 +65,9 @@ enum ReadError {
     NotAscii,
     /// Lucid patch: see `request::body_framing`.
     BadFraming(&'static str),
+    /// Lucid patch: the request line names an HTTP version other than 1.0
+    /// and 1.1.
+    VersionNotSupported,
 }
 
 impl ClientConnection {
@@ -183,6 +186,15 @@ impl ClientConnection {
             (method, path, version, headers)
         };
 
+        // Lucid patch: refused here, before the request takes the
+        // connection's writer. Upstream answered 505 from `next` with a
+        // second writer while the request still held the first, so the
+        // answer waited on itself for ever and the connection's thread and
+        // socket were never freed.
+        if version != HTTPVersion(1, 0) && version != HTTPVersion(1, 1) {
+            return Err(ReadError::VersionNotSupported);
+        }
+
         // building the writer for the request
         let writer = self.sink.next().unwrap();
 
@@ -240,114 +252,100 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
             return None;
         }
 
-        loop {
-            // Lucid patch: one request at a time per connection. The next
-            // request is read only once the previous one is answered, so a
-            // request's response never waits for another one's: a caller
-            // may answer requests in any order (Lucid answers writes from
-            // one thread once they are durable; with pipelined requests in
-            // flight together, that thread could wait on a response it was
-            // to send itself). Clients that wait for each answer, nearly
-            // all of them, see no difference.
-            self.sink.wait_for_writers();
-            let rq = match self.read() {
-                // Lucid patch: every error is answered with a JSON
-                // `{"message": ...}` (upstream sent empty bodies, or
-                // nothing), and the connection is closed: where the next
-                // request would start is not known.
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    self.refuse(408, "The request did not arrive in time.");
-                    return None;
-                }
-                Err(ReadError::ReadIoError(_)) => return None,
-                Err(err) => {
-                    let (status, message) = match err {
-                        ReadError::WrongRequestLine => (400, "The request line is malformed."),
-                        ReadError::WrongHeader(_) => (400, "A header line is malformed."),
-                        ReadError::ExpectationFailed(_) => {
-                            (417, "The only Expect header understood is 100-continue.")
-                        }
-                        ReadError::UriTooLong => (414, "The request line is too long."),
-                        ReadError::HeadTooLarge => (431, "The request's headers are too large."),
-                        ReadError::NotAscii => (
-                            400,
-                            "The request head has bytes outside ASCII: percent-encode them in the URL.",
-                        ),
-                        ReadError::BadFraming(why) => (400, why),
-                        ReadError::ReadIoError(_) => unreachable!("answered above"),
-                    };
-                    self.refuse(status, message);
-                    return None;
-                }
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+        // Lucid patch: one request at a time per connection. The next
+        // request is read only once the previous one is answered, so a
+        // request's response never waits for another one's: a caller may
+        // answer requests in any order (Lucid answers writes from one
+        // thread once they are durable; with pipelined requests in flight
+        // together, that thread could wait on a response it was to send
+        // itself). Clients that wait for each answer, nearly all of them,
+        // see no difference.
+        self.sink.wait_for_writers();
+        let rq = match self.read() {
+            // Lucid patch: every error is answered with a JSON
+            // `{"message": ...}` (upstream sent empty bodies, or nothing),
+            // and the connection is closed: where the next request would
+            // start is not known.
+            Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
+                self.refuse(408, "The request did not arrive in time.");
+                return None;
             }
-
-            // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
-
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
-
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
-            };
-
-            // Lucid patch: see `ServerConfig::streams`.
-            if self.streams.is_some_and(|picks| picks(&rq)) {
-                self.no_more_requests = true;
+            Err(ReadError::ReadIoError(_)) => return None,
+            Err(err) => {
+                let (status, message) = match err {
+                    ReadError::WrongRequestLine => (400, "The request line is malformed."),
+                    ReadError::WrongHeader(_) => (400, "A header line is malformed."),
+                    ReadError::ExpectationFailed(_) => {
+                        (417, "The only Expect header understood is 100-continue.")
+                    }
+                    ReadError::UriTooLong => (414, "The request line is too long."),
+                    ReadError::HeadTooLarge => (431, "The request's headers are too large."),
+                    ReadError::NotAscii => (
+                        400,
+                        "The request head has bytes outside ASCII: percent-encode them in the URL.",
+                    ),
+                    ReadError::BadFraming(why) => (400, why),
+                    ReadError::VersionNotSupported => {
+                        (505, "Only HTTP/1.0 and HTTP/1.1 are supported.")
+                    }
+                    ReadError::ReadIoError(_) => unreachable!("answered above"),
+                };
+                self.refuse(status, message);
+                return None;
             }
+            Ok(rq) => rq,
+        };
 
-            // returning the request
-            return Some(rq);
+        // updating the status of the connection
+        let connection_header = rq
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Connection"))
+            .map(|h| h.value.as_str());
+
+        let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+
+        match lowercase {
+            Some(ref val) if val.contains("close") => self.no_more_requests = true,
+            Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
+            Some(ref val)
+                if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
+            {
+                self.no_more_requests = true
+            }
+            None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
+            _ => (),
+        };
+
+        // Lucid patch: see `ServerConfig::streams`.
+        if self.streams.is_some_and(|picks| picks(&rq)) {
+            self.no_more_requests = true;
         }
+
+        // returning the request
+        Some(rq)
     }
 }
 
 /// Parses a "HTTP/1.1" string.
+///
+/// Lucid patch: any `HTTP/<digit>.<digit>` (RFC 9112 §2.3), so that every
+/// well-formed version Lucid does not speak gets a 505, not a 400.
 fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
-        _ => return Err(ReadError::WrongRequestLine),
-    };
-
-    Ok(HTTPVersion(major, minor))
+    match version.as_bytes() {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Ok(HTTPVersion(major - b'0', minor - b'0'))
+        }
+        _ => Err(ReadError::WrongRequestLine),
+    }
 }
 
 /// Parses the request line of the request.
