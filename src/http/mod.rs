@@ -402,7 +402,8 @@ fn worker(server: &Server, ctx: &Context) {
             Reply::internal_error,
         );
         if reply.status() == 500 {
-            log::debug!("500 for {} {url}", request.method());
+            let target = access::WithoutQuery(&url);
+            log::debug!("500 for {} {target}", request.method());
         }
         let status = reply.status();
         // With `sync: always` a successful write is answered once durable,

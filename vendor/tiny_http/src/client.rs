@@ -68,6 +68,9 @@ enum ReadError {
     /// Lucid patch: the request line names an HTTP version other than 1.0
     /// and 1.1.
     VersionNotSupported,
+    /// Lucid patch: a line of the head ends with a bare LF, or has a bare
+    /// CR or a NUL byte.
+    BadLine,
 }
 
 impl ClientConnection {
@@ -117,6 +120,10 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
+    ///
+    /// Lucid patch: a bare LF, a bare CR or a NUL byte is an error at once
+    /// (RFC 9112 §2.2, RFC 9110 §5.5). Upstream kept NULs and read past a
+    /// bare LF until the read timeout.
     fn read_next_line(&mut self, budget: &mut usize) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
@@ -135,6 +142,9 @@ impl ClientConnection {
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
                 return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii);
+            }
+            if byte == b'\n' || byte == 0 || prev_byte_was_cr {
+                return Err(ReadError::BadLine);
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -159,9 +169,10 @@ impl ClientConnection {
                 })?;
                 head_budget = budget;
 
-                parse_request_line(
+                let (method, target, version) = parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
-                )?
+                )?;
+                (method, origin_form(target), version)
             };
 
             // getting all headers
@@ -272,8 +283,15 @@ impl Iterator for ClientConnection {
             // `{"message": ...}` (upstream sent empty bodies, or nothing),
             // and the connection is closed: where the next request would
             // start is not known.
-            Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
+            // A read timeout is `WouldBlock` on Linux.
+            Err(ReadError::ReadIoError(ref err))
+                if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+            {
                 self.refuse(408, "The request did not arrive in time.");
+                return None;
+            }
+            Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::UnexpectedEof => {
+                self.refuse(400, "The connection ended before the request body did.");
                 return None;
             }
             Err(ReadError::ReadIoError(_)) => return None,
@@ -294,6 +312,10 @@ impl Iterator for ClientConnection {
                     ReadError::VersionNotSupported => {
                         (505, "Only HTTP/1.0 and HTTP/1.1 are supported.")
                     }
+                    ReadError::BadLine => (
+                        400,
+                        "Lines of the request head must end with CRLF and hold no NUL or bare CR.",
+                    ),
                     ReadError::ReadIoError(_) => unreachable!("answered above"),
                 };
                 self.refuse(status, message);
@@ -348,6 +370,26 @@ fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
     }
 }
 
+/// Lucid patch: the origin form (path and query) of a request target in
+/// absolute form, `http://host/path?query`, which proxies send and servers
+/// must accept (RFC 9112 §3.2.2); other targets are returned as they are.
+/// Upstream handed the whole URI on as the path.
+fn origin_form(target: String) -> String {
+    let scheme_len = ["http://", "https://"].iter().find_map(|scheme| {
+        let prefix = target.get(..scheme.len())?;
+        prefix.eq_ignore_ascii_case(scheme).then_some(scheme.len())
+    });
+    let Some(scheme_len) = scheme_len else {
+        return target;
+    };
+    let after_authority = &target[scheme_len..];
+    match after_authority.find(['/', '?']) {
+        Some(at) if after_authority[at..].starts_with('/') => after_authority[at..].to_owned(),
+        Some(at) => format!("/{}", &after_authority[at..]),
+        None => "/".to_owned(),
+    }
+}
+
 /// Parses the request line of the request.
 /// eg. GET / HTTP/1.1
 fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
@@ -374,5 +416,19 @@ mod test {
 
         assert!(super::parse_request_line("GET /hello").is_err());
         assert!(super::parse_request_line("qsd qsd qsd").is_err());
+    }
+
+    #[test]
+    fn absolute_targets_become_their_path_and_query() {
+        for (target, origin) in [
+            ("http://host/api/kv/k", "/api/kv/k"),
+            ("HTTPS://host:8080/api/kv?prefix=a", "/api/kv?prefix=a"),
+            ("http://host?x=1", "/?x=1"),
+            ("http://host", "/"),
+            ("/api/kv/k", "/api/kv/k"),
+            ("*", "*"),
+        ] {
+            assert_eq!(super::origin_form(target.to_owned()), origin);
+        }
     }
 }
