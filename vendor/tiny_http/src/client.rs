@@ -5,10 +5,11 @@ use std::io::Result as IoResult;
 use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::str::FromStr;
 
 use crate::common::{HTTPVersion, Method};
-use crate::util::RefinedTcpStream;
+use crate::util::{Activity, Pace, Paced, RefinedTcpStream};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
@@ -20,14 +21,14 @@ pub struct ClientConnection {
 
     // sequence of Readers to the stream, so that the data is not read in
     //  the wrong order
-    source: SequentialReaderBuilder<BufReader<RefinedTcpStream>>,
+    source: SequentialReaderBuilder<BufReader<Paced<RefinedTcpStream>>>,
 
     // sequence of Writers to the stream, to avoid writing response #2 before
     //  response #1
     sink: SequentialWriterBuilder<BufWriter<RefinedTcpStream>>,
 
     // Reader to read the next header from
-    next_header_source: SequentialReader<BufReader<RefinedTcpStream>>,
+    next_header_source: SequentialReader<BufReader<Paced<RefinedTcpStream>>>,
 
     // set to true if we know that the previous request is the last one
     no_more_requests: bool,
@@ -47,6 +48,10 @@ pub struct ClientConnection {
 
     // Lucid patch: longest request head (request line and headers) read.
     max_head: usize,
+
+    // Lucid patch: what the connection is doing, for `util::Paced` and
+    // `util::Connections`.
+    activity: Arc<Activity>,
 }
 
 /// Error that can happen when reading a request.
@@ -75,15 +80,21 @@ enum ReadError {
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
+    ///
+    /// Lucid patch: `activity` describes the connection, whose reads are
+    /// held to `pace` (see `util::Paced`).
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
         socket: Option<crate::Socket>,
         streams: Option<fn(&Request) -> bool>,
+        activity: Arc<Activity>,
+        pace: Option<Pace>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
 
+        let read_socket = Paced::new(read_socket, Arc::clone(&activity), pace);
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
 
@@ -98,6 +109,7 @@ impl ClientConnection {
             streams,
             read_ahead: None,
             max_head: usize::MAX,
+            activity,
         }
     }
 
@@ -205,6 +217,8 @@ impl ClientConnection {
         if version != HTTPVersion(1, 0) && version != HTTPVersion(1, 1) {
             return Err(ReadError::VersionNotSupported);
         }
+        // Lucid patch: from here on, the body's minimum rate applies.
+        self.activity.start_body();
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -278,6 +292,7 @@ impl Iterator for ClientConnection {
         // itself). Clients that wait for each answer, nearly all of them,
         // see no difference.
         self.sink.wait_for_writers();
+        self.activity.wait_for_request();
         let rq = match self.read() {
             // Lucid patch: every error is answered with a JSON
             // `{"message": ...}` (upstream sent empty bodies, or nothing),
@@ -346,8 +361,15 @@ impl Iterator for ClientConnection {
         };
 
         // Lucid patch: see `ServerConfig::streams`.
-        if self.streams.is_some_and(|picks| picks(&rq)) {
+        let stream = self.streams.is_some_and(|picks| picks(&rq));
+        if stream {
             self.no_more_requests = true;
+        }
+        // Lucid patch: a stream or an upgraded connection is its caller's;
+        // its client may stay silent for as long as the caller allows.
+        let upgrade = lowercase.as_deref().is_some_and(|val| val.contains("upgrade"));
+        if stream || upgrade {
+            self.activity.hand_over();
         }
 
         // returning the request

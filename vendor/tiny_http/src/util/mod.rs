@@ -1,3 +1,4 @@
+pub use self::activity::{Activity, Connections, OpenConnection, Pace, Paced};
 pub use self::chunked::ChunkedDecoder;
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
@@ -10,6 +11,7 @@ pub use self::task_pool::TaskPool;
 
 use std::str::FromStr;
 
+mod activity;
 mod chunked;
 mod custom_stream;
 mod equal_reader;
