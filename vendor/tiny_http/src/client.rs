@@ -377,6 +377,37 @@ impl Iterator for ClientConnection {
     }
 }
 
+/// Lucid patch: feeds `input` to a connection as a client would send it
+/// (over a Unix socket pair) and reads every request from it as the server
+/// does, each body to its end, then answers it; returns what the server
+/// wrote back. For fuzzing the request reader: heads, framing, chunked
+/// bodies, the read-ahead and the errors' answers.
+#[cfg(unix)]
+#[doc(hidden)]
+pub fn serve_bytes(input: &[u8], read_ahead: usize, max_head: usize) -> Vec<u8> {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    let (server_side, mut client_side) = UnixStream::pair().expect("a socket pair");
+    let mut client_reader = client_side.try_clone().expect("a socket clone");
+    let input = input.to_vec();
+    let client = std::thread::spawn(move || {
+        let _ = client_side.write_all(&input);
+        let _ = client_side.shutdown(std::net::Shutdown::Write);
+        let mut answers = Vec::new();
+        let _ = client_reader.read_to_end(&mut answers);
+        answers
+    });
+    let (read, write) = RefinedTcpStream::new(crate::connection::Connection::from(server_side));
+    let connection = ClientConnection::new(write, read, None, None, Activity::new(None), None)
+        .with_limits(Some(read_ahead), Some(max_head));
+    for mut request in connection {
+        let mut body = Vec::new();
+        let _ = request.as_reader().read_to_end(&mut body);
+    }
+    client.join().expect("the client thread")
+}
+
 /// Parses a "HTTP/1.1" string.
 ///
 /// Lucid patch: any `HTTP/<digit>.<digit>` (RFC 9112 §2.3), so that every
@@ -438,6 +469,20 @@ mod test {
 
         assert!(super::parse_request_line("GET /hello").is_err());
         assert!(super::parse_request_line("qsd qsd qsd").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn served_bytes_get_one_answer_per_request() {
+        let answers = super::serve_bytes(
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            256,
+            512,
+        );
+        let text = String::from_utf8(answers).unwrap();
+        assert_eq!(text.matches("HTTP/1.1 500").count(), 2, "{text}");
+        let refused = super::serve_bytes(b"GET / HTTP/1.1\nHost: x\n\n", 256, 512);
+        assert!(refused.starts_with(b"HTTP/1.1 400"));
     }
 
     #[test]

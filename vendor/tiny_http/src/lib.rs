@@ -116,6 +116,9 @@ pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 pub use util::Pace;
+#[cfg(unix)]
+#[doc(hidden)]
+pub use client::serve_bytes;
 
 mod client;
 mod common;
