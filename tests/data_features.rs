@@ -732,6 +732,15 @@ fn bad_ttl_or_unknown_query_parameter_is_400_and_writes_nothing() {
         assert_eq!(value(port, "k"), None, "?{query} wrote the key");
     }
     assert_error(&get(port, "/api/kv/k?ttl=5"), 400, None);
+    // Out of bounds: each says which bound.
+    for (query, message) in [
+        ("ttl=0.0001", "The ttl query parameter must be at least 0.001 seconds (expiry times count milliseconds), like ?ttl=60."),
+        ("ttl=3155760001", "The ttl query parameter must be at most 3155760000 seconds (100 years), like ?ttl=60."),
+    ] {
+        let resp = put(port, &format!("/api/kv/k?{query}"), b"v");
+        assert_message(&resp, 400, message);
+        assert_eq!(value(port, "k"), None, "?{query} wrote the key");
+    }
 }
 
 #[test]

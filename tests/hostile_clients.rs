@@ -1,6 +1,8 @@
 //! Clients that try to knock the node over: slowloris (heads and bodies
-//! trickled a byte at a time, idle keep-alive connections) and more open
-//! connections than `general.max_connections`.
+//! trickled a byte at a time, idle keep-alive connections), more open
+//! connections than `general.max_connections` (and as many tricklers,
+//! whose heads must arrive within 10 s and who make room for newcomers),
+//! and HTTP versions the node does not speak.
 
 mod common;
 
@@ -133,5 +135,137 @@ fn connections_beyond_max_connections_get_503_and_the_node_recovers() {
         }
         thread::sleep(Duration::from_millis(50));
     }
+    node.assert_serving();
+}
+
+/// How many entries `/proc/<pid>/<what>` has: open descriptors (`fd`) or
+/// threads (`task`) of the node.
+fn proc_entries(node: &Node, what: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{}/{what}", node.pid()))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn other_http_versions_get_505_and_leave_no_thread_or_descriptor_behind() {
+    let node = Config::new().start();
+    let port = node.port();
+    node.assert_serving();
+    let (fds_before, threads_before) = (proc_entries(&node, "fd"), proc_entries(&node, "task"));
+    let heads: [&[u8]; 4] = [
+        b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /api/kv/k HTTP/3.0\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/0.9\r\n\r\n",
+        // The HTTP/2 connection preface (`curl --http2-prior-knowledge`).
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ];
+    // 600 connections, more than the 512 the node admits at once, in
+    // batches of 100 open together.
+    for batch in 0..6 {
+        let mut conns: Vec<Conn> = (0..100).map(|_| Conn::open(port)).collect();
+        for (n, conn) in conns.iter_mut().enumerate() {
+            conn.write_raw(heads[(batch + n) % heads.len()]).unwrap();
+        }
+        for conn in &mut conns {
+            let resp = conn.read_response(false).expect("an answer to the request");
+            assert_error(&resp, 505, None);
+            // And the node closed the connection.
+            assert!(conn.read_response(false).is_err());
+        }
+    }
+    node.assert_serving();
+    // Connection threads idle for 5 s end; wait for them, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (fds, threads) = (proc_entries(&node, "fd"), proc_entries(&node, "task"));
+        if fds <= fds_before && threads <= threads_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {fds} descriptors (from {fds_before}), {threads} threads (from {threads_before})"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An endless request head: a header line that never ends.
+const ENDLESS_HEAD: &[u8] = b"GET /api/kv/slow HTTP/1.1\r\nHost: x\r\nX-Padding: ";
+
+#[test]
+fn a_head_trickled_for_longer_than_10_s_gets_408() {
+    let node = Config::new().start();
+    let mut conn = Conn::open(node.port());
+    conn.set_read_timeout(Duration::from_secs(30));
+    // A byte every 300 ms, well within the read timeout, for up to 40 s.
+    let mut writer = conn.writer();
+    let stop = AtomicBool::new(false);
+    thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        scope.spawn(|| {
+            let bytes = ENDLESS_HEAD.iter().chain(std::iter::repeat(&b'a'));
+            for byte in bytes.take(40_000 / 300) {
+                if stop.load(Ordering::SeqCst) || writer.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let resp = conn.read_response(false).expect("an answer before 30 s");
+        assert_error(&resp, 408, None);
+    });
+    node.assert_serving();
+}
+
+#[test]
+fn six_hundred_tricklers_do_not_keep_a_normal_client_out() {
+    let node = Config::new().start();
+    let port = node.port();
+    let stop = AtomicBool::new(false);
+    thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        // 600 connections each sending a byte of an endless head every
+        // second; one that is closed (evicted, refused, or cut off at its
+        // head's deadline) is opened again at once.
+        scope.spawn(|| {
+            let mut tricklers: Vec<(TcpStream, usize)> =
+                (0..600).map(|_| (connect(port), 0)).collect();
+            while !stop.load(Ordering::SeqCst) {
+                for (stream, sent) in tricklers.iter_mut() {
+                    let byte = ENDLESS_HEAD.get(*sent).copied().unwrap_or(b'a');
+                    if stream.write_all(&[byte]).is_ok() {
+                        *sent += 1;
+                    } else if let Ok(again) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+                        (*stream, *sent) = (again, 0);
+                    }
+                }
+                thread::sleep(Duration::from_secs(1));
+            }
+        });
+        // Long enough for all 600 to be connected (the node accepts them
+        // at its own pace) and for most slots to be held by tricklers at
+        // least 1 s old (younger ones are never evicted).
+        thread::sleep(Duration::from_secs(6));
+        let mut slowest = Duration::ZERO;
+        for n in 0..20 {
+            let started = Instant::now();
+            let path = format!("/api/kv/normal-{n}");
+            let served = Conn::try_open(port).and_then(|mut conn| {
+                let put = conn.try_send("PUT", &path, &[], b"value")?;
+                let get = conn.try_send("GET", &path, &[], b"")?;
+                Ok((put.status, get.status, get.body))
+            });
+            let took = started.elapsed();
+            assert_eq!(
+                served.unwrap_or_else(|e| panic!("request {n}: {e}")),
+                (201, 200, b"value".to_vec()),
+                "request {n}"
+            );
+            assert!(took < PROMPT, "a normal PUT and GET took {took:?}");
+            slowest = slowest.max(took);
+            thread::sleep(Duration::from_millis(250));
+        }
+        println!("slowest normal PUT+GET beside 600 tricklers: {slowest:?}");
+    });
     node.assert_serving();
 }

@@ -727,7 +727,7 @@ fn clients_that_go_quiet_mid_body_are_cut_off_by_the_read_timeout() {
         let resp = conn
             .read_response(false)
             .expect("an answer once the read timeout passes");
-        assert_error(&resp, 400, None);
+        assert_error(&resp, 408, None);
     }
     node.assert_serving();
     for i in 0..WORKER_THREADS {

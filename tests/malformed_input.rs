@@ -53,6 +53,13 @@ fn malformed_heads_and_framing_get_json_4xx_and_store_nothing() {
         ("two Content-Lengths that differ", put("Content-Length: 3\r\nContent-Length: 5"), 400),
         ("Content-Length and Transfer-Encoding", put("Content-Length: 3\r\nTransfer-Encoding: chunked"), 400),
         ("Transfer-Encoding other than chunked", put("Transfer-Encoding: gzip"), 400),
+        ("chunked, then another Transfer-Encoding", put("Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip"), 400),
+        ("chunked, then an empty Transfer-Encoding", put("Transfer-Encoding: chunked\r\nTransfer-Encoding:"), 400),
+        ("two chunked Transfer-Encodings", put("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"), 400),
+        ("NUL in a header value", put("Content-Length: 3\r\nX-A: a\0b"), 400),
+        ("NUL in a header name", put("Content-Length: 3\r\nX\0A: b"), 400),
+        ("bare CR in a header", put("Content-Length: 3\r\nX-A: a\rb"), 400),
+        ("bare-LF line endings", b"PUT /api/kv/framed HTTP/1.1\nHost: x\nContent-Length: 3\n\nxyz".to_vec(), 400),
         ("Content-Length past 64 bits", put("Content-Length: 99999999999999999999999999"), 413),
         ("bad chunk size", b"PUT /api/kv/framed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(), 400),
         ("chunk longer than its size", b"PUT /api/kv/framed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n".to_vec(), 400),
@@ -68,6 +75,84 @@ fn malformed_heads_and_framing_get_json_4xx_and_store_nothing() {
     }
     // None of the refused writes stored anything.
     assert_eq!(get(port, "/api/kv/framed").status, 404);
+}
+
+/// `PUT /api/kv/cut` with `framing` and the first part of its body.
+fn cut_body(framing: &str, sent: &[u8]) -> Vec<u8> {
+    let mut bytes =
+        format!("PUT /api/kv/cut HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n").into_bytes();
+    bytes.extend_from_slice(sent);
+    bytes
+}
+
+#[test]
+fn bodies_cut_short_or_malformed_get_a_clear_answer() {
+    let node = Config::new()
+        .raw("general", "read_timeout_ms: 1000")
+        .start();
+    let port = node.port();
+    let framings = [
+        ("small Content-Length", "Content-Length: 600", &b"abc"[..]),
+        ("large Content-Length", "Content-Length: 100000", b"abc"),
+        ("chunked", "Transfer-Encoding: chunked", b"a\r\n0123"),
+    ];
+    for (what, framing, sent) in framings {
+        // The client stops sending: 408 once the read timeout ends it.
+        let mut stalled = Conn::open(port);
+        stalled.write_raw(&cut_body(framing, sent)).unwrap();
+        let resp = stalled
+            .read_response(false)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_error(&resp, 408, None);
+        assert!(
+            resp.text().contains("did not arrive in time"),
+            "{what}: {}",
+            resp.text()
+        );
+        // The client closes its side: 400 at once, whatever the framing.
+        let mut closed = Conn::open(port);
+        closed.write_raw(&cut_body(framing, sent)).unwrap();
+        closed.shutdown_write().unwrap();
+        let resp = closed
+            .read_response(false)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_message(
+            &resp,
+            400,
+            "The connection ended before the request body did.",
+        );
+    }
+    // Chunk lines ending in a bare LF are refused as malformed.
+    let resp = raw(
+        port,
+        &cut_body("Transfer-Encoding: chunked", b"3\nabc\n0\n\n"),
+    );
+    assert_error(&resp, 400, None);
+    assert!(resp.text().contains("chunked encoding"), "{}", resp.text());
+    assert_eq!(get(port, "/api/kv/cut").status, 404);
+    node.assert_serving();
+}
+
+#[test]
+fn continue_has_no_content_length_and_absolute_targets_are_served() {
+    let node = Node::start();
+    let port = node.port();
+    let mut conn = Conn::open(port);
+    conn.write_raw(
+        b"PUT /api/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let interim = conn.read_head().unwrap();
+    assert_eq!(interim.status, 100);
+    assert_eq!(interim.header("content-length"), None, "{interim:?}");
+    conn.write_raw(b"v1").unwrap();
+    assert_eq!(conn.read_response(false).unwrap().status, 201);
+    // The absolute form, which proxies send (RFC 9112 section 3.2.2).
+    let absolute = format!("GET http://127.0.0.1:{port}/api/kv/k HTTP/1.1\r\nHost: x\r\n\r\n");
+    let resp = raw(port, absolute.as_bytes());
+    assert_eq!((resp.status, resp.text().as_str()), (200, "v1"));
+    let listing = b"GET HTTPS://lucid/api/kv?prefix=k HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(raw(port, listing).status, 200);
 }
 
 #[test]

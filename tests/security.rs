@@ -484,6 +484,11 @@ fn tokens_and_the_secret_never_reach_the_logs() {
     for token in [&good, &wrong, &expired] {
         with_token(port, token, "PUT", "/api/kv/k", b"v");
         with_token(port, token, "GET", "/api/kv/k", b"");
+        // In the query string, where some clients put it: refused, and
+        // not logged either.
+        for name in ["token", "access_token"] {
+            assert_unauthorized(&get(port, &format!("/api/kv/k?{name}={token}")));
+        }
     }
     let logs = node.logs();
     assert!(

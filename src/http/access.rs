@@ -109,9 +109,24 @@ pub fn authenticate(auth: &crate::auth::Auth, request: &Request) -> Result<Claim
         .filter(|h| h.field.equiv("Authorization"))
         .map(|h| h.value.as_str());
     auth.authenticate(values).map_err(|why| {
-        log::debug!("401 for {} {}: {}", request.method(), request.url(), why.0);
+        let target = WithoutQuery(request.url());
+        log::debug!("401 for {} {target}: {}", request.method(), why.0);
         Reply::json(401, UNAUTHORIZED)
     })
+}
+
+/// A request target as logged: its path, and its query only as `?...`. A
+/// query string may hold a token (`?token=`, `?access_token=`), which must
+/// never reach the logs.
+pub struct WithoutQuery<'u>(pub &'u str);
+
+impl std::fmt::Display for WithoutQuery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.split_once('?') {
+            Some((path, _)) => write!(f, "{path}?..."),
+            None => f.write_str(self.0),
+        }
+    }
 }
 
 /// [`Claims::authorize`] as a reply: `Ok`, or the 403 naming what is missing.

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
-use super::kv::store_error;
-use super::query::positive_seconds;
+use super::kv::{body_unreadable, store_error};
+use super::query::ttl_millis;
 use super::reply::{self, Reply};
 use super::Context;
 use crate::auth::{Access, Claims};
@@ -78,7 +78,7 @@ pub fn handle<'b>(
     }
     let mut body = Vec::new();
     if let Err(err) = request.as_reader().take(limit + 1).read_to_end(&mut body) {
-        return Reply::message(400, format!("The request body could not be read: {err}."));
+        return body_unreadable(&err);
     }
     *body_read = true;
     if body.len() as u64 > limit {
@@ -249,8 +249,7 @@ fn check(
                 serde_json::Value::String(s) => s,
                 _ => String::new(),
             };
-            let ttl_ms = positive_seconds(&seconds)
-                .ok_or("ttl must be a number of seconds greater than 0")?;
+            let ttl_ms = ttl_millis(&seconds).map_err(|why| format!("ttl {why}"))?;
             now.saturating_add(ttl_ms)
         }
     };

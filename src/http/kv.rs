@@ -5,7 +5,7 @@ use std::io::Read;
 use tiny_http::{Method, Request};
 
 use super::conditions::{not_modified, write_condition};
-use super::query::{positive_seconds, Params};
+use super::query::{ttl_millis, Params};
 use super::reply::{self, Reply};
 use super::route::{decode_key, KeyError};
 use super::{patch, Buffers, Context};
@@ -86,15 +86,13 @@ fn put<'b>(
     if request.body_length().is_some_and(|len| len > max) {
         return too_large(max);
     }
-    let expires_at_ms =
-        match params.get("ttl").map(positive_seconds) {
-            None => 0,
-            Some(Some(ttl_ms)) => now_ms().saturating_add(ttl_ms),
-            Some(None) => return Reply::message(
-                400,
-                "The ttl query parameter must be a number of seconds greater than 0, like ?ttl=60.",
-            ),
-        };
+    let expires_at_ms = match params.get("ttl").map(ttl_millis) {
+        None => 0,
+        Some(Ok(ttl_ms)) => now_ms().saturating_add(ttl_ms),
+        Some(Err(why)) => {
+            return Reply::message(400, format!("The ttl query parameter {why}, like ?ttl=60."))
+        }
+    };
     let content_type = request
         .headers()
         .iter()
@@ -114,7 +112,7 @@ fn put<'b>(
     // that is too large without reading all of it.
     let limit = max as u64 + 1;
     if let Err(err) = request.as_reader().take(limit).read_to_end(record) {
-        return Reply::message(400, format!("The request body could not be read: {err}."));
+        return body_unreadable(&err);
     }
     if record.len() - header_len > max {
         return too_large(max);
@@ -127,6 +125,24 @@ fn put<'b>(
         }
         .with_etag(written.version),
         Err(err) => store_error(err),
+    }
+}
+
+/// The reply to a request body that could not be read whole: 408 if the
+/// client stopped sending it (the read timeout, or too slow a rate), 400 if
+/// it closed the connection before its end or its chunked encoding is
+/// malformed.
+pub fn body_unreadable(err: &std::io::Error) -> Reply<'static> {
+    use std::io::ErrorKind;
+    match err.kind() {
+        // A read timeout is `WouldBlock` on Linux.
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => {
+            Reply::message(408, "The request body did not arrive in time.")
+        }
+        ErrorKind::UnexpectedEof => {
+            Reply::message(400, "The connection ended before the request body did.")
+        }
+        _ => Reply::message(400, format!("The request body could not be read: {err}.")),
     }
 }
 

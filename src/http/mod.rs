@@ -47,7 +47,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use tiny_http::{
-    ConfigListenAddr, ConnectionLimit, Method, Request, Server, ServerConfig, SslConfig,
+    ConfigListenAddr, ConnectionLimit, Method, Pace, Request, Server, ServerConfig, SslConfig,
 };
 
 use crate::auth::Auth;
@@ -163,6 +163,7 @@ impl HttpServer {
             }),
             read_ahead: Some(storage.max_value_bytes),
             max_head_bytes: Some(head_limit(storage.max_key_bytes)),
+            pace: Some(Pace::default()),
         };
         let server = Server::new(config).map_err(|err| {
             let tls_hint = if tls {
@@ -402,7 +403,8 @@ fn worker(server: &Server, ctx: &Context) {
             Reply::internal_error,
         );
         if reply.status() == 500 {
-            log::debug!("500 for {} {url}", request.method());
+            let target = access::WithoutQuery(&url);
+            log::debug!("500 for {} {target}", request.method());
         }
         let status = reply.status();
         // With `sync: always` a successful write is answered once durable,

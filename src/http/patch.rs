@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tiny_http::Request;
 
-use super::kv::store_error;
-use super::query::positive_seconds;
+use super::kv::{body_unreadable, store_error};
+use super::query::ttl_millis;
 use super::reply::Reply;
 use super::Context;
 use crate::store::engine::{now_ms, Current, Expect};
@@ -153,9 +153,9 @@ pub fn parse(body: &[u8]) -> Result<Operation, String> {
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
                 _ => None,
             };
-            let ttl = seconds.as_deref().and_then(positive_seconds).ok_or(
-                "The value of ttl must be a number of seconds greater than 0, like {\"operation\": \"ttl\", \"value\": 60}.",
-            )?;
+            let ttl = ttl_millis(seconds.as_deref().unwrap_or("")).map_err(|why| {
+                format!("The value of ttl {why}, like {{\"operation\": \"ttl\", \"value\": 60}}.")
+            })?;
             Operation::Ttl(ttl)
         }
         other => {
@@ -215,7 +215,7 @@ pub fn handle<'b>(
         .take(MAX_BODY + 1)
         .read_to_end(&mut body)
     {
-        return Reply::message(400, format!("The request body could not be read: {err}."));
+        return body_unreadable(&err);
     }
     *body_read = true;
     if body.len() as u64 > MAX_BODY {

@@ -69,12 +69,27 @@ fn bad_value(name: &str, err: KeyError, max_len: usize) -> Reply<'static> {
     Reply::message(400, format!("The query parameter '{name}' {why}."))
 }
 
-/// Parses a number of seconds given as text (a query parameter): a positive
-/// integer or decimal, at most about 100 years. Returns milliseconds.
-pub fn positive_seconds(text: &str) -> Option<u64> {
-    const MAX_SECONDS: f64 = 100.0 * 365.25 * 86_400.0;
-    let seconds: f64 = text.trim().parse().ok()?;
-    (seconds > 0.0 && seconds <= MAX_SECONDS).then(|| (seconds * 1000.0).ceil() as u64)
+/// The longest time to live: 100 years, in seconds.
+pub const MAX_TTL_SECONDS: u64 = 3_155_760_000;
+
+/// Parses a time to live given in seconds as text (an integer or a decimal)
+/// into milliseconds: from 0.001 (one millisecond, the resolution of expiry
+/// times; finer fractions round up) to [`MAX_TTL_SECONDS`]. The error says
+/// what is wrong, to follow the name of the parameter ("ttl must be ...").
+pub fn ttl_millis(text: &str) -> Result<u64, &'static str> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|seconds: &f64| seconds.is_finite() && *seconds > 0.0)
+        .ok_or("must be a number of seconds greater than 0")?;
+    if seconds < 0.001 {
+        return Err("must be at least 0.001 seconds (expiry times count milliseconds)");
+    }
+    if seconds > MAX_TTL_SECONDS as f64 {
+        return Err("must be at most 3155760000 seconds (100 years)");
+    }
+    Ok((seconds * 1000.0).ceil() as u64)
 }
 
 #[cfg(test)]
@@ -99,12 +114,21 @@ mod tests {
     }
 
     #[test]
-    fn seconds_must_be_positive_numbers() {
-        assert_eq!(positive_seconds("60"), Some(60_000));
-        assert_eq!(positive_seconds("0.5"), Some(500));
-        assert_eq!(positive_seconds("0.0001"), Some(1));
-        for bad in ["0", "-1", "abc", "", "NaN", "inf", "1e300"] {
-            assert_eq!(positive_seconds(bad), None, "{bad}");
+    fn ttls_are_positive_seconds_within_bounds() {
+        assert_eq!(ttl_millis("60"), Ok(60_000));
+        assert_eq!(ttl_millis("0.5"), Ok(500));
+        assert_eq!(ttl_millis("0.001"), Ok(1));
+        assert_eq!(ttl_millis("0.0015"), Ok(2));
+        assert_eq!(ttl_millis("3155760000"), Ok(3_155_760_000_000));
+        for bad in ["0", "-1", "abc", "", "NaN", "inf", "-0.0001"] {
+            assert!(
+                ttl_millis(bad).unwrap_err().contains("greater than 0"),
+                "{bad}"
+            );
+        }
+        assert!(ttl_millis("0.0001").unwrap_err().contains("at least 0.001"));
+        for huge in ["3155760001", "1e300"] {
+            assert!(ttl_millis(huge).unwrap_err().contains("at most"), "{huge}");
         }
     }
 }

@@ -1002,6 +1002,12 @@ impl Conn {
     }
 
     /// Sets the read timeout of the connection.
+    /// Another handle on the connection's socket, to write to it from
+    /// another thread while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.reader.get_ref().try_clone().expect("clone a socket")
+    }
+
     pub fn set_read_timeout(&mut self, timeout: Duration) {
         self.reader
             .get_mut()

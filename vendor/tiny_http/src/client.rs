@@ -5,10 +5,11 @@ use std::io::Result as IoResult;
 use std::io::{BufReader, ErrorKind, Read};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::str::FromStr;
 
 use crate::common::{HTTPVersion, Method};
-use crate::util::{RefinedTcpStream, WriteBuffer};
+use crate::util::{Activity, Pace, Paced, RefinedTcpStream, WriteBuffer};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
@@ -20,7 +21,7 @@ pub struct ClientConnection {
 
     // sequence of Readers to the stream, so that the data is not read in
     //  the wrong order
-    source: SequentialReaderBuilder<BufReader<RefinedTcpStream>>,
+    source: SequentialReaderBuilder<BufReader<Paced<RefinedTcpStream>>>,
 
     // sequence of Writers to the stream, to avoid writing response #2 before
     //  response #1
@@ -28,7 +29,7 @@ pub struct ClientConnection {
     sink: SequentialWriterBuilder<WriteBuffer<RefinedTcpStream>>,
 
     // Reader to read the next header from
-    next_header_source: SequentialReader<BufReader<RefinedTcpStream>>,
+    next_header_source: SequentialReader<BufReader<Paced<RefinedTcpStream>>>,
 
     // set to true if we know that the previous request is the last one
     no_more_requests: bool,
@@ -48,6 +49,10 @@ pub struct ClientConnection {
 
     // Lucid patch: longest request head (request line and headers) read.
     max_head: usize,
+
+    // Lucid patch: what the connection is doing, for `util::Paced` and
+    // `util::Connections`.
+    activity: Arc<Activity>,
 }
 
 /// Error that can happen when reading a request.
@@ -66,19 +71,31 @@ enum ReadError {
     NotAscii,
     /// Lucid patch: see `request::body_framing`.
     BadFraming(&'static str),
+    /// Lucid patch: the request line names an HTTP version other than 1.0
+    /// and 1.1.
+    VersionNotSupported,
+    /// Lucid patch: a line of the head ends with a bare LF, or has a bare
+    /// CR or a NUL byte.
+    BadLine,
 }
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
+    ///
+    /// Lucid patch: `activity` describes the connection, whose reads are
+    /// held to `pace` (see `util::Paced`).
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
         socket: Option<crate::Socket>,
         streams: Option<fn(&Request) -> bool>,
+        activity: Arc<Activity>,
+        pace: Option<Pace>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
 
+        let read_socket = Paced::new(read_socket, Arc::clone(&activity), pace);
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
 
@@ -93,6 +110,7 @@ impl ClientConnection {
             streams,
             read_ahead: None,
             max_head: usize::MAX,
+            activity,
         }
     }
 
@@ -115,6 +133,10 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
+    ///
+    /// Lucid patch: a bare LF, a bare CR or a NUL byte is an error at once
+    /// (RFC 9112 §2.2, RFC 9110 §5.5). Upstream kept NULs and read past a
+    /// bare LF until the read timeout.
     fn read_next_line(&mut self, budget: &mut usize) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
@@ -133,6 +155,9 @@ impl ClientConnection {
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
                 return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii);
+            }
+            if byte == b'\n' || byte == 0 || prev_byte_was_cr {
+                return Err(ReadError::BadLine);
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -157,9 +182,10 @@ impl ClientConnection {
                 })?;
                 head_budget = budget;
 
-                parse_request_line(
+                let (method, target, version) = parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
-                )?
+                )?;
+                (method, origin_form(target), version)
             };
 
             // getting all headers
@@ -183,6 +209,17 @@ impl ClientConnection {
 
             (method, path, version, headers)
         };
+
+        // Lucid patch: refused here, before the request takes the
+        // connection's writer. Upstream answered 505 from `next` with a
+        // second writer while the request still held the first, so the
+        // answer waited on itself for ever and the connection's thread and
+        // socket were never freed.
+        if version != HTTPVersion(1, 0) && version != HTTPVersion(1, 1) {
+            return Err(ReadError::VersionNotSupported);
+        }
+        // Lucid patch: from here on, the body's minimum rate applies.
+        self.activity.start_body();
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -241,114 +278,170 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
             return None;
         }
 
-        loop {
-            // Lucid patch: one request at a time per connection. The next
-            // request is read only once the previous one is answered, so a
-            // request's response never waits for another one's: a caller
-            // may answer requests in any order (Lucid answers writes from
-            // one thread once they are durable; with pipelined requests in
-            // flight together, that thread could wait on a response it was
-            // to send itself). Clients that wait for each answer, nearly
-            // all of them, see no difference.
-            self.sink.wait_for_writers();
-            let rq = match self.read() {
-                // Lucid patch: every error is answered with a JSON
-                // `{"message": ...}` (upstream sent empty bodies, or
-                // nothing), and the connection is closed: where the next
-                // request would start is not known.
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    self.refuse(408, "The request did not arrive in time.");
-                    return None;
-                }
-                Err(ReadError::ReadIoError(_)) => return None,
-                Err(err) => {
-                    let (status, message) = match err {
-                        ReadError::WrongRequestLine => (400, "The request line is malformed."),
-                        ReadError::WrongHeader(_) => (400, "A header line is malformed."),
-                        ReadError::ExpectationFailed(_) => {
-                            (417, "The only Expect header understood is 100-continue.")
-                        }
-                        ReadError::UriTooLong => (414, "The request line is too long."),
-                        ReadError::HeadTooLarge => (431, "The request's headers are too large."),
-                        ReadError::NotAscii => (
-                            400,
-                            "The request head has bytes outside ASCII: percent-encode them in the URL.",
-                        ),
-                        ReadError::BadFraming(why) => (400, why),
-                        ReadError::ReadIoError(_) => unreachable!("answered above"),
-                    };
-                    self.refuse(status, message);
-                    return None;
-                }
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+        // Lucid patch: one request at a time per connection. The next
+        // request is read only once the previous one is answered, so a
+        // request's response never waits for another one's: a caller may
+        // answer requests in any order (Lucid answers writes from one
+        // thread once they are durable; with pipelined requests in flight
+        // together, that thread could wait on a response it was to send
+        // itself). Clients that wait for each answer, nearly all of them,
+        // see no difference.
+        self.sink.wait_for_writers();
+        self.activity.wait_for_request();
+        let rq = match self.read() {
+            // Lucid patch: every error is answered with a JSON
+            // `{"message": ...}` (upstream sent empty bodies, or nothing),
+            // and the connection is closed: where the next request would
+            // start is not known.
+            // A read timeout is `WouldBlock` on Linux.
+            Err(ReadError::ReadIoError(ref err))
+                if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+            {
+                self.refuse(408, "The request did not arrive in time.");
+                return None;
             }
-
-            // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
-
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
-
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
-            };
-
-            // Lucid patch: see `ServerConfig::streams`.
-            if self.streams.is_some_and(|picks| picks(&rq)) {
-                self.no_more_requests = true;
+            Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::UnexpectedEof => {
+                self.refuse(400, "The connection ended before the request body did.");
+                return None;
             }
+            Err(ReadError::ReadIoError(_)) => return None,
+            Err(err) => {
+                let (status, message) = match err {
+                    ReadError::WrongRequestLine => (400, "The request line is malformed."),
+                    ReadError::WrongHeader(_) => (400, "A header line is malformed."),
+                    ReadError::ExpectationFailed(_) => {
+                        (417, "The only Expect header understood is 100-continue.")
+                    }
+                    ReadError::UriTooLong => (414, "The request line is too long."),
+                    ReadError::HeadTooLarge => (431, "The request's headers are too large."),
+                    ReadError::NotAscii => (
+                        400,
+                        "The request head has bytes outside ASCII: percent-encode them in the URL.",
+                    ),
+                    ReadError::BadFraming(why) => (400, why),
+                    ReadError::VersionNotSupported => {
+                        (505, "Only HTTP/1.0 and HTTP/1.1 are supported.")
+                    }
+                    ReadError::BadLine => (
+                        400,
+                        "Lines of the request head must end with CRLF and hold no NUL or bare CR.",
+                    ),
+                    ReadError::ReadIoError(_) => unreachable!("answered above"),
+                };
+                self.refuse(status, message);
+                return None;
+            }
+            Ok(rq) => rq,
+        };
 
-            // returning the request
-            return Some(rq);
+        // updating the status of the connection
+        let connection_header = rq
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Connection"))
+            .map(|h| h.value.as_str());
+
+        let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+
+        match lowercase {
+            Some(ref val) if val.contains("close") => self.no_more_requests = true,
+            Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
+            Some(ref val)
+                if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
+            {
+                self.no_more_requests = true
+            }
+            None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
+            _ => (),
+        };
+
+        // Lucid patch: see `ServerConfig::streams`.
+        let stream = self.streams.is_some_and(|picks| picks(&rq));
+        if stream {
+            self.no_more_requests = true;
         }
+        // Lucid patch: a stream or an upgraded connection is its caller's;
+        // its client may stay silent for as long as the caller allows.
+        let upgrade = lowercase.as_deref().is_some_and(|val| val.contains("upgrade"));
+        if stream || upgrade {
+            self.activity.hand_over();
+        }
+
+        // returning the request
+        Some(rq)
     }
 }
 
-/// Parses a "HTTP/1.1" string.
-fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
-        _ => return Err(ReadError::WrongRequestLine),
-    };
+/// Lucid patch: feeds `input` to a connection as a client would send it
+/// (over a Unix socket pair) and reads every request from it as the server
+/// does, each body to its end, then answers it; returns what the server
+/// wrote back. For fuzzing the request reader: heads, framing, chunked
+/// bodies, the read-ahead and the errors' answers.
+#[cfg(unix)]
+#[doc(hidden)]
+pub fn serve_bytes(input: &[u8], read_ahead: usize, max_head: usize) -> Vec<u8> {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
 
-    Ok(HTTPVersion(major, minor))
+    let (server_side, mut client_side) = UnixStream::pair().expect("a socket pair");
+    let mut client_reader = client_side.try_clone().expect("a socket clone");
+    let input = input.to_vec();
+    let client = std::thread::spawn(move || {
+        let _ = client_side.write_all(&input);
+        let _ = client_side.shutdown(std::net::Shutdown::Write);
+        let mut answers = Vec::new();
+        let _ = client_reader.read_to_end(&mut answers);
+        answers
+    });
+    let (read, write) = RefinedTcpStream::new(crate::connection::Connection::from(server_side));
+    let connection = ClientConnection::new(write, read, None, None, Activity::new(None), None)
+        .with_limits(Some(read_ahead), Some(max_head));
+    for mut request in connection {
+        let mut body = Vec::new();
+        let _ = request.as_reader().read_to_end(&mut body);
+    }
+    client.join().expect("the client thread")
+}
+
+/// Parses a "HTTP/1.1" string.
+///
+/// Lucid patch: any `HTTP/<digit>.<digit>` (RFC 9112 §2.3), so that every
+/// well-formed version Lucid does not speak gets a 505, not a 400.
+fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
+    match version.as_bytes() {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Ok(HTTPVersion(major - b'0', minor - b'0'))
+        }
+        _ => Err(ReadError::WrongRequestLine),
+    }
+}
+
+/// Lucid patch: the origin form (path and query) of a request target in
+/// absolute form, `http://host/path?query`, which proxies send and servers
+/// must accept (RFC 9112 §3.2.2); other targets are returned as they are.
+/// Upstream handed the whole URI on as the path.
+fn origin_form(target: String) -> String {
+    let scheme_len = ["http://", "https://"].iter().find_map(|scheme| {
+        let prefix = target.get(..scheme.len())?;
+        prefix.eq_ignore_ascii_case(scheme).then_some(scheme.len())
+    });
+    let Some(scheme_len) = scheme_len else {
+        return target;
+    };
+    let after_authority = &target[scheme_len..];
+    match after_authority.find(['/', '?']) {
+        Some(at) if after_authority[at..].starts_with('/') => after_authority[at..].to_owned(),
+        Some(at) => format!("/{}", &after_authority[at..]),
+        None => "/".to_owned(),
+    }
 }
 
 /// Parses the request line of the request.
@@ -377,5 +470,33 @@ mod test {
 
         assert!(super::parse_request_line("GET /hello").is_err());
         assert!(super::parse_request_line("qsd qsd qsd").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn served_bytes_get_one_answer_per_request() {
+        let answers = super::serve_bytes(
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            256,
+            512,
+        );
+        let text = String::from_utf8(answers).unwrap();
+        assert_eq!(text.matches("HTTP/1.1 500").count(), 2, "{text}");
+        let refused = super::serve_bytes(b"GET / HTTP/1.1\nHost: x\n\n", 256, 512);
+        assert!(refused.starts_with(b"HTTP/1.1 400"));
+    }
+
+    #[test]
+    fn absolute_targets_become_their_path_and_query() {
+        for (target, origin) in [
+            ("http://host/api/kv/k", "/api/kv/k"),
+            ("HTTPS://host:8080/api/kv?prefix=a", "/api/kv?prefix=a"),
+            ("http://host?x=1", "/?x=1"),
+            ("http://host", "/"),
+            ("/api/kv/k", "/api/kv/k"),
+            ("*", "*"),
+        ] {
+            assert_eq!(super::origin_form(target.to_owned()), origin);
+        }
     }
 }

@@ -154,6 +154,12 @@ impl Socket {
         Self(std::sync::Arc::new(connection))
     }
 
+    /// Lucid patch: closes both directions of the connection, so that its
+    /// thread's blocked read ends (see `util::Connections::evict_one`).
+    pub(crate) fn shutdown(&self) -> std::io::Result<()> {
+        self.0.shutdown(Shutdown::Both)
+    }
+
     /// Sets how long a read may wait for data (`None`: forever); a read
     /// that times out fails with `WouldBlock` or `TimedOut`.
     pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {

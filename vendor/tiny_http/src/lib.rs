@@ -99,8 +99,8 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -115,6 +115,10 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener, Socket};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::Pace;
+#[cfg(unix)]
+#[doc(hidden)]
+pub use client::serve_bytes;
 
 mod client;
 mod common;
@@ -207,6 +211,11 @@ pub struct ServerConfig {
     /// longer than this many bytes is refused: 414 if the request line
     /// alone is, else 431. Upstream read heads of any size.
     pub max_head_bytes: Option<usize>,
+
+    /// Lucid patch: if `Some`, a request head must arrive whole within
+    /// `Pace::head`, and a body at no less than `Pace::min_body_rate`
+    /// (a 408 otherwise); see `util::Paced`.
+    pub pace: Option<Pace>,
 }
 
 /// Lucid patch: see `ServerConfig::connection_limit`.
@@ -219,14 +228,6 @@ pub struct ConnectionLimit {
     pub refusal: Vec<u8>,
 }
 
-/// Lucid patch: counts a connection as open until dropped.
-struct OpenConnection(Arc<AtomicUsize>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Release);
-    }
-}
 
 /// Configuration of the server for SSL.
 #[derive(Debug, Clone)]
@@ -252,6 +253,7 @@ impl Server {
             connection_limit: None,
             read_ahead: None,
             max_head_bytes: None,
+            pace: None,
         })
     }
 
@@ -273,6 +275,7 @@ impl Server {
             connection_limit: None,
             read_ahead: None,
             max_head_bytes: None,
+            pace: None,
         })
     }
 
@@ -290,6 +293,7 @@ impl Server {
             connection_limit: None,
             read_ahead: None,
             max_head_bytes: None,
+            pace: None,
         })
     }
 
@@ -325,6 +329,7 @@ impl Server {
             read_ahead: None,
             streams: None,
             max_head_bytes: None,
+            pace: None,
         };
         Self::from_listener_with_limits(listener, config)
     }
@@ -343,10 +348,11 @@ impl Server {
             read_ahead,
             streams,
             max_head_bytes,
+            pace,
             ..
         } = config;
         let listener = listener.into();
-        let open_connections = Arc::new(AtomicUsize::new(0));
+        let open_connections = Arc::new(util::Connections::default());
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -398,8 +404,13 @@ impl Server {
                     Ok((mut sock, _)) => {
                         use util::RefinedTcpStream;
                         // Lucid patch: see `ServerConfig::connection_limit`.
+                        // When the table is full, the connection that has
+                        // sent least for longest makes room if there is one
+                        // (see `util::Connections::evict_one`).
                         if let Some(limit) = &connection_limit {
-                            if open_connections.load(Acquire) >= limit.max {
+                            if open_connections.len() >= limit.max
+                                && !open_connections.evict_one()
+                            {
                                 if ssl.is_none() {
                                     use std::io::Write;
                                     let _ = sock.write_all(&limit.refusal);
@@ -441,23 +452,27 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(
+                        let activity = util::Activity::new(socket.clone());
+                        let open = open_connections.register(Arc::clone(&activity));
+                        let client = ClientConnection::new(
                             write_closable,
                             read_closable,
                             socket,
                             streams,
+                            activity,
+                            pace,
                         )
-                        .with_limits(read_ahead, max_head_bytes))
+                        .with_limits(read_ahead, max_head_bytes);
+                        Ok((client, open))
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
-                    Ok(client) => {
+                    Ok((client, open)) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
-                        open_connections.fetch_add(1, Release);
-                        let mut open = Some(OpenConnection(open_connections.clone()));
+                        let mut open = Some(open);
                         tasks_pool.spawn(Box::new(move || {
                             let _open = open.take();
                             if let Some(client) = client.take() {

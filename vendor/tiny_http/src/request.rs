@@ -9,9 +9,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 
-use crate::util::{EqualReader, FusedReader};
-use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
+use crate::util::{ChunkedDecoder, EqualReader, FusedReader};
+use crate::{HTTPVersion, Header, Method, Response};
 
 /// Represents an HTTP request made by a client.
 ///
@@ -196,10 +195,12 @@ where
             while offset != content_length {
                 let read = source_data.read(&mut buffer[offset..])?;
                 if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
+                    // Lucid patch: the client closed its side before its
+                    // whole body arrived; `UnexpectedEof`, answered with a
+                    // 400 as a larger body cut short is (upstream closed
+                    // the connection without an answer).
+                    let info = "the connection ended before the request body did";
+                    let err = IoError::new(ErrorKind::UnexpectedEof, info);
                     return Err(RequestCreationError::CreationIoError(err));
                 }
 
@@ -216,9 +217,10 @@ where
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        // Lucid patch: see `BodyEndsBeforeConnection`.
+        // Lucid patch: see `BodyEndsBeforeConnection` and `ChunkedDecoder`.
         let source_data = BodyEndsBeforeConnection(source_data);
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        Box::new(FusedReader::new(ChunkedDecoder::new(source_data)))
+            as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -259,15 +261,20 @@ where
 /// refusing what upstream let through and what lets a request be framed two
 /// ways (request smuggling): a `Content-Length` that is not a number,
 /// several that differ, one beside `Transfer-Encoding`, and a
-/// `Transfer-Encoding` other than `chunked`. Upstream took a malformed
-/// length as no body, so the body was read as the next request. A length
-/// too large for `usize` becomes `usize::MAX`, which the caller refuses as
-/// too large.
+/// `Transfer-Encoding` other than `chunked`, and more than one
+/// `Transfer-Encoding` header (a proxy that obeys the last one would frame
+/// the body differently). Upstream took a malformed length as no body, so
+/// the body was read as the next request, and checked only the first
+/// `Transfer-Encoding`. A length too large for `usize` becomes
+/// `usize::MAX`, which the caller refuses as too large.
 fn body_framing(headers: &[Header]) -> Result<(Option<AsciiString>, Option<usize>), &'static str> {
-    let transfer_encoding = headers
+    let mut encodings = headers
         .iter()
-        .find(|h| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
+        .filter(|h| h.field.equiv("Transfer-Encoding"));
+    let transfer_encoding = encodings.next().map(|h| h.value.clone());
+    if encodings.next().is_some() {
+        return Err("The request has several Transfer-Encoding headers; send one: chunked.");
+    }
     let mut content_length = None;
     for header in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
         let value = header.value.as_str().trim();
@@ -559,16 +566,12 @@ impl Request {
     #[inline]
     pub fn as_reader(&mut self) -> &mut dyn Read {
         if self.must_send_continue {
-            let msg = Response::new_empty(StatusCode(100));
-            msg.raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                true,
-                None,
-            )
-            .ok();
-            self.response_writer.as_mut().unwrap().flush().ok();
+            // Lucid patch: the bare status line. Upstream printed a whole
+            // `Response`, with `Content-Length: 0`, which HTTP forbids on a
+            // 1xx response.
+            let writer = self.response_writer.as_mut().unwrap();
+            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").ok();
+            writer.flush().ok();
             self.must_send_continue = false;
         }
 

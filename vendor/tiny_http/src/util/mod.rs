@@ -1,3 +1,5 @@
+pub use self::activity::{Activity, Connections, OpenConnection, Pace, Paced};
+pub use self::chunked::ChunkedDecoder;
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
@@ -10,6 +12,8 @@ pub use self::write_buffer::{write_all_vectored, WriteBuffer};
 
 use std::str::FromStr;
 
+mod activity;
+mod chunked;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
