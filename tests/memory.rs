@@ -4,7 +4,7 @@
 //! and asked for) without aborting; every acknowledged write reads back,
 //! and its peak resident memory (`VmHWM`) stays under the budget.
 //!
-//! `LUCID_MEMORY_ROUNDS` sets each client's number of requests (default 4).
+//! `LUCID_MEMORY_ROUNDS` sets each client's number of requests (default 3).
 
 mod common;
 
@@ -35,7 +35,7 @@ fn rounds() -> usize {
     std::env::var("LUCID_MEMORY_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4)
+        .unwrap_or(3)
 }
 
 /// A value of `len` bytes (a multiple of 3), `seed` all along: cheap to
@@ -73,13 +73,14 @@ fn compact(port: u16) -> String {
     reply.split(' ').nth(1).unwrap_or_default().to_string()
 }
 
-/// The node's peak resident memory, from `/proc/<pid>/status`.
-fn peak_rss(pid: u32) -> usize {
+/// A memory figure of the node, from `/proc/<pid>/status` (`VmHWM`: the
+/// peak resident memory; `VmRSS`: now).
+fn memory_figure(pid: u32, name: &str) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
     let line = status
         .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .expect("VmHWM line");
+        .find(|line| line.starts_with(name))
+        .expect("memory figure");
     let kib: usize = line
         .split_whitespace()
         .nth(1)
@@ -203,11 +204,12 @@ fn large_puts_batches_and_compactions_stay_within_the_memory_budget() {
         (puts, batches)
     });
     node.assert_running();
-    let peak = peak_rss(node.pid());
+    let peak = memory_figure(node.pid(), "VmHWM:");
     eprintln!(
-        "peak RSS {} MiB of a {} MiB budget; {} requests refused for memory",
+        "peak RSS {} MiB of a {} MiB budget, {} MiB after the load; {} requests refused for memory",
         peak / MIB,
         BUDGET / MIB,
+        memory_figure(node.pid(), "VmRSS:") / MIB,
         refused.load(Ordering::SeqCst)
     );
     let logs = node.logs();

@@ -21,12 +21,12 @@
 //!    each index entry below the cut went (the plan), so the pause need not
 //!    sort the index. Reads and writes go on meanwhile.
 //! 3. **Catch up.** Copy the tail as far as it was written by now, again
-//!    and again while more than [`CAUGHT_UP_BYTES`] arrived meanwhile, and
+//!    and again while more than `CAUGHT_UP_BYTES` arrived meanwhile, and
 //!    **sync** the new file. Writes go on meanwhile. The tail is read
-//!    [`COPY_WINDOW`] bytes at a time (a longer record alone), so its size
-//!    does not matter. If writers outpace [`MAX_CATCH_UP_ROUNDS`] rounds,
+//!    `COPY_WINDOW` bytes at a time (a longer record alone), so its size
+//!    does not matter. If writers outpace `MAX_CATCH_UP_ROUNDS` rounds,
 //!    the compaction stops, changing nothing, rather than pause them long.
-//! 4. **Switch**, with writers paused: if more than [`MAX_PAUSE_COPY`]
+//! 4. **Switch**, with writers paused: if more than `MAX_PAUSE_COPY`
 //!    arrived since step 3, writers go on and step 3 resumes; else copy
 //!    the rest of the tail (what was written during step 3), fsync, compute every index entry's new
 //!    offset (one walk of the index along the plan), rename the new file
