@@ -4,7 +4,7 @@
 //! and asked for) without aborting; every acknowledged write reads back,
 //! and its peak resident memory (`VmHWM`) stays under the budget.
 //!
-//! `LUCID_MEMORY_ROUNDS` sets each client's number of requests (default 3).
+//! `LUCID_MEMORY_ROUNDS` sets each client's number of requests (default 4).
 
 mod common;
 
@@ -25,6 +25,8 @@ const BUDGET: usize = 256 * MIB;
 /// allocator's reserved address space, well below what the old node took.
 const DATA_LIMIT: usize = 2 * BUDGET;
 const PUT_CLIENTS: usize = 3;
+/// What the node logs after an automatic compaction.
+const AUTOMATIC: &str = "background compaction:";
 /// Pause between compactions asked for, so automatic ones run too.
 const COMPACT_EVERY: Duration = Duration::from_secs(2);
 const BATCH_CLIENTS: usize = 2;
@@ -35,7 +37,7 @@ fn rounds() -> usize {
     std::env::var("LUCID_MEMORY_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(4)
 }
 
 /// A value of `len` bytes (a multiple of 3), `seed` all along: cheap to
@@ -123,6 +125,8 @@ fn large_puts_batches_and_compactions_stay_within_the_memory_budget() {
     let started = Instant::now();
     let stop = AtomicBool::new(false);
     let refused = AtomicUsize::new(0);
+    // Set once the node logged an automatic compaction.
+    let automatic = AtomicBool::new(false);
     // Per PUT client and key, then per batch client: the seed of the last
     // acknowledged value.
     let (puts, batches) = thread::scope(|scope| {
@@ -130,6 +134,11 @@ fn large_puts_batches_and_compactions_stay_within_the_memory_budget() {
         let compactor = scope.spawn(|| {
             let mut compactions = 0;
             while !stop.load(Ordering::SeqCst) {
+                // Asked for only once an automatic one ran, so both do.
+                if !automatic.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
                 match compact(port).as_str() {
                     "200" => compactions += 1,
                     "409" | "503" => {}
@@ -190,6 +199,16 @@ fn large_puts_batches_and_compactions_stay_within_the_memory_budget() {
                 })
             })
             .collect();
+        let clients_done = || {
+            put_clients.iter().all(|c| c.is_finished())
+                && batch_clients.iter().all(|c| c.is_finished())
+        };
+        while !clients_done() {
+            if node.logs().contains(AUTOMATIC) {
+                automatic.store(true, Ordering::SeqCst);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
         let puts: Vec<_> = put_clients.into_iter().map(|c| c.join().unwrap()).collect();
         let batches: Vec<_> = batch_clients
             .into_iter()
@@ -214,9 +233,12 @@ fn large_puts_batches_and_compactions_stay_within_the_memory_budget() {
     );
     let logs = node.logs();
     assert!(
-        logs.contains("background compaction"),
+        logs.contains(AUTOMATIC),
         "no automatic compaction ran:\n{logs}"
     );
+    for line in logs.lines().filter(|line| line.contains(AUTOMATIC)) {
+        eprintln!("{line}");
+    }
     // Every acknowledged write reads back.
     let mut conn = Conn::open(port);
     for (client, (values, acknowledged)) in puts.iter().enumerate() {
@@ -245,4 +267,23 @@ fn large_puts_batches_and_compactions_stay_within_the_memory_budget() {
         peak / MIB,
         BUDGET / MIB
     );
+}
+
+#[test]
+fn a_budget_too_small_for_the_largest_value_is_refused_at_start() {
+    let (status, stderr) = Config::new()
+        .raw("storage", "memory_budget: 134217728")
+        .start_expect_failure();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("storage.memory_budget must be at least")
+            && stderr.contains("max_value_bytes"),
+        "{stderr}"
+    );
+    // With smaller values the same budget is enough.
+    let node = Config::new()
+        .max_value_bytes(4 * MIB as u64)
+        .raw("storage", "memory_budget: 134217728")
+        .start();
+    node.assert_serving();
 }
