@@ -220,6 +220,9 @@ pub struct Storage {
     pub max_key_bytes: usize,
     /// Largest accepted value, in bytes.
     pub max_value_bytes: usize,
+    /// The most memory (resident) the node uses, in bytes; see
+    /// [`crate::memory`].
+    pub memory_budget: usize,
 }
 
 impl Default for Storage {
@@ -230,6 +233,7 @@ impl Default for Storage {
             sync_interval_ms: 1000,
             max_key_bytes: 1024,
             max_value_bytes: 16 * 1024 * 1024,
+            memory_budget: 256 * 1024 * 1024,
         }
     }
 }
@@ -462,6 +466,17 @@ impl Config {
             return Err(format!(
                 "storage.max_value_bytes must be at most {MAX_VALUE_LEN}, not {}",
                 storage.max_value_bytes
+            ));
+        }
+        let minimum = crate::memory::minimum_budget(storage.max_value_bytes);
+        if storage.memory_budget < minimum {
+            return Err(format!(
+                "storage.memory_budget must be at least {minimum} bytes ({} MiB) to serve the \
+                 largest batch with storage.max_value_bytes {}, not {}: raise it or lower \
+                 max_value_bytes",
+                minimum.div_ceil(1024 * 1024),
+                storage.max_value_bytes,
+                storage.memory_budget
             ));
         }
         if storage.sync_interval_ms == 0 {

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod notify;
 pub mod store;
 pub mod watch;

@@ -11,6 +11,7 @@ use super::CommandResult;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::{Context, HttpServer};
+use crate::memory::{self, MemoryBudget};
 use crate::notify::Notifier;
 use crate::{http, logging, store};
 
@@ -20,7 +21,13 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     let signals = http::stop_signals()?;
     let (config, source) = Config::load(config_path)?;
     logging::init(config.logging.level)?;
+    memory::configure_allocator();
     let storage = &config.storage;
+    let memory = Arc::new(MemoryBudget::new(
+        storage.memory_budget,
+        storage.max_value_bytes,
+    ));
+    tiny_http::set_body_budget(Arc::clone(&memory) as Arc<dyn tiny_http::BodyBudget>);
     let cipher = config.encryption.cipher()?;
     let (store, report) = store::open_with(&storage.directory, storage.sync_mode(), cipher)?;
     let watch = &config.watch;
@@ -69,6 +76,7 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         storage.max_value_bytes,
     )
     .with_max_watchers(watch.max_watchers)
+    .with_memory_budget(memory)
     .with_auth(
         Auth::from_config(authentication),
         authentication.metrics_public,

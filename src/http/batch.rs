@@ -7,6 +7,7 @@
 //! like `If-Match` (0: the key must not exist). The operations are written
 //! as one log frame with one CRC, so a crash never leaves half a batch.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io::Read;
 
@@ -20,6 +21,7 @@ use super::query::ttl_millis;
 use super::reply::{self, Reply};
 use super::Context;
 use crate::auth::{Access, Claims};
+use crate::memory;
 use crate::store::engine::{now_ms, BatchError, BatchOp, BatchResult, Expect, WriteOutcome};
 use crate::store::record::MAX_CONTENT_TYPE_LEN;
 use crate::store::StoreError;
@@ -27,19 +29,25 @@ use crate::store::StoreError;
 /// Most operations in one batch.
 pub const MAX_OPERATIONS: usize = 1000;
 
+/// The body as sent. Values borrow from it where they can (strings without
+/// escapes, which base64 never has), so the body is not copied before its
+/// values are decoded.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Body {
-    operations: Vec<OpBody>,
+struct Body<'a> {
+    #[serde(borrow)]
+    operations: Vec<OpBody<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OpBody {
+struct OpBody<'a> {
     op: String,
     key: String,
-    value: Option<String>,
-    value_base64: Option<String>,
+    #[serde(borrow)]
+    value: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    value_base64: Option<Cow<'a, str>>,
     content_type: Option<String>,
     ttl: Option<serde_json::Value>,
     version: Option<u64>,
@@ -76,7 +84,13 @@ pub fn handle<'b>(
     if request.body_length().is_some_and(|len| len as u64 > limit) {
         return too_large(limit);
     }
-    let mut body = Vec::new();
+    let length = request.body_length().unwrap_or(limit as usize);
+    // The body, the values decoded from it, then the log frame built from
+    // those (the body is freed by then).
+    let Some(_reserved) = ctx.memory.reserve(memory::batch_need(length)) else {
+        return Reply::over_memory_budget();
+    };
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
     if let Err(err) = request.as_reader().take(limit + 1).read_to_end(&mut body) {
         return body_unreadable(&err);
     }
@@ -84,7 +98,9 @@ pub fn handle<'b>(
     if body.len() as u64 > limit {
         return too_large(limit);
     }
-    let checked = match parse(ctx, &body) {
+    let parsed = parse(ctx, &body);
+    drop(body);
+    let checked = match parsed {
         Ok(checked) => checked,
         Err(message) => return Reply::message(400, message),
     };
@@ -166,7 +182,7 @@ fn parse(ctx: &Context, body: &[u8]) -> Result<Vec<Checked>, String> {
 
 fn check(
     ctx: &Context,
-    op: OpBody,
+    op: OpBody<'_>,
     now: u64,
     seen: &mut HashSet<String>,
 ) -> Result<Checked, String> {
@@ -218,9 +234,9 @@ fn check(
         });
     }
     let value = match (op.value, op.value_base64) {
-        (Some(text), None) => text.into_bytes(),
+        (Some(text), None) => text.into_owned().into_bytes(),
         (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-            .decode(encoded)
+            .decode(encoded.as_bytes())
             .map_err(|err| format!("value_base64 is not valid base64 ({err})"))?,
         _ => return Err("a put takes exactly one of value and value_base64".into()),
     };

@@ -104,6 +104,10 @@ fn put<'b>(
             format!("The Content-Type header is longer than {MAX_CONTENT_TYPE_LEN} bytes."),
         );
     }
+    // The record holds the whole value: room for it first.
+    let Some(_reserved) = ctx.memory.reserve(request.body_length().unwrap_or(max)) else {
+        return Reply::over_memory_budget();
+    };
     let meta = RecordMeta::put(key, content_type, expires_at_ms);
     RecordBuilder::begin(record, &meta);
     let header_len = record.len();
@@ -118,7 +122,10 @@ fn put<'b>(
         return too_large(max);
     }
     *body_read = true;
-    match ctx.store.put(record, expect) {
+    let stored = ctx.store.put(record, expect);
+    // Freed before the room it took is given back.
+    Buffers::shrink(record);
+    match stored {
         Ok(written) => match written.outcome {
             WriteOutcome::Created => Reply::json(201, reply::CREATED),
             WriteOutcome::Updated => Reply::json(200, reply::UPDATED),

@@ -52,6 +52,7 @@ use tiny_http::{
 
 use crate::auth::Auth;
 use crate::config::{self, General, Storage, Tls};
+use crate::memory::MemoryBudget;
 use crate::store::Store;
 use pool::Pool;
 use reply::{Reply, Responder};
@@ -77,6 +78,8 @@ pub struct Context {
     metrics_public: bool,
     /// Replies to writes held until they are durable (`sync: always`).
     acknowledger: ack::Acknowledger,
+    /// Memory for request bodies (`storage.memory_budget`).
+    memory: Arc<MemoryBudget>,
 }
 
 impl Context {
@@ -92,7 +95,18 @@ impl Context {
             auth: None,
             metrics_public: true,
             acknowledger: ack::Acknowledger::default(),
+            memory: Arc::new(MemoryBudget::new(
+                config::Storage::default().memory_budget,
+                max_value_bytes,
+            )),
         }
+    }
+
+    /// Holds request bodies within `memory` (shared with tiny_http's
+    /// read-ahead, see [`tiny_http::set_body_budget`]).
+    pub fn with_memory_budget(mut self, memory: Arc<MemoryBudget>) -> Self {
+        self.memory = memory;
+        self
     }
 
     /// Serves at most `max` watchers at once (`watch.max_watchers`).
@@ -130,8 +144,13 @@ impl Buffers {
     const KEEP: usize = 256 * 1024;
 
     fn trim(&mut self) {
-        if self.record.capacity() > Self::KEEP {
-            self.record = Vec::with_capacity(Self::KEEP);
+        Self::shrink(&mut self.record);
+    }
+
+    /// Frees `buf` if a large value grew it past [`Self::KEEP`].
+    fn shrink(buf: &mut Vec<u8>) {
+        if buf.capacity() > Self::KEEP {
+            *buf = Vec::with_capacity(Self::KEEP);
         }
     }
 }

@@ -43,6 +43,8 @@ pub enum Reply<'a> {
         allow: Option<&'static str>,
         /// The key's version, sent as `ETag`.
         etag: Option<u64>,
+        /// Value of a `Retry-After` header (for 503).
+        retry_after: Option<&'static str>,
     },
     /// A stored value.
     Value(StoredValue<'a>),
@@ -65,6 +67,7 @@ impl Reply<'_> {
             body: Cow::Borrowed(body),
             allow: None,
             etag: None,
+            retry_after: None,
         }
     }
 
@@ -76,6 +79,7 @@ impl Reply<'_> {
             body: Cow::Owned(body),
             allow: None,
             etag: None,
+            retry_after: None,
         }
     }
 
@@ -87,6 +91,7 @@ impl Reply<'_> {
             body: Cow::Owned(body),
             allow: None,
             etag: None,
+            retry_after: None,
         }
     }
 
@@ -98,6 +103,21 @@ impl Reply<'_> {
             body: Cow::Owned(body),
             allow: Some(allow),
             etag: None,
+            retry_after: None,
+        }
+    }
+
+    /// `503` for a request with a large body that found no room in the
+    /// memory budget (see [`crate::memory`]), to retry in a moment.
+    pub fn over_memory_budget() -> Self {
+        Self::Json {
+            status: 503,
+            body: Cow::Borrowed(
+                r#"{"message":"The node is using its whole memory budget (storage.memory_budget) for other large requests; nothing was changed. Retry in a moment."}"#,
+            ),
+            allow: None,
+            etag: None,
+            retry_after: Some("1"),
         }
     }
 
@@ -126,11 +146,13 @@ impl Reply<'_> {
                 body,
                 allow,
                 etag,
+                retry_after,
             } => Ok(Reply::Json {
                 status,
                 body,
                 allow,
                 etag,
+                retry_after,
             }),
             Self::NotModified(version) => Ok(Reply::NotModified(version)),
             Self::Text { content_type, body } => Ok(Reply::Text { content_type, body }),
@@ -155,11 +177,18 @@ impl Reply<'_> {
         let mut head = out.start(&request, status);
         let body: &[u8] = match &self {
             Self::Json {
-                body, allow, etag, ..
+                body,
+                allow,
+                etag,
+                retry_after,
+                ..
             } => {
                 head.field(b"Content-Type", b"application/json");
                 if let Some(allow) = allow {
                     head.field(b"Allow", allow.as_bytes());
+                }
+                if let Some(seconds) = retry_after {
+                    head.field(b"Retry-After", seconds.as_bytes());
                 }
                 if let Some(version) = etag {
                     head.etag(*version);

@@ -6,7 +6,8 @@
 //!    for its group's fsync (it is not in the index yet). Records before the
 //!    cut are copied selectively; records after it (the *tail*) are copied
 //!    verbatim later.
-//! 2. **Copy.** Map the old log (memmap2) and write every record before the
+//! 2. **Copy.** Map the old log (memmap2), a window at a time (each
+//!    dropped from memory once copied), and write every record before the
 //!    cut that the index still points at to `data.log.compact`, in log
 //!    order (so a newer version is never overwritten by an older one). Each
 //!    record is verified at its old position (CRC) and stamped for its new
@@ -20,10 +21,14 @@
 //!    each index entry below the cut went (the plan), so the pause need not
 //!    sort the index. Reads and writes go on meanwhile.
 //! 3. **Catch up.** Copy the tail as far as it was written by now, again
-//!    while much more arrived meanwhile (a few rounds), and **sync** the
-//!    new file. Writes go on meanwhile.
-//! 4. **Switch**, with writers paused: copy the rest of the tail (what was
-//!    written during step 3), fsync, compute every index entry's new
+//!    and again while more than `CAUGHT_UP_BYTES` arrived meanwhile, and
+//!    **sync** the new file. Writes go on meanwhile. The tail is read
+//!    `COPY_WINDOW` bytes at a time (a longer record alone), so its size
+//!    does not matter. If writers outpace `MAX_CATCH_UP_ROUNDS` rounds,
+//!    the compaction stops, changing nothing, rather than pause them long.
+//! 4. **Switch**, with writers paused: if more than `MAX_PAUSE_COPY`
+//!    arrived since step 3, writers go on and step 3 resumes; else copy
+//!    the rest of the tail (what was written during step 3), fsync, compute every index entry's new
 //!    offset (one walk of the index along the plan), rename the new file
 //!    over `data.log`, fsync the directory, then point the index and the
 //!    writer at the new file (readers pause only for that last, in-memory
@@ -58,7 +63,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 
 use super::crypt::{open_copy, stored_form, Cipher, ENVELOPE_OVERHEAD};
 use super::directory::{sync_dir, LOG_FILE};
@@ -73,11 +78,24 @@ use super::record::{
 /// Name of the new log while compaction writes it.
 pub const COMPACT_FILE: &str = "data.log.compact";
 
-/// At most this many rounds of copying the tail before writers are paused.
-const CATCH_UP_ROUNDS: usize = 4;
+/// At most this many rounds of copying the tail before writers are paused;
+/// writers that outpace them stop the compaction (see [`OUTPACED`]).
+const MAX_CATCH_UP_ROUNDS: usize = 64;
 
 /// A tail this short is left for the pause to copy.
-const CAUGHT_UP_BYTES: u64 = 64 * 1024;
+const CAUGHT_UP_BYTES: u64 = 1024 * 1024;
+
+/// The most the pause copies: if more arrived while it began, writers run
+/// again and the catch-up goes on.
+const MAX_PAUSE_COPY: u64 = 4 * CAUGHT_UP_BYTES;
+
+/// Why a compaction stops when writers outpace its catch-up.
+const OUTPACED: &str = "writes arrived faster than compaction could copy them, so it stopped \
+    rather than pause writers for long; nothing was changed and it will be tried again";
+
+/// How much of the old log the copy reads (or maps) at once: its memory
+/// use, beside the longest record.
+const COPY_WINDOW: usize = 1024 * 1024;
 
 /// When the background compactor runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -368,9 +386,9 @@ impl Store {
         // directory lock; the mapped range below the cut is never modified
         // or truncated while the mapping lives.
         let map = unsafe { Mmap::map(&old)? };
-        let live = map
-            .get(..cut as usize)
-            .ok_or_else(|| io::Error::other("the log is shorter than the store's end offset"))?;
+        if map.len() < cut as usize {
+            return Err(io::Error::other("the log is shorter than the store's end offset").into());
+        }
         let mut new_file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -382,7 +400,7 @@ impl Store {
             base_sequence,
             new_cipher.as_ref().map_or(0, |c| c.check_value()),
         );
-        let plan = copy_live_records(self, live, old_id, ciphers, &mut new_file, new_header)?;
+        let plan = copy_live_records(self, &map, cut, old_id, ciphers, &mut new_file, new_header)?;
         self.reached(Step::Copied);
         // Catch up with the tail written meanwhile, a few rounds while much
         // arrives, so that the switch, with writers paused, copies little.
@@ -398,22 +416,33 @@ impl Store {
             copy_tail(&*old_file, old_id, from, end, ciphers, new_file, to)
         };
         let mut caught_up = cut;
-        for _ in 0..CATCH_UP_ROUNDS {
-            let end = lock(&self.writer).end;
-            if rekeying || end - caught_up <= CAUGHT_UP_BYTES {
-                break;
+        let mut rounds = 0;
+        let (exclusive, mut writer, paused) = loop {
+            loop {
+                let end = lock(&self.writer).end;
+                if rekeying || end - caught_up <= CAUGHT_UP_BYTES {
+                    break;
+                }
+                if rounds == MAX_CATCH_UP_ROUNDS {
+                    return Err(CompactionError::Unavailable(OUTPACED));
+                }
+                copy_tail_part(&mut new_file, caught_up, end)?;
+                caught_up = end;
+                rounds += 1;
             }
-            copy_tail_part(&mut new_file, caught_up, end)?;
-            caught_up = end;
-        }
-        new_file.sync_data()?;
-
-        // Switch. Take the group-commit role so no other sync runs (the
-        // guard gives it back however this ends), then pause writers.
-        let exclusive = self.exclusive_sync();
-        self.reached(Step::Switching);
-        let paused = Instant::now();
-        let mut writer = lock(&self.writer);
+            new_file.sync_data()?;
+            // Switch. Take the group-commit role so no other sync runs (the
+            // guard gives it back however this ends), then pause writers;
+            // unless more arrived meanwhile than the pause may copy: then
+            // catch up again.
+            let exclusive = self.exclusive_sync();
+            self.reached(Step::Switching);
+            let paused = Instant::now();
+            let writer = lock(&self.writer);
+            if rekeying || writer.end - caught_up <= MAX_PAUSE_COPY {
+                break (exclusive, writer, paused);
+            }
+        };
         if self.is_read_only() {
             // A sync failed while the copy ran; its writers were refused.
             return Err(CompactionError::Unavailable(
@@ -550,12 +579,15 @@ impl<'a> Ciphers<'a> {
 }
 
 /// Writes the file header and every record of `live` (the old log below
-/// the cut) that the index still points at to `out`. Returns where each
-/// index entry below the cut when the copy began went (see
-/// [`RelocationPlan`]).
+/// the cut, mapped) that the index still points at to `out`. Returns where
+/// each index entry below the cut when the copy began went (see
+/// [`RelocationPlan`]). The map is read a window at a time, each dropped
+/// from the process's memory once copied (the pages stay in the page
+/// cache), so the copy holds little of the old log however large it is.
 fn copy_live_records(
     store: &Store,
-    live: &[u8],
+    map: &Mmap,
+    cut: u64,
     old_id: u32,
     ciphers: Ciphers<'_>,
     out: &mut File,
@@ -563,43 +595,104 @@ fn copy_live_records(
 ) -> Result<RelocationPlan, CompactionError> {
     let mut writer = BufWriter::with_capacity(256 * 1024, out);
     writer.write_all(&header.encode())?;
-    let records = live.get(FILE_HEADER_LEN..).unwrap_or_default();
     let first = FILE_HEADER_LEN as u64;
-    let from = Position {
-        file_id: old_id,
-        offset: first,
-    };
-    let to = Position {
-        file_id: header.file_id,
-        offset: first,
-    };
-    let mut live = LiveRecords::new(store, first + records.len() as u64);
-    move_records(records, from, to, ciphers, &mut writer, Some(&mut live))?;
+    let mut live = LiveRecords::new(store, cut);
+    let (mut at, mut written) = (first, first);
+    while at < cut {
+        let rest = &map[at as usize..cut as usize];
+        let window_len = next_window(rest, COPY_WINDOW).filter(|&len| len > 0);
+        // A damaged record: `move_records` says where.
+        let window = &rest[..window_len.unwrap_or(rest.len())];
+        let from = Position {
+            file_id: old_id,
+            offset: at,
+        };
+        let to = Position {
+            file_id: header.file_id,
+            offset: written,
+        };
+        written += move_records(window, from, to, ciphers, &mut writer, Some(&mut live))?;
+        // SAFETY: the window is below the cut, which is never modified
+        // while the map lives (see `copy_and_switch`): dropping its pages
+        // only makes a later access read them from the file again, and
+        // nothing borrows them past this point.
+        unsafe {
+            map.unchecked_advise_range(UncheckedAdvice::DontNeed, at as usize, window.len())
+        }?;
+        at += window.len() as u64;
+    }
     writer.flush()?;
     Ok(live.plan)
 }
 
-/// Appends every record of the old log from `cut` to `end` to `out`, which
-/// ends at `to`.
+/// Appends every record of the old log from `from` to `end` to `out`, which
+/// ends at `to`, reading [`COPY_WINDOW`] bytes at a time (a record longer
+/// than that is read alone).
 fn copy_tail(
     log: &dyn LogFile,
     old_id: u32,
-    cut: u64,
+    from: u64,
     end: u64,
     ciphers: Ciphers<'_>,
     out: &mut File,
     to: Position,
 ) -> Result<(), CompactionError> {
-    if end == cut {
-        return Ok(());
+    let mut chunk = Vec::new();
+    let (mut at, mut to) = (from, to);
+    while at < end {
+        chunk.resize((end - at).min(COPY_WINDOW as u64) as usize, 0);
+        log.read_at(&mut chunk, at)?;
+        let whole = match next_window(&chunk, chunk.len()) {
+            Some(0) => {
+                // One record longer than the window: read it alone.
+                let record_len = record_len_at(&chunk)
+                    .filter(|&len| at + len as u64 <= end)
+                    .ok_or(CompactionError::Corrupt(at))?;
+                chunk.resize(record_len, 0);
+                log.read_at(&mut chunk, at)?;
+                record_len
+            }
+            Some(whole) => whole,
+            None => chunk.len(), // damaged: `move_records` says where
+        };
+        let from = Position {
+            file_id: old_id,
+            offset: at,
+        };
+        to.offset += move_records(&chunk[..whole], from, to, ciphers, out, None)?;
+        at += whole as u64;
+        if chunk.capacity() > COPY_WINDOW {
+            chunk = Vec::new(); // back to the window's size after a long record
+        }
     }
-    let mut tail = vec![0u8; (end - cut) as usize];
-    log.read_at(&mut tail, cut)?;
-    let from = Position {
-        file_id: old_id,
-        offset: cut,
-    };
-    move_records(&tail, from, to, ciphers, out, None)
+    Ok(())
+}
+
+/// The length of the whole records at the start of `bytes` that fit in
+/// `size` bytes; if the first record is longer, its length if `bytes` holds
+/// it whole, else 0. `None` if the first record's header is damaged.
+fn next_window(bytes: &[u8], size: usize) -> Option<usize> {
+    let first = record_len_at(bytes)?;
+    if first > size {
+        return Some(if first <= bytes.len() { first } else { 0 });
+    }
+    let limit = size.min(bytes.len());
+    let mut at = 0;
+    while let Some(len) = bytes.get(at..).and_then(record_len_at) {
+        if at + len > limit {
+            break;
+        }
+        at += len;
+    }
+    Some(at)
+}
+
+/// The length of the record whose header starts `bytes`, if it decodes.
+fn record_len_at(bytes: &[u8]) -> Option<usize> {
+    let fixed = bytes.get(..RECORD_HEADER_LEN)?.try_into().ok()?;
+    RecordHeader::decode(fixed)
+        .ok()
+        .map(|header| header.record_len() as usize)
 }
 
 /// The records of the old log that compaction copies: those the index
@@ -687,7 +780,8 @@ type Keep<'k, 's> = Option<&'k mut LiveRecords<'s>>;
 /// members of batch frames are written as plain records (compaction only
 /// filters durable records, so no batch can be half-copied by a crash);
 /// without, frames are copied whole. Sync markers are dropped with `keep`,
-/// restamped (and their claim moved with them) without.
+/// restamped (and their claim moved with them) without. Returns the
+/// number of bytes written.
 fn move_records(
     bytes: &[u8],
     from: Position,
@@ -695,7 +789,7 @@ fn move_records(
     ciphers: Ciphers<'_>,
     out: &mut impl Write,
     mut keep: Keep<'_, '_>,
-) -> Result<(), CompactionError> {
+) -> Result<u64, CompactionError> {
     let (mut opened, mut plain, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut at, mut written) = (0usize, to.offset);
     while at < bytes.len() {
@@ -823,7 +917,7 @@ fn move_records(
             written += stored.len() as u64;
         }
     }
-    Ok(())
+    Ok(written - to.offset)
 }
 
 /// Where the index entries below the cut went, filled in by the copy, so

@@ -112,7 +112,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener, Socket};
-pub use request::{ReadWrite, Request};
+pub use request::{set_body_budget, BodyBudget, ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 pub use util::Pace;

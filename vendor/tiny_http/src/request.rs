@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::sync::mpsc::Sender;
 
 use crate::util::{ChunkedDecoder, EqualReader, FusedReader};
@@ -305,51 +306,88 @@ fn body_framing(headers: &[Header]) -> Result<(Option<AsciiString>, Option<usize
 /// then the error that ended the read early, if any (a timeout, bad chunked
 /// encoding); a body over the limit continues from the connection.
 ///
-/// All connections together buffer at most [`READ_AHEAD_BUDGET`] bytes:
+/// All connections together buffer at most what the [`BodyBudget`] set by
+/// [`set_body_budget`] grants (by default [`READ_AHEAD_BUDGET`] bytes):
 /// past it, the rest of a body is left on the connection for the caller to
 /// read, as upstream did, so many clients sending large bodies at once
-/// cannot exhaust memory.
+/// cannot exhaust memory. The buffer is given back as soon as it has been
+/// read through.
 struct ReadAhead<R> {
     buffered: Cursor<Vec<u8>>,
     error: Option<IoError>,
     rest: R,
-    /// Bytes of the budget this body holds, given back when it is dropped.
+    /// Bytes of the budget this body holds, given back when read or dropped.
     reserved: usize,
-    budget: &'static AtomicUsize,
+    budget: Arc<dyn BodyBudget>,
 }
 
-/// Lucid patch: the most body bytes all connections read ahead at once.
+/// Lucid patch: where bodies read ahead take their memory from, shared by
+/// every connection (see [`set_body_budget`]).
+pub trait BodyBudget: Send + Sync {
+    /// Takes `bytes` if there is room for them (and returns true), else
+    /// takes nothing.
+    fn try_reserve(&self, bytes: usize) -> bool;
+    /// Gives back `bytes` taken by `try_reserve`.
+    fn release(&self, bytes: usize);
+}
+
+/// Lucid patch: the most body bytes all connections read ahead at once,
+/// unless [`set_body_budget`] says otherwise.
 pub const READ_AHEAD_BUDGET: usize = 64 * 1024 * 1024;
 
-/// Body bytes currently read ahead, by every connection.
-static READ_AHEAD_IN_USE: AtomicUsize = AtomicUsize::new(0);
+/// The budget until [`set_body_budget`]: bytes in use, at most the cap.
+struct FixedBudget(AtomicUsize, usize);
+
+impl BodyBudget for FixedBudget {
+    fn try_reserve(&self, bytes: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, Ordering::SeqCst);
+    }
+}
+
+static BODY_BUDGET: OnceLock<Arc<dyn BodyBudget>> = OnceLock::new();
+
+/// Lucid patch: makes every server of the process read bodies ahead within
+/// `budget` (the caller's memory budget, shared with its own buffers)
+/// instead of [`READ_AHEAD_BUDGET`]. Call it before serving; returns false
+/// if a budget was already in use.
+pub fn set_body_budget(budget: Arc<dyn BodyBudget>) -> bool {
+    BODY_BUDGET.set(budget).is_ok()
+}
+
+fn body_budget() -> Arc<dyn BodyBudget> {
+    Arc::clone(BODY_BUDGET.get_or_init(|| {
+        Arc::new(FixedBudget(AtomicUsize::new(0), READ_AHEAD_BUDGET))
+    }))
+}
 
 /// How much of a body is read per step, each step reserved in the budget.
 const READ_AHEAD_STEP: usize = 64 * 1024;
 
 impl<R: Read> ReadAhead<R> {
-    fn new(body: R, limit: usize) -> Self {
-        Self::within(body, limit, &READ_AHEAD_IN_USE, READ_AHEAD_BUDGET)
-    }
-
     /// Reads ahead up to `limit + 1` bytes of `body`, step by step, while
-    /// `budget` (shared, at most `cap`) has room for the step.
-    fn within(mut body: R, limit: usize, budget: &'static AtomicUsize, cap: usize) -> Self {
+    /// the budget has room for the step.
+    fn new(mut body: R, limit: usize) -> Self {
+        let budget = body_budget();
         let mut buffered = Vec::new();
         let mut reserved = 0;
         let mut error = None;
         let wanted = limit.saturating_add(1);
         while buffered.len() < wanted {
             let step = READ_AHEAD_STEP.min(wanted - buffered.len());
-            let granted = budget
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                    used.checked_add(step).filter(|&total| total <= cap)
-                })
-                .is_ok();
-            if !granted {
+            if !budget.try_reserve(step) {
                 break;
             }
             reserved += step;
+            // Exact growth: a doubling Vec could hold twice its reservation.
+            buffered.reserve_exact(step);
             match (&mut body).take(step as u64).read_to_end(&mut buffered) {
                 Ok(0) => break,
                 Ok(_) => {}
@@ -367,11 +405,17 @@ impl<R: Read> ReadAhead<R> {
             budget,
         }
     }
+
+    /// Frees the buffer once read through, and gives its bytes back.
+    fn release(&mut self) {
+        self.buffered = Cursor::new(Vec::new());
+        self.budget.release(std::mem::take(&mut self.reserved));
+    }
 }
 
 impl<R> Drop for ReadAhead<R> {
     fn drop(&mut self) {
-        self.budget.fetch_sub(self.reserved, Ordering::SeqCst);
+        self.budget.release(self.reserved);
     }
 }
 
@@ -380,6 +424,9 @@ impl<R: Read> Read for ReadAhead<R> {
         let read = self.buffered.read(buf)?;
         if read > 0 || buf.is_empty() {
             return Ok(read);
+        }
+        if self.reserved > 0 {
+            self.release();
         }
         if let Some(error) = self.error.take() {
             return Err(error);
