@@ -2,10 +2,19 @@
 
 use std::process::ExitCode;
 
+use argh::TopLevelCommand;
+use lucid::commands::{is_broken_pipe, note, print_line};
 use lucid::{cli, commands};
 
+/// Exit status when stdout was closed under us: what a shell reports for a
+/// process ended by SIGPIPE (128 + 13), as most Unix tools end then.
+const BROKEN_PIPE_STATUS: u8 = 141;
+
 fn main() -> ExitCode {
-    let args: cli::Args = argh::from_env();
+    let args = match parse_args::<cli::Args>() {
+        Ok(args) => args,
+        Err(status) => return status,
+    };
     let config = args.config.as_deref();
     let result = match args.command {
         cli::Command::Init(init) => commands::init::run(config, init.force, init.encrypt),
@@ -20,9 +29,40 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(err.as_ref()) => ExitCode::from(BROKEN_PIPE_STATUS),
         Err(err) => {
-            eprintln!("lucid: error: {err}");
+            note(format_args!("lucid: error: {err}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `argh::from_env`, but printing `--help` and usage errors without
+/// panicking on a closed stdout or stderr; `Err` is the status to exit with.
+fn parse_args<T: TopLevelCommand>() -> Result<T, ExitCode> {
+    let strings: Vec<String> = std::env::args_os()
+        .map(|arg| {
+            arg.into_string().map_err(|arg| {
+                note(format_args!(
+                    "lucid: error: not UTF-8: {}",
+                    arg.to_string_lossy()
+                ));
+                ExitCode::FAILURE
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let words: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    T::from_args(&["lucid"], &words).map_err(|early_exit| match early_exit.status {
+        Ok(()) => match print_line(format_args!("{}", early_exit.output)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(BROKEN_PIPE_STATUS),
+        },
+        Err(()) => {
+            note(format_args!(
+                "{}\nRun lucid --help for more information.",
+                early_exit.output
+            ));
+            ExitCode::FAILURE
+        }
+    })
 }

@@ -252,3 +252,53 @@ fn server_without_config_file_uses_embedded_defaults() {
     let mut server = Server::spawn(&["server"], Some(dir.path()));
     assert_listens_on_7021_or_port_busy(&mut server, dir.path());
 }
+
+/// Runs `lucid ARGS` with stdout a pipe whose reader is already gone, as in
+/// `lucid init | head -1` once `head` has exited.
+fn run_with_closed_stdout(args: &[&str], cwd: &Path) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    run_lucid_with_stdout(args, cwd, writer.into())
+}
+
+#[test]
+fn a_closed_stdout_ends_commands_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lucid.yml");
+    let path = config.to_str().unwrap();
+    // init writes the config first; the token it could not print is lost,
+    // so it says how to make one.
+    let out = run_with_closed_stdout(&["--config", path, "init"], dir.path());
+    let stderr = stderr_of(&out);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.status.success(), "the lost token went unmentioned");
+    assert!(stderr.contains("tokens issue"), "{stderr}");
+    let written = fs::read_to_string(&config).unwrap();
+    assert!(written.contains("secret_key: \""), "{written}");
+
+    // Elsewhere a closed stdout ends the command quietly, as SIGPIPE would.
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let edited = set_yaml_value(&written, "directory", &format!("'{}'", data.display())).unwrap();
+    fs::write(&config, edited).unwrap();
+    for args in [
+        vec![
+            "--config",
+            path,
+            "tokens",
+            "issue",
+            "--scope",
+            "read",
+            "--expires",
+            "1d",
+        ],
+        vec!["--config", path, "compact"],
+        vec!["--config", path, "check"],
+        vec!["--help"],
+    ] {
+        let out = run_with_closed_stdout(&args, dir.path());
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

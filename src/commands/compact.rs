@@ -40,24 +40,24 @@ pub fn run(config_path: Option<&Path>, new_key_file: Option<&Path>) -> CommandRe
     let report = match (new_cipher, new_key_file) {
         (Some(new_cipher), Some(path)) => {
             let report = store.compact_with(Some(new_cipher))?;
-            println!(
+            say!(
                 "re-encrypted {} with {}: set encryption.enabled: true and encryption.key_file: {} \
                  in the config before starting the node again",
                 storage.directory.display(),
                 path.display(),
                 path.display()
-            );
+            )?;
             report
         }
         _ => store.compact()?,
     };
-    println!("compacted {}", storage.directory.display());
-    println!("  bytes before:    {}", report.bytes_before);
-    println!("  bytes after:     {}", report.bytes_after);
-    println!("  live keys:       {}", report.live_keys);
-    println!(
+    say!("compacted {}", storage.directory.display())?;
+    say!("  bytes before:    {}", report.bytes_before)?;
+    say!("  bytes after:     {}", report.bytes_after)?;
+    say!("  live keys:       {}", report.live_keys)?;
+    say!(
         "  time:            {:.1} ms",
         report.duration.as_secs_f64() * 1000.0
-    );
+    )?;
     Ok(())
 }

@@ -168,23 +168,31 @@ fn listening_port(line: &str) -> Option<u16> {
 /// Runs a short-lived `lucid` command (init, check, ...) to completion with a
 /// bounded wait, capturing stdout and stderr.
 pub fn run_lucid<S: AsRef<OsStr>>(args: &[S], cwd: &Path) -> Output {
+    run_lucid_with_stdout(args, cwd, Stdio::piped())
+}
+
+/// Like [`run_lucid`] with the process's stdout given; `Output::stdout` is
+/// empty unless it is `Stdio::piped()`.
+pub fn run_lucid_with_stdout<S: AsRef<OsStr>>(args: &[S], cwd: &Path, stdout: Stdio) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn lucid");
-    let drain = |mut r: Box<dyn Read + Send>| {
+    let drain = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
             buf
         })
     };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let stdout = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let stderr = drain(child.stderr.take().map(|r| Box::new(r) as _));
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
