@@ -342,3 +342,36 @@ fn the_systemd_unit_is_hardened() {
     eprintln!("systemd exposure score: {score}");
     assert!(score <= 2.0, "exposure {score} is above 2.0:\n{said}");
 }
+
+/// The permission bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_data_directory_and_its_files_are_private() {
+    let mut node = Node::start();
+    let port = node.port();
+    for i in 0..3 {
+        assert_eq!(put(port, &format!("/api/kv/secret/{i}"), b"v").status, 201);
+    }
+    assert_eq!(delete(port, "/api/kv/secret/0").status, 200);
+    let compacted = request(port, "POST", "/api/admin/compact", &[], b"");
+    assert_eq!(compacted.status, 200, "{}", compacted.text());
+    // A clean stop writes the hint file.
+    assert!(node.stop().success());
+    let dir = node.data_dir();
+    assert_eq!(mode_of(&dir), 0o700, "data directory");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap()).collect();
+    for name in ["LOCK", "data.log", "data.hint"] {
+        assert!(names.iter().any(|n| *n == name), "no {name} in {names:?}");
+    }
+    for file in &files {
+        assert_eq!(mode_of(file), 0o600, "{}", file.display());
+    }
+}
