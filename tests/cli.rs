@@ -302,3 +302,29 @@ fn a_closed_stdout_ends_commands_without_a_panic() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_port_in_use_leaves_no_data_directory_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("lucid.yml");
+    let yaml = format!(
+        "general:\n  bind_address: 127.0.0.1\n  port: {port}\nstorage:\n  directory: '{}'\n",
+        data.display()
+    );
+    fs::write(&config, yaml).unwrap();
+    let out = run_lucid(
+        &["--config", config.to_str().unwrap(), "server"],
+        dir.path(),
+    );
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(
+        !data.exists(),
+        "the failed start left {} behind",
+        data.display()
+    );
+}
