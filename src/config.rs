@@ -3,12 +3,13 @@
 //! never silently falls back to a default.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 use crate::store::crypt::Cipher;
 use crate::store::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
@@ -52,8 +53,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct General {
-    /// Address to listen on (an IP address, not a host name).
-    pub bind_address: IpAddr,
+    /// Address to listen on: an IP address (an IPv6 one with or without
+    /// brackets) or a host name, resolved when the node starts.
+    #[serde(deserialize_with = "bind_address")]
+    pub bind_address: String,
     /// TCP port; 0 lets the OS pick a free one (it is logged at start).
     pub port: u16,
     /// Worker threads answering requests; 0 = twice the number of cores.
@@ -74,7 +77,7 @@ pub struct General {
 impl Default for General {
     fn default() -> Self {
         Self {
-            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            bind_address: "127.0.0.1".into(),
             port: 7021,
             threads: 0,
             read_timeout_ms: 10_000,
@@ -84,7 +87,56 @@ impl Default for General {
     }
 }
 
+/// Reads `general.bind_address`, a string; the error explains the one
+/// surprise: YAML reads an unquoted `[::1]` as a list.
+fn bind_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    String::deserialize(deserializer).map_err(|_| {
+        D::Error::custom(
+            "general.bind_address must be an IP address or a host name, e.g. 127.0.0.1, \
+             0.0.0.0, ::1 or localhost (an IPv6 address in brackets needs quotes: '[::1]')",
+        )
+    })
+}
+
 impl General {
+    /// `bind_address` without the brackets an IPv6 address may have.
+    fn host(&self) -> &str {
+        let address = self.bind_address.as_str();
+        address
+            .strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .unwrap_or(address)
+    }
+
+    /// The IP address `bind_address` names, if it is one (not a host name).
+    pub fn ip_address(&self) -> Option<IpAddr> {
+        self.host().parse().ok()
+    }
+
+    /// The socket addresses to listen on: `bind_address` if it is an IP
+    /// address, else every address its host name resolves to, in the
+    /// resolver's order (the first that can be bound is used).
+    pub fn listen_addresses(&self) -> Result<Vec<SocketAddr>, String> {
+        if let Some(ip) = self.ip_address() {
+            return Ok(vec![SocketAddr::new(ip, self.port)]);
+        }
+        let cannot = |why: String| {
+            format!(
+                "cannot resolve general.bind_address {:?}: {why}; give an IP address such as \
+                 127.0.0.1 or 0.0.0.0, or a host name this machine knows",
+                self.bind_address
+            )
+        };
+        let resolved: Vec<SocketAddr> = (self.host(), self.port)
+            .to_socket_addrs()
+            .map_err(|err| cannot(err.to_string()))?
+            .collect();
+        if resolved.is_empty() {
+            return Err(cannot("it has no address".into()));
+        }
+        Ok(resolved)
+    }
+
     /// The read timeout for client sockets, if any.
     pub fn read_timeout(&self) -> Option<Duration> {
         (self.read_timeout_ms > 0).then(|| Duration::from_millis(self.read_timeout_ms))
@@ -480,6 +532,13 @@ impl Config {
             return Err("storage.directory must not be empty".into());
         }
         let general = &self.general;
+        let host = general.host();
+        if host.is_empty() || (host != general.bind_address && general.ip_address().is_none()) {
+            return Err(format!(
+                "general.bind_address {:?} is neither an IP address nor a host name",
+                general.bind_address
+            ));
+        }
         if general.max_connections == 0 {
             return Err("general.max_connections must be at least 1".into());
         }
@@ -535,8 +594,10 @@ mod tests {
         assert!(err.contains("storage.max_key_bytes"), "{err}");
         let err = Config::parse("storage:\n  sync_interval_ms: 0\n").unwrap_err();
         assert!(err.contains("storage.sync_interval_ms"), "{err}");
-        let err = Config::parse("general:\n  bind_address: not-an-ip\n").unwrap_err();
-        assert!(err.contains("bind_address"), "{err}");
+        for bad in ["''", "'[localhost]'", "[::1]", "{x: 1}"] {
+            let err = Config::parse(&format!("general:\n  bind_address: {bad}\n")).unwrap_err();
+            assert!(err.contains("bind_address"), "{bad}: {err}");
+        }
         let err = Config::parse("watch:\n  queue: 0\n").unwrap_err();
         assert!(err.contains("watch.queue"), "{err}");
         let err = Config::parse("watch:\n  histroy: 5\n").unwrap_err();
@@ -550,6 +611,28 @@ mod tests {
         let err = Config::parse("authentication:\n  secret_key: short\n").unwrap_err();
         assert!(err.contains("at least 32"), "{err}");
         assert!(!err.contains("short"), "the secret is echoed: {err}");
+    }
+
+    #[test]
+    fn bind_addresses_may_be_host_names_or_bracketed() {
+        let general = |text: &str| {
+            let yaml = format!("general:\n  bind_address: {text}\n  port: 80\n");
+            Config::parse(&yaml).unwrap().general
+        };
+        let ipv6: SocketAddr = "[::1]:80".parse().unwrap();
+        for text in ["'::1'", "::1", "'[::1]'", "\"[::1]\""] {
+            assert_eq!(general(text).listen_addresses(), Ok(vec![ipv6]), "{text}");
+        }
+        let local = general("localhost").listen_addresses().unwrap();
+        assert!(
+            local.iter().all(|addr| addr.ip().is_loopback()),
+            "{local:?}"
+        );
+        assert_eq!(general("localhost").ip_address(), None);
+        let err = general("no-such-host.invalid")
+            .listen_addresses()
+            .unwrap_err();
+        assert!(err.contains("no-such-host.invalid"), "{err}");
     }
 
     #[test]

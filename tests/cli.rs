@@ -328,3 +328,72 @@ fn a_port_in_use_leaves_no_data_directory_behind() {
         data.display()
     );
 }
+
+/// Writes `DIR/lucid.yml` with `general.bind_address: BIND_ADDRESS` (YAML
+/// text), port 0 and the data in `DIR/data`.
+fn config_binding(dir: &Path, bind_address: &str) -> std::path::PathBuf {
+    let config = dir.join("lucid.yml");
+    let yaml = format!(
+        "general:\n  bind_address: {bind_address}\n  port: 0\n  threads: 2\nstorage:\n  directory: '{}'\n",
+        dir.join("data").display()
+    );
+    fs::write(&config, yaml).unwrap();
+    config
+}
+
+/// Starts `lucid server` with `general.bind_address: BIND_ADDRESS` (YAML
+/// text) on a free port, and returns the address it says it listens on
+/// once `/health` answers there, with its log.
+fn listening_address(bind_address: &str) -> (std::net::SocketAddr, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_binding(dir.path(), bind_address);
+    let args = ["--config", config.to_str().unwrap(), "server"];
+    let server = Server::spawn(&args, Some(dir.path()));
+    let mut bound = None;
+    let listening = eventually(STARTUP_TIMEOUT, || {
+        bound = server
+            .logs()
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+        bound.is_some()
+    });
+    assert!(listening, "{bind_address}: {}", server.logs());
+    let addr: std::net::SocketAddr = bound.unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    (addr, server.logs())
+}
+
+#[test]
+fn bind_address_may_be_a_host_name_or_an_ipv6_address() {
+    let (addr, logs) = listening_address("localhost");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert!(
+        logs.contains(&format!("bind_address localhost resolves to {}", addr.ip())),
+        "{logs}"
+    );
+    for ipv6 in ["'[::1]'", "::1"] {
+        let (addr, _) = listening_address(ipv6);
+        assert_eq!(addr.ip().to_string(), "::1", "{ipv6}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_binding(dir.path(), "no-such-host.invalid");
+    let out = run_lucid(
+        &["--config", config.to_str().unwrap(), "server"],
+        dir.path(),
+    );
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot resolve general.bind_address"),
+        "{stderr}"
+    );
+}
