@@ -1,6 +1,8 @@
 //! The node's configuration: the `lucid.yml` schema, its defaults, and where
 //! it is read from. Unknown keys are errors that name the key, so a typo
-//! never silently falls back to a default.
+//! never silently falls back to a default. Relative paths in a file are
+//! relative to the file's own directory, wherever the node is started from;
+//! without a file (the built-in defaults), to the working directory.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -262,7 +264,8 @@ impl fmt::Display for SyncSetting {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
-    /// Data directory (relative paths are relative to the working directory).
+    /// Data directory (a relative path is relative to the config file's
+    /// directory, see [`Config::load`]).
     pub directory: PathBuf,
     /// When writes reach the disk.
     pub sync: SyncSetting,
@@ -338,7 +341,7 @@ impl Compaction {
 pub struct Encryption {
     /// Encrypt every record and hint file (XChaCha20-Poly1305).
     pub enabled: bool,
-    /// The 32-byte key (relative paths are relative to the working
+    /// The 32-byte key (a relative path is relative to the config file's
     /// directory); must be readable by its owner only.
     pub key_file: PathBuf,
 }
@@ -466,6 +469,7 @@ impl Config {
     /// Loads the configuration, from the first of: `explicit` (`--config`),
     /// `$LUCID_CONFIG` (both must exist), `./lucid.yml`,
     /// `/etc/lucid/lucid.yml` (used if they exist), the built-in defaults.
+    /// Relative paths in a file are made relative to its directory.
     pub fn load(explicit: Option<&Path>) -> Result<(Self, Source), ConfigError> {
         let from_env = std::env::var_os(ENV_VAR)
             .filter(|v| !v.is_empty())
@@ -483,9 +487,33 @@ impl Config {
                 path.display()
             ))
         })?;
-        let config = Self::parse(&text)
+        let mut config = Self::parse(&text)
             .map_err(|err| ConfigError(format!("config file {}: {err}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let base = std::path::absolute(base).map_err(|err| {
+            ConfigError(format!(
+                "cannot find the directory of config file {}: {err}",
+                path.display()
+            ))
+        })?;
+        config.resolve_paths(&base);
         Ok((config, Source::File(path)))
+    }
+
+    /// Makes every relative path of the configuration relative to `base`
+    /// (empty paths, meaning "not set", stay empty).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let tls = &mut self.general.tls;
+        for path in [
+            &mut self.storage.directory,
+            &mut self.encryption.key_file,
+            &mut tls.certificate,
+            &mut tls.private_key,
+        ] {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = base.join(path.strip_prefix(".").unwrap_or(path));
+            }
+        }
     }
 
     /// Parses and validates YAML text. An empty document means all defaults.
@@ -633,6 +661,27 @@ mod tests {
             .listen_addresses()
             .unwrap_err();
         assert!(err.contains("no-such-host.invalid"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_made_relative_to_the_base() {
+        let yaml = "storage:\n  directory: ./data\nencryption:\n  key_file: /keys/k\n\
+                    general:\n  tls:\n    certificate: c.pem\n    private_key: ../k.pem\n";
+        let mut config = Config::parse(yaml).unwrap();
+        config.resolve_paths(Path::new("/etc/lucid"));
+        assert_eq!(config.storage.directory, Path::new("/etc/lucid/data"));
+        assert_eq!(config.encryption.key_file, Path::new("/keys/k"));
+        assert_eq!(
+            config.general.tls.certificate,
+            Path::new("/etc/lucid/c.pem")
+        );
+        assert_eq!(
+            config.general.tls.private_key,
+            Path::new("/etc/lucid/../k.pem")
+        );
+        let mut plain = Config::default();
+        plain.resolve_paths(Path::new("/etc/lucid"));
+        assert!(plain.general.tls.certificate.as_os_str().is_empty());
     }
 
     #[test]

@@ -397,3 +397,47 @@ fn bind_address_may_be_a_host_name_or_an_ipv6_address() {
         "{stderr}"
     );
 }
+
+#[test]
+fn relative_paths_in_a_config_are_relative_to_its_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let etc = home.path().join("etc");
+    fs::create_dir(&etc).unwrap();
+    // init writes relative paths; run from elsewhere, they still mean etc/.
+    let out = run_lucid(
+        &["--config", "etc/lucid.yml", "init", "--encrypt"],
+        home.path(),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let config = etc.join("lucid.yml");
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains("directory: ./lucid-data"), "{text}");
+    assert!(text.contains("key_file: ./lucid.key"), "{text}");
+    assert!(
+        text.contains("relative to the directory of this file"),
+        "{text}"
+    );
+    fs::write(&config, set_yaml_value(&text, "port", "0").unwrap()).unwrap();
+    let args = ["--config", config.to_str().unwrap(), "server"];
+    let mut server = Server::spawn(&args, Some(elsewhere.path()));
+    let port = server.wait_listening();
+    assert!(port.is_some(), "{}", server.logs());
+    let data = etc.join("lucid-data");
+    assert!(
+        server.logs().contains(&format!("data: {}", data.display())),
+        "{}",
+        server.logs()
+    );
+    assert!(server.terminate().success());
+    assert!(data.join("data.log").is_file());
+    let strays: Vec<_> = fs::read_dir(elsewhere.path()).unwrap().collect();
+    assert!(
+        strays.is_empty(),
+        "created in the working directory: {strays:?}"
+    );
+    // The offline commands find the same directory, from a relative --config.
+    let out = run_lucid(&["--config", "etc/lucid.yml", "check"], home.path());
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&data.display().to_string()));
+}

@@ -40,6 +40,9 @@ pub fn run(config_path: Option<&Path>, new_key_file: Option<&Path>) -> CommandRe
     let report = match (new_cipher, new_key_file) {
         (Some(new_cipher), Some(path)) => {
             let report = store.compact_with(Some(new_cipher))?;
+            // Absolute: in the config, a relative path would be relative to
+            // the config's directory.
+            let path = std::path::absolute(path)?;
             say!(
                 "re-encrypted {} with {}: set encryption.enabled: true and encryption.key_file: {} \
                  in the config before starting the node again",

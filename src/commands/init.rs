@@ -11,8 +11,11 @@ use crate::auth::{generate_secret, LucidClaims, Scope, Tokens};
 use crate::config::{Config, DEFAULT_PATH, ENV_VAR, SAMPLE};
 use crate::store::crypt::Cipher;
 
-/// The sample's `encryption` settings, turned on by `--encrypt`.
+/// The sample's `encryption` settings, turned on by `--encrypt`: its
+/// `key_file` is relative to the config's directory, where the key goes.
 const ENCRYPTION_OFF: &str = "  enabled: false\n  key_file: ./lucid.key\n";
+/// [`ENCRYPTION_OFF`] turned on.
+const ENCRYPTION_ON: &str = "  enabled: true\n  key_file: ./lucid.key\n";
 
 /// How long the root token printed by `init` is valid.
 pub const ROOT_TOKEN_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
@@ -62,8 +65,7 @@ pub fn run(path: Option<&Path>, force: bool, encrypt: bool) -> CommandResult {
     let key_file = path.with_file_name("lucid.key");
     if encrypt {
         Cipher::create_key_file(&key_file)?;
-        let enabled = format!("  enabled: true\n  key_file: {}\n", key_file.display());
-        text = text.replacen(ENCRYPTION_OFF, &enabled, 1);
+        text = text.replacen(ENCRYPTION_OFF, ENCRYPTION_ON, 1);
     }
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
