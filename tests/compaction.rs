@@ -81,6 +81,17 @@ fn compaction_on_demand_keeps_every_value_and_survives_kill9() {
     let report: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(report["live_keys"], 15);
     assert!(report["bytes_after"].as_u64() < report["bytes_before"].as_u64());
+    // Milliseconds to a tenth, not 10.212888999999999.
+    for field in ["duration_ms", "writers_paused_ms"] {
+        let text = resp.text();
+        let number = text
+            .split(&format!("\"{field}\":"))
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .unwrap_or_else(|| panic!("no {field} in {text}"));
+        let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 1, "{field}: {number}");
+    }
 
     let after = stats(node.port());
     assert_eq!(after["compactions"], 1);
