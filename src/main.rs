@@ -20,9 +20,7 @@ fn main() -> ExitCode {
         cli::Command::Init(init) => commands::init::run(config, init.force, init.encrypt),
         cli::Command::Server(_) => commands::server::run(config),
         cli::Command::Check(check) => commands::check::run(config, check.repair),
-        cli::Command::Compact(compact) => {
-            commands::compact::run(config, compact.new_key_file.as_deref())
-        }
+        cli::Command::Compact(compact) => commands::compact::run(config, compact),
         cli::Command::Tokens(tokens) => match tokens.command {
             cli::TokensCommand::Issue(issue) => commands::tokens::issue(config, issue),
         },

@@ -258,7 +258,9 @@ fn server_without_config_file_uses_embedded_defaults() {
 fn run_with_closed_stdout(args: &[&str], cwd: &Path) -> std::process::Output {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    run_lucid_with_stdout(args, cwd, writer.into())
+    run_lucid_with(args, cwd, |command| {
+        command.stdout(writer);
+    })
 }
 
 #[test]

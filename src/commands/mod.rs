@@ -20,6 +20,7 @@ macro_rules! say {
 pub mod check;
 pub mod compact;
 pub mod init;
+pub mod remote;
 pub mod server;
 pub mod tokens;
 

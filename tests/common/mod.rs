@@ -168,20 +168,25 @@ fn listening_port(line: &str) -> Option<u16> {
 /// Runs a short-lived `lucid` command (init, check, ...) to completion with a
 /// bounded wait, capturing stdout and stderr.
 pub fn run_lucid<S: AsRef<OsStr>>(args: &[S], cwd: &Path) -> Output {
-    run_lucid_with_stdout(args, cwd, Stdio::piped())
+    run_lucid_with(args, cwd, |_| {})
 }
 
-/// Like [`run_lucid`] with the process's stdout given; `Output::stdout` is
-/// empty unless it is `Stdio::piped()`.
-pub fn run_lucid_with_stdout<S: AsRef<OsStr>>(args: &[S], cwd: &Path, stdout: Stdio) -> Output {
-    let mut child = Command::new(BIN)
+/// Like [`run_lucid`], with the command changed by `adjust` first (its
+/// environment, or its stdout: `Output::stdout` is then empty).
+pub fn run_lucid_with<S: AsRef<OsStr>>(
+    args: &[S],
+    cwd: &Path,
+    adjust: impl FnOnce(&mut Command),
+) -> Output {
+    let mut command = Command::new(BIN);
+    command
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lucid");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    adjust(&mut command);
+    let mut child = command.spawn().expect("spawn lucid");
     let drain = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut buf = Vec::new();
