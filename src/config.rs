@@ -453,6 +453,33 @@ impl fmt::Display for Source {
     }
 }
 
+/// Why the config file at `path` cannot be read, and what to do.
+fn unreadable(path: &Path, err: &std::io::Error) -> String {
+    let what = format!("cannot read config file {}: {err}", path.display());
+    match err.kind() {
+        std::io::ErrorKind::NotFound => format!("{what} (create one with `lucid init`)"),
+        std::io::ErrorKind::PermissionDenied => {
+            #[cfg(unix)]
+            let owner = std::fs::metadata(path).map_or(String::new(), |meta| {
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                format!(
+                    " (it belongs to uid {}, mode {:o})",
+                    meta.uid(),
+                    meta.permissions().mode() & 0o777
+                )
+            });
+            #[cfg(not(unix))]
+            let owner = String::new();
+            format!(
+                "{what}{owner}: the user the node runs as may not read it. Under systemd, \
+                 hand it to the service with LoadCredential= (see systemd/lucid.service); \
+                 else make it readable by that user only"
+            )
+        }
+        _ => what,
+    }
+}
+
 /// A configuration that could not be loaded, with a message for the user.
 #[derive(Debug)]
 pub struct ConfigError(String);
@@ -481,12 +508,8 @@ impl Config {
                 None => return Ok((Self::default(), Source::Defaults)),
             },
         };
-        let text = std::fs::read_to_string(&path).map_err(|err| {
-            ConfigError(format!(
-                "cannot read config file {}: {err} (create one with `lucid init`)",
-                path.display()
-            ))
-        })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|err| ConfigError(unreadable(&path, &err)))?;
         let mut config = Self::parse(&text)
             .map_err(|err| ConfigError(format!("config file {}: {err}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new(""));

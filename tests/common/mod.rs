@@ -62,14 +62,19 @@ impl Server {
         env: &[(String, String)],
     ) -> Server {
         let mut cmd = Command::new(lucid_bin());
-        cmd.args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
+        Self::spawn_command(cmd)
+    }
+
+    /// Spawns `cmd` (a `lucid` server, possibly wrapped, e.g. in `setpriv`)
+    /// with stderr piped.
+    pub fn spawn_command(mut cmd: Command) -> Server {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn lucid");
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
