@@ -1,7 +1,7 @@
 //! One module per subcommand; each `run` returns an error whose message
 //! tells the user what went wrong and what to do next.
 //!
-//! Commands print with [`say!`] instead of `println!`: when stdout is a
+//! Commands print with `say!` instead of `println!`: when stdout is a
 //! pipe that was closed early (`lucid check | head -1`), `println!` panics,
 //! while `say!` returns the broken pipe as an error, which `main` ends on
 //! quietly.
@@ -27,7 +27,7 @@ pub mod tokens;
 /// The error type of every command: a message for the user.
 pub type CommandResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Writes `line` and a newline to stdout (what [`say!`] expands to).
+/// Writes `line` and a newline to stdout (what `say!` expands to).
 pub fn print_line(line: fmt::Arguments) -> io::Result<()> {
     writeln!(io::stdout().lock(), "{line}")
 }
