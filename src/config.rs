@@ -512,8 +512,13 @@ impl Config {
             std::fs::read_to_string(&path).map_err(|err| ConfigError(unreadable(&path, &err)))?;
         let mut config = Self::parse(&text)
             .map_err(|err| ConfigError(format!("config file {}: {err}", path.display())))?;
-        let base = path.parent().unwrap_or(Path::new(""));
-        let base = std::path::absolute(base).map_err(|err| {
+        // A bare file name (`lucid.yml`) has an empty parent: the working
+        // directory.
+        let base = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => std::path::absolute(parent),
+            _ => std::env::current_dir(),
+        };
+        let base = base.map_err(|err| {
             ConfigError(format!(
                 "cannot find the directory of config file {}: {err}",
                 path.display()
