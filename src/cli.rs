@@ -69,10 +69,16 @@ pub struct CheckArgs {
 }
 
 /// Compact the data directory offline: rewrite the log with only live
-/// records. If a server is running on the directory, it is left alone.
+/// records. If a server is running on the directory, its files are left
+/// alone: given an admin token, the server is asked to compact instead.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "compact")]
 pub struct CompactArgs {
+    /// a token with the admin scope, to ask a running server to compact
+    /// (default: $LUCID_TOKEN, which other users cannot see in ps)
+    #[argh(option)]
+    pub token: Option<String>,
+
     /// write the compacted log encrypted with this key file instead (key
     /// rotation, or encrypting a plain store); then point
     /// encryption.key_file at it

@@ -1,14 +1,17 @@
 //! The node's configuration: the `lucid.yml` schema, its defaults, and where
 //! it is read from. Unknown keys are errors that name the key, so a typo
-//! never silently falls back to a default.
+//! never silently falls back to a default. Relative paths in a file are
+//! relative to the file's own directory, wherever the node is started from;
+//! without a file (the built-in defaults), to the working directory.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 use crate::store::crypt::Cipher;
 use crate::store::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
@@ -52,8 +55,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct General {
-    /// Address to listen on (an IP address, not a host name).
-    pub bind_address: IpAddr,
+    /// Address to listen on: an IP address (an IPv6 one with or without
+    /// brackets) or a host name, resolved when the node starts.
+    #[serde(deserialize_with = "bind_address")]
+    pub bind_address: String,
     /// TCP port; 0 lets the OS pick a free one (it is logged at start).
     pub port: u16,
     /// Worker threads answering requests; 0 = twice the number of cores.
@@ -74,7 +79,7 @@ pub struct General {
 impl Default for General {
     fn default() -> Self {
         Self {
-            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            bind_address: "127.0.0.1".into(),
             port: 7021,
             threads: 0,
             read_timeout_ms: 10_000,
@@ -84,7 +89,56 @@ impl Default for General {
     }
 }
 
+/// Reads `general.bind_address`, a string; the error explains the one
+/// surprise: YAML reads an unquoted `[::1]` as a list.
+fn bind_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    String::deserialize(deserializer).map_err(|_| {
+        D::Error::custom(
+            "general.bind_address must be an IP address or a host name, e.g. 127.0.0.1, \
+             0.0.0.0, ::1 or localhost (an IPv6 address in brackets needs quotes: '[::1]')",
+        )
+    })
+}
+
 impl General {
+    /// `bind_address` without the brackets an IPv6 address may have.
+    fn host(&self) -> &str {
+        let address = self.bind_address.as_str();
+        address
+            .strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .unwrap_or(address)
+    }
+
+    /// The IP address `bind_address` names, if it is one (not a host name).
+    pub fn ip_address(&self) -> Option<IpAddr> {
+        self.host().parse().ok()
+    }
+
+    /// The socket addresses to listen on: `bind_address` if it is an IP
+    /// address, else every address its host name resolves to, in the
+    /// resolver's order (the first that can be bound is used).
+    pub fn listen_addresses(&self) -> Result<Vec<SocketAddr>, String> {
+        if let Some(ip) = self.ip_address() {
+            return Ok(vec![SocketAddr::new(ip, self.port)]);
+        }
+        let cannot = |why: String| {
+            format!(
+                "cannot resolve general.bind_address {:?}: {why}; give an IP address such as \
+                 127.0.0.1 or 0.0.0.0, or a host name this machine knows",
+                self.bind_address
+            )
+        };
+        let resolved: Vec<SocketAddr> = (self.host(), self.port)
+            .to_socket_addrs()
+            .map_err(|err| cannot(err.to_string()))?
+            .collect();
+        if resolved.is_empty() {
+            return Err(cannot("it has no address".into()));
+        }
+        Ok(resolved)
+    }
+
     /// The read timeout for client sockets, if any.
     pub fn read_timeout(&self) -> Option<Duration> {
         (self.read_timeout_ms > 0).then(|| Duration::from_millis(self.read_timeout_ms))
@@ -210,7 +264,8 @@ impl fmt::Display for SyncSetting {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
-    /// Data directory (relative paths are relative to the working directory).
+    /// Data directory (a relative path is relative to the config file's
+    /// directory, see [`Config::load`]).
     pub directory: PathBuf,
     /// When writes reach the disk.
     pub sync: SyncSetting,
@@ -290,7 +345,7 @@ impl Compaction {
 pub struct Encryption {
     /// Encrypt every record and hint file (XChaCha20-Poly1305).
     pub enabled: bool,
-    /// The 32-byte key (relative paths are relative to the working
+    /// The 32-byte key (a relative path is relative to the config file's
     /// directory); must be readable by its owner only.
     pub key_file: PathBuf,
 }
@@ -402,6 +457,33 @@ impl fmt::Display for Source {
     }
 }
 
+/// Why the config file at `path` cannot be read, and what to do.
+fn unreadable(path: &Path, err: &std::io::Error) -> String {
+    let what = format!("cannot read config file {}: {err}", path.display());
+    match err.kind() {
+        std::io::ErrorKind::NotFound => format!("{what} (create one with `lucid init`)"),
+        std::io::ErrorKind::PermissionDenied => {
+            #[cfg(unix)]
+            let owner = std::fs::metadata(path).map_or(String::new(), |meta| {
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                format!(
+                    " (it belongs to uid {}, mode {:o})",
+                    meta.uid(),
+                    meta.permissions().mode() & 0o777
+                )
+            });
+            #[cfg(not(unix))]
+            let owner = String::new();
+            format!(
+                "{what}{owner}: the user the node runs as may not read it. Under systemd, \
+                 hand it to the service with LoadCredential= (see systemd/lucid.service); \
+                 else make it readable by that user only"
+            )
+        }
+        _ => what,
+    }
+}
+
 /// A configuration that could not be loaded, with a message for the user.
 #[derive(Debug)]
 pub struct ConfigError(String);
@@ -418,6 +500,7 @@ impl Config {
     /// Loads the configuration, from the first of: `explicit` (`--config`),
     /// `$LUCID_CONFIG` (both must exist), `./lucid.yml`,
     /// `/etc/lucid/lucid.yml` (used if they exist), the built-in defaults.
+    /// Relative paths in a file are made relative to its directory.
     pub fn load(explicit: Option<&Path>) -> Result<(Self, Source), ConfigError> {
         let from_env = std::env::var_os(ENV_VAR)
             .filter(|v| !v.is_empty())
@@ -429,15 +512,40 @@ impl Config {
                 None => return Ok((Self::default(), Source::Defaults)),
             },
         };
-        let text = std::fs::read_to_string(&path).map_err(|err| {
+        let text =
+            std::fs::read_to_string(&path).map_err(|err| ConfigError(unreadable(&path, &err)))?;
+        let mut config = Self::parse(&text)
+            .map_err(|err| ConfigError(format!("config file {}: {err}", path.display())))?;
+        // A bare file name (`lucid.yml`) has an empty parent: the working
+        // directory.
+        let base = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => std::path::absolute(parent),
+            _ => std::env::current_dir(),
+        };
+        let base = base.map_err(|err| {
             ConfigError(format!(
-                "cannot read config file {}: {err} (create one with `lucid init`)",
+                "cannot find the directory of config file {}: {err}",
                 path.display()
             ))
         })?;
-        let config = Self::parse(&text)
-            .map_err(|err| ConfigError(format!("config file {}: {err}", path.display())))?;
+        config.resolve_paths(&base);
         Ok((config, Source::File(path)))
+    }
+
+    /// Makes every relative path of the configuration relative to `base`
+    /// (empty paths, meaning "not set", stay empty).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let tls = &mut self.general.tls;
+        for path in [
+            &mut self.storage.directory,
+            &mut self.encryption.key_file,
+            &mut tls.certificate,
+            &mut tls.private_key,
+        ] {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = base.join(path.strip_prefix(".").unwrap_or(path));
+            }
+        }
     }
 
     /// Parses and validates YAML text. An empty document means all defaults.
@@ -495,6 +603,13 @@ impl Config {
             return Err("storage.directory must not be empty".into());
         }
         let general = &self.general;
+        let host = general.host();
+        if host.is_empty() || (host != general.bind_address && general.ip_address().is_none()) {
+            return Err(format!(
+                "general.bind_address {:?} is neither an IP address nor a host name",
+                general.bind_address
+            ));
+        }
         if general.max_connections == 0 {
             return Err("general.max_connections must be at least 1".into());
         }
@@ -550,8 +665,10 @@ mod tests {
         assert!(err.contains("storage.max_key_bytes"), "{err}");
         let err = Config::parse("storage:\n  sync_interval_ms: 0\n").unwrap_err();
         assert!(err.contains("storage.sync_interval_ms"), "{err}");
-        let err = Config::parse("general:\n  bind_address: not-an-ip\n").unwrap_err();
-        assert!(err.contains("bind_address"), "{err}");
+        for bad in ["''", "'[localhost]'", "[::1]", "{x: 1}"] {
+            let err = Config::parse(&format!("general:\n  bind_address: {bad}\n")).unwrap_err();
+            assert!(err.contains("bind_address"), "{bad}: {err}");
+        }
         let err = Config::parse("watch:\n  queue: 0\n").unwrap_err();
         assert!(err.contains("watch.queue"), "{err}");
         let err = Config::parse("watch:\n  histroy: 5\n").unwrap_err();
@@ -565,6 +682,49 @@ mod tests {
         let err = Config::parse("authentication:\n  secret_key: short\n").unwrap_err();
         assert!(err.contains("at least 32"), "{err}");
         assert!(!err.contains("short"), "the secret is echoed: {err}");
+    }
+
+    #[test]
+    fn bind_addresses_may_be_host_names_or_bracketed() {
+        let general = |text: &str| {
+            let yaml = format!("general:\n  bind_address: {text}\n  port: 80\n");
+            Config::parse(&yaml).unwrap().general
+        };
+        let ipv6: SocketAddr = "[::1]:80".parse().unwrap();
+        for text in ["'::1'", "::1", "'[::1]'", "\"[::1]\""] {
+            assert_eq!(general(text).listen_addresses(), Ok(vec![ipv6]), "{text}");
+        }
+        let local = general("localhost").listen_addresses().unwrap();
+        assert!(
+            local.iter().all(|addr| addr.ip().is_loopback()),
+            "{local:?}"
+        );
+        assert_eq!(general("localhost").ip_address(), None);
+        let err = general("no-such-host.invalid")
+            .listen_addresses()
+            .unwrap_err();
+        assert!(err.contains("no-such-host.invalid"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_made_relative_to_the_base() {
+        let yaml = "storage:\n  directory: ./data\nencryption:\n  key_file: /keys/k\n\
+                    general:\n  tls:\n    certificate: c.pem\n    private_key: ../k.pem\n";
+        let mut config = Config::parse(yaml).unwrap();
+        config.resolve_paths(Path::new("/etc/lucid"));
+        assert_eq!(config.storage.directory, Path::new("/etc/lucid/data"));
+        assert_eq!(config.encryption.key_file, Path::new("/keys/k"));
+        assert_eq!(
+            config.general.tls.certificate,
+            Path::new("/etc/lucid/c.pem")
+        );
+        assert_eq!(
+            config.general.tls.private_key,
+            Path::new("/etc/lucid/../k.pem")
+        );
+        let mut plain = Config::default();
+        plain.resolve_paths(Path::new("/etc/lucid"));
+        assert!(plain.general.tls.certificate.as_os_str().is_empty());
     }
 
     #[test]

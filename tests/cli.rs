@@ -252,3 +252,194 @@ fn server_without_config_file_uses_embedded_defaults() {
     let mut server = Server::spawn(&["server"], Some(dir.path()));
     assert_listens_on_7021_or_port_busy(&mut server, dir.path());
 }
+
+/// Runs `lucid ARGS` with stdout a pipe whose reader is already gone, as in
+/// `lucid init | head -1` once `head` has exited.
+fn run_with_closed_stdout(args: &[&str], cwd: &Path) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    run_lucid_with(args, cwd, |command| {
+        command.stdout(writer);
+    })
+}
+
+#[test]
+fn a_closed_stdout_ends_commands_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lucid.yml");
+    let path = config.to_str().unwrap();
+    // init writes the config first; the token it could not print is lost,
+    // so it says how to make one.
+    let out = run_with_closed_stdout(&["--config", path, "init"], dir.path());
+    let stderr = stderr_of(&out);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.status.success(), "the lost token went unmentioned");
+    assert!(stderr.contains("tokens issue"), "{stderr}");
+    let written = fs::read_to_string(&config).unwrap();
+    assert!(written.contains("secret_key: \""), "{written}");
+
+    // Elsewhere a closed stdout ends the command quietly, as SIGPIPE would.
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let edited = set_yaml_value(&written, "directory", &format!("'{}'", data.display())).unwrap();
+    fs::write(&config, edited).unwrap();
+    for args in [
+        vec![
+            "--config",
+            path,
+            "tokens",
+            "issue",
+            "--scope",
+            "read",
+            "--expires",
+            "1d",
+        ],
+        vec!["--config", path, "compact"],
+        vec!["--config", path, "check"],
+        vec!["--help"],
+    ] {
+        let out = run_with_closed_stdout(&args, dir.path());
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_port_in_use_leaves_no_data_directory_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("lucid.yml");
+    let yaml = format!(
+        "general:\n  bind_address: 127.0.0.1\n  port: {port}\nstorage:\n  directory: '{}'\n",
+        data.display()
+    );
+    fs::write(&config, yaml).unwrap();
+    let out = run_lucid(
+        &["--config", config.to_str().unwrap(), "server"],
+        dir.path(),
+    );
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(
+        !data.exists(),
+        "the failed start left {} behind",
+        data.display()
+    );
+}
+
+/// Writes `DIR/lucid.yml` with `general.bind_address: BIND_ADDRESS` (YAML
+/// text), port 0 and the data in `DIR/data`.
+fn config_binding(dir: &Path, bind_address: &str) -> std::path::PathBuf {
+    let config = dir.join("lucid.yml");
+    let yaml = format!(
+        "general:\n  bind_address: {bind_address}\n  port: 0\n  threads: 2\nstorage:\n  directory: '{}'\n",
+        dir.join("data").display()
+    );
+    fs::write(&config, yaml).unwrap();
+    config
+}
+
+/// Starts `lucid server` with `general.bind_address: BIND_ADDRESS` (YAML
+/// text) on a free port, and returns the address it says it listens on
+/// once `/health` answers there, with its log.
+fn listening_address(bind_address: &str) -> (std::net::SocketAddr, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_binding(dir.path(), bind_address);
+    let args = ["--config", config.to_str().unwrap(), "server"];
+    let server = Server::spawn(&args, Some(dir.path()));
+    let mut bound = None;
+    let listening = eventually(STARTUP_TIMEOUT, || {
+        bound = server
+            .logs()
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+        bound.is_some()
+    });
+    assert!(listening, "{bind_address}: {}", server.logs());
+    let addr: std::net::SocketAddr = bound.unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    (addr, server.logs())
+}
+
+#[test]
+fn bind_address_may_be_a_host_name_or_an_ipv6_address() {
+    let (addr, logs) = listening_address("localhost");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert!(
+        logs.contains(&format!("bind_address localhost resolves to {}", addr.ip())),
+        "{logs}"
+    );
+    for ipv6 in ["'[::1]'", "::1"] {
+        let (addr, _) = listening_address(ipv6);
+        assert_eq!(addr.ip().to_string(), "::1", "{ipv6}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_binding(dir.path(), "no-such-host.invalid");
+    let out = run_lucid(
+        &["--config", config.to_str().unwrap(), "server"],
+        dir.path(),
+    );
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot resolve general.bind_address"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn relative_paths_in_a_config_are_relative_to_its_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let etc = home.path().join("etc");
+    fs::create_dir(&etc).unwrap();
+    // init writes relative paths; run from elsewhere, they still mean etc/.
+    let out = run_lucid(
+        &["--config", "etc/lucid.yml", "init", "--encrypt"],
+        home.path(),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let config = etc.join("lucid.yml");
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains("directory: ./lucid-data"), "{text}");
+    assert!(text.contains("key_file: ./lucid.key"), "{text}");
+    assert!(
+        text.contains("relative to the directory of this file"),
+        "{text}"
+    );
+    fs::write(&config, set_yaml_value(&text, "port", "0").unwrap()).unwrap();
+    let args = ["--config", config.to_str().unwrap(), "server"];
+    let mut server = Server::spawn(&args, Some(elsewhere.path()));
+    let port = server.wait_listening();
+    assert!(port.is_some(), "{}", server.logs());
+    let data = etc.join("lucid-data");
+    assert!(
+        server.logs().contains(&format!("data: {}", data.display())),
+        "{}",
+        server.logs()
+    );
+    assert!(server.terminate().success());
+    assert!(data.join("data.log").is_file());
+    let strays: Vec<_> = fs::read_dir(elsewhere.path()).unwrap().collect();
+    assert!(
+        strays.is_empty(),
+        "created in the working directory: {strays:?}"
+    );
+    // The offline commands find the same directory, from a relative --config.
+    let out = run_lucid(&["--config", "etc/lucid.yml", "check"], home.path());
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&data.display().to_string()));
+}

@@ -81,6 +81,17 @@ fn compaction_on_demand_keeps_every_value_and_survives_kill9() {
     let report: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(report["live_keys"], 15);
     assert!(report["bytes_after"].as_u64() < report["bytes_before"].as_u64());
+    // Milliseconds to a tenth, not 10.212888999999999.
+    for field in ["duration_ms", "writers_paused_ms"] {
+        let text = resp.text();
+        let number = text
+            .split(&format!("\"{field}\":"))
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .unwrap_or_else(|| panic!("no {field} in {text}"));
+        let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 1, "{field}: {number}");
+    }
 
     let after = stats(node.port());
     assert_eq!(after["compactions"], 1);
@@ -209,4 +220,95 @@ fn check_repair_rebuilds_a_damaged_log_and_keeps_the_damaged_one() {
     assert_eq!(get(port, "/api/kv/before").body, b"kept");
     assert_eq!(get(port, "/api/kv/after").body, b"kept too");
     assert_eq!(get(port, "/api/kv/damaged").status, 404);
+}
+
+/// Writes `DIR/lucid.yml` for a node with authentication on, listening on a
+/// fixed free port (`lucid compact` reads the port from the config).
+fn secured_config_on_a_fixed_port(dir: &std::path::Path) -> (std::path::PathBuf, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("lucid.yml");
+    let yaml = format!(
+        "general:\n  bind_address: 127.0.0.1\n  port: {port}\n  threads: 2\n\
+         storage:\n  directory: ./data\n\
+         authentication:\n  enabled: true\n  secret_key: \"{}\"\n",
+        "s".repeat(32)
+    );
+    std::fs::write(&config, yaml).unwrap();
+    (config, port)
+}
+
+#[test]
+fn compact_beside_a_running_server_asks_it_when_given_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, port) = secured_config_on_a_fixed_port(dir.path());
+    let config = config.to_str().unwrap();
+    let mut server = Server::spawn(&["--config", config, "server"], Some(dir.path()));
+    assert_eq!(server.wait_listening(), Some(port), "{}", server.logs());
+    let issue = |scopes: &[&str]| {
+        let mut args = vec!["--config", config, "tokens", "issue", "--expires", "1h"];
+        args.extend(scopes.iter().flat_map(|scope| ["--scope", scope]));
+        let out = run_lucid(&args, dir.path());
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (admin, writer) = (issue(&["admin", "write"]), issue(&["read", "write"]));
+    let bearer = format!("Bearer {admin}");
+    let auth = [("Authorization", bearer.as_str())];
+    for _ in 0..3 {
+        assert_eq!(request(port, "PUT", "/api/kv/k", &auth, b"v").status, 201);
+        assert_eq!(request(port, "DELETE", "/api/kv/k", &auth, b"").status, 200);
+    }
+    assert_eq!(
+        request(port, "PUT", "/api/kv/kept", &auth, b"v").status,
+        201
+    );
+    let compact = |token: Option<&str>, env: Option<&str>| {
+        let mut args = vec!["--config", config, "compact"];
+        args.extend(token.map(|token| ["--token", token]).into_iter().flatten());
+        run_lucid_with(&args, dir.path(), |command| {
+            command.env_remove("LUCID_TOKEN");
+            if let Some(env) = env {
+                command.env("LUCID_TOKEN", env);
+            }
+        })
+    };
+
+    // Without a token: the hint carries the header the node asks for.
+    let out = compact(None, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let hint = format!(
+        "curl -X POST -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{port}/api/admin/compact"
+    );
+    assert!(stderr.contains(&hint), "{stderr}");
+
+    // A token without the admin scope: the node's refusal is passed on.
+    let out = compact(Some(&writer), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("403"), "{stderr}");
+
+    // With --token, then with $LUCID_TOKEN, the running node compacts.
+    for (token, env) in [(Some(admin.as_str()), None), (None, Some(admin.as_str()))] {
+        let out = compact(token, env);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("compacted by the running server"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("live keys:       1"), "{stdout}");
+    }
+    let stats = request(port, "GET", "/api/admin/stats", &auth, b"");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    assert_eq!(stats["compactions"], 2, "{stats}");
+    assert!(server.is_running());
 }

@@ -734,3 +734,17 @@ fn clients_that_go_quiet_mid_body_are_cut_off_by_the_read_timeout() {
         assert_eq!(get(port, &format!("/api/kv/slow-{i}")).status, 404);
     }
 }
+
+#[test]
+fn a_query_parameter_where_none_is_taken_is_named() {
+    let node = Node::start();
+    let resp = get(node.port(), "/api/kv/k?ttl=5");
+    assert_message(
+        &resp,
+        400,
+        "Unknown query parameter 'ttl'; this request takes no query parameters.",
+    );
+    let resp = put(node.port(), "/api/kv/k?tll=5", b"v");
+    let message = json_message(&resp.body).unwrap();
+    assert!(message.contains("accepts: ttl"), "{message}");
+}

@@ -342,3 +342,171 @@ fn the_systemd_unit_is_hardened() {
     eprintln!("systemd exposure score: {score}");
     assert!(score <= 2.0, "exposure {score} is above 2.0:\n{said}");
 }
+
+/// The permission bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_data_directory_and_its_files_are_private() {
+    let mut node = Node::start();
+    let port = node.port();
+    for i in 0..3 {
+        assert_eq!(put(port, &format!("/api/kv/secret/{i}"), b"v").status, 201);
+    }
+    assert_eq!(delete(port, "/api/kv/secret/0").status, 200);
+    let compacted = request(port, "POST", "/api/admin/compact", &[], b"");
+    assert_eq!(compacted.status, 200, "{}", compacted.text());
+    // A clean stop writes the hint file.
+    assert!(node.stop().success());
+    let dir = node.data_dir();
+    assert_eq!(mode_of(&dir), 0o700, "data directory");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap()).collect();
+    for name in ["LOCK", "data.log", "data.hint"] {
+        assert!(names.iter().any(|n| *n == name), "no {name} in {names:?}");
+    }
+    for file in &files {
+        assert_eq!(mode_of(file), 0o600, "{}", file.display());
+    }
+}
+
+/// The uid and gid the service test runs the node as: in the range systemd
+/// gives `DynamicUser=` services.
+const SERVICE_ID: u32 = 61_234;
+
+/// `lucid ARGS` as the service's throwaway user, as systemd runs it.
+fn as_service_user(args: &[&std::ffi::OsStr]) -> Command {
+    let id = SERVICE_ID.to_string();
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid",
+            &id,
+            "--regid",
+            &id,
+            "--clear-groups",
+            "--no-new-privs",
+            "--",
+        ])
+        .arg(BIN)
+        .args(args);
+    command
+}
+
+/// Hands `files` to the service as systemd's `LoadCredential=` does: copies
+/// in a directory of its own, mode 0400 / 0500, owned by its user.
+fn load_credentials(dir: &Path, files: &[&Path]) {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    std::fs::create_dir(dir).unwrap();
+    for file in files {
+        let copy = dir.join(file.file_name().unwrap());
+        std::fs::copy(file, &copy).unwrap();
+        chown(&copy, Some(SERVICE_ID), Some(SERVICE_ID)).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    chown(dir, Some(SERVICE_ID), Some(SERVICE_ID)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+}
+
+/// The README's Raspberry Pi steps, with the unit's user: root runs `lucid
+/// init --encrypt` (config and key root's, 0600); the node, as another
+/// uid, cannot read them where they are, and says why; handed over as
+/// credentials (the unit's LoadCredential=), it starts and serves.
+#[test]
+fn the_service_user_reads_the_config_root_made_through_credentials() {
+    use std::ffi::OsStr;
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    let root_here = std::fs::metadata("/proc/self").map(|m| m.uid() == 0);
+    let setpriv = Command::new("setpriv").arg("--version").output();
+    if root_here.ok() != Some(true) || setpriv.is_err() {
+        eprintln!("SKIPPED: needs root and setpriv to run the node as another user");
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // sudo install -d /etc/lucid && sudo lucid --config /etc/lucid/lucid.yml init
+    let etc = top.path().join("etc-lucid");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = etc.join("lucid.yml");
+    let init = run_lucid(
+        &[
+            OsStr::new("--config"),
+            config.as_os_str(),
+            OsStr::new("init"),
+            OsStr::new("--encrypt"),
+        ],
+        top.path(),
+    );
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let token = String::from_utf8(init.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    // The sed of the README, and a free port for the test; the
+    // StateDirectory= systemd makes (0700, the service user's).
+    let state = top.path().join("var-lib-lucid");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace(
+            "directory: ./lucid-data",
+            &format!("directory: {}", state.display()),
+        )
+        .replace("port: 7021", "port: 0");
+    std::fs::write(&config, text).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    chown(&state, Some(SERVICE_ID), Some(SERVICE_ID)).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // Read in place, the root-owned config is out of reach, and the node
+    // says so (not "create one with lucid init").
+    let direct = [
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("server"),
+    ];
+    let mut server = Server::spawn_command(as_service_user(&direct));
+    assert_eq!(server.wait_listening(), None, "{}", server.logs());
+    assert!(!server.wait_exit().success());
+    let logs = server.logs();
+    assert!(
+        logs.contains("Permission denied") && logs.contains("LoadCredential"),
+        "{logs}"
+    );
+    assert!(!logs.contains("lucid init"), "{logs}");
+
+    // Through the credentials directory, it starts and serves.
+    let credentials = top.path().join("credentials");
+    load_credentials(&credentials, &[&config, &etc.join("lucid.key")]);
+    let given = credentials.join("lucid.yml");
+    let args = [
+        OsStr::new("--config"),
+        given.as_os_str(),
+        OsStr::new("server"),
+    ];
+    let mut command = as_service_user(&args);
+    command.current_dir(&state);
+    let mut server = Server::spawn_command(command);
+    let port = server
+        .wait_listening()
+        .unwrap_or_else(|| panic!("{}", server.logs()));
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    assert_eq!(request(port, "PUT", "/api/kv/pi", &auth, b"up").status, 201);
+    assert_eq!(request(port, "GET", "/api/kv/pi", &auth, b"").body, b"up");
+    assert!(server.terminate().success());
+    let log = std::fs::metadata(state.join("data.log")).unwrap();
+    assert_eq!((log.uid(), log.mode() & 0o777), (SERVICE_ID, 0o600));
+}

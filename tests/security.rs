@@ -597,6 +597,9 @@ fn tokens_issue_prints_a_token_the_node_honours() {
         ("--scope root --expires 30d", "read, write or admin"),
         ("--scope read --expires soon", "30d"),
         ("--scope read", "--expires"),
+        // Beyond 2106 the expiry would wrap to a date in the past.
+        ("--scope read --expires 80y", "2106"),
+        ("--scope read --expires 500y", "2106"),
     ] {
         let out = run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned()

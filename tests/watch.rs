@@ -80,6 +80,7 @@ fn ws_connect(port: u16, path: &str) -> WebSocket<TcpStream> {
     let url = format!("ws://127.0.0.1:{port}{path}");
     let (ws, response) = tungstenite::client(url.as_str(), stream).expect("WebSocket handshake");
     assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["server"], "lucid");
     ws
 }
 
@@ -127,6 +128,7 @@ fn sse_response_is_an_unframed_event_stream() {
     let (_stream, head) = Conn::watch(node.port(), "/api/watch", &[]);
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    assert_eq!(head.header("server"), Some("lucid"));
     assert_eq!(head.header("cache-control"), Some("no-cache"));
     assert_eq!(head.header("connection"), Some("close"));
     assert_eq!(head.header("content-length"), None);

@@ -5,7 +5,7 @@
 //! Issuing one and generating a secret are here too.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jwt_simple::prelude::{
     Duration as JwtDuration, HS256Key, JWTClaims, MACLike, VerificationOptions,
@@ -17,6 +17,11 @@ use crate::config::Authentication;
 
 /// Longest token accepted, in bytes; longer ones are refused unread.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The latest `exp` a token can carry, in seconds since 1970 (2106-02-07):
+/// the JWT library keeps times as 32-bit seconds, and a later expiry would
+/// wrap around to a date in the past.
+pub const LATEST_EXPIRY: u64 = u32::MAX as u64;
 
 /// Lucid's own claims, beside the registered ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,13 +79,15 @@ impl Tokens {
     }
 
     /// Signs a token valid from now (`iat` and `nbf`) for `valid_for`
-    /// (`exp`), with the configured issuer and audience.
+    /// (`exp`), with the configured issuer and audience. Refuses a validity
+    /// that would end after [`LATEST_EXPIRY`].
     pub fn issue(
         &self,
         claims: LucidClaims,
         valid_for: Duration,
         subject: Option<&str>,
     ) -> Result<String, String> {
+        check_expiry(valid_for)?;
         let valid_for = JwtDuration::from_secs(valid_for.as_secs());
         let mut jwt = jwt_simple::claims::Claims::with_custom_claims(claims, valid_for);
         if let Some(subject) = subject {
@@ -95,6 +102,22 @@ impl Tokens {
         self.key
             .authenticate(jwt)
             .map_err(|err| format!("cannot sign the token: {err}"))
+    }
+}
+
+/// Whether a token issued now and valid for `valid_for` has an expiry a
+/// token can carry.
+fn check_expiry(valid_for: Duration) -> Result<(), String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| "the system clock is set before 1970".to_string())?;
+    match now.as_secs().checked_add(valid_for.as_secs()) {
+        Some(expiry) if expiry <= LATEST_EXPIRY => Ok(()),
+        _ => Err(format!(
+            "a token valid for {} days would expire after 2106-02-07, the latest expiry a \
+             token can carry; choose a shorter validity",
+            valid_for.as_secs() / 86_400
+        )),
     }
 }
 
@@ -157,6 +180,24 @@ mod tests {
             .issue(LucidClaims::default(), Duration::from_secs(60), None)
             .unwrap();
         assert!(Tokens::new(&with_issuer).verify(&issued).is_ok());
+    }
+
+    #[test]
+    fn an_expiry_past_2106_is_refused_not_wrapped() {
+        let tokens = Tokens::new(&auth());
+        let year = Duration::from_secs(365 * 86_400);
+        for years in [80, 500, 1_000_000] {
+            let err = tokens
+                .issue(LucidClaims::default(), year * years, None)
+                .unwrap_err();
+            assert!(err.contains("2106"), "{years}y: {err}");
+        }
+        let token = tokens
+            .issue(LucidClaims::default(), year * 50, None)
+            .unwrap();
+        let claims = tokens.verify(&token).unwrap();
+        let expiry = claims.expires_at.unwrap().as_secs();
+        assert!(expiry > LATEST_EXPIRY - 40 * 365 * 86_400, "{expiry}");
     }
 
     #[test]

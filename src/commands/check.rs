@@ -15,27 +15,28 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
     let cipher = config.encryption.cipher()?;
     let report = store::check(dir, cipher.as_deref())?;
     let scanned = report.scan.good_end - FILE_HEADER_LEN as u64;
-    println!("checked {}", report.path.display());
-    println!("  log bytes:   {}", report.log_bytes);
-    println!("  records:     {}", report.records);
-    println!(
+    say!("checked {}", report.path.display())?;
+    say!("  log bytes:   {}", report.log_bytes)?;
+    say!("  records:     {}", report.records)?;
+    say!(
         "  durable to:  offset {} ({} sync markers)",
-        report.scan.durable, report.scan.markers
-    );
-    println!("  live keys:   {}", report.live_keys);
-    println!("  live bytes:  {}", report.live_bytes);
-    println!(
+        report.scan.durable,
+        report.scan.markers
+    )?;
+    say!("  live keys:   {}", report.live_keys)?;
+    say!("  live bytes:  {}", report.live_bytes)?;
+    say!(
         "  dead bytes:  {} (overwritten and deleted records, sync markers)",
         scanned - report.live_bytes
-    );
+    )?;
     match &report.hint {
-        Ok(keys) => println!("  hint file:   ok ({keys} keys)"),
-        Err(Unused::Missing) => println!("  hint file:   none (written by compaction)"),
-        Err(Unused::Rejected(why)) => println!("  hint file:   not usable: {why}"),
+        Ok(keys) => say!("  hint file:   ok ({keys} keys)")?,
+        Err(Unused::Missing) => say!("  hint file:   none (written by compaction)")?,
+        Err(Unused::Rejected(why)) => say!("  hint file:   not usable: {why}")?,
     }
     let problem = match report.scan.damage {
         None => {
-            println!("  status:      ok");
+            say!("  status:      ok")?;
             return Ok(());
         }
         Some(Damage::TornTail {
@@ -43,7 +44,7 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
             len,
             next_valid: None,
         }) => {
-            println!("  status:      torn tail: {len} bytes at offset {offset}");
+            say!("  status:      torn tail: {len} bytes at offset {offset}")?;
             format!(
                 "the log ends with {len} bytes of an interrupted write at offset {offset}; \
                  the server cuts them away (keeping a copy) when it starts"
@@ -54,10 +55,10 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
             len,
             next_valid: Some(next_valid),
         }) => {
-            println!(
+            say!(
                 "  status:      unsynced tail: {len} bytes at offset {offset}, damaged before \
                  any fsync (unsynced records from offset {next_valid} on)"
-            );
+            )?;
             format!(
                 "a power cut lost unsynced writes: the log is damaged at offset {offset}, which \
                  no fsync had made durable; the server cuts the {len} bytes from there \
@@ -72,7 +73,7 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
             let resume = next_valid.map_or("no valid record follows".to_owned(), |at| {
                 format!("valid records resume at {at}")
             });
-            println!("  status:      DAMAGED at offset {offset} ({resume})");
+            say!("  status:      DAMAGED at offset {offset} ({resume})")?;
             format!(
                 "the log is damaged at offset {offset}, in data an fsync made durable (up to \
                  offset {durable}); run `lucid check --repair` to rebuild it from its good \
@@ -84,17 +85,17 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
         return Err(problem.into());
     }
     let repaired = store::repair(dir, cipher.as_deref())?;
-    println!("repaired {}", report.path.display());
-    println!("  records kept: {}", repaired.records_kept);
-    println!("  bytes kept:   {}", repaired.bytes_kept);
+    say!("repaired {}", report.path.display())?;
+    say!("  records kept: {}", repaired.records_kept)?;
+    say!("  bytes kept:   {}", repaired.bytes_kept)?;
     for (start, end) in &repaired.dropped {
-        println!(
+        say!(
             "  dropped:      bytes {start}..{end} ({} bytes)",
             end - start
-        );
+        )?;
     }
     if let Some(broken) = &repaired.broken_copy {
-        println!("  damaged log kept as {}", broken.display());
+        say!("  damaged log kept as {}", broken.display())?;
     }
     Ok(())
 }

@@ -11,8 +11,11 @@ use crate::auth::{generate_secret, LucidClaims, Scope, Tokens};
 use crate::config::{Config, DEFAULT_PATH, ENV_VAR, SAMPLE};
 use crate::store::crypt::Cipher;
 
-/// The sample's `encryption` settings, turned on by `--encrypt`.
+/// The sample's `encryption` settings, turned on by `--encrypt`: its
+/// `key_file` is relative to the config's directory, where the key goes.
 const ENCRYPTION_OFF: &str = "  enabled: false\n  key_file: ./lucid.key\n";
+/// [`ENCRYPTION_OFF`] turned on.
+const ENCRYPTION_ON: &str = "  enabled: true\n  key_file: ./lucid.key\n";
 
 /// How long the root token printed by `init` is valid.
 pub const ROOT_TOKEN_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
@@ -59,31 +62,47 @@ pub fn run(path: Option<&Path>, force: bool, encrypt: bool) -> CommandResult {
     #[cfg(unix)]
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(cannot_write)?;
+    let key_file = path.with_file_name("lucid.key");
     if encrypt {
-        let key_file = path.with_file_name("lucid.key");
         Cipher::create_key_file(&key_file)?;
-        let enabled = format!("  enabled: true\n  key_file: {}\n", key_file.display());
-        text = text.replacen(ENCRYPTION_OFF, &enabled, 1);
-        println!(
-            "Created the encryption key {} (mode 0600). Keep a copy somewhere safe: without it the data cannot be read.",
-            key_file.display()
-        );
+        text = text.replacen(ENCRYPTION_OFF, ENCRYPTION_ON, 1);
     }
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(cannot_write)?;
-    println!(
+    // Printed only once every file is written, so a closed stdout leaves
+    // nothing half-done; but the token is then lost: say how to make one.
+    print_summary(path, encrypt.then_some(key_file.as_path()), &token).map_err(|err| {
+        format!(
+            "wrote {path}, but the root token could not be printed ({err}); make one with: \
+             lucid --config {path} tokens issue --scope read --scope write --scope admin \
+             --expires 365d --subject root",
+            path = path.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// Tells what `init` wrote, then prints the root token (last, so
+/// `lucid init | tail -1` is the token).
+fn print_summary(path: &Path, key_file: Option<&Path>, token: &str) -> std::io::Result<()> {
+    if let Some(key_file) = key_file {
+        say!(
+            "Created the encryption key {} (mode 0600). Keep a copy somewhere safe: without it the data cannot be read.",
+            key_file.display()
+        )?;
+    }
+    say!(
         "Wrote {} with authentication on and a new secret: keep the file private. \
          Start the node with: lucid --config {} server",
         path.display(),
         path.display()
-    );
-    println!(
+    )?;
+    say!(
         "Root token (read, write and admin on every key; valid for 365 days). It is shown \
          only now and not stored; keep it safe, and make narrower ones with `lucid tokens issue`:"
-    );
-    println!("{token}");
-    Ok(())
+    )?;
+    say!("{token}")
 }
 
 /// The sample configuration with authentication on and `secret` as its key

@@ -28,13 +28,16 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         storage.max_value_bytes,
     ));
     tiny_http::set_body_budget(Arc::clone(&memory) as Arc<dyn tiny_http::BodyBudget>);
+    // Bound before the data directory is opened, so that a port in use
+    // leaves no new directory behind. Connections made during recovery wait
+    // for it, as they would in the listen backlog.
+    let server = HttpServer::bind(&config.general, storage)?;
     let cipher = config.encryption.cipher()?;
     let (store, report) = store::open_with(&storage.directory, storage.sync_mode(), cipher)?;
     let watch = &config.watch;
     store.events().set_limits(watch.history, watch.queue);
     store::spawn_compactor(&store, config.compaction.policy());
     store::spawn_expiry_sweeper(&store);
-    let server = HttpServer::bind(&config.general, storage)?;
     let addr = server
         .local_addr()
         .ok_or("the server is not bound to an IP address")?;

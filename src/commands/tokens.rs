@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::CommandResult;
+use super::{note, CommandResult};
 use crate::auth::{LucidClaims, PrefixRule, Tokens};
 use crate::cli::IssueArgs;
 use crate::config::Config;
@@ -30,10 +30,10 @@ pub fn issue(config_path: Option<&Path>, args: IssueArgs) -> CommandResult {
     };
     let token = Tokens::new(auth).issue(claims, args.expires, args.subject.as_deref())?;
     if !auth.enabled {
-        eprintln!(
+        note(format_args!(
             "note: authentication.enabled is false in {source}: the node does not ask for tokens"
-        );
+        ));
     }
-    println!("{token}");
+    say!("{token}")?;
     Ok(())
 }

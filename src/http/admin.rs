@@ -2,6 +2,7 @@
 //! on-demand compaction), `/health` and `/metrics`.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tiny_http::{Method, Request};
 
@@ -15,6 +16,12 @@ pub fn stats<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
         return Reply::method_not_allowed("GET, HEAD");
     }
     Reply::document(200, &ctx.store.stats())
+}
+
+/// `duration` in milliseconds, to a tenth of one (the rest is noise, and
+/// as a binary fraction would print as 10.212888999999999).
+fn milliseconds(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 /// `POST /api/admin/compact`: compacts now and answers with what it did
@@ -31,8 +38,8 @@ pub fn compact<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
                 "bytes_before": report.bytes_before,
                 "bytes_after": report.bytes_after,
                 "live_keys": report.live_keys,
-                "duration_ms": report.duration.as_secs_f64() * 1000.0,
-                "writers_paused_ms": report.writers_paused.as_secs_f64() * 1000.0,
+                "duration_ms": milliseconds(report.duration),
+                "writers_paused_ms": milliseconds(report.writers_paused),
             }),
         ),
         Err(CompactionError::Busy) => Reply::message(409, "A compaction is already running."),

@@ -168,11 +168,22 @@ impl HttpServer {
     /// request, so a client trickling its body never holds a worker; request
     /// heads are limited to [`head_limit`] bytes.
     pub fn bind(general: &General, storage: &Storage) -> Result<Self, String> {
-        let addr = SocketAddr::new(general.bind_address, general.port);
+        let addresses = general.listen_addresses()?;
+        if general.ip_address().is_none() {
+            log::info!(
+                "general.bind_address {} resolves to {}",
+                general.bind_address,
+                addresses
+                    .iter()
+                    .map(|addr| addr.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let ssl = ssl_config(&general.tls)?;
         let tls = ssl.is_some();
         let config = ServerConfig {
-            addr: ConfigListenAddr::IP(vec![addr]),
+            addr: ConfigListenAddr::IP(addresses),
             ssl,
             read_timeout: general.read_timeout(),
             streams: Some(watch::is_watch),
@@ -191,8 +202,9 @@ impl HttpServer {
                 ""
             };
             format!(
-                "cannot listen on {addr}: {err}. Is another process using the port? \
-                 Change general.port or general.bind_address in the config.{tls_hint}"
+                "cannot listen on {}, port {}: {err}. Is another process using the port? \
+                 Change general.port or general.bind_address in the config.{tls_hint}",
+                general.bind_address, general.port
             )
         })?;
         Ok(Self {

@@ -27,12 +27,16 @@ impl Params {
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
             let Some(&name) = allowed.iter().find(|&&known| known == name) else {
+                let accepted = if allowed.is_empty() {
+                    "this request takes no query parameters".to_owned()
+                } else {
+                    format!("this request accepts: {}", allowed.join(", "))
+                };
                 return Err(Reply::message(
                     400,
                     format!(
-                        "Unknown query parameter '{}'; this resource accepts: {}.",
-                        name.escape_default(),
-                        allowed.join(", ")
+                        "Unknown query parameter '{}'; {accepted}.",
+                        name.escape_default()
                     ),
                 ));
             };

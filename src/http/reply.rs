@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tiny_http::{Method, Request, StatusCode};
+use tiny_http::{Header, Method, Request, StatusCode};
 
 use crate::store::StoredValue;
 
@@ -268,7 +268,7 @@ impl Responder {
         head.extend_from_slice(StatusCode(status).default_reason_phrase().as_bytes());
         head.extend_from_slice(b"\r\n");
         let mut head = Head(head);
-        head.field(b"Server", b"lucid");
+        head.field(b"Server", SERVER_NAME.as_bytes());
         head.field(b"Date", &self.date);
         head
     }
@@ -321,6 +321,16 @@ fn is_header_safe(value: &[u8]) -> bool {
     value
         .iter()
         .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// The `Server` header of every response.
+pub const SERVER_NAME: &str = "lucid";
+
+/// The `Server` header for responses built with tiny_http's `Response`
+/// (event streams, WebSocket upgrades), which would otherwise name
+/// tiny_http.
+pub fn server_header() -> Header {
+    Header::from_bytes(&b"Server"[..], SERVER_NAME.as_bytes()).expect("a valid header")
 }
 
 /// The whole response (head and body) written to a connection refused for

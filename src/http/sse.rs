@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tiny_http::{Header, Request, Response};
 
+use super::reply::server_header;
 use super::watch::End;
 use crate::watch::Event;
 
@@ -40,7 +41,8 @@ impl Feed<Box<dyn Write + Send>> {
         .map(|(name, value)| {
             Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
         });
-        let response = Response::new(200.into(), headers.into(), io::empty(), None, None);
+        let headers = [server_header()].into_iter().chain(headers).collect();
+        let response = Response::new(200.into(), headers, io::empty(), None, None);
         request.into_stream(response).map(Self::new)
     }
 }

@@ -17,6 +17,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use super::reply::server_header;
 use super::watch::End;
 use crate::watch::Event;
 
@@ -87,7 +88,9 @@ impl Feed {
     pub fn start(request: Request, accept: &str, socket: Option<&Socket>) -> Self {
         let accept =
             Header::from_bytes(&b"Sec-WebSocket-Accept"[..], accept.as_bytes()).expect("base64");
-        let response = Response::empty(StatusCode(101)).with_header(accept);
+        let response = Response::empty(StatusCode(101))
+            .with_header(server_header())
+            .with_header(accept);
         let stream = request.upgrade("websocket", response);
         if let Some(socket) = socket {
             if let Err(err) = socket.set_read_timeout(Some(POLL_READ)) {

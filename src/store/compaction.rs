@@ -57,7 +57,7 @@
 //! old log or the new one, and both hold every acknowledged write and no
 //! deleted key.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 use memmap2::{Mmap, UncheckedAdvice};
 
 use super::crypt::{open_copy, stored_form, Cipher, ENVELOPE_OVERHEAD};
-use super::directory::{sync_dir, LOG_FILE};
+use super::directory::{private_file, sync_dir, LOG_FILE};
 use super::engine::{lock, now_ms, read, write, Store};
 use super::file::{DiskFile, LogFile};
 use super::index::{Index, Location};
@@ -389,7 +389,7 @@ impl Store {
         if map.len() < cut as usize {
             return Err(io::Error::other("the log is shorter than the store's end offset").into());
         }
-        let mut new_file = OpenOptions::new()
+        let mut new_file = private_file()
             .read(true)
             .write(true)
             .create(true)

@@ -144,7 +144,7 @@ pub fn open_with(
     cipher: Option<Arc<Cipher>>,
 ) -> Result<(Arc<Store>, OpenReport), OpenError> {
     let started = Instant::now();
-    fs::create_dir_all(dir).map_err(io_error("create data directory", dir))?;
+    create_private_dir(dir).map_err(io_error("create data directory", dir))?;
     let lock = lock_dir(dir)?;
     remove_leftovers(dir)?;
     let path = dir.join(LOG_FILE);
@@ -382,10 +382,29 @@ fn replay(
     .map_err(io_error("read", path))
 }
 
+/// Options to create a file of the data directory: readable and writable
+/// by its owner only (mode 0600), as its records may hold secrets.
+pub(super) fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates the data directory, and its missing parents, open to its owner
+/// only (mode 0700); an existing directory keeps its mode.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Takes the directory's lock, or reports who holds it.
 pub(super) fn lock_dir(dir: &Path) -> Result<File, OpenError> {
     let path = dir.join(LOCK_FILE);
-    let lock = OpenOptions::new()
+    let lock = private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -463,7 +482,7 @@ fn remove_leftovers(dir: &Path) -> Result<(), OpenError> {
 
 /// Opens the log, reporting whether it is new (empty).
 fn open_log(path: &Path) -> Result<(DiskFile, bool), OpenError> {
-    let file = OpenOptions::new()
+    let file = private_file()
         .read(true)
         .write(true)
         .create(true)
@@ -566,7 +585,7 @@ pub(super) fn create_unique(base: &str) -> Result<(PathBuf, File), OpenError> {
         } else {
             format!("{base}.{n}")
         });
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
+        match private_file().write(true).create_new(true).open(&path) {
             Ok(file) => return Ok((path, file)),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(source) => {

@@ -51,7 +51,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use super::crypt::Cipher;
-use super::directory::sync_dir;
+use super::directory::{private_file, sync_dir};
 use super::index::{Attrs, Index, Key, Location};
 use super::record::FileHeader;
 
@@ -85,7 +85,12 @@ pub fn write(
     cipher: Option<&Cipher>,
 ) -> io::Result<()> {
     let tmp = dir.join(HINT_TMP);
-    let mut file = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+    let created = private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    let mut file = BufWriter::with_capacity(256 * 1024, created);
     file.write_all(if cipher.is_some() {
         SEALED_MAGIC
     } else {

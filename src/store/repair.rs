@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use super::crypt::{stored_form, Cipher};
 use super::directory::{
-    check_key, create_unique, full_scan_start, io_error as io_err, lock_dir, read_header, sync_dir,
-    OpenError, LOG_FILE,
+    check_key, create_unique, full_scan_start, io_error as io_err, lock_dir, private_file,
+    read_header, sync_dir, OpenError, LOG_FILE,
 };
 use super::file::{DiskFile, LogFile};
 use super::hint::HINT_FILE;
@@ -54,7 +54,12 @@ pub fn repair(dir: &Path, cipher: Option<&Cipher>) -> Result<RepairReport, OpenE
     let header = read_header(&log, &path)?;
     check_key(&header, cipher.map_or(0, Cipher::check_value), &path)?;
     let tmp = dir.join(REPAIR_FILE);
-    let mut out = BufWriter::new(File::create(&tmp).map_err(io_err("create", &tmp))?);
+    let created = private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp);
+    let mut out = BufWriter::new(created.map_err(io_err("create", &tmp))?);
     let mut report = RepairReport {
         records_kept: 0,
         bytes_kept: FILE_HEADER_LEN as u64,

@@ -62,14 +62,19 @@ impl Server {
         env: &[(String, String)],
     ) -> Server {
         let mut cmd = Command::new(lucid_bin());
-        cmd.args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
+        Self::spawn_command(cmd)
+    }
+
+    /// Spawns `cmd` (a `lucid` server, possibly wrapped, e.g. in `setpriv`)
+    /// with stderr piped.
+    pub fn spawn_command(mut cmd: Command) -> Server {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn lucid");
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -168,23 +173,36 @@ fn listening_port(line: &str) -> Option<u16> {
 /// Runs a short-lived `lucid` command (init, check, ...) to completion with a
 /// bounded wait, capturing stdout and stderr.
 pub fn run_lucid<S: AsRef<OsStr>>(args: &[S], cwd: &Path) -> Output {
-    let mut child = Command::new(BIN)
+    run_lucid_with(args, cwd, |_| {})
+}
+
+/// Like [`run_lucid`], with the command changed by `adjust` first (its
+/// environment, or its stdout: `Output::stdout` is then empty).
+pub fn run_lucid_with<S: AsRef<OsStr>>(
+    args: &[S],
+    cwd: &Path,
+    adjust: impl FnOnce(&mut Command),
+) -> Output {
+    let mut command = Command::new(BIN);
+    command
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lucid");
-    let drain = |mut r: Box<dyn Read + Send>| {
+        .stderr(Stdio::piped());
+    adjust(&mut command);
+    let mut child = command.spawn().expect("spawn lucid");
+    let drain = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
             buf
         })
     };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let stdout = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let stderr = drain(child.stderr.take().map(|r| Box::new(r) as _));
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
