@@ -25,6 +25,12 @@ pub const DEFAULT_PATH: &str = "lucid.yml";
 /// Environment variable naming the config file when `--config` is not given.
 pub const ENV_VAR: &str = "LUCID_CONFIG";
 
+/// How to make a config file, for the message when the one named is missing
+/// (the container image names /etc/lucid/lucid.yml and has no shell).
+const MAKE_ONE: &str = "(create one with `lucid init`, or print one with `lucid init --stdout`; \
+     with the container image: `docker run --rm IMAGE init --stdout --bind-address 0.0.0.0 \
+     --data-dir /var/lib/lucid > lucid.yml`, then mount it there read-only)";
+
 /// Files tried, in order, when neither `--config` nor `$LUCID_CONFIG` names one.
 pub const SEARCH_PATH: [&str; 2] = ["lucid.yml", "/etc/lucid/lucid.yml"];
 
@@ -426,8 +432,12 @@ impl Config {
             },
         };
         let text = std::fs::read_to_string(&path).map_err(|err| {
+            let hint = match err.kind() {
+                std::io::ErrorKind::NotFound => MAKE_ONE,
+                _ => "(create one with `lucid init`)",
+            };
             ConfigError(format!(
-                "cannot read config file {}: {err} (create one with `lucid init`)",
+                "cannot read config file {}: {err} {hint}",
                 path.display()
             ))
         })?;

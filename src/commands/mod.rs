@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod compact;
+pub mod health;
 pub mod init;
 pub mod server;
 pub mod tokens;
