@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds stripped, static Lucid binaries for Raspberry Pi boards into dist/.
-# Usage: cross/build.sh aarch64|armv7|armv6|all
+# Usage: cross/build.sh aarch64|armv7|armv6|x86_64|all
 #   aarch64  Pi 3/4/5 with a 64-bit OS   aarch64-unknown-linux-musl
 #   armv7    Pi 2/3/4 with a 32-bit OS   armv7-unknown-linux-musleabihf
 #   armv6    Pi Zero / Pi 1              arm-unknown-linux-musleabihf
+#   x86_64   PCs and servers (the amd64 container image)
+#                                        x86_64-unknown-linux-musl
+# all builds the three ARM ones.
 # Run cross/setup.sh first. The 32-bit targets have no prebuilt standard
 # library here, so it is built from source (-Z build-std, allowed on the
 # stable compiler by RUSTC_BOOTSTRAP) and linked by zig's musl.
@@ -17,7 +20,8 @@ triple() {
     aarch64) echo aarch64-unknown-linux-musl ;;
     armv7) echo armv7-unknown-linux-musleabihf ;;
     armv6) echo arm-unknown-linux-musleabihf ;;
-    *) echo "unknown target '$1': use aarch64, armv7, armv6 or all" >&2; exit 2 ;;
+    x86_64) echo x86_64-unknown-linux-musl ;;
+    *) echo "unknown target '$1': use aarch64, armv7, armv6, x86_64 or all" >&2; exit 2 ;;
   esac
 }
 
@@ -26,9 +30,11 @@ build() {
   target=$(triple "$name")
   local features=()
   if [ -n "${FEATURES:-}" ]; then features=(--features "$FEATURES"); fi
-  if [ "$name" = aarch64 ] && [ -z "${FEATURES:-}" ]; then
+  local prebuilt_std=false
+  case "$name" in aarch64 | x86_64) prebuilt_std=true ;; esac
+  if $prebuilt_std && [ -z "${FEATURES:-}" ]; then
     cargo build --locked --profile edge --target "$target"
-  elif [ "$name" = aarch64 ]; then
+  elif $prebuilt_std; then
     cargo zigbuild --locked --profile edge --target "$target" "${features[@]}"
   else
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no" \
@@ -42,6 +48,6 @@ build() {
 
 case "${1:-}" in
   all) for name in aarch64 armv7 armv6; do build "$name"; done ;;
-  "") echo "usage: cross/build.sh aarch64|armv7|armv6|all" >&2; exit 2 ;;
+  "") echo "usage: cross/build.sh aarch64|armv7|armv6|x86_64|all" >&2; exit 2 ;;
   *) build "$1" ;;
 esac

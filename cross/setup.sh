@@ -3,7 +3,8 @@
 # machine: the aarch64 musl standard library, Rust's sources (the 32-bit ARM
 # targets build their standard library from them), zig with cargo-zigbuild
 # (links the 32-bit ARM builds), qemu-user (runs ARM binaries here) and curl.
-# Usage: cross/setup.sh [aarch64|all]   (default: all)
+# Usage: cross/setup.sh [aarch64|x86_64|all]   (default: all; x86_64 adds
+# only its musl standard library, for the container image)
 set -euo pipefail
 want=${1:-all}
 
@@ -13,6 +14,10 @@ if ! command -v qemu-aarch64-static >/dev/null || ! command -v curl >/dev/null; 
 fi
 rustup target list --installed | grep -q '^aarch64-unknown-linux-musl$' \
   || rustup target add aarch64-unknown-linux-musl
+if [ "$want" != aarch64 ]; then
+  rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$' \
+    || rustup target add x86_64-unknown-linux-musl
+fi
 
 if [ "$want" = all ]; then
   rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src

@@ -33,6 +33,8 @@ pub enum Command {
     Compact(CompactArgs),
     /// `lucid tokens`
     Tokens(TokensArgs),
+    /// `lucid health`
+    Health(HealthArgs),
 }
 
 /// Write a commented configuration file (to --config, $LUCID_CONFIG or
@@ -49,6 +51,20 @@ pub struct InitArgs {
     /// beside the config file, mode 0600) and enable it in the config
     #[argh(switch)]
     pub encrypt: bool,
+
+    /// print the config to stdout instead of writing a file (the root token
+    /// goes to stderr), e.g. `docker run --rm IMAGE init --stdout > lucid.yml`
+    #[argh(switch)]
+    pub stdout: bool,
+
+    /// the address to listen on, instead of 127.0.0.1 (e.g. 0.0.0.0 in a
+    /// container)
+    #[argh(option)]
+    pub bind_address: Option<String>,
+
+    /// the data directory, instead of ./lucid-data (e.g. /var/lib/lucid)
+    #[argh(option)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Run the node: serve the HTTP API on the configured address.
@@ -84,6 +100,18 @@ pub struct CompactArgs {
     /// encryption.key_file at it
     #[argh(option)]
     pub new_key_file: Option<PathBuf>,
+}
+
+/// Ask a running node whether it is healthy (GET /health): prints its
+/// answer and exits 0 if it is, 1 otherwise. Needs no shell, so it serves as
+/// a container's health check.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "health")]
+pub struct HealthArgs {
+    /// the node's address, e.g. http://127.0.0.1:7021 (default: the
+    /// configured bind_address and port; 0.0.0.0 is asked on 127.0.0.1)
+    #[argh(option)]
+    pub url: Option<String>,
 }
 
 /// Manage API tokens (signed with the config's authentication.secret_key).

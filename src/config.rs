@@ -28,6 +28,12 @@ pub const DEFAULT_PATH: &str = "lucid.yml";
 /// Environment variable naming the config file when `--config` is not given.
 pub const ENV_VAR: &str = "LUCID_CONFIG";
 
+/// How to make a config file, for the message when the one named is missing
+/// (the container image names /etc/lucid/lucid.yml and has no shell).
+const MAKE_ONE: &str = "(create one with `lucid init`, or print one with `lucid init --stdout`; \
+     with the container image: `docker run --rm IMAGE init --stdout --bind-address 0.0.0.0 \
+     --data-dir /var/lib/lucid > lucid.yml`, then mount it there read-only)";
+
 /// Files tried, in order, when neither `--config` nor `$LUCID_CONFIG` names one.
 pub const SEARCH_PATH: [&str; 2] = ["lucid.yml", "/etc/lucid/lucid.yml"];
 
@@ -461,7 +467,7 @@ impl fmt::Display for Source {
 fn unreadable(path: &Path, err: &std::io::Error) -> String {
     let what = format!("cannot read config file {}: {err}", path.display());
     match err.kind() {
-        std::io::ErrorKind::NotFound => format!("{what} (create one with `lucid init`)"),
+        std::io::ErrorKind::NotFound => format!("{what} {MAKE_ONE}"),
         std::io::ErrorKind::PermissionDenied => {
             #[cfg(unix)]
             let owner = std::fs::metadata(path).map_or(String::new(), |meta| {

@@ -17,10 +17,11 @@ fn main() -> ExitCode {
     };
     let config = args.config.as_deref();
     let result = match args.command {
-        cli::Command::Init(init) => commands::init::run(config, init.force, init.encrypt),
+        cli::Command::Init(init) => commands::init::run(config, &init),
         cli::Command::Server(_) => commands::server::run(config),
         cli::Command::Check(check) => commands::check::run(config, check.repair),
         cli::Command::Compact(compact) => commands::compact::run(config, compact),
+        cli::Command::Health(health) => commands::health::run(config, health.url.as_deref()),
         cli::Command::Tokens(tokens) => match tokens.command {
             cli::TokensCommand::Issue(issue) => commands::tokens::issue(config, issue),
         },

@@ -443,3 +443,110 @@ fn relative_paths_in_a_config_are_relative_to_its_directory() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&data.display().to_string()));
 }
+
+#[test]
+fn health_exits_0_for_a_serving_node_and_1_when_there_is_none() {
+    let mut node = Node::start();
+    let url = format!("http://127.0.0.1:{}", node.port());
+    let out = node.run(&["health", "--url", &url]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"status":"ok"}"#
+    );
+    node.stop();
+    let out = node.run(&["health", "--url", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("cannot reach"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn health_asks_the_configured_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = run_lucid(&["init"], dir.path());
+    assert!(init.status.success(), "{}", stderr_of(&init));
+    let config = fs::read_to_string(dir.path().join("lucid.yml")).unwrap();
+    // (0.0.0.0 would be asked on 127.0.0.1: a unit test checks that, as
+    // tests listen on loopback only.)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let on_port = set_yaml_value(&config, "port", &port.to_string()).unwrap();
+    fs::write(dir.path().join("lucid.yml"), on_port).unwrap();
+    let mut server = Server::spawn(&["server"], Some(dir.path()));
+    assert_eq!(server.wait_listening(), Some(port), "{}", server.logs());
+    let out = run_lucid(&["health"], dir.path());
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    server.kill();
+    // The port comes from the config: with 0 there is nothing to ask.
+    let any_port = set_yaml_value(&config, "port", "0").unwrap();
+    fs::write(dir.path().join("lucid.yml"), any_port).unwrap();
+    let out = run_lucid(&["health"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("give --url"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn init_stdout_prints_the_config_and_the_token_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_lucid(
+        &[
+            "init",
+            "--stdout",
+            "--bind-address",
+            "0.0.0.0",
+            "--data-dir",
+            "/var/lib/lucid",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no file written"
+    );
+    let config = String::from_utf8(out.stdout.clone()).unwrap();
+    let parsed = lucid::config::Config::parse(&config).expect("stdout is a config");
+    assert!(parsed.authentication.enabled);
+    assert_eq!(parsed.general.bind_address.to_string(), "0.0.0.0");
+    assert_eq!(parsed.storage.directory, Path::new("/var/lib/lucid"));
+    // The token (on stderr) is signed with the secret printed on stdout.
+    let token = stderr_of(&out).lines().last().unwrap().to_string();
+    let mut yaml = config.replace("directory: \"/var/lib/lucid\"", "directory: ./data");
+    yaml = set_yaml_value(&yaml, "port", "0").unwrap();
+    yaml = set_yaml_value(&yaml, "bind_address", "127.0.0.1").unwrap();
+    fs::write(dir.path().join("lucid.yml"), yaml).unwrap();
+    let server = Server::spawn(&["server"], Some(dir.path()));
+    let port = server.wait_listening().expect("the node starts");
+    let mut conn = Conn::open(port);
+    let auth = format!("Bearer {token}");
+    let resp = conn.send("GET", "/api/kv/missing", &[("Authorization", &auth)], b"");
+    assert_eq!(resp.status, 404, "the root token is accepted");
+
+    let refused = run_lucid(&["init", "--stdout", "--encrypt"], dir.path());
+    assert!(!refused.status.success());
+    assert!(stderr_of(&refused).contains("--encrypt"));
+}
+
+#[test]
+fn a_missing_config_file_is_reported_with_how_to_make_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_lucid(&["--config", "absent.yml", "server"], dir.path());
+    assert!(!out.status.success());
+    let message = stderr_of(&out);
+    assert!(
+        message.contains("lucid init") && message.contains("init --stdout"),
+        "{message}"
+    );
+}

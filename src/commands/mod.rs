@@ -19,6 +19,7 @@ macro_rules! say {
 
 pub mod check;
 pub mod compact;
+pub mod health;
 pub mod init;
 pub mod remote;
 pub mod server;
