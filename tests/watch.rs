@@ -174,11 +174,17 @@ fn since_older_than_the_history_is_410_telling_to_relist() {
         &format!("/api/watch?prefix=s/&since={}", versions[0]),
         &[],
     );
-    assert_error(&resp, 410, None);
-    let message = json_message(&resp.body).unwrap();
+    assert_eq!(resp.status, 410);
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    let message = body["message"].as_str().unwrap();
     assert!(message.contains("GET /api/kv?prefix=s/"), "{message}");
     let oldest = versions[2];
     assert!(message.contains(&format!("since={oldest}")), "{message}");
+    assert_eq!(
+        body["oldest"], oldest,
+        "the oldest version, for programs too"
+    );
     // From the oldest version it names, resuming works.
     let mut stream = watch(port, &format!("/api/watch?prefix=s/&since={oldest}"), &[]);
     assert_eq!(next_change(&mut stream).2, versions[3]);

@@ -31,6 +31,7 @@ mod query;
 mod reply;
 pub mod route;
 mod sse;
+mod ui;
 mod watch;
 mod websocket;
 
@@ -77,6 +78,8 @@ pub struct Context {
     metrics_public: bool,
     /// Replies to writes held until they are durable (`sync: always`).
     acknowledger: ack::Acknowledger,
+    /// Whether the web console is served at `/ui` (`ui.enabled`).
+    ui_enabled: bool,
 }
 
 impl Context {
@@ -92,7 +95,14 @@ impl Context {
             auth: None,
             metrics_public: true,
             acknowledger: ack::Acknowledger::default(),
+            ui_enabled: true,
         }
+    }
+
+    /// Serves the web console at `/ui` or not (`ui.enabled`; 404 then).
+    pub fn with_ui(mut self, enabled: bool) -> Self {
+        self.ui_enabled = enabled;
+        self
     }
 
     /// Serves at most `max` watchers at once (`watch.max_watchers`).
@@ -391,7 +401,8 @@ fn worker(server: &Server, ctx: &Context) {
             Route::AdminCompact => admin::compact(ctx, &request),
             Route::Health => admin::health(ctx, &request),
             Route::Metrics => admin::metrics(ctx, &request),
-            Route::Unknown => Reply::message(
+            Route::Ui if ctx.ui_enabled => ui::handle(&request, &url, ctx.auth.is_some()),
+            Route::Ui | Route::Unknown => Reply::message(
                 404,
                 "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch, /api/watch and /api/admin/.",
             ),
