@@ -172,9 +172,9 @@ class Console(unittest.TestCase):
         except NoAlertPresentException:
             pass
 
-    def severe_logs(self, allowed=()):
+    def severe_logs(self):
         return [entry["message"] for entry in self.browser.get_log("browser")
-                if entry["level"] == "SEVERE" and not any(a in entry["message"] for a in allowed)]
+                if entry["level"] == "SEVERE"]
 
     def setUp(self):
         self.open_console(self.node.root)
