@@ -287,7 +287,21 @@ async function keyMeta(key) {
   return page.keys.find((entry) => entry.key === key) || null;
 }
 
+// Blob URLs made for the pane being built, and those of the pane shown,
+// released when it is replaced.
+let newBlobUrls = [];
+let shownBlobUrls = [];
+
+function blobUrl(blob) {
+  const url = URL.createObjectURL(blob);
+  newBlobUrls.push(url);
+  return url;
+}
+
 function showPane(children) {
+  for (const url of shownBlobUrls) URL.revokeObjectURL(url);
+  shownBlobUrls = newBlobUrls;
+  newBlobUrls = [];
   $('value-pane').replaceChildren(...children);
 }
 
@@ -313,7 +327,7 @@ function hexDump(bytes) {
 function renderValue(value) {
   const { type, bytes, blob, key } = value;
   if (type.startsWith('image/')) {
-    return el('img', { class: 'value', alt: key, src: URL.createObjectURL(blob) });
+    return el('img', { class: 'value', alt: key, src: blobUrl(blob) });
   }
   const text = asText(bytes);
   if (text !== null && /json/.test(type)) {
@@ -324,7 +338,7 @@ function renderValue(value) {
   if (text !== null) return el('pre', { class: 'value', text });
   const name = key.split('/').pop() || 'value';
   return el('div', {}, el('pre', { class: 'value hex', text: hexDump(bytes) }),
-    el('a', { href: URL.createObjectURL(blob), download: name, text: 'Download ' + bytes.length + ' bytes' }));
+    el('a', { href: blobUrl(blob), download: name, text: 'Download ' + bytes.length + ' bytes' }));
 }
 
 function showValue() {

@@ -73,7 +73,8 @@ class Node:
     def request(self, method, key, body=None, token=None, content_type="text/plain"):
         """Changes or reads a key as another client would (curl's part)."""
         url = self.base + "/api/kv/" + urllib.request.quote(key, safe="")
-        req = urllib.request.Request(url, data=body and body.encode(), method=method)
+        data = body.encode() if isinstance(body, str) else body
+        req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Authorization", "Bearer " + (token or self.root))
         if body is not None:
             req.add_header("Content-Type", content_type)
@@ -289,6 +290,25 @@ class Console(unittest.TestCase):
         self.assert_no_alert()
         self.assertEqual(self.found("img[src=x]"), [])
         self.assertEqual(self.found("main script, main b"), [])
+
+    def test_images_show_as_images_and_other_bytes_as_hex(self):
+        # A 1x1 PNG.
+        png = bytes.fromhex(
+            "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+            "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201f5"
+            "8f1c6a0000000049454e44ae426082")
+        self.node.request("PUT", "files/dot.png", png, content_type="image/png")
+        self.node.request("PUT", "files/blob.bin", b"\x00\x01\xff", content_type="application/octet-stream")
+        self.open_key("files/dot.png")
+        image = self.find("#value-pane img.value")
+        self.wait_for(lambda: self.browser.execute_script("return arguments[0].naturalWidth", image) == 1,
+                      "the image decoded from its blob URL")
+        self.open_key("files/blob.bin")
+        self.assertEqual(self.find("#value-pane pre.hex").text, "00000000  00 01 ff")
+        link = self.find("#value-pane a[download]")
+        self.assertEqual(link.get_attribute("download"), "blob.bin")
+        self.assertTrue(link.get_attribute("href").startswith("blob:"))
+        self.assertEqual(self.severe_logs(), [])
 
     def test_a_read_only_token_gets_no_write_controls(self):
         self.node.request("PUT", "demo/readonly", "7")
