@@ -55,6 +55,22 @@ pub struct Config {
     pub watch: Watch,
     /// Who may use the API.
     pub authentication: Authentication,
+    /// The web console.
+    pub ui: Ui,
+}
+
+/// `ui:` — the web console at `/ui`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ui {
+    /// Whether the node serves the console (off: `/ui` is a 404).
+    pub enabled: bool,
+}
+
+impl Default for Ui {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// `general:` — network settings.

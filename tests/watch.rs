@@ -176,11 +176,17 @@ fn since_older_than_the_history_is_410_telling_to_relist() {
         &format!("/api/watch?prefix=s/&since={}", versions[0]),
         &[],
     );
-    assert_error(&resp, 410, None);
-    let message = json_message(&resp.body).unwrap();
+    assert_eq!(resp.status, 410);
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    let message = body["message"].as_str().unwrap();
     assert!(message.contains("GET /api/kv?prefix=s/"), "{message}");
     let oldest = versions[2];
     assert!(message.contains(&format!("since={oldest}")), "{message}");
+    assert_eq!(
+        body["oldest"], oldest,
+        "the oldest version, for programs too"
+    );
     // From the oldest version it names, resuming works.
     let mut stream = watch(port, &format!("/api/watch?prefix=s/&since={oldest}"), &[]);
     assert_eq!(next_change(&mut stream).2, versions[3]);
@@ -189,7 +195,7 @@ fn since_older_than_the_history_is_410_telling_to_relist() {
     node.restart();
     let port = node.port();
     let (_, resp) = Conn::watch(port, &format!("/api/watch?since={}", versions[3]), &[]);
-    assert_error(&resp, 410, None);
+    assert_eq!(resp.status, 410);
     let last = *versions.last().unwrap();
     let mut stream = watch(port, &format!("/api/watch?since={last}"), &[]);
     let after_restart = put_text(port, "s/new", "v");

@@ -81,6 +81,12 @@ impl Auth {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .ok_or_else(|| Unauthorized("the Authorization header is not Bearer".into()))?;
+        self.verify(token)
+    }
+
+    /// Verifies a bearer token itself (from `Authorization: Bearer`, or
+    /// offered as a WebSocket subprotocol).
+    pub fn verify(&self, token: &str) -> Result<Claims, Unauthorized> {
         let claims = self
             .tokens
             .verify(token)

@@ -83,7 +83,8 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     .with_auth(
         Auth::from_config(authentication),
         authentication.metrics_public,
-    );
+    )
+    .with_ui(config.ui.enabled);
     let events = Arc::clone(&store);
     server.run(ctx, signals, move || {
         notifier.stopping();

@@ -1,7 +1,8 @@
 //! Access control before dispatch: which access each route needs, and the
 //! check of the request's token against it (see [`crate::auth`]).
 //!
-//! `/health` is always open; `/metrics` needs `admin` unless
+//! `/health` and the web console's files (`/ui`) are always open (the
+//! console's API calls need a token like any other); `/metrics` needs `admin` unless
 //! `authentication.metrics_public` is set; every other `/api/*` request
 //! needs a valid token, even one for a resource that does not exist.
 
@@ -9,8 +10,8 @@ use tiny_http::{Method, Request};
 
 use super::reply::Reply;
 use super::route::{percent_decode, Route};
-use super::Context;
-use crate::auth::{Access, Claims, Denied, UNAUTHORIZED};
+use super::{websocket, Context};
+use crate::auth::{Access, Claims, Denied, Unauthorized, UNAUTHORIZED};
 
 /// What a route needs before its handler may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,7 @@ fn need<'u>(route: Route<'u>, url: &'u str, method: &Method, metrics_public: boo
         }
         Route::Batch => Need::Token,
         Route::AdminStats | Route::AdminCompact => Need::Access(Access::Admin, None),
-        Route::Health => Need::Open,
+        Route::Health | Route::Ui => Need::Open,
         Route::Metrics if metrics_public => Need::Open,
         Route::Metrics => Need::Access(Access::Admin, None),
         Route::Unknown => Need::Token,
@@ -71,7 +72,7 @@ pub fn check(
         Need::Token if !url.starts_with("/api/") => return Ok(None),
         need => need,
     };
-    let claims = authenticate(auth, request)?;
+    let claims = authenticate(auth, request, route)?;
     let (access, raw, whole_prefix) = match need {
         Need::Open | Need::Token => return Ok(Some(claims)),
         Need::Access(access, None) => {
@@ -102,13 +103,31 @@ fn query_param<'u>(url: &'u str, name: &str) -> Option<&'u str> {
     })
 }
 
-/// Verifies the request's bearer token: its claims, or the 401 reply.
-pub fn authenticate(auth: &crate::auth::Auth, request: &Request) -> Result<Claims, Reply<'static>> {
-    let headers = request.headers().iter();
-    let values = headers
+/// Verifies the request's bearer token: its claims, or the 401 reply. A
+/// watch may carry it as the WebSocket subprotocol `lucid.bearer.<token>`
+/// instead of in `Authorization` (not both: that is a 401 too).
+pub fn authenticate(
+    auth: &crate::auth::Auth,
+    request: &Request,
+    route: Route<'_>,
+) -> Result<Claims, Reply<'static>> {
+    let mut headers = request
+        .headers()
+        .iter()
         .filter(|h| h.field.equiv("Authorization"))
         .map(|h| h.value.as_str());
-    auth.authenticate(values).map_err(|why| {
+    let offered = match route {
+        Route::Watch => websocket::offered_token(request),
+        _ => None,
+    };
+    let verified = match offered {
+        None => auth.authenticate(headers),
+        Some(_) if headers.next().is_some() => Err(Unauthorized(
+            "a token both in Authorization and in Sec-WebSocket-Protocol".into(),
+        )),
+        Some(token) => auth.verify(token),
+    };
+    verified.map_err(|why| {
         let target = WithoutQuery(request.url());
         log::debug!("401 for {} {target}: {}", request.method(), why.0);
         Reply::json(401, UNAUTHORIZED)
@@ -167,6 +186,7 @@ mod tests {
             );
         }
         assert_eq!(need(Route::Health, "", &Method::Get, false), Need::Open);
+        assert_eq!(need(Route::Ui, "/ui/", &Method::Get, false), Need::Open);
         assert_eq!(need(Route::Metrics, "", &Method::Get, true), Need::Open);
         assert_eq!(
             need(Route::Metrics, "", &Method::Get, false),

@@ -31,6 +31,7 @@ mod query;
 mod reply;
 pub mod route;
 mod sse;
+mod ui;
 mod watch;
 mod websocket;
 
@@ -80,6 +81,8 @@ pub struct Context {
     acknowledger: ack::Acknowledger,
     /// Memory for request bodies (`storage.memory_budget`).
     memory: Arc<MemoryBudget>,
+    /// Whether the web console is served at `/ui` (`ui.enabled`).
+    ui_enabled: bool,
 }
 
 impl Context {
@@ -99,6 +102,7 @@ impl Context {
                 config::Storage::default().memory_budget,
                 max_value_bytes,
             )),
+            ui_enabled: true,
         }
     }
 
@@ -106,6 +110,12 @@ impl Context {
     /// read-ahead, see [`tiny_http::set_body_budget`]).
     pub fn with_memory_budget(mut self, memory: Arc<MemoryBudget>) -> Self {
         self.memory = memory;
+        self
+    }
+
+    /// Serves the web console at `/ui` or not (`ui.enabled`; 404 then).
+    pub fn with_ui(mut self, enabled: bool) -> Self {
+        self.ui_enabled = enabled;
         self
     }
 
@@ -423,7 +433,8 @@ fn worker(server: &Server, ctx: &Context) {
             Route::AdminCompact => admin::compact(ctx, &request),
             Route::Health => admin::health(ctx, &request),
             Route::Metrics => admin::metrics(ctx, &request),
-            Route::Unknown => Reply::message(
+            Route::Ui if ctx.ui_enabled => ui::handle(&request, &url, ctx.auth.is_some()),
+            Route::Ui | Route::Unknown => Reply::message(
                 404,
                 "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch, /api/watch and /api/admin/.",
             ),

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tiny_http::{Header, Method, Request, StatusCode};
 
+use super::ui::{Asset, Encoding, SECURITY_HEADERS};
 use crate::store::StoredValue;
 
 /// `201` body of a PUT that created its key.
@@ -50,6 +51,13 @@ pub enum Reply<'a> {
     Value(StoredValue<'a>),
     /// `304 Not Modified` for a key still at this version.
     NotModified(u64),
+    /// A file of the web console.
+    Asset {
+        /// The file.
+        asset: &'static Asset,
+        /// How it is sent.
+        encoding: Encoding,
+    },
     /// A generated text document (metrics).
     Text {
         /// Its content type.
@@ -156,6 +164,7 @@ impl Reply<'_> {
             }),
             Self::NotModified(version) => Ok(Reply::NotModified(version)),
             Self::Text { content_type, body } => Ok(Reply::Text { content_type, body }),
+            Self::Asset { asset, encoding } => Ok(Reply::Asset { asset, encoding }),
             Self::Value(_) => Err(self),
         }
     }
@@ -166,6 +175,10 @@ impl Reply<'_> {
             Self::Json { status, .. } => *status,
             Self::Value(_) | Self::Text { .. } => 200,
             Self::NotModified(_) => 304,
+            Self::Asset { encoding, .. } => match encoding {
+                Encoding::NotModified => 304,
+                Encoding::Plain | Encoding::Gzip => 200,
+            },
         }
     }
 
@@ -214,6 +227,22 @@ impl Reply<'_> {
             Self::Text { content_type, body } => {
                 head.field(b"Content-Type", content_type.as_bytes());
                 body.as_bytes()
+            }
+            Self::Asset { asset, encoding } => {
+                head.field(b"Content-Type", asset.content_type.as_bytes());
+                head.field(b"ETag", asset.etag.as_bytes());
+                head.field(b"Vary", b"Accept-Encoding");
+                for (name, value) in SECURITY_HEADERS {
+                    head.field(name.as_bytes(), value.as_bytes());
+                }
+                match encoding {
+                    Encoding::NotModified => b"",
+                    Encoding::Plain => asset.plain,
+                    Encoding::Gzip => {
+                        head.field(b"Content-Encoding", b"gzip");
+                        asset.gzipped
+                    }
+                }
             }
         };
         // A 304 has no body, and no length: it describes the client's copy.

@@ -25,6 +25,8 @@ pub enum Route<'u> {
     Metrics,
     /// `/api/watch`: live changes (Server-Sent Events or WebSocket).
     Watch,
+    /// `/ui` and the files under `/ui/`: the web console.
+    Ui,
     /// Nothing here.
     Unknown,
 }
@@ -43,6 +45,8 @@ pub fn route(url: &str) -> Route<'_> {
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/api/watch" => Route::Watch,
+        "/ui" => Route::Ui,
+        _ if path.starts_with("/ui/") => Route::Ui,
         _ => Route::Unknown,
     }
 }
@@ -143,6 +147,9 @@ mod tests {
         assert_eq!(route("/metrics?x=1"), Route::Metrics);
         assert_eq!(route("/api/watch?prefix=a"), Route::Watch);
         assert_eq!(route("/api/watch/x"), Route::Unknown);
+        assert_eq!(route("/ui"), Route::Ui);
+        assert_eq!(route("/ui/app.js?v=1"), Route::Ui);
+        assert_eq!(route("/uix"), Route::Unknown);
     }
 
     #[test]

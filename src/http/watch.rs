@@ -119,8 +119,8 @@ impl Drop for Place {
 enum Protocol {
     /// Server-Sent Events.
     Sse,
-    /// WebSocket, with the handshake's `Sec-WebSocket-Accept` value.
-    WebSocket { accept: String },
+    /// WebSocket, with the handshake's answer.
+    WebSocket(websocket::Handshake),
 }
 
 /// An accepted watch request, subscribed, waiting for its thread.
@@ -143,9 +143,9 @@ pub fn prepare(ctx: &Context, request: &Request) -> Result<Watcher, Reply<'stati
         Some(version) => Some(version),
         None => query.since,
     };
-    let protocol = match websocket::accept_key(request) {
+    let protocol = match websocket::accept(request) {
         Ok(None) => Protocol::Sse,
-        Ok(Some(accept)) => Protocol::WebSocket { accept },
+        Ok(Some(handshake)) => Protocol::WebSocket(handshake),
         Err(problem) => return Err(Reply::message(400, problem)),
     };
     let place = ctx.watchers.admit().ok_or_else(|| {
@@ -170,17 +170,20 @@ pub fn prepare(ctx: &Context, request: &Request) -> Result<Watcher, Reply<'stati
     })
 }
 
-/// The `410` for a `since` older than the history.
+/// The `410` for a `since` older than the history; `oldest` says the
+/// oldest version to resume after, for clients (the web console's charts
+/// ask for `since=0` and then resume from there).
 fn gone(too_old: SinceTooOld, query: &Query) -> Reply<'static> {
-    Reply::message(
-        410,
-        format!(
+    let message = format!(
             "The changes after that version are no longer kept: the oldest version this node can resume after is {}. \
              Re-list the keys with GET /api/kv?prefix={}, then watch again without since (or with since={} or later).",
             too_old.oldest,
             encoded(&query.prefix),
             too_old.oldest
-        ),
+        );
+    Reply::document(
+        410,
+        &serde_json::json!({ "message": message, "oldest": too_old.oldest }),
     )
 }
 
@@ -261,7 +264,7 @@ impl Watcher {
     pub fn start(self, request: Request) -> u16 {
         let status = match self.protocol {
             Protocol::Sse => 200,
-            Protocol::WebSocket { .. } => 101,
+            Protocol::WebSocket(_) => 101,
         };
         // Held here too, so the request can still be answered if the
         // thread cannot start (the closure is dropped then).
@@ -307,8 +310,8 @@ impl Watcher {
         let ended = match protocol {
             Protocol::Sse => sse::Feed::start(request)
                 .and_then(|mut feed| pump(&subscription, since, &mut feed, KEEPALIVE)),
-            Protocol::WebSocket { accept } => {
-                let mut feed = websocket::Feed::start(request, &accept, socket.as_ref());
+            Protocol::WebSocket(handshake) => {
+                let mut feed = websocket::Feed::start(request, &handshake, socket.as_ref());
                 pump(&subscription, since, &mut feed, KEEPALIVE)
             }
         };

@@ -1,8 +1,14 @@
 //! WebSocket for `/api/watch` (`Upgrade: websocket`): the handshake is
-//! checked by a worker ([`accept_key`]); the watcher's thread answers `101`
+//! checked by a worker ([`accept`]); the watcher's thread answers `101`
 //! through tiny_http's `upgrade` and sends one text message per change (the
 //! event's JSON) over tungstenite, a ping after silence, and on overflow a
 //! final `{"op":"error","message":...}` before closing.
+//!
+//! Browsers cannot set `Authorization` on a WebSocket, so a token may come
+//! as a subprotocol instead, as the Kubernetes API server takes it: the
+//! client offers `lucid` and `lucid.bearer.<token>` in
+//! `Sec-WebSocket-Protocol`, and the node answers `lucid` (never the
+//! token). See [`offered_token`] and [`accept`].
 //!
 //! A watcher's thread waits for changes, not for its client: every
 //! [`POLL`] it reads what the client sent (pings, a close), with a socket
@@ -37,17 +43,51 @@ const MAX_CLIENT_MESSAGE: usize = 4096;
 /// Messages read from the client in one poll at most.
 const MAX_READS_PER_POLL: usize = 64;
 
-/// The `Sec-WebSocket-Accept` value for a valid WebSocket handshake,
-/// `None` for a request that does not ask for a WebSocket (no `Upgrade:
-/// websocket`), or what is wrong with the handshake.
-pub fn accept_key(request: &Request) -> Result<Option<String>, &'static str> {
-    let header = |name: &'static str| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv(name))
-            .map(|h| h.value.as_str())
-    };
+/// The subprotocol the node speaks; answered when the client offers it.
+pub const PROTOCOL: &str = "lucid";
+
+/// Prefix of the subprotocol that carries a bearer token.
+const BEARER_PROTOCOL: &str = "lucid.bearer.";
+
+/// An accepted WebSocket handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// The `Sec-WebSocket-Accept` value.
+    pub accept: String,
+    /// Whether to answer `Sec-WebSocket-Protocol: lucid`.
+    pub lucid_protocol: bool,
+}
+
+/// The value of the request's first `name` header.
+fn header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+/// The subprotocols the client offers, in order.
+fn offered_protocols(request: &Request) -> impl Iterator<Item = &str> {
+    request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("Sec-WebSocket-Protocol"))
+        .flat_map(|h| h.value.as_str().split(','))
+        .map(str::trim)
+}
+
+/// The token a WebSocket client offers as the subprotocol
+/// `lucid.bearer.<token>`, if any (the first such one).
+pub fn offered_token(request: &Request) -> Option<&str> {
+    offered_protocols(request).find_map(|protocol| protocol.strip_prefix(BEARER_PROTOCOL))
+}
+
+/// The handshake's answer for a valid WebSocket handshake, `None` for a
+/// request that does not ask for a WebSocket (no `Upgrade: websocket`), or
+/// what is wrong with the handshake.
+pub fn accept(request: &Request) -> Result<Option<Handshake>, &'static str> {
+    let header = |name| header(request, name);
     let has_token = |value: Option<&str>, token: &str| {
         value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
@@ -60,10 +100,15 @@ pub fn accept_key(request: &Request) -> Result<Option<String>, &'static str> {
     if header("Sec-WebSocket-Version").map(str::trim) != Some("13") {
         return Err("Only WebSocket version 13 is supported: send Sec-WebSocket-Version: 13.");
     }
+    let lucid_protocol = offered_protocols(request).any(|protocol| protocol == PROTOCOL);
+    if !lucid_protocol && offered_token(request).is_some() {
+        return Err("A token offered as the subprotocol lucid.bearer.<token> needs the subprotocol lucid offered too: Sec-WebSocket-Protocol: lucid, lucid.bearer.<token>.");
+    }
     match header("Sec-WebSocket-Key").map(str::trim) {
-        Some(key) if is_handshake_key(key) => Ok(Some(tungstenite::handshake::derive_accept_key(
-            key.as_bytes(),
-        ))),
+        Some(key) if is_handshake_key(key) => Ok(Some(Handshake {
+            accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            lucid_protocol,
+        })),
         _ => Err("A WebSocket handshake needs a Sec-WebSocket-Key: 16 bytes in base64."),
     }
 }
@@ -85,12 +130,17 @@ pub struct Feed {
 impl Feed {
     /// Answers `request` with `101 Switching Protocols` and returns the
     /// WebSocket. `socket` gets the short read timeout the polls rely on.
-    pub fn start(request: Request, accept: &str, socket: Option<&Socket>) -> Self {
-        let accept =
-            Header::from_bytes(&b"Sec-WebSocket-Accept"[..], accept.as_bytes()).expect("base64");
-        let response = Response::empty(StatusCode(101))
+    pub fn start(request: Request, handshake: &Handshake, socket: Option<&Socket>) -> Self {
+        let accept = Header::from_bytes(&b"Sec-WebSocket-Accept"[..], handshake.accept.as_bytes())
+            .expect("base64");
+        let mut response = Response::empty(StatusCode(101))
             .with_header(server_header())
             .with_header(accept);
+        if handshake.lucid_protocol {
+            let protocol = Header::from_bytes(&b"Sec-WebSocket-Protocol"[..], PROTOCOL.as_bytes())
+                .expect("a plain token");
+            response.add_header(protocol);
+        }
         let stream = request.upgrade("websocket", response);
         if let Some(socket) = socket {
             if let Err(err) = socket.set_read_timeout(Some(POLL_READ)) {

@@ -1,0 +1,179 @@
+//! The web console at `/ui`: a few static files (`ui/` in the source tree)
+//! compiled into the binary, gzipped at build time (`build.rs`), and served
+//! with an `ETag` (so a browser revalidates with a 304), gzip when the
+//! client accepts it, and strict security headers: a Content Security
+//! Policy that allows this origin's files only (no inline script or style),
+//! no framing, no referrer. The files themselves need no token; the API
+//! calls the console makes do, like anyone's. `ui.enabled: false` turns it
+//! off (404).
+
+use tiny_http::{Method, Request};
+
+use super::reply::Reply;
+
+/// One file of the console.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Asset {
+    /// Its name under `/ui/`.
+    pub name: &'static str,
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Its `ETag` (quoted), a hash of its bytes.
+    pub etag: &'static str,
+    /// Its bytes.
+    pub plain: &'static [u8],
+    /// Its bytes, gzipped.
+    pub gzipped: &'static [u8],
+}
+
+/// Every file of the console, made by `build.rs`.
+pub static ASSETS: &[Asset] = include!(concat!(env!("OUT_DIR"), "/ui_assets.rs"));
+
+/// Methods the console's files accept.
+const ALLOWED: &str = "GET, HEAD";
+
+/// How an asset is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// As is.
+    Plain,
+    /// Gzipped (`Content-Encoding: gzip`).
+    Gzip,
+    /// Not at all: `304 Not Modified`, the client's copy is current.
+    NotModified,
+}
+
+/// Headers on every reply of the console's files. The policy allows
+/// scripts, styles and API calls from this origin only, images from
+/// values shown through `blob:` URLs, and nothing else; no inline code.
+pub const SECURITY_HEADERS: [(&str, &str); 5] = [
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; connect-src 'self'; img-src 'self' blob: data:; \
+         object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    ),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Content-Type-Options", "nosniff"),
+    // Revalidate every time (a 304 when unchanged): a new binary may
+    // bring new files under the same names.
+    ("Cache-Control", "no-cache"),
+];
+
+/// Where the console asks whether it must sign in: `{"authentication":
+/// true}` or `false` (the node answers `/api/*` without a token when off).
+const AUTH_PATH: &str = "/ui/auth.json";
+
+/// Answers a request for `/ui` or a file under `/ui/`; `url` is its
+/// target; `authentication`: whether the API needs tokens.
+pub fn handle(request: &Request, url: &str, authentication: bool) -> Reply<'static> {
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return Reply::method_not_allowed(ALLOWED);
+    }
+    let path = url.split_once('?').map_or(url, |(path, _query)| path);
+    if path == AUTH_PATH {
+        let body = if authentication {
+            r#"{"authentication":true}"#
+        } else {
+            r#"{"authentication":false}"#
+        };
+        return Reply::json(200, body);
+    }
+    let Some(asset) = find(path) else {
+        return Reply::message(
+            404,
+            "No such file of the web console: open /ui/ for the console.",
+        );
+    };
+    let encoding = if matches_etag(header(request, "If-None-Match"), asset.etag) {
+        Encoding::NotModified
+    } else if accepts_gzip(header(request, "Accept-Encoding")) {
+        Encoding::Gzip
+    } else {
+        Encoding::Plain
+    };
+    Reply::Asset { asset, encoding }
+}
+
+/// The asset `path` names: `/ui` and `/ui/` are the page itself.
+fn find(path: &str) -> Option<&'static Asset> {
+    let name = match path {
+        "/ui" | "/ui/" => "index.html",
+        _ => path.strip_prefix("/ui/")?,
+    };
+    ASSETS.iter().find(|asset| asset.name == name)
+}
+
+/// The value of the request's first `name` header.
+fn header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+/// Whether an `If-None-Match` value names `etag` (or is `*`).
+fn matches_etag(if_none_match: Option<&str>, etag: &str) -> bool {
+    if_none_match.is_some_and(|tags| {
+        tags.split(',')
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == "*" || tag == etag)
+    })
+}
+
+/// Whether an `Accept-Encoding` value accepts gzip (named without `q=0`).
+fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    accept_encoding.is_some_and(|codings| {
+        codings.split(',').any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|param| {
+                param
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            name.eq_ignore_ascii_case("gzip") && !refused
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_the_files() {
+        assert_eq!(find("/ui").unwrap().name, "index.html");
+        assert_eq!(find("/ui/").unwrap().name, "index.html");
+        assert_eq!(find("/ui/app.js").unwrap().name, "app.js");
+        assert_eq!(find("/ui/app.css").unwrap().name, "app.css");
+        assert!(find("/ui/../Cargo.toml").is_none());
+        assert!(find("/ui/nothing").is_none());
+    }
+
+    #[test]
+    fn gzip_is_accepted_unless_refused() {
+        assert!(accepts_gzip(Some("gzip, deflate, br")));
+        assert!(accepts_gzip(Some("br;q=1.0, GZIP;q=0.5")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("deflate")));
+        assert!(!accepts_gzip(None));
+    }
+
+    #[test]
+    fn etags_match_as_lists() {
+        assert!(matches_etag(Some(r#""a", "b""#), r#""b""#));
+        assert!(matches_etag(Some(r#"W/"b""#), r#""b""#));
+        assert!(matches_etag(Some("*"), r#""b""#));
+        assert!(!matches_etag(Some(r#""a""#), r#""b""#));
+        assert!(!matches_etag(None, r#""b""#));
+    }
+
+    #[test]
+    fn the_console_is_small() {
+        let total: usize = ASSETS.iter().map(|asset| asset.gzipped.len()).sum();
+        assert!(total <= 100 * 1024, "{total} bytes gzipped");
+    }
+}
