@@ -18,6 +18,7 @@
 mod access;
 mod ack;
 mod admin;
+mod assets;
 mod batch;
 mod conditions;
 #[cfg(test)]

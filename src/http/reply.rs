@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tiny_http::{Header, Method, Request, StatusCode};
 
-use super::ui::{Asset, Encoding, SECURITY_HEADERS};
+use super::assets::{Asset, Encoding, SECURITY_HEADERS};
 use crate::store::StoredValue;
 
 /// `201` body of a PUT that created its key.
