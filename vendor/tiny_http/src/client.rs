@@ -138,33 +138,38 @@ impl ClientConnection {
     /// (RFC 9112 §2.2, RFC 9110 §5.5). Upstream kept NULs and read past a
     /// bare LF until the read timeout.
     fn read_next_line(&mut self, budget: &mut usize) -> Result<AsciiString, ReadError> {
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
-
+        use std::io::BufRead;
+        // Lucid patch: scanned a buffer at a time (see `SequentialReader`'s
+        // `BufRead`), not a byte at a time; only the line's own bytes are
+        // consumed, so a body or the next request stays where it is.
+        let mut line = Vec::new();
         loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b.map_err(ReadError::ReadIoError)?,
-                None => {
-                    let eof = IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF");
-                    return Err(ReadError::ReadIoError(eof));
-                }
+            let available = self
+                .next_header_source
+                .fill_buf()
+                .map_err(ReadError::ReadIoError)?;
+            if available.is_empty() {
+                let eof = IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF");
+                return Err(ReadError::ReadIoError(eof));
+            }
+            let (taken, complete) = match available.iter().position(|&byte| byte == b'\n') {
+                Some(lf) => (lf + 1, true),
+                None => (available.len(), false),
             };
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii);
+            let checked_from = line.len().saturating_sub(1);
+            line.extend_from_slice(&available[..taken]);
+            self.next_header_source.consume(taken);
+            check_line_bytes(&line[checked_from..])?;
+            // Lucid patch: see `with_limits` (the line ending is free).
+            let content = line.len() - usize::from(complete);
+            if content > *budget {
+                return Err(ReadError::HeadTooLarge);
             }
-            if byte == b'\n' || byte == 0 || prev_byte_was_cr {
-                return Err(ReadError::BadLine);
+            if complete {
+                *budget -= content;
+                line.truncate(content - 1); // the CR before the LF
+                return AsciiString::from_ascii(line).map_err(|_| ReadError::NotAscii);
             }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            // Lucid patch: see `with_limits`.
-            *budget = budget.checked_sub(1).ok_or(ReadError::HeadTooLarge)?;
-            buf.push(byte);
         }
     }
 
@@ -407,6 +412,26 @@ pub fn serve_bytes(input: &[u8], read_ahead: usize, max_head: usize) -> Vec<u8> 
         let _ = request.as_reader().read_to_end(&mut body);
     }
     client.join().expect("the client thread")
+}
+
+/// Lucid patch: refuses, as soon as they arrive, the bytes a request head
+/// line may not hold: NUL, a CR not followed by LF, an LF not preceded by CR
+/// (RFC 9112 §2.2). `bytes` is the part of a line not checked yet, with the
+/// byte before it (a CR at its end may still be followed by an LF).
+fn check_line_bytes(bytes: &[u8]) -> Result<(), ReadError> {
+    for (i, &byte) in bytes.iter().enumerate() {
+        let next = bytes.get(i + 1);
+        let bad = match byte {
+            0 => true,
+            b'\r' => next.is_some_and(|&next| next != b'\n'),
+            b'\n' => i == 0 || bytes[i - 1] != b'\r',
+            _ => false,
+        };
+        if bad {
+            return Err(ReadError::BadLine);
+        }
+    }
+    Ok(())
 }
 
 /// Parses a "HTTP/1.1" string.

@@ -122,15 +122,33 @@ impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
 
 impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        let mut reader = match self.inner {
-            SequentialReaderInner::MyTurn(ref mut reader) => return reader.read(buf),
-            SequentialReaderInner::Waiting(ref mut recv) => recv.recv().unwrap(),
-            SequentialReaderInner::Empty => unreachable!(),
-        };
+        self.my_turn().read(buf)
+    }
+}
 
-        let result = reader.read(buf);
-        self.inner = SequentialReaderInner::MyTurn(reader);
-        result
+impl<R: Read + Send> SequentialReader<R> {
+    /// The reader, once the readers before this one are done with it.
+    fn my_turn(&mut self) -> &mut R {
+        if let SequentialReaderInner::Waiting(ref mut recv) = self.inner {
+            self.inner = SequentialReaderInner::MyTurn(recv.recv().unwrap());
+        }
+        match self.inner {
+            SequentialReaderInner::MyTurn(ref mut reader) => reader,
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// Lucid patch: a buffered reader stays buffered through its turn, so a
+/// request head is scanned a buffer at a time instead of read byte by byte
+/// through every layer (a quarter of a GET's instructions).
+impl<R: std::io::BufRead + Send> std::io::BufRead for SequentialReader<R> {
+    fn fill_buf(&mut self) -> IoResult<&[u8]> {
+        self.my_turn().fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.my_turn().consume(amount)
     }
 }
 
