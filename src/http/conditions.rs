@@ -11,6 +11,7 @@
 
 use tiny_http::Request;
 
+use super::headers::first as header;
 use super::reply::Reply;
 use crate::store::engine::Expect;
 
@@ -60,14 +61,6 @@ enum Tag {
     Weak(u64),
     /// A well-formed tag that is not one of ours.
     Other,
-}
-
-fn header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
 }
 
 fn single_tag(value: &str) -> Result<Tag, Reply<'static>> {

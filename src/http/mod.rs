@@ -23,6 +23,7 @@ mod batch;
 mod conditions;
 #[cfg(test)]
 mod faults;
+mod headers;
 mod kv;
 mod list;
 mod metrics;

@@ -10,6 +10,7 @@
 use tiny_http::{Method, Request};
 
 use super::assets::{Asset, Encoding, ASSETS};
+use super::headers::first as header;
 use super::reply::Reply;
 
 /// Methods the console's files accept.
@@ -57,15 +58,6 @@ fn find(path: &str) -> Option<&'static Asset> {
         _ => path.strip_prefix("/ui/")?,
     };
     ASSETS.iter().find(|asset| asset.name == name)
-}
-
-/// The value of the request's first `name` header.
-fn header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
 }
 
 /// Whether an `If-None-Match` value names `etag` (or is `*`).

@@ -23,6 +23,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use super::headers::first as header;
 use super::reply::server_header;
 use super::watch::End;
 use crate::watch::Event;
@@ -56,15 +57,6 @@ pub struct Handshake {
     pub accept: String,
     /// Whether to answer `Sec-WebSocket-Protocol: lucid`.
     pub lucid_protocol: bool,
-}
-
-/// The value of the request's first `name` header.
-fn header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
 }
 
 /// The subprotocols the client offers, in order.
