@@ -472,11 +472,7 @@ fn health_asks_the_configured_address() {
     let config = fs::read_to_string(dir.path().join("lucid.yml")).unwrap();
     // (0.0.0.0 would be asked on 127.0.0.1: a unit test checks that, as
     // tests listen on loopback only.)
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let on_port = set_yaml_value(&config, "port", &port.to_string()).unwrap();
     fs::write(dir.path().join("lucid.yml"), on_port).unwrap();
     let mut server = Server::spawn(&["server"], Some(dir.path()));

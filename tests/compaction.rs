@@ -225,11 +225,7 @@ fn check_repair_rebuilds_a_damaged_log_and_keeps_the_damaged_one() {
 /// Writes `DIR/lucid.yml` for a node with authentication on, listening on a
 /// fixed free port (`lucid compact` reads the port from the config).
 fn secured_config_on_a_fixed_port(dir: &std::path::Path) -> (std::path::PathBuf, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = dir.join("lucid.yml");
     let yaml = format!(
         "general:\n  bind_address: 127.0.0.1\n  port: {port}\n  threads: 2\n\

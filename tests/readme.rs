@@ -339,11 +339,8 @@ fn fresh_node(dir: &Path) -> (Server, u16, String) {
     let config = fs::read_to_string(&config_path).unwrap();
     // A port named in the config (not 0), so that commands which read the
     // config to find the node (`lucid compact` with a token) reach it.
-    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let on_free_port = config.replacen("\n  port: 7021\n", &format!("\n  port: {free_port}\n"), 1);
+    let port = free_port();
+    let on_free_port = config.replacen("\n  port: 7021\n", &format!("\n  port: {port}\n"), 1);
     assert_ne!(
         config, on_free_port,
         "the config of `lucid init` names port 7021"

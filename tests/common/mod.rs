@@ -733,6 +733,16 @@ pub fn metric(port: u16, name: &str) -> f64 {
         .unwrap()
 }
 
+/// A loopback port free right now, for a config that must name its port
+/// (commands that read the config to reach the node need it; port 0 would
+/// be chosen anew by the node).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// `/api/kv/` followed by `key` percent-encoded (every byte outside the
 /// unreserved set, including `/`, becomes `%XX`).
 pub fn kv_path(key: &str) -> String {
