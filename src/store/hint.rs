@@ -18,9 +18,12 @@
 //!           4 record length    u32
 //!           8 record offset    u64
 //!           - key bytes
-//! attributes: 8 count          u64, then one per locked or expiring key
+//! attributes: 8 count          u64, then one per locked, expiring or
+//!                              damaged key
 //!           2 key length       u16
-//!           1 locked           u8, 0 or 1
+//!           1 state            u8: bit 0 locked, bit 1 damaged (its record
+//!                              failed its check, or is quarantined: see
+//!                              record.rs); other bits 0
 //!           8 expires at       u64, milliseconds since the epoch, 0 = never
 //!           - key bytes        (a key listed above)
 //! trailer:  4 CRC-32 of every byte after the version
@@ -128,7 +131,7 @@ fn write_body<W: Write>(inner: W, coverage: Coverage, index: &Index) -> io::Resu
     out.write_all(&(attrs.len() as u64).to_le_bytes())?;
     for (key, attrs) in attrs {
         out.write_all(&(key.len() as u16).to_le_bytes())?;
-        out.write_all(&[u8::from(attrs.locked)])?;
+        out.write_all(&[u8::from(attrs.locked) | (u8::from(attrs.damaged) << 1)])?;
         out.write_all(&attrs.expires_at_ms.to_le_bytes())?;
         out.write_all(key)?;
     }
@@ -263,10 +266,11 @@ fn read(
         key.resize(usize::from(u16::from_le_bytes([fixed[0], fixed[1]])), 0);
         input.read_exact(&mut key).map_err(truncated)?;
         let attrs = Attrs {
-            locked: fixed[2] == 1,
+            locked: fixed[2] & 1 != 0,
             expires_at_ms: u64::from_le_bytes(fixed[3..11].try_into().expect("8 bytes")),
+            damaged: fixed[2] & 2 != 0,
         };
-        if fixed[2] > 1 || !index.contains(&key) {
+        if fixed[2] > 3 || !index.contains(&key) {
             return Err("it has attributes for a key it does not list".into());
         }
         index.set_attrs(&key, attrs);
