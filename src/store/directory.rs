@@ -350,6 +350,10 @@ pub fn check(dir: &Path, cipher: Option<&Cipher>) -> Result<CheckReport, OpenErr
     })
 }
 
+/// A valid hint's key count, and the keys it points at damaged records if
+/// the log is damaged where it covers (see [`check_hint`]).
+type HintChecked = (usize, Option<Vec<Vec<u8>>>);
+
 /// Checks the hint file against the log: valid, and the index it gives
 /// (with the log after it replayed) equals the one a full scan gives.
 ///
@@ -366,7 +370,7 @@ fn check_hint(
     path: &Path,
     full: &Index,
     damage_before: Option<u64>,
-) -> Result<Result<(usize, Option<Vec<Vec<u8>>>), hint::Unused>, OpenError> {
+) -> Result<Result<HintChecked, hint::Unused>, OpenError> {
     let log_len = source.0.size().map_err(io_error("read", path))?;
     let hinted = match hint::load(dir, header, log_len, source.2) {
         Ok(hinted) => hinted,

@@ -294,7 +294,8 @@ pub fn damaged_ranges(
 }
 
 /// The first valid record after damage at `offset`, before `end`, newer
-/// than sequence number `newer_than` (see [`WindowReader::after_damage`]).
+/// than sequence number `newer_than`, found as the recovery rule finds
+/// records after damage (byte by byte, each candidate verified at its place).
 pub fn next_valid(
     file: &dyn LogFile,
     file_id: u32,
