@@ -11,7 +11,15 @@
 //!    cut that the index still points at to `data.log.compact`, in log
 //!    order (so a newer version is never overwritten by an older one). Each
 //!    record is verified at its old position (CRC) and stamped for its new
-//!    one: damage aborts the compaction rather than being copied. Records
+//!    one. Damage is never copied, and never stops the compaction: the
+//!    damaged stretch, up to the next valid record, is left out, and every
+//!    key the index still points into it gets a quarantined record in its
+//!    place (see [`super::record`]), holding the damaged bytes, so the key
+//!    keeps answering an error (never a value, never "missing") until a
+//!    write or delete replaces it, and is marked damaged in the index at the
+//!    switch. The index is the authority on which records are live: it was
+//!    built before the disk damaged them (from the hint file, or while the
+//!    records were written). Records
 //!    dead when the copy began are skipped by offset, unopened. The others
 //!    are checked by key against the index; an encrypted record keeping
 //!    its encryption key then moves unopened (only its key is decrypted
@@ -24,7 +32,9 @@
 //!    and again while more than `CAUGHT_UP_BYTES` arrived meanwhile, and
 //!    **sync** the new file. Writes go on meanwhile. The tail is read
 //!    `COPY_WINDOW` bytes at a time (a longer record alone), so its size
-//!    does not matter. If writers outpace `MAX_CATCH_UP_ROUNDS` rounds,
+//!    does not matter. Damage in the tail, written by this very process
+//!    since the cut, stops the compaction (`CompactionError::Corrupt`),
+//!    changing nothing. If writers outpace `MAX_CATCH_UP_ROUNDS` rounds,
 //!    the compaction stops, changing nothing, rather than pause them long.
 //! 4. **Switch**, with writers paused: if more than `MAX_PAUSE_COPY`
 //!    arrived since step 3, writers go on and step 3 resumes; else copy
@@ -227,7 +237,9 @@ pub enum CompactionError {
     Busy,
     /// The store has no data directory (an in-memory test store), or is read-only.
     Unavailable(&'static str),
-    /// The old log has a damaged record at this offset; nothing was changed.
+    /// The part of the old log written during the compaction has a damaged
+    /// record at this offset; nothing was changed. (Damage before the cut
+    /// is left out and quarantined instead.)
     Corrupt(u64),
     /// The filesystem failed; the old log is still in place.
     Io(io::Error),

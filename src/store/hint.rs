@@ -44,6 +44,10 @@
 //! with a WARN saying why. The hint is written to `data.hint.tmp`, fsynced
 //! and renamed, so a crash leaves the old hint or the new one, never half.
 //!
+//! A hint is trusted for where each key's latest record is, not for the
+//! records being intact: the log it covers is verified in the background
+//! after the start (see `scan.rs`), and `lucid check` reads it all.
+//!
 //! The log is fsynced before a hint is written, so the covered end of a
 //! valid hint counts as durable for the recovery rule (see `scan.rs`). The
 //! hint lists what the index holds, so sync markers, which are never

@@ -41,6 +41,15 @@
 //! encrypted log, a record that fails authentication counts as one that
 //! fails its CRC, and a marker counts only if it authenticates.
 //!
+//! A log whose durable part is damaged can still be served from a valid
+//! hint file covering the damage: the hint is trusted for where each key's
+//! latest record is and for the log before its covered end being durable,
+//! not for those records being intact. The node then starts without
+//! reading them, verifies them in the background
+//! (`Store::verify_in_background`), and reports the damaged keys, which
+//! answer an error; compaction drops the damage (see `compaction.rs`).
+//! `lucid check` says the same.
+//!
 //! A record whose CRC does not match is never indexed, so it is never served.
 //! Markers are never visited: they hold no key. The scan reads through a
 //! bounded window: the log is never loaded whole.
