@@ -34,10 +34,36 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
         Err(Unused::Missing) => say!("  hint file:   none (written by compaction)")?,
         Err(Unused::Rejected(why)) => say!("  hint file:   not usable: {why}")?,
     }
+    let damaged_keys = report.damaged_keys.len();
+    if damaged_keys > 0 {
+        let names = report
+            .damaged_keys
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>();
+        let more = if damaged_keys > names.len() {
+            ", ..."
+        } else {
+            ""
+        };
+        say!(
+            "  damaged keys: {damaged_keys} ({}{more})",
+            names.join(", ")
+        )?;
+    }
     let problem = match report.scan.damage {
-        None => {
+        None if damaged_keys == 0 => {
             say!("  status:      ok")?;
             return Ok(());
+        }
+        None => {
+            say!("  status:      degraded: {damaged_keys} keys lost their value to damage")?;
+            return Err(format!(
+                "{damaged_keys} keys lost their value to damage, found and quarantined by \
+                 compaction; the server answers 500 for them until they are written or deleted"
+            )
+            .into());
         }
         Some(Damage::TornTail {
             offset,
@@ -74,6 +100,17 @@ pub fn run(config_path: Option<&Path>, repair: bool) -> CommandResult {
                 format!("valid records resume at {at}")
             });
             say!("  status:      DAMAGED at offset {offset} ({resume})")?;
+            if report.hint_covers_damage && !repair {
+                return Err(format!(
+                    "the log is damaged at offset {offset}, in data an fsync made durable; the \
+                     hint file covers it, so the server starts from the hint, serves every other \
+                     key and answers 500 for the {damaged_keys} damaged keys until they are \
+                     written or deleted. Compact (`lucid compact`, or POST /api/admin/compact) \
+                     to drop the damage and keep those keys answering errors; `lucid check \
+                     --repair` would instead bring back older values of them, if the log has any"
+                )
+                .into());
+            }
             format!(
                 "the log is damaged at offset {offset}, in data an fsync made durable (up to \
                  offset {durable}); run `lucid check --repair` to rebuild it from its good \

@@ -8,6 +8,7 @@ use tiny_http::{Method, Request};
 
 use super::reply::Reply;
 use super::Context;
+use crate::store::compaction::StoreStats;
 use crate::store::CompactionError;
 
 /// `GET /api/admin/stats`: size and compaction figures as JSON.
@@ -52,7 +53,9 @@ pub fn compact<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
 }
 
 /// `GET /health`: 200 `{"status":"ok"}` while the node serves normally;
-/// 503 with `read-only` or `stopping` otherwise. Says nothing else.
+/// 200 `{"status":"degraded"}` with a `message` saying what to do while
+/// damaged records are known (it serves, and a restart would not help);
+/// 503 with `read-only` or `stopping` when it cannot take writes.
 pub fn health<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
     if !matches!(request.method(), Method::Get | Method::Head) {
         return Reply::method_not_allowed("GET, HEAD");
@@ -61,9 +64,34 @@ pub fn health<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
         Reply::json(503, r#"{"status":"stopping"}"#)
     } else if ctx.store.is_read_only() {
         Reply::json(503, r#"{"status":"read-only"}"#)
+    } else if let Some(advice) = damage_advice(&ctx.store.stats()) {
+        Reply::document(
+            200,
+            &serde_json::json!({"status": "degraded", "message": advice}),
+        )
     } else {
         Reply::json(200, r#"{"status":"ok"}"#)
     }
+}
+
+/// What an operator should do about the damage `stats` counts, if any.
+fn damage_advice(stats: &StoreStats) -> Option<String> {
+    let keys = match stats.damaged_keys {
+        0 => String::new(),
+        n => format!(
+            "{n} keys lost their value to damage in the log and answer 500 until written or \
+             deleted (the node's log names them). "
+        ),
+    };
+    let records = match stats.damaged_records {
+        0 => String::new(),
+        n => format!(
+            "The log has {n} damaged stretches: compact it (POST /api/admin/compact) to drop \
+             them; until then the node restarts only with its hint file. "
+        ),
+    };
+    (!keys.is_empty() || !records.is_empty())
+        .then(|| format!("{keys}{records}Check the disk (dmesg, SMART) and your backups."))
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -206,7 +206,7 @@ pub fn store_error<'b>(err: StoreError) -> Reply<'b> {
         }
         StoreError::Corrupt { .. } => Reply::message(
             500,
-            "The stored value failed its integrity check and was not served. Run `lucid check` on the data directory.",
+            "The key's stored record is damaged and was not served; the key answers this error until it is written or deleted. See /health.",
         ),
     }
 }

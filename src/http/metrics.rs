@@ -114,7 +114,7 @@ impl Metrics {
         let sum = self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "lucid_request_duration_seconds_sum {sum}");
         let _ = writeln!(out, "lucid_request_duration_seconds_count {cumulative}");
-        let gauges: [(&str, &str, &str, f64); 9] = [
+        let gauges: [(&str, &str, &str, f64); 11] = [
             ("lucid_keys", "gauge", "Live keys.", store.keys as f64),
             (
                 "lucid_log_bytes",
@@ -153,6 +153,18 @@ impl Metrics {
                 f64::from(u8::from(store.read_only)),
             ),
             (
+                "lucid_damaged_keys",
+                "gauge",
+                "Keys whose latest record is damaged: they answer 500 until written or deleted.",
+                store.damaged_keys as f64,
+            ),
+            (
+                "lucid_damaged_records",
+                "gauge",
+                "Damaged stretches of the log found after a start from the hint file; compaction drops them.",
+                store.damaged_records as f64,
+            ),
+            (
                 "lucid_watchers",
                 "gauge",
                 "Connected watch clients.",
@@ -189,6 +201,8 @@ mod tests {
             live_bytes: 600,
             dead_bytes: 368,
             read_only: false,
+            damaged_keys: 1,
+            damaged_records: 2,
             fsyncs: 7,
             fsync_micros: 2_500,
             compactions: 1,
@@ -229,6 +243,8 @@ mod tests {
         );
         assert!(page.contains("lucid_keys 3\n"), "{page}");
         assert!(page.contains("lucid_watchers 2\n"), "{page}");
+        assert!(page.contains("lucid_damaged_keys 1\n"), "{page}");
+        assert!(page.contains("lucid_damaged_records 2\n"), "{page}");
         assert!(
             page.contains("lucid_fsync_seconds_total 0.0025\n"),
             "{page}"

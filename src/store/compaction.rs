@@ -11,7 +11,15 @@
 //!    cut that the index still points at to `data.log.compact`, in log
 //!    order (so a newer version is never overwritten by an older one). Each
 //!    record is verified at its old position (CRC) and stamped for its new
-//!    one: damage aborts the compaction rather than being copied. Records
+//!    one. Damage is never copied, and never stops the compaction: the
+//!    damaged stretch, up to the next valid record, is left out, and every
+//!    key the index still points into it gets a quarantined record in its
+//!    place (see [`super::record`]), holding the damaged bytes, so the key
+//!    keeps answering an error (never a value, never "missing") until a
+//!    write or delete replaces it, and is marked damaged in the index at the
+//!    switch. The index is the authority on which records are live: it was
+//!    built before the disk damaged them (from the hint file, or while the
+//!    records were written). Records
 //!    dead when the copy began are skipped by offset, unopened. The others
 //!    are checked by key against the index; an encrypted record keeping
 //!    its encryption key then moves unopened (only its key is decrypted
@@ -24,7 +32,9 @@
 //!    and again while more than `CAUGHT_UP_BYTES` arrived meanwhile, and
 //!    **sync** the new file. Writes go on meanwhile. The tail is read
 //!    `COPY_WINDOW` bytes at a time (a longer record alone), so its size
-//!    does not matter. If writers outpace `MAX_CATCH_UP_ROUNDS` rounds,
+//!    does not matter. Damage in the tail, written by this very process
+//!    since the cut, stops the compaction (`CompactionError::Corrupt`),
+//!    changing nothing. If writers outpace `MAX_CATCH_UP_ROUNDS` rounds,
 //!    the compaction stops, changing nothing, rather than pause them long.
 //! 4. **Switch**, with writers paused: if more than `MAX_PAUSE_COPY`
 //!    arrived since step 3, writers go on and step 3 resumes; else copy
@@ -74,6 +84,7 @@ use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
     RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
+use super::scan::next_valid;
 
 /// Name of the new log while compaction writes it.
 pub const COMPACT_FILE: &str = "data.log.compact";
@@ -159,6 +170,12 @@ pub struct StoreStats {
     pub dead_bytes: u64,
     /// Whether writes are refused after a disk failure.
     pub read_only: bool,
+    /// Live keys whose record is damaged: they answer an error until
+    /// written or deleted.
+    pub damaged_keys: usize,
+    /// Damaged stretches found in the log by the check after a start from
+    /// the hint file; compaction drops them.
+    pub damaged_records: u64,
     /// fdatasync calls on the log since start.
     pub fsyncs: u64,
     /// Time spent in them, in microseconds.
@@ -220,7 +237,9 @@ pub enum CompactionError {
     Busy,
     /// The store has no data directory (an in-memory test store), or is read-only.
     Unavailable(&'static str),
-    /// The old log has a damaged record at this offset; nothing was changed.
+    /// The part of the old log written during the compaction has a damaged
+    /// record at this offset; nothing was changed. (Damage before the cut
+    /// is left out and quarantined instead.)
     Corrupt(u64),
     /// The filesystem failed; the old log is still in place.
     Io(io::Error),
@@ -341,9 +360,10 @@ impl Store {
     /// Current size and compaction figures.
     pub fn stats(&self) -> StoreStats {
         let log_bytes = lock(&self.writer).end;
-        let (keys, live_bytes) = {
+        let (keys, live_bytes, damaged_keys) = {
             let keydir = read(&self.keydir);
-            (keydir.index.len(), keydir.index.live_bytes())
+            let index = &keydir.index;
+            (index.len(), index.live_bytes(), index.damaged_keys())
         };
         let last_compaction = *lock(&self.last_compaction);
         StoreStats {
@@ -352,6 +372,10 @@ impl Store {
             live_bytes,
             dead_bytes: log_bytes.saturating_sub(FILE_HEADER_LEN as u64 + live_bytes),
             read_only: self.is_read_only(),
+            damaged_keys,
+            damaged_records: self
+                .damaged_records
+                .load(std::sync::atomic::Ordering::Relaxed),
             fsyncs: self.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
             fsync_micros: self.fsync_micros.load(std::sync::atomic::Ordering::Relaxed),
             compactions: self.compactions.load(std::sync::atomic::Ordering::Relaxed),
@@ -492,7 +516,17 @@ impl Store {
         }
         {
             let mut keydir = write(&self.keydir);
+            for (key, damaged) in &plan.quarantined {
+                // Unless written or deleted since: then the entry moved on.
+                if keydir.index.get(key) == Some(*damaged) {
+                    let attrs = keydir.index.attrs(key);
+                    keydir.index.set_attrs(key, attrs.damaged());
+                }
+            }
             keydir.index.set_locations(&new_locations);
+            // The new log holds no damaged bytes.
+            self.damaged_records
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             keydir.file = Arc::clone(&new_file);
             keydir.file_id = new_header.file_id;
             keydir.cipher = new_cipher.clone();
@@ -598,6 +632,7 @@ fn copy_live_records(
     let first = FILE_HEADER_LEN as u64;
     let mut live = LiveRecords::new(store, cut);
     let (mut at, mut written) = (first, first);
+    let old_file = Arc::clone(&lock(&store.writer).file);
     while at < cut {
         let rest = &map[at as usize..cut as usize];
         let window_len = next_window(rest, COPY_WINDOW).filter(|&len| len > 0);
@@ -611,15 +646,33 @@ fn copy_live_records(
             file_id: header.file_id,
             offset: written,
         };
-        written += move_records(window, from, to, ciphers, &mut writer, Some(&mut live))?;
+        let (moved, damaged) =
+            move_records(window, from, to, ciphers, &mut writer, Some(&mut live))?;
+        written += moved;
+        let next = match damaged {
+            None => at + window.len() as u64,
+            Some(bad) => {
+                // Skip the damaged stretch, up to the next valid record,
+                // quarantining the live records in it.
+                let resume = next_valid(&*old_file, old_id, ciphers.from, bad, live.sequence, cut)?
+                    .unwrap_or(cut);
+                let to = Position {
+                    file_id: header.file_id,
+                    offset: written,
+                };
+                written += live.quarantine(map, (bad, resume), to, ciphers.to, &mut writer)?;
+                resume
+            }
+        };
         // SAFETY: the window is below the cut, which is never modified
         // while the map lives (see `copy_and_switch`): dropping its pages
         // only makes a later access read them from the file again, and
         // nothing borrows them past this point.
         unsafe {
-            map.unchecked_advise_range(UncheckedAdvice::DontNeed, at as usize, window.len())
+            let len = (next.min(at + window.len() as u64) - at) as usize;
+            map.unchecked_advise_range(UncheckedAdvice::DontNeed, at as usize, len)
         }?;
-        at += window.len() as u64;
+        at = next;
     }
     writer.flush()?;
     Ok(live.plan)
@@ -659,7 +712,12 @@ fn copy_tail(
             file_id: old_id,
             offset: at,
         };
-        to.offset += move_records(&chunk[..whole], from, to, ciphers, out, None)?;
+        let (moved, damaged) = move_records(&chunk[..whole], from, to, ciphers, out, None)?;
+        if let Some(bad) = damaged {
+            // Written since the copy began, by this very process.
+            return Err(CompactionError::Corrupt(bad));
+        }
+        to.offset += moved;
         at += whole as u64;
         if chunk.capacity() > COPY_WINDOW {
             chunk = Vec::new(); // back to the window's size after a long record
@@ -712,6 +770,8 @@ struct LiveRecords<'s> {
     by_offset: std::iter::Peekable<std::vec::IntoIter<(u64, u32)>>,
     /// The plan entry of the record last found live by offset.
     current: Option<u32>,
+    /// The highest sequence number met so far in the old log.
+    sequence: u64,
     plan: RelocationPlan,
 }
 
@@ -737,9 +797,11 @@ impl<'s> LiveRecords<'s> {
             store,
             by_offset: by_offset.into_iter().peekable(),
             current: None,
+            sequence: 0,
             plan: RelocationPlan {
                 copied_to: vec![None; old_offsets.len()],
                 old_offsets,
+                quarantined: Vec::new(),
             },
         }
     }
@@ -767,6 +829,86 @@ impl<'s> LiveRecords<'s> {
     fn is_live(&self, key: &[u8], location: Location) -> bool {
         read(&self.store.keydir).index.get(key) == Some(location)
     }
+
+    /// Writes to `out` (which ends at `to`) a quarantined record (see
+    /// [`super::record`]) for every key the index still points into the
+    /// damaged stretch `range` of the old log (`map`), holding its record's
+    /// bytes as they are; sealed with `cipher`. Their sequence numbers
+    /// follow the last one met: the stretch held at least as many records,
+    /// numbered between its neighbours. Returns the bytes written.
+    fn quarantine(
+        &mut self,
+        map: &Mmap,
+        range: (u64, u64),
+        to: Position,
+        cipher: Option<&Cipher>,
+        out: &mut impl Write,
+    ) -> Result<u64, CompactionError> {
+        let (start, end) = range;
+        let mut in_range = Vec::new();
+        while let Some((offset, position)) = self.by_offset.next_if(|&(live, _)| live < end) {
+            if offset >= start {
+                in_range.push((offset, position));
+            }
+        }
+        log::error!(
+            "compaction: bytes {start}..{end} of the log are damaged; dropping them, with the \
+             records of {} keys",
+            in_range.len()
+        );
+        if in_range.is_empty() {
+            return Ok(0);
+        }
+        let damaged: Vec<_> = {
+            let keydir = read(&self.store.keydir);
+            keydir
+                .index
+                .entries()
+                .filter(|(_, location)| in_range.iter().any(|&(at, _)| at == location.offset))
+                .map(|(key, location)| (key.to_vec(), location, keydir.index.attrs(key)))
+                .collect()
+        };
+        let (mut plain, mut sealed) = (Vec::new(), Vec::new());
+        let mut written = to.offset;
+        for (key, location, attrs) in damaged {
+            let offset = location.offset;
+            let position = in_range
+                .iter()
+                .find(|&&(at, _)| at == offset)
+                .map(|&(_, position)| position)
+                .expect("selected by offset");
+            let bytes = map
+                .get(offset as usize..(offset + u64::from(location.len)) as usize)
+                .ok_or(CompactionError::Corrupt(offset))?;
+            let at = Position {
+                file_id: to.file_id,
+                offset: written,
+            };
+            self.sequence += 1;
+            RecordBuilder::quarantine(
+                &mut plain,
+                &key,
+                attrs.expires_at_ms,
+                bytes,
+                self.sequence,
+                at,
+            );
+            let stored = stored_form(cipher, &plain, at, &mut sealed);
+            out.write_all(stored)?;
+            log::error!(
+                "compaction: key {:?} lost its value to damage at offset {offset}; it answers an \
+                 error until it is written or deleted",
+                String::from_utf8_lossy(&key)
+            );
+            self.plan.copied_to[position as usize] = Some(Location {
+                offset: written,
+                len: stored.len() as u32,
+            });
+            self.plan.quarantined.push((key, location));
+            written += stored.len() as u64;
+        }
+        Ok(written - to.offset)
+    }
 }
 
 /// Which records are copied; `None` copies every record as is.
@@ -781,7 +923,8 @@ type Keep<'k, 's> = Option<&'k mut LiveRecords<'s>>;
 /// filters durable records, so no batch can be half-copied by a crash);
 /// without, frames are copied whole. Sync markers are dropped with `keep`,
 /// restamped (and their claim moved with them) without. Returns the
-/// number of bytes written.
+/// number of bytes written, and the offset in the old log of a record that
+/// failed its check, if one did: the walk stops there.
 fn move_records(
     bytes: &[u8],
     from: Position,
@@ -789,7 +932,7 @@ fn move_records(
     ciphers: Ciphers<'_>,
     out: &mut impl Write,
     mut keep: Keep<'_, '_>,
-) -> Result<u64, CompactionError> {
+) -> Result<(u64, Option<u64>), CompactionError> {
     let (mut opened, mut plain, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut at, mut written) = (0usize, to.offset);
     while at < bytes.len() {
@@ -802,9 +945,14 @@ fn move_records(
             .get(at..at + RECORD_HEADER_LEN)
             .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
             .and_then(|header| bytes.get(at..at + header.record_len() as usize))
-            .and_then(|record| verify(record, old).ok())
-            .ok_or_else(corrupt)?;
+            .and_then(|record| verify(record, old).ok());
+        let Some(view) = view else {
+            return Ok((written - to.offset, Some(old.offset)));
+        };
         at += view.bytes.len();
+        if let Some(keep) = keep.as_mut() {
+            keep.sequence = keep.sequence.max(view.header.sequence);
+        }
         let new = Position {
             file_id: to.file_id,
             offset: written,
@@ -917,7 +1065,7 @@ fn move_records(
             written += stored.len() as u64;
         }
     }
-    Ok(written - to.offset)
+    Ok((written - to.offset, None))
 }
 
 /// Where the index entries below the cut went, filled in by the copy, so
@@ -938,6 +1086,9 @@ struct RelocationPlan {
     old_offsets: Vec<u64>,
     /// Where each of those records was copied to, if it was.
     copied_to: Vec<Option<Location>>,
+    /// The keys whose damaged record was replaced by a quarantined one,
+    /// and where that damaged record was.
+    quarantined: Vec<(Vec<u8>, Location)>,
 }
 
 /// The new location of every index entry, in index order: entries before
@@ -1107,6 +1258,7 @@ mod tests {
                 Attrs {
                     locked: true,
                     expires_at_ms: 0,
+                    damaged: false,
                 },
             );
             set_attrs(
@@ -1115,6 +1267,7 @@ mod tests {
                 Attrs {
                     locked: false,
                     expires_at_ms: far,
+                    damaged: false,
                 },
             );
             // A batch written during the copy lands in the tail, whole.
@@ -1264,7 +1417,7 @@ mod tests {
                 let goes_to = Location { offset: at.offset - cut + tail_start, len: LEN };
                 expected.insert(format!("{}-new", key(j)), goes_to);
             }
-            let plan = RelocationPlan { old_offsets, copied_to };
+            let plan = RelocationPlan { old_offsets, copied_to, quarantined: Vec::new() };
             let relocated = relocate(&index, &plan, cut, tail_start).unwrap();
             proptest::prop_assert_eq!(relocated, expected.into_values().collect::<Vec<_>>());
         }
@@ -1481,15 +1634,73 @@ mod tests {
     }
 
     #[test]
-    fn damage_stops_compaction_without_touching_the_log() {
-        let (dir, store, _) = churned(SyncMode::Always);
+    fn damage_in_a_dead_record_is_dropped_by_compaction() {
+        let (dir, store, model) = churned(SyncMode::Always);
         let log_path = dir.path().join(LOG_FILE);
         let mut bytes = fs::read(&log_path).unwrap();
-        bytes[FILE_HEADER_LEN + RECORD_HEADER_LEN + 2] ^= 0xff; // inside the first record
+        bytes[FILE_HEADER_LEN + RECORD_HEADER_LEN + 2] ^= 0xff; // key-0's first version
         fs::write(&log_path, &bytes).unwrap();
-        assert!(matches!(store.compact(), Err(CompactionError::Corrupt(32))));
-        assert_eq!(fs::read(&log_path).unwrap(), bytes);
-        assert!(!dir.path().join(COMPACT_FILE).exists());
+        store.compact().unwrap();
+        assert_matches(&store, &model);
+        assert_eq!(store.stats().damaged_keys, 0);
+        drop(store);
+        fs::remove_file(dir.path().join(crate::store::hint::HINT_FILE)).unwrap();
+        let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
+        assert_matches(&store, &model);
+    }
+
+    #[test]
+    fn a_damaged_live_record_is_quarantined_and_its_key_stays_an_error() {
+        for cipher in [None, Some(Arc::new(Cipher::from_key(&[5; 32])))] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) =
+                crate::store::open_with(dir.path(), SyncMode::Always, cipher.clone()).unwrap();
+            let mut model = Model::new();
+            churn(&store, &mut model);
+            let damaged = read(&store.keydir).index.get(b"key-1").unwrap();
+            let log_path = dir.path().join(LOG_FILE);
+            let mut bytes = fs::read(&log_path).unwrap();
+            bytes[damaged.offset as usize + damaged.len as usize - 1] ^= 0xff;
+            fs::write(&log_path, &bytes).unwrap();
+            model.remove("key-1");
+            let is_damaged = |store: &Store| {
+                matches!(
+                    store.get(b"key-1", &mut Vec::new()),
+                    Err(crate::store::StoreError::Corrupt { .. })
+                )
+            };
+            store.compact().unwrap();
+            assert!(is_damaged(&store));
+            assert_eq!(store.stats().damaged_keys, 1);
+            assert_eq!(store.stats().keys, model.len() + 1);
+            for (key, value) in &model {
+                let mut buf = Vec::new();
+                let got = store.get(key.as_bytes(), &mut buf).unwrap();
+                assert_eq!(got.map(|v| v.value), Some(&value[..]), "key {key}");
+            }
+            // A second compaction copies the quarantined record as it is.
+            store.compact().unwrap();
+            assert!(is_damaged(&store));
+            store.close().unwrap();
+            drop(store);
+            for with_hint in [true, false] {
+                if !with_hint {
+                    fs::remove_file(dir.path().join(crate::store::hint::HINT_FILE)).unwrap();
+                }
+                let (store, _) =
+                    crate::store::open_with(dir.path(), SyncMode::Always, cipher.clone()).unwrap();
+                assert!(is_damaged(&store), "with hint: {with_hint}");
+                assert_eq!(store.stats().damaged_keys, 1, "with hint: {with_hint}");
+                store.close().unwrap();
+            }
+            let report = crate::store::check(dir.path(), cipher.as_deref()).unwrap();
+            assert_eq!(report.damaged_keys, ["key-1"]);
+            let (store, _) =
+                crate::store::open_with(dir.path(), SyncMode::Always, cipher.clone()).unwrap();
+            put(&store, &mut model, "key-1", b"written again");
+            assert_eq!(store.stats().damaged_keys, 0);
+            assert_matches(&store, &model);
+        }
     }
 
     #[test]

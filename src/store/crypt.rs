@@ -707,6 +707,7 @@ mod tests {
             Attrs {
                 locked: true,
                 expires_at_ms: 0,
+                damaged: false,
             },
         );
         drop(store);

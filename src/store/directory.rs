@@ -26,7 +26,7 @@ use super::hint;
 use super::index::{Attrs, Index};
 use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
 use super::repair::REPAIR_FILE;
-use super::scan::{scan, Damage, ScanStart, ScanSummary};
+use super::scan::{damaged_ranges, scan, Damage, ScanStart, ScanSummary};
 
 /// Name of the log file inside the data directory.
 pub const LOG_FILE: &str = "data.log";
@@ -160,6 +160,8 @@ pub fn open_with(
     check_key(&header, key_check, &path)?;
     let log_len = file.size().map_err(io_error("read", &path))?;
     let (mut index, mut summary, mut hint_keys) = (Index::default(), None, None);
+    // The end of what the hint used covers: records there are not read now.
+    let mut unverified_end = None;
     let source = (&file as &dyn LogFile, header.file_id, cipher.as_deref());
     let mut full_scan = ScanStart::BEGINNING;
     // A hint followed by damage goes, but only once the full scan has not
@@ -188,6 +190,7 @@ pub fn open_with(
                 drop_hint = true;
             } else {
                 summary = Some(after_hint);
+                unverified_end = Some(start.offset);
             }
         }
         Err(hint::Unused::Missing) if log_len <= FILE_HEADER_LEN as u64 => {}
@@ -251,7 +254,26 @@ pub fn open_with(
         dir: Some((dir.to_path_buf(), lock)),
         cipher,
     };
+    let damaged = recovered.index.damaged_keys();
+    if damaged > 0 {
+        let names: Vec<_> = recovered
+            .index
+            .damaged()
+            .take(10)
+            .map(String::from_utf8_lossy)
+            .collect();
+        log::error!(
+            "{damaged} keys lost their value to damage in {} and answer an error until written \
+             or deleted: {}{}",
+            path.display(),
+            names.join(", "),
+            if damaged > names.len() { ", ..." } else { "" }
+        );
+    }
     let store = Store::new(Arc::new(file), recovered, sync);
+    if let Some(covered_end) = unverified_end {
+        store.verify_in_background(covered_end);
+    }
     Ok((store, report))
 }
 
@@ -272,6 +294,14 @@ pub struct CheckReport {
     pub scan: ScanSummary,
     /// The hint file: `Ok(keys)` if it is valid and agrees with the log.
     pub hint: Result<usize, hint::Unused>,
+    /// Keys that answer an error when the server runs: quarantined by
+    /// compaction, or (when the hint file covers damage, so the server
+    /// starts from it) pointed by the hint at a damaged record.
+    pub damaged_keys: Vec<String>,
+    /// Whether the damage found lies within what a valid hint file covers:
+    /// the server then starts (from the hint), verifies the log in the
+    /// background and reports the damage; compaction drops it.
+    pub hint_covers_damage: bool,
 }
 
 /// Verifies every record of the directory's log without changing anything.
@@ -294,7 +324,16 @@ pub fn check(dir: &Path, cipher: Option<&Cipher>) -> Result<CheckReport, OpenErr
     let log_bytes = file.size().map_err(io_error("read", &path))?;
     let start = full_scan_start(dir, header, log_bytes, cipher);
     let summary = replay(source, &path, &mut index, start)?;
-    let hint = check_hint(dir, header, source, &path, &index)?;
+    let damage_before = match summary.damage {
+        Some(Damage::Corrupt { offset, .. }) => Some(offset),
+        _ => None,
+    };
+    let hinted = check_hint(dir, header, source, &path, &index, damage_before)?;
+    let (hint, damaged) = match hinted {
+        Ok((keys, Some(damaged))) => (Ok(keys), damaged),
+        Ok((keys, None)) => (Ok(keys), index.damaged().map(<[u8]>::to_vec).collect()),
+        Err(unused) => (Err(unused), index.damaged().map(<[u8]>::to_vec).collect()),
+    };
     Ok(CheckReport {
         log_bytes,
         path,
@@ -302,19 +341,36 @@ pub fn check(dir: &Path, cipher: Option<&Cipher>) -> Result<CheckReport, OpenErr
         live_keys: index.len(),
         live_bytes: index.live_bytes(),
         scan: summary,
+        hint_covers_damage: damage_before.is_some() && hint.is_ok(),
         hint,
+        damaged_keys: damaged
+            .iter()
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .collect(),
     })
 }
 
+/// A valid hint's key count, and the keys it points at damaged records if
+/// the log is damaged where it covers (see [`check_hint`]).
+type HintChecked = (usize, Option<Vec<Vec<u8>>>);
+
 /// Checks the hint file against the log: valid, and the index it gives
 /// (with the log after it replayed) equals the one a full scan gives.
+///
+/// The hint is trusted, by the server as here, for where each key's latest
+/// record is, and for the log before its covered end having been durable;
+/// not for those records being intact. So when the full scan stopped at
+/// damage (at `damage_before`) that the hint covers, the two indexes cannot
+/// be compared; the hint then says which keys the damage took, as the
+/// server's check after starting from it would find: they are returned too.
 fn check_hint(
     dir: &Path,
     header: FileHeader,
     source: LogSource<'_>,
     path: &Path,
     full: &Index,
-) -> Result<Result<usize, hint::Unused>, OpenError> {
+    damage_before: Option<u64>,
+) -> Result<Result<HintChecked, hint::Unused>, OpenError> {
     let log_len = source.0.size().map_err(io_error("read", path))?;
     let hinted = match hint::load(dir, header, log_len, source.2) {
         Ok(hinted) => hinted,
@@ -328,13 +384,29 @@ fn check_hint(
         durable: hinted.coverage.end,
     };
     replay(source, path, &mut index, start)?;
+    if damage_before.is_some_and(|offset| offset < hinted.coverage.end) {
+        let (file, file_id, cipher) = source;
+        let ranges = damaged_ranges(file, file_id, cipher, hinted.coverage.end)
+            .map_err(io_error("read", path))?;
+        let in_damage = |offset: u64| {
+            ranges
+                .iter()
+                .any(|&(start, end)| (start..end).contains(&offset))
+        };
+        let damaged = index
+            .entries()
+            .filter(|&(key, location)| index.attrs(key).damaged || in_damage(location.offset))
+            .map(|(key, _)| key.to_vec())
+            .collect();
+        return Ok(Ok((keys, Some(damaged))));
+    }
     if !index.same_as(full) {
         return Ok(Err(hint::Unused::Rejected(
             "it disagrees with the log (the server ignores it only if it is stale; remove it)"
                 .into(),
         )));
     }
-    Ok(Ok(keys))
+    Ok(Ok((keys, None)))
 }
 
 /// Where a full scan of the log in `dir` starts, as open's would: at the

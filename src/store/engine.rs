@@ -51,6 +51,7 @@ use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
     RecordKind, RecordMeta, RecordView, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
 };
+use super::scan::damaged_ranges;
 use crate::watch::{Event, EventBus, EventOp};
 
 /// When writes are made durable with fdatasync.
@@ -425,6 +426,9 @@ pub struct Store {
     pub(super) fsync_micros: std::sync::atomic::AtomicU64,
     /// Compactions since start.
     pub(super) compactions: std::sync::atomic::AtomicU64,
+    /// Damaged stretches the check after a start from the hint file found
+    /// in the current log (see [`Store::verify_in_background`]).
+    pub(super) damaged_records: std::sync::atomic::AtomicU64,
     /// The most recent compaction.
     pub(super) last_compaction: Mutex<Option<super::compaction::LastCompaction>>,
     /// Test builds: called at each compaction step, to crash there or to
@@ -472,6 +476,7 @@ impl Store {
             fsyncs: std::sync::atomic::AtomicU64::new(0),
             fsync_micros: std::sync::atomic::AtomicU64::new(0),
             compactions: std::sync::atomic::AtomicU64::new(0),
+            damaged_records: std::sync::atomic::AtomicU64::new(0),
             last_compaction: Mutex::new(None),
             #[cfg(test)]
             step_hook: Mutex::new(None),
@@ -553,7 +558,12 @@ impl Store {
                 keydir.cipher.clone(),
             )
         };
-        let record = read_record((&*file, file_id, cipher.as_deref()), location, key, buf)?;
+        let record = read_record((&*file, file_id, cipher.as_deref()), location, key, buf)
+            .inspect_err(|err| {
+                if matches!(err, StoreError::Corrupt { .. }) {
+                    self.note_damaged(key, location, file_id);
+                }
+            })?;
         if Attrs::of(&record.header).expired(now_ms()) {
             return Ok(None);
         }
@@ -632,6 +642,7 @@ impl Store {
             let key_end = RECORD_HEADER_LEN + usize::from(header.key_len);
             let content_type_end = key_end + usize::from(header.content_type_len);
             if header.kind != RecordKind::Put
+                || header.is_damaged()
                 || buf.get(RECORD_HEADER_LEN..key_end) != Some(&key[..])
                 || content_type_end > buf.len()
             {
@@ -910,8 +921,11 @@ impl Store {
         if let Some(sequence) = state.sequence {
             return Ok(sequence);
         }
-        let mut header = [0u8; RECORD_HEADER_LEN];
         let offset = state.location.offset;
+        if state.attrs.damaged {
+            return Err(corrupt(offset));
+        }
+        let mut header = [0u8; RECORD_HEADER_LEN];
         writer
             .file
             .read_at(&mut header, offset)
@@ -1267,6 +1281,98 @@ impl Store {
         self.write_hint()
     }
 
+    /// Marks `key` damaged in the index (see [`Attrs::damaged`]) after its
+    /// record at `location` of log `file_id` failed its check, unless the
+    /// key moved on since.
+    fn note_damaged(&self, key: &[u8], location: Location, file_id: u32) {
+        let mut keydir = write(&self.keydir);
+        let attrs = keydir.index.attrs(key);
+        if keydir.file_id == file_id && keydir.index.get(key) == Some(location) && !attrs.damaged {
+            keydir.index.set_attrs(key, attrs.damaged());
+        }
+    }
+
+    /// After a start from the hint file, which is trusted for where each
+    /// key's latest record is but not for the records' integrity, verifies
+    /// every record it covers (before `covered_end`) on a background thread,
+    /// so the start stays fast. Damage found is logged, counted in
+    /// [`StoreStats`](super::compaction::StoreStats), and the keys whose
+    /// latest record is in it are marked damaged, unless a compaction
+    /// switched logs meanwhile (it verified and quarantined them itself).
+    pub fn verify_in_background(self: &Arc<Self>, covered_end: u64) {
+        let (file, file_id, cipher) = {
+            let keydir = read(&self.keydir);
+            (
+                Arc::clone(&keydir.file),
+                keydir.file_id,
+                keydir.cipher.clone(),
+            )
+        };
+        let store = Arc::downgrade(self);
+        let verify = move || {
+            let ranges = match damaged_ranges(&*file, file_id, cipher.as_deref(), covered_end) {
+                Ok(ranges) => ranges,
+                Err(err) => {
+                    log::warn!("could not verify the log after starting from the hint: {err}");
+                    return;
+                }
+            };
+            if let Some(store) = store.upgrade() {
+                store.note_damaged_ranges(file_id, &ranges);
+            }
+        };
+        if let Err(err) = thread::Builder::new()
+            .name("lucid-verify".into())
+            .spawn(verify)
+        {
+            log::warn!("cannot start verifying the log: {err}");
+        }
+    }
+
+    /// Marks every key whose record lies in one of `ranges` (sorted damaged
+    /// stretches of log `file_id`) damaged, counts the stretches and says
+    /// so in the log.
+    fn note_damaged_ranges(&self, file_id: u32, ranges: &[(u64, u64)]) {
+        if ranges.is_empty() {
+            return;
+        }
+        let mut keydir = write(&self.keydir);
+        if keydir.file_id != file_id {
+            return; // compacted meanwhile: the damage is gone
+        }
+        let in_damage = |offset: u64| {
+            let after = ranges.partition_point(|&(start, _)| start <= offset);
+            after > 0 && offset < ranges[after - 1].1
+        };
+        let hit: Vec<(Vec<u8>, Attrs)> = keydir
+            .index
+            .entries()
+            .filter(|(_, location)| in_damage(location.offset))
+            .map(|(key, _)| (key.to_vec(), keydir.index.attrs(key)))
+            .collect();
+        for (key, attrs) in &hit {
+            keydir.index.set_attrs(key, attrs.damaged());
+        }
+        drop(keydir);
+        self.damaged_records
+            .store(ranges.len() as u64, Ordering::Relaxed);
+        let stretches: Vec<String> = ranges.iter().map(|(s, e)| format!("{s}..{e}")).collect();
+        let names: Vec<_> = hit
+            .iter()
+            .take(10)
+            .map(|(key, _)| String::from_utf8_lossy(key))
+            .collect();
+        log::error!(
+            "the log is damaged (bytes {}); {} keys whose latest record is there answer an error \
+             until written or deleted{}{}. The next compaction drops the damage; until then \
+             the node starts only with its hint file (see `lucid check`)",
+            stretches.join(", "),
+            hit.len(),
+            if names.is_empty() { "" } else { ": " },
+            names.join(", ")
+        );
+    }
+
     /// Writes the hint file for the current log (see [`hint`]). The log is
     /// fsynced first, so the hint never covers a record a power cut could
     /// take back. Writes wait meanwhile (the index must not change); reads
@@ -1385,7 +1491,7 @@ fn read_record<'b>(
     file.read_at(buf, offset).map_err(StoreError::Io)?;
     let record =
         open_record(cipher, buf, Position { file_id, offset }).map_err(|_| corrupt(offset))?;
-    if record.key != key || record.header.kind != RecordKind::Put {
+    if record.key != key || record.header.kind != RecordKind::Put || record.header.is_damaged() {
         return Err(corrupt(offset));
     }
     Ok(record)
@@ -1622,6 +1728,7 @@ mod tests {
         let locked = Attrs {
             locked: true,
             expires_at_ms: 0,
+            damaged: false,
         };
         set_attrs(&store, "k", locked);
         assert!(matches!(put(&store, "k", b"w"), Err(StoreError::Locked)));
@@ -1647,6 +1754,7 @@ mod tests {
             let attrs = |locked, expires_at_ms| Attrs {
                 locked,
                 expires_at_ms,
+                damaged: false,
             };
             // Expired: the key reads as missing, so a put creates it again.
             set_attrs(&store, "k", attrs(false, now_ms() - 1));
@@ -1702,6 +1810,7 @@ mod tests {
         let expiring = |at| Attrs {
             locked: false,
             expires_at_ms: at,
+            damaged: false,
         };
         set_attrs(&store, "short", expiring(now - 1));
         set_attrs(&store, "long", expiring(now + 3_600_000));

@@ -18,9 +18,12 @@
 //!           4 record length    u32
 //!           8 record offset    u64
 //!           - key bytes
-//! attributes: 8 count          u64, then one per locked or expiring key
+//! attributes: 8 count          u64, then one per locked, expiring or
+//!                              damaged key
 //!           2 key length       u16
-//!           1 locked           u8, 0 or 1
+//!           1 state            u8: bit 0 locked, bit 1 damaged (its record
+//!                              failed its check, or is quarantined: see
+//!                              record.rs); other bits 0
 //!           8 expires at       u64, milliseconds since the epoch, 0 = never
 //!           - key bytes        (a key listed above)
 //! trailer:  4 CRC-32 of every byte after the version
@@ -40,6 +43,10 @@
 //! Anything else — missing, stale, truncated, damaged — means a full scan,
 //! with a WARN saying why. The hint is written to `data.hint.tmp`, fsynced
 //! and renamed, so a crash leaves the old hint or the new one, never half.
+//!
+//! A hint is trusted for where each key's latest record is, not for the
+//! records being intact: the log it covers is verified in the background
+//! after the start (see `scan.rs`), and `lucid check` reads it all.
 //!
 //! The log is fsynced before a hint is written, so the covered end of a
 //! valid hint counts as durable for the recovery rule (see `scan.rs`). The
@@ -128,7 +135,7 @@ fn write_body<W: Write>(inner: W, coverage: Coverage, index: &Index) -> io::Resu
     out.write_all(&(attrs.len() as u64).to_le_bytes())?;
     for (key, attrs) in attrs {
         out.write_all(&(key.len() as u16).to_le_bytes())?;
-        out.write_all(&[u8::from(attrs.locked)])?;
+        out.write_all(&[u8::from(attrs.locked) | (u8::from(attrs.damaged) << 1)])?;
         out.write_all(&attrs.expires_at_ms.to_le_bytes())?;
         out.write_all(key)?;
     }
@@ -263,10 +270,11 @@ fn read(
         key.resize(usize::from(u16::from_le_bytes([fixed[0], fixed[1]])), 0);
         input.read_exact(&mut key).map_err(truncated)?;
         let attrs = Attrs {
-            locked: fixed[2] == 1,
+            locked: fixed[2] & 1 != 0,
             expires_at_ms: u64::from_le_bytes(fixed[3..11].try_into().expect("8 bytes")),
+            damaged: fixed[2] & 2 != 0,
         };
-        if fixed[2] > 1 || !index.contains(&key) {
+        if fixed[2] > 3 || !index.contains(&key) {
             return Err("it has attributes for a key it does not list".into());
         }
         index.set_attrs(&key, attrs);

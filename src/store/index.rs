@@ -89,6 +89,9 @@ pub struct Attrs {
     pub locked: bool,
     /// Absolute expiry in milliseconds since the epoch; 0 = never.
     pub expires_at_ms: u64,
+    /// The key's latest record is damaged (or quarantined): reads fail
+    /// until a write or delete replaces it.
+    pub damaged: bool,
 }
 
 impl Attrs {
@@ -97,6 +100,18 @@ impl Attrs {
         Self {
             locked: header.is_locked(),
             expires_at_ms: header.expires_at_ms,
+            damaged: header.is_damaged(),
+        }
+    }
+
+    /// The attributes of a key whose record turned out damaged: it keeps
+    /// its expiry, but not its lock, so that it can be overwritten or
+    /// deleted.
+    pub fn damaged(self) -> Self {
+        Self {
+            locked: false,
+            damaged: true,
+            ..self
         }
     }
 
@@ -115,6 +130,8 @@ pub struct Index {
     attrs: BTreeMap<Box<[u8]>, Attrs>,
     /// Expiring keys by expiry time.
     expiring: BTreeSet<(u64, Box<[u8]>)>,
+    /// Keys whose attributes say damaged.
+    damaged: usize,
 }
 
 impl Index {
@@ -177,6 +194,8 @@ impl Index {
         } else {
             self.attrs.insert(key.into(), attrs)
         };
+        let was_damaged = old.is_some_and(|old| old.damaged);
+        self.damaged = self.damaged + usize::from(attrs.damaged) - usize::from(was_damaged);
         if let Some(old) = old.filter(|old| old.expires_at_ms != 0) {
             self.expiring.remove(&(old.expires_at_ms, key.into()));
         }
@@ -189,6 +208,18 @@ impl Index {
     /// The attributes of `key` (the default for a plain or missing key).
     pub fn attrs(&self, key: &[u8]) -> Attrs {
         self.attrs.get(key).copied().unwrap_or_default()
+    }
+
+    /// How many live keys are damaged (see [`Attrs::damaged`]).
+    pub fn damaged_keys(&self) -> usize {
+        self.damaged
+    }
+
+    /// Every damaged key, in key order.
+    pub fn damaged(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.all_attrs()
+            .filter(|(_, attrs)| attrs.damaged)
+            .map(|(key, _)| key)
     }
 
     /// Every key with attributes, in key order.
@@ -389,6 +420,7 @@ mod tests {
         let expiring = Attrs {
             locked: false,
             expires_at_ms: 500,
+            damaged: false,
         };
         index.insert(b"plain", at, Attrs::default());
         index.insert(b"temp", at, expiring);
@@ -398,6 +430,7 @@ mod tests {
             Attrs {
                 locked: true,
                 expires_at_ms: 900,
+                damaged: false,
             },
         );
         assert_eq!(index.attrs(b"temp"), expiring);

@@ -6,7 +6,9 @@
 //!   latest record. Values stay on disk and are read with one positional read,
 //!   then CRC-checked before they are served. See [`index`].
 //! * **Recovery**: at open the log is scanned and verified; a torn tail is cut,
-//!   damage in the middle stops the node. See [`scan`].
+//!   damage in the middle stops the node unless a hint file covers it (the
+//!   damaged keys then answer errors until compaction quarantines them).
+//!   See [`scan`].
 //! * **Durability**: group-committed fdatasync, and what happens when the disk
 //!   fails. See [`engine`].
 //! * **Disk access**: only through the [`file::LogFile`] trait, so tests can

@@ -32,7 +32,8 @@
 //!      5    1 flags           bit 0: locked (puts only), bit 1: member of a
 //!                             batch frame, bit 2: encrypted envelope, bit 3:
 //!                             movable envelope, one with a place tag (both
-//!                             see crypt.rs); other bits 0
+//!                             see crypt.rs), bit 4: quarantined (puts only,
+//!                             see below); other bits 0
 //!      6    2 key length      u16 LE, 1..=65535
 //!      8    4 value length    u32 LE (0 for a tombstone)
 //!     12    1 content type length u8 (0 for a tombstone)
@@ -60,6 +61,18 @@
 //! A member found outside a frame is not a record (the scan treats it as
 //! damage); compaction and repair copy live members out as plain records
 //! ([`RecordBuilder::detach`]).
+//!
+//! # Quarantined record (a key whose record was found damaged)
+//!
+//! A put with the "quarantined" flag, no content type, not locked, whose
+//! value is the bytes of the key's damaged record as compaction found them
+//! (kept for forensics, never interpreted). Compaction writes one in place
+//! of a damaged record the index still points at (see `compaction.rs`), so
+//! the key keeps existing and keeps answering an error, never a value and
+//! never "missing", across restarts with or without the hint file, until a
+//! write or delete replaces it. Its expiry is the key's, so a key that was
+//! due to expire still does. It is never served: a read of it fails like a
+//! read of a record failing its CRC.
 //!
 //! # Sync marker (what an fdatasync made durable)
 //!
@@ -96,6 +109,9 @@ pub const MAX_VALUE_LEN: usize = (u32::MAX as usize) - RECORD_HEADER_LEN - 2 * M
 
 /// Flag of a put whose key is locked against changes.
 pub const FLAG_LOCKED: u8 = 1;
+/// Flag of a quarantined put: it stands for a damaged record and is never
+/// served (see the module documentation).
+pub const FLAG_DAMAGED: u8 = 16;
 /// Flag of a record that is a member of a batch frame.
 pub const FLAG_MEMBER: u8 = 2;
 /// Flag of an envelope: an encrypted record (see [`super::crypt`]).
@@ -169,7 +185,9 @@ impl RecordHeader {
         let flags = bytes[5];
         let reserved = &bytes[13..16];
         let allowed = match kind {
-            RecordKind::Put => FLAG_LOCKED | FLAG_MEMBER | FLAG_ENCRYPTED | FLAG_MOVABLE,
+            RecordKind::Put => {
+                FLAG_LOCKED | FLAG_MEMBER | FLAG_ENCRYPTED | FLAG_MOVABLE | FLAG_DAMAGED
+            }
             RecordKind::Delete => FLAG_MEMBER | FLAG_ENCRYPTED | FLAG_MOVABLE,
             RecordKind::Batch => 0,
             RecordKind::Marker => FLAG_ENCRYPTED | FLAG_MOVABLE,
@@ -193,7 +211,7 @@ impl RecordHeader {
             && header.content_type_len == 0
             && header.timestamp_ms == 0
             && header.expires_at_ms == 0
-            && flags & FLAG_LOCKED == 0
+            && flags & (FLAG_LOCKED | FLAG_DAMAGED) == 0
             && header.value_len as usize > super::crypt::envelope_overhead(flags);
         let marker_shaped = kind != RecordKind::Marker || header.sequence == 0;
         let well_formed = match kind {
@@ -227,6 +245,11 @@ impl RecordHeader {
     /// Whether this put locks its key.
     pub fn is_locked(&self) -> bool {
         self.flags & FLAG_LOCKED != 0
+    }
+
+    /// Whether this put is a quarantined record, standing for a damaged one.
+    pub fn is_damaged(&self) -> bool {
+        self.flags & FLAG_DAMAGED != 0
     }
 
     /// Whether this record is a member of a batch frame.
@@ -431,6 +454,23 @@ impl RecordBuilder {
     pub fn detach(record: &mut [u8], at: Position) {
         record[5] &= !FLAG_MEMBER;
         Self::restamp(record, at);
+    }
+
+    /// Encodes into `buf` the quarantined record of `key` (see the module
+    /// documentation) holding `damaged`, the bytes of its damaged record,
+    /// sealed for `at`.
+    pub fn quarantine(
+        buf: &mut Vec<u8>,
+        key: &[u8],
+        expires_at_ms: u64,
+        damaged: &[u8],
+        sequence: u64,
+        at: Position,
+    ) {
+        Self::begin(buf, &RecordMeta::put(key, b"", expires_at_ms));
+        buf[5] |= FLAG_DAMAGED;
+        buf.extend_from_slice(damaged);
+        Self::seal(buf, sequence, 0, at);
     }
 
     /// Length of the record that starts `bytes`, from its header's length

@@ -41,6 +41,15 @@
 //! encrypted log, a record that fails authentication counts as one that
 //! fails its CRC, and a marker counts only if it authenticates.
 //!
+//! A log whose durable part is damaged can still be served from a valid
+//! hint file covering the damage: the hint is trusted for where each key's
+//! latest record is and for the log before its covered end being durable,
+//! not for those records being intact. The node then starts without
+//! reading them, verifies them in the background
+//! (`Store::verify_in_background`), and reports the damaged keys, which
+//! answer an error; compaction drops the damage (see `compaction.rs`).
+//! `lucid check` says the same.
+//!
 //! A record whose CRC does not match is never indexed, so it is never served.
 //! Markers are never visited: they hold no key. The scan reads through a
 //! bounded window: the log is never loaded whole.
@@ -136,9 +145,22 @@ pub fn scan(
     file_id: u32,
     cipher: Option<&Cipher>,
     start: ScanStart,
+    visit: impl FnMut(&RecordView<'_>, Location),
+) -> io::Result<ScanSummary> {
+    scan_within(file, file_id, cipher, start, file.size()?, visit)
+}
+
+/// [`scan`] of the log as if it ended at `len` (a running store's log,
+/// read up to where a hint file's coverage ends).
+fn scan_within(
+    file: &dyn LogFile,
+    file_id: u32,
+    cipher: Option<&Cipher>,
+    start: ScanStart,
+    len: u64,
     mut visit: impl FnMut(&RecordView<'_>, Location),
 ) -> io::Result<ScanSummary> {
-    let mut reader = WindowReader::new(file, file_id, cipher)?;
+    let mut reader = WindowReader::new(file, file_id, cipher, len);
     let mut scratch = Vec::new();
     let mut summary = ScanSummary {
         good_end: start.offset,
@@ -242,6 +264,60 @@ pub fn scan(
     Ok(summary)
 }
 
+/// Every damaged stretch of the log before offset `end`, all of it durable,
+/// as `(start, end)` offsets: from a record that fails its check to the
+/// next valid one (or `end`). Reads the whole log up to `end`; records
+/// are verified (and, in an encrypted log, opened), not indexed.
+pub fn damaged_ranges(
+    file: &dyn LogFile,
+    file_id: u32,
+    cipher: Option<&Cipher>,
+    end: u64,
+) -> io::Result<Vec<(u64, u64)>> {
+    let mut ranges = Vec::new();
+    let mut start = ScanStart {
+        durable: end,
+        ..ScanStart::BEGINNING
+    };
+    loop {
+        let summary = scan_within(file, file_id, cipher, start, end, |_, _| {})?;
+        let (offset, next_valid) = match summary.damage {
+            None => return Ok(ranges),
+            Some(Damage::Corrupt {
+                offset, next_valid, ..
+            })
+            | Some(Damage::TornTail {
+                offset, next_valid, ..
+            }) => (offset, next_valid),
+        };
+        ranges.push((offset, next_valid.unwrap_or(end)));
+        let Some(resume) = next_valid else {
+            return Ok(ranges);
+        };
+        start = ScanStart {
+            offset: resume,
+            max_sequence: summary.max_sequence,
+            durable: end,
+        };
+    }
+}
+
+/// The first valid record after damage at `offset`, before `end`, newer
+/// than sequence number `newer_than`, found as the recovery rule finds
+/// records after damage (byte by byte, each candidate verified at its place).
+pub fn next_valid(
+    file: &dyn LogFile,
+    file_id: u32,
+    cipher: Option<&Cipher>,
+    offset: u64,
+    newer_than: u64,
+    end: u64,
+) -> io::Result<Option<u64>> {
+    WindowReader::new(file, file_id, cipher, end)
+        .after_damage(offset, newer_than)
+        .map(|after| after.next_valid)
+}
+
 /// The durable offset the sync marker `record`, read at `at`, names if it
 /// is one that counts: it opens (an encrypted log's markers must
 /// authenticate) and claims only bytes before itself.
@@ -278,15 +354,16 @@ struct WindowReader<'a> {
 }
 
 impl<'a> WindowReader<'a> {
-    fn new(file: &'a dyn LogFile, file_id: u32, cipher: Option<&'a Cipher>) -> io::Result<Self> {
-        Ok(Self {
+    /// A reader of the first `len` bytes of `file`.
+    fn new(file: &'a dyn LogFile, file_id: u32, cipher: Option<&'a Cipher>, len: u64) -> Self {
+        Self {
             file,
             file_id,
             cipher,
-            file_len: file.size()?,
+            file_len: len,
             window: Vec::new(),
             window_start: 0,
-        })
+        }
     }
 
     /// The `len` bytes at `offset`, or `None` if the file ends before them.
