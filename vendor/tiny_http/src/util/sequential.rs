@@ -1,8 +1,7 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
+use super::handoff::{handoff, Giver, Taker};
 use std::sync::{Arc, Mutex};
 
 use std::mem;
@@ -19,7 +18,7 @@ where
     R: Read + Send,
 {
     First(R),
-    NotFirst(Receiver<R>),
+    NotFirst(Taker<R>),
 }
 
 pub struct SequentialReader<R>
@@ -27,7 +26,7 @@ where
     R: Read + Send,
 {
     inner: SequentialReaderInner<R>,
-    next: Sender<R>,
+    next: Giver<R>,
 }
 
 enum SequentialReaderInner<R>
@@ -35,7 +34,7 @@ where
     R: Read + Send,
 {
     MyTurn(R),
-    Waiting(Receiver<R>),
+    Waiting(Taker<R>),
     Empty,
 }
 
@@ -44,16 +43,16 @@ where
     W: Write + Send,
 {
     writer: Arc<Mutex<W>>,
-    next_trigger: Option<Receiver<()>>,
+    next_trigger: Option<Taker<()>>,
 }
 
 pub struct SequentialWriter<W>
 where
     W: Write + Send,
 {
-    trigger: Option<Receiver<()>>,
+    trigger: Option<Taker<()>>,
     writer: Arc<Mutex<W>>,
-    on_finish: Sender<()>,
+    on_finish: Giver<()>,
 }
 
 impl<R: Read + Send> SequentialReaderBuilder<R> {
@@ -78,7 +77,7 @@ impl<W: Write + Send> SequentialWriterBuilder<W> {
         if let Some(previous) = self.next_trigger.take() {
             // A writer signals when dropped; an error would mean it is gone
             // all the same.
-            let _ = previous.recv();
+            let _ = previous.take();
         }
     }
 }
@@ -87,7 +86,7 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
     type Item = SequentialReader<R>;
 
     fn next(&mut self) -> Option<SequentialReader<R>> {
-        let (tx, rx) = channel();
+        let (tx, rx) = handoff();
 
         let inner = mem::replace(&mut self.inner, SequentialReaderBuilderInner::NotFirst(rx));
 
@@ -108,7 +107,7 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
 impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
     type Item = SequentialWriter<W>;
     fn next(&mut self) -> Option<SequentialWriter<W>> {
-        let (tx, rx) = channel();
+        let (tx, rx) = handoff();
         let mut next_next_trigger = Some(rx);
         ::std::mem::swap(&mut next_next_trigger, &mut self.next_trigger);
 
@@ -130,7 +129,7 @@ impl<R: Read + Send> SequentialReader<R> {
     /// The reader, once the readers before this one are done with it.
     fn my_turn(&mut self) -> &mut R {
         if let SequentialReaderInner::Waiting(ref mut recv) = self.inner {
-            self.inner = SequentialReaderInner::MyTurn(recv.recv().unwrap());
+            self.inner = SequentialReaderInner::MyTurn(recv.take().unwrap());
         }
         match self.inner {
             SequentialReaderInner::MyTurn(ref mut reader) => reader,
@@ -156,7 +155,7 @@ impl<W: Write + Send> SequentialWriter<W> {
     /// Waits until the writers before this one are done.
     fn wait_turn(&mut self) {
         if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
+            v.take().unwrap()
         }
         self.trigger = None;
     }
@@ -190,11 +189,11 @@ where
 
         match inner {
             SequentialReaderInner::MyTurn(reader) => {
-                self.next.send(reader).ok();
+                self.next.give(reader);
             }
             SequentialReaderInner::Waiting(recv) => {
-                let reader = recv.recv().unwrap();
-                self.next.send(reader).ok();
+                let reader = recv.take().unwrap();
+                self.next.give(reader);
             }
             SequentialReaderInner::Empty => (),
         }
@@ -206,6 +205,6 @@ where
     W: Write + Send,
 {
     fn drop(&mut self) {
-        self.on_finish.send(()).ok();
+        self.on_finish.give(());
     }
 }
