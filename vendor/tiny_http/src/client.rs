@@ -420,6 +420,10 @@ pub fn serve_bytes(input: &[u8], read_ahead: usize, max_head: usize) -> Vec<u8> 
 /// byte before it (a CR at its end may still be followed by an LF).
 fn check_line_bytes(bytes: &[u8]) -> Result<(), ReadError> {
     for (i, &byte) in bytes.iter().enumerate() {
+        // Most bytes are printable: one comparison each.
+        if byte > b'\r' {
+            continue;
+        }
         let next = bytes.get(i + 1);
         let bad = match byte {
             0 => true,
