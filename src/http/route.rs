@@ -19,6 +19,10 @@ pub enum Route<'u> {
     AdminStats,
     /// `/api/admin/compact`: run a compaction now.
     AdminCompact,
+    /// `/api/admin/export`: every key as JSON Lines.
+    AdminExport,
+    /// `/api/admin/import`: keys from JSON Lines.
+    AdminImport,
     /// `/health`: is the node serving?
     Health,
     /// `/metrics`: Prometheus metrics.
@@ -42,6 +46,8 @@ pub fn route(url: &str) -> Route<'_> {
         "/api/batch" => Route::Batch,
         "/api/admin/stats" => Route::AdminStats,
         "/api/admin/compact" => Route::AdminCompact,
+        "/api/admin/export" => Route::AdminExport,
+        "/api/admin/import" => Route::AdminImport,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/api/watch" => Route::Watch,
@@ -142,6 +148,8 @@ mod tests {
         assert_eq!(route("/api/kvx/a"), Route::Unknown);
         assert_eq!(route("/api/admin/stats"), Route::AdminStats);
         assert_eq!(route("/api/admin/compact?x"), Route::AdminCompact);
+        assert_eq!(route("/api/admin/export?prefix=a"), Route::AdminExport);
+        assert_eq!(route("/api/admin/import"), Route::AdminImport);
         assert_eq!(route("/api/admin/other"), Route::Unknown);
         assert_eq!(route("/health"), Route::Health);
         assert_eq!(route("/metrics?x=1"), Route::Metrics);
