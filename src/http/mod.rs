@@ -39,6 +39,7 @@ mod ui;
 mod watch;
 mod websocket;
 
+pub use import::MAX_LINES as MAX_IMPORT_LINES;
 pub use patch::{parse as parse_patch, Operation as PatchOperation};
 
 use std::net::SocketAddr;

@@ -21,6 +21,7 @@ use tiny_http::{Method, Request};
 
 use super::query::Params;
 use super::reply::Reply;
+use super::route;
 use super::streams::{self, Place};
 use super::{sse, websocket, Context};
 use crate::watch::{Event, SinceTooOld, Subscription};
@@ -120,26 +121,13 @@ fn gone(too_old: SinceTooOld, query: &Query) -> Reply<'static> {
             "The changes after that version are no longer kept: the oldest version this node can resume after is {}. \
              Re-list the keys with GET /api/kv?prefix={}, then watch again without since (or with since={} or later).",
             too_old.oldest,
-            encoded(&query.prefix),
+            route::percent_encode(&query.prefix),
             too_old.oldest
         );
     Reply::document(
         410,
         &serde_json::json!({ "message": message, "oldest": too_old.oldest }),
     )
-}
-
-/// `prefix` percent-encoded for a query string.
-fn encoded(prefix: &str) -> String {
-    prefix
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The query of a watch request.
