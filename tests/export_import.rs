@@ -205,6 +205,7 @@ fn a_malformed_line_is_a_400_naming_it_and_nothing_of_its_request_is_written() {
     assert_eq!(reply["line"], 4);
     let message = reply["message"].as_str().unwrap();
     assert!(message.starts_with("Line 4: "), "{message}");
+    assert_eq!(put(port, "/api/kv/later", b"x").status, 201);
     for key in ["m/1", "m/2", "m/3", "m/4"] {
         assert_eq!(get(port, &format!("/api/kv/{key}")).status, 404, "{key}");
     }
@@ -243,6 +244,9 @@ fn a_locked_key_refuses_the_whole_request_and_expired_lines_are_skipped() {
     let resp = send(port, "POST", "/api/admin/import", &[], body);
     assert_eq!(resp.status, 409, "{}", resp.text());
     assert!(resp.text().contains("Line 3: "), "{}", resp.text());
+    // A write after it: with `sync: always` a record appended but never
+    // acknowledged would show once a later write is made durable.
+    assert_eq!(put(port, "/api/kv/later", b"x").status, 201);
     assert_eq!(get(port, "/api/kv/new/1").status, 404);
     assert_eq!(get(port, "/api/kv/new/2").status, 404);
     assert_eq!(get(port, "/api/kv/text/locked").body, b"{\"a\":1}");
