@@ -1,6 +1,6 @@
 //! `lucid import FILE`: sends a JSON Lines file (as `lucid export` writes
 //! it) to a running node's `POST /api/admin/import`, in requests of at most
-//! [`MAX_IMPORT_LINES`] lines and about [`REQUEST_BYTES`] each (a longer
+//! [`MAX_IMPORT_LINES`] lines and about 1 MiB each (a longer
 //! line goes alone), so neither side holds the whole file. Each request is
 //! applied all or nothing; a refused one stops the import, and the message
 //! names the file's line and how many keys earlier requests imported.

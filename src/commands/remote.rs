@@ -65,7 +65,7 @@ impl Answer {
 }
 
 /// The client the commands ask the node with: it connects within
-/// [`CONNECT_TIMEOUT`], then waits as long as the node takes to answer
+/// 5 s, then waits as long as the node takes to answer
 /// (an export or a compaction may take a while); any status is an answer.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
