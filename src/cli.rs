@@ -35,6 +35,10 @@ pub enum Command {
     Tokens(TokensArgs),
     /// `lucid health`
     Health(HealthArgs),
+    /// `lucid export`
+    Export(ExportArgs),
+    /// `lucid import`
+    Import(ImportArgs),
 }
 
 /// Write a commented configuration file (to --config, $LUCID_CONFIG or
@@ -112,6 +116,47 @@ pub struct HealthArgs {
     /// configured bind_address and port; 0.0.0.0 is asked on 127.0.0.1)
     #[argh(option)]
     pub url: Option<String>,
+}
+
+/// Write a running node's keys to stdout as JSON Lines (GET
+/// /api/admin/export), e.g. `lucid export > dump.jsonl`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "export")]
+pub struct ExportArgs {
+    /// export only the keys starting with this prefix
+    #[argh(option)]
+    pub prefix: Option<String>,
+
+    /// the node's address, e.g. http://127.0.0.1:7021 (default: the
+    /// configured bind_address and port)
+    #[argh(option)]
+    pub url: Option<String>,
+
+    /// a token with the admin scope (default: $LUCID_TOKEN, which other
+    /// users cannot see in ps)
+    #[argh(option)]
+    pub token: Option<String>,
+}
+
+/// Write the keys of a JSON Lines file (as `lucid export` writes it) into a
+/// running node (POST /api/admin/import), in atomic requests of up to 1000
+/// lines; prints how many keys were imported.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "import")]
+pub struct ImportArgs {
+    /// the JSON Lines file
+    #[argh(positional)]
+    pub file: PathBuf,
+
+    /// the node's address, e.g. http://127.0.0.1:7021 (default: the
+    /// configured bind_address and port)
+    #[argh(option)]
+    pub url: Option<String>,
+
+    /// a token with the admin scope (default: $LUCID_TOKEN, which other
+    /// users cannot see in ps)
+    #[argh(option)]
+    pub token: Option<String>,
 }
 
 /// Manage API tokens (signed with the config's authentication.secret_key).

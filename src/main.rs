@@ -21,6 +21,8 @@ fn main() -> ExitCode {
         cli::Command::Server(_) => commands::server::run(config),
         cli::Command::Check(check) => commands::check::run(config, check.repair),
         cli::Command::Compact(compact) => commands::compact::run(config, compact),
+        cli::Command::Export(export) => commands::export::run(config, export),
+        cli::Command::Import(import) => commands::import::run(config, import),
         cli::Command::Health(health) => commands::health::run(config, health.url.as_deref()),
         cli::Command::Tokens(tokens) => match tokens.command {
             cli::TokensCommand::Issue(issue) => commands::tokens::issue(config, issue),

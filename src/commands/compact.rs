@@ -87,7 +87,7 @@ fn ask_the_server(config: &Config, held: &str, token: Option<String>) -> Command
         .into());
     };
     let url = url.map_err(|why| format!("{held}, and it cannot be asked to compact: {why}"))?;
-    let answer = remote::post(&url, &token)?;
+    let answer = remote::post(&url, Some(&token), b"")?;
     if answer.status != 200 {
         return Err(format!(
             "{held}; asked to compact, it answered: {}",

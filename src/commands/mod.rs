@@ -19,7 +19,9 @@ macro_rules! say {
 
 pub mod check;
 pub mod compact;
+pub mod export;
 pub mod health;
+pub mod import;
 pub mod init;
 pub mod remote;
 pub mod server;

@@ -2,9 +2,10 @@
 //! commands that cannot do their work while it holds the data directory.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
-use crate::config::General;
+use crate::config::{Config, General};
 
 /// How long to wait for the node to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,19 +64,47 @@ impl Answer {
     }
 }
 
-/// Sends `POST url` with `token` as its bearer token, and waits as long as
-/// the node takes to answer.
-pub fn post(url: &str, token: &str) -> Result<Answer, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+/// The client the commands ask the node with: it connects within
+/// 5 s, then waits as long as the node takes to answer
+/// (an export or a compaction may take a while); any status is an answer.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .http_status_as_error(false)
         .max_redirects(0)
         .build()
-        .into();
-    let mut response = agent
-        .post(url)
-        .header("Authorization", format!("Bearer {token}"))
-        .send_empty()
+        .into()
+}
+
+/// The `Authorization` header's value for `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// The node's base URL: `given` (`--url`), else the one `config_path`'s
+/// config describes.
+pub fn base_url(config_path: Option<&Path>, given: Option<&str>) -> Result<String, String> {
+    match given {
+        Some(url) => Ok(url.trim_end_matches('/').to_string()),
+        None => {
+            let (config, _) = Config::load(config_path).map_err(|err| err.to_string())?;
+            url(&config.general, "").map_err(|err| format!("{err}: give --url"))
+        }
+    }
+}
+
+/// Sends `POST url` with `body` (JSON Lines, may be empty) and `token`, if
+/// any, as its bearer token, and waits as long as the node takes to answer.
+pub fn post(url: &str, token: Option<&str>, body: &[u8]) -> Result<Answer, String> {
+    let mut request = agent().post(url);
+    if let Some(token) = token {
+        request = request.header("Authorization", bearer(token));
+    }
+    if !body.is_empty() {
+        request = request.header("Content-Type", "application/jsonl");
+    }
+    let mut response = request
+        .send(body)
         .map_err(|err| format!("cannot ask the node at {url}: {err}"))?;
     let text = response
         .body_mut()

@@ -45,7 +45,9 @@ fn need<'u>(route: Route<'u>, url: &'u str, method: &Method, metrics_public: boo
             Need::Prefix(Access::Read, query_param(url, "prefix").unwrap_or(""))
         }
         Route::Batch => Need::Token,
-        Route::AdminStats | Route::AdminCompact => Need::Access(Access::Admin, None),
+        Route::AdminStats | Route::AdminCompact | Route::AdminExport | Route::AdminImport => {
+            Need::Access(Access::Admin, None)
+        }
         Route::Health | Route::Ui => Need::Open,
         Route::Metrics if metrics_public => Need::Open,
         Route::Metrics => Need::Access(Access::Admin, None),
@@ -179,7 +181,12 @@ mod tests {
                 Need::Access(Access::Write, Some("k"))
             );
         }
-        for admin in [Route::AdminStats, Route::AdminCompact] {
+        for admin in [
+            Route::AdminStats,
+            Route::AdminCompact,
+            Route::AdminExport,
+            Route::AdminImport,
+        ] {
             assert_eq!(
                 need(admin, "", &Method::Get, true),
                 Need::Access(Access::Admin, None)

@@ -21,7 +21,7 @@ use super::query::ttl_millis;
 use super::reply::{self, Reply};
 use super::Context;
 use crate::auth::{Access, Claims};
-use crate::memory;
+use crate::memory::{self, Reservation};
 use crate::store::engine::{now_ms, BatchError, BatchOp, BatchResult, Expect, WriteOutcome};
 use crate::store::record::MAX_CONTENT_TYPE_LEN;
 use crate::store::StoreError;
@@ -80,24 +80,10 @@ pub fn handle<'b>(
     if request.method() != &Method::Post {
         return Reply::method_not_allowed("POST");
     }
-    let limit = max_body(ctx);
-    if request.body_length().is_some_and(|len| len as u64 > limit) {
-        return too_large(limit);
-    }
-    let length = request.body_length().unwrap_or(limit as usize);
-    // The body, the values decoded from it, then the log frame built from
-    // those (the body is freed by then).
-    let Some(_reserved) = ctx.memory.reserve(memory::batch_need(length)) else {
-        return Reply::over_memory_budget();
+    let (body, _reserved) = match read_body(ctx, request, body_read, "A batch body") {
+        Ok(read) => read,
+        Err(reply) => return reply,
     };
-    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
-    if let Err(err) = request.as_reader().take(limit + 1).read_to_end(&mut body) {
-        return body_unreadable(&err);
-    }
-    *body_read = true;
-    if body.len() as u64 > limit {
-        return too_large(limit);
-    }
     let parsed = parse(ctx, &body);
     drop(body);
     let checked = match parsed {
@@ -133,6 +119,7 @@ pub fn handle<'b>(
                     content_type: &op.content_type,
                     value: &op.value,
                     expires_at_ms: op.expires_at_ms,
+                    locked: false,
                     expect: op.expect,
                 }
             } else {
@@ -186,15 +173,7 @@ fn check(
     now: u64,
     seen: &mut HashSet<String>,
 ) -> Result<Checked, String> {
-    if op.key.is_empty() || op.key.len() > ctx.max_key_bytes {
-        return Err(format!(
-            "the key must be 1 to {} bytes (storage.max_key_bytes)",
-            ctx.max_key_bytes
-        ));
-    }
-    if op.key.contains('\0') {
-        return Err("the key contains a NUL byte, which keys may not hold".into());
-    }
+    check_key(ctx, &op.key)?;
     if !seen.insert(op.key.clone()) {
         return Err(format!(
             "the key '{}' appears more than once in the batch",
@@ -233,30 +212,8 @@ fn check(
             put,
         });
     }
-    let value = match (op.value, op.value_base64) {
-        (Some(text), None) => text.into_owned().into_bytes(),
-        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-            .decode(encoded.as_bytes())
-            .map_err(|err| format!("value_base64 is not valid base64 ({err})"))?,
-        _ => return Err("a put takes exactly one of value and value_base64".into()),
-    };
-    let content_type = op
-        .content_type
-        .map_or(reply::DEFAULT_CONTENT_TYPE.to_vec(), String::into_bytes);
-    if content_type.len() > MAX_CONTENT_TYPE_LEN {
-        return Err(format!(
-            "the content type is longer than {MAX_CONTENT_TYPE_LEN} bytes"
-        ));
-    }
-    // It is sent back as a header: only what a header value may hold.
-    if !content_type
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-    {
-        return Err(
-            "the content type may hold only printable ASCII characters, spaces and tabs".into(),
-        );
-    }
+    let value = decode_value(op.value, op.value_base64)?;
+    let content_type = check_content_type(op.content_type)?;
     let expires_at_ms = match op.ttl {
         None => 0,
         Some(ttl) => {
@@ -277,6 +234,57 @@ fn check(
         expect,
         put,
     })
+}
+
+/// Checks a key given in a body: 1 to `storage.max_key_bytes` bytes,
+/// without NUL; the error says why not.
+pub(super) fn check_key(ctx: &Context, key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > ctx.max_key_bytes {
+        return Err(format!(
+            "the key must be 1 to {} bytes (storage.max_key_bytes)",
+            ctx.max_key_bytes
+        ));
+    }
+    if key.contains('\0') {
+        return Err("the key contains a NUL byte, which keys may not hold".into());
+    }
+    Ok(())
+}
+
+/// The value given in a body as exactly one of `value` (text) and
+/// `value_base64`.
+pub(super) fn decode_value(
+    value: Option<Cow<'_, str>>,
+    value_base64: Option<Cow<'_, str>>,
+) -> Result<Vec<u8>, String> {
+    match (value, value_base64) {
+        (Some(text), None) => Ok(text.into_owned().into_bytes()),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .map_err(|err| format!("value_base64 is not valid base64 ({err})")),
+        _ => Err("a put takes exactly one of value and value_base64".into()),
+    }
+}
+
+/// The content type given in a body (default: the PUT default), checked:
+/// it is sent back as a header, so only what a header value may hold.
+pub(super) fn check_content_type(content_type: Option<String>) -> Result<Vec<u8>, String> {
+    let content_type =
+        content_type.map_or(reply::DEFAULT_CONTENT_TYPE.to_vec(), String::into_bytes);
+    if content_type.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(format!(
+            "the content type is longer than {MAX_CONTENT_TYPE_LEN} bytes"
+        ));
+    }
+    if !content_type
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(
+            "the content type may hold only printable ASCII characters, spaces and tabs".into(),
+        );
+    }
+    Ok(content_type)
 }
 
 fn result_json(op: &Checked, result: BatchResult) -> serde_json::Value {
@@ -314,11 +322,39 @@ fn refused<'b>(index: usize, op: &Checked, error: StoreError) -> Reply<'b> {
     Reply::document(status, &json!({ "message": message, "operation": index }))
 }
 
-fn too_large<'b>(limit: u64) -> Reply<'b> {
+/// Reads a body of up to [`max_body`] bytes (`what`, as the 413 calls it)
+/// into memory, with room reserved in the budget for the values decoded
+/// from it and the log frame built from those (the body is freed by then);
+/// sets `body_read` once it has been read.
+pub(super) fn read_body<'c>(
+    ctx: &'c Context,
+    request: &mut Request,
+    body_read: &mut bool,
+    what: &str,
+) -> Result<(Vec<u8>, Reservation<'c>), Reply<'static>> {
+    let limit = max_body(ctx);
+    if request.body_length().is_some_and(|len| len as u64 > limit) {
+        return Err(too_large(what, limit));
+    }
+    let length = request.body_length().unwrap_or(limit as usize);
+    let reserved = ctx
+        .memory
+        .reserve(memory::batch_need(length))
+        .ok_or_else(Reply::over_memory_budget)?;
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
+    if let Err(err) = request.as_reader().take(limit + 1).read_to_end(&mut body) {
+        return Err(body_unreadable(&err));
+    }
+    *body_read = true;
+    if body.len() as u64 > limit {
+        return Err(too_large(what, limit));
+    }
+    Ok((body, reserved))
+}
+
+fn too_large(what: &str, limit: u64) -> Reply<'static> {
     Reply::message(
         413,
-        format!(
-            "A batch body is at most {limit} bytes (twice storage.max_value_bytes, plus 64 KiB)."
-        ),
+        format!("{what} is at most {limit} bytes (twice storage.max_value_bytes, plus 64 KiB)."),
     )
 }

@@ -21,9 +21,11 @@ mod admin;
 mod assets;
 mod batch;
 mod conditions;
+mod export;
 #[cfg(test)]
 mod faults;
 mod headers;
+mod import;
 mod kv;
 mod list;
 mod metrics;
@@ -33,10 +35,12 @@ mod query;
 mod reply;
 pub mod route;
 mod sse;
+mod streams;
 mod ui;
 mod watch;
 mod websocket;
 
+pub use import::MAX_LINES as MAX_IMPORT_LINES;
 pub use patch::{parse as parse_patch, Operation as PatchOperation};
 
 use std::net::SocketAddr;
@@ -74,7 +78,9 @@ pub struct Context {
     /// Set once a stop signal arrives.
     stopping: AtomicBool,
     /// Connected watchers and their cap.
-    watchers: Arc<watch::Watchers>,
+    watchers: Arc<streams::Streams>,
+    /// Exports being streamed and their cap.
+    exports: Arc<streams::Streams>,
     /// Token verification; `None` when authentication is off.
     auth: Option<Auth>,
     /// Whether `/metrics` needs no token.
@@ -96,7 +102,8 @@ impl Context {
             max_value_bytes,
             metrics: metrics::Metrics::default(),
             stopping: AtomicBool::new(false),
-            watchers: Arc::new(watch::Watchers::new(config::Watch::default().max_watchers)),
+            watchers: Arc::new(streams::Streams::new(config::Watch::default().max_watchers)),
+            exports: Arc::new(streams::Streams::new(export::MAX_EXPORTS)),
             auth: None,
             metrics_public: true,
             acknowledger: ack::Acknowledger::default(),
@@ -123,7 +130,7 @@ impl Context {
 
     /// Serves at most `max` watchers at once (`watch.max_watchers`).
     pub fn with_max_watchers(mut self, max: usize) -> Self {
-        self.watchers = Arc::new(watch::Watchers::new(max));
+        self.watchers = Arc::new(streams::Streams::new(max));
         self
     }
 
@@ -198,7 +205,7 @@ impl HttpServer {
             addr: ConfigListenAddr::IP(addresses),
             ssl,
             read_timeout: general.read_timeout(),
-            streams: Some(watch::is_watch),
+            streams: Some(streams::is_stream),
             connection_limit: Some(ConnectionLimit {
                 max: general.max_connections,
                 refusal: reply::too_many_connections(),
@@ -397,9 +404,9 @@ fn worker(server: &Server, ctx: &Context) {
             Ok(claims) => (claims, None),
             Err(reply) => (None, Some(reply)),
         };
-        if route == Route::Watch && !body_may_block && refused.is_none() {
+        if streams::is_streamed(route) && !body_may_block && refused.is_none() {
             let prepared = catch_panic(
-                || watch::prepare(ctx, &request),
+                || streams::prepare(ctx, route, &request),
                 || Err(Reply::internal_error()),
             );
             let status = match prepared {
@@ -415,7 +422,7 @@ fn worker(server: &Server, ctx: &Context) {
         }
         let stores_body = match route {
             Route::Kv { .. } => matches!(request.method(), Method::Put | Method::Patch),
-            Route::Batch => request.method() == &Method::Post,
+            Route::Batch | Route::AdminImport => request.method() == &Method::Post,
             _ => false,
         };
         let waits_for_fsync = ctx.store.syncs_every_write() && is_write(route, request.method());
@@ -433,6 +440,7 @@ fn worker(server: &Server, ctx: &Context) {
             Route::Batch => batch::handle(ctx, &mut request, body_read_ref, claims.as_ref()),
             Route::AdminStats => admin::stats(ctx, &request),
             Route::AdminCompact => admin::compact(ctx, &request),
+            Route::AdminImport => import::handle(ctx, &mut request, body_read_ref),
             Route::Health => admin::health(ctx, &request),
             Route::Metrics => admin::metrics(ctx, &request),
             Route::Ui if ctx.ui_enabled => ui::handle(&request, &url, ctx.auth.is_some()),
@@ -440,8 +448,8 @@ fn worker(server: &Server, ctx: &Context) {
                 404,
                 "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch, /api/watch and /api/admin/.",
             ),
-            // Only with a body: watchers are answered above.
-            Route::Watch => body_not_allowed(),
+            // Only with a body: streams are answered above.
+            Route::Watch | Route::AdminExport => body_not_allowed(),
         }
             },
             Reply::internal_error,
@@ -518,7 +526,7 @@ fn hold_until_durable<'b>(
 fn is_write(route: Route<'_>, method: &Method) -> bool {
     match route {
         Route::Kv { .. } => matches!(method, Method::Put | Method::Delete | Method::Patch),
-        Route::Batch => method == &Method::Post,
+        Route::Batch | Route::AdminImport => method == &Method::Post,
         _ => false,
     }
 }
@@ -527,7 +535,7 @@ fn is_write(route: Route<'_>, method: &Method) -> bool {
 fn body_not_allowed<'b>() -> Reply<'b> {
     Reply::message(
         413,
-        "Only PUT and PATCH /api/kv/{key} and POST /api/batch read a request body; this request must not carry one over 1 KiB.",
+        "Only PUT and PATCH /api/kv/{key}, POST /api/batch and POST /api/admin/import read a request body; this request must not carry one over 1 KiB.",
     )
 }
 

@@ -19,6 +19,10 @@ pub enum Route<'u> {
     AdminStats,
     /// `/api/admin/compact`: run a compaction now.
     AdminCompact,
+    /// `/api/admin/export`: every key as JSON Lines.
+    AdminExport,
+    /// `/api/admin/import`: keys from JSON Lines.
+    AdminImport,
     /// `/health`: is the node serving?
     Health,
     /// `/metrics`: Prometheus metrics.
@@ -42,6 +46,8 @@ pub fn route(url: &str) -> Route<'_> {
         "/api/batch" => Route::Batch,
         "/api/admin/stats" => Route::AdminStats,
         "/api/admin/compact" => Route::AdminCompact,
+        "/api/admin/export" => Route::AdminExport,
+        "/api/admin/import" => Route::AdminImport,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/api/watch" => Route::Watch,
@@ -112,6 +118,24 @@ pub fn percent_decode(raw: &str, out: &mut Vec<u8>, max_len: usize) -> Result<()
     Ok(())
 }
 
+/// `text` percent-encoded for a query string: every byte but letters,
+/// digits, `-._~` and `/` escaped.
+pub fn percent_encode(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(char::from(byte))
+            }
+            _ => {
+                let _ = write!(out, "%{byte:02X}");
+            }
+        }
+    }
+    out
+}
+
 fn hex_value(digit: u8) -> Option<u8> {
     match digit {
         b'0'..=b'9' => Some(digit - b'0'),
@@ -142,6 +166,8 @@ mod tests {
         assert_eq!(route("/api/kvx/a"), Route::Unknown);
         assert_eq!(route("/api/admin/stats"), Route::AdminStats);
         assert_eq!(route("/api/admin/compact?x"), Route::AdminCompact);
+        assert_eq!(route("/api/admin/export?prefix=a"), Route::AdminExport);
+        assert_eq!(route("/api/admin/import"), Route::AdminImport);
         assert_eq!(route("/api/admin/other"), Route::Unknown);
         assert_eq!(route("/health"), Route::Health);
         assert_eq!(route("/metrics?x=1"), Route::Metrics);
@@ -162,6 +188,14 @@ mod tests {
         assert_eq!(decoded("a%2541", 100).unwrap(), "a%41");
         assert_eq!(decoded("caf%C3%A9", 100).unwrap(), "café");
         assert_eq!(decoded("a+b", 100).unwrap(), "a+b");
+    }
+
+    #[test]
+    fn encoding_then_decoding_gives_the_text_back() {
+        let text = "a b/ç&=%+?#";
+        let encoded = percent_encode(text);
+        assert_eq!(encoded, "a%20b/%C3%A7%26%3D%25%2B%3F%23");
+        assert_eq!(decoded(&encoded, 100).unwrap(), text);
     }
 
     #[test]

@@ -15,16 +15,14 @@
 //! until it has accepted the request.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request};
 
 use super::query::Params;
-use super::reply::{Reply, Responder};
-use super::route::{self, Route};
+use super::reply::Reply;
+use super::route;
+use super::streams::{self, Place};
 use super::{sse, websocket, Context};
 use crate::watch::{Event, SinceTooOld, Subscription};
 
@@ -59,61 +57,6 @@ const GATHER: Duration = Duration::from_millis(1);
 /// The smallest `watch.queue` with which a watcher gathers changes: 256 in
 /// 1 ms would take 256,000 writes a second.
 const GATHER_MIN_QUEUE: usize = 256;
-
-/// Whether tiny_http must treat `request` as the last on its connection:
-/// a watch answers with a stream that lasts as long as the connection (see
-/// `ServerConfig::streams` in `vendor/tiny_http/PATCHES.md`).
-pub fn is_watch(request: &Request) -> bool {
-    request.method() == &Method::Get && route::route(request.url()) == Route::Watch
-}
-
-/// The watcher cap (`watch.max_watchers`) and the number connected.
-pub struct Watchers {
-    connected: AtomicUsize,
-    max: usize,
-}
-
-impl Watchers {
-    /// At most `max` watchers at once.
-    pub fn new(max: usize) -> Self {
-        Self {
-            connected: AtomicUsize::new(0),
-            max,
-        }
-    }
-
-    /// Watchers connected now.
-    pub fn connected(&self) -> usize {
-        self.connected.load(Ordering::SeqCst)
-    }
-
-    /// Waits, until `deadline` at most, for every watcher to be gone (after
-    /// the change feed was closed, they are closing their streams).
-    pub fn wait_gone(&self, deadline: Instant) {
-        while self.connected() > 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Takes a place for one more watcher, if the cap allows.
-    fn admit(self: &Arc<Self>) -> Option<Place> {
-        self.connected
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Place(Arc::clone(self)))
-    }
-}
-
-/// One watcher's place under the cap, given back when dropped.
-struct Place(Arc<Watchers>);
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.0.connected.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// How the events reach the client.
 enum Protocol {
@@ -153,7 +96,7 @@ pub fn prepare(ctx: &Context, request: &Request) -> Result<Watcher, Reply<'stati
             503,
             format!(
                 "The node already serves {} watchers, its limit (watch.max_watchers). Retry later.",
-                ctx.watchers.max
+                ctx.watchers.max()
             ),
         )
     })?;
@@ -178,26 +121,13 @@ fn gone(too_old: SinceTooOld, query: &Query) -> Reply<'static> {
             "The changes after that version are no longer kept: the oldest version this node can resume after is {}. \
              Re-list the keys with GET /api/kv?prefix={}, then watch again without since (or with since={} or later).",
             too_old.oldest,
-            encoded(&query.prefix),
+            route::percent_encode(&query.prefix),
             too_old.oldest
         );
     Reply::document(
         410,
         &serde_json::json!({ "message": message, "oldest": too_old.oldest }),
     )
-}
-
-/// `prefix` percent-encoded for a query string.
-fn encoded(prefix: &str) -> String {
-    prefix
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The query of a watch request.
@@ -259,39 +189,16 @@ fn last_event_id(request: &Request) -> Result<Option<u64>, Reply<'static>> {
 
 impl Watcher {
     /// Hands the connection to a new thread that serves this watcher, and
-    /// returns the status it answers with (101 or 200). If no thread can be
-    /// started, answers 503 instead.
+    /// returns the status it answers with (101 or 200; 503 if no thread can
+    /// be started).
     pub fn start(self, request: Request) -> u16 {
         let status = match self.protocol {
             Protocol::Sse => 200,
             Protocol::WebSocket(_) => 101,
         };
-        // Held here too, so the request can still be answered if the
-        // thread cannot start (the closure is dropped then).
-        let handoff = Arc::new(Mutex::new(Some(request)));
-        let theirs = Arc::clone(&handoff);
-        let spawned = thread::Builder::new()
-            .name("lucid-watch".into())
-            .stack_size(STACK_SIZE)
-            .spawn(move || {
-                if let Some(request) = take(&theirs) {
-                    self.serve(request);
-                }
-            });
-        match spawned {
-            Ok(_) => status,
-            Err(err) => {
-                log::warn!("cannot start a watcher thread: {err}");
-                if let Some(request) = take(&handoff) {
-                    Reply::message(
-                        503,
-                        "The node cannot start another watcher now. Retry later.",
-                    )
-                    .send(request, &mut Responder::default());
-                }
-                503
-            }
-        }
+        streams::hand_over(request, "lucid-watch", STACK_SIZE, status, move |request| {
+            self.serve(request)
+        })
     }
 
     fn serve(self, request: Request) {
@@ -320,10 +227,6 @@ impl Watcher {
             Err(err) => log::debug!("watcher disconnected: {err}"),
         }
     }
-}
-
-fn take(handoff: &Mutex<Option<Request>>) -> Option<Request> {
-    handoff.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 /// How a watcher's events reach its client: one implementation per protocol.

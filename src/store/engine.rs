@@ -146,6 +146,8 @@ pub enum BatchOp<'a> {
         value: &'a [u8],
         /// Absolute expiry, 0 = never.
         expires_at_ms: u64,
+        /// Whether the key is locked once written.
+        locked: bool,
         /// Condition on the key's current state.
         expect: Expect,
     },
@@ -782,9 +784,13 @@ impl Store {
                     content_type,
                     value,
                     expires_at_ms,
+                    locked,
                     ..
                 } => {
-                    let meta = RecordMeta::put(key, content_type, expires_at_ms);
+                    let meta = RecordMeta {
+                        locked,
+                        ..RecordMeta::put(key, content_type, expires_at_ms)
+                    };
                     FrameBuilder::add(buf, &meta, value);
                     let outcome = if state.is_some() {
                         WriteOutcome::Updated

@@ -210,6 +210,7 @@ pub fn batch_put<'a>(key: &'a str, value: &'a [u8]) -> BatchOp<'a> {
         content_type: b"text/plain",
         value,
         expires_at_ms: 0,
+        locked: false,
         expect: Expect::Any,
     }
 }

@@ -529,12 +529,32 @@ impl Request {
     /// on another, the connection would stay open after the writer is
     /// dropped.
     pub fn into_stream<R: Read>(
+        self,
+        response: Response<R>,
+    ) -> io::Result<Box<dyn Write + Send + 'static>> {
+        self.into_stream_framed(response, false)
+    }
+
+    /// Lucid patch: `into_stream`, but sending `Transfer-Encoding: chunked`:
+    /// the caller writes the body's chunks, the last one included. A body
+    /// cut short (the writer dropped before the last chunk) is then seen
+    /// as incomplete by the client, where one ended by closing the
+    /// connection would not be.
+    pub fn into_chunked_stream<R: Read>(
+        self,
+        response: Response<R>,
+    ) -> io::Result<Box<dyn Write + Send + 'static>> {
+        self.into_stream_framed(response, true)
+    }
+
+    fn into_stream_framed<R: Read>(
         mut self,
         response: Response<R>,
+        chunked: bool,
     ) -> io::Result<Box<dyn Write + Send + 'static>> {
         let mut writer = self.extract_writer_impl();
         let printed = response
-            .print_head_until_close(writer.by_ref(), &self.http_version)
+            .print_head_until_close(writer.by_ref(), &self.http_version, chunked)
             .and_then(|()| writer.flush());
         let writer = match self.notify_when_responded.take() {
             Some(sender) => Box::new(NotifyOnDrop {

@@ -456,11 +456,13 @@ where
     /// Lucid patch: writes the status line and the headers, adding `Date`,
     /// `Server` and `Connection: close`, but no framing header and no body:
     /// the body is what follows until the connection closes (see
-    /// `Request::into_stream`).
+    /// `Request::into_stream`). With `chunked`, `Transfer-Encoding:
+    /// chunked` is sent too, and the caller writes the chunks.
     pub(crate) fn print_head_until_close<W: Write>(
         mut self,
         writer: W,
         http_version: &HTTPVersion,
+        chunked: bool,
     ) -> IoResult<()> {
         self.headers.retain(|h| {
             !(h.field.equiv("Connection")
@@ -469,6 +471,10 @@ where
         });
         self.headers
             .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        if chunked {
+            self.headers
+                .push(Header::from_bytes(&b"Transfer-Encoding"[..], &b"chunked"[..]).unwrap());
+        }
         if !self.headers.iter().any(|h| h.field.equiv("Date")) {
             self.headers.insert(0, build_date_header());
         }

@@ -1,0 +1,202 @@
+//! `POST /api/admin/import`: keys from JSON Lines, as `GET
+//! /api/admin/export` writes them (see `export.rs`), applied as one atomic
+//! batch: all of a request's keys or none.
+//!
+//! A request holds at most [`MAX_LINES`] lines and is bounded in bytes as a
+//! batch's body is (it is read into memory); `lucid import` splits a file
+//! into such requests. Each line is an object with `key`, `value` (text) or
+//! `value_base64`, and optionally `content_type`, `expires_at`
+//! (milliseconds since the epoch, or null), `locked` and `version`. The
+//! version is ignored: a version is the sequence number of the node that
+//! wrote the key, so the imported keys get new ones here. A key whose
+//! `expires_at` has passed is skipped and counted. Blank lines are
+//! ignored. A malformed line is a 400 naming its line number, and nothing
+//! of the request is written.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::json;
+use tiny_http::{Method, Request};
+
+use super::batch::{self, check_content_type, check_key, decode_value, read_body};
+use super::kv::store_error;
+use super::reply::Reply;
+use super::Context;
+use crate::store::engine::{now_ms, BatchError, BatchOp, Expect};
+use crate::store::StoreError;
+
+/// Most lines (keys) in one request.
+pub const MAX_LINES: usize = batch::MAX_OPERATIONS;
+
+/// One line as sent. Values borrow from the body where they can.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line<'a> {
+    key: String,
+    #[serde(borrow)]
+    value: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    value_base64: Option<Cow<'a, str>>,
+    content_type: Option<String>,
+    /// The exporting node's version: accepted, not kept.
+    #[serde(rename = "version")]
+    _version: Option<IgnoredAny>,
+    expires_at: Option<u64>,
+    #[serde(default)]
+    locked: bool,
+}
+
+/// A line checked and decoded, ready to be written.
+struct Checked {
+    /// Its line number in the body, from 1.
+    number: usize,
+    key: String,
+    value: Vec<u8>,
+    content_type: Vec<u8>,
+    expires_at_ms: u64,
+    locked: bool,
+}
+
+/// What was wrong with a line: the status and why.
+struct Refusal {
+    number: usize,
+    status: u16,
+    why: String,
+}
+
+impl Refusal {
+    fn bad(number: usize, why: impl Into<String>) -> Self {
+        Self {
+            number,
+            status: 400,
+            why: why.into(),
+        }
+    }
+
+    fn reply(self) -> Reply<'static> {
+        let message = format!(
+            "Line {}: {}; nothing from this request was written.",
+            self.number, self.why
+        );
+        Reply::document(
+            self.status,
+            &json!({ "message": message, "line": self.number, "imported": 0 }),
+        )
+    }
+}
+
+/// Answers `POST /api/admin/import`; sets `body_read` once the body has
+/// been read.
+pub fn handle<'b>(ctx: &Context, request: &mut Request, body_read: &mut bool) -> Reply<'b> {
+    if request.method() != &Method::Post {
+        return Reply::method_not_allowed("POST");
+    }
+    let (body, _reserved) = match read_body(ctx, request, body_read, "An import body") {
+        Ok(read) => read,
+        Err(reply) => return reply,
+    };
+    let parsed = parse(ctx, &body, now_ms());
+    drop(body);
+    let (lines, expired) = match parsed {
+        Ok(parsed) => parsed,
+        Err(refusal) => return refusal.reply(),
+    };
+    let ops: Vec<BatchOp<'_>> = lines
+        .iter()
+        .map(|line| BatchOp::Put {
+            key: line.key.as_bytes(),
+            content_type: &line.content_type,
+            value: &line.value,
+            expires_at_ms: line.expires_at_ms,
+            locked: line.locked,
+            expect: Expect::Any,
+        })
+        .collect();
+    match ctx.store.batch(&ops, &mut Vec::new()) {
+        Ok(_) => Reply::document(
+            200,
+            &json!({ "imported": lines.len(), "skipped_expired": expired }),
+        ),
+        Err(BatchError {
+            index,
+            error: StoreError::Locked,
+        }) => Refusal {
+            number: lines[index].number,
+            status: 409,
+            why: format!(
+                "the key '{}' is locked on this node",
+                lines[index].key.escape_default()
+            ),
+        }
+        .reply(),
+        Err(BatchError { error, .. }) => store_error(error),
+    }
+}
+
+/// Parses and checks every line of `body`: the keys to write, and how many
+/// lines were skipped because they had expired by `now`.
+fn parse(ctx: &Context, body: &[u8], now: u64) -> Result<(Vec<Checked>, usize), Refusal> {
+    let mut lines = Vec::new();
+    let mut expired = 0;
+    let mut seen = HashSet::new();
+    for (index, text) in body.split(|&b| b == b'\n').enumerate() {
+        let number = index + 1;
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if lines.len() + expired == MAX_LINES {
+            return Err(Refusal {
+                number,
+                status: 413,
+                why: format!("a request holds at most {MAX_LINES} lines; send the rest in another (lucid import does)"),
+            });
+        }
+        let line: Line = serde_json::from_slice(text).map_err(|err| {
+            Refusal::bad(
+                number,
+                format!("not a JSON object like {{\"key\": \"k\", \"value\": \"v\"}} ({err})"),
+            )
+        })?;
+        let checked = check(ctx, line, number).map_err(|why| Refusal::bad(number, why))?;
+        if !seen.insert(checked.key.clone()) {
+            return Err(Refusal::bad(
+                number,
+                format!(
+                    "the key '{}' appears on an earlier line too",
+                    checked.key.escape_default()
+                ),
+            ));
+        }
+        if checked.value.len() > ctx.max_value_bytes {
+            return Err(Refusal {
+                number,
+                status: 413,
+                why: format!(
+                    "the value is larger than the limit of {} bytes (storage.max_value_bytes)",
+                    ctx.max_value_bytes
+                ),
+            });
+        }
+        if checked.expires_at_ms != 0 && checked.expires_at_ms <= now {
+            expired += 1;
+        } else {
+            lines.push(checked);
+        }
+    }
+    Ok((lines, expired))
+}
+
+fn check(ctx: &Context, line: Line<'_>, number: usize) -> Result<Checked, String> {
+    check_key(ctx, &line.key)?;
+    Ok(Checked {
+        number,
+        value: decode_value(line.value, line.value_base64)?,
+        content_type: check_content_type(line.content_type)?,
+        key: line.key,
+        expires_at_ms: line.expires_at.unwrap_or(0),
+        locked: line.locked,
+    })
+}
