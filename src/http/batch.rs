@@ -65,37 +65,33 @@ struct Checked {
 
 /// Largest batch body: room for two values of the maximum size in base64,
 /// plus the JSON around them.
-fn max_body(ctx: &Context) -> u64 {
-    2 * ctx.max_value_bytes as u64 + 64 * 1024
+pub fn max_body(max_value_bytes: usize) -> usize {
+    2 * max_value_bytes + 64 * 1024
 }
 
-/// Answers `POST /api/batch`; sets `body_read` once the body has been read.
-/// With authentication on, `claims` must grant `write` on every key.
-pub fn handle<'b>(
-    ctx: &Context,
-    request: &mut Request,
-    body_read: &mut bool,
-    claims: Option<&Claims>,
-) -> Reply<'b> {
+/// Answers `POST /api/batch` (one whose declared length is within
+/// [`max_body`]: see `http::admit`). With authentication on, `claims` must
+/// grant `write` on every key.
+pub fn handle<'b>(ctx: &Context, request: &mut Request, claims: Option<&Claims>) -> Reply<'b> {
     if request.method() != &Method::Post {
         return Reply::method_not_allowed("POST");
     }
-    let limit = max_body(ctx);
-    if request.body_length().is_some_and(|len| len as u64 > limit) {
-        return too_large(limit);
-    }
-    let length = request.body_length().unwrap_or(limit as usize);
+    let limit = max_body(ctx.max_value_bytes);
+    let length = request.body_length().unwrap_or(limit);
     // The body, the values decoded from it, then the log frame built from
     // those (the body is freed by then).
     let Some(_reserved) = ctx.memory.reserve(memory::batch_need(length)) else {
         return Reply::over_memory_budget();
     };
     let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
-    if let Err(err) = request.as_reader().take(limit + 1).read_to_end(&mut body) {
+    if let Err(err) = request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+    {
         return body_unreadable(&err);
     }
-    *body_read = true;
-    if body.len() as u64 > limit {
+    if body.len() > limit {
         return too_large(limit);
     }
     let parsed = parse(ctx, &body);
@@ -314,7 +310,7 @@ fn refused<'b>(index: usize, op: &Checked, error: StoreError) -> Reply<'b> {
     Reply::document(status, &json!({ "message": message, "operation": index }))
 }
 
-fn too_large<'b>(limit: u64) -> Reply<'b> {
+pub fn too_large<'b>(limit: usize) -> Reply<'b> {
     Reply::message(
         413,
         format!(
