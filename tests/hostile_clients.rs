@@ -431,3 +431,52 @@ fn authenticated_tricklers_of_every_kind_hold_no_worker() {
     });
     normal_put_and_get(port, &token, 16);
 }
+
+/// A benchmark, not a test (`bench/tricklers.sh`): a normal client's PUT
+/// and GET latency on an idle node, then beside [`tricklers`], each over
+/// 20 s (two rounds of the tricklers being cut off and coming back).
+#[test]
+#[ignore = "a benchmark: run by bench/tricklers.sh"]
+fn latency_beside_authenticated_tricklers() {
+    let (node, token) = secured_small_budget();
+    let port = node.port();
+    let measure = |first: usize| {
+        let (mut puts, mut gets) = (Vec::new(), Vec::new());
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            let (put, get) = normal_put_and_get(port, &token, first + puts.len());
+            puts.push(put);
+            gets.push(get);
+            thread::sleep(Duration::from_millis(20));
+        }
+        (puts, gets)
+    };
+    let idle = measure(0);
+    let stop = AtomicBool::new(false);
+    let beside = thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        tricklers(scope, port, &token, &stop);
+        thread::sleep(Duration::from_secs(3));
+        measure(1_000_000)
+    });
+    println!(
+        "normal client, ms: median / p99 / max over n requests (tricklers: {} of each of 4 kinds)",
+        TRICKLERS_PER_KIND
+    );
+    for (what, mut took) in [
+        ("PUT idle", idle.0),
+        ("PUT beside tricklers", beside.0),
+        ("GET idle", idle.1),
+        ("GET beside tricklers", beside.1),
+    ] {
+        took.sort();
+        let ms = |at: usize| took[at.min(took.len() - 1)].as_secs_f64() * 1000.0;
+        let n = took.len();
+        println!(
+            "{what:>22}: {:7.2} / {:7.2} / {:7.2}  (n = {n})",
+            ms(n / 2),
+            ms(n * 99 / 100),
+            ms(n - 1)
+        );
+    }
+}

@@ -526,20 +526,21 @@ fn admit(
 ) -> Result<Option<Claims>, Reply<'static>> {
     let claims = access::check(ctx, request, url, route, scratch)?;
     let Some(limit) = body_limit(ctx, route, request.method()) else {
-        return match body_may_block(request) {
-            true => Err(body_not_allowed()),
-            false => Ok(claims),
-        };
+        if body_after_head(request) {
+            return Err(body_not_allowed());
+        }
+        return Ok(claims);
     };
-    if request.body_length().is_some_and(|len| len > limit) {
-        return Err(match route {
-            Route::Batch => batch::too_large(limit),
-            _ => kv::too_large(ctx.max_value_bytes),
-        });
-    }
     if let Route::Kv { raw_key } = route {
         route::decode_key(raw_key, scratch, ctx.max_key_bytes)
             .map_err(|err| kv::key_error(err, ctx.max_key_bytes))?;
+    }
+    if request.body_length().is_some_and(|len| len > limit) {
+        return Err(match (route, request.method()) {
+            (Route::Batch, _) => batch::too_large(limit),
+            (_, Method::Patch) => patch::too_large(),
+            _ => kv::too_large(limit),
+        });
     }
     Ok(claims)
 }
@@ -591,7 +592,7 @@ const PREBUFFERED_BODY: usize = 1024;
 
 /// Whether the request came with a body that was not read along with its
 /// head, so that a route reading none refuses it rather than ignore it.
-fn body_may_block(request: &Request) -> bool {
+fn body_after_head(request: &Request) -> bool {
     let expects_continue = || {
         request.headers().iter().any(|h| {
             h.field.equiv("Expect") && h.value.as_str().eq_ignore_ascii_case("100-continue")

@@ -217,7 +217,7 @@ pub fn handle<'b>(
         return body_unreadable(&err);
     }
     if body.len() > MAX_BODY {
-        return Reply::message(413, format!("A PATCH body is at most {MAX_BODY} bytes."));
+        return too_large();
     }
     let operation = match parse(&body) {
         Ok(operation) => operation,
@@ -232,6 +232,11 @@ pub fn handle<'b>(
         Err(Refusal::Store(err)) => store_error(err),
         Err(Refusal::Reply(reply)) => reply,
     }
+}
+
+/// The 413 for a body over [`MAX_BODY`].
+pub fn too_large<'b>() -> Reply<'b> {
+    Reply::message(413, format!("A PATCH body is at most {MAX_BODY} bytes."))
 }
 
 /// Builds the key's new record for `operation` in `buf`, or refuses.
