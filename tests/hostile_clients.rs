@@ -432,6 +432,69 @@ fn authenticated_tricklers_of_every_kind_hold_no_worker() {
     normal_put_and_get(port, &token, 16);
 }
 
+#[test]
+fn a_body_without_room_in_the_read_ahead_budget_gets_503_and_reaches_no_worker() {
+    let (node, token) = secured_small_budget();
+    let port = node.port();
+    // The budget's read-ahead share holds three such bodies, not four.
+    let head = format!(
+        "PUT /api/kv/large HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {LARGE_BODY}\r\n\r\n"
+    );
+    let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(port)).collect();
+    thread::scope(|scope| {
+        for conn in &conns {
+            let mut writer = conn.writer();
+            let head = head.as_bytes();
+            scope.spawn(move || {
+                writer.write_all(head).unwrap();
+                writer.write_all(&vec![b'l'; LARGE_BODY - 1024]).unwrap();
+            });
+        }
+    });
+    // All but their last KiB sent: one was refused once no room came
+    // within 2 s; the others wait for the rest of their bodies (for less
+    // than the node's 10 s read timeout).
+    let answers: Vec<Option<Response>> = thread::scope(|scope| {
+        let reading: Vec<_> = (conns.iter_mut())
+            .map(|conn| {
+                scope.spawn(|| {
+                    conn.set_read_timeout(Duration::from_secs(4));
+                    conn.read_response(false).ok()
+                })
+            })
+            .collect();
+        reading.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let refused: Vec<usize> = (0..4).filter(|&n| answers[n].is_some()).collect();
+    assert_eq!(refused.len(), 1, "answered early: {answers:?}");
+    let resp = answers[refused[0]].as_ref().unwrap();
+    assert_error(resp, 503, None);
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    normal_put_and_get(port, &token, 0);
+    // The others' bodies, once whole, are stored.
+    for (n, conn) in conns.iter_mut().enumerate() {
+        if n != refused[0] {
+            conn.set_read_timeout(IO_TIMEOUT);
+            conn.write_raw(&[b'l'; 1024]).unwrap();
+            let resp = conn.read_response(false).unwrap();
+            assert!(matches!(resp.status, 200 | 201), "{resp:?}");
+        }
+    }
+    let bearer = format!("Bearer {token}");
+    let stored = request(
+        port,
+        "GET",
+        "/api/kv/large",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert!(
+        stored.body == vec![b'l'; LARGE_BODY],
+        "the stored value differs"
+    );
+}
+
 /// A benchmark, not a test (`bench/tricklers.sh`): a normal client's PUT
 /// and GET latency on an idle node, then beside [`tricklers`], each over
 /// 20 s (two rounds of the tricklers being cut off and coming back).
