@@ -167,10 +167,10 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds the configured address. A request whose body did not come with
-    /// its head is screened ([`admit`]) by its connection's thread, which
-    /// then reads the body whole before a worker sees the request, so a
-    /// client trickling its body never holds a worker; request heads are
-    /// limited to [`head_limit`] bytes.
+    /// its head is checked by its connection's thread, with the workers'
+    /// own rules, which then reads the body whole before a worker sees the
+    /// request, so a client trickling its body never holds a worker;
+    /// request heads are limited to [`head_limit`] bytes.
     pub fn bind(general: &General, storage: &Storage) -> Result<Self, String> {
         let addresses = general.listen_addresses()?;
         if general.ip_address().is_none() {

@@ -237,7 +237,10 @@ pub struct ServerConfig {
 /// is handed to `recv`, so the caller decides on a request before its
 /// client sends the body and never waits for that body itself.
 #[derive(Clone)]
-pub struct Screen(pub Arc<dyn Fn(&Request) -> Option<Vec<u8>> + Send + Sync>);
+pub struct Screen(pub Arc<ScreenFn>);
+
+/// Lucid patch: the caller's function behind a [`Screen`].
+pub type ScreenFn = dyn Fn(&Request) -> Option<Vec<u8>> + Send + Sync;
 
 impl std::fmt::Debug for Screen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
