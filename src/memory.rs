@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 /// index of a store of up to some hundred thousand keys, small buffers.
 pub const NODE_SHARE: usize = 24 * 1024 * 1024;
 
-/// How long a request waits for room in the budget before it is refused.
-pub const WAIT: Duration = Duration::from_secs(2);
+/// How long a request waits for room in the budget before it is refused:
+/// as long as tiny_http lets a body read ahead wait for its room.
+pub const WAIT: Duration = tiny_http::READ_AHEAD_PATIENCE;
 
 /// The longest record a store with values of up to `max_value_bytes`
 /// holds: a batch frame of the largest batch body (see `http::batch`),
@@ -95,11 +96,7 @@ impl MemoryBudget {
             if left.is_zero() || bytes > self.cap {
                 return None;
             }
-            usage = self
-                .freed
-                .wait_timeout(usage, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            usage = self.wait_for_room(usage, left);
         }
         usage.in_use += bytes;
         Some(Reservation {
@@ -123,21 +120,39 @@ impl MemoryBudget {
         self.freed.notify_all();
     }
 
+    /// Waits until bytes are given back, or `left` has passed.
+    fn wait_for_room<'u>(
+        &self,
+        usage: MutexGuard<'u, Usage>,
+        left: Duration,
+    ) -> MutexGuard<'u, Usage> {
+        self.freed
+            .wait_timeout(usage, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
     fn lock(&self) -> MutexGuard<'_, Usage> {
         self.usage.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Read-ahead bodies take at most half of the budget, without waiting.
+/// Read-ahead bodies take at most half of the budget.
 impl tiny_http::BodyBudget for MemoryBudget {
-    fn try_reserve(&self, bytes: usize) -> bool {
+    fn reserve_by(&self, bytes: usize, deadline: Instant) -> bool {
         let mut usage = self.lock();
-        let room = usage.in_use + bytes <= self.cap && usage.read_ahead + bytes <= self.cap / 2;
-        if room {
-            usage.in_use += bytes;
-            usage.read_ahead += bytes;
+        loop {
+            if usage.in_use + bytes <= self.cap && usage.read_ahead + bytes <= self.cap / 2 {
+                usage.in_use += bytes;
+                usage.read_ahead += bytes;
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            usage = self.wait_for_room(usage, left);
         }
-        room
     }
 
     fn release(&self, bytes: usize) {
@@ -187,6 +202,15 @@ mod tests {
         assert!(!budget.try_reserve(1), "the budget is full");
         budget.release(40);
         assert!(!budget.try_reserve(41), "read-ahead takes at most half");
+        std::thread::scope(|scope| {
+            assert!(budget.try_reserve(20));
+            let (budget, patient) = (&budget, Instant::now() + Duration::from_secs(60));
+            let waiting = scope.spawn(move || budget.reserve_by(30, patient));
+            std::thread::sleep(Duration::from_millis(50));
+            budget.release(20);
+            assert!(waiting.join().unwrap(), "read-ahead waits for room");
+            budget.release(30);
+        });
         assert!(budget.reserve(101).is_none(), "more than the whole budget");
         std::thread::scope(|scope| {
             let waiting = scope.spawn(|| budget.reserve(80).map(|r| r.bytes));

@@ -269,3 +269,277 @@ fn six_hundred_tricklers_do_not_keep_a_normal_client_out() {
     });
     node.assert_serving();
 }
+
+/// The secret of [`secured_small_budget`]'s node.
+const SECRET: &str = "hostile-secret-0123456789-abcdefghijkl";
+
+/// A node with authentication on and the smallest memory budget its 16 MiB
+/// values allow, so that a few large bodies fill the share read ahead; and
+/// a token that may read and write every key.
+fn secured_small_budget() -> (Node, String) {
+    let node = Config::new()
+        .raw("storage", "memory_budget: 253000000")
+        .raw("authentication", "enabled: true")
+        .raw("authentication", &format!("secret_key: \"{SECRET}\""))
+        .start();
+    let issued = node.run(&[
+        "tokens",
+        "issue",
+        "--scope",
+        "read",
+        "--scope",
+        "write",
+        "--expires",
+        "1h",
+    ]);
+    assert!(issued.status.success(), "{issued:?}");
+    let token = String::from_utf8(issued.stdout).unwrap().trim().to_string();
+    (node, token)
+}
+
+/// How many trickling clients of each kind [`Tricklers`] keeps connected.
+const TRICKLERS_PER_KIND: usize = 16;
+
+/// Length a large trickled PUT declares: more than the read-ahead's share
+/// of [`secured_small_budget`]'s memory budget holds for all of them.
+const LARGE_BODY: usize = 16 << 20;
+
+/// Authenticated clients that trickle, each kind [`TRICKLERS_PER_KIND`]
+/// times: a PUT with `Expect: 100-continue` and `Content-Length: 1000`
+/// sending a body byte a second; a chunked PUT sending a byte a second; a
+/// head sent a byte a second; and a PUT declaring [`LARGE_BODY`] bytes that
+/// sends all but 1 KiB at once, then a byte every 7 s. A client cut off
+/// (408, 503, closed) connects again and starts over. They stop when
+/// `stop` is set.
+fn tricklers<'s>(scope: &'s thread::Scope<'s, '_>, port: u16, token: &str, stop: &'s AtomicBool) {
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let put = |key: &str, framing: &str| {
+        format!("PUT /api/kv/{key} HTTP/1.1\r\nHost: x\r\n{auth}{framing}\r\n\r\n").into_bytes()
+    };
+    // (what is sent at once, what is then trickled a byte a second)
+    let mut scripts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for n in 0..TRICKLERS_PER_KIND {
+        let continuing = "Content-Length: 1000\r\nExpect: 100-continue";
+        scripts.push((put(&format!("expect-{n}"), continuing), vec![b'e'; 1000]));
+        let chunked_body = chunked(&[&[b'c'; 64 * 1024]]);
+        let chunked_head = put(&format!("chunked-{n}"), "Transfer-Encoding: chunked");
+        scripts.push((chunked_head, chunked_body));
+        let mut head = ENDLESS_HEAD.to_vec();
+        head.extend(std::iter::repeat_n(b'a', 64 * 1024));
+        scripts.push((Vec::new(), head));
+    }
+    scope.spawn(move || {
+        let open = |(at_once, _): &(Vec<u8>, Vec<u8>)| {
+            let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+            stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+            stream.write_all(at_once).ok()?;
+            Some(stream)
+        };
+        let mut streams: Vec<(Option<TcpStream>, usize)> =
+            scripts.iter().map(|script| (open(script), 0)).collect();
+        while !stop.load(Ordering::SeqCst) {
+            for ((stream, sent), script) in streams.iter_mut().zip(&scripts) {
+                let byte = script.1.get(*sent).copied().unwrap_or(b'a');
+                match stream.as_mut().map(|s| s.write_all(&[byte])) {
+                    Some(Ok(())) => *sent += 1,
+                    _ => (*stream, *sent) = (open(script), 0),
+                }
+            }
+            thread::sleep(Duration::from_secs(1));
+        }
+    });
+    for n in 0..TRICKLERS_PER_KIND {
+        let mut head = put(
+            &format!("large-{n}"),
+            &format!("Content-Length: {LARGE_BODY}"),
+        );
+        head.extend(std::iter::repeat_n(b'l', LARGE_BODY - 1024));
+        scope.spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                };
+                stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                if stream.write_all(&head).is_err() {
+                    continue;
+                }
+                'trickle: while !stop.load(Ordering::SeqCst) {
+                    for _ in 0..70 {
+                        if stop.load(Ordering::SeqCst) {
+                            break 'trickle;
+                        }
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                    if stream.write_all(b"l").is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// An authenticated PUT of a small value then a GET of it, each on a new
+/// connection: how long each took, or why it failed.
+fn normal_put_and_get(port: u16, token: &str, n: usize) -> (Duration, Duration) {
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let path = format!("/api/kv/normal-{n}");
+    let started = Instant::now();
+    let put =
+        Conn::try_open(port).and_then(|mut conn| conn.try_send("PUT", &path, &auth, b"value"));
+    let put_took = started.elapsed();
+    assert_eq!(
+        put.map(|r| r.status)
+            .unwrap_or_else(|e| panic!("PUT {n}: {e}")),
+        201
+    );
+    let started = Instant::now();
+    let got = Conn::try_open(port).and_then(|mut conn| conn.try_send("GET", &path, &auth, b""));
+    let get_took = started.elapsed();
+    let got = got.unwrap_or_else(|e| panic!("GET {n}: {e}"));
+    assert_eq!((got.status, got.body), (200, b"value".to_vec()), "GET {n}");
+    (put_took, get_took)
+}
+
+#[test]
+fn authenticated_tricklers_of_every_kind_hold_no_worker() {
+    let (node, token) = secured_small_budget();
+    let port = node.port();
+    let stop = AtomicBool::new(false);
+    thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        tricklers(scope, port, &token, &stop);
+        // Every trickler connected and its head sent; the large bodies
+        // sent up to where they trickle, or waiting for room.
+        thread::sleep(Duration::from_secs(3));
+        // 16 s: past the 10 s after which slow bodies and heads are cut
+        // off, and their clients connect again.
+        let mut slowest = Duration::ZERO;
+        for n in 0..16 {
+            let (put, get) = normal_put_and_get(port, &token, n);
+            assert!(put < PROMPT, "a normal PUT took {put:?}");
+            assert!(get < PROMPT, "a normal GET took {get:?}");
+            slowest = slowest.max(put).max(get);
+            thread::sleep(Duration::from_secs(1));
+        }
+        println!(
+            "slowest normal PUT or GET beside {} authenticated tricklers: {slowest:?}",
+            4 * TRICKLERS_PER_KIND
+        );
+    });
+    normal_put_and_get(port, &token, 16);
+}
+
+#[test]
+fn a_body_without_room_in_the_read_ahead_budget_gets_503_and_reaches_no_worker() {
+    let (node, token) = secured_small_budget();
+    let port = node.port();
+    // The budget's read-ahead share holds three such bodies, not four.
+    let head = format!(
+        "PUT /api/kv/large HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {LARGE_BODY}\r\n\r\n"
+    );
+    let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(port)).collect();
+    thread::scope(|scope| {
+        for conn in &conns {
+            let mut writer = conn.writer();
+            let head = head.as_bytes();
+            scope.spawn(move || {
+                writer.write_all(head).unwrap();
+                writer.write_all(&vec![b'l'; LARGE_BODY - 1024]).unwrap();
+            });
+        }
+    });
+    // All but their last KiB sent: one was refused once no room came
+    // within 2 s; the others wait for the rest of their bodies (for less
+    // than the node's 10 s read timeout).
+    let answers: Vec<Option<Response>> = thread::scope(|scope| {
+        let reading: Vec<_> = (conns.iter_mut())
+            .map(|conn| {
+                scope.spawn(|| {
+                    conn.set_read_timeout(Duration::from_secs(4));
+                    conn.read_response(false).ok()
+                })
+            })
+            .collect();
+        reading.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let refused: Vec<usize> = (0..4).filter(|&n| answers[n].is_some()).collect();
+    assert_eq!(refused.len(), 1, "answered early: {answers:?}");
+    let resp = answers[refused[0]].as_ref().unwrap();
+    assert_error(resp, 503, None);
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    normal_put_and_get(port, &token, 0);
+    // The others' bodies, once whole, are stored.
+    for (n, conn) in conns.iter_mut().enumerate() {
+        if n != refused[0] {
+            conn.set_read_timeout(IO_TIMEOUT);
+            conn.write_raw(&[b'l'; 1024]).unwrap();
+            let resp = conn.read_response(false).unwrap();
+            assert!(matches!(resp.status, 200 | 201), "{resp:?}");
+        }
+    }
+    let bearer = format!("Bearer {token}");
+    let stored = request(
+        port,
+        "GET",
+        "/api/kv/large",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert!(
+        stored.body == vec![b'l'; LARGE_BODY],
+        "the stored value differs"
+    );
+}
+
+/// A benchmark, not a test (`bench/tricklers.sh`): a normal client's PUT
+/// and GET latency on an idle node, then beside [`tricklers`], each over
+/// 20 s (two rounds of the tricklers being cut off and coming back).
+#[test]
+#[ignore = "a benchmark: run by bench/tricklers.sh"]
+fn latency_beside_authenticated_tricklers() {
+    let (node, token) = secured_small_budget();
+    let port = node.port();
+    let measure = |first: usize| {
+        let (mut puts, mut gets) = (Vec::new(), Vec::new());
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            let (put, get) = normal_put_and_get(port, &token, first + puts.len());
+            puts.push(put);
+            gets.push(get);
+            thread::sleep(Duration::from_millis(20));
+        }
+        (puts, gets)
+    };
+    let idle = measure(0);
+    let stop = AtomicBool::new(false);
+    let beside = thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        tricklers(scope, port, &token, &stop);
+        thread::sleep(Duration::from_secs(3));
+        measure(1_000_000)
+    });
+    println!(
+        "normal client, ms: median / p99 / max over n requests (tricklers: {} of each of 4 kinds)",
+        TRICKLERS_PER_KIND
+    );
+    for (what, mut took) in [
+        ("PUT idle", idle.0),
+        ("PUT beside tricklers", beside.0),
+        ("GET idle", idle.1),
+        ("GET beside tricklers", beside.1),
+    ] {
+        took.sort();
+        let ms = |at: usize| took[at.min(took.len() - 1)].as_secs_f64() * 1000.0;
+        let n = took.len();
+        println!(
+            "{what:>22}: {:7.2} / {:7.2} / {:7.2}  (n = {n})",
+            ms(n / 2),
+            ms(n * 99 / 100),
+            ms(n - 1)
+        );
+    }
+}

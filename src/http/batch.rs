@@ -65,22 +65,18 @@ struct Checked {
 
 /// Largest batch body: room for two values of the maximum size in base64,
 /// plus the JSON around them.
-fn max_body(ctx: &Context) -> u64 {
-    2 * ctx.max_value_bytes as u64 + 64 * 1024
+pub fn max_body(max_value_bytes: usize) -> usize {
+    2 * max_value_bytes + 64 * 1024
 }
 
-/// Answers `POST /api/batch`; sets `body_read` once the body has been read.
-/// With authentication on, `claims` must grant `write` on every key.
-pub fn handle<'b>(
-    ctx: &Context,
-    request: &mut Request,
-    body_read: &mut bool,
-    claims: Option<&Claims>,
-) -> Reply<'b> {
+/// Answers `POST /api/batch` (one whose declared length is within
+/// [`max_body`]: see `http::admit`). With authentication on, `claims` must
+/// grant `write` on every key.
+pub fn handle<'b>(ctx: &Context, request: &mut Request, claims: Option<&Claims>) -> Reply<'b> {
     if request.method() != &Method::Post {
         return Reply::method_not_allowed("POST");
     }
-    let (body, _reserved) = match read_body(ctx, request, body_read, "A batch body") {
+    let (body, _reserved) = match read_body(ctx, request, "A batch body") {
         Ok(read) => read,
         Err(reply) => return reply,
     };
@@ -322,37 +318,37 @@ fn refused<'b>(index: usize, op: &Checked, error: StoreError) -> Reply<'b> {
     Reply::document(status, &json!({ "message": message, "operation": index }))
 }
 
-/// Reads a body of up to [`max_body`] bytes (`what`, as the 413 calls it)
-/// into memory, with room reserved in the budget for the values decoded
-/// from it and the log frame built from those (the body is freed by then);
-/// sets `body_read` once it has been read.
+/// Reads a body of up to [`max_body`] bytes (`what`, as the 413 calls it;
+/// its declared length was checked by `http::admit`) into memory, with
+/// room reserved in the budget for the values decoded from it and the log
+/// frame built from those (the body is freed by then).
 pub(super) fn read_body<'c>(
     ctx: &'c Context,
     request: &mut Request,
-    body_read: &mut bool,
     what: &str,
 ) -> Result<(Vec<u8>, Reservation<'c>), Reply<'static>> {
-    let limit = max_body(ctx);
-    if request.body_length().is_some_and(|len| len as u64 > limit) {
-        return Err(too_large(what, limit));
-    }
-    let length = request.body_length().unwrap_or(limit as usize);
+    let limit = max_body(ctx.max_value_bytes);
+    let length = request.body_length().unwrap_or(limit);
     let reserved = ctx
         .memory
         .reserve(memory::batch_need(length))
         .ok_or_else(Reply::over_memory_budget)?;
     let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
-    if let Err(err) = request.as_reader().take(limit + 1).read_to_end(&mut body) {
+    if let Err(err) = request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+    {
         return Err(body_unreadable(&err));
     }
-    *body_read = true;
-    if body.len() as u64 > limit {
+    if body.len() > limit {
         return Err(too_large(what, limit));
     }
     Ok((body, reserved))
 }
 
-fn too_large(what: &str, limit: u64) -> Reply<'static> {
+/// The 413 for a body (`what`) over `limit` bytes.
+pub fn too_large<'b>(what: &str, limit: usize) -> Reply<'b> {
     Reply::message(
         413,
         format!("{what} is at most {limit} bytes (twice storage.max_value_bytes, plus 64 KiB)."),

@@ -44,17 +44,10 @@ fn answer(ctx: &Context, call: &ApiCall) -> (u16, Option<String>) {
         .with_path(call.path)
         .with_body(call.body)
         .into();
-    let (mut bufs, mut body_read) = (Buffers::default(), false);
+    let mut bufs = Buffers::default();
     let reply = match call.path.strip_prefix("/api/kv/") {
-        Some(raw_key) => kv::handle(
-            ctx,
-            &mut bufs,
-            &mut request,
-            call.path,
-            raw_key,
-            &mut body_read,
-        ),
-        None => batch::handle(ctx, &mut request, &mut body_read, None),
+        Some(raw_key) => kv::handle(ctx, &mut bufs, &mut request, call.path, raw_key),
+        None => batch::handle(ctx, &mut request, None),
     };
     let message = match &reply {
         Reply::Json { body, .. } => serde_json::from_str::<serde_json::Value>(body)

@@ -88,13 +88,13 @@ impl Refusal {
     }
 }
 
-/// Answers `POST /api/admin/import`; sets `body_read` once the body has
-/// been read.
-pub fn handle<'b>(ctx: &Context, request: &mut Request, body_read: &mut bool) -> Reply<'b> {
+/// Answers `POST /api/admin/import` (one whose declared length is within
+/// the batch limit: see `http::admit`).
+pub fn handle<'b>(ctx: &Context, request: &mut Request) -> Reply<'b> {
     if request.method() != &Method::Post {
         return Reply::method_not_allowed("POST");
     }
-    let (body, _reserved) = match read_body(ctx, request, body_read, "An import body") {
+    let (body, _reserved) = match read_body(ctx, request, "An import body") {
         Ok(read) => read,
         Err(reply) => return reply,
     };

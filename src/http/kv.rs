@@ -16,15 +16,13 @@ use crate::store::{StoreError, WriteOutcome};
 /// Methods `/api/kv/{key}` accepts, as listed in a 405's `Allow` header.
 pub const ALLOWED: &str = "GET, HEAD, PUT, DELETE, PATCH";
 
-/// Answers one request to `/api/kv/{raw_key}`; sets `body_read` once the
-/// request body has been read whole.
+/// Answers one request to `/api/kv/{raw_key}` (admitted by `http::admit`).
 pub fn handle<'b>(
     ctx: &Context,
     bufs: &'b mut Buffers,
     request: &mut Request,
     url: &str,
     raw_key: &str,
-    body_read: &mut bool,
 ) -> Reply<'b> {
     let Buffers { key, record } = bufs;
     if !matches!(
@@ -63,8 +61,8 @@ pub fn handle<'b>(
         Err(reply) => return reply,
     };
     match request.method() {
-        Method::Put => put(ctx, request, &params, key, record, body_read, expect),
-        Method::Patch => patch::handle(ctx, request, key, record, body_read, expect),
+        Method::Put => put(ctx, request, &params, key, record, expect),
+        Method::Patch => patch::handle(ctx, request, key, record, expect),
         _ => match ctx.store.delete(key, record, expect) {
             Ok(true) => Reply::json(200, reply::DELETED),
             Ok(false) => Reply::json(404, reply::KEY_NOT_FOUND),
@@ -79,13 +77,9 @@ fn put<'b>(
     params: &Params,
     key: &[u8],
     record: &mut Vec<u8>,
-    body_read: &mut bool,
     expect: crate::store::engine::Expect,
 ) -> Reply<'b> {
     let max = ctx.max_value_bytes;
-    if request.body_length().is_some_and(|len| len > max) {
-        return too_large(max);
-    }
     let expires_at_ms = match params.get("ttl").map(ttl_millis) {
         None => 0,
         Some(Ok(ttl_ms)) => now_ms().saturating_add(ttl_ms),
@@ -121,7 +115,6 @@ fn put<'b>(
     if record.len() - header_len > max {
         return too_large(max);
     }
-    *body_read = true;
     let stored = ctx.store.put(record, expect);
     // Freed before the room it took is given back.
     Buffers::shrink(record);

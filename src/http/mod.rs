@@ -46,7 +46,7 @@ pub use patch::{parse as parse_patch, Operation as PatchOperation};
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -54,10 +54,11 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use tiny_http::{
-    ConfigListenAddr, ConnectionLimit, Method, Pace, Request, Server, ServerConfig, SslConfig,
+    ConfigListenAddr, ConnectionLimit, Method, Pace, Request, Screen, Server, ServerConfig,
+    SslConfig,
 };
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Claims};
 use crate::config::{self, General, Storage, Tls};
 use crate::memory::MemoryBudget;
 use crate::store::Store;
@@ -179,13 +180,16 @@ pub struct HttpServer {
     server: Arc<Server>,
     threads: usize,
     tls: bool,
+    /// The context [`run`](Self::run) serves with, for [`screen`].
+    context: Arc<OnceLock<Arc<Context>>>,
 }
 
 impl HttpServer {
-    /// Binds the configured address. Request bodies up to the largest value
-    /// are read whole by the connection's thread before a worker sees the
-    /// request, so a client trickling its body never holds a worker; request
-    /// heads are limited to [`head_limit`] bytes.
+    /// Binds the configured address. A request whose body did not come with
+    /// its head is checked by its connection's thread, with the workers'
+    /// own rules, which then reads the body whole before a worker sees the
+    /// request, so a client trickling its body never holds a worker;
+    /// request heads are limited to [`head_limit`] bytes.
     pub fn bind(general: &General, storage: &Storage) -> Result<Self, String> {
         let addresses = general.listen_addresses()?;
         if general.ip_address().is_none() {
@@ -201,6 +205,8 @@ impl HttpServer {
         }
         let ssl = ssl_config(&general.tls)?;
         let tls = ssl.is_some();
+        let context = Arc::new(OnceLock::new());
+        let screened = Arc::clone(&context);
         let config = ServerConfig {
             addr: ConfigListenAddr::IP(addresses),
             ssl,
@@ -210,9 +216,10 @@ impl HttpServer {
                 max: general.max_connections,
                 refusal: reply::too_many_connections(),
             }),
-            read_ahead: Some(storage.max_value_bytes),
+            read_ahead: Some(largest_body(storage.max_value_bytes)),
             max_head_bytes: Some(head_limit(storage.max_key_bytes)),
             pace: Some(Pace::default()),
+            screen: Some(Screen(Arc::new(move |request| screen(&screened, request)))),
         };
         let server = Server::new(config).map_err(|err| {
             let tls_hint = if tls {
@@ -230,6 +237,7 @@ impl HttpServer {
             server: Arc::new(server),
             threads: general.worker_threads(),
             tls,
+            context,
         })
     }
 
@@ -262,6 +270,8 @@ impl HttpServer {
         on_stop: impl FnOnce() + Send + 'static,
     ) -> Result<(), String> {
         let ctx = Arc::new(ctx);
+        // Only `run` sets it, once.
+        let _ = self.context.set(Arc::clone(&ctx));
         let pool = Pool::new(self.threads);
         let (server, workers, flag) = (Arc::clone(&self.server), self.threads, Arc::clone(&ctx));
         thread::Builder::new()
@@ -348,6 +358,13 @@ fn ssl_config(tls: &Tls) -> Result<Option<SslConfig>, String> {
     }))
 }
 
+/// The largest request body any route reads (a batch's), which
+/// tiny_http reads ahead whole: a body over its route's limit is refused
+/// before it is read (see [`admit`]).
+fn largest_body(max_value_bytes: usize) -> usize {
+    batch::max_body(max_value_bytes).max(patch::MAX_BODY)
+}
+
 /// Room in a request head for everything but the key: the request line's
 /// other parts and the headers (a token is at most 8 KiB of them).
 const HEAD_ROOM: usize = 16 * 1024;
@@ -391,20 +408,17 @@ fn worker(server: &Server, ctx: &Context) {
         let method = metrics::method_slot(request.method());
         url.clear();
         url.push_str(request.url());
-        let body_may_block = body_may_block(&request);
-        let mut body_read = false;
-        let (bufs_ref, body_read_ref) = (&mut bufs, &mut body_read);
         let route = route::route(&url);
-        // Authentication and authorization, for every route, watchers too.
+        let key = &mut bufs.key;
         let checked = catch_panic(
-            || access::check(ctx, &request, &url, route, &mut bufs_ref.key),
+            || admit(ctx, &request, &url, route, key),
             || Err(Reply::internal_error()),
         );
         let (claims, refused) = match checked {
             Ok(claims) => (claims, None),
             Err(reply) => (None, Some(reply)),
         };
-        if streams::is_streamed(route) && !body_may_block && refused.is_none() {
+        if streams::is_streamed(route) && refused.is_none() {
             let prepared = catch_panic(
                 || streams::prepare(ctx, route, &request),
                 || Err(Reply::internal_error()),
@@ -420,11 +434,6 @@ fn worker(server: &Server, ctx: &Context) {
             ctx.metrics.record(method, status, started.elapsed());
             continue;
         }
-        let stores_body = match route {
-            Route::Kv { .. } => matches!(request.method(), Method::Put | Method::Patch),
-            Route::Batch | Route::AdminImport => request.method() == &Method::Post,
-            _ => false,
-        };
         let waits_for_fsync = ctx.store.syncs_every_write() && is_write(route, request.method());
         let reply = catch_panic(
             || {
@@ -432,15 +441,12 @@ fn worker(server: &Server, ctx: &Context) {
                     return refused;
                 }
                 match route {
-            _ if body_may_block && !stores_body => body_not_allowed(),
-            Route::Kv { raw_key } => {
-                kv::handle(ctx, bufs_ref, &mut request, &url, raw_key, body_read_ref)
-            }
+            Route::Kv { raw_key } => kv::handle(ctx, &mut bufs, &mut request, &url, raw_key),
             Route::List => list::handle(ctx, &request, &url),
-            Route::Batch => batch::handle(ctx, &mut request, body_read_ref, claims.as_ref()),
+            Route::Batch => batch::handle(ctx, &mut request, claims.as_ref()),
             Route::AdminStats => admin::stats(ctx, &request),
             Route::AdminCompact => admin::compact(ctx, &request),
-            Route::AdminImport => import::handle(ctx, &mut request, body_read_ref),
+            Route::AdminImport => import::handle(ctx, &mut request),
             Route::Health => admin::health(ctx, &request),
             Route::Metrics => admin::metrics(ctx, &request),
             Route::Ui if ctx.ui_enabled => ui::handle(&request, &url, ctx.auth.is_some()),
@@ -448,8 +454,7 @@ fn worker(server: &Server, ctx: &Context) {
                 404,
                 "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch, /api/watch and /api/admin/.",
             ),
-            // Only with a body: streams are answered above.
-            Route::Watch | Route::AdminExport => body_not_allowed(),
+            Route::Watch | Route::AdminExport => unreachable!("streams are answered above"),
         }
             },
             Reply::internal_error,
@@ -471,12 +476,7 @@ fn worker(server: &Server, ctx: &Context) {
             bufs.trim();
             continue;
         }
-        let unread_body = body_may_block && !body_read;
-        match reply.into_owned() {
-            Ok(reply) if unread_body => send_detached(reply, request),
-            Ok(reply) => reply.send(request, &mut responder),
-            Err(reply) => reply.send(request, &mut responder),
-        }
+        reply.send(request, &mut responder);
         ctx.metrics.record(method, status, started.elapsed());
         bufs.trim();
     }
@@ -531,6 +531,75 @@ fn is_write(route: Route<'_>, method: &Method) -> bool {
     }
 }
 
+/// Whether a request may reach its handler, decided from its head alone:
+/// its token (see [`access::check`], whose claims it returns), and for a
+/// request with a body, that its route reads one, of that size, for a key
+/// that decodes. The worker runs it on every request; the connection's
+/// thread runs it first on a request whose body is still on the wire (see
+/// [`screen`]), so that a client refused is told before it sends its body
+/// and an accepted body is read whole before a worker sees it.
+fn admit(
+    ctx: &Context,
+    request: &Request,
+    url: &str,
+    route: Route<'_>,
+    scratch: &mut Vec<u8>,
+) -> Result<Option<Claims>, Reply<'static>> {
+    let claims = access::check(ctx, request, url, route, scratch)?;
+    let Some(limit) = body_limit(ctx, route, request.method()) else {
+        if body_after_head(request) {
+            return Err(body_not_allowed());
+        }
+        return Ok(claims);
+    };
+    if let Route::Kv { raw_key } = route {
+        route::decode_key(raw_key, scratch, ctx.max_key_bytes)
+            .map_err(|err| kv::key_error(err, ctx.max_key_bytes))?;
+    }
+    if request.body_length().is_some_and(|len| len > limit) {
+        return Err(match (route, request.method()) {
+            (Route::Batch, _) => batch::too_large("A batch body", limit),
+            (Route::AdminImport, _) => batch::too_large("An import body", limit),
+            (_, Method::Patch) => patch::too_large(),
+            _ => kv::too_large(limit),
+        });
+    }
+    Ok(claims)
+}
+
+/// The largest body `route` reads for `method`; `None` if it reads none.
+fn body_limit(ctx: &Context, route: Route<'_>, method: &Method) -> Option<usize> {
+    match route {
+        Route::Kv { .. } if method == &Method::Put => Some(ctx.max_value_bytes),
+        Route::Kv { .. } if method == &Method::Patch => Some(patch::MAX_BODY),
+        Route::Batch | Route::AdminImport if method == &Method::Post => {
+            Some(batch::max_body(ctx.max_value_bytes))
+        }
+        _ => None,
+    }
+}
+
+/// [`admit`] on the connection's thread, for tiny_http's
+/// [`tiny_http::Screen`]: `None` to serve the request, else the whole
+/// reply refusing it, which closes the connection. Waits until the
+/// server runs (`context` is set), as the request would in the queue.
+fn screen(context: &OnceLock<Arc<Context>>, request: &Request) -> Option<Vec<u8>> {
+    let ctx = context.wait();
+    let started = Instant::now();
+    let url = request.url();
+    let route = route::route(url);
+    let mut scratch = Vec::new();
+    let refused = catch_panic(
+        || admit(ctx, request, url, route, &mut scratch).err(),
+        || Some(Reply::internal_error()),
+    )?;
+    let status = refused.status();
+    let response = refused.to_closing_bytes(request);
+    let method = metrics::method_slot(request.method());
+    ctx.metrics.record(method, status, started.elapsed());
+    Some(response)
+}
+
 /// The 413 for a request with a body where none is read.
 fn body_not_allowed<'b>() -> Reply<'b> {
     Reply::message(
@@ -540,13 +609,14 @@ fn body_not_allowed<'b>() -> Reply<'b> {
 }
 
 /// Request bodies up to this size are read by tiny_http along with the
-/// request's head, before a worker sees the request (unless the client asked
-/// for `100 Continue` first).
+/// request's head; larger ones, and those whose client waits for `100
+/// Continue`, are screened on the connection's thread first (see
+/// [`screen`]).
 const PREBUFFERED_BODY: usize = 1024;
 
-/// Whether the request has a body still on the wire: one that, left unread,
-/// tiny_http drains while responding, for as long as the client takes.
-fn body_may_block(request: &Request) -> bool {
+/// Whether the request came with a body that was not read along with its
+/// head, so that a route reading none refuses it rather than ignore it.
+fn body_after_head(request: &Request) -> bool {
     let expects_continue = || {
         request.headers().iter().any(|h| {
             h.field.equiv("Expect") && h.value.as_str().eq_ignore_ascii_case("100-continue")
@@ -555,21 +625,6 @@ fn body_may_block(request: &Request) -> bool {
     request
         .body_length()
         .is_some_and(|len| len > PREBUFFERED_BODY || (len > 0 && expects_continue()))
-}
-
-/// Sends an error reply to a request whose body was not read (a 413, say).
-/// While responding, tiny_http drains the unread body, for as long as the
-/// client takes to send it; on a worker, a few clients that never send it
-/// would stop the API. So it happens on a short-lived thread instead. The
-/// connection sends nothing more until then, so there is at most one such
-/// thread per open connection.
-fn send_detached(reply: Reply<'static>, request: Request) {
-    let spawned = thread::Builder::new()
-        .name("lucid-drain".into())
-        .spawn(move || reply.send(request, &mut Responder::default()));
-    if let Err(err) = spawned {
-        log::warn!("cannot start a thread to answer a rejected request: {err}");
-    }
 }
 
 /// Runs a handler, turning a panic into a logged error: what `on_panic`

@@ -29,7 +29,7 @@ use crate::store::StoreError;
 use crate::watch::EventOp;
 
 /// Largest PATCH body read.
-const MAX_BODY: u64 = 64 * 1024;
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// A parsed PATCH operation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -206,20 +206,18 @@ pub fn handle<'b>(
     request: &mut Request,
     key: &[u8],
     record: &mut Vec<u8>,
-    body_read: &mut bool,
     expect: Expect,
 ) -> Reply<'b> {
     let mut body = Vec::new();
     if let Err(err) = request
         .as_reader()
-        .take(MAX_BODY + 1)
+        .take(MAX_BODY as u64 + 1)
         .read_to_end(&mut body)
     {
         return body_unreadable(&err);
     }
-    *body_read = true;
-    if body.len() as u64 > MAX_BODY {
-        return Reply::message(413, format!("A PATCH body is at most {MAX_BODY} bytes."));
+    if body.len() > MAX_BODY {
+        return too_large();
     }
     let operation = match parse(&body) {
         Ok(operation) => operation,
@@ -234,6 +232,11 @@ pub fn handle<'b>(
         Err(Refusal::Store(err)) => store_error(err),
         Err(Refusal::Reply(reply)) => reply,
     }
+}
+
+/// The 413 for a body over [`MAX_BODY`].
+pub fn too_large<'b>() -> Reply<'b> {
+    Reply::message(413, format!("A PATCH body is at most {MAX_BODY} bytes."))
 }
 
 /// Builds the key's new record for `operation` in `buf`, or refuses.

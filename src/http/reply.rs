@@ -186,9 +186,34 @@ impl Reply<'_> {
     /// buffer. Errors (the client went away) are logged at debug level:
     /// there is nobody left to tell.
     pub fn send(self, request: Request, out: &mut Responder) {
+        let (head, body) = self.render(&request, out, false);
+        if let Err(err) = request.respond_raw(head, body) {
+            log::debug!("could not send a response: {err}");
+        }
+    }
+
+    /// The whole reply to `request` (head and body) with `Connection:
+    /// close`, for tiny_http to send on the connection's thread.
+    pub fn to_closing_bytes(&self, request: &Request) -> Vec<u8> {
+        let mut out = Responder::default();
+        let (head, body) = self.render(request, &mut out, true);
+        [head, body].concat()
+    }
+
+    /// The head (built in `out`) and body of the reply to `request`, the
+    /// head saying `Connection: close` if `closing`.
+    fn render<'o>(
+        &'o self,
+        request: &Request,
+        out: &'o mut Responder,
+        closing: bool,
+    ) -> (&'o [u8], &'o [u8]) {
         let status = self.status();
-        let mut head = out.start(&request, status);
-        let body: &[u8] = match &self {
+        let mut head = out.start(request, status);
+        if closing {
+            head.field(b"Connection", b"close");
+        }
+        let body: &[u8] = match self {
             Self::Json {
                 body,
                 allow,
@@ -255,10 +280,7 @@ impl Reply<'_> {
         } else {
             body
         };
-        let head = head.finish();
-        if let Err(err) = request.respond_raw(head, body) {
-            log::debug!("could not send a response: {err}");
-        }
+        (head.finish(), body)
     }
 }
 

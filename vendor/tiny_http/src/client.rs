@@ -53,6 +53,9 @@ pub struct ClientConnection {
     // Lucid patch: what the connection is doing, for `util::Paced` and
     // `util::Connections`.
     activity: Arc<Activity>,
+
+    // Lucid patch: see `ServerConfig::screen`.
+    screen: Option<crate::Screen>,
 }
 
 /// Error that can happen when reading a request.
@@ -111,6 +114,7 @@ impl ClientConnection {
             read_ahead: None,
             max_head: usize::MAX,
             activity,
+            screen: None,
         }
     }
 
@@ -121,6 +125,13 @@ impl ClientConnection {
     pub fn with_limits(mut self, read_ahead: Option<usize>, max_head: Option<usize>) -> ClientConnection {
         self.read_ahead = read_ahead;
         self.max_head = max_head.unwrap_or(usize::MAX);
+        self
+    }
+
+    /// Lucid patch: `screen` decides on requests whose body is still on
+    /// the wire (see `ServerConfig::screen`).
+    pub fn with_screen(mut self, screen: Option<crate::Screen>) -> ClientConnection {
+        self.screen = screen;
         self
     }
 
@@ -243,7 +254,6 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
-            self.read_ahead,
         )
         .map_err(|e| {
             use crate::request;
@@ -263,17 +273,76 @@ impl ClientConnection {
 
 impl ClientConnection {
     /// Lucid patch: answers a request that cannot be read with `status` and
-    /// `{"message": message}` (a constant, so no JSON escaping is needed).
+    /// `{"message": message}`.
     fn refuse(&mut self, status: u16, message: &str) {
-        use crate::{Header, Response, StatusCode};
         let writer = self.sink.next().unwrap();
-        let content_type = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-            .expect("a valid header");
-        Response::from_string(format!(r#"{{"message":"{}"}}"#, message))
-            .with_status_code(StatusCode(status))
-            .with_header(content_type)
+        json_refusal(status, message)
             .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
             .ok();
+    }
+
+    /// Lucid patch: a request whose body is still on the wire is screened
+    /// (see `ServerConfig::screen`), then its body read ahead (see
+    /// `Request::read_body_ahead`), both on this thread; `None` if it was
+    /// answered here, and the connection is to be closed.
+    fn screen_and_read_ahead(&mut self, mut rq: Request) -> Option<Request> {
+        if !rq.body_on_wire() {
+            return Some(rq);
+        }
+        let refusal = self.screen.as_ref().and_then(|screen| (screen.0)(&rq));
+        if let Some(refusal) = refusal {
+            rq.refuse_before_body(&refusal).ok();
+            return None;
+        }
+        let Some(limit) = self.read_ahead else {
+            return Some(rq);
+        };
+        match rq.read_body_ahead(limit) {
+            Ok(()) => Some(rq),
+            Err(err) => {
+                let (status, message) = body_refusal(&err);
+                let mut response = json_refusal(status, &message);
+                if status == 503 {
+                    let retry = crate::Header::from_bytes(&b"Retry-After"[..], &b"1"[..])
+                        .expect("a valid header");
+                    response.add_header(retry);
+                }
+                rq.respond(response).ok();
+                None
+            }
+        }
+    }
+}
+
+/// Lucid patch: `{"message": message}` with `status`, closing the
+/// connection.
+fn json_refusal(status: u16, message: &str) -> crate::Response<std::io::Cursor<Vec<u8>>> {
+    use crate::{Header, Response, StatusCode};
+    let escaped = message.replace('\\', "\\\\").replace('"', "\\\"");
+    let header = |name: &[u8], value: &[u8]| Header::from_bytes(name, value).expect("a valid header");
+    Response::from_string(format!(r#"{{"message":"{}"}}"#, escaped))
+        .with_status_code(StatusCode(status))
+        .with_header(header(b"Content-Type", b"application/json"))
+        .with_header(header(b"Connection", b"close"))
+}
+
+/// Lucid patch: the status and message for a body that could not be read
+/// ahead.
+fn body_refusal(err: &IoError) -> (u16, String) {
+    match err.kind() {
+        // A read timeout is `WouldBlock` on Linux.
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => {
+            (408, "The request body did not arrive in time.".to_owned())
+        }
+        ErrorKind::UnexpectedEof => (
+            400,
+            "The connection ended before the request body did.".to_owned(),
+        ),
+        ErrorKind::OutOfMemory => (
+            503,
+            "The server has no memory free for the request body now; nothing was done. Retry in a moment.".to_owned(),
+        ),
+        _ => (400, format!("The request body could not be read: {err}.")),
     }
 }
 
@@ -343,6 +412,11 @@ impl Iterator for ClientConnection {
                 return None;
             }
             Ok(rq) => rq,
+        };
+        // Lucid patch: see `screen_and_read_ahead`.
+        let Some(rq) = self.screen_and_read_ahead(rq) else {
+            self.no_more_requests = true;
+            return None;
         };
 
         // updating the status of the connection

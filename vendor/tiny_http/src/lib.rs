@@ -112,7 +112,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener, Socket};
-pub use request::{set_body_budget, BodyBudget, ReadWrite, Request};
+pub use request::{set_body_budget, BodyBudget, ReadWrite, Request, READ_AHEAD_PATIENCE};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 pub use util::Pace;
@@ -204,7 +204,9 @@ pub struct ServerConfig {
     /// Lucid patch: if `Some(limit)`, a request body of up to `limit` bytes
     /// is read whole by its connection's thread before the request is
     /// handed to `recv`, so a client trickling its body holds no thread of
-    /// the caller's. Larger bodies are streamed as upstream does.
+    /// the caller's; a body the budget has no room for within
+    /// [`READ_AHEAD_PATIENCE`] is refused with a 503 (see
+    /// `request::ReadAhead`). Larger bodies are streamed as upstream does.
     pub read_ahead: Option<usize>,
 
     /// Lucid patch: if `Some`, a request head (request line and headers)
@@ -216,6 +218,34 @@ pub struct ServerConfig {
     /// `Pace::head`, and a body at no less than `Pace::min_body_rate`
     /// (a 408 otherwise); see `util::Paced`.
     pub pace: Option<Pace>,
+
+    /// Lucid patch: if `Some`, decides on the connection's thread whether a
+    /// request whose body is still on the wire is served, before any of
+    /// that body is read (see [`Screen`]).
+    pub screen: Option<Screen>,
+}
+
+/// Lucid patch: the caller's decision, from a request's head alone, on a
+/// request whose body was not read along with its head (a chunked one,
+/// one over 1 KiB, or one whose client waits for `100 Continue`): `None`
+/// to serve it, or the whole response (head and body, `Connection:
+/// close`) that refuses it. A refused request is answered by its
+/// connection's thread, which then closes the connection: without reading
+/// the body if the client waits for `100 Continue`, else after draining
+/// it. A served one gets its `100 Continue` and has its body read ahead
+/// (see `ServerConfig::read_ahead`) by the connection's thread before it
+/// is handed to `recv`, so the caller decides on a request before its
+/// client sends the body and never waits for that body itself.
+#[derive(Clone)]
+pub struct Screen(pub Arc<ScreenFn>);
+
+/// Lucid patch: the caller's function behind a [`Screen`].
+pub type ScreenFn = dyn Fn(&Request) -> Option<Vec<u8>> + Send + Sync;
+
+impl std::fmt::Debug for Screen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Screen(..)")
+    }
 }
 
 /// Lucid patch: see `ServerConfig::connection_limit`.
@@ -254,6 +284,7 @@ impl Server {
             read_ahead: None,
             max_head_bytes: None,
             pace: None,
+            screen: None,
         })
     }
 
@@ -276,6 +307,7 @@ impl Server {
             read_ahead: None,
             max_head_bytes: None,
             pace: None,
+            screen: None,
         })
     }
 
@@ -294,6 +326,7 @@ impl Server {
             read_ahead: None,
             max_head_bytes: None,
             pace: None,
+            screen: None,
         })
     }
 
@@ -330,6 +363,7 @@ impl Server {
             streams: None,
             max_head_bytes: None,
             pace: None,
+            screen: None,
         };
         Self::from_listener_with_limits(listener, config)
     }
@@ -349,6 +383,7 @@ impl Server {
             streams,
             max_head_bytes,
             pace,
+            screen,
             ..
         } = config;
         let listener = listener.into();
@@ -462,7 +497,8 @@ impl Server {
                             activity,
                             pace,
                         )
-                        .with_limits(read_ahead, max_head_bytes);
+                        .with_limits(read_ahead, max_head_bytes)
+                        .with_screen(screen.clone());
                         Ok((client, open))
                     }
                     Err(e) => Err(e),

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
 
 use crate::util::{ChunkedDecoder, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response};
@@ -79,6 +80,10 @@ pub struct Request {
 
     // Lucid patch: see `Request::socket`.
     socket: Option<crate::Socket>,
+
+    // Lucid patch: the body was not read along with the head (see
+    // `Request::read_body_ahead`).
+    body_on_wire: bool,
 }
 
 struct NotifyOnDrop<R> {
@@ -144,7 +149,6 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
-    read_ahead: Option<usize>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -229,18 +233,10 @@ where
         Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     };
 
-    // Lucid patch: see `ReadAhead`. A client that asked for `100 Continue`
-    // is left to the caller, who may refuse the request before its body.
-    let streamed = connection_upgrade
-        || expects_continue
-        || (content_length.is_none() && transfer_encoding.is_none())
-        || content_length.is_some_and(|len| len <= 1024);
-    let reader = match read_ahead {
-        Some(limit) if !streamed && content_length.map_or(true, |len| len <= limit) => {
-            Box::new(ReadAhead::new(reader, limit)) as Box<dyn Read + Send + 'static>
-        }
-        _ => reader,
-    };
+    // Lucid patch: see `Request::read_body_ahead`.
+    let body_on_wire = !connection_upgrade
+        && (transfer_encoding.is_some()
+            || content_length.is_some_and(|len| len > 1024 || (len > 0 && expects_continue)));
 
     Ok(Request {
         data_reader: Some(reader),
@@ -255,6 +251,7 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
         socket: None,
+        body_on_wire,
     })
 }
 
@@ -302,20 +299,22 @@ fn body_framing(headers: &[Header]) -> Result<(Option<AsciiString>, Option<usize
 /// Lucid patch: a request body read whole (up to a limit) by the
 /// connection's own thread before the request is handed to the server's
 /// user, so a client that trickles its body holds only its own connection's
-/// thread, never one of the user's workers. The body's bytes come first,
-/// then the error that ended the read early, if any (a timeout, bad chunked
-/// encoding); a body over the limit continues from the connection.
+/// thread, never one of the user's workers (see `Request::read_body_ahead`).
 ///
 /// All connections together buffer at most what the [`BodyBudget`] set by
-/// [`set_body_budget`] grants (by default [`READ_AHEAD_BUDGET`] bytes):
-/// past it, the rest of a body is left on the connection for the caller to
-/// read, as upstream did, so many clients sending large bodies at once
-/// cannot exhaust memory. The buffer is given back as soon as it has been
-/// read through.
-struct ReadAhead<R> {
+/// [`set_body_budget`] grants (by default [`READ_AHEAD_BUDGET`] bytes), so
+/// many clients sending large bodies at once cannot exhaust memory. A body
+/// framed by `Content-Length` takes its whole length at once, so bodies
+/// never hold parts of the budget each while waiting for the rest; a
+/// chunked one takes it in steps as it arrives. A body that finds no room
+/// within [`READ_AHEAD_PATIENCE`] is not read: its request is refused, as
+/// a request half read must not reach a worker. The buffer is given back
+/// as soon as it has been read through.
+struct ReadAhead {
     buffered: Cursor<Vec<u8>>,
-    error: Option<IoError>,
-    rest: R,
+    /// The rest of the connection's reader: past the end of the body,
+    /// except for a chunked body over the limit.
+    rest: Box<dyn Read + Send + 'static>,
     /// Bytes of the budget this body holds, given back when read or dropped.
     reserved: usize,
     budget: Arc<dyn BodyBudget>,
@@ -324,27 +323,44 @@ struct ReadAhead<R> {
 /// Lucid patch: where bodies read ahead take their memory from, shared by
 /// every connection (see [`set_body_budget`]).
 pub trait BodyBudget: Send + Sync {
-    /// Takes `bytes` if there is room for them (and returns true), else
-    /// takes nothing.
-    fn try_reserve(&self, bytes: usize) -> bool;
-    /// Gives back `bytes` taken by `try_reserve`.
+    /// Takes `bytes` if there is room for them by `deadline`, waiting for
+    /// room until then (and returns true), else takes nothing.
+    fn reserve_by(&self, bytes: usize, deadline: Instant) -> bool;
+    /// Gives back `bytes` taken by `reserve_by` or `try_reserve`.
     fn release(&self, bytes: usize);
+    /// Takes `bytes` if there is room for them now.
+    fn try_reserve(&self, bytes: usize) -> bool {
+        self.reserve_by(bytes, Instant::now())
+    }
 }
 
 /// Lucid patch: the most body bytes all connections read ahead at once,
 /// unless [`set_body_budget`] says otherwise.
 pub const READ_AHEAD_BUDGET: usize = 64 * 1024 * 1024;
 
+/// Lucid patch: how long a body read ahead waits for room in the budget
+/// before its request is refused with a 503.
+pub const READ_AHEAD_PATIENCE: Duration = Duration::from_secs(2);
+
 /// The budget until [`set_body_budget`]: bytes in use, at most the cap.
 struct FixedBudget(AtomicUsize, usize);
 
 impl BodyBudget for FixedBudget {
-    fn try_reserve(&self, bytes: usize) -> bool {
-        self.0
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                used.checked_add(bytes).filter(|&total| total <= self.1)
-            })
-            .is_ok()
+    /// Polls for room every 10 ms: this budget serves only servers whose
+    /// user set none of its own.
+    fn reserve_by(&self, bytes: usize, deadline: Instant) -> bool {
+        loop {
+            let taken = self
+                .0
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                    used.checked_add(bytes).filter(|&total| total <= self.1)
+                })
+                .is_ok();
+            if taken || Instant::now() >= deadline {
+                return taken;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn release(&self, bytes: usize) {
@@ -368,42 +384,58 @@ fn body_budget() -> Arc<dyn BodyBudget> {
     }))
 }
 
-/// How much of a body is read per step, each step reserved in the budget.
+/// How much of a chunked body is read per step, each step reserved in the
+/// budget.
 const READ_AHEAD_STEP: usize = 64 * 1024;
 
-impl<R: Read> ReadAhead<R> {
-    /// Reads ahead up to `limit + 1` bytes of `body`, step by step, while
-    /// the budget has room for the step.
-    fn new(mut body: R, limit: usize) -> Self {
-        let budget = body_budget();
-        let mut buffered = Vec::new();
-        let mut reserved = 0;
-        let mut error = None;
-        let wanted = limit.saturating_add(1);
+impl ReadAhead {
+    /// Reads `body` whole if it is `length` bytes long, else (chunked) up
+    /// to `limit + 1` bytes, so that a reader can tell a body over the
+    /// limit. The error that stopped it, with the rest of `body`, if it
+    /// could not: the client's (a timeout, the connection closed, bad
+    /// chunked encoding), or `OutOfMemory` when the budget had no room
+    /// within [`READ_AHEAD_PATIENCE`].
+    fn read(
+        body: Box<dyn Read + Send + 'static>,
+        length: Option<usize>,
+        limit: usize,
+    ) -> Result<Self, (Box<dyn Read + Send + 'static>, IoError)> {
+        let mut ahead = ReadAhead {
+            buffered: Cursor::new(Vec::new()),
+            rest: body,
+            reserved: 0,
+            budget: body_budget(),
+        };
+        match ahead.fill(length, limit) {
+            Ok(()) => Ok(ahead),
+            Err(err) => Err((std::mem::replace(&mut ahead.rest, Box::new(io::empty())), err)),
+        }
+    }
+
+    fn fill(&mut self, length: Option<usize>, limit: usize) -> io::Result<()> {
+        let wanted = length.unwrap_or(limit.saturating_add(1));
+        let step_size = if length.is_some() { wanted } else { READ_AHEAD_STEP };
+        let mut deadline = None;
+        let buffered = self.buffered.get_mut();
         while buffered.len() < wanted {
-            let step = READ_AHEAD_STEP.min(wanted - buffered.len());
-            if !budget.try_reserve(step) {
-                break;
-            }
-            reserved += step;
-            // Exact growth: a doubling Vec could hold twice its reservation.
-            buffered.reserve_exact(step);
-            match (&mut body).take(step as u64).read_to_end(&mut buffered) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(err) => {
-                    error = Some(err);
-                    break;
+            let step = step_size.min(wanted - buffered.len());
+            if !self.budget.try_reserve(step) {
+                let by = *deadline.get_or_insert_with(|| Instant::now() + READ_AHEAD_PATIENCE);
+                if !self.budget.reserve_by(step, by) {
+                    return Err(IoError::new(
+                        ErrorKind::OutOfMemory,
+                        "no memory is free for the request body",
+                    ));
                 }
             }
+            self.reserved += step;
+            // Exact growth: a doubling Vec could hold twice its reservation.
+            buffered.reserve_exact(step);
+            if (&mut self.rest).take(step as u64).read_to_end(buffered)? == 0 {
+                break;
+            }
         }
-        ReadAhead {
-            buffered: Cursor::new(buffered),
-            error,
-            rest: body,
-            reserved,
-            budget,
-        }
+        Ok(())
     }
 
     /// Frees the buffer once read through, and gives its bytes back.
@@ -413,13 +445,13 @@ impl<R: Read> ReadAhead<R> {
     }
 }
 
-impl<R> Drop for ReadAhead<R> {
+impl Drop for ReadAhead {
     fn drop(&mut self) {
         self.budget.release(self.reserved);
     }
 }
 
-impl<R: Read> Read for ReadAhead<R> {
+impl Read for ReadAhead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let read = self.buffered.read(buf)?;
         if read > 0 || buf.is_empty() {
@@ -427,9 +459,6 @@ impl<R: Read> Read for ReadAhead<R> {
         }
         if self.reserved > 0 {
             self.release();
-        }
-        if let Some(error) = self.error.take() {
-            return Err(error);
         }
         self.rest.read(buf)
     }
@@ -518,6 +547,64 @@ impl Request {
     pub(crate) fn with_socket(mut self, socket: Option<crate::Socket>) -> Self {
         self.socket = socket;
         self
+    }
+
+    /// Lucid patch: whether the body was not read along with the head
+    /// (chunked, over 1 KiB, or awaited with `100 Continue`) and is still
+    /// on the connection.
+    pub(crate) fn body_on_wire(&self) -> bool {
+        self.body_on_wire
+    }
+
+    /// Lucid patch: reads the body still on the wire into memory on the
+    /// calling thread (the connection's), after sending `100 Continue` if
+    /// the client waits for it, unless its `Content-Length` is over
+    /// `limit` (then it is left to the caller, as upstream did); see
+    /// `ReadAhead`. An error if it could not be read whole: the request
+    /// must then be refused, its body left half read.
+    pub(crate) fn read_body_ahead(&mut self, limit: usize) -> io::Result<()> {
+        if !self.body_on_wire || self.body_length.is_some_and(|len| len > limit) {
+            return Ok(());
+        }
+        self.send_continue();
+        let body = self.data_reader.take().expect("a body reader");
+        let (reader, result) = match ReadAhead::read(body, self.body_length, limit) {
+            Ok(ahead) => (Box::new(ahead) as Box<dyn Read + Send + 'static>, Ok(())),
+            Err((rest, err)) => (rest, Err(err)),
+        };
+        self.data_reader = Some(reader);
+        self.body_on_wire = result.is_err();
+        result
+    }
+
+    /// Lucid patch: answers with `response` (the whole of it, head and
+    /// body) before reading the body. A body the client holds back until
+    /// `100 Continue` is never awaited: the connection is shut down once
+    /// the answer is written, which ends the drain of the body when the
+    /// request is dropped at once. Any other body is drained then, so that
+    /// the client can read the answer before the connection closes.
+    pub(crate) fn refuse_before_body(mut self, response: &[u8]) -> Result<(), IoError> {
+        let sent = self.respond_raw_impl(response, &[]);
+        if self.must_send_continue {
+            if let Some(socket) = &self.socket {
+                let _ = socket.shutdown();
+            }
+        }
+        sent
+    }
+
+    /// Sends `100 Continue` if the client waits for it, once.
+    ///
+    /// Lucid patch: the bare status line. Upstream printed a whole
+    /// `Response`, with `Content-Length: 0`, which HTTP forbids on a 1xx
+    /// response.
+    fn send_continue(&mut self) {
+        if self.must_send_continue {
+            let writer = self.response_writer.as_mut().unwrap();
+            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").ok();
+            writer.flush().ok();
+            self.must_send_continue = false;
+        }
     }
 
     /// Lucid patch: sends the status line and headers of `response` (not
@@ -632,16 +719,7 @@ impl Request {
     ///  function will send back a `100 Continue` response.
     #[inline]
     pub fn as_reader(&mut self) -> &mut dyn Read {
-        if self.must_send_continue {
-            // Lucid patch: the bare status line. Upstream printed a whole
-            // `Response`, with `Content-Length: 0`, which HTTP forbids on a
-            // 1xx response.
-            let writer = self.response_writer.as_mut().unwrap();
-            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").ok();
-            writer.flush().ok();
-            self.must_send_continue = false;
-        }
-
+        self.send_continue();
         self.data_reader.as_mut().unwrap()
     }
 
