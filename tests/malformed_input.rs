@@ -134,6 +134,25 @@ fn bodies_cut_short_or_malformed_get_a_clear_answer() {
 }
 
 #[test]
+fn a_chunked_body_where_none_is_read_is_refused_before_it_is_read() {
+    let node = Node::start();
+    let port = node.port();
+    assert_eq!(put(port, "/api/kv/k", b"v").status, 201);
+    // Refused on the connection's thread from the head alone: the body is
+    // not read into memory for a request that would ignore it.
+    for method in ["GET", "DELETE"] {
+        let request = format!(
+            "{method} /api/kv/k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n"
+        );
+        let resp = raw(port, request.as_bytes());
+        assert_eq!(resp.status, 413, "{method}: {resp:?}");
+        assert!(json_message(&resp.body).is_some(), "{method}: {resp:?}");
+    }
+    assert_eq!(get(port, "/api/kv/k").text(), "v", "nothing was deleted");
+}
+
+#[test]
 fn continue_has_no_content_length_and_absolute_targets_are_served() {
     let node = Node::start();
     let port = node.port();
@@ -178,4 +197,20 @@ fn values_are_never_sniffed() {
     let resp = get(port, "/api/kv/doc");
     assert_eq!(resp.header("content-type"), Some("text/plain"));
     assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+    // A value its writer calls HTML is still no page of the node's origin
+    // (where the web console keeps its token): sandboxed, no script.
+    let page = request(
+        port,
+        "PUT",
+        "/api/kv/html",
+        &[("Content-Type", "text/html")],
+        html,
+    );
+    assert_eq!(page.status, 201);
+    let resp = get(port, "/api/kv/html");
+    assert_eq!(resp.header("content-type"), Some("text/html"));
+    assert_eq!(
+        resp.header("content-security-policy"),
+        Some("sandbox; default-src 'none'")
+    );
 }

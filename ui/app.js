@@ -324,9 +324,17 @@ function hexDump(bytes) {
   return lines.join('\n');
 }
 
+// Image types shown as images. Not SVG: an SVG opened from its blob URL in
+// a tab of its own is a document of this origin and may run script.
+const RASTER_TYPES = ['image/png', 'image/jpeg', 'image/gif', 'image/webp', 'image/avif', 'image/bmp'];
+
+function isRaster(type) {
+  return RASTER_TYPES.includes(type.split(';')[0].trim().toLowerCase());
+}
+
 function renderValue(value) {
   const { type, bytes, blob, key } = value;
-  if (type.startsWith('image/')) {
+  if (isRaster(type)) {
     return el('img', { class: 'value', alt: key, src: blobUrl(blob) });
   }
   const text = asText(bytes);
@@ -338,7 +346,10 @@ function renderValue(value) {
   if (text !== null) return el('pre', { class: 'value', text });
   const name = key.split('/').pop() || 'value';
   return el('div', {}, el('pre', { class: 'value hex', text: hexDump(bytes) }),
-    el('a', { href: blobUrl(blob), download: name, text: 'Download ' + bytes.length + ' bytes' }));
+    // Downloaded as bytes whatever the stored type, so the link never opens
+    // as a page of this origin.
+    el('a', { href: blobUrl(new Blob([bytes], { type: 'application/octet-stream' })), download: name,
+      text: 'Download ' + bytes.length + ' bytes' }));
 }
 
 function showValue() {
@@ -355,7 +366,7 @@ function showValue() {
 function writeControls(value, meta) {
   const text = asText(value.bytes);
   const controls = [];
-  if (text !== null && !value.type.startsWith('image/')) {
+  if (text !== null && !isRaster(value.type)) {
     const editor = el('textarea', { id: 'edit-value', rows: '8' });
     editor.value = text;
     controls.push(editor, el('div', { class: 'controls' },

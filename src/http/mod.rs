@@ -604,7 +604,7 @@ fn screen(context: &OnceLock<Arc<Context>>, request: &Request) -> Option<Vec<u8>
 fn body_not_allowed<'b>() -> Reply<'b> {
     Reply::message(
         413,
-        "Only PUT and PATCH /api/kv/{key}, POST /api/batch and POST /api/admin/import read a request body; this request must not carry one over 1 KiB.",
+        "Only PUT and PATCH /api/kv/{key}, POST /api/batch and POST /api/admin/import read a request body; this request must not carry one over 1 KiB, nor a chunked one.",
     )
 }
 
@@ -615,16 +615,15 @@ fn body_not_allowed<'b>() -> Reply<'b> {
 const PREBUFFERED_BODY: usize = 1024;
 
 /// Whether the request came with a body that was not read along with its
-/// head, so that a route reading none refuses it rather than ignore it.
+/// head (a chunked one included), so that a route reading none refuses it
+/// rather than have it read ahead and ignored.
 fn body_after_head(request: &Request) -> bool {
-    let expects_continue = || {
-        request.headers().iter().any(|h| {
-            h.field.equiv("Expect") && h.value.as_str().eq_ignore_ascii_case("100-continue")
-        })
-    };
-    request
-        .body_length()
-        .is_some_and(|len| len > PREBUFFERED_BODY || (len > 0 && expects_continue()))
+    let has = |name: &'static str| headers::first(request, name);
+    let expects_continue = || has("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    match request.body_length() {
+        Some(len) => len > PREBUFFERED_BODY || (len > 0 && expects_continue()),
+        None => has("Transfer-Encoding").is_some(),
+    }
 }
 
 /// Runs a handler, turning a panic into a logged error: what `on_panic`

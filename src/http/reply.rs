@@ -28,6 +28,9 @@ pub const KEY_NOT_FOUND: &str = r#"{"message":"The specified key does not exist.
 /// 9999-12-31T23:59:59Z, the last moment an HTTP date can express.
 const LAST_HTTP_DATE_MS: u64 = 253_402_300_799_000;
 
+/// `Content-Security-Policy` of every stored value served.
+const VALUE_POLICY: &[u8] = b"sandbox; default-src 'none'";
+
 /// Content type used when a PUT does not name one.
 pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
 
@@ -246,6 +249,11 @@ impl Reply<'_> {
                 head.field(b"Content-Type", content_type);
                 head.last_modified(value.timestamp_ms);
                 head.field(b"X-Content-Type-Options", b"nosniff");
+                // A value opened in a browser is never a page of the node's
+                // origin (where the console and its token live): whatever
+                // type its writer gave it, it runs no script and loads
+                // nothing.
+                head.field(b"Content-Security-Policy", VALUE_POLICY);
                 head.etag(value.sequence);
                 value.value
             }

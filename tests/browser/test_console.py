@@ -134,7 +134,9 @@ class Console(unittest.TestCase):
 
     def open_console(self, token):
         """A fresh tab state: the console, signed out, then signed in."""
-        self.browser.get(self.node.base + "/ui/auth.json")
+        # Cleared from a console page: a JSON page would make the browser
+        # ask for /favicon.ico (the console names its own icon), a 404.
+        self.browser.get(self.node.base + "/ui/")
         self.browser.execute_script("sessionStorage.clear()")
         self.browser.get(self.node.base + "/ui/")
         self.wait_for(lambda: self.find("#view-signin").is_displayed(), "the sign-in form")
@@ -303,6 +305,14 @@ class Console(unittest.TestCase):
         image = self.find("#value-pane img.value")
         self.wait_for(lambda: self.browser.execute_script("return arguments[0].naturalWidth", image) == 1,
                       "the image decoded from its blob URL")
+        # An SVG may carry script: shown as text, never as an image whose
+        # blob URL could be opened as a page of the node's origin.
+        svg = '<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+        self.node.request("PUT", "files/evil.svg", svg, content_type="image/svg+xml")
+        self.open_key("files/evil.svg")
+        self.assertEqual(self.find("#value-pane pre.value").text, svg)
+        self.assertEqual(self.found("#value-pane img"), [])
+        self.assert_no_alert()
         self.open_key("files/blob.bin")
         self.assertEqual(self.find("#value-pane pre.hex").text, "00000000  00 01 ff")
         link = self.find("#value-pane a[download]")

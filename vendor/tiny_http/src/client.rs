@@ -5,8 +5,8 @@ use std::io::Result as IoResult;
 use std::io::{BufReader, ErrorKind, Read};
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::{Activity, Pace, Paced, RefinedTcpStream, WriteBuffer};
@@ -122,7 +122,11 @@ impl ClientConnection {
     /// by this connection's thread before their request is handed out; a
     /// request head over `max_head` bytes is refused (414 if the request
     /// line alone is, else 431).
-    pub fn with_limits(mut self, read_ahead: Option<usize>, max_head: Option<usize>) -> ClientConnection {
+    pub fn with_limits(
+        mut self,
+        read_ahead: Option<usize>,
+        max_head: Option<usize>,
+    ) -> ClientConnection {
         self.read_ahead = read_ahead;
         self.max_head = max_head.unwrap_or(usize::MAX);
         self
@@ -319,7 +323,8 @@ impl ClientConnection {
 fn json_refusal(status: u16, message: &str) -> crate::Response<std::io::Cursor<Vec<u8>>> {
     use crate::{Header, Response, StatusCode};
     let escaped = message.replace('\\', "\\\\").replace('"', "\\\"");
-    let header = |name: &[u8], value: &[u8]| Header::from_bytes(name, value).expect("a valid header");
+    let header =
+        |name: &[u8], value: &[u8]| Header::from_bytes(name, value).expect("a valid header");
     Response::from_string(format!(r#"{{"message":"{}"}}"#, escaped))
         .with_status_code(StatusCode(status))
         .with_header(header(b"Content-Type", b"application/json"))
@@ -447,7 +452,9 @@ impl Iterator for ClientConnection {
         }
         // Lucid patch: a stream or an upgraded connection is its caller's;
         // its client may stay silent for as long as the caller allows.
-        let upgrade = lowercase.as_deref().is_some_and(|val| val.contains("upgrade"));
+        let upgrade = lowercase
+            .as_deref()
+            .is_some_and(|val| val.contains("upgrade"));
         if stream || upgrade {
             self.activity.hand_over();
         }

@@ -110,15 +110,15 @@ use client::ClientConnection;
 use connection::Connection;
 use util::MessagesQueue;
 
+#[cfg(unix)]
+#[doc(hidden)]
+pub use client::serve_bytes;
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener, Socket};
 pub use request::{set_body_budget, BodyBudget, ReadWrite, Request, READ_AHEAD_PATIENCE};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 pub use util::Pace;
-#[cfg(unix)]
-#[doc(hidden)]
-pub use client::serve_bytes;
 
 mod client;
 mod common;
@@ -257,7 +257,6 @@ pub struct ConnectionLimit {
     /// for being one too many.
     pub refusal: Vec<u8>,
 }
-
 
 /// Configuration of the server for SSL.
 #[derive(Debug, Clone)]
@@ -443,8 +442,7 @@ impl Server {
                         // sent least for longest makes room if there is one
                         // (see `util::Connections::evict_one`).
                         if let Some(limit) = &connection_limit {
-                            if open_connections.len() >= limit.max
-                                && !open_connections.evict_one()
+                            if open_connections.len() >= limit.max && !open_connections.evict_one()
                             {
                                 if ssl.is_none() {
                                     use std::io::Write;

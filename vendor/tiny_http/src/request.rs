@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::util::{ChunkedDecoder, EqualReader, FusedReader};
@@ -379,9 +379,9 @@ pub fn set_body_budget(budget: Arc<dyn BodyBudget>) -> bool {
 }
 
 fn body_budget() -> Arc<dyn BodyBudget> {
-    Arc::clone(BODY_BUDGET.get_or_init(|| {
-        Arc::new(FixedBudget(AtomicUsize::new(0), READ_AHEAD_BUDGET))
-    }))
+    Arc::clone(
+        BODY_BUDGET.get_or_init(|| Arc::new(FixedBudget(AtomicUsize::new(0), READ_AHEAD_BUDGET))),
+    )
 }
 
 /// How much of a chunked body is read per step, each step reserved in the
@@ -408,13 +408,20 @@ impl ReadAhead {
         };
         match ahead.fill(length, limit) {
             Ok(()) => Ok(ahead),
-            Err(err) => Err((std::mem::replace(&mut ahead.rest, Box::new(io::empty())), err)),
+            Err(err) => Err((
+                std::mem::replace(&mut ahead.rest, Box::new(io::empty())),
+                err,
+            )),
         }
     }
 
     fn fill(&mut self, length: Option<usize>, limit: usize) -> io::Result<()> {
         let wanted = length.unwrap_or(limit.saturating_add(1));
-        let step_size = if length.is_some() { wanted } else { READ_AHEAD_STEP };
+        let step_size = if length.is_some() {
+            wanted
+        } else {
+            READ_AHEAD_STEP
+        };
         let mut deadline = None;
         let buffered = self.buffered.get_mut();
         while buffered.len() < wanted {

@@ -203,7 +203,9 @@ mod tests {
         // Nothing past the body is read.
         let mut rest: &[u8] = b"0\r\n\r\nGET / HTTP/1.1";
         let mut out = Vec::new();
-        ChunkedDecoder::new(&mut rest).read_to_end(&mut out).unwrap();
+        ChunkedDecoder::new(&mut rest)
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(rest, b"GET / HTTP/1.1");
     }
 
