@@ -137,6 +137,11 @@ class Console(unittest.TestCase):
         # Cleared from a console page: a JSON page would make the browser
         # ask for /favicon.ico (the console names its own icon), a 404.
         self.browser.get(self.node.base + "/ui/")
+        # A page that finds a token signs in with it after a request to the
+        # node, and only then stores it: clearing before that settles would
+        # let the page store the token again behind our back.
+        self.wait_for(lambda: self.find("#view-signin").is_displayed()
+                      or self.find("#signout").is_displayed(), "the page to settle")
         self.browser.execute_script("sessionStorage.clear()")
         self.browser.get(self.node.base + "/ui/")
         self.wait_for(lambda: self.find("#view-signin").is_displayed(), "the sign-in form")
