@@ -77,7 +77,7 @@ use memmap2::{Mmap, UncheckedAdvice};
 
 use super::crypt::{open_copy, stored_form, Cipher, ENVELOPE_OVERHEAD};
 use super::directory::{private_file, sync_dir, LOG_FILE};
-use super::engine::{lock, now_ms, read, write, Store};
+use super::engine::Store;
 use super::file::{DiskFile, LogFile};
 use super::index::{Index, Location};
 use super::record::{
@@ -85,6 +85,8 @@ use super::record::{
     RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 use super::scan::next_valid;
+use crate::clock::now_ms;
+use crate::locks::{lock, read, write};
 
 /// Name of the new log while compaction writes it.
 pub const COMPACT_FILE: &str = "data.log.compact";

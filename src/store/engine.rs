@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::crypt::{open_copy, open_record, stored_form, Cipher, ENVELOPE_OVERHEAD};
 use super::file::LogFile;
@@ -52,6 +52,8 @@ use super::record::{
     RecordKind, RecordMeta, RecordView, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
 };
 use super::scan::damaged_ranges;
+pub use crate::clock::now_ms;
+use crate::locks::{lock, read, write};
 use crate::watch::{Event, EventBus, EventOp};
 
 /// When writes are made durable with fdatasync.
@@ -848,7 +850,7 @@ impl Store {
             // have stepped back since the index was read).
             let still_due = self.current_state(&writer, key, 0).is_some_and(|state| {
                 state.attrs.expires_at_ms == *expires_at_ms
-                    && state.attrs.expired(crate::store::engine::now_ms())
+                    && state.attrs.expired(crate::clock::now_ms())
             });
             if still_due {
                 FrameBuilder::add(&mut frame, &RecordMeta::tombstone(key), b"");
@@ -1509,28 +1511,6 @@ fn corrupt(offset: u64) -> StoreError {
         "record at offset {offset} failed its integrity check and was not served; run `lucid check`"
     );
     StoreError::Corrupt { offset }
-}
-
-/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is
-/// before 1970, as on a board without RTC that has not synced yet).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (no
-/// critical section here leaves the data half-updated when it panics).
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
