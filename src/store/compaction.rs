@@ -76,10 +76,10 @@ use std::time::{Duration, Instant};
 use memmap2::{Mmap, UncheckedAdvice};
 
 use super::crypt::{open_copy, stored_form, Cipher, ENVELOPE_OVERHEAD};
-use super::directory::{private_file, sync_dir, LOG_FILE};
 use super::engine::Store;
 use super::file::{DiskFile, LogFile};
 use super::index::{Index, Location};
+use super::layout::{is_set_aside, private_file, sync_dir, COMPACT_FILE, HINT_FILE, LOG_FILE};
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
     RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN,
@@ -87,9 +87,6 @@ use super::record::{
 use super::scan::next_valid;
 use crate::clock::now_ms;
 use crate::locks::{lock, read, write};
-
-/// Name of the new log while compaction writes it.
-pub const COMPACT_FILE: &str = "data.log.compact";
 
 /// At most this many rounds of copying the tail before writers are paused;
 /// writers that outpace them stop the compaction (see [`OUTPACED`]).
@@ -487,7 +484,7 @@ impl Store {
         if rekeying {
             // The hint belongs to the old encryption (plaintext keys, maybe):
             // gone before the new log takes its place.
-            match fs::remove_file(dir.join(super::hint::HINT_FILE)) {
+            match fs::remove_file(dir.join(HINT_FILE)) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
                 _ => {}
             }
@@ -573,14 +570,9 @@ impl Store {
 
 /// Refuses to encrypt a directory that keeps plaintext copies of data.
 fn refuse_plaintext_leftovers(dir: &Path) -> Result<(), CompactionError> {
-    let prefixes = [format!("{LOG_FILE}.torn-"), format!("{LOG_FILE}.broken-")];
     let mut found: Vec<String> = fs::read_dir(dir)?
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| {
-            prefixes
-                .iter()
-                .any(|prefix| name.starts_with(prefix.as_str()))
-        })
+        .filter(|name| is_set_aside(name))
         .collect();
     if found.is_empty() {
         return Ok(());
@@ -1646,7 +1638,7 @@ mod tests {
         assert_matches(&store, &model);
         assert_eq!(store.stats().damaged_keys, 0);
         drop(store);
-        fs::remove_file(dir.path().join(crate::store::hint::HINT_FILE)).unwrap();
+        fs::remove_file(dir.path().join(HINT_FILE)).unwrap();
         let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
         assert_matches(&store, &model);
     }
@@ -1687,7 +1679,7 @@ mod tests {
             drop(store);
             for with_hint in [true, false] {
                 if !with_hint {
-                    fs::remove_file(dir.path().join(crate::store::hint::HINT_FILE)).unwrap();
+                    fs::remove_file(dir.path().join(HINT_FILE)).unwrap();
                 }
                 let (store, _) =
                     crate::store::open_with(dir.path(), SyncMode::Always, cipher.clone()).unwrap();

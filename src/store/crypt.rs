@@ -662,8 +662,8 @@ impl<R: Read> Read for OpenedReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::directory::LOG_FILE;
     use crate::store::index::Attrs;
+    use crate::store::layout::LOG_FILE;
     use crate::store::record::RecordKind;
     use crate::store::testing::{assert_matches, batch_put, churn, put, set_attrs, Model};
     use crate::store::{check, open_with, OpenError, SyncMode};

@@ -1,37 +1,25 @@
-//! The data directory: its files, its lock, and turning it into a running
-//! [`Store`] (recovery) or a report ([`check`]).
-//!
-//! ```text
-//! <dir>/LOCK               held (flock) by the one process using the directory
-//! <dir>/data.log           the append-only log (see `record` for its layout)
-//! <dir>/data.log.torn-N    a torn tail cut from the log at offset N, kept aside
-//! <dir>/data.log.compact   the new log while compaction writes it
-//! <dir>/data.hint          index snapshot for a fast start (see `hint`)
-//! <dir>/data.log.repair    the new log while `lucid check --repair` writes it
-//! <dir>/data.log.broken-T  a damaged log set aside by a repair at time T
-//! ```
+//! Opening the data directory: taking its lock, and turning it into a
+//! running [`Store`] (recovery) or a report ([`check`]). Its files are
+//! listed in [`super::layout`].
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::compaction::COMPACT_FILE;
 use super::crypt::Cipher;
 use super::engine::{Recovered, Store, SyncMode};
 use super::file::{DiskFile, LogFile};
 use super::hint;
 use super::index::{Attrs, Index};
+use super::layout::{
+    private_file, sync_dir, torn_tail, COMPACT_FILE, HINT_FILE, HINT_TMP, LOCK_FILE, LOG_FILE,
+    REPAIR_FILE,
+};
 use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
-use super::repair::REPAIR_FILE;
 use super::scan::{damaged_ranges, scan, Damage, ScanStart, ScanSummary};
-
-/// Name of the log file inside the data directory.
-pub const LOG_FILE: &str = "data.log";
-/// Name of the lock file inside the data directory.
-pub const LOCK_FILE: &str = "LOCK";
 
 /// Why a data directory could not be opened or checked.
 #[derive(Debug)]
@@ -200,7 +188,7 @@ pub fn open_with(
         Err(hint::Unused::Rejected(why)) => {
             log::warn!(
                 "ignoring {}: {why}; reading the whole log",
-                dir.join(hint::HINT_FILE).display()
+                dir.join(HINT_FILE).display()
             );
             // Derived data: a hint not trusted now must not be trusted later
             // either (a log that grows back past its coverage, say).
@@ -454,15 +442,6 @@ fn replay(
     .map_err(io_error("read", path))
 }
 
-/// Options to create a file of the data directory: readable and writable
-/// by its owner only (mode 0600), as its records may hold secrets.
-pub(super) fn private_file() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-}
-
 /// Creates the data directory, and its missing parents, open to its owner
 /// only (mode 0700); an existing directory keeps its mode.
 fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -501,7 +480,7 @@ fn refuse_to_start_empty_beside_data(dir: &Path) -> Result<(), OpenError> {
     let mut found: Vec<String> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name == hint::HINT_FILE || name.starts_with(&format!("{LOG_FILE}.")))
+        .filter(|name| name == HINT_FILE || name.starts_with(&format!("{LOG_FILE}.")))
         .collect();
     if found.is_empty() {
         return Ok(());
@@ -516,7 +495,7 @@ fn refuse_to_start_empty_beside_data(dir: &Path) -> Result<(), OpenError> {
 /// Deletes the hint file, if any, durably (a distrusted hint must not come
 /// back after a power cut).
 fn remove_hint(dir: &Path) -> Result<(), OpenError> {
-    let path = dir.join(hint::HINT_FILE);
+    let path = dir.join(HINT_FILE);
     match fs::remove_file(&path) {
         Ok(()) => sync_dir(dir).map_err(io_error("sync", dir)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -532,7 +511,7 @@ fn remove_hint(dir: &Path) -> Result<(), OpenError> {
 /// left behind: each was a new file not yet renamed into place, and the old
 /// one, still in place, holds everything.
 fn remove_leftovers(dir: &Path) -> Result<(), OpenError> {
-    for name in [COMPACT_FILE, REPAIR_FILE, hint::HINT_TMP] {
+    for name in [COMPACT_FILE, REPAIR_FILE, HINT_TMP] {
         let leftover = dir.join(name);
         match fs::remove_file(&leftover) {
             Ok(()) => log::warn!(
@@ -616,7 +595,7 @@ fn cut_torn_tail(
     len: u64,
     next_valid: Option<u64>,
 ) -> Result<(), OpenError> {
-    let (aside, mut copy) = create_unique(&format!("{}.torn-{offset}", path.display()))?;
+    let (aside, mut copy) = create_unique(&torn_tail(path, offset))?;
     let mut chunk = vec![0u8; len.min(1 << 20) as usize];
     let mut at = offset;
     while at < offset + len {
@@ -670,11 +649,6 @@ pub(super) fn create_unique(base: &str) -> Result<(PathBuf, File), OpenError> {
         }
     }
     unreachable!("a free name exists")
-}
-
-/// fsyncs a directory, making renames and new files in it durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Wraps an I/O error with what was being done to which path.
@@ -780,7 +754,7 @@ mod tests {
         let (store, _, second) = store_of_three(dir.path());
         store.close().unwrap();
         drop(store);
-        fs::remove_file(dir.path().join(hint::HINT_FILE)).unwrap();
+        fs::remove_file(dir.path().join(HINT_FILE)).unwrap();
         let log = dir.path().join(LOG_FILE);
         let mut bytes = fs::read(&log).unwrap();
         bytes[second as usize + 45] ^= 0x01;

@@ -58,14 +58,10 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use super::crypt::Cipher;
-use super::directory::{private_file, sync_dir};
 use super::index::{Attrs, Index, Key, Location};
+use super::layout::{private_file, sync_dir, HINT_FILE, HINT_TMP};
 use super::record::FileHeader;
 
-/// Name of the hint file in the data directory.
-pub const HINT_FILE: &str = "data.hint";
-/// Name of a hint file being written.
-pub const HINT_TMP: &str = "data.hint.tmp";
 const MAGIC: &[u8; 8] = b"LUCIDHNT";
 /// Magic of an encrypted hint file.
 const SEALED_MAGIC: &[u8; 8] = b"LUCIDHNE";
@@ -326,7 +322,7 @@ impl<R: Read> Read for CrcReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::directory::LOG_FILE;
+    use crate::store::layout::LOG_FILE;
     use crate::store::testing::{assert_matches, churn, delete, put, Model};
     use crate::store::{open, SyncMode};
 

@@ -21,8 +21,8 @@
 //!   See [`expiry`].
 //! * **Compaction**: rewriting the log with only live records, crash-safe at
 //!   every step. See [`compaction`].
-//! * **Directory**: lock file, log file, torn tails kept aside. See
-//!   [`directory`].
+//! * **Directory**: its files ([`layout`]); its lock and opening it
+//!   ([`directory`]).
 
 pub mod compaction;
 pub mod crypt;
@@ -32,6 +32,7 @@ pub mod expiry;
 pub mod file;
 pub mod hint;
 pub mod index;
+pub mod layout;
 pub mod record;
 pub mod repair;
 pub mod scan;

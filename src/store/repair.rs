@@ -21,16 +21,13 @@ use std::path::{Path, PathBuf};
 
 use super::crypt::{stored_form, Cipher};
 use super::directory::{
-    check_key, create_unique, full_scan_start, io_error as io_err, lock_dir, private_file,
-    read_header, sync_dir, OpenError, LOG_FILE,
+    check_key, create_unique, full_scan_start, io_error as io_err, lock_dir, read_header, OpenError,
 };
 use super::file::{DiskFile, LogFile};
-use super::hint::HINT_FILE;
+use super::layout::{broken_log, private_file, sync_dir, HINT_FILE, LOG_FILE, REPAIR_FILE};
 use super::record::{FileHeader, Marker, Position, RecordBuilder, FILE_HEADER_LEN};
 use super::scan::{scan, Damage, ScanStart};
-
-/// Name of the new log while a repair writes it.
-pub const REPAIR_FILE: &str = "data.log.repair";
+use crate::clock::now_ms;
 
 /// What a repair did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +122,7 @@ pub fn repair(dir: &Path, cipher: Option<&Cipher>) -> Result<RepairReport, OpenE
             file_id: new_header.file_id,
             offset: report.bytes_kept,
         };
-        let marker = Marker::encode(at.offset, super::engine::now_ms(), at);
+        let marker = Marker::encode(at.offset, now_ms(), at);
         let stored = stored_form(cipher, &marker, at, &mut sealed);
         match out.write_all(stored) {
             Ok(()) => report.bytes_kept += stored.len() as u64,
@@ -145,13 +142,10 @@ pub fn repair(dir: &Path, cipher: Option<&Cipher>) -> Result<RepairReport, OpenE
         .into_inner()
         .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
     file.sync_all().map_err(io_err("sync", &tmp))?;
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let seconds = now_ms() / 1000;
     // Keep the damaged log under a second name first, then replace data.log
     // in one atomic rename: at no moment is there no data.log.
-    let base = format!("{}.broken-{seconds}", path.display());
-    let broken = keep_aside(&path, &base)?;
+    let broken = keep_aside(&path, &broken_log(&path, seconds))?;
     fs::rename(&tmp, &path).map_err(io_err("move into place", &tmp))?;
     match fs::remove_file(dir.join(HINT_FILE)) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => {
