@@ -75,14 +75,14 @@ use std::time::{Duration, Instant};
 
 use memmap2::{Mmap, UncheckedAdvice};
 
-use super::crypt::{open_copy, stored_form, Cipher, ENVELOPE_OVERHEAD};
+use super::crypt::{open_copy, stored_form, Cipher};
 use super::engine::Store;
 use super::file::{DiskFile, LogFile};
 use super::index::{Index, Location};
 use super::layout::{is_set_aside, private_file, sync_dir, COMPACT_FILE, HINT_FILE, LOG_FILE};
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
-    RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    RecordKind, ENVELOPE_OVERHEAD, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 use super::scan::next_valid;
 use crate::clock::now_ms;

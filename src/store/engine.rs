@@ -43,13 +43,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::thread;
 use std::time::Duration;
 
-use super::crypt::{open_copy, open_record, stored_form, Cipher, ENVELOPE_OVERHEAD};
+use super::crypt::{open_copy, open_record, stored_form, Cipher};
 use super::file::LogFile;
 use super::hint::{self, Coverage};
 use super::index::{Attrs, Index, Location};
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
-    RecordKind, RecordMeta, RecordView, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
+    RecordKind, RecordMeta, RecordView, ENVELOPE_OVERHEAD, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
 };
 use super::scan::damaged_ranges;
 pub use crate::clock::now_ms;
