@@ -36,6 +36,7 @@ pub mod layout;
 pub mod record;
 pub mod repair;
 pub mod scan;
+pub mod stats;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]
@@ -46,3 +47,4 @@ pub use directory::{check, open, open_with, OpenError};
 pub use engine::{Store, StoreError, StoredValue, SyncMode, WriteOutcome};
 pub use expiry::spawn_expiry_sweeper;
 pub use repair::repair;
+pub use stats::StoreStats;
