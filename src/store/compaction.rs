@@ -87,7 +87,7 @@ use super::index::{Index, Location};
 use super::layout::{is_set_aside, private_file, sync_dir, COMPACT_FILE, HINT_FILE, LOG_FILE};
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
-    RecordKind, ENVELOPE_OVERHEAD, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    RecordKind, RecordView, ENVELOPE_OVERHEAD, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 use super::scan::next_valid;
 use super::stats::LastCompaction;
@@ -912,14 +912,13 @@ fn move_records(
     out: &mut impl Write,
     mut keep: Keep<'_, '_>,
 ) -> Result<(u64, Option<u64>), CompactionError> {
-    let (mut opened, mut plain, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
     let (mut at, mut written) = (0usize, to.offset);
     while at < bytes.len() {
         let old = Position {
             file_id: from.file_id,
             offset: from.offset + at as u64,
         };
-        let corrupt = || CompactionError::Corrupt(old.offset);
         let view = bytes
             .get(at..at + RECORD_HEADER_LEN)
             .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
@@ -936,115 +935,192 @@ fn move_records(
             file_id: to.file_id,
             offset: written,
         };
-        if view.header.kind == RecordKind::Marker {
-            if keep.is_some() {
-                continue; // not live data
+        written += match view.header.kind {
+            RecordKind::Marker if keep.is_some() => 0, // not live data
+            RecordKind::Marker => {
+                // Its claim moves with the bytes it names; anything before
+                // this part of the tail names the part's start.
+                let shift = |claim: u64| claim.max(from.offset) - from.offset + to.offset;
+                move_marker(view, old, new, shift, ciphers, out, &mut scratch)?
             }
-            let marker = open_copy(ciphers.from, view, old, &mut opened).map_err(|_| corrupt())?;
-            let claim = Marker::claim(&marker, old.offset).ok_or_else(corrupt)?;
-            let claim = claim.max(from.offset) - from.offset + to.offset;
-            let plain = Marker::encode(claim, marker.header.timestamp_ms, new);
-            let stored = stored_form(ciphers.to, &plain, new, &mut sealed);
-            out.write_all(stored)?;
-            written += stored.len() as u64;
-            continue;
-        }
-        let mut records = Vec::new();
-        if view.header.kind == RecordKind::Batch {
-            for member in members(&view, old) {
-                records.push(member.map_err(|_| corrupt())?);
-            }
-        } else {
-            records.push((old.offset, view));
-        }
-        if keep.is_none() && view.header.kind == RecordKind::Batch {
             // The whole frame moves, members still members.
-            plain.clear();
-            plain.extend_from_slice(&view.bytes[..RECORD_HEADER_LEN]);
-            let mut timestamp_ms = 0;
-            for &(offset, member) in &records {
-                let place = Position { offset, ..old };
-                let member =
-                    open_copy(ciphers.from, member, place, &mut opened).map_err(|_| corrupt())?;
-                timestamp_ms = member.header.timestamp_ms;
-                plain.extend_from_slice(member.bytes);
+            RecordKind::Batch if keep.is_none() => {
+                move_frame(view, old, new, ciphers, out, &mut scratch)?
             }
-            let first = records.first().map_or(0, |(_, m)| m.header.sequence);
-            let overhead = if ciphers.to.is_some() {
-                ENVELOPE_OVERHEAD
-            } else {
-                0
-            };
-            FrameBuilder::seal_wrapped(
-                &mut plain,
-                first,
-                timestamp_ms,
+            _ => move_live(
+                view,
+                old,
                 new,
-                overhead,
-                &mut sealed,
-                |member, place, out| match ciphers.to {
-                    Some(cipher) => cipher.seal(member, place, out),
-                    None => out.extend_from_slice(member),
-                },
-            );
-            out.write_all(&sealed)?;
-            written += sealed.len() as u64;
-            continue;
-        }
-        for (offset, record) in records {
-            if keep.as_mut().is_some_and(|keep| !keep.were_live(offset)) {
-                continue;
-            }
-            let place = Position { offset, ..old };
-            let new = Position {
-                file_id: to.file_id,
-                offset: written,
-            };
-            let location = Location {
-                offset,
-                len: record.bytes.len() as u32,
-            };
-            let stored = match ciphers.unchanged() {
-                Some(cipher) if record.header.is_movable() && !record.header.is_member() => {
-                    if let Some(keep) = keep.as_ref() {
-                        let key = cipher
-                            .peek_key(record.bytes, &mut opened)
-                            .ok_or_else(corrupt)?;
-                        if !keep.is_live(key, location) {
-                            continue;
-                        }
-                    }
-                    cipher
-                        .move_envelope(record.bytes, place, new, &mut sealed)
-                        .map_err(|_| corrupt())?;
-                    &sealed[..]
-                }
-                _ => {
-                    let record = open_copy(ciphers.from, record, place, &mut opened)
-                        .map_err(|_| corrupt())?;
-                    if keep
-                        .as_ref()
-                        .is_some_and(|keep| !keep.is_live(record.key, location))
-                    {
-                        continue;
-                    }
-                    plain.clear();
-                    plain.extend_from_slice(record.bytes);
-                    RecordBuilder::detach(&mut plain, new);
-                    stored_form(ciphers.to, &plain, new, &mut sealed)
-                }
-            };
-            out.write_all(stored)?;
-            if let Some(keep) = keep.as_mut() {
-                keep.copied_to(Location {
-                    offset: written,
-                    len: stored.len() as u32,
-                });
-            }
-            written += stored.len() as u64;
-        }
+                ciphers,
+                out,
+                keep.as_deref_mut(),
+                &mut scratch,
+            )?,
+        };
     }
     Ok((written - to.offset, None))
+}
+
+/// Buffers [`move_records`] reuses from record to record.
+#[derive(Default)]
+struct Scratch {
+    /// A record opened from its envelope.
+    opened: Vec<u8>,
+    /// A plain record being restamped.
+    plain: Vec<u8>,
+    /// A record as the new log stores it.
+    sealed: Vec<u8>,
+}
+
+/// Writes the sync marker `view`, verified at `old`, to `out` at `new`,
+/// naming where the bytes it claimed durable went (`shift`). Returns the
+/// bytes written.
+fn move_marker(
+    view: RecordView<'_>,
+    old: Position,
+    new: Position,
+    shift: impl Fn(u64) -> u64,
+    ciphers: Ciphers<'_>,
+    out: &mut impl Write,
+    scratch: &mut Scratch,
+) -> Result<u64, CompactionError> {
+    let corrupt = || CompactionError::Corrupt(old.offset);
+    let marker = open_copy(ciphers.from, view, old, &mut scratch.opened).map_err(|_| corrupt())?;
+    let claim = Marker::claim(&marker, old.offset).ok_or_else(corrupt)?;
+    let plain = Marker::encode(shift(claim), marker.header.timestamp_ms, new);
+    let stored = stored_form(ciphers.to, &plain, new, &mut scratch.sealed);
+    out.write_all(stored)?;
+    Ok(stored.len() as u64)
+}
+
+/// Writes the batch frame `view`, verified at `old`, whole to `out` at
+/// `new`, every member opened and sealed afresh for its new place. Returns
+/// the bytes written.
+fn move_frame(
+    view: RecordView<'_>,
+    old: Position,
+    new: Position,
+    ciphers: Ciphers<'_>,
+    out: &mut impl Write,
+    scratch: &mut Scratch,
+) -> Result<u64, CompactionError> {
+    let corrupt = || CompactionError::Corrupt(old.offset);
+    let Scratch {
+        opened,
+        plain,
+        sealed,
+    } = scratch;
+    plain.clear();
+    plain.extend_from_slice(&view.bytes[..RECORD_HEADER_LEN]);
+    let (mut first, mut timestamp_ms) = (None, 0);
+    for member in members(&view, old) {
+        let (offset, member) = member.map_err(|_| corrupt())?;
+        first.get_or_insert(member.header.sequence);
+        let place = Position { offset, ..old };
+        let member = open_copy(ciphers.from, member, place, opened).map_err(|_| corrupt())?;
+        timestamp_ms = member.header.timestamp_ms;
+        plain.extend_from_slice(member.bytes);
+    }
+    let overhead = if ciphers.to.is_some() {
+        ENVELOPE_OVERHEAD
+    } else {
+        0
+    };
+    FrameBuilder::seal_wrapped(
+        plain,
+        first.unwrap_or(0),
+        timestamp_ms,
+        new,
+        overhead,
+        sealed,
+        |member, place, out| match ciphers.to {
+            Some(cipher) => cipher.seal(member, place, out),
+            None => out.extend_from_slice(member),
+        },
+    );
+    out.write_all(sealed)?;
+    Ok(sealed.len() as u64)
+}
+
+/// Writes the put or tombstone `view`, verified at `old` (or each member
+/// of the batch frame `view`), to `out` from `new` on as a plain record,
+/// if `keep` accepts it: an envelope keeping its key moves unopened, any
+/// other record is opened and sealed afresh. Returns the bytes written.
+fn move_live(
+    view: RecordView<'_>,
+    old: Position,
+    new: Position,
+    ciphers: Ciphers<'_>,
+    out: &mut impl Write,
+    mut keep: Keep<'_, '_>,
+    scratch: &mut Scratch,
+) -> Result<u64, CompactionError> {
+    let corrupt = || CompactionError::Corrupt(old.offset);
+    let mut records = Vec::new();
+    if view.header.kind == RecordKind::Batch {
+        for member in members(&view, old) {
+            records.push(member.map_err(|_| corrupt())?);
+        }
+    } else {
+        records.push((old.offset, view));
+    }
+    let Scratch {
+        opened,
+        plain,
+        sealed,
+    } = scratch;
+    let mut written = new.offset;
+    for (offset, record) in records {
+        if keep.as_mut().is_some_and(|keep| !keep.were_live(offset)) {
+            continue;
+        }
+        let place = Position { offset, ..old };
+        let new = Position {
+            offset: written,
+            ..new
+        };
+        let location = Location {
+            offset,
+            len: record.bytes.len() as u32,
+        };
+        let stored = match ciphers.unchanged() {
+            Some(cipher) if record.header.is_movable() && !record.header.is_member() => {
+                if let Some(keep) = keep.as_ref() {
+                    let key = cipher.peek_key(record.bytes, opened).ok_or_else(corrupt)?;
+                    if !keep.is_live(key, location) {
+                        continue;
+                    }
+                }
+                cipher
+                    .move_envelope(record.bytes, place, new, sealed)
+                    .map_err(|_| corrupt())?;
+                &sealed[..]
+            }
+            _ => {
+                let record =
+                    open_copy(ciphers.from, record, place, opened).map_err(|_| corrupt())?;
+                if keep
+                    .as_ref()
+                    .is_some_and(|keep| !keep.is_live(record.key, location))
+                {
+                    continue;
+                }
+                plain.clear();
+                plain.extend_from_slice(record.bytes);
+                RecordBuilder::detach(plain, new);
+                stored_form(ciphers.to, plain, new, sealed)
+            }
+        };
+        out.write_all(stored)?;
+        if let Some(keep) = keep.as_mut() {
+            keep.copied_to(Location {
+                offset: written,
+                len: stored.len() as u32,
+            });
+        }
+        written += stored.len() as u64;
+    }
+    Ok(written - new.offset)
 }
 
 /// Where the index entries below the cut went, filled in by the copy, so
