@@ -147,61 +147,13 @@ pub fn open_with(
     let header = read_header(&file, &path)?;
     check_key(&header, key_check, &path)?;
     let log_len = file.size().map_err(io_error("read", &path))?;
-    let (mut index, mut summary, mut hint_keys) = (Index::default(), None, None);
-    // The end of what the hint used covers: records there are not read now.
-    let mut unverified_end = None;
     let source = (&file as &dyn LogFile, header.file_id, cipher.as_deref());
-    let mut full_scan = ScanStart::BEGINNING;
-    // A hint followed by damage goes, but only once the full scan has not
-    // refused to start: it is the evidence that what it covers is durable,
-    // and the next start (or `lucid check`) must judge the damage the same.
-    let mut drop_hint = false;
-    match hint::load(dir, header, log_len, cipher.as_deref()) {
-        Ok(hint) => {
-            let start = ScanStart {
-                offset: hint.coverage.end,
-                max_sequence: hint.coverage.max_sequence,
-                durable: hint.coverage.end,
-            };
-            // What the hint covers was fsynced before it was written: damage
-            // there is damage to durable data, even if the hint goes.
-            full_scan.durable = hint.coverage.end;
-            hint_keys = Some(hint.index.len());
-            index = hint.index;
-            let after_hint = replay(source, &path, &mut index, start)?;
-            if after_hint.damage.is_some() {
-                // The full scan below is the authority on damage.
-                log::warn!(
-                    "the log after the hint file's coverage is damaged; reading the whole log"
-                );
-                (index, hint_keys) = (Index::default(), None);
-                drop_hint = true;
-            } else {
-                summary = Some(after_hint);
-                unverified_end = Some(start.offset);
-            }
-        }
-        Err(hint::Unused::Missing) if log_len <= FILE_HEADER_LEN as u64 => {}
-        Err(hint::Unused::Missing) => {
-            log::warn!("no hint file in {}: reading the whole log", dir.display());
-        }
-        Err(hint::Unused::Rejected(why)) => {
-            log::warn!(
-                "ignoring {}: {why}; reading the whole log",
-                dir.join(HINT_FILE).display()
-            );
-            // Derived data: a hint not trusted now must not be trusted later
-            // either (a log that grows back past its coverage, say).
-            remove_hint(dir)?;
-        }
-    }
-    let summary = match summary {
-        Some(summary) => summary,
-        None => replay(source, &path, &mut index, full_scan)?,
-    };
-    if drop_hint && !matches!(summary.damage, Some(Damage::Corrupt { .. })) {
-        remove_hint(dir)?;
-    }
+    let Replayed {
+        index,
+        summary,
+        hint_keys,
+        unverified_end,
+    } = replay_log(dir, &path, source, header, log_len)?;
     match summary.damage {
         None => {}
         Some(Damage::TornTail {
@@ -242,10 +194,105 @@ pub fn open_with(
         dir: Some((dir.to_path_buf(), lock)),
         cipher,
     };
-    let damaged = recovered.index.damaged_keys();
+    report_damaged_keys(&recovered.index, &path);
+    let store = Store::new(Arc::new(file), recovered, sync);
+    if let Some(covered_end) = unverified_end {
+        store.verify_in_background(covered_end);
+    }
+    Ok((store, report))
+}
+
+/// The index recovered from a log, and how.
+struct Replayed {
+    /// The live keys.
+    index: Index,
+    /// What the scan found.
+    summary: ScanSummary,
+    /// Keys loaded from the hint file, if it was used.
+    hint_keys: Option<usize>,
+    /// The end of what the hint used covers: records there were not read.
+    unverified_end: Option<u64>,
+}
+
+/// Recovers the index of the log at `path` (`source`, `log_len` bytes long
+/// with file header `header`): from the hint file and the log after it if
+/// the hint is valid and no damage follows it, else by a full scan. A hint
+/// that cannot be trusted is removed.
+fn replay_log(
+    dir: &Path,
+    path: &Path,
+    source: LogSource<'_>,
+    header: FileHeader,
+    log_len: u64,
+) -> Result<Replayed, OpenError> {
+    let cipher = source.2;
+    let (mut index, mut summary, mut hint_keys) = (Index::default(), None, None);
+    let mut unverified_end = None;
+    let mut full_scan = ScanStart::BEGINNING;
+    // A hint followed by damage goes, but only once the full scan has not
+    // refused to start: it is the evidence that what it covers is durable,
+    // and the next start (or `lucid check`) must judge the damage the same.
+    let mut drop_hint = false;
+    match hint::load(dir, header, log_len, cipher) {
+        Ok(hint) => {
+            let start = ScanStart {
+                offset: hint.coverage.end,
+                max_sequence: hint.coverage.max_sequence,
+                durable: hint.coverage.end,
+            };
+            // What the hint covers was fsynced before it was written: damage
+            // there is damage to durable data, even if the hint goes.
+            full_scan.durable = hint.coverage.end;
+            hint_keys = Some(hint.index.len());
+            index = hint.index;
+            let after_hint = replay(source, path, &mut index, start)?;
+            if after_hint.damage.is_some() {
+                // The full scan below is the authority on damage.
+                log::warn!(
+                    "the log after the hint file's coverage is damaged; reading the whole log"
+                );
+                (index, hint_keys) = (Index::default(), None);
+                drop_hint = true;
+            } else {
+                summary = Some(after_hint);
+                unverified_end = Some(start.offset);
+            }
+        }
+        Err(hint::Unused::Missing) if log_len <= FILE_HEADER_LEN as u64 => {}
+        Err(hint::Unused::Missing) => {
+            log::warn!("no hint file in {}: reading the whole log", dir.display());
+        }
+        Err(hint::Unused::Rejected(why)) => {
+            log::warn!(
+                "ignoring {}: {why}; reading the whole log",
+                dir.join(HINT_FILE).display()
+            );
+            // Derived data: a hint not trusted now must not be trusted later
+            // either (a log that grows back past its coverage, say).
+            remove_hint(dir)?;
+        }
+    }
+    let summary = match summary {
+        Some(summary) => summary,
+        None => replay(source, path, &mut index, full_scan)?,
+    };
+    if drop_hint && !matches!(summary.damage, Some(Damage::Corrupt { .. })) {
+        remove_hint(dir)?;
+    }
+    Ok(Replayed {
+        index,
+        summary,
+        hint_keys,
+        unverified_end,
+    })
+}
+
+/// Says in an ERROR log which keys of `index` (recovered from the log at
+/// `path`) answer an error because their record was damaged.
+fn report_damaged_keys(index: &Index, path: &Path) {
+    let damaged = index.damaged_keys();
     if damaged > 0 {
-        let names: Vec<_> = recovered
-            .index
+        let names: Vec<_> = index
             .damaged()
             .take(10)
             .map(String::from_utf8_lossy)
@@ -258,11 +305,6 @@ pub fn open_with(
             if damaged > names.len() { ", ..." } else { "" }
         );
     }
-    let store = Store::new(Arc::new(file), recovered, sync);
-    if let Some(covered_end) = unverified_end {
-        store.verify_in_background(covered_end);
-    }
-    Ok((store, report))
 }
 
 /// What [`check`] found in a data directory.
