@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use lucid::store::crypt::{Cipher, KEY_LEN};
 use lucid::store::engine::Expect;
-use lucid::store::hint::HINT_FILE;
+use lucid::store::layout::HINT_FILE;
 use lucid::store::record::{RecordBuilder, RecordMeta};
 use lucid::store::{open, open_with, Store, SyncMode};
 

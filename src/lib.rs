@@ -6,12 +6,15 @@
 //! * [`watch`] is the change feed that watchers subscribe to.
 //! * [`config`] reads `lucid.yml`; [`notify`] speaks systemd's notify protocol.
 //! * [`cli`] parses the command line; [`commands`] does what each command says.
+//! * [`clock`] and [`locks`] are small helpers every part shares.
 
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod http;
+pub mod locks;
 pub mod logging;
 pub mod memory;
 pub mod notify;

@@ -15,6 +15,8 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::locks::lock;
+
 /// Memory the node holds whatever clients do: code, thread stacks, the
 /// index of a store of up to some hundred thousand keys, small buffers.
 pub const NODE_SHARE: usize = 24 * 1024 * 1024;
@@ -90,7 +92,7 @@ impl MemoryBudget {
     /// none by then. The bytes are given back when the reservation drops.
     pub fn reserve(&self, bytes: usize) -> Option<Reservation<'_>> {
         let deadline = Instant::now() + WAIT;
-        let mut usage = self.lock();
+        let mut usage = lock(&self.usage);
         while usage.in_use + bytes > self.cap {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || bytes > self.cap {
@@ -107,11 +109,11 @@ impl MemoryBudget {
 
     /// Bytes reserved now.
     pub fn in_use(&self) -> usize {
-        self.lock().in_use
+        lock(&self.usage).in_use
     }
 
     fn give_back(&self, bytes: usize, read_ahead: bool) {
-        let mut usage = self.lock();
+        let mut usage = lock(&self.usage);
         usage.in_use -= bytes;
         if read_ahead {
             usage.read_ahead -= bytes;
@@ -131,16 +133,12 @@ impl MemoryBudget {
             .unwrap_or_else(|e| e.into_inner())
             .0
     }
-
-    fn lock(&self) -> MutexGuard<'_, Usage> {
-        self.usage.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// Read-ahead bodies take at most half of the budget.
 impl tiny_http::BodyBudget for MemoryBudget {
     fn reserve_by(&self, bytes: usize, deadline: Instant) -> bool {
-        let mut usage = self.lock();
+        let mut usage = lock(&self.usage);
         loop {
             if usage.in_use + bytes <= self.cap && usage.read_ahead + bytes <= self.cap / 2 {
                 usage.in_use += bytes;

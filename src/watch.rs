@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
+use crate::locks::lock;
+
 /// Values up to this size that are UTF-8 are sent inline in events.
 pub const INLINE_VALUE_MAX: usize = 4096;
 
@@ -237,7 +239,7 @@ impl EventBus {
     /// Sets how many events the history keeps and how many may be queued
     /// for one watcher (config `watch.history` and `watch.queue`).
     pub fn set_limits(&self, history: usize, queue: usize) {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         state.history_limit = history;
         state.queue_limit = queue.max(1);
         trim_history(&mut state);
@@ -247,7 +249,7 @@ impl EventBus {
     /// blocks: a subscriber with a full queue is dropped (see the module
     /// documentation). Events must be published in version order.
     pub fn publish(&self, event: Event) {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let event = Arc::new(event);
         state.subscribers.retain(|sub| {
             if !event.key().as_bytes().starts_with(&sub.prefix) {
@@ -278,7 +280,7 @@ impl EventBus {
         prefix: &[u8],
         since: Option<u64>,
     ) -> Result<Subscription, SinceTooOld> {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let backlog = match since {
             Some(since) if since < state.forgotten => {
                 return Err(SinceTooOld {
@@ -312,18 +314,14 @@ impl EventBus {
 
     /// Number of connected subscribers.
     pub fn subscribers(&self) -> usize {
-        self.lock().subscribers.len()
+        lock(&self.state).subscribers.len()
     }
 
     /// Ends every subscription (the node is stopping); later ones end at once.
     pub fn close(&self) {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         state.closed = true;
         state.subscribers.clear();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BusState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

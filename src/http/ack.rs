@@ -11,7 +11,7 @@
 //! If the fsync fails, every write it was to cover is answered with the
 //! store's error (503: the store turned read-only), never with success.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use tiny_http::Request;
@@ -19,6 +19,7 @@ use tiny_http::Request;
 use super::kv::store_error;
 use super::reply::{Reply, Responder};
 use super::Context;
+use crate::locks::lock;
 use crate::store::StoreError;
 
 /// Replies held until their writes are durable, and the thread answering
@@ -113,10 +114,6 @@ impl Acknowledger {
         lock(&self.queue).closed = true;
         self.changed.notify_all();
     }
-}
-
-fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    queue.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 //! until the server stops, and a count of those still running so a stop can
 //! wait for them (however they end, a panic included).
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Instant;
 
 use tiny_http::Server;
 
 use super::Context;
+use crate::locks::lock;
 
 /// The workers of one server.
 pub struct Pool {
@@ -88,8 +89,4 @@ impl Drop for Exit {
         *lock(&self.0.live) -= 1;
         self.0.exited.notify_all();
     }
-}
-
-fn lock(live: &Mutex<usize>) -> MutexGuard<'_, usize> {
-    live.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -42,8 +42,13 @@
 //!    offset (one walk of the index along the plan), rename the new file
 //!    over `data.log`, fsync the directory, then point the index and the
 //!    writer at the new file (readers pause only for that last, in-memory
-//!    step). Once the rename is done the in-memory switch always follows;
-//!    if the directory fsync failed, the store then turns read-only.
+//!    step, which the engine owns: `Paused::install_compacted`). Once the
+//!    rename is done the in-memory switch always follows; if the directory
+//!    fsync failed, the store then turns read-only.
+//!
+//! Compaction sees the store only through `CompactionAccess` (see
+//! [`super::engine`]): the cut, the log's end, the index to read, the
+//! pause, and that one install.
 //!
 //! Tombstones before the cut are dropped: the new log holds no older record
 //! of any key for them to hide. Tombstones in the tail are kept. The new
@@ -75,19 +80,19 @@ use std::time::{Duration, Instant};
 
 use memmap2::{Mmap, UncheckedAdvice};
 
-use super::crypt::{open_copy, stored_form, Cipher, ENVELOPE_OVERHEAD};
-use super::directory::{private_file, sync_dir, LOG_FILE};
-use super::engine::{lock, now_ms, read, write, Store};
+use super::crypt::{open_copy, stored_form, Cipher};
+use super::engine::{CompactedLog, CompactionAccess, Installed, LogCut, Paused, Store};
 use super::file::{DiskFile, LogFile};
 use super::index::{Index, Location};
+use super::layout::{is_set_aside, private_file, sync_dir, COMPACT_FILE, HINT_FILE, LOG_FILE};
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
-    RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    RecordKind, RecordView, ENVELOPE_OVERHEAD, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 use super::scan::next_valid;
-
-/// Name of the new log while compaction writes it.
-pub const COMPACT_FILE: &str = "data.log.compact";
+use super::stats::LastCompaction;
+pub use super::stats::StoreStats;
+use crate::clock::now_ms;
 
 /// At most this many rounds of copying the tail before writers are paused;
 /// writers that outpace them stop the compaction (see [`OUTPACED`]).
@@ -155,50 +160,6 @@ pub fn spawn_compactor(store: &Arc<Store>, policy: CompactionPolicy) {
     if let Err(err) = spawned {
         log::error!("cannot start the background compactor: {err}");
     }
-}
-
-/// The store's size and compaction figures, as `GET /api/admin/stats` shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct StoreStats {
-    /// Live keys.
-    pub keys: usize,
-    /// Size of the log in bytes.
-    pub log_bytes: u64,
-    /// Bytes of live records.
-    pub live_bytes: u64,
-    /// Bytes compaction would reclaim (overwritten and deleted records).
-    pub dead_bytes: u64,
-    /// Whether writes are refused after a disk failure.
-    pub read_only: bool,
-    /// Live keys whose record is damaged: they answer an error until
-    /// written or deleted.
-    pub damaged_keys: usize,
-    /// Damaged stretches found in the log by the check after a start from
-    /// the hint file; compaction drops them.
-    pub damaged_records: u64,
-    /// fdatasync calls on the log since start.
-    pub fsyncs: u64,
-    /// Time spent in them, in microseconds.
-    pub fsync_micros: u64,
-    /// Compactions since the node started.
-    pub compactions: u64,
-    /// The most recent compaction, if any.
-    pub last_compaction: Option<LastCompaction>,
-}
-
-/// The most recent compaction, for stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct LastCompaction {
-    /// When it finished, milliseconds since the Unix epoch.
-    pub finished_at_ms: u64,
-    /// How long it took.
-    pub duration_ms: u64,
-    /// How long writers were paused for the switch.
-    pub writers_paused_ms: u64,
-    /// Log size before.
-    pub bytes_before: u64,
-    /// Log size after.
-    pub bytes_after: u64,
 }
 
 /// What a compaction did.
@@ -287,8 +248,7 @@ impl From<io::Error> for CompactionError {
     }
 }
 
-/// Points of a compaction where tests simulate a crash (see
-/// `Store::reached`).
+/// Points of a compaction where tests simulate a crash (see `reached`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// The new file exists, nothing copied yet.
@@ -305,11 +265,14 @@ pub enum Step {
     DirSynced,
 }
 
+/// A test's callback for compaction steps (see [`reached`]).
+#[cfg(test)]
+pub(super) type StepHook = Box<dyn FnMut(Step) + Send>;
+
 impl Store {
     /// Compacts the log (see the module documentation).
     pub fn compact(&self) -> Result<CompactionReport, CompactionError> {
-        let cipher = lock(&self.writer).cipher.clone();
-        self.compact_with(cipher)
+        self.compact_with(self.cipher())
     }
 
     /// Compacts the log into a new one encrypted with `cipher` (plain with
@@ -320,12 +283,12 @@ impl Store {
         &self,
         cipher: Option<Arc<Cipher>>,
     ) -> Result<CompactionReport, CompactionError> {
-        let Some(dir) = self.dir.as_deref() else {
+        let Some(dir) = self.data_dir() else {
             return Err(CompactionError::Unavailable(
                 "this store has no data directory",
             ));
         };
-        let Ok(_running) = self.compaction.try_lock() else {
+        let Some(access) = self.compaction_access() else {
             return Err(CompactionError::Busy);
         };
         if self.is_read_only() {
@@ -333,21 +296,26 @@ impl Store {
                 "the node is read-only after a disk failure",
             ));
         }
-        if cipher.is_some() && lock(&self.writer).cipher.is_none() {
+        if cipher.is_some() && self.cipher().is_none() {
             refuse_plaintext_leftovers(dir)?;
         }
         let tmp_path = dir.join(COMPACT_FILE);
-        let result = self.copy_and_switch(dir, &tmp_path, cipher);
+        let job = Job {
+            access: &access,
+            dir,
+            tmp_path: &tmp_path,
+            cut: access.cut(),
+            new_cipher: cipher,
+        };
+        let result = job.run();
         match &result {
-            Ok(report) => {
-                *lock(&self.last_compaction) = Some(LastCompaction {
-                    finished_at_ms: now_ms(),
-                    duration_ms: report.duration.as_millis() as u64,
-                    writers_paused_ms: report.writers_paused.as_millis() as u64,
-                    bytes_before: report.bytes_before,
-                    bytes_after: report.bytes_after,
-                });
-            }
+            Ok(report) => access.note_compaction(LastCompaction {
+                finished_at_ms: now_ms(),
+                duration_ms: report.duration.as_millis() as u64,
+                writers_paused_ms: report.writers_paused.as_millis() as u64,
+                bytes_before: report.bytes_before,
+                bytes_after: report.bytes_after,
+            }),
             // Never leave a half-written new log behind (open would remove
             // it anyway); the old log was not touched.
             Err(_) => {
@@ -356,61 +324,55 @@ impl Store {
         }
         result
     }
+}
 
-    /// Current size and compaction figures.
-    pub fn stats(&self) -> StoreStats {
-        let log_bytes = lock(&self.writer).end;
-        let (keys, live_bytes, damaged_keys) = {
-            let keydir = read(&self.keydir);
-            let index = &keydir.index;
-            (index.len(), index.live_bytes(), index.damaged_keys())
-        };
-        let last_compaction = *lock(&self.last_compaction);
-        StoreStats {
-            keys,
-            log_bytes,
-            live_bytes,
-            dead_bytes: log_bytes.saturating_sub(FILE_HEADER_LEN as u64 + live_bytes),
-            read_only: self.is_read_only(),
-            damaged_keys,
-            damaged_records: self
-                .damaged_records
-                .load(std::sync::atomic::Ordering::Relaxed),
-            fsyncs: self.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
-            fsync_micros: self.fsync_micros.load(std::sync::atomic::Ordering::Relaxed),
-            compactions: self.compactions.load(std::sync::atomic::Ordering::Relaxed),
-            last_compaction,
+/// Marks a compaction step. Test builds call the test's hook, which may
+/// panic there (unwinding like a process dying, skipping every clean-up)
+/// or write to the store; otherwise a no-op.
+fn reached(access: &CompactionAccess<'_>, step: Step) {
+    #[cfg(test)]
+    if let Some(hook) = access.step_hook().as_mut() {
+        hook(step);
+    }
+    #[cfg(not(test))]
+    let _ = (access, step);
+}
+
+/// One compaction: the store, where its log was cut, and the new log's
+/// encryption.
+struct Job<'a, 's> {
+    access: &'a CompactionAccess<'s>,
+    dir: &'a Path,
+    /// Where the new log is written.
+    tmp_path: &'a Path,
+    cut: LogCut,
+    new_cipher: Option<Arc<Cipher>>,
+}
+
+impl<'s> Job<'_, 's> {
+    /// The encryption of the old log and of the new one.
+    fn ciphers(&self) -> Ciphers<'_> {
+        Ciphers {
+            from: self.cut.cipher.as_deref(),
+            to: self.new_cipher.as_deref(),
         }
     }
 
-    fn copy_and_switch(
-        &self,
-        dir: &Path,
-        tmp_path: &Path,
-        new_cipher: Option<Arc<Cipher>>,
-    ) -> Result<CompactionReport, CompactionError> {
+    /// Whether the encryption changes: then no write may arrive meanwhile.
+    fn rekeying(&self) -> bool {
+        !self.ciphers().same()
+    }
+
+    /// Every step of the module documentation: copy, catch up, switch.
+    fn run(&self) -> Result<CompactionReport, CompactionError> {
         let started = Instant::now();
-        // Records still waiting for their group's fsync are not in the index
-        // yet: they must fall after the cut and move with the tail.
-        let (cut, base_sequence, old_id, old_cipher) = {
-            let writer = lock(&self.writer);
-            let first_pending = writer.pending.first().map(|p| p.offset);
-            let cut = first_pending.unwrap_or(writer.end);
-            let cipher = writer.cipher.clone();
-            (cut, writer.next_sequence - 1, writer.header.file_id, cipher)
-        };
-        let ciphers = Ciphers {
-            from: old_cipher.as_deref(),
-            to: new_cipher.as_deref(),
-        };
-        let rekeying = !ciphers.same();
-        let log_path = dir.join(LOG_FILE);
+        let log_path = self.dir.join(LOG_FILE);
         let old = File::open(&log_path)?;
         // SAFETY: the log is append-only and this process holds the
         // directory lock; the mapped range below the cut is never modified
         // or truncated while the mapping lives.
         let map = unsafe { Mmap::map(&old)? };
-        if map.len() < cut as usize {
+        if map.len() < self.cut.offset as usize {
             return Err(io::Error::other("the log is shorter than the store's end offset").into());
         }
         let mut new_file = private_file()
@@ -418,167 +380,184 @@ impl Store {
             .write(true)
             .create(true)
             .truncate(true)
-            .open(tmp_path)?;
-        self.reached(Step::Started);
-        let new_header = FileHeader::new(
-            base_sequence,
-            new_cipher.as_ref().map_or(0, |c| c.check_value()),
+            .open(self.tmp_path)?;
+        reached(self.access, Step::Started);
+        let header = FileHeader::new(
+            self.cut.last_sequence,
+            self.new_cipher.as_ref().map_or(0, |c| c.check_value()),
         );
-        let plan = copy_live_records(self, &map, cut, old_id, ciphers, &mut new_file, new_header)?;
-        self.reached(Step::Copied);
-        // Catch up with the tail written meanwhile, a few rounds while much
-        // arrives, so that the switch, with writers paused, copies little.
-        let tail_start = new_file.metadata()?.len();
-        let old_file = Arc::clone(&lock(&self.writer).file);
-        // Copies the tail's records from `from` to `end`, which the new
-        // file holds up to `from`.
-        let copy_tail_part = |new_file: &mut File, from: u64, end: u64| {
-            let to = Position {
-                file_id: new_header.file_id,
-                offset: from - cut + tail_start,
-            };
-            copy_tail(&*old_file, old_id, from, end, ciphers, new_file, to)
+        let ciphers = self.ciphers();
+        let plan = copy_live_records(self.access, &map, &self.cut, ciphers, &mut new_file, header)?;
+        reached(self.access, Step::Copied);
+        let mut tail = TailCopy {
+            start: new_file.metadata()?.len(),
+            file: new_file,
+            file_id: header.file_id,
+            copied_to: self.cut.offset,
         };
-        let mut caught_up = cut;
+        let (paused, paused_at) = self.catch_up(&mut tail)?;
+        let installed = self.switch(paused, tail, header, plan, &log_path)?;
+        let writers_paused = paused_at.elapsed();
+        drop(installed.old_log);
+        // Without a hint for the new log the next start reads the whole
+        // log: correct, just slower.
+        if let Err(err) = self.access.write_hint() {
+            log::warn!("could not write the hint file after compaction: {err}");
+        }
+        Ok(CompactionReport {
+            bytes_before: map.len() as u64,
+            bytes_after: installed.end,
+            live_keys: self.access.read_index(Index::len),
+            duration: started.elapsed(),
+            writers_paused,
+        })
+    }
+
+    /// Step 3 and the start of step 4: copies the tail as it grows, a few
+    /// rounds while much arrives, so that the switch, with writers paused,
+    /// copies little; syncs; then takes the group-commit role, so no other
+    /// sync runs, and pauses writers, unless more arrived meanwhile than the
+    /// pause may copy: then it catches up again. Returns the pause and when
+    /// it began.
+    fn catch_up(&self, tail: &mut TailCopy) -> Result<(Paused<'s>, Instant), CompactionError> {
+        let rekeying = self.rekeying();
         let mut rounds = 0;
-        let (exclusive, mut writer, paused) = loop {
+        loop {
             loop {
-                let end = lock(&self.writer).end;
-                if rekeying || end - caught_up <= CAUGHT_UP_BYTES {
+                let end = self.access.end();
+                if rekeying || end - tail.copied_to <= CAUGHT_UP_BYTES {
                     break;
                 }
                 if rounds == MAX_CATCH_UP_ROUNDS {
                     return Err(CompactionError::Unavailable(OUTPACED));
                 }
-                copy_tail_part(&mut new_file, caught_up, end)?;
-                caught_up = end;
+                tail.copy_up_to(end, self)?;
                 rounds += 1;
             }
-            new_file.sync_data()?;
-            // Switch. Take the group-commit role so no other sync runs (the
-            // guard gives it back however this ends), then pause writers;
-            // unless more arrived meanwhile than the pause may copy: then
-            // catch up again.
-            let exclusive = self.exclusive_sync();
-            self.reached(Step::Switching);
-            let paused = Instant::now();
-            let writer = lock(&self.writer);
-            if rekeying || writer.end - caught_up <= MAX_PAUSE_COPY {
-                break (exclusive, writer, paused);
+            tail.file.sync_data()?;
+            let group_commit = self.access.hold_group_commit();
+            reached(self.access, Step::Switching);
+            let paused_at = Instant::now();
+            let paused = group_commit.pause_writers();
+            if rekeying || paused.end() - tail.copied_to <= MAX_PAUSE_COPY {
+                return Ok((paused, paused_at));
             }
-        };
-        if self.is_read_only() {
+        }
+    }
+
+    /// Step 4 with writers paused: copies the rest of the tail, syncs,
+    /// relocates every index entry, renames the new log over `log_path`,
+    /// syncs the directory and installs the new log. Once the rename is
+    /// done the install always follows; if the directory sync failed, the
+    /// store turns read-only first and the error is returned after.
+    fn switch(
+        &self,
+        paused: Paused<'s>,
+        mut tail: TailCopy,
+        header: FileHeader,
+        plan: RelocationPlan,
+        log_path: &Path,
+    ) -> Result<Installed, CompactionError> {
+        if self.access.is_read_only() {
             // A sync failed while the copy ran; its writers were refused.
             return Err(CompactionError::Unavailable(
                 "the node turned read-only during compaction",
             ));
         }
-        if rekeying && writer.end != cut {
+        if self.rekeying() && paused.end() != self.cut.offset {
             return Err(CompactionError::Unavailable(
                 "writes arrived while the encryption was being changed; change it with the node stopped",
             ));
         }
-        copy_tail_part(&mut new_file, caught_up, writer.end)?;
-        new_file.sync_data()?;
-        let new_locations = relocate(&read(&self.keydir).index, &plan, cut, tail_start)?;
-        self.reached(Step::Synced);
-        if rekeying {
+        tail.copy_up_to(paused.end(), self)?;
+        tail.file.sync_data()?;
+        let locations =
+            paused.read_index(|index| relocate(index, &plan, self.cut.offset, tail.start))?;
+        reached(self.access, Step::Synced);
+        if self.rekeying() {
             // The hint belongs to the old encryption (plaintext keys, maybe):
             // gone before the new log takes its place.
-            match fs::remove_file(dir.join(super::hint::HINT_FILE)) {
+            match fs::remove_file(self.dir.join(HINT_FILE)) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
                 _ => {}
             }
         }
-        fs::rename(tmp_path, &log_path)?;
-        self.reached(Step::Renamed);
+        fs::rename(self.tmp_path, log_path)?;
+        reached(self.access, Step::Renamed);
         // data.log is the new file now: the switch below must happen even if
         // the directory sync fails (the store then turns read-only).
-        let dir_synced = sync_dir(dir);
-        self.reached(Step::DirSynced);
+        let dir_synced = sync_dir(self.dir);
+        reached(self.access, Step::DirSynced);
         if let Err(err) = &dir_synced {
             // Until the rename is durable a power cut may bring the old log
             // back, where the pending records were never synced: they must
             // not be acknowledged. Read-only first, so their writers get 503.
-            self.enter_read_only(&format!(
+            self.access.enter_read_only(&format!(
                 "fsync of {} after compaction's rename failed: {err}",
-                dir.display()
+                self.dir.display()
             ));
         }
-        let new_file: Arc<dyn LogFile> = Arc::new(DiskFile::new(new_file));
-        let shift = |offset: u64| offset - cut + tail_start;
-        let new_end = shift(writer.end);
-        for pending in &mut writer.pending {
-            pending.offset = shift(pending.offset);
-            if let Some((location, _)) = &mut pending.location {
-                location.offset = shift(location.offset);
+        let compacted = CompactedLog {
+            file: Arc::new(DiskFile::new(tail.file)),
+            header,
+            cipher: self.new_cipher.clone(),
+            tail_from: self.cut.offset,
+            tail_to: tail.start,
+            locations,
+            quarantined: plan.quarantined,
+        };
+        let installed = paused.install_compacted(compacted, dir_synced.is_ok());
+        match dir_synced {
+            Ok(()) => Ok(installed),
+            Err(err) => {
+                drop(installed.old_log);
+                Err(CompactionError::DirSync(err))
             }
         }
-        {
-            let mut keydir = write(&self.keydir);
-            for (key, damaged) in &plan.quarantined {
-                // Unless written or deleted since: then the entry moved on.
-                if keydir.index.get(key) == Some(*damaged) {
-                    let attrs = keydir.index.attrs(key);
-                    keydir.index.set_attrs(key, attrs.damaged());
-                }
-            }
-            keydir.index.set_locations(&new_locations);
-            // The new log holds no damaged bytes.
-            self.damaged_records
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            keydir.file = Arc::clone(&new_file);
-            keydir.file_id = new_header.file_id;
-            keydir.cipher = new_cipher.clone();
-        }
-        writer.cipher = new_cipher;
-        // Closing the old log can take long (the filesystem may write back
-        // or free a lot): keep it open until writers run again.
-        let old_log = std::mem::replace(&mut writer.file, new_file);
-        writer.header = new_header;
-        writer.end = new_end;
-        // The new log is fsynced to its end: nothing in it needs a marker.
-        writer.marked_end = new_end;
-        if let Err(err) = dir_synced {
-            drop(writer);
-            drop(exclusive);
-            drop(old_log);
-            return Err(CompactionError::DirSync(err));
-        }
-        // The new file is synced to its end: everything pending is durable.
-        let durable = writer.next_sequence - 1;
-        self.publish(&mut writer, durable);
-        drop(writer);
-        exclusive.release(durable);
-        let writers_paused = paused.elapsed();
-        drop(old_log);
-        self.compactions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Without a hint for the new log the next start reads the whole
-        // log: correct, just slower.
-        if let Err(err) = self.write_hint() {
-            log::warn!("could not write the hint file after compaction: {err}");
-        }
-        Ok(CompactionReport {
-            bytes_before: map.len() as u64,
-            bytes_after: new_end,
-            live_keys: read(&self.keydir).index.len(),
-            duration: started.elapsed(),
-            writers_paused,
-        })
+    }
+}
+
+/// The new log while the old log's tail, the records written since the
+/// cut, is copied into it.
+struct TailCopy {
+    /// The new log.
+    file: File,
+    /// Its file id.
+    file_id: u32,
+    /// Where the tail starts in it.
+    start: u64,
+    /// The old log's offset up to which the tail is copied.
+    copied_to: u64,
+}
+
+impl TailCopy {
+    /// Copies the tail of `job`'s old log on to `end`.
+    fn copy_up_to(&mut self, end: u64, job: &Job<'_, '_>) -> Result<(), CompactionError> {
+        let cut = &job.cut;
+        let to = Position {
+            file_id: self.file_id,
+            offset: self.copied_to - cut.offset + self.start,
+        };
+        let ciphers = job.ciphers();
+        copy_tail(
+            &*cut.file,
+            cut.file_id,
+            self.copied_to,
+            end,
+            ciphers,
+            &mut self.file,
+            to,
+        )?;
+        self.copied_to = end;
+        Ok(())
     }
 }
 
 /// Refuses to encrypt a directory that keeps plaintext copies of data.
 fn refuse_plaintext_leftovers(dir: &Path) -> Result<(), CompactionError> {
-    let prefixes = [format!("{LOG_FILE}.torn-"), format!("{LOG_FILE}.broken-")];
     let mut found: Vec<String> = fs::read_dir(dir)?
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| {
-            prefixes
-                .iter()
-                .any(|prefix| name.starts_with(prefix.as_str()))
-        })
+        .filter(|name| is_set_aside(name))
         .collect();
     if found.is_empty() {
         return Ok(());
@@ -619,10 +598,9 @@ impl<'a> Ciphers<'a> {
 /// from the process's memory once copied (the pages stay in the page
 /// cache), so the copy holds little of the old log however large it is.
 fn copy_live_records(
-    store: &Store,
+    access: &CompactionAccess<'_>,
     map: &Mmap,
-    cut: u64,
-    old_id: u32,
+    cut: &LogCut,
     ciphers: Ciphers<'_>,
     out: &mut File,
     header: FileHeader,
@@ -630,9 +608,10 @@ fn copy_live_records(
     let mut writer = BufWriter::with_capacity(256 * 1024, out);
     writer.write_all(&header.encode())?;
     let first = FILE_HEADER_LEN as u64;
-    let mut live = LiveRecords::new(store, cut);
+    let (old_id, old_file) = (cut.file_id, &*cut.file);
+    let cut = cut.offset;
+    let mut live = LiveRecords::new(access, cut);
     let (mut at, mut written) = (first, first);
-    let old_file = Arc::clone(&lock(&store.writer).file);
     while at < cut {
         let rest = &map[at as usize..cut as usize];
         let window_len = next_window(rest, COPY_WINDOW).filter(|&len| len > 0);
@@ -654,7 +633,7 @@ fn copy_live_records(
             Some(bad) => {
                 // Skip the damaged stretch, up to the next valid record,
                 // quarantining the live records in it.
-                let resume = next_valid(&*old_file, old_id, ciphers.from, bad, live.sequence, cut)?
+                let resume = next_valid(old_file, old_id, ciphers.from, bad, live.sequence, cut)?
                     .unwrap_or(cut);
                 let to = Position {
                     file_id: header.file_id,
@@ -665,7 +644,7 @@ fn copy_live_records(
             }
         };
         // SAFETY: the window is below the cut, which is never modified
-        // while the map lives (see `copy_and_switch`): dropping its pages
+        // while the map lives (see `Job::run`): dropping its pages
         // only makes a later access read them from the file again, and
         // nothing borrows them past this point.
         unsafe {
@@ -763,8 +742,8 @@ fn record_len_at(bytes: &[u8]) -> Option<usize> {
 /// other record stops the compaction (it relocates no entry it did not
 /// copy) instead of being moved onto it. Where each accepted record lands
 /// is written into the [`RelocationPlan`].
-struct LiveRecords<'s> {
-    store: &'s Store,
+struct LiveRecords<'a> {
+    access: &'a CompactionAccess<'a>,
     /// Offsets below the cut, ascending, each with its entry's place in the
     /// plan; records are asked in log order, so this is walked once.
     by_offset: std::iter::Peekable<std::vec::IntoIter<(u64, u32)>>,
@@ -775,18 +754,19 @@ struct LiveRecords<'s> {
     plan: RelocationPlan,
 }
 
-impl<'s> LiveRecords<'s> {
+impl<'a> LiveRecords<'a> {
     /// The live records of `store` before offset `cut`, with a plan that
     /// lists them, none copied yet. Sorting their offsets (plain integers)
     /// pairs them with the copy, which runs in log order, without a
     /// cache-missing search per index entry.
-    fn new(store: &'s Store, cut: u64) -> Self {
-        let old_offsets: Vec<u64> = read(&store.keydir)
-            .index
-            .locations()
-            .map(|location| location.offset)
-            .filter(|&offset| offset < cut)
-            .collect();
+    fn new(access: &'a CompactionAccess<'a>, cut: u64) -> Self {
+        let old_offsets: Vec<u64> = access.read_index(|index| {
+            index
+                .locations()
+                .map(|location| location.offset)
+                .filter(|&offset| offset < cut)
+                .collect()
+        });
         let mut by_offset: Vec<(u64, u32)> = old_offsets
             .iter()
             .enumerate()
@@ -794,7 +774,7 @@ impl<'s> LiveRecords<'s> {
             .collect();
         by_offset.sort_unstable();
         Self {
-            store,
+            access,
             by_offset: by_offset.into_iter().peekable(),
             current: None,
             sequence: 0,
@@ -827,7 +807,8 @@ impl<'s> LiveRecords<'s> {
 
     /// Whether the index still points the record of `key` at `location`.
     fn is_live(&self, key: &[u8], location: Location) -> bool {
-        read(&self.store.keydir).index.get(key) == Some(location)
+        self.access
+            .read_index(|index| index.get(key) == Some(location))
     }
 
     /// Writes to `out` (which ends at `to`) a quarantined record (see
@@ -859,15 +840,13 @@ impl<'s> LiveRecords<'s> {
         if in_range.is_empty() {
             return Ok(0);
         }
-        let damaged: Vec<_> = {
-            let keydir = read(&self.store.keydir);
-            keydir
-                .index
+        let damaged: Vec<_> = self.access.read_index(|index| {
+            index
                 .entries()
                 .filter(|(_, location)| in_range.iter().any(|&(at, _)| at == location.offset))
-                .map(|(key, location)| (key.to_vec(), location, keydir.index.attrs(key)))
+                .map(|(key, location)| (key.to_vec(), location, index.attrs(key)))
                 .collect()
-        };
+        });
         let (mut plain, mut sealed) = (Vec::new(), Vec::new());
         let mut written = to.offset;
         for (key, location, attrs) in damaged {
@@ -912,7 +891,7 @@ impl<'s> LiveRecords<'s> {
 }
 
 /// Which records are copied; `None` copies every record as is.
-type Keep<'k, 's> = Option<&'k mut LiveRecords<'s>>;
+type Keep<'k, 'a> = Option<&'k mut LiveRecords<'a>>;
 
 /// Walks the whole records in `bytes`, which start at `from` in the old log,
 /// verifying each there (CRC; an envelope's place tag, and unless it moves
@@ -933,14 +912,13 @@ fn move_records(
     out: &mut impl Write,
     mut keep: Keep<'_, '_>,
 ) -> Result<(u64, Option<u64>), CompactionError> {
-    let (mut opened, mut plain, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
     let (mut at, mut written) = (0usize, to.offset);
     while at < bytes.len() {
         let old = Position {
             file_id: from.file_id,
             offset: from.offset + at as u64,
         };
-        let corrupt = || CompactionError::Corrupt(old.offset);
         let view = bytes
             .get(at..at + RECORD_HEADER_LEN)
             .and_then(|fixed| RecordHeader::decode(fixed.try_into().ok()?).ok())
@@ -957,115 +935,192 @@ fn move_records(
             file_id: to.file_id,
             offset: written,
         };
-        if view.header.kind == RecordKind::Marker {
-            if keep.is_some() {
-                continue; // not live data
+        written += match view.header.kind {
+            RecordKind::Marker if keep.is_some() => 0, // not live data
+            RecordKind::Marker => {
+                // Its claim moves with the bytes it names; anything before
+                // this part of the tail names the part's start.
+                let shift = |claim: u64| claim.max(from.offset) - from.offset + to.offset;
+                move_marker(view, old, new, shift, ciphers, out, &mut scratch)?
             }
-            let marker = open_copy(ciphers.from, view, old, &mut opened).map_err(|_| corrupt())?;
-            let claim = Marker::claim(&marker, old.offset).ok_or_else(corrupt)?;
-            let claim = claim.max(from.offset) - from.offset + to.offset;
-            let plain = Marker::encode(claim, marker.header.timestamp_ms, new);
-            let stored = stored_form(ciphers.to, &plain, new, &mut sealed);
-            out.write_all(stored)?;
-            written += stored.len() as u64;
-            continue;
-        }
-        let mut records = Vec::new();
-        if view.header.kind == RecordKind::Batch {
-            for member in members(&view, old) {
-                records.push(member.map_err(|_| corrupt())?);
-            }
-        } else {
-            records.push((old.offset, view));
-        }
-        if keep.is_none() && view.header.kind == RecordKind::Batch {
             // The whole frame moves, members still members.
-            plain.clear();
-            plain.extend_from_slice(&view.bytes[..RECORD_HEADER_LEN]);
-            let mut timestamp_ms = 0;
-            for &(offset, member) in &records {
-                let place = Position { offset, ..old };
-                let member =
-                    open_copy(ciphers.from, member, place, &mut opened).map_err(|_| corrupt())?;
-                timestamp_ms = member.header.timestamp_ms;
-                plain.extend_from_slice(member.bytes);
+            RecordKind::Batch if keep.is_none() => {
+                move_frame(view, old, new, ciphers, out, &mut scratch)?
             }
-            let first = records.first().map_or(0, |(_, m)| m.header.sequence);
-            let overhead = if ciphers.to.is_some() {
-                ENVELOPE_OVERHEAD
-            } else {
-                0
-            };
-            FrameBuilder::seal_wrapped(
-                &mut plain,
-                first,
-                timestamp_ms,
+            _ => move_live(
+                view,
+                old,
                 new,
-                overhead,
-                &mut sealed,
-                |member, place, out| match ciphers.to {
-                    Some(cipher) => cipher.seal(member, place, out),
-                    None => out.extend_from_slice(member),
-                },
-            );
-            out.write_all(&sealed)?;
-            written += sealed.len() as u64;
-            continue;
-        }
-        for (offset, record) in records {
-            if keep.as_mut().is_some_and(|keep| !keep.were_live(offset)) {
-                continue;
-            }
-            let place = Position { offset, ..old };
-            let new = Position {
-                file_id: to.file_id,
-                offset: written,
-            };
-            let location = Location {
-                offset,
-                len: record.bytes.len() as u32,
-            };
-            let stored = match ciphers.unchanged() {
-                Some(cipher) if record.header.is_movable() && !record.header.is_member() => {
-                    if let Some(keep) = keep.as_ref() {
-                        let key = cipher
-                            .peek_key(record.bytes, &mut opened)
-                            .ok_or_else(corrupt)?;
-                        if !keep.is_live(key, location) {
-                            continue;
-                        }
-                    }
-                    cipher
-                        .move_envelope(record.bytes, place, new, &mut sealed)
-                        .map_err(|_| corrupt())?;
-                    &sealed[..]
-                }
-                _ => {
-                    let record = open_copy(ciphers.from, record, place, &mut opened)
-                        .map_err(|_| corrupt())?;
-                    if keep
-                        .as_ref()
-                        .is_some_and(|keep| !keep.is_live(record.key, location))
-                    {
-                        continue;
-                    }
-                    plain.clear();
-                    plain.extend_from_slice(record.bytes);
-                    RecordBuilder::detach(&mut plain, new);
-                    stored_form(ciphers.to, &plain, new, &mut sealed)
-                }
-            };
-            out.write_all(stored)?;
-            if let Some(keep) = keep.as_mut() {
-                keep.copied_to(Location {
-                    offset: written,
-                    len: stored.len() as u32,
-                });
-            }
-            written += stored.len() as u64;
-        }
+                ciphers,
+                out,
+                keep.as_deref_mut(),
+                &mut scratch,
+            )?,
+        };
     }
     Ok((written - to.offset, None))
+}
+
+/// Buffers [`move_records`] reuses from record to record.
+#[derive(Default)]
+struct Scratch {
+    /// A record opened from its envelope.
+    opened: Vec<u8>,
+    /// A plain record being restamped.
+    plain: Vec<u8>,
+    /// A record as the new log stores it.
+    sealed: Vec<u8>,
+}
+
+/// Writes the sync marker `view`, verified at `old`, to `out` at `new`,
+/// naming where the bytes it claimed durable went (`shift`). Returns the
+/// bytes written.
+fn move_marker(
+    view: RecordView<'_>,
+    old: Position,
+    new: Position,
+    shift: impl Fn(u64) -> u64,
+    ciphers: Ciphers<'_>,
+    out: &mut impl Write,
+    scratch: &mut Scratch,
+) -> Result<u64, CompactionError> {
+    let corrupt = || CompactionError::Corrupt(old.offset);
+    let marker = open_copy(ciphers.from, view, old, &mut scratch.opened).map_err(|_| corrupt())?;
+    let claim = Marker::claim(&marker, old.offset).ok_or_else(corrupt)?;
+    let plain = Marker::encode(shift(claim), marker.header.timestamp_ms, new);
+    let stored = stored_form(ciphers.to, &plain, new, &mut scratch.sealed);
+    out.write_all(stored)?;
+    Ok(stored.len() as u64)
+}
+
+/// Writes the batch frame `view`, verified at `old`, whole to `out` at
+/// `new`, every member opened and sealed afresh for its new place. Returns
+/// the bytes written.
+fn move_frame(
+    view: RecordView<'_>,
+    old: Position,
+    new: Position,
+    ciphers: Ciphers<'_>,
+    out: &mut impl Write,
+    scratch: &mut Scratch,
+) -> Result<u64, CompactionError> {
+    let corrupt = || CompactionError::Corrupt(old.offset);
+    let Scratch {
+        opened,
+        plain,
+        sealed,
+    } = scratch;
+    plain.clear();
+    plain.extend_from_slice(&view.bytes[..RECORD_HEADER_LEN]);
+    let (mut first, mut timestamp_ms) = (None, 0);
+    for member in members(&view, old) {
+        let (offset, member) = member.map_err(|_| corrupt())?;
+        first.get_or_insert(member.header.sequence);
+        let place = Position { offset, ..old };
+        let member = open_copy(ciphers.from, member, place, opened).map_err(|_| corrupt())?;
+        timestamp_ms = member.header.timestamp_ms;
+        plain.extend_from_slice(member.bytes);
+    }
+    let overhead = if ciphers.to.is_some() {
+        ENVELOPE_OVERHEAD
+    } else {
+        0
+    };
+    FrameBuilder::seal_wrapped(
+        plain,
+        first.unwrap_or(0),
+        timestamp_ms,
+        new,
+        overhead,
+        sealed,
+        |member, place, out| match ciphers.to {
+            Some(cipher) => cipher.seal(member, place, out),
+            None => out.extend_from_slice(member),
+        },
+    );
+    out.write_all(sealed)?;
+    Ok(sealed.len() as u64)
+}
+
+/// Writes the put or tombstone `view`, verified at `old` (or each member
+/// of the batch frame `view`), to `out` from `new` on as a plain record,
+/// if `keep` accepts it: an envelope keeping its key moves unopened, any
+/// other record is opened and sealed afresh. Returns the bytes written.
+fn move_live(
+    view: RecordView<'_>,
+    old: Position,
+    new: Position,
+    ciphers: Ciphers<'_>,
+    out: &mut impl Write,
+    mut keep: Keep<'_, '_>,
+    scratch: &mut Scratch,
+) -> Result<u64, CompactionError> {
+    let corrupt = || CompactionError::Corrupt(old.offset);
+    let mut records = Vec::new();
+    if view.header.kind == RecordKind::Batch {
+        for member in members(&view, old) {
+            records.push(member.map_err(|_| corrupt())?);
+        }
+    } else {
+        records.push((old.offset, view));
+    }
+    let Scratch {
+        opened,
+        plain,
+        sealed,
+    } = scratch;
+    let mut written = new.offset;
+    for (offset, record) in records {
+        if keep.as_mut().is_some_and(|keep| !keep.were_live(offset)) {
+            continue;
+        }
+        let place = Position { offset, ..old };
+        let new = Position {
+            offset: written,
+            ..new
+        };
+        let location = Location {
+            offset,
+            len: record.bytes.len() as u32,
+        };
+        let stored = match ciphers.unchanged() {
+            Some(cipher) if record.header.is_movable() && !record.header.is_member() => {
+                if let Some(keep) = keep.as_ref() {
+                    let key = cipher.peek_key(record.bytes, opened).ok_or_else(corrupt)?;
+                    if !keep.is_live(key, location) {
+                        continue;
+                    }
+                }
+                cipher
+                    .move_envelope(record.bytes, place, new, sealed)
+                    .map_err(|_| corrupt())?;
+                &sealed[..]
+            }
+            _ => {
+                let record =
+                    open_copy(ciphers.from, record, place, opened).map_err(|_| corrupt())?;
+                if keep
+                    .as_ref()
+                    .is_some_and(|keep| !keep.is_live(record.key, location))
+                {
+                    continue;
+                }
+                plain.clear();
+                plain.extend_from_slice(record.bytes);
+                RecordBuilder::detach(plain, new);
+                stored_form(ciphers.to, plain, new, sealed)
+            }
+        };
+        out.write_all(stored)?;
+        if let Some(keep) = keep.as_mut() {
+            keep.copied_to(Location {
+                offset: written,
+                len: stored.len() as u32,
+            });
+        }
+        written += stored.len() as u64;
+    }
+    Ok(written - new.offset)
 }
 
 /// Where the index entries below the cut went, filled in by the copy, so
@@ -1189,7 +1244,7 @@ mod tests {
             churn(&store, &mut model);
             let during = Arc::new(std::sync::Mutex::new(Model::new()));
             let (hook_store, hook_model) = (Arc::clone(&store), Arc::clone(&during));
-            *lock(&store.step_hook) = Some(Box::new(move |step| {
+            *store.step_hook() = Some(Box::new(move |step| {
                 if step == Step::Copied {
                     let mut model = hook_model.lock().unwrap();
                     // More than the pause is left to copy: the catch-up
@@ -1211,7 +1266,7 @@ mod tests {
                 }
             }));
             store.compact().unwrap();
-            *lock(&store.step_hook) = None;
+            *store.step_hook() = None;
             model.extend(during.lock().unwrap().clone());
             model.remove("deleted");
             model.remove("key-2");
@@ -1272,7 +1327,7 @@ mod tests {
             );
             // A batch written during the copy lands in the tail, whole.
             let hook_store = Arc::clone(&store);
-            *lock(&store.step_hook) = Some(Box::new(move |step| {
+            *store.step_hook() = Some(Box::new(move |step| {
                 if step == Step::Copied {
                     let ops = [
                         batch_put("key-7", b"in the tail"),
@@ -1282,7 +1337,7 @@ mod tests {
                 }
             }));
             store.compact().unwrap();
-            *lock(&store.step_hook) = None;
+            *store.step_hook() = None;
             model.insert("key-7".into(), b"in the tail".to_vec());
             model.insert("t-new".into(), b"in the tail".to_vec());
             check(&store, &model);
@@ -1479,7 +1534,7 @@ mod tests {
         let (from, to) = (dir.clone(), moved.clone());
         let (pending_tx, pending_rx) = std::sync::mpsc::channel();
         let writer_store = Arc::clone(&store);
-        *lock(&store.step_hook) = Some(Box::new(move |step| match step {
+        *store.step_hook() = Some(Box::new(move |step| match step {
             // A writer that appends now waits for the switch's sync.
             Step::Switching => pending_tx
                 .send(put_pending(&writer_store, "pending"))
@@ -1492,7 +1547,7 @@ mod tests {
         let err = store.compact().unwrap_err();
         assert!(matches!(err, CompactionError::DirSync(_)), "{err:?}");
         assert!(err.to_string().contains("read-only"), "{err}");
-        *lock(&store.step_hook) = None;
+        *store.step_hook() = None;
         assert!(
             store.is_read_only(),
             "a failed directory fsync must stop writes"
@@ -1525,7 +1580,7 @@ mod tests {
         let (dir, store, model) = churned(SyncMode::Always);
         let log = fs::read(dir.path().join(LOG_FILE)).unwrap();
         let failing = Arc::clone(&store);
-        *lock(&store.step_hook) = Some(Box::new(move |step| {
+        *store.step_hook() = Some(Box::new(move |step| {
             if step == Step::Copied {
                 failing.enter_read_only("a group fsync failed (simulated)");
             }
@@ -1534,7 +1589,7 @@ mod tests {
             store.compact(),
             Err(CompactionError::Unavailable(_))
         ));
-        *lock(&store.step_hook) = None;
+        *store.step_hook() = None;
         assert_eq!(
             fs::read(dir.path().join(LOG_FILE)).unwrap(),
             log,
@@ -1549,7 +1604,7 @@ mod tests {
         let (dir, store, mut model) = churned(SyncMode::Always);
         let (pending_tx, pending_rx) = std::sync::mpsc::channel();
         let writer_store = Arc::clone(&store);
-        *lock(&store.step_hook) = Some(Box::new(move |step| {
+        *store.step_hook() = Some(Box::new(move |step| {
             // This writer appends to the old log, then waits for a sync that
             // only the switch to the new log provides.
             if step == Step::Switching {
@@ -1559,7 +1614,7 @@ mod tests {
             }
         }));
         store.compact().unwrap();
-        *lock(&store.step_hook) = None;
+        *store.step_hook() = None;
         let answer = pending_rx.recv().unwrap();
         let outcome = answer
             .recv_timeout(Duration::from_secs(10))
@@ -1583,7 +1638,7 @@ mod tests {
             Step::DirSynced,
         ] {
             let (dir, store, mut model) = churned(SyncMode::Always);
-            *lock(&store.step_hook) = Some(Box::new(move |at| {
+            *store.step_hook() = Some(Box::new(move |at| {
                 if at == step {
                     panic!("simulated crash at {at:?}");
                 }
@@ -1624,9 +1679,7 @@ mod tests {
                     .unwrap()
                     .record_len() as u32,
             };
-            write(&store.keydir)
-                .index
-                .insert(b"key-1", dead, Attrs::default());
+            store.with_index(|index| index.insert(b"key-1", dead, Attrs::default()));
             let err = store.compact().unwrap_err();
             assert!(err.to_string().contains("was not copied"), "{err}");
             assert_eq!(fs::read(&log_path).unwrap(), before);
@@ -1644,7 +1697,7 @@ mod tests {
         assert_matches(&store, &model);
         assert_eq!(store.stats().damaged_keys, 0);
         drop(store);
-        fs::remove_file(dir.path().join(crate::store::hint::HINT_FILE)).unwrap();
+        fs::remove_file(dir.path().join(HINT_FILE)).unwrap();
         let (store, _) = open(dir.path(), SyncMode::Always).unwrap();
         assert_matches(&store, &model);
     }
@@ -1657,7 +1710,7 @@ mod tests {
                 crate::store::open_with(dir.path(), SyncMode::Always, cipher.clone()).unwrap();
             let mut model = Model::new();
             churn(&store, &mut model);
-            let damaged = read(&store.keydir).index.get(b"key-1").unwrap();
+            let damaged = store.with_index(|index| index.get(b"key-1")).unwrap();
             let log_path = dir.path().join(LOG_FILE);
             let mut bytes = fs::read(&log_path).unwrap();
             bytes[damaged.offset as usize + damaged.len as usize - 1] ^= 0xff;
@@ -1685,7 +1738,7 @@ mod tests {
             drop(store);
             for with_hint in [true, false] {
                 if !with_hint {
-                    fs::remove_file(dir.path().join(crate::store::hint::HINT_FILE)).unwrap();
+                    fs::remove_file(dir.path().join(HINT_FILE)).unwrap();
                 }
                 let (store, _) =
                     crate::store::open_with(dir.path(), SyncMode::Always, cipher.clone()).unwrap();
@@ -1735,14 +1788,14 @@ mod tests {
             Arc::new(std::sync::Mutex::new(Model::new())),
         );
         let during = Arc::clone(&hook_model);
-        *lock(&store.step_hook) = Some(Box::new(move |step| {
+        *store.step_hook() = Some(Box::new(move |step| {
             if step == Step::Copied {
                 put(&hook_store, &mut during.lock().unwrap(), "c", b"3");
                 hook_store.sync_appended().unwrap();
             }
         }));
         store.compact().unwrap();
-        *lock(&store.step_hook) = None;
+        *store.step_hook() = None;
         model.insert("c".into(), b"3".to_vec());
         assert_matches(&store, &model);
         let compacted = store.stats();
@@ -1786,13 +1839,13 @@ mod tests {
         let inner = Arc::clone(&store);
         let nested = Arc::new(std::sync::Mutex::new(None));
         let seen = Arc::clone(&nested);
-        *lock(&store.step_hook) = Some(Box::new(move |step| {
+        *store.step_hook() = Some(Box::new(move |step| {
             if step == Step::Started {
                 *seen.lock().unwrap() = Some(matches!(inner.compact(), Err(CompactionError::Busy)));
             }
         }));
         store.compact().unwrap();
-        *lock(&store.step_hook) = None;
+        *store.step_hook() = None;
         assert_eq!(*nested.lock().unwrap(), Some(true));
     }
 }

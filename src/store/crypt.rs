@@ -91,32 +91,18 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag, XChaCha20Poly1305, XNo
 use subtle::ConstantTimeEq;
 
 use super::record::{
-    verify, Position, RecordBuilder, RecordError, RecordHeader, RecordView, FLAG_ENCRYPTED,
-    FLAG_MEMBER, FLAG_MOVABLE, RECORD_HEADER_LEN,
+    envelope_overhead, verify, Position, RecordBuilder, RecordError, RecordHeader, RecordView,
+    ENVELOPE_OVERHEAD, FLAG_ENCRYPTED, FLAG_MEMBER, FLAG_MOVABLE, NONCE_LEN, PLACE_TAG_LEN,
+    RECORD_HEADER_LEN, TAG_LEN,
 };
 
 /// Length of a key file: a 256-bit key.
 pub const KEY_LEN: usize = 32;
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
-const PLACE_TAG_LEN: usize = 16;
-/// Bytes an envelope adds to the plain record it wraps.
-pub const ENVELOPE_OVERHEAD: usize = RECORD_HEADER_LEN + NONCE_LEN + TAG_LEN + PLACE_TAG_LEN;
 /// Where the plain record inside a movable envelope is stamped for.
 const NOWHERE: Position = Position {
     file_id: 0,
     offset: 0,
 };
-
-/// Bytes an envelope with these header flags adds to its plain record: a
-/// format 1 envelope (not movable) has no place tag.
-pub fn envelope_overhead(flags: u8) -> usize {
-    if flags & FLAG_MOVABLE != 0 {
-        ENVELOPE_OVERHEAD
-    } else {
-        ENVELOPE_OVERHEAD - PLACE_TAG_LEN
-    }
-}
 
 /// Bytes a place tag covers: file id, offset, nonce, authentication tag.
 const PLACE_MESSAGE_LEN: usize = 4 + 8 + NONCE_LEN + TAG_LEN;
@@ -662,8 +648,8 @@ impl<R: Read> Read for OpenedReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::directory::LOG_FILE;
     use crate::store::index::Attrs;
+    use crate::store::layout::LOG_FILE;
     use crate::store::record::RecordKind;
     use crate::store::testing::{assert_matches, batch_put, churn, put, set_attrs, Model};
     use crate::store::{check, open_with, OpenError, SyncMode};

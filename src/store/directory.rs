@@ -1,37 +1,25 @@
-//! The data directory: its files, its lock, and turning it into a running
-//! [`Store`] (recovery) or a report ([`check`]).
-//!
-//! ```text
-//! <dir>/LOCK               held (flock) by the one process using the directory
-//! <dir>/data.log           the append-only log (see `record` for its layout)
-//! <dir>/data.log.torn-N    a torn tail cut from the log at offset N, kept aside
-//! <dir>/data.log.compact   the new log while compaction writes it
-//! <dir>/data.hint          index snapshot for a fast start (see `hint`)
-//! <dir>/data.log.repair    the new log while `lucid check --repair` writes it
-//! <dir>/data.log.broken-T  a damaged log set aside by a repair at time T
-//! ```
+//! Opening the data directory: taking its lock, and turning it into a
+//! running [`Store`] (recovery) or a report ([`check`]). Its files are
+//! listed in [`super::layout`].
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::compaction::COMPACT_FILE;
 use super::crypt::Cipher;
 use super::engine::{Recovered, Store, SyncMode};
 use super::file::{DiskFile, LogFile};
 use super::hint;
 use super::index::{Attrs, Index};
+use super::layout::{
+    private_file, sync_dir, torn_tail, COMPACT_FILE, HINT_FILE, HINT_TMP, LOCK_FILE, LOG_FILE,
+    REPAIR_FILE,
+};
 use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
-use super::repair::REPAIR_FILE;
 use super::scan::{damaged_ranges, scan, Damage, ScanStart, ScanSummary};
-
-/// Name of the log file inside the data directory.
-pub const LOG_FILE: &str = "data.log";
-/// Name of the lock file inside the data directory.
-pub const LOCK_FILE: &str = "LOCK";
 
 /// Why a data directory could not be opened or checked.
 #[derive(Debug)]
@@ -159,61 +147,13 @@ pub fn open_with(
     let header = read_header(&file, &path)?;
     check_key(&header, key_check, &path)?;
     let log_len = file.size().map_err(io_error("read", &path))?;
-    let (mut index, mut summary, mut hint_keys) = (Index::default(), None, None);
-    // The end of what the hint used covers: records there are not read now.
-    let mut unverified_end = None;
     let source = (&file as &dyn LogFile, header.file_id, cipher.as_deref());
-    let mut full_scan = ScanStart::BEGINNING;
-    // A hint followed by damage goes, but only once the full scan has not
-    // refused to start: it is the evidence that what it covers is durable,
-    // and the next start (or `lucid check`) must judge the damage the same.
-    let mut drop_hint = false;
-    match hint::load(dir, header, log_len, cipher.as_deref()) {
-        Ok(hint) => {
-            let start = ScanStart {
-                offset: hint.coverage.end,
-                max_sequence: hint.coverage.max_sequence,
-                durable: hint.coverage.end,
-            };
-            // What the hint covers was fsynced before it was written: damage
-            // there is damage to durable data, even if the hint goes.
-            full_scan.durable = hint.coverage.end;
-            hint_keys = Some(hint.index.len());
-            index = hint.index;
-            let after_hint = replay(source, &path, &mut index, start)?;
-            if after_hint.damage.is_some() {
-                // The full scan below is the authority on damage.
-                log::warn!(
-                    "the log after the hint file's coverage is damaged; reading the whole log"
-                );
-                (index, hint_keys) = (Index::default(), None);
-                drop_hint = true;
-            } else {
-                summary = Some(after_hint);
-                unverified_end = Some(start.offset);
-            }
-        }
-        Err(hint::Unused::Missing) if log_len <= FILE_HEADER_LEN as u64 => {}
-        Err(hint::Unused::Missing) => {
-            log::warn!("no hint file in {}: reading the whole log", dir.display());
-        }
-        Err(hint::Unused::Rejected(why)) => {
-            log::warn!(
-                "ignoring {}: {why}; reading the whole log",
-                dir.join(hint::HINT_FILE).display()
-            );
-            // Derived data: a hint not trusted now must not be trusted later
-            // either (a log that grows back past its coverage, say).
-            remove_hint(dir)?;
-        }
-    }
-    let summary = match summary {
-        Some(summary) => summary,
-        None => replay(source, &path, &mut index, full_scan)?,
-    };
-    if drop_hint && !matches!(summary.damage, Some(Damage::Corrupt { .. })) {
-        remove_hint(dir)?;
-    }
+    let Replayed {
+        index,
+        summary,
+        hint_keys,
+        unverified_end,
+    } = replay_log(dir, &path, source, header, log_len)?;
     match summary.damage {
         None => {}
         Some(Damage::TornTail {
@@ -254,10 +194,105 @@ pub fn open_with(
         dir: Some((dir.to_path_buf(), lock)),
         cipher,
     };
-    let damaged = recovered.index.damaged_keys();
+    report_damaged_keys(&recovered.index, &path);
+    let store = Store::new(Arc::new(file), recovered, sync);
+    if let Some(covered_end) = unverified_end {
+        store.verify_in_background(covered_end);
+    }
+    Ok((store, report))
+}
+
+/// The index recovered from a log, and how.
+struct Replayed {
+    /// The live keys.
+    index: Index,
+    /// What the scan found.
+    summary: ScanSummary,
+    /// Keys loaded from the hint file, if it was used.
+    hint_keys: Option<usize>,
+    /// The end of what the hint used covers: records there were not read.
+    unverified_end: Option<u64>,
+}
+
+/// Recovers the index of the log at `path` (`source`, `log_len` bytes long
+/// with file header `header`): from the hint file and the log after it if
+/// the hint is valid and no damage follows it, else by a full scan. A hint
+/// that cannot be trusted is removed.
+fn replay_log(
+    dir: &Path,
+    path: &Path,
+    source: LogSource<'_>,
+    header: FileHeader,
+    log_len: u64,
+) -> Result<Replayed, OpenError> {
+    let cipher = source.2;
+    let (mut index, mut summary, mut hint_keys) = (Index::default(), None, None);
+    let mut unverified_end = None;
+    let mut full_scan = ScanStart::BEGINNING;
+    // A hint followed by damage goes, but only once the full scan has not
+    // refused to start: it is the evidence that what it covers is durable,
+    // and the next start (or `lucid check`) must judge the damage the same.
+    let mut drop_hint = false;
+    match hint::load(dir, header, log_len, cipher) {
+        Ok(hint) => {
+            let start = ScanStart {
+                offset: hint.coverage.end,
+                max_sequence: hint.coverage.max_sequence,
+                durable: hint.coverage.end,
+            };
+            // What the hint covers was fsynced before it was written: damage
+            // there is damage to durable data, even if the hint goes.
+            full_scan.durable = hint.coverage.end;
+            hint_keys = Some(hint.index.len());
+            index = hint.index;
+            let after_hint = replay(source, path, &mut index, start)?;
+            if after_hint.damage.is_some() {
+                // The full scan below is the authority on damage.
+                log::warn!(
+                    "the log after the hint file's coverage is damaged; reading the whole log"
+                );
+                (index, hint_keys) = (Index::default(), None);
+                drop_hint = true;
+            } else {
+                summary = Some(after_hint);
+                unverified_end = Some(start.offset);
+            }
+        }
+        Err(hint::Unused::Missing) if log_len <= FILE_HEADER_LEN as u64 => {}
+        Err(hint::Unused::Missing) => {
+            log::warn!("no hint file in {}: reading the whole log", dir.display());
+        }
+        Err(hint::Unused::Rejected(why)) => {
+            log::warn!(
+                "ignoring {}: {why}; reading the whole log",
+                dir.join(HINT_FILE).display()
+            );
+            // Derived data: a hint not trusted now must not be trusted later
+            // either (a log that grows back past its coverage, say).
+            remove_hint(dir)?;
+        }
+    }
+    let summary = match summary {
+        Some(summary) => summary,
+        None => replay(source, path, &mut index, full_scan)?,
+    };
+    if drop_hint && !matches!(summary.damage, Some(Damage::Corrupt { .. })) {
+        remove_hint(dir)?;
+    }
+    Ok(Replayed {
+        index,
+        summary,
+        hint_keys,
+        unverified_end,
+    })
+}
+
+/// Says in an ERROR log which keys of `index` (recovered from the log at
+/// `path`) answer an error because their record was damaged.
+fn report_damaged_keys(index: &Index, path: &Path) {
+    let damaged = index.damaged_keys();
     if damaged > 0 {
-        let names: Vec<_> = recovered
-            .index
+        let names: Vec<_> = index
             .damaged()
             .take(10)
             .map(String::from_utf8_lossy)
@@ -270,11 +305,6 @@ pub fn open_with(
             if damaged > names.len() { ", ..." } else { "" }
         );
     }
-    let store = Store::new(Arc::new(file), recovered, sync);
-    if let Some(covered_end) = unverified_end {
-        store.verify_in_background(covered_end);
-    }
-    Ok((store, report))
 }
 
 /// What [`check`] found in a data directory.
@@ -454,15 +484,6 @@ fn replay(
     .map_err(io_error("read", path))
 }
 
-/// Options to create a file of the data directory: readable and writable
-/// by its owner only (mode 0600), as its records may hold secrets.
-pub(super) fn private_file() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-}
-
 /// Creates the data directory, and its missing parents, open to its owner
 /// only (mode 0700); an existing directory keeps its mode.
 fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -501,7 +522,7 @@ fn refuse_to_start_empty_beside_data(dir: &Path) -> Result<(), OpenError> {
     let mut found: Vec<String> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name == hint::HINT_FILE || name.starts_with(&format!("{LOG_FILE}.")))
+        .filter(|name| name == HINT_FILE || name.starts_with(&format!("{LOG_FILE}.")))
         .collect();
     if found.is_empty() {
         return Ok(());
@@ -516,7 +537,7 @@ fn refuse_to_start_empty_beside_data(dir: &Path) -> Result<(), OpenError> {
 /// Deletes the hint file, if any, durably (a distrusted hint must not come
 /// back after a power cut).
 fn remove_hint(dir: &Path) -> Result<(), OpenError> {
-    let path = dir.join(hint::HINT_FILE);
+    let path = dir.join(HINT_FILE);
     match fs::remove_file(&path) {
         Ok(()) => sync_dir(dir).map_err(io_error("sync", dir)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -532,7 +553,7 @@ fn remove_hint(dir: &Path) -> Result<(), OpenError> {
 /// left behind: each was a new file not yet renamed into place, and the old
 /// one, still in place, holds everything.
 fn remove_leftovers(dir: &Path) -> Result<(), OpenError> {
-    for name in [COMPACT_FILE, REPAIR_FILE, hint::HINT_TMP] {
+    for name in [COMPACT_FILE, REPAIR_FILE, HINT_TMP] {
         let leftover = dir.join(name);
         match fs::remove_file(&leftover) {
             Ok(()) => log::warn!(
@@ -616,7 +637,7 @@ fn cut_torn_tail(
     len: u64,
     next_valid: Option<u64>,
 ) -> Result<(), OpenError> {
-    let (aside, mut copy) = create_unique(&format!("{}.torn-{offset}", path.display()))?;
+    let (aside, mut copy) = create_unique(&torn_tail(path, offset))?;
     let mut chunk = vec![0u8; len.min(1 << 20) as usize];
     let mut at = offset;
     while at < offset + len {
@@ -670,11 +691,6 @@ pub(super) fn create_unique(base: &str) -> Result<(PathBuf, File), OpenError> {
         }
     }
     unreachable!("a free name exists")
-}
-
-/// fsyncs a directory, making renames and new files in it durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Wraps an I/O error with what was being done to which path.
@@ -780,7 +796,7 @@ mod tests {
         let (store, _, second) = store_of_three(dir.path());
         store.close().unwrap();
         drop(store);
-        fs::remove_file(dir.path().join(hint::HINT_FILE)).unwrap();
+        fs::remove_file(dir.path().join(HINT_FILE)).unwrap();
         let log = dir.path().join(LOG_FILE);
         let mut bytes = fs::read(&log).unwrap();
         bytes[second as usize + 45] ^= 0x01;

@@ -37,21 +37,25 @@
 
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use super::crypt::{open_copy, open_record, stored_form, Cipher, ENVELOPE_OVERHEAD};
+use super::crypt::{open_copy, open_record, stored_form, Cipher};
 use super::file::LogFile;
 use super::hint::{self, Coverage};
 use super::index::{Attrs, Index, Location};
 use super::record::{
     members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
-    RecordKind, RecordMeta, RecordView, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
+    RecordKind, RecordMeta, RecordView, ENVELOPE_OVERHEAD, FILE_HEADER_LEN, MAX_CONTENT_TYPE_LEN,
+    RECORD_HEADER_LEN,
 };
 use super::scan::damaged_ranges;
+use super::stats::{LastCompaction, StoreStats};
+pub use crate::clock::now_ms;
+use crate::locks::{lock, read, write};
 use crate::watch::{Event, EventBus, EventOp};
 
 /// When writes are made durable with fdatasync.
@@ -278,11 +282,20 @@ pub(super) struct ExclusiveSync<'a> {
     durable: Option<u64>,
 }
 
-impl ExclusiveSync<'_> {
+impl<'a> ExclusiveSync<'a> {
     /// Gives the role back, with every record up to sequence number
     /// `durable` now durable.
-    pub(super) fn release(mut self, durable: u64) {
+    fn release(mut self, durable: u64) {
         self.durable = Some(durable);
+    }
+
+    /// Pauses writers too, until the returned guard is dropped (or the
+    /// compacted log installed through it).
+    pub(super) fn pause_writers(self) -> Paused<'a> {
+        Paused {
+            writer: lock(&self.store.writer),
+            group_commit: self,
+        }
     }
 }
 
@@ -296,10 +309,6 @@ impl Drop for ExclusiveSync<'_> {
         self.store.commit_done.notify_all();
     }
 }
-
-/// A test's callback for compaction steps.
-#[cfg(test)]
-pub(super) type StepHook = Box<dyn FnMut(super::compaction::Step) + Send>;
 
 /// State recovered from the log at open.
 pub struct Recovered {
@@ -321,14 +330,14 @@ pub struct Recovered {
 }
 
 /// A record appended but not yet covered by an fsync (sync mode `always`).
-pub(super) struct Pending {
-    pub(super) key: Box<[u8]>,
+struct Pending {
+    key: Box<[u8]>,
     /// Log offset of the record, or of the batch frame holding it.
-    pub(super) offset: u64,
+    offset: u64,
     /// Where the record is and the key's attributes; `None` for a tombstone.
-    pub(super) location: Option<(Location, Attrs)>,
+    location: Option<(Location, Attrs)>,
     /// Sequence number of the record.
-    pub(super) sequence: u64,
+    sequence: u64,
     /// The change, for watchers, once it is published.
     event: Event,
 }
@@ -354,25 +363,25 @@ struct KeyState {
 }
 
 /// The append side of the store, behind one lock.
-pub(super) struct Writer {
+struct Writer {
     /// The log file appends go to.
-    pub(super) file: Arc<dyn LogFile>,
+    file: Arc<dyn LogFile>,
     /// That file's header.
-    pub(super) header: FileHeader,
+    header: FileHeader,
     /// Offset where the next record goes.
-    pub(super) end: u64,
+    end: u64,
     /// Sequence number of the next record.
-    pub(super) next_sequence: u64,
+    next_sequence: u64,
     /// The end of the last sync marker (or of what was durable when the
     /// log was opened or compacted): a sync covering no byte past it has
     /// nothing new to mark.
-    pub(super) marked_end: u64,
+    marked_end: u64,
     /// Appended records not yet covered by an fsync (`sync: always`).
-    pub(super) pending: Vec<Pending>,
+    pending: Vec<Pending>,
     /// The log's encryption, if any.
-    pub(super) cipher: Option<Arc<Cipher>>,
+    cipher: Option<Arc<Cipher>>,
     /// Reused buffer for sealing envelopes (encrypted logs).
-    pub(super) envelope: Vec<u8>,
+    envelope: Vec<u8>,
 }
 
 impl Writer {
@@ -389,54 +398,54 @@ impl Writer {
     }
 }
 
-pub(super) struct CommitState {
+struct CommitState {
     /// Every record up to this sequence number is fsynced and published.
     /// (Sequence numbers, unlike offsets, survive compaction unchanged.)
-    pub(super) durable_sequence: u64,
+    durable_sequence: u64,
     /// A writer (or compaction) is running fdatasync on behalf of the group.
-    pub(super) syncing: bool,
+    syncing: bool,
 }
 
 /// What readers look at: the index and the log file its offsets point into.
 /// Compaction swaps both at once, so a reader always gets a matching pair.
-pub(super) struct Keydir {
-    pub(super) index: Index,
-    pub(super) file: Arc<dyn LogFile>,
+struct Keydir {
+    index: Index,
+    file: Arc<dyn LogFile>,
     /// That file's id, which every record's CRC covers.
-    pub(super) file_id: u32,
+    file_id: u32,
     /// That file's encryption, if any.
-    pub(super) cipher: Option<Arc<Cipher>>,
+    cipher: Option<Arc<Cipher>>,
 }
 
 /// The key-value store over one log file.
 pub struct Store {
-    pub(super) keydir: RwLock<Keydir>,
-    pub(super) writer: Mutex<Writer>,
-    pub(super) commit: Mutex<CommitState>,
-    pub(super) commit_done: Condvar,
+    keydir: RwLock<Keydir>,
+    writer: Mutex<Writer>,
+    commit: Mutex<CommitState>,
+    commit_done: Condvar,
     sync: SyncMode,
     /// With `sync: always`, writes return once appended; their callers wait
     /// for durability themselves (see [`Store::defer_durability`]).
     deferred: AtomicBool,
     read_only: AtomicBool,
     /// The data directory (absent for stores over an in-memory test file).
-    pub(super) dir: Option<PathBuf>,
+    dir: Option<PathBuf>,
     /// Held while a compaction runs.
-    pub(super) compaction: Mutex<()>,
+    compaction: Mutex<()>,
     /// fdatasync calls on the log, and the time they took.
-    pub(super) fsyncs: std::sync::atomic::AtomicU64,
-    pub(super) fsync_micros: std::sync::atomic::AtomicU64,
+    fsyncs: std::sync::atomic::AtomicU64,
+    fsync_micros: std::sync::atomic::AtomicU64,
     /// Compactions since start.
-    pub(super) compactions: std::sync::atomic::AtomicU64,
+    compactions: std::sync::atomic::AtomicU64,
     /// Damaged stretches the check after a start from the hint file found
     /// in the current log (see [`Store::verify_in_background`]).
-    pub(super) damaged_records: std::sync::atomic::AtomicU64,
+    damaged_records: std::sync::atomic::AtomicU64,
     /// The most recent compaction.
-    pub(super) last_compaction: Mutex<Option<super::compaction::LastCompaction>>,
+    last_compaction: Mutex<Option<LastCompaction>>,
     /// Test builds: called at each compaction step, to crash there or to
     /// write while compaction runs.
     #[cfg(test)]
-    pub(super) step_hook: Mutex<Option<StepHook>>,
+    step_hook: Mutex<Option<super::compaction::StepHook>>,
     /// Change feed for watchers.
     events: EventBus,
     _dir_lock: Option<File>,
@@ -848,7 +857,7 @@ impl Store {
             // have stepped back since the index was read).
             let still_due = self.current_state(&writer, key, 0).is_some_and(|state| {
                 state.attrs.expires_at_ms == *expires_at_ms
-                    && state.attrs.expired(crate::store::engine::now_ms())
+                    && state.attrs.expired(crate::clock::now_ms())
             });
             if still_due {
                 FrameBuilder::add(&mut frame, &RecordMeta::tombstone(key), b"");
@@ -1261,7 +1270,7 @@ impl Store {
 
     /// Moves the pending records up to sequence number `durable` into the
     /// index.
-    pub(super) fn publish(&self, writer: &mut Writer, durable: u64) {
+    fn publish(&self, writer: &mut Writer, durable: u64) {
         let covered = writer.pending.partition_point(|p| p.sequence <= durable);
         let mut keydir = write(&self.keydir);
         for pending in writer.pending.drain(..covered) {
@@ -1302,7 +1311,7 @@ impl Store {
     /// key's latest record is but not for the records' integrity, verifies
     /// every record it covers (before `covered_end`) on a background thread,
     /// so the start stays fast. Damage found is logged, counted in
-    /// [`StoreStats`](super::compaction::StoreStats), and the keys whose
+    /// [`StoreStats`], and the keys whose
     /// latest record is in it are marked damaged, unless a compaction
     /// switched logs meanwhile (it verified and quarantined them itself).
     pub fn verify_in_background(self: &Arc<Self>, covered_end: u64) {
@@ -1412,7 +1421,7 @@ impl Store {
     /// Waits until no group sync runs and keeps others from starting, so
     /// compaction can switch files under the group's feet. The role is given
     /// back when the guard is dropped, also by a panic.
-    pub(super) fn exclusive_sync(&self) -> ExclusiveSync<'_> {
+    fn exclusive_sync(&self) -> ExclusiveSync<'_> {
         let mut state = lock(&self.commit);
         while state.syncing {
             state = self
@@ -1427,18 +1436,7 @@ impl Store {
         }
     }
 
-    /// Marks a compaction step. Test builds call the test's hook, which may
-    /// panic there (unwinding like a process dying, skipping every clean-up)
-    /// or write to the store; otherwise a no-op.
-    pub(super) fn reached(&self, step: super::compaction::Step) {
-        #[cfg(test)]
-        if let Some(hook) = lock(&self.step_hook).as_mut() {
-            hook(step);
-        }
-        #[cfg(not(test))]
-        let _ = step;
-    }
-
+    /// Turns the store read-only, saying `reason` in an ERROR log.
     pub(super) fn enter_read_only(&self, reason: &str) {
         self.read_only.store(true, Ordering::SeqCst);
         log::error!(
@@ -1446,6 +1444,258 @@ impl Store {
              Check the disk (dmesg, free space), then restart the node; writes acknowledged \
              before this point are safe."
         );
+    }
+}
+
+impl Store {
+    /// Current size and compaction figures.
+    pub fn stats(&self) -> StoreStats {
+        let log_bytes = lock(&self.writer).end;
+        let (keys, live_bytes, damaged_keys) = {
+            let keydir = read(&self.keydir);
+            let index = &keydir.index;
+            (index.len(), index.live_bytes(), index.damaged_keys())
+        };
+        let last_compaction = *lock(&self.last_compaction);
+        StoreStats {
+            keys,
+            log_bytes,
+            live_bytes,
+            dead_bytes: log_bytes.saturating_sub(FILE_HEADER_LEN as u64 + live_bytes),
+            read_only: self.is_read_only(),
+            damaged_keys,
+            damaged_records: self.damaged_records.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            fsync_micros: self.fsync_micros.load(Ordering::Relaxed),
+            compactions: self.compactions.load(Ordering::Relaxed),
+            last_compaction,
+        }
+    }
+
+    /// The data directory (`None` for a store over an in-memory test file).
+    pub(super) fn data_dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The log's encryption, if any.
+    pub(super) fn cipher(&self) -> Option<Arc<Cipher>> {
+        lock(&self.writer).cipher.clone()
+    }
+
+    /// The store as one compaction sees it, or `None` while another
+    /// compaction runs.
+    pub(super) fn compaction_access(&self) -> Option<CompactionAccess<'_>> {
+        let running = self.compaction.try_lock().ok()?;
+        Some(CompactionAccess {
+            store: self,
+            _running: running,
+        })
+    }
+
+    /// Test builds: runs `look` on the index itself, so a test can see or
+    /// fake its state.
+    #[cfg(test)]
+    pub(super) fn with_index<R>(&self, look: impl FnOnce(&mut Index) -> R) -> R {
+        look(&mut write(&self.keydir).index)
+    }
+
+    /// The test's callback for compaction steps (see
+    /// [`super::compaction::Step`]).
+    #[cfg(test)]
+    pub(super) fn step_hook(&self) -> MutexGuard<'_, Option<super::compaction::StepHook>> {
+        lock(&self.step_hook)
+    }
+}
+
+/// The store as compaction sees it (see [`super::compaction`]), held by one
+/// compaction at a time: where to cut the log, how far it has grown since,
+/// the index to read, and the pause in which the compacted log is
+/// installed ([`Paused::install_compacted`]). Compaction changes the store
+/// only through that one method.
+pub(super) struct CompactionAccess<'s> {
+    store: &'s Store,
+    _running: MutexGuard<'s, ()>,
+}
+
+/// Where compaction cuts the log, and the log it reads.
+pub(super) struct LogCut {
+    /// The log's end, or the first record still waiting for its group's
+    /// fsync (not in the index yet, so it must move with the tail).
+    pub(super) offset: u64,
+    /// The last sequence number issued.
+    pub(super) last_sequence: u64,
+    /// The log.
+    pub(super) file: Arc<dyn LogFile>,
+    /// Its file id.
+    pub(super) file_id: u32,
+    /// Its encryption, if any.
+    pub(super) cipher: Option<Arc<Cipher>>,
+}
+
+impl<'s> CompactionAccess<'s> {
+    /// Where to cut the log now.
+    pub(super) fn cut(&self) -> LogCut {
+        let writer = lock(&self.store.writer);
+        LogCut {
+            offset: writer.pending.first().map_or(writer.end, |p| p.offset),
+            last_sequence: writer.next_sequence - 1,
+            file: Arc::clone(&writer.file),
+            file_id: writer.header.file_id,
+            cipher: writer.cipher.clone(),
+        }
+    }
+
+    /// The log's end now: writes go on.
+    pub(super) fn end(&self) -> u64 {
+        lock(&self.store.writer).end
+    }
+
+    /// What `look` finds in the index as it is now.
+    pub(super) fn read_index<R>(&self, look: impl FnOnce(&Index) -> R) -> R {
+        look(&read(&self.store.keydir).index)
+    }
+
+    /// Waits until no group sync runs and keeps others from starting (see
+    /// [`Store::exclusive_sync`]), so the log can be switched under the
+    /// group's feet.
+    pub(super) fn hold_group_commit(&self) -> ExclusiveSync<'s> {
+        self.store.exclusive_sync()
+    }
+
+    /// Whether the store refuses writes after a failed fsync.
+    pub(super) fn is_read_only(&self) -> bool {
+        self.store.is_read_only()
+    }
+
+    /// Turns the store read-only, saying `reason`.
+    pub(super) fn enter_read_only(&self, reason: &str) {
+        self.store.enter_read_only(reason);
+    }
+
+    /// Writes the hint file for the current log (see [`Store::write_hint`]).
+    pub(super) fn write_hint(&self) -> io::Result<()> {
+        self.store.write_hint()
+    }
+
+    /// Counts a finished compaction, and keeps `last` for stats.
+    pub(super) fn note_compaction(&self, last: LastCompaction) {
+        self.store.compactions.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.store.last_compaction) = Some(last);
+    }
+
+    /// Calls the test's hook for compaction step `step`; see
+    /// [`Store::step_hook`].
+    #[cfg(test)]
+    pub(super) fn step_hook(&self) -> MutexGuard<'s, Option<super::compaction::StepHook>> {
+        lock(&self.store.step_hook)
+    }
+}
+
+/// Writers paused and the group commit held, for compaction's switch:
+/// nothing is appended or synced until this is dropped.
+pub(super) struct Paused<'s> {
+    // Dropped first: writers run again before the group commit resumes.
+    writer: MutexGuard<'s, Writer>,
+    group_commit: ExclusiveSync<'s>,
+}
+
+/// A compacted log, complete and synced, renamed over the old one: what
+/// [`Paused::install_compacted`] makes the store's log.
+pub(super) struct CompactedLog {
+    /// The new log.
+    pub(super) file: Arc<dyn LogFile>,
+    /// Its header.
+    pub(super) header: FileHeader,
+    /// Its encryption, if any.
+    pub(super) cipher: Option<Arc<Cipher>>,
+    /// The old log's tail, from this offset (the cut) on...
+    pub(super) tail_from: u64,
+    /// ...is in the new log from this offset on, as it was.
+    pub(super) tail_to: u64,
+    /// The new location of every index entry, in index order.
+    pub(super) locations: Vec<Location>,
+    /// The keys whose damaged record was replaced by a quarantined one, and
+    /// where that damaged record was.
+    pub(super) quarantined: Vec<(Vec<u8>, Location)>,
+}
+
+/// What installing a compacted log leaves to compaction.
+pub(super) struct Installed {
+    /// The new log's end.
+    pub(super) end: u64,
+    /// The old log, still open: closing it can take long, so it is dropped
+    /// once writers run again.
+    pub(super) old_log: Arc<dyn LogFile>,
+}
+
+impl Paused<'_> {
+    /// The log's end: nothing is appended while writers are paused.
+    pub(super) fn end(&self) -> u64 {
+        self.writer.end
+    }
+
+    /// What `look` finds in the index: it does not change while writers are
+    /// paused.
+    pub(super) fn read_index<R>(&self, look: impl FnOnce(&Index) -> R) -> R {
+        look(&read(&self.group_commit.store.keydir).index)
+    }
+
+    /// The switch: points the index and the writer at `log`, the pending
+    /// records at their place in it, and marks the quarantined keys damaged
+    /// (unless written since). Readers pause only for this. The new log is
+    /// synced to its end, so no byte of it needs a sync marker; once
+    /// `rename_durable` (its rename survives a power cut), every pending
+    /// record is durable too: it is published, and writers and the group
+    /// commit resume. Otherwise the store must already be read-only (see
+    /// [`CompactionAccess::enter_read_only`]) and pending records stay
+    /// unacknowledged.
+    pub(super) fn install_compacted(self, log: CompactedLog, rename_durable: bool) -> Installed {
+        let Self {
+            mut writer,
+            group_commit,
+        } = self;
+        let store = group_commit.store;
+        let shift = |offset: u64| offset - log.tail_from + log.tail_to;
+        let end = shift(writer.end);
+        for pending in &mut writer.pending {
+            pending.offset = shift(pending.offset);
+            if let Some((location, _)) = &mut pending.location {
+                location.offset = shift(location.offset);
+            }
+        }
+        {
+            let mut keydir = write(&store.keydir);
+            for (key, damaged) in &log.quarantined {
+                // Unless written or deleted since: then the entry moved on.
+                if keydir.index.get(key) == Some(*damaged) {
+                    let attrs = keydir.index.attrs(key);
+                    keydir.index.set_attrs(key, attrs.damaged());
+                }
+            }
+            keydir.index.set_locations(&log.locations);
+            // The new log holds no damaged bytes.
+            store.damaged_records.store(0, Ordering::Relaxed);
+            keydir.file = Arc::clone(&log.file);
+            keydir.file_id = log.header.file_id;
+            keydir.cipher = log.cipher.clone();
+        }
+        writer.cipher = log.cipher;
+        let old_log = std::mem::replace(&mut writer.file, log.file);
+        writer.header = log.header;
+        writer.end = end;
+        // The new log is fsynced to its end: nothing in it needs a marker.
+        writer.marked_end = end;
+        if rename_durable {
+            // Everything pending is in the synced new log: durable.
+            let durable = writer.next_sequence - 1;
+            store.publish(&mut writer, durable);
+            drop(writer);
+            group_commit.release(durable);
+        } else {
+            drop(writer);
+            drop(group_commit);
+        }
+        Installed { end, old_log }
     }
 }
 
@@ -1509,28 +1759,6 @@ fn corrupt(offset: u64) -> StoreError {
         "record at offset {offset} failed its integrity check and was not served; run `lucid check`"
     );
     StoreError::Corrupt { offset }
-}
-
-/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is
-/// before 1970, as on a board without RTC that has not synced yet).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (no
-/// critical section here leaves the data half-updated when it panics).
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
 
-use super::engine::{now_ms, Store};
+use super::engine::Store;
+use crate::clock::now_ms;
 
 /// How often the sweep runs.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(1);

@@ -58,14 +58,10 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use super::crypt::Cipher;
-use super::directory::{private_file, sync_dir};
 use super::index::{Attrs, Index, Key, Location};
+use super::layout::{private_file, sync_dir, HINT_FILE, HINT_TMP};
 use super::record::FileHeader;
 
-/// Name of the hint file in the data directory.
-pub const HINT_FILE: &str = "data.hint";
-/// Name of a hint file being written.
-pub const HINT_TMP: &str = "data.hint.tmp";
 const MAGIC: &[u8; 8] = b"LUCIDHNT";
 /// Magic of an encrypted hint file.
 const SEALED_MAGIC: &[u8; 8] = b"LUCIDHNE";
@@ -184,7 +180,6 @@ fn read(
     log_len: u64,
     cipher: Option<&Cipher>,
 ) -> Result<Loaded, String> {
-    let truncated = |err: io::Error| format!("it is truncated or unreadable ({err})");
     let mut file = BufReader::with_capacity(256 * 1024, file);
     let mut header = [0u8; HEADER_LEN];
     file.read_exact(&mut header[..12]).map_err(truncated)?;
@@ -239,6 +234,28 @@ fn read(
     if count > log_len / 15 {
         return Err("its entry count is impossible".into());
     }
+    let mut index = read_entries(&mut input, count, coverage.end)?;
+    read_attrs(&mut input, &mut index)?;
+    let expected = input.crc.clone().finalize();
+    let mut trailer = [0u8; 4];
+    input.inner.read_exact(&mut trailer).map_err(truncated)?;
+    if u32::from_le_bytes(trailer) != expected {
+        return Err("its checksum does not match".into());
+    }
+    if input.inner.read(&mut [0u8; 1]).map_err(truncated)? != 0 {
+        return Err("it has bytes after its checksum".into());
+    }
+    Ok(Loaded { index, coverage })
+}
+
+/// Why reading a hint failed.
+fn truncated(err: io::Error) -> String {
+    format!("it is truncated or unreadable ({err})")
+}
+
+/// Reads the `count` entries of a hint covering the log up to
+/// `covered_end`, as an index.
+fn read_entries(input: &mut impl Read, count: u64, covered_end: u64) -> Result<Index, String> {
     let mut entries = Vec::with_capacity(count as usize);
     let mut key = Vec::new();
     for _ in 0..count {
@@ -250,14 +267,19 @@ fn read(
             offset: u64::from_le_bytes(fixed[6..14].try_into().expect("8 bytes")),
         };
         let end = location.offset.checked_add(u64::from(location.len));
-        if end.is_none_or(|end| end > coverage.end) {
+        if end.is_none_or(|end| end > covered_end) {
             return Err("an entry points past the covered part of the log".into());
         }
         key.resize(usize::from(key_len), 0);
         input.read_exact(&mut key).map_err(truncated)?;
         entries.push((Key::new(&key), location));
     }
-    let mut index = Index::from_sorted(entries).ok_or("its keys are out of order")?;
+    Ok(Index::from_sorted(entries).ok_or("its keys are out of order")?)
+}
+
+/// Reads a hint's attributes into `index`, which holds its entries.
+fn read_attrs(input: &mut impl Read, index: &mut Index) -> Result<(), String> {
+    let mut key = Vec::new();
     let mut count = [0u8; 8];
     input.read_exact(&mut count).map_err(truncated)?;
     let count = u64::from_le_bytes(count);
@@ -279,16 +301,7 @@ fn read(
         }
         index.set_attrs(&key, attrs);
     }
-    let expected = input.crc.clone().finalize();
-    let mut trailer = [0u8; 4];
-    input.inner.read_exact(&mut trailer).map_err(truncated)?;
-    if u32::from_le_bytes(trailer) != expected {
-        return Err("its checksum does not match".into());
-    }
-    if input.inner.read(&mut [0u8; 1]).map_err(truncated)? != 0 {
-        return Err("it has bytes after its checksum".into());
-    }
-    Ok(Loaded { index, coverage })
+    Ok(())
 }
 
 /// A writer that keeps a running CRC of what passes through.
@@ -326,7 +339,7 @@ impl<R: Read> Read for CrcReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::directory::LOG_FILE;
+    use crate::store::layout::LOG_FILE;
     use crate::store::testing::{assert_matches, churn, delete, put, Model};
     use crate::store::{open, SyncMode};
 

@@ -21,8 +21,8 @@
 //!   See [`expiry`].
 //! * **Compaction**: rewriting the log with only live records, crash-safe at
 //!   every step. See [`compaction`].
-//! * **Directory**: lock file, log file, torn tails kept aside. See
-//!   [`directory`].
+//! * **Directory**: its files ([`layout`]); its lock and opening it
+//!   ([`directory`]).
 
 pub mod compaction;
 pub mod crypt;
@@ -32,9 +32,11 @@ pub mod expiry;
 pub mod file;
 pub mod hint;
 pub mod index;
+pub mod layout;
 pub mod record;
 pub mod repair;
 pub mod scan;
+pub mod stats;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]
@@ -45,3 +47,4 @@ pub use directory::{check, open, open_with, OpenError};
 pub use engine::{Store, StoreError, StoredValue, SyncMode, WriteOutcome};
 pub use expiry::spawn_expiry_sweeper;
 pub use repair::repair;
+pub use stats::StoreStats;

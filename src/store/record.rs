@@ -120,6 +120,26 @@ pub const FLAG_ENCRYPTED: u8 = 4;
 /// of its encryption, so it can move unopened (see [`super::crypt`]).
 pub const FLAG_MOVABLE: u8 = 8;
 
+/// Length of an envelope's nonce (XChaCha20-Poly1305; the envelope's
+/// layout is in [`super::crypt`]).
+pub const NONCE_LEN: usize = 24;
+/// Length of an envelope's authentication tag.
+pub const TAG_LEN: usize = 16;
+/// Length of a movable envelope's place tag.
+pub const PLACE_TAG_LEN: usize = 16;
+/// Bytes an envelope adds to the plain record it wraps.
+pub const ENVELOPE_OVERHEAD: usize = RECORD_HEADER_LEN + NONCE_LEN + TAG_LEN + PLACE_TAG_LEN;
+
+/// Bytes an envelope with these header flags adds to its plain record: a
+/// format 1 envelope (not movable) has no place tag.
+pub fn envelope_overhead(flags: u8) -> usize {
+    if flags & FLAG_MOVABLE != 0 {
+        ENVELOPE_OVERHEAD
+    } else {
+        ENVELOPE_OVERHEAD - PLACE_TAG_LEN
+    }
+}
+
 /// What a record does to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -212,7 +232,7 @@ impl RecordHeader {
             && header.timestamp_ms == 0
             && header.expires_at_ms == 0
             && flags & (FLAG_LOCKED | FLAG_DAMAGED) == 0
-            && header.value_len as usize > super::crypt::envelope_overhead(flags);
+            && header.value_len as usize > envelope_overhead(flags);
         let marker_shaped = kind != RecordKind::Marker || header.sequence == 0;
         let well_formed = match kind {
             _ if !marker_shaped => false,

@@ -21,16 +21,14 @@ use std::path::{Path, PathBuf};
 
 use super::crypt::{stored_form, Cipher};
 use super::directory::{
-    check_key, create_unique, full_scan_start, io_error as io_err, lock_dir, private_file,
-    read_header, sync_dir, OpenError, LOG_FILE,
+    check_key, create_unique, full_scan_start, io_error as io_err, lock_dir, read_header,
+    LogSource, OpenError,
 };
 use super::file::{DiskFile, LogFile};
-use super::hint::HINT_FILE;
+use super::layout::{broken_log, private_file, sync_dir, HINT_FILE, LOG_FILE, REPAIR_FILE};
 use super::record::{FileHeader, Marker, Position, RecordBuilder, FILE_HEADER_LEN};
 use super::scan::{scan, Damage, ScanStart};
-
-/// Name of the new log while a repair writes it.
-pub const REPAIR_FILE: &str = "data.log.repair";
+use crate::clock::now_ms;
 
 /// What a repair did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,66 +64,23 @@ pub fn repair(dir: &Path, cipher: Option<&Cipher>) -> Result<RepairReport, OpenE
         dropped: Vec::new(),
         broken_copy: None,
     };
-    let mut write_error = None;
     let log_len = log.size().map_err(io_err("read", &path))?;
-    let mut start = full_scan_start(dir, header, log_len, cipher);
+    let start = full_scan_start(dir, header, log_len, cipher);
     let new_header = FileHeader::new(header.base_sequence, header.key_check);
-    if let Err(err) = out.write_all(&new_header.encode()) {
-        write_error = Some(err);
-    }
-    let (mut scratch, mut sealed) = (Vec::new(), Vec::new());
-    loop {
-        let summary = scan(&log, header.file_id, cipher, start, |record, _| {
-            // Stamped for where it lands in the repaired log.
-            let at = Position {
-                file_id: new_header.file_id,
-                offset: report.bytes_kept,
-            };
-            scratch.clear();
-            scratch.extend_from_slice(record.bytes);
-            // Batch members are only visited when their whole frame is
-            // good; they are kept as plain records.
-            RecordBuilder::detach(&mut scratch, at);
-            let stored = stored_form(cipher, &scratch, at, &mut sealed);
-            if write_error.is_none() {
-                if let Err(err) = out.write_all(stored) {
-                    write_error = Some(err);
-                }
-            }
-            report.records_kept += 1;
-            report.bytes_kept += stored.len() as u64;
-        })
-        .map_err(io_err("read", &path))?;
-        match summary.damage {
-            None => break,
-            Some(Damage::TornTail { offset, len, .. }) => {
-                report.dropped.push((offset, offset + len));
-                break;
-            }
-            Some(Damage::Corrupt {
-                offset,
-                next_valid: Some(next_valid),
-                ..
-            }) => {
-                report.dropped.push((offset, next_valid));
-                start = ScanStart {
-                    offset: next_valid,
-                    max_sequence: summary.max_sequence,
-                    durable: summary.durable,
-                };
-            }
-            Some(Damage::Corrupt { offset, .. }) => {
-                report.dropped.push((offset, log_len));
-                break;
-            }
+    let mut write_error = out.write_all(&new_header.encode()).err();
+    let source = (&log as &dyn LogFile, header.file_id, cipher);
+    copy_good_records(source, &path, start, new_header, &mut report, |stored| {
+        if write_error.is_none() {
+            write_error = out.write_all(stored).err();
         }
-    }
+    })?;
     if !report.dropped.is_empty() && report.records_kept > 0 && write_error.is_none() {
         let at = Position {
             file_id: new_header.file_id,
             offset: report.bytes_kept,
         };
-        let marker = Marker::encode(at.offset, super::engine::now_ms(), at);
+        let marker = Marker::encode(at.offset, now_ms(), at);
+        let mut sealed = Vec::new();
         let stored = stored_form(cipher, &marker, at, &mut sealed);
         match out.write_all(stored) {
             Ok(()) => report.bytes_kept += stored.len() as u64,
@@ -145,14 +100,79 @@ pub fn repair(dir: &Path, cipher: Option<&Cipher>) -> Result<RepairReport, OpenE
         .into_inner()
         .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
     file.sync_all().map_err(io_err("sync", &tmp))?;
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    report.broken_copy = Some(put_in_place(dir, &path, &tmp)?);
+    Ok(report)
+}
+
+/// Scans the log at `path` (`source`) from `start` on, passing every good
+/// record, stamped for where it lands in the repaired log (with header
+/// `new_header`, ending at `report.bytes_kept`), to `write`, and skipping
+/// damage by the recovery rule; counts what was kept and dropped in
+/// `report`.
+fn copy_good_records(
+    source: LogSource<'_>,
+    path: &Path,
+    mut start: ScanStart,
+    new_header: FileHeader,
+    report: &mut RepairReport,
+    mut write: impl FnMut(&[u8]),
+) -> Result<(), OpenError> {
+    let (log, file_id, cipher) = source;
+    let log_len = log.size().map_err(io_err("read", path))?;
+    let (mut scratch, mut sealed) = (Vec::new(), Vec::new());
+    loop {
+        let summary = scan(log, file_id, cipher, start, |record, _| {
+            // Stamped for where it lands in the repaired log.
+            let at = Position {
+                file_id: new_header.file_id,
+                offset: report.bytes_kept,
+            };
+            scratch.clear();
+            scratch.extend_from_slice(record.bytes);
+            // Batch members are only visited when their whole frame is
+            // good; they are kept as plain records.
+            RecordBuilder::detach(&mut scratch, at);
+            let stored = stored_form(cipher, &scratch, at, &mut sealed);
+            write(stored);
+            report.records_kept += 1;
+            report.bytes_kept += stored.len() as u64;
+        })
+        .map_err(io_err("read", path))?;
+        match summary.damage {
+            None => return Ok(()),
+            Some(Damage::TornTail { offset, len, .. }) => {
+                report.dropped.push((offset, offset + len));
+                return Ok(());
+            }
+            Some(Damage::Corrupt {
+                offset,
+                next_valid: Some(next_valid),
+                ..
+            }) => {
+                report.dropped.push((offset, next_valid));
+                start = ScanStart {
+                    offset: next_valid,
+                    max_sequence: summary.max_sequence,
+                    durable: summary.durable,
+                };
+            }
+            Some(Damage::Corrupt { offset, .. }) => {
+                report.dropped.push((offset, log_len));
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Puts the repaired log `tmp`, complete and synced, in place of the log
+/// at `log` in `dir`, keeping the damaged one aside and removing the hint
+/// file. Returns where the damaged log was kept.
+fn put_in_place(dir: &Path, log: &Path, tmp: &Path) -> Result<PathBuf, OpenError> {
+    let seconds = now_ms() / 1000;
     // Keep the damaged log under a second name first, then replace data.log
     // in one atomic rename: at no moment is there no data.log.
-    let base = format!("{}.broken-{seconds}", path.display());
-    let broken = keep_aside(&path, &base)?;
-    fs::rename(&tmp, &path).map_err(io_err("move into place", &tmp))?;
+    let broken = keep_aside(log, &broken_log(log, seconds))?;
+    fs::rename(tmp, log).map_err(io_err("move into place", tmp))?;
     match fs::remove_file(dir.join(HINT_FILE)) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => {
             return Err(io_err("remove", &dir.join(HINT_FILE))(err))
@@ -160,8 +180,7 @@ pub fn repair(dir: &Path, cipher: Option<&Cipher>) -> Result<RepairReport, OpenE
         _ => {}
     }
     sync_dir(dir).map_err(io_err("sync", dir))?;
-    report.broken_copy = Some(broken);
-    Ok(report)
+    Ok(broken)
 }
 
 /// Gives the log at `log` a second name, `base` or `base.N` (never one in

@@ -176,38 +176,9 @@ fn scan_within(
         let at = Position { file_id, offset };
         let good = match reader.record_at(offset)? {
             Some(record) if record.header.kind == RecordKind::Batch => {
-                // Members are checked before any is visited: a frame counts
-                // whole or not at all.
-                let mut open =
-                    |member: Result<(u64, RecordView<'_>), _>,
-                     visit: &mut dyn FnMut(&RecordView<'_>, Location)| {
-                        let Ok((member_offset, member)) = member else {
-                            return false;
-                        };
-                        let place = Position {
-                            offset: member_offset,
-                            ..at
-                        };
-                        let stored = Location {
-                            offset: member_offset,
-                            len: member.bytes.len() as u32,
-                        };
-                        match open_copy(cipher, member, place, &mut scratch) {
-                            Ok(plain) => {
-                                visit(&plain, stored);
-                                true
-                            }
-                            Err(_) => false,
-                        }
-                    };
-                let sound = members(&record, at).all(|member| open(member, &mut |_, _| {}));
-                if sound {
-                    for member in members(&record, at) {
-                        open(member, &mut visit);
-                        summary.records += 1;
-                    }
-                }
-                sound.then_some(record.header)
+                let visited = visit_frame(cipher, &record, at, &mut scratch, &mut visit);
+                summary.records += visited.unwrap_or(0);
+                visited.map(|_| record.header)
             }
             Some(record) if record.header.kind == RecordKind::Marker => {
                 let header = record.header;
@@ -242,26 +213,81 @@ fn scan_within(
             }
             None => {
                 let after = reader.after_damage(offset, summary.max_sequence)?;
-                summary.durable = summary.durable.max(after.durable);
-                summary.markers += after.markers;
-                summary.damage = Some(if offset < summary.durable {
-                    Damage::Corrupt {
-                        offset,
-                        next_valid: after.next_valid,
-                        durable: summary.durable,
-                    }
-                } else {
-                    Damage::TornTail {
-                        offset,
-                        len: reader.file_len - offset,
-                        next_valid: after.next_valid,
-                    }
-                });
+                summary.damage = Some(judge_damage(&mut summary, offset, after, reader.file_len));
                 break;
             }
         }
     }
     Ok(summary)
+}
+
+/// Visits every member of the batch frame `frame`, read at `at`, opened,
+/// if all of them open: a frame counts whole or not at all. Returns how
+/// many were visited, or `None` if the frame does not count.
+fn visit_frame(
+    cipher: Option<&Cipher>,
+    frame: &RecordView<'_>,
+    at: Position,
+    scratch: &mut Vec<u8>,
+    visit: &mut impl FnMut(&RecordView<'_>, Location),
+) -> Option<u64> {
+    let mut open = |member: Result<(u64, RecordView<'_>), _>,
+                    visit: &mut dyn FnMut(&RecordView<'_>, Location)| {
+        let Ok((member_offset, member)) = member else {
+            return false;
+        };
+        let place = Position {
+            offset: member_offset,
+            ..at
+        };
+        let stored = Location {
+            offset: member_offset,
+            len: member.bytes.len() as u32,
+        };
+        match open_copy(cipher, member, place, scratch) {
+            Ok(plain) => {
+                visit(&plain, stored);
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    // Members are checked before any is visited.
+    if !members(frame, at).all(|member| open(member, &mut |_, _| {})) {
+        return None;
+    }
+    let mut visited = 0;
+    for member in members(frame, at) {
+        open(member, visit);
+        visited += 1;
+    }
+    Some(visited)
+}
+
+/// The recovery rule for damage at `offset` of a log `file_len` bytes
+/// long, followed by `after`: notes in `summary` what the markers after it
+/// claim, then judges it an unsynced tail or damage to durable data.
+fn judge_damage(
+    summary: &mut ScanSummary,
+    offset: u64,
+    after: AfterDamage,
+    file_len: u64,
+) -> Damage {
+    summary.durable = summary.durable.max(after.durable);
+    summary.markers += after.markers;
+    if offset < summary.durable {
+        Damage::Corrupt {
+            offset,
+            next_valid: after.next_valid,
+            durable: summary.durable,
+        }
+    } else {
+        Damage::TornTail {
+            offset,
+            len: file_len - offset,
+            next_valid: after.next_valid,
+        }
+    }
 }
 
 /// Every damaged stretch of the log before offset `end`, all of it durable,

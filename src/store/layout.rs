@@ -1,0 +1,71 @@
+//! The data directory's layout: the names of its files, how they are
+//! created, and making changes to the directory durable.
+//!
+//! ```text
+//! <dir>/LOCK               held (flock) by the one process using the directory
+//! <dir>/data.log           the append-only log (see `record` for its layout)
+//! <dir>/data.log.torn-N    a torn tail cut from the log at offset N, kept aside
+//! <dir>/data.log.compact   the new log while compaction writes it
+//! <dir>/data.hint          index snapshot for a fast start (see `hint`)
+//! <dir>/data.hint.tmp      the new hint file while it is written
+//! <dir>/data.log.repair    the new log while `lucid check --repair` writes it
+//! <dir>/data.log.broken-T  a damaged log set aside by a repair at time T
+//! ```
+//!
+//! Every file is created readable and writable by its owner only
+//! ([`private_file`]), as records may hold secrets.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+/// Name of the log file inside the data directory.
+pub const LOG_FILE: &str = "data.log";
+/// Name of the lock file inside the data directory.
+pub const LOCK_FILE: &str = "LOCK";
+/// Name of the new log while compaction writes it.
+pub const COMPACT_FILE: &str = "data.log.compact";
+/// Name of the new log while a repair writes it.
+pub const REPAIR_FILE: &str = "data.log.repair";
+/// Name of the hint file in the data directory.
+pub const HINT_FILE: &str = "data.hint";
+/// Name of a hint file being written.
+pub const HINT_TMP: &str = "data.hint.tmp";
+
+/// What follows the log's name in the name of a torn tail kept aside.
+const TORN_TAIL: &str = ".torn-";
+/// What follows the log's name in the name of a damaged log set aside.
+const BROKEN_LOG: &str = ".broken-";
+
+/// The name (before any `.N` making it unique) of the torn tail cut from
+/// the log at `log` at `offset`.
+pub fn torn_tail(log: &Path, offset: u64) -> String {
+    format!("{}{TORN_TAIL}{offset}", log.display())
+}
+
+/// The name (before any `.N` making it unique) of the damaged log at `log`
+/// set aside by a repair at `seconds` since the epoch.
+pub fn broken_log(log: &Path, seconds: u64) -> String {
+    format!("{}{BROKEN_LOG}{seconds}", log.display())
+}
+
+/// Whether the file `name` of the data directory is a copy of log data set
+/// aside (a torn tail or a damaged log): it keeps the encryption the log had.
+pub fn is_set_aside(name: &str) -> bool {
+    name.strip_prefix(LOG_FILE)
+        .is_some_and(|rest| rest.starts_with(TORN_TAIL) || rest.starts_with(BROKEN_LOG))
+}
+
+/// Options to create a file of the data directory: readable and writable
+/// by its owner only (mode 0600), as its records may hold secrets.
+pub fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// fsyncs a directory, making renames and new files in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
