@@ -19,7 +19,9 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
 
-use super::engine::{now_ms, Store};
+use super::engine::{lock, now_ms, read, Store, StoreError};
+use super::record::{FrameBuilder, RecordMeta};
+use crate::watch::EventOp;
 
 /// How often the sweep runs.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(1);
@@ -55,5 +57,40 @@ fn sweep_periodically(store: &Weak<Store>) {
                 }
             }
         }
+    }
+}
+
+impl Store {
+    /// Writes tombstones for up to `max` keys whose expiry is at or before
+    /// `due_by_ms`, as one batch frame, and returns how many once they are
+    /// durable. Keys whose expiry changed meanwhile are left alone; locks do
+    /// not stop expiry.
+    pub fn expire_due(&self, due_by_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let due = read(&self.keydir).index.expired(due_by_ms, max);
+        if due.is_empty() || self.is_read_only() {
+            return Ok(0);
+        }
+        let mut writer = lock(&self.writer);
+        let mut frame = Vec::new();
+        FrameBuilder::begin(&mut frame);
+        let mut count = 0;
+        for (key, expires_at_ms) in &due {
+            // Still the same expiry, and still past it now (the clock may
+            // have stepped back since the index was read).
+            let still_due = self.current_state(&writer, key, 0).is_some_and(|state| {
+                state.attrs.expires_at_ms == *expires_at_ms && state.attrs.expired(now_ms())
+            });
+            if still_due {
+                FrameBuilder::add(&mut frame, &RecordMeta::tombstone(key), b"");
+                count += 1;
+            }
+        }
+        if count > 0 {
+            let last = self.append_frame(&mut writer, &mut frame, |_| EventOp::Expire)?;
+            drop(writer);
+            // The store's own write: nobody acknowledges it, the sweep waits.
+            self.wait_for(self.ticket(last))?;
+        }
+        Ok(count)
     }
 }

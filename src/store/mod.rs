@@ -9,8 +9,11 @@
 //!   damage in the middle stops the node unless a hint file covers it (the
 //!   damaged keys then answer errors until compaction quarantines them).
 //!   See [`scan`].
-//! * **Durability**: group-committed fdatasync, and what happens when the disk
-//!   fails. See [`engine`].
+//! * **Writes**: every change is a [`Mutation`] applied under one writer
+//!   lock. See [`mutation`] (what each change does) and [`engine`] (the
+//!   append, and what happens when the disk fails).
+//! * **Durability**: each write returns a [`Ticket`] to wait on before it is
+//!   acknowledged; group-committed fdatasync. See [`commit`].
 //! * **Disk access**: only through the [`file::LogFile`] trait, so tests can
 //!   put a failing disk underneath.
 //! * **Hint file**: an index snapshot written after compaction and at clean
@@ -24,6 +27,7 @@
 //! * **Directory**: lock file, log file, torn tails kept aside. See
 //!   [`directory`].
 
+pub mod commit;
 pub mod compaction;
 pub mod crypt;
 pub mod directory;
@@ -32,6 +36,7 @@ pub mod expiry;
 pub mod file;
 pub mod hint;
 pub mod index;
+pub mod mutation;
 pub mod record;
 pub mod repair;
 pub mod scan;
@@ -40,8 +45,13 @@ pub mod testing;
 #[cfg(test)]
 mod torture;
 
+pub use commit::{Acknowledger, Ticket};
 pub use compaction::{spawn_compactor, CompactionError, CompactionPolicy};
 pub use directory::{check, open, open_with, OpenError};
-pub use engine::{Store, StoreError, StoredValue, SyncMode, WriteOutcome};
+pub use engine::{Expect, Store, StoreError, StoredValue, SyncMode};
 pub use expiry::spawn_expiry_sweeper;
+pub use mutation::{
+    Applied, BatchOp, BatchResult, Change, Effect, Mutation, MutationError, Number, PutBuffer,
+    WriteOutcome, Written,
+};
 pub use repair::repair;
