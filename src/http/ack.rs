@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use tiny_http::Request;
 
-use super::kv::store_error;
+use super::errors::store_error;
 use super::reply::{Reply, Responder};
 use super::Context;
 use crate::store::{Store, StoreError, Ticket};

@@ -17,7 +17,7 @@ use serde_json::json;
 use tiny_http::{Method, Request};
 
 use super::ack::Answer;
-use super::kv::{body_unreadable, store_error};
+use super::errors::{body_unreadable, store_error};
 use super::query::ttl_millis;
 use super::reply::{self, Reply};
 use super::Context;

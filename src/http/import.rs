@@ -23,7 +23,7 @@ use tiny_http::{Method, Request};
 
 use super::ack::Answer;
 use super::batch::{self, check_content_type, check_key, decode_value, read_body};
-use super::kv::store_error;
+use super::errors::store_error;
 use super::reply::Reply;
 use super::Context;
 use crate::store::engine::now_ms;

@@ -6,13 +6,14 @@ use tiny_http::{Method, Request};
 
 use super::ack::Answer;
 use super::conditions::{not_modified, write_condition};
+use super::errors::{body_unreadable, store_error};
 use super::query::{ttl_millis, Params};
 use super::reply::{self, Reply};
 use super::route::{decode_key, KeyError};
 use super::{patch, Buffers, Context};
 use crate::store::engine::now_ms;
 use crate::store::record::MAX_CONTENT_TYPE_LEN;
-use crate::store::{Effect, Expect, Mutation, PutBuffer, StoreError, WriteOutcome, Written};
+use crate::store::{Effect, Expect, Mutation, PutBuffer, WriteOutcome, Written};
 
 /// Methods `/api/kv/{key}` accepts, as listed in a 405's `Allow` header.
 pub const ALLOWED: &str = "GET, HEAD, PUT, DELETE, PATCH";
@@ -139,24 +140,6 @@ fn put<'b>(
     }
 }
 
-/// The reply to a request body that could not be read whole: 408 if the
-/// client stopped sending it (the read timeout, or too slow a rate), 400 if
-/// it closed the connection before its end or its chunked encoding is
-/// malformed.
-pub fn body_unreadable(err: &std::io::Error) -> Reply<'static> {
-    use std::io::ErrorKind;
-    match err.kind() {
-        // A read timeout is `WouldBlock` on Linux.
-        ErrorKind::TimedOut | ErrorKind::WouldBlock => {
-            Reply::message(408, "The request body did not arrive in time.")
-        }
-        ErrorKind::UnexpectedEof => {
-            Reply::message(400, "The connection ended before the request body did.")
-        }
-        _ => Reply::message(400, format!("The request body could not be read: {err}.")),
-    }
-}
-
 /// `413` for a value over `storage.max_value_bytes`.
 pub fn too_large<'b>(max: usize) -> Reply<'b> {
     Reply::message(
@@ -181,45 +164,5 @@ pub fn key_error<'b>(err: KeyError, max: usize) -> Reply<'b> {
             Reply::message(400, "The key is not valid UTF-8 once percent-decoded.")
         }
         KeyError::Nul => Reply::message(400, "The key must not contain a NUL byte (%00)."),
-    }
-}
-
-/// The reply for a store error.
-pub fn store_error<'b>(err: StoreError) -> Reply<'b> {
-    match err {
-        StoreError::Locked => Reply::json(409, reply::CANNOT_UPDATE),
-        StoreError::PreconditionFailed => Reply::message(
-            412,
-            "The key's current version does not match the request's If-Match or If-None-Match condition; nothing was changed. Read the key again for its current version (ETag).",
-        ),
-        StoreError::NotFound => Reply::json(404, reply::KEY_NOT_FOUND),
-        StoreError::AlreadyLocked => Reply::message(409, "The specified key is already locked."),
-        StoreError::NotLocked => Reply::message(409, "The specified key is not locked."),
-        StoreError::NotANumber => {
-            Reply::message(400, "The specified key is not a valid numeric value.")
-        }
-        StoreError::Overflow => Reply::message(
-            400,
-            "The result does not fit: integers are 64-bit signed (up to 9223372036854775807) and decimals must stay finite.",
-        ),
-        StoreError::ReadOnly => Reply::message(
-            503,
-            "The node is read-only after a disk failure: writes are refused until it is restarted. Reads still work.",
-        ),
-        StoreError::Io(err) if err.kind() == std::io::ErrorKind::StorageFull => Reply::message(
-            507,
-            "The disk is full: the write was not stored. Free some space and retry.",
-        ),
-        StoreError::Io(err) => {
-            log::error!("disk error: {err}");
-            Reply::message(
-                500,
-                "The disk reported an error: the request was not completed. The error is in the node's log.",
-            )
-        }
-        StoreError::Corrupt { .. } => Reply::message(
-            500,
-            "The key's stored record is damaged and was not served; the key answers this error until it is written or deleted. See /health.",
-        ),
     }
 }

@@ -22,6 +22,7 @@ mod admin;
 mod assets;
 mod batch;
 mod conditions;
+mod errors;
 mod export;
 #[cfg(test)]
 mod faults;

@@ -14,7 +14,7 @@
 //! fdatasync if nobody else is; writers that arrive while a sync is running
 //! are covered by the next one, so 64 concurrent writers share a handful of
 //! syncs. Only after the sync are the records published to the index and
-//! the change feed ([`Store::publish`]): readers never see a value that a
+//! the change feed (`Store::publish`): readers never see a value that a
 //! power cut could still take back.
 //!
 //! Rather than have every writer wait on its own thread, a server hands its
@@ -29,7 +29,7 @@
 //!
 //! After each fdatasync of the log that covered new bytes (group commit,
 //! the `interval` thread, close), a sync marker naming the durable end is
-//! appended ([`Store::mark_durable`]); recovery uses markers to tell an
+//! appended (`Store::mark_durable`); recovery uses markers to tell an
 //! unsynced tail from damaged durable data (see `scan.rs`).
 
 use std::io;
@@ -411,5 +411,61 @@ impl<T> Acknowledger<T> {
 
     fn lock(&self) -> MutexGuard<'_, Queue<T>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mutation::{Change, Mutation};
+    use crate::store::testing::{fresh_store, put_unsynced, MemFile};
+    use crate::store::Expect;
+
+    #[test]
+    fn a_write_that_changes_nothing_waits_for_what_it_saw() {
+        let (file, store) = fresh_store(MemFile::with_bytes, SyncMode::Always);
+        file.hold_syncs();
+        let put = put_unsynced(&store, "k", b"v", Expect::Any).unwrap();
+        // Persist of a key without expiry writes nothing, but answers from a
+        // record not yet durable: it waits for that record too.
+        let persist = Mutation::Change {
+            key: b"k",
+            change: Change::Persist,
+            expect: Expect::Any,
+        };
+        let unchanged = store.apply(persist, &mut Vec::new()).unwrap();
+        assert_eq!(unchanged.ticket, put.ticket);
+        file.release_syncs();
+        store.wait_for(unchanged.ticket).unwrap();
+    }
+
+    #[test]
+    fn the_acknowledger_answers_a_group_after_one_fsync_and_fails_it_if_the_fsync_fails() {
+        let (file, store) = fresh_store(MemFile::with_bytes, SyncMode::Always);
+        let mut answered = Vec::new();
+        for round in 0..2 {
+            let acknowledger = Acknowledger::default();
+            let syncs = file.syncs.load(std::sync::atomic::Ordering::SeqCst);
+            if round == 1 {
+                file.fail_syncs(1);
+            }
+            for key in ["a", "b", "c"] {
+                let ticket = put_unsynced(&store, key, b"v", Expect::Any).unwrap().ticket;
+                assert!(acknowledger.hold(ticket, (round, key)).is_none());
+            }
+            acknowledger.close();
+            acknowledger.run(&store, |item, fate| answered.push((item, fate.is_ok())));
+            let expected =
+                [(round, "a"), (round, "b"), (round, "c")].map(|item| (item, round == 0));
+            assert_eq!(std::mem::take(&mut answered), expected);
+            if round == 0 {
+                let synced = file.syncs.load(std::sync::atomic::Ordering::SeqCst) - syncs;
+                assert_eq!(synced, 1, "one fsync for the group");
+            }
+        }
+        assert!(store.is_read_only());
+        // A settled ticket is answered at once, by its caller.
+        let answer = Acknowledger::default().submit(&store, Ticket::SETTLED, "now");
+        assert!(matches!(answer, Some(("now", Ok(())))));
     }
 }

@@ -4,7 +4,7 @@
 //! # Write path
 //!
 //! Under the writer lock, a write (see [`super::mutation`]) decides
-//! created/updated (or "missing" for a delete), then [`Store::append`]
+//! created/updated (or "missing" for a delete), then `Store::append`
 //! stamps the next sequence number and the time and appends the record at
 //! the end of the log. If the append fails, the log is cut back to where it
 //! was, so no partial record is left behind. The record is then registered:

@@ -553,3 +553,299 @@ impl Number {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{fresh_store, put_if, try_put, MemFile};
+
+    /// A store with `sync: always`, so every rule is checked against
+    /// records not yet published too.
+    fn store() -> std::sync::Arc<Store> {
+        fresh_store(MemFile::with_bytes, SyncMode::Always).1
+    }
+
+    /// Applies `change` to `key` and waits for it, as a server does.
+    fn change(store: &Store, key: &str, change: Change) -> Result<Effect, StoreError> {
+        let mutation = Mutation::Change {
+            key: key.as_bytes(),
+            change,
+            expect: Expect::Any,
+        };
+        let applied = store
+            .apply(mutation, &mut Vec::new())
+            .map_err(|err| err.error)?;
+        store.wait_for(applied.ticket)?;
+        Ok(applied.effect)
+    }
+
+    fn read(store: &Store, key: &str) -> Option<(Vec<u8>, u64, u64, bool)> {
+        let mut buf = Vec::new();
+        let value = store.get(key.as_bytes(), &mut buf).unwrap()?;
+        Some((
+            value.value.to_vec(),
+            value.sequence,
+            value.expires_at_ms,
+            value.locked,
+        ))
+    }
+
+    #[test]
+    fn numbers_keep_their_kind() {
+        let n = |text: &str| Number::parse(text).unwrap().unwrap();
+        assert_eq!(n("41").add(Number::Int(1), false), Some(Number::Int(42)));
+        assert_eq!(
+            n("-1").add(Number::Int(i64::MIN), true),
+            Some(Number::Int(i64::MAX))
+        );
+        assert_eq!(n(" -3\n"), Number::Int(-3));
+        assert_eq!(
+            n("1.5").add(Number::Int(1), false).unwrap().to_text(),
+            "2.5"
+        );
+        assert_eq!(
+            n("1.5").add(Number::Decimal(1.5), false).unwrap().to_text(),
+            "3.0"
+        );
+        assert_eq!(
+            n("2").add(Number::Decimal(0.5), true).unwrap().to_text(),
+            "1.5"
+        );
+        assert_eq!(n("9223372036854775807").add(Number::Int(1), false), None);
+        assert_eq!(n("-9223372036854775808").add(Number::Int(1), true), None);
+        assert_eq!(Number::parse("9223372036854775808"), Some(Err(())));
+        for bad in ["", "abc", "NaN", "inf", "-", "1.2.3x", "0x10"] {
+            assert!(
+                Number::parse(bad).is_none_or(|n| n.is_err()),
+                "{bad} parsed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_locked_key_refuses_every_change_but_unlock_and_serves_reads() {
+        let store = store();
+        try_put(&store, "cfg", b"7").unwrap();
+        assert!(matches!(
+            change(&store, "cfg", Change::Lock),
+            Ok(Effect::Changed { number: None, .. })
+        ));
+        let locked = read(&store, "cfg").unwrap();
+        assert!(locked.3);
+        assert!(matches!(
+            try_put(&store, "cfg", b"8"),
+            Err(StoreError::Locked)
+        ));
+        let mut buf = Vec::new();
+        assert!(matches!(
+            store.delete(b"cfg", &mut buf, Expect::Any),
+            Err(StoreError::Locked)
+        ));
+        for refused in [
+            Change::Increment(Number::Int(1)),
+            Change::Decrement(Number::Int(1)),
+            Change::Ttl(60_000),
+            Change::Persist,
+        ] {
+            assert!(
+                matches!(change(&store, "cfg", refused), Err(StoreError::Locked)),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(read(&store, "cfg"), Some(locked), "nothing was written");
+        change(&store, "cfg", Change::Unlock).unwrap();
+        assert!(!read(&store, "cfg").unwrap().3);
+        assert_eq!(try_put(&store, "cfg", b"8").unwrap(), WriteOutcome::Updated);
+    }
+
+    #[test]
+    fn locking_twice_or_unlocking_an_unlocked_key_is_refused_and_writes_nothing() {
+        let store = store();
+        try_put(&store, "k", b"v").unwrap();
+        assert!(matches!(
+            change(&store, "k", Change::Unlock),
+            Err(StoreError::NotLocked)
+        ));
+        change(&store, "k", Change::Lock).unwrap();
+        let locked = read(&store, "k");
+        assert!(matches!(
+            change(&store, "k", Change::Lock),
+            Err(StoreError::AlreadyLocked)
+        ));
+        assert_eq!(read(&store, "k"), locked);
+        change(&store, "k", Change::Unlock).unwrap();
+        assert!(matches!(
+            change(&store, "k", Change::Unlock),
+            Err(StoreError::NotLocked)
+        ));
+        assert_eq!(read(&store, "k").unwrap().0, b"v");
+    }
+
+    #[test]
+    fn increments_and_decrements_keep_the_number_kind_and_the_key_attributes() {
+        let store = store();
+        let mut buf = Vec::new();
+        let expires = now_ms() + 300_000;
+        let mut record = PutBuffer::new(&mut buf, b"n", b"text/plain", expires, 1);
+        record.push_value(b"1");
+        let put = Mutation::Put {
+            record,
+            expect: Expect::Any,
+        };
+        let ticket = store.apply(put, &mut Vec::new()).unwrap().ticket;
+        store.wait_for(ticket).unwrap();
+        let effect = change(&store, "n", Change::Increment(Number::Int(1))).unwrap();
+        let version = read(&store, "n").unwrap().1;
+        assert_eq!(
+            effect,
+            Effect::Changed {
+                version,
+                number: Some(Number::Int(2))
+            }
+        );
+        let effect = change(&store, "n", Change::Decrement(Number::Decimal(0.5))).unwrap();
+        assert!(matches!(
+            effect,
+            Effect::Changed {
+                number: Some(Number::Decimal(d)),
+                ..
+            } if d == 1.5
+        ));
+        let mut buf = Vec::new();
+        let value = store.get(b"n", &mut buf).unwrap().unwrap();
+        assert_eq!(value.value, b"1.5");
+        assert_eq!(value.content_type, b"text/plain");
+        assert_eq!(value.expires_at_ms, expires);
+        // -1 - i64::MIN is i64::MAX, exactly; one more overflows.
+        try_put(&store, "m", b"-1").unwrap();
+        change(&store, "m", Change::Decrement(Number::Int(i64::MIN))).unwrap();
+        assert_eq!(
+            read(&store, "m").unwrap().0,
+            i64::MAX.to_string().as_bytes()
+        );
+        let before = read(&store, "m");
+        assert!(matches!(
+            change(&store, "m", Change::Increment(Number::Int(1))),
+            Err(StoreError::Overflow)
+        ));
+        assert_eq!(read(&store, "m"), before, "nothing was written");
+    }
+
+    #[test]
+    fn non_numeric_values_cannot_be_incremented() {
+        let store = store();
+        // Text that only looks numeric, and bytes that are no text at all.
+        let values: [&[u8]; 7] = [
+            b"1e",
+            b"--1",
+            b" ",
+            b"+",
+            b"1_000",
+            b"\xc3\x28",
+            b"Infinity",
+        ];
+        for (i, stored) in values.iter().enumerate() {
+            let key = format!("v{i}");
+            try_put(&store, &key, stored).unwrap();
+            let before = read(&store, &key);
+            for step in [
+                Change::Increment(Number::Int(1)),
+                Change::Decrement(Number::Int(1)),
+            ] {
+                assert!(
+                    matches!(change(&store, &key, step), Err(StoreError::NotANumber)),
+                    "{key}"
+                );
+            }
+            assert_eq!(read(&store, &key), before, "{key} was rewritten");
+        }
+    }
+
+    #[test]
+    fn ttl_sets_an_expiry_and_persist_removes_it_writing_nothing_when_there_is_none() {
+        let store = store();
+        try_put(&store, "k", b"v").unwrap();
+        let before_ttl = now_ms();
+        change(&store, "k", Change::Ttl(60_000)).unwrap();
+        let (_, version, expires, _) = read(&store, "k").unwrap();
+        assert!((before_ttl + 60_000..=now_ms() + 60_000).contains(&expires));
+        let effect = change(&store, "k", Change::Persist).unwrap();
+        let (_, persisted, expires, _) = read(&store, "k").unwrap();
+        assert!(persisted > version);
+        assert_eq!(expires, 0);
+        assert_eq!(effect.version(), persisted);
+        // Persist on a key without expiry changes nothing.
+        let effect = change(&store, "k", Change::Persist).unwrap();
+        assert_eq!(effect.version(), persisted);
+        assert_eq!(read(&store, "k").unwrap().1, persisted);
+    }
+
+    #[test]
+    fn a_change_of_a_missing_or_deleted_key_is_not_found() {
+        let store = store();
+        let every = [
+            Change::Lock,
+            Change::Unlock,
+            Change::Increment(Number::Int(1)),
+            Change::Decrement(Number::Int(1)),
+            Change::Ttl(5_000),
+            Change::Persist,
+        ];
+        try_put(&store, "gone", b"1").unwrap();
+        assert!(store.delete(b"gone", &mut Vec::new(), Expect::Any).unwrap());
+        for key in ["absent", "gone"] {
+            for op in every {
+                assert!(
+                    matches!(change(&store, key, op), Err(StoreError::NotFound)),
+                    "{op:?} of {key}"
+                );
+            }
+        }
+        assert_eq!(read(&store, "absent"), None);
+    }
+
+    #[test]
+    fn a_change_checks_its_condition_first() {
+        let store = store();
+        let version = put_if(&store, "k", b"1", Expect::Any).unwrap().version;
+        let mutation = |expect| Mutation::Change {
+            key: b"k",
+            change: Change::Increment(Number::Int(1)),
+            expect,
+        };
+        let refused = store.apply(mutation(Expect::Version(version + 1)), &mut Vec::new());
+        assert!(matches!(
+            refused,
+            Err(MutationError {
+                error: StoreError::PreconditionFailed,
+                ..
+            })
+        ));
+        let applied = store
+            .apply(mutation(Expect::Version(version)), &mut Vec::new())
+            .unwrap();
+        store.wait_for(applied.ticket).unwrap();
+        assert_eq!(read(&store, "k").unwrap().0, b"2");
+    }
+
+    #[test]
+    fn a_write_is_visible_only_once_its_ticket_is_durable_with_sync_always() {
+        let (file, store) = fresh_store(MemFile::with_bytes, SyncMode::Always);
+        file.hold_syncs();
+        let applied = crate::store::testing::put_unsynced(&store, "k", b"v", Expect::Any).unwrap();
+        assert!(!applied.ticket.is_settled());
+        assert_eq!(read(&store, "k"), None, "visible before its fsync");
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| store.wait_for(applied.ticket));
+            file.release_syncs();
+            waiter.join().unwrap().unwrap();
+        });
+        assert_eq!(read(&store, "k").unwrap().0, b"v");
+        // Without `sync: always` a write is visible at once, its ticket
+        // settled.
+        let (_, store) = fresh_store(MemFile::with_bytes, SyncMode::Never);
+        let applied = crate::store::testing::put_unsynced(&store, "k", b"v", Expect::Any).unwrap();
+        assert!(applied.ticket.is_settled());
+        assert_eq!(read(&store, "k").unwrap().0, b"v");
+    }
+}
