@@ -807,7 +807,7 @@ impl Store {
     }
 
     /// Records an appended record (its plain form, stored at `place`):
-    /// published at once (or, with `deferred`, handed back to be published
+    /// published at once (or, with `batch`, handed back to be published
     /// with the rest of its batch), or pending until its fsync with `sync:
     /// always`. Returns what it replaced in the index when published at
     /// once (`None` when it waits).
@@ -817,7 +817,7 @@ impl Store {
         record: &RecordView<'_>,
         place: Placed,
         op: EventOp,
-        deferred: Option<&mut Vec<Pending>>,
+        batch: Option<&mut Vec<Pending>>,
     ) -> Replaced {
         let header = record.header;
         let location = (header.kind == RecordKind::Put).then(|| {
@@ -834,9 +834,9 @@ impl Store {
             record.content_type,
             record.value,
         );
-        let queue = match deferred {
+        let queue = match batch {
             _ if self.sync == SyncMode::Always => &mut writer.pending,
-            Some(deferred) => deferred,
+            Some(batch) => batch,
             None => {
                 let replaced = index_record(&mut write(&self.keydir).index, record.key, location);
                 self.events.publish(event);
