@@ -13,10 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use lucid::store::crypt::{Cipher, KEY_LEN};
-use lucid::store::engine::Expect;
 use lucid::store::layout::HINT_FILE;
-use lucid::store::record::{RecordBuilder, RecordMeta};
-use lucid::store::{open, open_with, Store, SyncMode};
+use lucid::store::{open, open_with, Expect, Mutation, PutBuffer, Store, SyncMode};
 
 fn main() {
     let keys: u64 = std::env::args()
@@ -231,10 +229,14 @@ fn fill(store: &Store, keys: u64, byte: u8) {
     let mut buf = Vec::new();
     for i in 0..keys {
         let key = key(i);
-        let meta = RecordMeta::put(&key, b"application/octet-stream", 0);
-        RecordBuilder::begin(&mut buf, &meta);
-        buf.extend_from_slice(&value);
-        store.put(&mut buf, Expect::Any).expect("put");
+        let mut record = PutBuffer::new(&mut buf, &key, b"application/octet-stream", 0, 100);
+        record.push_value(&value);
+        let put = Mutation::Put {
+            record,
+            expect: Expect::Any,
+        };
+        let applied = store.apply(put, &mut Vec::new()).expect("put");
+        store.wait_for(applied.ticket).expect("put durable");
     }
 }
 

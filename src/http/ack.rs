@@ -1,119 +1,149 @@
-//! Acknowledging writes with `sync: always`.
+//! Answering requests, a write once it may be acknowledged.
 //!
-//! A write is acknowledged only once an fdatasync covers it. Rather than
-//! parking its worker until then, a worker appends the write (the store
-//! defers durability to its caller, see `Store::defer_durability`) and hands
-//! the reply here; one thread runs the group commit's fdatasync and then
-//! answers every write it covered, in one pass. Workers stay free for other
-//! requests, and a burst of writes costs one wake-up per fsync instead of a
-//! parked thread and a wake-up per write.
+//! A handler answers with an [`Answer`]: its reply and, for a write, the
+//! [`Ticket`] the write must see durable first. [`send`] sends a reply
+//! whose ticket is settled at once. Otherwise, rather than parking its
+//! worker until the fsync, it hands the reply to the store's
+//! [`Acknowledger`](crate::store::Acknowledger), whose thread ([`run`])
+//! answers every write a group commit covered in one pass: workers stay
+//! free for other requests, and a burst of writes costs one wake-up per
+//! fsync instead of a parked thread and a wake-up per write.
 //!
 //! If the fsync fails, every write it was to cover is answered with the
 //! store's error (503: the store turned read-only), never with success.
 
-use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use tiny_http::Request;
 
-use super::kv::store_error;
+use super::errors::store_error;
 use super::reply::{Reply, Responder};
 use super::Context;
-use crate::locks::lock;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError, Ticket};
 
-/// Replies held until their writes are durable, and the thread answering
-/// them ([`Acknowledger::run`]).
-#[derive(Default)]
-pub struct Acknowledger {
-    queue: Mutex<Queue>,
-    /// Signalled when a reply is held or the acknowledger is closed.
-    changed: Condvar,
+/// A handler's answer: the reply, and what it waits for.
+#[derive(Debug)]
+pub struct Answer<'b> {
+    /// The reply.
+    pub reply: Reply<'b>,
+    /// What the reply waits for: the ticket of the handler's write
+    /// ([`Ticket::SETTLED`] when there is none).
+    pub ticket: Ticket,
 }
 
-#[derive(Default)]
-struct Queue {
-    held: Vec<Held>,
-    closed: bool,
+impl<'b> Answer<'b> {
+    /// `reply`, sent once the write with `ticket` may be acknowledged.
+    pub fn after(reply: Reply<'b>, ticket: Ticket) -> Self {
+        Self { reply, ticket }
+    }
+
+    /// The reply, once its write may be acknowledged (waiting here), or the
+    /// store's error if the write did not become durable.
+    pub fn wait(self, store: &Store) -> Reply<'b> {
+        fated(self.reply, store.wait_for(self.ticket))
+    }
 }
 
-/// A reply to a write, held until the write is durable.
+impl<'b> From<Reply<'b>> for Answer<'b> {
+    /// A reply that waits for nothing.
+    fn from(reply: Reply<'b>) -> Self {
+        Self::after(reply, Ticket::SETTLED)
+    }
+}
+
+/// A reply to a write, held until the write may be acknowledged.
 pub struct Held {
     /// The request to answer.
     pub request: Request,
     /// The answer once the write is durable.
     pub reply: Reply<'static>,
-    /// The write is at or below this sequence number.
-    pub sequence: u64,
     /// The request's method, for metrics.
     pub method_slot: usize,
     /// When the request was received, for metrics.
     pub started: Instant,
 }
 
-impl Acknowledger {
-    /// Holds `held` until its write is durable, or hands it back once the
-    /// acknowledger is closed (the caller then waits itself).
-    pub fn hold(&self, held: Held) -> Option<Held> {
-        let mut queue = lock(&self.queue);
-        if queue.closed {
-            return Some(held);
-        }
-        queue.held.push(held);
-        drop(queue);
-        self.changed.notify_one();
-        None
+/// Sends `answer` to `request`, once its ticket allows: now, or later from
+/// the acknowledging thread.
+pub fn send(
+    ctx: &Context,
+    request: Request,
+    answer: Answer<'_>,
+    method_slot: usize,
+    started: Instant,
+    responder: &mut Responder,
+) {
+    let Answer { reply, ticket } = answer;
+    if ticket.is_settled() {
+        return deliver(ctx, request, reply, Ok(()), method_slot, started, responder);
     }
-
-    /// Whether no reply is held.
-    pub fn is_idle(&self) -> bool {
-        lock(&self.queue).held.is_empty()
-    }
-
-    /// Answers held replies as their writes become durable, each group
-    /// after one fdatasync, until [`close`](Self::close) is called and
-    /// nothing is held any more.
-    pub fn run(&self, ctx: &Context) {
-        let mut responder = Responder::default();
-        let mut group = Vec::new();
-        loop {
-            {
-                let mut queue = lock(&self.queue);
-                while queue.held.is_empty() {
-                    if queue.closed {
-                        return;
-                    }
-                    queue = self.changed.wait(queue).unwrap_or_else(|e| e.into_inner());
-                }
-                // The emptied group's buffer goes back for the next one.
-                std::mem::swap(&mut group, &mut queue.held);
-            }
-            let last = group.iter().map(|held| held.sequence).max().unwrap_or(0);
-            // It fails only when an fsync failed and the store turned
-            // read-only; writes an earlier fsync covered still succeeded.
-            let durable = match ctx.store.wait_durable(last) {
-                Ok(()) => last,
-                Err(_) => ctx.store.durable_sequence(),
+    match reply.into_owned() {
+        Ok(reply) => {
+            let held = Held {
+                request,
+                reply,
+                method_slot,
+                started,
             };
-            for held in group.drain(..) {
-                let reply = if held.sequence <= durable {
-                    held.reply
-                } else {
-                    store_error(StoreError::ReadOnly)
-                };
-                let status = reply.status();
-                reply.send(held.request, &mut responder);
-                ctx.metrics
-                    .record(held.method_slot, status, held.started.elapsed());
+            if let Some((held, fate)) = ctx.acknowledger.submit(&ctx.store, ticket, held) {
+                let Held { request, reply, .. } = held;
+                deliver(ctx, request, reply, fate, method_slot, started, responder);
             }
         }
+        // A reply borrowing a buffer (no write's does) waits here.
+        Err(reply) => {
+            let reply = Answer::after(reply, ticket).wait(&ctx.store);
+            deliver(ctx, request, reply, Ok(()), method_slot, started, responder);
+        }
     }
+}
 
-    /// Makes [`run`](Self::run) return once every held reply is answered.
-    pub fn close(&self) {
-        lock(&self.queue).closed = true;
-        self.changed.notify_all();
+/// The acknowledging thread: answers held replies as their writes become
+/// durable, until the acknowledger is closed and nothing is held.
+pub fn run(ctx: &Context) {
+    let mut responder = Responder::default();
+    ctx.acknowledger.run(&ctx.store, |held, fate| {
+        let Held {
+            request,
+            reply,
+            method_slot,
+            started,
+        } = held;
+        deliver(
+            ctx,
+            request,
+            reply,
+            fate,
+            method_slot,
+            started,
+            &mut responder,
+        );
+    });
+}
+
+/// `reply`, or the store's error if the write's `fate` is a failure.
+fn fated<'b>(reply: Reply<'b>, fate: Result<(), StoreError>) -> Reply<'b> {
+    match fate {
+        Ok(()) => reply,
+        Err(err) => store_error(err),
     }
+}
+
+/// Sends `reply`, or the store's error if the write's `fate` is a failure,
+/// and counts it.
+fn deliver(
+    ctx: &Context,
+    request: Request,
+    reply: Reply<'_>,
+    fate: Result<(), StoreError>,
+    method_slot: usize,
+    started: Instant,
+    responder: &mut Responder,
+) {
+    let reply = fated(reply, fate);
+    let status = reply.status();
+    reply.send(request, responder);
+    ctx.metrics.record(method_slot, status, started.elapsed());
 }
 
 #[cfg(test)]
@@ -127,31 +157,29 @@ mod tests {
     use super::*;
     use crate::http::metrics::method_slot;
     use crate::http::reply::CREATED;
-    use crate::store::testing::{fresh_store, try_put, MemFile};
-    use crate::store::{Store, SyncMode};
+    use crate::store::testing::{fresh_store, put_unsynced, MemFile};
+    use crate::store::{Expect, Store, SyncMode, Ticket};
 
-    /// A store with `sync: always` that leaves durability to its caller, a
-    /// context over it, and its acknowledging thread running.
+    /// A store with `sync: always`, a context over it, and its
+    /// acknowledging thread running.
     fn acknowledging() -> (Arc<MemFile>, Arc<Context>, thread::JoinHandle<()>) {
         let (file, store) = fresh_store(MemFile::with_bytes, SyncMode::Always);
-        store.defer_durability();
         let ctx = Arc::new(Context::new(store, 256, 1 << 20));
         let runner = Arc::clone(&ctx);
-        let thread = thread::spawn(move || runner.acknowledger.run(&runner));
+        let thread = thread::spawn(move || run(&runner));
         (file, ctx, thread)
     }
 
     /// Puts `key` (returning before its fsync) and holds a 201 for it.
     fn put_and_hold(ctx: &Context, key: &str) {
-        try_put(&ctx.store, key, b"value").unwrap();
+        let applied = put_unsynced(&ctx.store, key, b"value", Expect::Any).unwrap();
         let held = Held {
             request: TestRequest::new().with_method(Method::Put).into(),
             reply: Reply::json(201, CREATED),
-            sequence: ctx.store.appended_sequence(),
             method_slot: method_slot(&Method::Put),
             started: Instant::now(),
         };
-        assert!(ctx.acknowledger.hold(held).is_none());
+        assert!(ctx.acknowledger.hold(applied.ticket, held).is_none());
     }
 
     /// Whether the one PUT was answered with `status`.
@@ -188,11 +216,10 @@ mod tests {
         let late = Held {
             request: TestRequest::new().into(),
             reply: Reply::json(201, CREATED),
-            sequence: 1,
             method_slot: method_slot(&Method::Put),
             started: Instant::now(),
         };
-        assert!(ctx.acknowledger.hold(late).is_some());
+        assert!(ctx.acknowledger.hold(Ticket::SETTLED, late).is_some());
     }
 
     #[test]

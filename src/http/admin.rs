@@ -8,8 +8,8 @@ use tiny_http::{Method, Request};
 
 use super::reply::Reply;
 use super::Context;
-use crate::store::compaction::StoreStats;
 use crate::store::CompactionError;
+use crate::store::StoreStats;
 
 /// `GET /api/admin/stats`: size and compaction figures as JSON.
 pub fn stats<'b>(ctx: &Context, request: &Request) -> Reply<'b> {

@@ -16,15 +16,18 @@ use serde::Deserialize;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
-use super::kv::{body_unreadable, store_error};
+use super::ack::Answer;
+use super::errors::{body_unreadable, store_error};
 use super::query::ttl_millis;
 use super::reply::{self, Reply};
 use super::Context;
 use crate::auth::{Access, Claims};
+use crate::clock::now_ms;
 use crate::memory::{self, Reservation};
-use crate::store::engine::{now_ms, BatchError, BatchOp, BatchResult, Expect, WriteOutcome};
 use crate::store::record::MAX_CONTENT_TYPE_LEN;
-use crate::store::StoreError;
+use crate::store::{
+    BatchOp, BatchResult, Expect, Mutation, MutationError, StoreError, WriteOutcome,
+};
 
 /// Most operations in one batch.
 pub const MAX_OPERATIONS: usize = 1000;
@@ -72,25 +75,26 @@ pub fn max_body(max_value_bytes: usize) -> usize {
 /// Answers `POST /api/batch` (one whose declared length is within
 /// [`max_body`]: see `http::admit`). With authentication on, `claims` must
 /// grant `write` on every key.
-pub fn handle<'b>(ctx: &Context, request: &mut Request, claims: Option<&Claims>) -> Reply<'b> {
+pub fn handle<'b>(ctx: &Context, request: &mut Request, claims: Option<&Claims>) -> Answer<'b> {
     if request.method() != &Method::Post {
-        return Reply::method_not_allowed("POST");
+        return Reply::method_not_allowed("POST").into();
     }
     let (body, _reserved) = match read_body(ctx, request, "A batch body") {
         Ok(read) => read,
-        Err(reply) => return reply,
+        Err(reply) => return reply.into(),
     };
     let parsed = parse(ctx, &body);
     drop(body);
     let checked = match parsed {
         Ok(checked) => checked,
-        Err(message) => return Reply::message(400, message),
+        Err(message) => return Reply::message(400, message).into(),
     };
     if let Some(claims) = claims {
         for (index, op) in checked.iter().enumerate() {
             if let Err(why) = claims.authorize(Access::Write, op.key.as_bytes()) {
                 let message = format!("Operation {index}: {} Nothing was applied.", why.message());
-                return Reply::document(403, &json!({ "message": message, "operation": index }));
+                return Reply::document(403, &json!({ "message": message, "operation": index }))
+                    .into();
             }
         }
     }
@@ -104,7 +108,8 @@ pub fn handle<'b>(ctx: &Context, request: &mut Request, claims: Option<&Claims>)
                 "Operation {index}: the value is larger than the limit of {} bytes (storage.max_value_bytes); nothing was applied.",
                 ctx.max_value_bytes
             ),
-        );
+        )
+        .into();
     }
     let ops: Vec<BatchOp<'_>> = checked
         .iter()
@@ -126,16 +131,17 @@ pub fn handle<'b>(ctx: &Context, request: &mut Request, claims: Option<&Claims>)
             }
         })
         .collect();
-    match ctx.store.batch(&ops, &mut Vec::new()) {
-        Ok(results) => {
+    match ctx.store.apply(Mutation::Batch(&ops), &mut Vec::new()) {
+        Ok(applied) => {
             let results: Vec<_> = checked
                 .iter()
-                .zip(results)
+                .zip(applied.effect.into_batch_results())
                 .map(|(op, result)| result_json(op, result))
                 .collect();
-            Reply::document(200, &json!({ "results": results }))
+            let reply = Reply::document(200, &json!({ "results": results }));
+            Answer::after(reply, applied.ticket)
         }
-        Err(BatchError { index, error }) => refused(index, &checked[index], error),
+        Err(MutationError { index, error }) => refused(index, &checked[index], error).into(),
     }
 }
 

@@ -45,10 +45,11 @@ fn answer(ctx: &Context, call: &ApiCall) -> (u16, Option<String>) {
         .with_body(call.body)
         .into();
     let mut bufs = Buffers::default();
-    let reply = match call.path.strip_prefix("/api/kv/") {
+    let answer = match call.path.strip_prefix("/api/kv/") {
         Some(raw_key) => kv::handle(ctx, &mut bufs, &mut request, call.path, raw_key),
         None => batch::handle(ctx, &mut request, None),
     };
+    let reply = answer.wait(&ctx.store);
     let message = match &reply {
         Reply::Json { body, .. } => serde_json::from_str::<serde_json::Value>(body)
             .ok()

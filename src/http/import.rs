@@ -21,12 +21,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
+use super::ack::Answer;
 use super::batch::{self, check_content_type, check_key, decode_value, read_body};
-use super::kv::store_error;
+use super::errors::store_error;
 use super::reply::Reply;
 use super::Context;
-use crate::store::engine::{now_ms, BatchError, BatchOp, Expect};
-use crate::store::StoreError;
+use crate::clock::now_ms;
+use crate::store::{BatchOp, Expect, Mutation, MutationError, StoreError};
 
 /// Most lines (keys) in one request.
 pub const MAX_LINES: usize = batch::MAX_OPERATIONS;
@@ -90,19 +91,19 @@ impl Refusal {
 
 /// Answers `POST /api/admin/import` (one whose declared length is within
 /// the batch limit: see `http::admit`).
-pub fn handle<'b>(ctx: &Context, request: &mut Request) -> Reply<'b> {
+pub fn handle<'b>(ctx: &Context, request: &mut Request) -> Answer<'b> {
     if request.method() != &Method::Post {
-        return Reply::method_not_allowed("POST");
+        return Reply::method_not_allowed("POST").into();
     }
     let (body, _reserved) = match read_body(ctx, request, "An import body") {
         Ok(read) => read,
-        Err(reply) => return reply,
+        Err(reply) => return reply.into(),
     };
     let parsed = parse(ctx, &body, now_ms());
     drop(body);
     let (lines, expired) = match parsed {
         Ok(parsed) => parsed,
-        Err(refusal) => return refusal.reply(),
+        Err(refusal) => return refusal.reply().into(),
     };
     let ops: Vec<BatchOp<'_>> = lines
         .iter()
@@ -115,25 +116,30 @@ pub fn handle<'b>(ctx: &Context, request: &mut Request) -> Reply<'b> {
             expect: Expect::Any,
         })
         .collect();
-    match ctx.store.batch(&ops, &mut Vec::new()) {
-        Ok(_) => Reply::document(
-            200,
-            &json!({ "imported": lines.len(), "skipped_expired": expired }),
-        ),
-        Err(BatchError {
+    let imported = match ctx.store.apply(Mutation::Batch(&ops), &mut Vec::new()) {
+        Ok(applied) => applied,
+        Err(MutationError {
             index,
             error: StoreError::Locked,
-        }) => Refusal {
-            number: lines[index].number,
-            status: 409,
-            why: format!(
-                "the key '{}' is locked on this node",
-                lines[index].key.escape_default()
-            ),
+        }) => {
+            return Refusal {
+                number: lines[index].number,
+                status: 409,
+                why: format!(
+                    "the key '{}' is locked on this node",
+                    lines[index].key.escape_default()
+                ),
+            }
+            .reply()
+            .into()
         }
-        .reply(),
-        Err(BatchError { error, .. }) => store_error(error),
-    }
+        Err(MutationError { error, .. }) => return store_error(error).into(),
+    };
+    let reply = Reply::document(
+        200,
+        &json!({ "imported": lines.len(), "skipped_expired": expired }),
+    );
+    Answer::after(reply, imported.ticket)
 }
 
 /// Parses and checks every line of `body`: the keys to write, and how many

@@ -6,7 +6,7 @@
 use serde_json::json;
 use tiny_http::{Method, Request};
 
-use super::kv::store_error;
+use super::errors::store_error;
 use super::query::Params;
 use super::reply::Reply;
 use super::Context;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tiny_http::Method;
 
-use crate::store::compaction::StoreStats;
+use crate::store::StoreStats;
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "DELETE", "POST", "PATCH", "other"];
 const STATUSES: [u16; 18] = [

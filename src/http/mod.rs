@@ -1,8 +1,9 @@
 //! The HTTP API: a tiny_http server shared by a pool of worker threads, each
 //! calling `recv()` and answering one request at a time with buffers it
-//! reuses from request to request. With `sync: always` a worker does not
-//! wait for a write's fsync: the reply is held and sent once the write is
-//! durable (see `ack.rs`).
+//! reuses from request to request. A handler answers a write with its reply
+//! and the write's ticket; with `sync: always` a worker does not wait for
+//! the fsync: the reply is held and sent once the write is durable (see
+//! `ack.rs`).
 //!
 //! A panic while handling a request is caught: the client gets a 500 JSON
 //! message, the panic is logged, and the worker goes on.
@@ -21,6 +22,7 @@ mod admin;
 mod assets;
 mod batch;
 mod conditions;
+mod errors;
 mod export;
 #[cfg(test)]
 mod faults;
@@ -41,7 +43,7 @@ mod watch;
 mod websocket;
 
 pub use import::MAX_LINES as MAX_IMPORT_LINES;
-pub use patch::{parse as parse_patch, Operation as PatchOperation};
+pub use patch::parse as parse_patch;
 
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
@@ -61,7 +63,7 @@ use tiny_http::{
 use crate::auth::{Auth, Claims};
 use crate::config::{self, General, Storage, Tls};
 use crate::memory::MemoryBudget;
-use crate::store::Store;
+use crate::store::{Acknowledger, Store};
 use pool::Pool;
 use reply::{Reply, Responder};
 use route::Route;
@@ -87,7 +89,7 @@ pub struct Context {
     /// Whether `/metrics` needs no token.
     metrics_public: bool,
     /// Replies to writes held until they are durable (`sync: always`).
-    acknowledger: ack::Acknowledger,
+    acknowledger: Acknowledger<ack::Held>,
     /// Memory for request bodies (`storage.memory_budget`).
     memory: Arc<MemoryBudget>,
     /// Whether the web console is served at `/ui` (`ui.enabled`).
@@ -107,7 +109,7 @@ impl Context {
             exports: Arc::new(streams::Streams::new(export::MAX_EXPORTS)),
             auth: None,
             metrics_public: true,
-            acknowledger: ack::Acknowledger::default(),
+            acknowledger: Acknowledger::default(),
             memory: Arc::new(MemoryBudget::new(
                 config::Storage::default().memory_budget,
                 max_value_bytes,
@@ -293,11 +295,10 @@ impl HttpServer {
             })
             .map_err(|err| format!("cannot start the signal thread: {err}"))?;
         let acknowledging = if ctx.store.syncs_every_write() {
-            ctx.store.defer_durability();
             let ctx = Arc::clone(&ctx);
             let thread = thread::Builder::new()
                 .name("lucid-ack".into())
-                .spawn(move || ctx.acknowledger.run(&ctx))
+                .spawn(move || ack::run(&ctx))
                 .map_err(|err| format!("cannot start the acknowledging thread: {err}"))?;
             Some(thread)
         } else {
@@ -434,100 +435,38 @@ fn worker(server: &Server, ctx: &Context) {
             ctx.metrics.record(method, status, started.elapsed());
             continue;
         }
-        let waits_for_fsync = ctx.store.syncs_every_write() && is_write(route, request.method());
-        let reply = catch_panic(
+        let answer = catch_panic(
             || {
                 if let Some(refused) = refused {
-                    return refused;
+                    return refused.into();
                 }
                 match route {
             Route::Kv { raw_key } => kv::handle(ctx, &mut bufs, &mut request, &url, raw_key),
-            Route::List => list::handle(ctx, &request, &url),
+            Route::List => list::handle(ctx, &request, &url).into(),
             Route::Batch => batch::handle(ctx, &mut request, claims.as_ref()),
-            Route::AdminStats => admin::stats(ctx, &request),
-            Route::AdminCompact => admin::compact(ctx, &request),
+            Route::AdminStats => admin::stats(ctx, &request).into(),
+            Route::AdminCompact => admin::compact(ctx, &request).into(),
             Route::AdminImport => import::handle(ctx, &mut request),
-            Route::Health => admin::health(ctx, &request),
-            Route::Metrics => admin::metrics(ctx, &request),
-            Route::Ui if ctx.ui_enabled => ui::handle(&request, &url, ctx.auth.is_some()),
+            Route::Health => admin::health(ctx, &request).into(),
+            Route::Metrics => admin::metrics(ctx, &request).into(),
+            Route::Ui if ctx.ui_enabled => ui::handle(&request, &url, ctx.auth.is_some()).into(),
             Route::Ui | Route::Unknown => Reply::message(
                 404,
                 "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch, /api/watch and /api/admin/.",
-            ),
+            ).into(),
             Route::Watch | Route::AdminExport => unreachable!("streams are answered above"),
         }
             },
-            Reply::internal_error,
+            || Reply::internal_error().into(),
         );
-        if reply.status() == 500 {
+        if answer.reply.status() == 500 {
             let target = access::WithoutQuery(&url);
             log::debug!("500 for {} {target}", request.method());
         }
-        let status = reply.status();
-        // With `sync: always` a successful write is answered once durable,
-        // by the acknowledging thread.
-        if waits_for_fsync && (200..300).contains(&status) {
-            if let Some((request, reply)) = hold_until_durable(ctx, request, reply, method, started)
-            {
-                let status = reply.status();
-                reply.send(request, &mut responder);
-                ctx.metrics.record(method, status, started.elapsed());
-            }
-            bufs.trim();
-            continue;
-        }
-        reply.send(request, &mut responder);
-        ctx.metrics.record(method, status, started.elapsed());
+        // A write is answered once it may be acknowledged: with `sync:
+        // always`, once durable, by the acknowledging thread.
+        ack::send(ctx, request, answer, method, started, &mut responder);
         bufs.trim();
-    }
-}
-
-/// Hands the reply to a write over to the acknowledging thread unless the
-/// write is durable already; else (or if the reply borrows a value, which
-/// no write's reply does) returns what to send now, after waiting for the
-/// write's fsync here.
-fn hold_until_durable<'b>(
-    ctx: &Context,
-    request: Request,
-    reply: Reply<'b>,
-    method_slot: usize,
-    started: Instant,
-) -> Option<(Request, Reply<'b>)> {
-    let sequence = ctx.store.appended_sequence();
-    if sequence <= ctx.store.durable_sequence() {
-        return Some((request, reply));
-    }
-    // A lone write syncs on its own worker: no hand-over to wait for.
-    let alone = ctx.acknowledger.is_idle() && !ctx.store.is_syncing();
-    let (request, reply) = match reply.into_owned() {
-        Ok(reply) if !alone => {
-            let held = ack::Held {
-                request,
-                reply,
-                sequence,
-                method_slot,
-                started,
-            };
-            // Handed back only once the server stops.
-            let held = ctx.acknowledger.hold(held)?;
-            (held.request, held.reply)
-        }
-        Ok(reply) => (request, reply),
-        Err(reply) => (request, reply),
-    };
-    match ctx.store.wait_durable(sequence) {
-        Ok(()) => Some((request, reply)),
-        Err(err) => Some((request, kv::store_error(err))),
-    }
-}
-
-/// Whether the request changes data (and so, with `sync: always`, waits
-/// for an fsync).
-fn is_write(route: Route<'_>, method: &Method) -> bool {
-    match route {
-        Route::Kv { .. } => matches!(method, Method::Put | Method::Delete | Method::Patch),
-        Route::Batch | Route::AdminImport => method == &Method::Post,
-        _ => false,
     }
 }
 

@@ -91,7 +91,7 @@ use super::record::{
 };
 use super::scan::next_valid;
 use super::stats::LastCompaction;
-pub use super::stats::StoreStats;
+use super::stats::StoreStats;
 use crate::clock::now_ms;
 
 /// At most this many rounds of copying the tail before writers are paused;
@@ -1284,7 +1284,7 @@ mod tests {
     fn batches_locks_and_expiries_survive_compaction_and_restarts() {
         use crate::store::index::Attrs;
         use crate::store::testing::{batch_put, set_attrs};
-        let far = crate::store::engine::now_ms() + 3_600_000;
+        let far = crate::clock::now_ms() + 3_600_000;
         let check = |store: &Store, model: &Model| {
             assert_matches(store, model);
             let mut buf = Vec::new();

@@ -9,8 +9,11 @@
 //!   damage in the middle stops the node unless a hint file covers it (the
 //!   damaged keys then answer errors until compaction quarantines them).
 //!   See [`scan`].
-//! * **Durability**: group-committed fdatasync, and what happens when the disk
-//!   fails. See [`engine`].
+//! * **Writes**: every change is a [`Mutation`] applied under one writer
+//!   lock. See [`mutation`](engine::mutation) (what each change does) and [`engine`] (the
+//!   append, and what happens when the disk fails).
+//! * **Durability**: each write returns a [`Ticket`] to wait on before it is
+//!   acknowledged; group-committed fdatasync. See [`commit`](engine::commit).
 //! * **Disk access**: only through the [`file::LogFile`] trait, so tests can
 //!   put a failing disk underneath.
 //! * **Hint file**: an index snapshot written after compaction and at clean
@@ -44,7 +47,12 @@ mod torture;
 
 pub use compaction::{spawn_compactor, CompactionError, CompactionPolicy};
 pub use directory::{check, open, open_with, OpenError};
-pub use engine::{Store, StoreError, StoredValue, SyncMode, WriteOutcome};
+pub use engine::commit::{Acknowledger, Ticket};
+pub use engine::mutation::{
+    Applied, BatchOp, BatchResult, Change, Effect, Mutation, MutationError, Number, PutBuffer,
+    WriteOutcome, Written,
+};
+pub use engine::{Expect, Store, StoreError, StoredValue, SyncMode};
 pub use expiry::spawn_expiry_sweeper;
 pub use repair::repair;
 pub use stats::StoreStats;

@@ -2,8 +2,9 @@
 //! fail its next appends or syncs, so every error path of the engine can be
 //! exercised on purpose; [`CrashFile`], which also knows what an fsync made
 //! durable, so a test can cut the power, kill the process at any write, or
-//! fail any call; and model-based helpers that drive a store and check it
-//! against a `BTreeMap`.
+//! fail any call; model-based helpers that drive a store and check it
+//! against a `BTreeMap`; and shorthands that apply a mutation and wait for
+//! its ticket, as a server does before it answers.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -14,9 +15,11 @@ use std::collections::BTreeMap;
 use proptest::prelude::RngExt;
 use proptest::test_runner::TestRng;
 
-use super::engine::{
-    BatchOp, Expect, Recovered, Store, StoreError, SyncMode, WriteOutcome, Written,
+use super::engine::mutation::{
+    Applied, BatchOp, BatchResult, Effect, Mutation, MutationError, PutBuffer, WriteOutcome,
+    Written,
 };
+use super::engine::{Expect, Recovered, Store, StoreError, SyncMode};
 use super::file::LogFile;
 use super::index::{Attrs, Index};
 use super::record::{FileHeader, RecordBuilder, RecordKind, RecordMeta, FILE_HEADER_LEN};
@@ -147,10 +150,57 @@ pub fn put_if(
     value: &[u8],
     expect: Expect,
 ) -> Result<Written, StoreError> {
+    let applied = put_unsynced(store, key, value, expect).map_err(|err| err.error)?;
+    store.wait_for(applied.ticket)?;
+    match applied.effect {
+        Effect::Put(written) => Ok(written),
+        other => panic!("a put did {other:?}"),
+    }
+}
+
+/// Puts `value` (as text/plain) under `key` if the key meets `expect`,
+/// without waiting for its ticket.
+pub fn put_unsynced(
+    store: &Store,
+    key: &str,
+    value: &[u8],
+    expect: Expect,
+) -> Result<Applied, MutationError> {
     let mut buf = Vec::new();
-    RecordBuilder::begin(&mut buf, &RecordMeta::put(key.as_bytes(), b"text/plain", 0));
-    buf.extend_from_slice(value);
-    store.put(&mut buf, expect)
+    let mut record = PutBuffer::new(&mut buf, key.as_bytes(), b"text/plain", 0, value.len());
+    record.push_value(value);
+    store.apply(Mutation::Put { record, expect }, &mut Vec::new())
+}
+
+/// Shorthands for tests: a mutation applied, and its ticket waited on.
+impl Store {
+    /// Deletes `key` if it meets `expect`; `false` if it does not exist.
+    pub fn delete(
+        &self,
+        key: &[u8],
+        buf: &mut Vec<u8>,
+        expect: Expect,
+    ) -> Result<bool, StoreError> {
+        match self.apply(Mutation::Delete { key, expect }, buf) {
+            Ok(applied) => self.wait_for(applied.ticket).map(|()| true),
+            Err(MutationError {
+                error: StoreError::NotFound,
+                ..
+            }) => Ok(false),
+            Err(err) => Err(err.error),
+        }
+    }
+
+    /// Applies every operation of `ops` or none.
+    pub fn batch(
+        &self,
+        ops: &[BatchOp<'_>],
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<BatchResult>, MutationError> {
+        let applied = self.apply(Mutation::Batch(ops), buf)?;
+        self.wait_for(applied.ticket)?;
+        Ok(applied.effect.into_batch_results())
+    }
 }
 
 /// Puts through the store and into the model.
@@ -215,10 +265,11 @@ pub fn batch_put<'a>(key: &'a str, value: &'a [u8]) -> BatchOp<'a> {
     }
 }
 
-/// Rewrites `key` with its value unchanged and the given lock and expiry.
+/// Rewrites `key` with its value unchanged and the given lock and expiry,
+/// whatever they were (no rule of [`Mutation::Change`] applies).
 pub fn set_attrs(store: &Store, key: &str, attrs: Attrs) {
     let mut buf = Vec::new();
-    store
+    let (_, covered) = store
         .update(key.as_bytes(), Expect::Any, &mut buf, |current, buf| {
             let meta = RecordMeta {
                 kind: RecordKind::Put,
@@ -232,6 +283,7 @@ pub fn set_attrs(store: &Store, key: &str, attrs: Attrs) {
             Ok::<_, StoreError>(Some(EventOp::Put))
         })
         .unwrap();
+    store.wait_for(store.ticket(covered)).unwrap();
 }
 
 /// One kind of [`LogFile`] call, to aim an injected fault at.
@@ -536,18 +588,21 @@ pub fn fresh_store<F: LogFile + 'static>(
 /// counter counts as 0), as PATCH `increment` does.
 pub fn increment(store: &Store, key: &str) -> Result<u64, StoreError> {
     let mut buf = Vec::new();
-    store.update(key.as_bytes(), Expect::Any, &mut buf, |current, buf| {
-        let meta = RecordMeta {
-            kind: RecordKind::Put,
-            key: current.key,
-            content_type: current.content_type,
-            expires_at_ms: current.attrs.expires_at_ms,
-            locked: current.attrs.locked,
-        };
-        RecordBuilder::begin(buf, &meta);
-        buf.extend_from_slice(incremented(current.value).as_bytes());
-        Ok::<_, StoreError>(Some(EventOp::Put))
-    })
+    let (version, covered) =
+        store.update(key.as_bytes(), Expect::Any, &mut buf, |current, buf| {
+            let meta = RecordMeta {
+                kind: RecordKind::Put,
+                key: current.key,
+                content_type: current.content_type,
+                expires_at_ms: current.attrs.expires_at_ms,
+                locked: current.attrs.locked,
+            };
+            RecordBuilder::begin(buf, &meta);
+            buf.extend_from_slice(incremented(current.value).as_bytes());
+            Ok::<_, StoreError>(Some(EventOp::Put))
+        })?;
+    store.wait_for(store.ticket(covered))?;
+    Ok(version)
 }
 
 /// The decimal counter `value` plus one (a value that is not a counter

@@ -18,7 +18,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestRng, TestRunner};
 
 use super::directory;
-use super::engine::{BatchOp, Expect, Store, StoreError, SyncMode};
+use super::engine::mutation::BatchOp;
+use super::engine::{Expect, Store, StoreError, SyncMode};
 use super::layout::LOG_FILE;
 use super::record::{FileHeader, RecordHeader, RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 use super::scan::{scan, Damage, ScanStart};

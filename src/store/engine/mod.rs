@@ -1,32 +1,26 @@
-//! The running store: reads through the index, appends through one writer,
-//! and makes writes durable according to the sync mode.
+//! The running store: reads through the index, and appends through one
+//! writer. Its state is private to this module; its parts, each in a
+//! submodule, reach it from here: [`mutation`] (what each write does),
+//! [`commit`] (when a write is durable: tickets and group commit), and the
+//! narrow access compaction gets (`CompactionAccess`, and
+//! `Paused::install_compacted`, the one method that switches logs).
 //!
 //! # Write path
 //!
-//! 1. Under the writer lock: decide created/updated (or "missing" for a
-//!    delete), stamp the next sequence number and the time, append the
-//!    record at the end of the log. If the append fails, the log is cut back
-//!    to where it was, so no partial record is left behind.
-//! 2. `sync: always`: the record waits in `pending` until an fdatasync covers
-//!    it. Writers that arrive while a sync is running are covered by the next
-//!    one, so 64 concurrent writers share a handful of syncs (group commit).
-//!    Only after the sync is the record published to the index: readers never
-//!    see a value that a power cut could still take back. The writer waits
-//!    for that sync, unless the store was told to leave the wait to its
-//!    caller ([`Store::defer_durability`]): then the write returns once
-//!    appended, and the caller holds its acknowledgement until
-//!    [`Store::wait_durable`] covers [`Store::appended_sequence`].
-//! 3. `interval` and `never`: the record is published right after the append;
-//!    a background thread syncs every `sync_interval_ms` (`interval`) or the
-//!    OS writes back when it likes (`never`).
+//! Under the writer lock, a write (see [`mutation`]) decides
+//! created/updated (or "missing" for a delete), then `Store::append`
+//! stamps the next sequence number and the time and appends the record at
+//! the end of the log. If the append fails, the log is cut back to where it
+//! was, so no partial record is left behind. The record is then registered:
 //!
-//! In every mode the caller is answered only after the record is in the file,
-//! so killing the process never loses an acknowledged write.
+//! * `sync: always`: it waits in `pending` until an fdatasync covers it, and
+//!   only then is it published to the index and the change feed: readers
+//!   never see a value that a power cut could still take back.
+//! * `interval` and `never`: it is published at once.
 //!
-//! After each fdatasync of the log that covered new bytes (group commit, the
-//! `interval` thread, close), a sync marker naming the durable end is
-//! appended (`Store::mark_durable`); recovery uses markers to tell an
-//! unsynced tail from damaged durable data (see `scan.rs`).
+//! The write returns once appended, with a [`Ticket`](commit::Ticket)
+//! for its caller to wait on before acknowledging it; group commit and
+//! durability are [`commit`]'s.
 //!
 //! # Failed fsync
 //!
@@ -39,7 +33,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread;
 use std::time::Duration;
 
@@ -48,15 +42,19 @@ use super::file::LogFile;
 use super::hint::{self, Coverage};
 use super::index::{Attrs, Index, Location};
 use super::record::{
-    members, verify, FileHeader, FrameBuilder, Marker, Position, RecordBuilder, RecordHeader,
-    RecordKind, RecordMeta, RecordView, ENVELOPE_OVERHEAD, FILE_HEADER_LEN, MAX_CONTENT_TYPE_LEN,
-    RECORD_HEADER_LEN,
+    members, verify, FileHeader, FrameBuilder, Position, RecordBuilder, RecordHeader, RecordKind,
+    RecordView, ENVELOPE_OVERHEAD, FILE_HEADER_LEN, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
 };
 use super::scan::damaged_ranges;
 use super::stats::{LastCompaction, StoreStats};
-pub use crate::clock::now_ms;
+use crate::clock::now_ms;
 use crate::locks::{lock, read, write};
 use crate::watch::{Event, EventBus, EventOp};
+
+pub mod commit;
+pub mod mutation;
+
+use commit::ExclusiveSync;
 
 /// When writes are made durable with fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,24 +66,6 @@ pub enum SyncMode {
     Interval(Duration),
     /// When the OS decides.
     Never,
-}
-
-/// What a successful put did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// The key did not exist before.
-    Created,
-    /// The key existed and now has the new value.
-    Updated,
-}
-
-/// A successful put: what it did and the key's new version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    /// Created or updated.
-    pub outcome: WriteOutcome,
-    /// The key's version now (the sequence number of the write).
-    pub version: u64,
 }
 
 /// A condition on a key's current state, checked atomically with a write
@@ -137,62 +117,6 @@ pub struct Current<'a> {
     pub version: u64,
 }
 
-/// One operation of an atomic batch.
-#[derive(Debug, Clone, Copy)]
-pub enum BatchOp<'a> {
-    /// Set `key` to `value`.
-    Put {
-        /// The key.
-        key: &'a [u8],
-        /// The value's content type.
-        content_type: &'a [u8],
-        /// The value.
-        value: &'a [u8],
-        /// Absolute expiry, 0 = never.
-        expires_at_ms: u64,
-        /// Whether the key is locked once written.
-        locked: bool,
-        /// Condition on the key's current state.
-        expect: Expect,
-    },
-    /// Delete `key` (nothing is written if it does not exist).
-    Delete {
-        /// The key.
-        key: &'a [u8],
-        /// Condition on the key's current state.
-        expect: Expect,
-    },
-}
-
-impl BatchOp<'_> {
-    /// The key the operation changes.
-    pub fn key(&self) -> &[u8] {
-        match self {
-            Self::Put { key, .. } | Self::Delete { key, .. } => key,
-        }
-    }
-}
-
-/// What one batch operation did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchResult {
-    /// A put: created or updated, and the key's new version.
-    Put(Written),
-    /// A delete of an existing key, with the tombstone's sequence number.
-    Deleted(u64),
-    /// A delete of a key that did not exist: nothing written.
-    NotFound,
-}
-
-/// A batch refused because of one of its operations; nothing was written.
-#[derive(Debug)]
-pub struct BatchError {
-    /// Position of the failing operation in the batch.
-    pub index: usize,
-    /// Why it failed.
-    pub error: StoreError,
-}
-
 /// Why a store operation failed.
 #[derive(Debug)]
 pub enum StoreError {
@@ -209,8 +133,17 @@ pub enum StoreError {
     Locked,
     /// The key's state does not meet the write's [`Expect`] condition.
     PreconditionFailed,
-    /// The key to update does not exist.
+    /// The key to change does not exist.
     NotFound,
+    /// The key to lock is locked already.
+    AlreadyLocked,
+    /// The key to unlock is not locked.
+    NotLocked,
+    /// The value to increment or decrement is not a number.
+    NotANumber,
+    /// An increment's or decrement's result does not fit (see
+    /// [`Number`](mutation::Number)).
+    Overflow,
 }
 
 impl std::fmt::Display for StoreError {
@@ -227,6 +160,10 @@ impl std::fmt::Display for StoreError {
             Self::Locked => f.write_str("the key is locked"),
             Self::PreconditionFailed => f.write_str("the key's version does not match"),
             Self::NotFound => f.write_str("the key does not exist"),
+            Self::AlreadyLocked => f.write_str("the key is locked already"),
+            Self::NotLocked => f.write_str("the key is not locked"),
+            Self::NotANumber => f.write_str("the value is not a number"),
+            Self::Overflow => f.write_str("the result does not fit"),
         }
     }
 }
@@ -274,40 +211,6 @@ pub struct Page<T> {
     pub entries: Vec<T>,
     /// Whether more keys follow the last one.
     pub more: bool,
-}
-
-/// The group-commit role held by compaction (see [`Store::exclusive_sync`]).
-pub(super) struct ExclusiveSync<'a> {
-    store: &'a Store,
-    durable: Option<u64>,
-}
-
-impl<'a> ExclusiveSync<'a> {
-    /// Gives the role back, with every record up to sequence number
-    /// `durable` now durable.
-    fn release(mut self, durable: u64) {
-        self.durable = Some(durable);
-    }
-
-    /// Pauses writers too, until the returned guard is dropped (or the
-    /// compacted log installed through it).
-    pub(super) fn pause_writers(self) -> Paused<'a> {
-        Paused {
-            writer: lock(&self.store.writer),
-            group_commit: self,
-        }
-    }
-}
-
-impl Drop for ExclusiveSync<'_> {
-    fn drop(&mut self) {
-        let mut state = lock(&self.store.commit);
-        state.syncing = false;
-        if let Some(sequence) = self.durable {
-            state.durable_sequence = sequence;
-        }
-        self.store.commit_done.notify_all();
-    }
 }
 
 /// State recovered from the log at open.
@@ -424,9 +327,6 @@ pub struct Store {
     commit: Mutex<CommitState>,
     commit_done: Condvar,
     sync: SyncMode,
-    /// With `sync: always`, writes return once appended; their callers wait
-    /// for durability themselves (see [`Store::defer_durability`]).
-    deferred: AtomicBool,
     read_only: AtomicBool,
     /// The data directory (absent for stores over an in-memory test file).
     dir: Option<PathBuf>,
@@ -480,7 +380,6 @@ impl Store {
             }),
             commit_done: Condvar::new(),
             sync,
-            deferred: AtomicBool::new(false),
             read_only: AtomicBool::new(false),
             dir,
             compaction: Mutex::new(()),
@@ -495,11 +394,7 @@ impl Store {
             _dir_lock: dir_lock,
         });
         if let SyncMode::Interval(period) = sync {
-            let weak = Arc::downgrade(&store);
-            thread::Builder::new()
-                .name("lucid-sync".into())
-                .spawn(move || sync_periodically(&weak, period))
-                .expect("spawn the sync thread");
+            store.sync_periodically(period);
         }
         store
     }
@@ -509,38 +404,10 @@ impl Store {
         &self.events
     }
 
-    /// Whether every write waits for an fdatasync before it returns
-    /// (`sync: always`).
+    /// Whether every write is made durable by an fdatasync before it is
+    /// acknowledged (`sync: always`).
     pub fn syncs_every_write(&self) -> bool {
         self.sync == SyncMode::Always
-    }
-
-    /// From now on, with `sync: always`, writes return as soon as their
-    /// record is appended (not yet visible, not yet durable) instead of
-    /// waiting for the fdatasync that covers it. The caller must then hold
-    /// each acknowledgement until [`wait_durable`](Self::wait_durable)
-    /// covers the write ([`appended_sequence`](Self::appended_sequence)
-    /// after it returned). The HTTP server does so, answering every write
-    /// of a group commit from one thread instead of parking a worker per
-    /// write.
-    pub fn defer_durability(&self) {
-        self.deferred.store(true, Ordering::SeqCst);
-    }
-
-    /// Sequence number of the latest record appended (0 if none): every
-    /// write that returned before this call is at or below it.
-    pub fn appended_sequence(&self) -> u64 {
-        lock(&self.writer).next_sequence - 1
-    }
-
-    /// Every write up to this sequence number is durable (and visible).
-    pub fn durable_sequence(&self) -> u64 {
-        lock(&self.commit).durable_sequence
-    }
-
-    /// Whether a group commit's fdatasync is running.
-    pub fn is_syncing(&self) -> bool {
-        lock(&self.commit).syncing
     }
 
     /// Whether the store refuses writes after a failed fsync.
@@ -675,74 +542,24 @@ impl Store {
         Ok(infos)
     }
 
-    /// Appends a put record started with [`RecordBuilder::begin`] (kind
-    /// `Put`) and followed by its value bytes, if the key is not locked and
-    /// meets `expect`. Returns once the write is as durable as the sync mode
-    /// promises.
-    pub fn put(&self, record: &mut [u8], expect: Expect) -> Result<Written, StoreError> {
-        debug_assert_eq!(RecordBuilder::kind(record), RecordKind::Put);
-        let writer = lock(&self.writer);
-        let key = RecordBuilder::key(record);
-        let outcome_of = |live: bool| {
-            if live {
-                WriteOutcome::Updated
-            } else {
-                WriteOutcome::Created
-            }
-        };
-        if expect == Expect::Any && self.sync != SyncMode::Always {
-            // Nothing to check but the lock, and the index is updated at
-            // once: whether the key was live is learnt from that update, so
-            // a put walks the index once, not twice (the hottest write).
-            let now = now_ms();
-            self.check_unlocked(key, now)?;
-            let (version, replaced) = self.append(writer, record, EventOp::Put)?;
-            let live = replaced.is_some_and(|attrs| !attrs.expired(now));
-            return Ok(Written {
-                outcome: outcome_of(live),
-                version,
-            });
-        }
-        let state = self.state_for_write(&writer, key, expect)?;
-        let (version, _) = self.append(writer, record, EventOp::Put)?;
-        Ok(Written {
-            outcome: outcome_of(state.is_some()),
-            version,
-        })
-    }
-
-    /// Deletes `key` by appending a tombstone, built in `buf`, if the key is
-    /// not locked and meets `expect`. Returns `false` (and writes nothing)
-    /// if the key does not exist.
-    pub fn delete(
-        &self,
-        key: &[u8],
-        buf: &mut Vec<u8>,
-        expect: Expect,
-    ) -> Result<bool, StoreError> {
-        let writer = lock(&self.writer);
-        if self.state_for_write(&writer, key, expect)?.is_none() {
-            return Ok(false);
-        }
-        RecordBuilder::begin(buf, &RecordMeta::tombstone(key));
-        self.append(writer, buf, EventOp::Delete)?;
-        Ok(true)
-    }
-
     /// Read-modify-write of an existing key, atomic with respect to every
     /// other write: `change` sees the key's current record and either builds
     /// the new record in `buf` (with [`RecordBuilder::begin`], kind `Put`)
     /// and returns the event it makes, or returns `None` to write nothing.
-    /// Returns the key's version afterwards. Locks are for `change` to
-    /// honour (it is how a key gets unlocked); `expect` is checked first.
-    pub fn update<E: From<StoreError>>(
+    /// Returns the key's version afterwards, and the sequence number the
+    /// caller must see durable before it acknowledges the change: the new
+    /// record's, or when nothing was written, that of the latest record
+    /// appended (the current record may not be durable yet). Locks are for
+    /// `change` to honour (it is how a key gets unlocked); `expect` is
+    /// checked first.
+    pub(in crate::store) fn update<E: From<StoreError>>(
         &self,
         key: &[u8],
         expect: Expect,
         buf: &mut Vec<u8>,
         change: impl FnOnce(&Current<'_>, &mut Vec<u8>) -> Result<Option<EventOp>, E>,
-    ) -> Result<u64, E> {
-        let writer = lock(&self.writer);
+    ) -> Result<(u64, u64), E> {
+        let mut writer = lock(&self.writer);
         if self.is_read_only() {
             return Err(StoreError::ReadOnly.into());
         }
@@ -767,108 +584,12 @@ impl Store {
             return Err(StoreError::PreconditionFailed.into());
         }
         match change(&current, buf)? {
-            Some(op) => Ok(self.append(writer, buf, op)?.0),
-            None => Ok(current.version),
-        }
-    }
-
-    /// Applies every operation of `ops` or none: their records are written
-    /// as one batch frame (see [`super::record`]). Each key may appear only
-    /// once. A locked key or an unmet condition refuses the whole batch.
-    pub fn batch(
-        &self,
-        ops: &[BatchOp<'_>],
-        buf: &mut Vec<u8>,
-    ) -> Result<Vec<BatchResult>, BatchError> {
-        let mut writer = lock(&self.writer);
-        let mut results = Vec::with_capacity(ops.len());
-        FrameBuilder::begin(buf);
-        for (index, op) in ops.iter().enumerate() {
-            let state = self
-                .state_for_write(&writer, op.key(), expect_of(op))
-                .map_err(|error| BatchError { index, error })?;
-            match *op {
-                BatchOp::Put {
-                    key,
-                    content_type,
-                    value,
-                    expires_at_ms,
-                    locked,
-                    ..
-                } => {
-                    let meta = RecordMeta {
-                        locked,
-                        ..RecordMeta::put(key, content_type, expires_at_ms)
-                    };
-                    FrameBuilder::add(buf, &meta, value);
-                    let outcome = if state.is_some() {
-                        WriteOutcome::Updated
-                    } else {
-                        WriteOutcome::Created
-                    };
-                    results.push(BatchResult::Put(Written {
-                        outcome,
-                        version: 0,
-                    }));
-                }
-                BatchOp::Delete { key, .. } if state.is_some() => {
-                    FrameBuilder::add(buf, &RecordMeta::tombstone(key), b"");
-                    results.push(BatchResult::Deleted(0));
-                }
-                BatchOp::Delete { .. } => results.push(BatchResult::NotFound),
+            Some(op) => {
+                let (version, _) = self.append(&mut writer, buf, op)?;
+                Ok((version, version))
             }
+            None => Ok((current.version, writer.next_sequence - 1)),
         }
-        let first = writer.next_sequence;
-        if buf.len() > RECORD_HEADER_LEN {
-            let op_of = |member: &RecordView<'_>| match member.header.kind {
-                RecordKind::Delete => EventOp::Delete,
-                _ => EventOp::Put,
-            };
-            self.append_frame(&mut writer, buf, op_of)
-                .and_then(|last| self.finish(writer, last))
-                .map_err(|error| BatchError { index: 0, error })?;
-        }
-        let mut version = first;
-        for result in &mut results {
-            match result {
-                BatchResult::Put(written) => written.version = version,
-                BatchResult::Deleted(sequence) => *sequence = version,
-                BatchResult::NotFound => continue,
-            }
-            version += 1;
-        }
-        Ok(results)
-    }
-
-    /// Writes tombstones for up to `max` keys whose expiry is at or before
-    /// `now_ms`, as one batch frame; returns how many. Keys whose expiry
-    /// changed meanwhile are left alone; locks do not stop expiry.
-    pub fn expire_due(&self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
-        let due = read(&self.keydir).index.expired(now_ms, max);
-        if due.is_empty() || self.is_read_only() {
-            return Ok(0);
-        }
-        let mut writer = lock(&self.writer);
-        let mut frame = Vec::new();
-        FrameBuilder::begin(&mut frame);
-        let mut count = 0;
-        for (key, expires_at_ms) in &due {
-            // Still the same expiry, and still past it now (the clock may
-            // have stepped back since the index was read).
-            let still_due = self.current_state(&writer, key, 0).is_some_and(|state| {
-                state.attrs.expires_at_ms == *expires_at_ms
-                    && state.attrs.expired(crate::clock::now_ms())
-            });
-            if still_due {
-                FrameBuilder::add(&mut frame, &RecordMeta::tombstone(key), b"");
-                count += 1;
-            }
-        }
-        if count > 0 {
-            let last = self.append_frame(&mut writer, &mut frame, |_| EventOp::Expire)?;
-            self.finish_durable(writer, last)?;
-        }
-        Ok(count)
     }
 
     /// The state of `key` for a write (its latest record, published or
@@ -954,12 +675,13 @@ impl Store {
         Ok(header.sequence)
     }
 
-    /// Seals `record` (a put or tombstone) and appends it, then makes it
-    /// durable and visible as the sync mode says. Returns its sequence
-    /// number, and what it replaced in the index (see [`Store::register`]).
+    /// Seals `record` (a put or tombstone) and appends it, then registers
+    /// it: visible at once, or once durable, as the sync mode says. Returns
+    /// its sequence number, and what it replaced in the index (see
+    /// [`Store::register`]).
     fn append(
         &self,
-        mut writer: MutexGuard<'_, Writer>,
+        writer: &mut Writer,
         record: &mut [u8],
         op: EventOp,
     ) -> Result<(u64, Replaced), StoreError> {
@@ -970,15 +692,14 @@ impl Store {
             offset,
         };
         RecordBuilder::seal(record, sequence, now_ms(), at);
-        let stored_len = self.append_sealed(&mut writer, record, at)?;
+        let stored_len = self.append_sealed(writer, record, at)?;
         let view = verify(record, at).map_err(|_| corrupt(offset))?;
         let place = Placed {
             offset,
             stored_len,
             frame_offset: offset,
         };
-        let replaced = self.register(&mut writer, &view, place, op, None);
-        self.finish(writer, sequence)?;
+        let replaced = self.register(writer, &view, place, op, None);
         Ok((sequence, replaced))
     }
 
@@ -1042,7 +763,7 @@ impl Store {
         if !visible.is_empty() {
             let mut keydir = write(&self.keydir);
             for member in &visible {
-                apply(&mut keydir.index, &member.key, member.location);
+                index_record(&mut keydir.index, &member.key, member.location);
             }
             drop(keydir);
             for member in visible {
@@ -1089,7 +810,7 @@ impl Store {
     }
 
     /// Records an appended record (its plain form, stored at `place`):
-    /// published at once (or, with `deferred`, handed back to be published
+    /// published at once (or, with `batch`, handed back to be published
     /// with the rest of its batch), or pending until its fsync with `sync:
     /// always`. Returns what it replaced in the index when published at
     /// once (`None` when it waits).
@@ -1099,7 +820,7 @@ impl Store {
         record: &RecordView<'_>,
         place: Placed,
         op: EventOp,
-        deferred: Option<&mut Vec<Pending>>,
+        batch: Option<&mut Vec<Pending>>,
     ) -> Replaced {
         let header = record.header;
         let location = (header.kind == RecordKind::Put).then(|| {
@@ -1116,11 +837,11 @@ impl Store {
             record.content_type,
             record.value,
         );
-        let queue = match deferred {
+        let queue = match batch {
             _ if self.sync == SyncMode::Always => &mut writer.pending,
-            Some(deferred) => deferred,
+            Some(batch) => batch,
             None => {
-                let replaced = apply(&mut write(&self.keydir).index, record.key, location);
+                let replaced = index_record(&mut write(&self.keydir).index, record.key, location);
                 self.events.publish(event);
                 return replaced;
             }
@@ -1135,28 +856,6 @@ impl Store {
         None
     }
 
-    /// Releases the writer lock and, with `sync: always`, waits until the
-    /// record with sequence number `last` is durable, unless callers wait
-    /// for that themselves ([`Store::defer_durability`]).
-    fn finish(&self, writer: MutexGuard<'_, Writer>, last: u64) -> Result<(), StoreError> {
-        if self.deferred.load(Ordering::Relaxed) {
-            drop(writer);
-            return Ok(());
-        }
-        self.finish_durable(writer, last)
-    }
-
-    /// Releases the writer lock and, with `sync: always`, waits until the
-    /// record with sequence number `last` is durable: for the store's own
-    /// writes, which no caller acknowledges.
-    fn finish_durable(&self, writer: MutexGuard<'_, Writer>, last: u64) -> Result<(), StoreError> {
-        drop(writer);
-        if self.sync == SyncMode::Always {
-            self.wait_durable(last)?;
-        }
-        Ok(())
-    }
-
     /// Cuts the log back to `offset` after a failed append so no partial
     /// record stays behind. If even that fails, the tail is unknown: the
     /// store goes read-only (recovery at the next start will cut it).
@@ -1167,133 +866,6 @@ impl Store {
                 "could not cut the log back to {offset} after a failed append: {truncate_err}"
             ));
         }
-    }
-
-    /// Blocks until the record with this sequence number is durable,
-    /// running the group's fdatasync if nobody else is. Fails with
-    /// [`StoreError::ReadOnly`] if an fsync failed first.
-    pub fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
-        let mut state = lock(&self.commit);
-        loop {
-            if state.durable_sequence >= sequence {
-                return Ok(());
-            }
-            if self.is_read_only() {
-                return Err(StoreError::ReadOnly);
-            }
-            if state.syncing {
-                state = self
-                    .commit_done
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            state.syncing = true;
-            drop(state);
-            let synced = self.sync_and_publish();
-            state = lock(&self.commit);
-            state.syncing = false;
-            if let Some(synced) = synced {
-                state.durable_sequence = state.durable_sequence.max(synced);
-            }
-            self.commit_done.notify_all();
-        }
-    }
-
-    /// Syncs everything appended so far and publishes the pending records it
-    /// covers. Returns the last durable sequence number, or `None` if the
-    /// sync failed.
-    fn sync_and_publish(&self) -> Option<u64> {
-        let (file, target, end) = {
-            let writer = lock(&self.writer);
-            (
-                Arc::clone(&writer.file),
-                writer.next_sequence - 1,
-                writer.end,
-            )
-        };
-        if let Err(err) = self.sync_log(&*file) {
-            self.enter_read_only(&format!("fdatasync of the log failed: {err}"));
-            return None;
-        }
-        let mut writer = lock(&self.writer);
-        self.publish(&mut writer, target);
-        self.mark_durable(&mut writer, end);
-        Some(target)
-    }
-
-    /// The periodic fdatasync of `sync: interval`: syncs what was appended
-    /// and marks it durable.
-    pub(super) fn sync_appended(&self) -> io::Result<()> {
-        let (file, end) = {
-            let writer = lock(&self.writer);
-            (Arc::clone(&writer.file), writer.end)
-        };
-        self.sync_log(&*file)?;
-        let mut writer = lock(&self.writer);
-        // Compaction may have switched files meanwhile; its new log needs
-        // no marker for what it holds (see `Writer::marked_end`).
-        if Arc::ptr_eq(&writer.file, &file) {
-            self.mark_durable(&mut writer, end);
-        }
-        Ok(())
-    }
-
-    /// After an fdatasync of the log that began when the log ended at
-    /// `durable_end`, appends a sync marker saying every byte before it is
-    /// durable (see [`super::record`]), unless no byte after the last
-    /// marker was synced: an idle store does not grow its log. A failed
-    /// append is cut back like any; the sync it describes still stands.
-    fn mark_durable(&self, writer: &mut Writer, durable_end: u64) {
-        if durable_end <= writer.marked_end || self.is_read_only() {
-            return;
-        }
-        let at = Position {
-            file_id: writer.header.file_id,
-            offset: writer.end,
-        };
-        let marker = Marker::encode(durable_end, now_ms(), at);
-        if self.append_sealed(writer, &marker, at).is_ok() {
-            writer.marked_end = writer.end;
-        }
-    }
-
-    /// fdatasyncs the log, counting the call and its time for metrics.
-    fn sync_log(&self, file: &dyn LogFile) -> io::Result<()> {
-        let started = std::time::Instant::now();
-        let result = file.sync();
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.fsync_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        result
-    }
-
-    /// Moves the pending records up to sequence number `durable` into the
-    /// index.
-    fn publish(&self, writer: &mut Writer, durable: u64) {
-        let covered = writer.pending.partition_point(|p| p.sequence <= durable);
-        let mut keydir = write(&self.keydir);
-        for pending in writer.pending.drain(..covered) {
-            apply(&mut keydir.index, &pending.key, pending.location);
-            self.events.publish(pending.event);
-        }
-    }
-
-    /// Clean shutdown: waits for a running compaction, makes every write
-    /// durable (whatever the sync mode) and writes the hint file, so the next
-    /// start is fast. A read-only store (after a failed fsync) does neither:
-    /// the next start reads and verifies the whole log.
-    pub fn close(&self) -> io::Result<()> {
-        // A compaction still running finishes first: both write the hint.
-        let _no_compaction = lock(&self.compaction);
-        if !self.is_read_only() {
-            let durable = self.sync_and_publish().ok_or_else(|| {
-                io::Error::other("the final fsync failed; the node is now read-only")
-            })?;
-            let mut state = lock(&self.commit);
-            state.durable_sequence = state.durable_sequence.max(durable);
-        }
-        self.write_hint()
     }
 
     /// Marks `key` damaged in the index (see [`Attrs::damaged`]) after its
@@ -1418,24 +990,6 @@ impl Store {
         )
     }
 
-    /// Waits until no group sync runs and keeps others from starting, so
-    /// compaction can switch files under the group's feet. The role is given
-    /// back when the guard is dropped, also by a panic.
-    fn exclusive_sync(&self) -> ExclusiveSync<'_> {
-        let mut state = lock(&self.commit);
-        while state.syncing {
-            state = self
-                .commit_done
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        state.syncing = true;
-        ExclusiveSync {
-            store: self,
-            durable: None,
-        }
-    }
-
     /// Turns the store read-only, saying `reason` in an ERROR log.
     pub(super) fn enter_read_only(&self, reason: &str) {
         self.read_only.store(true, Ordering::SeqCst);
@@ -1510,7 +1064,7 @@ impl Store {
 /// The store as compaction sees it (see [`super::compaction`]), held by one
 /// compaction at a time: where to cut the log, how far it has grown since,
 /// the index to read, and the pause in which the compacted log is
-/// installed ([`Paused::install_compacted`]). Compaction changes the store
+/// installed (`Paused::install_compacted`). Compaction changes the store
 /// only through that one method.
 pub(super) struct CompactionAccess<'s> {
     store: &'s Store,
@@ -1600,7 +1154,7 @@ pub(super) struct Paused<'s> {
 }
 
 /// A compacted log, complete and synced, renamed over the old one: what
-/// [`Paused::install_compacted`] makes the store's log.
+/// `Paused::install_compacted` makes the store's log.
 pub(super) struct CompactedLog {
     /// The new log.
     pub(super) file: Arc<dyn LogFile>,
@@ -1699,38 +1253,20 @@ impl Paused<'_> {
     }
 }
 
-fn sync_periodically(store: &Weak<Store>, period: Duration) {
-    loop {
-        thread::sleep(period);
-        let Some(store) = store.upgrade() else { return };
-        if store.is_read_only() {
-            return;
-        }
-        if let Err(err) = store.sync_appended() {
-            store.enter_read_only(&format!("periodic fdatasync of the log failed: {err}"));
-            return;
-        }
-    }
-}
-
 /// What publishing a record replaced in the index: the attributes of the
 /// key's previous record, if the key was in the index (`None` for a
 /// tombstone, which reports nothing).
 type Replaced = Option<Attrs>;
 
-fn apply(index: &mut Index, key: &[u8], location: Option<(Location, Attrs)>) -> Replaced {
+/// Puts a published record into the index: its location and attributes,
+/// or for a tombstone (`None`) the key's removal.
+fn index_record(index: &mut Index, key: &[u8], location: Option<(Location, Attrs)>) -> Replaced {
     match location {
         Some((location, attrs)) => index.insert(key, location, attrs),
         None => {
             index.remove(key);
             None
         }
-    }
-}
-
-fn expect_of(op: &BatchOp<'_>) -> Expect {
-    match op {
-        BatchOp::Put { expect, .. } | BatchOp::Delete { expect, .. } => *expect,
     }
 }
 
@@ -1764,7 +1300,8 @@ fn corrupt(offset: u64) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::{FileHeader, FILE_HEADER_LEN};
+    use crate::store::engine::mutation::{BatchOp, BatchResult, WriteOutcome, Written};
+    use crate::store::record::{FileHeader, RecordMeta, FILE_HEADER_LEN};
     use crate::store::testing::{
         batch_put, fresh_store, put_if, set_attrs, try_put as put, MemFile,
     };
@@ -2075,7 +1612,7 @@ mod tests {
                 scope.spawn(|| {
                     let mut buf = Vec::new();
                     for _ in 0..25 {
-                        store
+                        let (_, covered) = store
                             .update(b"n", Expect::Any, &mut buf, |current, buf| {
                                 let n: u64 =
                                     std::str::from_utf8(current.value).unwrap().parse().unwrap();
@@ -2085,6 +1622,7 @@ mod tests {
                                 Ok::<_, StoreError>(Some(EventOp::Put))
                             })
                             .unwrap();
+                        store.wait_for(store.ticket(covered)).unwrap();
                     }
                 });
             }

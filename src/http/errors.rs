@@ -1,0 +1,63 @@
+//! Replies for failures that several handlers share: a store error, and a
+//! request body that could not be read.
+
+use super::reply::{self, Reply};
+use crate::store::StoreError;
+
+/// The reply to a request body that could not be read whole: 408 if the
+/// client stopped sending it (the read timeout, or too slow a rate), 400 if
+/// it closed the connection before its end or its chunked encoding is
+/// malformed.
+pub fn body_unreadable(err: &std::io::Error) -> Reply<'static> {
+    use std::io::ErrorKind;
+    match err.kind() {
+        // A read timeout is `WouldBlock` on Linux.
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => {
+            Reply::message(408, "The request body did not arrive in time.")
+        }
+        ErrorKind::UnexpectedEof => {
+            Reply::message(400, "The connection ended before the request body did.")
+        }
+        _ => Reply::message(400, format!("The request body could not be read: {err}.")),
+    }
+}
+
+/// The reply for a store error.
+pub fn store_error<'b>(err: StoreError) -> Reply<'b> {
+    match err {
+        StoreError::Locked => Reply::json(409, reply::CANNOT_UPDATE),
+        StoreError::PreconditionFailed => Reply::message(
+            412,
+            "The key's current version does not match the request's If-Match or If-None-Match condition; nothing was changed. Read the key again for its current version (ETag).",
+        ),
+        StoreError::NotFound => Reply::json(404, reply::KEY_NOT_FOUND),
+        StoreError::AlreadyLocked => Reply::message(409, "The specified key is already locked."),
+        StoreError::NotLocked => Reply::message(409, "The specified key is not locked."),
+        StoreError::NotANumber => {
+            Reply::message(400, "The specified key is not a valid numeric value.")
+        }
+        StoreError::Overflow => Reply::message(
+            400,
+            "The result does not fit: integers are 64-bit signed (up to 9223372036854775807) and decimals must stay finite.",
+        ),
+        StoreError::ReadOnly => Reply::message(
+            503,
+            "The node is read-only after a disk failure: writes are refused until it is restarted. Reads still work.",
+        ),
+        StoreError::Io(err) if err.kind() == std::io::ErrorKind::StorageFull => Reply::message(
+            507,
+            "The disk is full: the write was not stored. Free some space and retry.",
+        ),
+        StoreError::Io(err) => {
+            log::error!("disk error: {err}");
+            Reply::message(
+                500,
+                "The disk reported an error: the request was not completed. The error is in the node's log.",
+            )
+        }
+        StoreError::Corrupt { .. } => Reply::message(
+            500,
+            "The key's stored record is damaged and was not served; the key answers this error until it is written or deleted. See /health.",
+        ),
+    }
+}
