@@ -38,7 +38,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::Duration;
 
-use super::{index_record, Paused, Store, StoreError, SyncMode, Writer};
+use super::append::index_record;
+use super::{Store, StoreError, SyncMode, Writer};
 use crate::clock::now_ms;
 use crate::locks::{lock, write};
 use crate::store::file::LogFile;
@@ -66,25 +67,16 @@ impl Ticket {
 
 /// The group-commit role held by compaction (see [`Store::exclusive_sync`]).
 pub(in crate::store) struct ExclusiveSync<'a> {
-    /// The store whose group commit is held (read by [`Paused`]).
+    /// The store whose group commit is held (read by [`super::Paused`]).
     pub(super) store: &'a Store,
     durable: Option<u64>,
 }
 
-impl<'a> ExclusiveSync<'a> {
+impl ExclusiveSync<'_> {
     /// Gives the role back, with every record up to sequence number
     /// `durable` now durable.
     pub(super) fn release(mut self, durable: u64) {
         self.durable = Some(durable);
-    }
-
-    /// Pauses writers too, until the returned guard is dropped (or the
-    /// compacted log installed through it).
-    pub(in crate::store) fn pause_writers(self) -> Paused<'a> {
-        Paused {
-            writer: lock(&self.store.writer),
-            group_commit: self,
-        }
     }
 }
 
