@@ -2,12 +2,12 @@
 //! writer. Its state (the index, the writer, the group commit) is private to
 //! this module; each concern is a submodule that reaches it from here:
 //!
-//! * [`read`]: values, listings and key metadata, verified before served;
+//! * `read`: values, listings and key metadata, verified before served;
 //! * [`mutation`]: what each write does (the one write API, [`Store::apply`]);
-//! * [`append`]: the append path every write goes through;
+//! * `append`: the append path every write goes through;
 //! * [`commit`]: when a write is durable (tickets, group commit, markers);
-//! * [`damage`]: damaged records met after a start;
-//! * [`compaction_access`]: the narrow access compaction gets, and the one
+//! * `damage`: damaged records met after a start;
+//! * `compaction_access`: the narrow access compaction gets, and the one
 //!   method that switches the store to a compacted log.
 //!
 //! # Write path
