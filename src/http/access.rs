@@ -6,7 +6,7 @@
 //! `authentication.metrics_public` is set; every other `/api/*` request
 //! needs a valid token, even one for a resource that does not exist.
 
-use tiny_http::{Method, Request};
+use lucid_http::{Method, Request};
 
 use super::reply::Reply;
 use super::route::{percent_decode, Route};

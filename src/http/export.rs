@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use lucid_http::{HTTPVersion, Header, Method, Request, Response};
 use serde::Serialize;
-use tiny_http::{HTTPVersion, Header, Method, Request, Response};
 
 use super::query::Params;
 use super::reply::{server_header, Reply};

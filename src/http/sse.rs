@@ -16,7 +16,7 @@
 use std::io::{self, BufWriter, Write};
 use std::time::Duration;
 
-use tiny_http::{Header, Request, Response};
+use lucid_http::{Header, Request, Response};
 
 use super::reply::server_header;
 use super::watch::End;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Method, Request};
+use lucid_http::{Method, Request};
 
 use super::export::{self, Export};
 use super::reply::{Reply, Responder};
@@ -22,9 +22,9 @@ pub fn is_streamed(route: Route<'_>) -> bool {
     matches!(route, Route::Watch | Route::AdminExport)
 }
 
-/// Whether tiny_http must treat `request` as the last on its connection:
+/// Whether lucid-http must treat `request` as the last on its connection:
 /// a stream ends by closing it (see `ServerConfig::streams` in
-/// `vendor/tiny_http/PATCHES.md`).
+/// `crates/lucid-http/PATCHES.md`).
 pub fn is_stream(request: &Request) -> bool {
     request.method() == &Method::Get && is_streamed(route::route(request.url()))
 }

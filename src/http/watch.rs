@@ -17,7 +17,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Method, Request};
+use lucid_http::{Method, Request};
 
 use super::query::Params;
 use super::reply::Reply;

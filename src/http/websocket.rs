@@ -1,6 +1,6 @@
 //! WebSocket for `/api/watch` (`Upgrade: websocket`): the handshake is
 //! checked by a worker ([`accept`]); the watcher's thread answers `101`
-//! through tiny_http's `upgrade` and sends one text message per change (the
+//! through lucid-http's `upgrade` and sends one text message per change (the
 //! event's JSON) over tungstenite, a ping after silence, and on overflow a
 //! final `{"op":"error","message":...}` before closing.
 //!
@@ -17,7 +17,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Header, ReadWrite, Request, Response, Socket, StatusCode};
+use lucid_http::{Header, ReadWrite, Request, Response, Socket, StatusCode};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig};
