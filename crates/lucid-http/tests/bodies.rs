@@ -86,7 +86,11 @@ fn a_trickled_body_is_read_whole_before_its_request_is_handed_out() {
 fn a_body_that_cannot_be_read_whole_is_answered_by_the_connection() {
     for (body, status, words) in [
         // The client gives up half-way.
-        (&b"Content-Length: 4000\r\n\r\nabc"[..], 400, "connection ended"),
+        (
+            &b"Content-Length: 4000\r\n\r\nabc"[..],
+            400,
+            "connection ended",
+        ),
         (
             b"Transfer-Encoding: chunked\r\n\r\n10\r\nabc",
             400,
@@ -280,7 +284,11 @@ fn the_screen_decides_before_any_of_the_body_is_read() {
     let (screened_tx, screened_rx) = mpsc::channel();
     let screened_tx = Mutex::new(screened_tx);
     let (server, _) = screened(move |request| {
-        screened_tx.lock().unwrap().send(request.url().to_owned()).unwrap();
+        screened_tx
+            .lock()
+            .unwrap()
+            .send(request.url().to_owned())
+            .unwrap();
         None
     });
     server.serve(echo);

@@ -66,7 +66,8 @@ fn a_client_that_reads_nothing_cannot_hold_the_writer() {
         // none of it.
         let body = vec![b'b'; 256 << 20];
         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-        sent.send(request.respond_raw(head.as_bytes(), &body)).unwrap();
+        sent.send(request.respond_raw(head.as_bytes(), &body))
+            .unwrap();
     });
     let outcome = result.recv_timeout(FAILSAFE).expect("the write gave up");
     assert!(outcome.is_err(), "256 MiB cannot have been sent");
@@ -158,7 +159,11 @@ fn a_head_that_trickles_in_past_its_deadline_is_a_408() {
     let mut client = server.client();
     // Never ends: a header line of a thousand bytes, one every 10 ms.
     let head = format!("GET / HTTP/1.1\r\nX-Slow: {}", "s".repeat(1000));
-    let trickler = trickle(&client, head.clone().into_bytes(), Duration::from_millis(10));
+    let trickler = trickle(
+        &client,
+        head.clone().into_bytes(),
+        Duration::from_millis(10),
+    );
     let reply = client.response();
     assert_eq!(reply.status, 408);
     assert!(reply.message().contains("did not arrive in time"));

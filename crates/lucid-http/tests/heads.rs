@@ -50,10 +50,22 @@ fn a_head_within_the_limit_is_served() {
 #[test]
 fn unreadable_heads_get_a_json_message_and_the_connection_closes() {
     for (request, status, words) in [
-        (&b"GET/HTTP/1.1\r\n\r\n"[..], 400, "request line is malformed"),
-        (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", 400, "header line"),
+        (
+            &b"GET/HTTP/1.1\r\n\r\n"[..],
+            400,
+            "request line is malformed",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+            400,
+            "header line",
+        ),
         (b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n", 400, "outside ASCII"),
-        (b"GET / HTTP/1.1\r\nExpect: magic\r\n\r\n", 417, "100-continue"),
+        (
+            b"GET / HTTP/1.1\r\nExpect: magic\r\n\r\n",
+            417,
+            "100-continue",
+        ),
     ] {
         let reply = answer_to(request, None);
         assert_eq!(reply.status, status, "{:?}", reply);
@@ -108,7 +120,8 @@ fn a_length_past_usize_reaches_the_caller_as_usize_max() {
     // The unread body is drained when the request is dropped: up to the
     // end of the connection.
     client.finish();
-    let refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let refusal =
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     request.respond_raw(refusal, b"").unwrap();
     assert_eq!(client.response().status, 413);
 }
@@ -139,7 +152,11 @@ fn bad_line_endings_and_nul_bytes_are_refused_at_once() {
     ] {
         let reply = answer_to(request, None);
         assert_eq!(reply.status, 400, "{:?}: {:?}", request, reply);
-        assert!(reply.message().contains("must end with CRLF"), "{:?}", reply);
+        assert!(
+            reply.message().contains("must end with CRLF"),
+            "{:?}",
+            reply
+        );
     }
 }
 

@@ -47,9 +47,7 @@ fn a_chunked_stream_carries_the_callers_chunks() {
     let mut client = server.client();
     client.send(b"GET /watch HTTP/1.1\r\n\r\n");
     let request = server.recv();
-    let mut stream = request
-        .into_chunked_stream(Response::empty(200))
-        .unwrap();
+    let mut stream = request.into_chunked_stream(Response::empty(200)).unwrap();
     stream.write_all(b"5\r\nhello\r\n0\r\n\r\n").unwrap();
     drop(stream);
     let reply = client.response();
@@ -85,7 +83,8 @@ fn a_streams_socket_takes_a_write_timeout() {
             kind,
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ),
-        "{:?}", kind
+        "{:?}",
+        kind
     );
     drop(client);
 }
@@ -170,6 +169,8 @@ fn a_head_and_a_large_body_leave_together() {
     let large = median_round_trip(&server, 16 * 1024);
     assert!(
         large < empty * 20,
-        "a 16 KiB answer took {:?}, an empty one {:?}", large, empty
+        "a 16 KiB answer took {:?}, an empty one {:?}",
+        large,
+        empty
     );
 }

@@ -130,7 +130,8 @@ impl Reply {
         let text = self.text();
         assert!(
             text.starts_with(r#"{"message":""#),
-            "not a JSON refusal: {}", text
+            "not a JSON refusal: {}",
+            text
         );
         text
     }
