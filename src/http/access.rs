@@ -10,7 +10,8 @@ use lucid_http::{Method, Request};
 
 use super::reply::Reply;
 use super::route::{percent_decode, Route};
-use super::{websocket, Context};
+use super::watch::websocket;
+use super::Context;
 use crate::auth::{Access, Claims, Denied, Unauthorized, UNAUTHORIZED};
 
 /// What a route needs before its handler may run.

@@ -34,11 +34,10 @@ mod pool;
 mod query;
 mod reply;
 pub mod route;
-mod sse;
+mod stream_threads;
 mod streams;
 mod ui;
 mod watch;
-mod websocket;
 
 pub use import::MAX_LINES as MAX_IMPORT_LINES;
 pub use patch::{parse as parse_patch, Operation as PatchOperation};
@@ -79,9 +78,9 @@ pub struct Context {
     /// Set once a stop signal arrives.
     stopping: AtomicBool,
     /// Connected watchers and their cap.
-    watchers: Arc<streams::Streams>,
+    watchers: Arc<stream_threads::Streams>,
     /// Exports being streamed and their cap.
-    exports: Arc<streams::Streams>,
+    exports: Arc<stream_threads::Streams>,
     /// Token verification; `None` when authentication is off.
     auth: Option<Auth>,
     /// Whether `/metrics` needs no token.
@@ -103,8 +102,10 @@ impl Context {
             max_value_bytes,
             metrics: metrics::Metrics::default(),
             stopping: AtomicBool::new(false),
-            watchers: Arc::new(streams::Streams::new(config::Watch::default().max_watchers)),
-            exports: Arc::new(streams::Streams::new(export::MAX_EXPORTS)),
+            watchers: Arc::new(stream_threads::Streams::new(
+                config::Watch::default().max_watchers,
+            )),
+            exports: Arc::new(stream_threads::Streams::new(export::MAX_EXPORTS)),
             auth: None,
             metrics_public: true,
             acknowledger: ack::Acknowledger::default(),
@@ -131,7 +132,7 @@ impl Context {
 
     /// Serves at most `max` watchers at once (`watch.max_watchers`).
     pub fn with_max_watchers(mut self, max: usize) -> Self {
-        self.watchers = Arc::new(streams::Streams::new(max));
+        self.watchers = Arc::new(stream_threads::Streams::new(max));
         self
     }
 

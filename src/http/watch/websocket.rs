@@ -23,9 +23,9 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use super::headers::first as header;
-use super::reply::server_header;
-use super::watch::End;
+use super::End;
+use crate::http::headers::first as header;
+use crate::http::reply::server_header;
 use crate::watch::Event;
 
 /// How often a watcher reads what its client sent.
@@ -168,7 +168,7 @@ impl Feed {
     }
 }
 
-impl super::watch::Feed for Feed {
+impl super::Feed for Feed {
     fn event(&mut self, event: &Event) -> io::Result<()> {
         self.ws
             .write(Message::text(event.to_json()))
