@@ -1,6 +1,6 @@
-//! The HTTP ceiling for Lucid's benchmarks: a bare tiny_http server with
+//! The HTTP ceiling for Lucid's benchmarks: a bare lucid-http server with
 //! Lucid's worker count and release profile that answers every request with
-//! a fixed 100-byte body. Lucid, built on tiny_http, cannot be faster than
+//! a fixed 100-byte body. Lucid, built on lucid-http, cannot be faster than
 //! this; `bench/run.sh` measures both in the same run.
 //!
 //! `cargo run --release --example http_ceiling -- --port P` (0 = any free
@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::thread;
 
-use tiny_http::{Response, Server, StatusCode};
+use lucid_http::{Response, Server, StatusCode};
 
 /// Answer every request with a fixed 100-byte body.
 #[derive(argh::FromArgs)]

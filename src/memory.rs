@@ -6,7 +6,7 @@
 //! whatever clients do: code, threads, the index of a modest store
 //! ([`NODE_SHARE`]), and what compaction and the writer hold for the
 //! largest record ([`fixed_share`]). The rest is for request bodies in
-//! memory: the copies tiny_http reads ahead (at most half of it, so
+//! memory: the copies lucid-http reads ahead (at most half of it, so
 //! requests already read can always get their own) and the buffers the
 //! handlers build from them. A request that would take more than is left
 //! waits a little ([`WAIT`]) for others to finish, then is refused with a
@@ -22,8 +22,8 @@ use crate::locks::lock;
 pub const NODE_SHARE: usize = 24 * 1024 * 1024;
 
 /// How long a request waits for room in the budget before it is refused:
-/// as long as tiny_http lets a body read ahead wait for its room.
-pub const WAIT: Duration = tiny_http::READ_AHEAD_PATIENCE;
+/// as long as lucid-http lets a body read ahead wait for its room.
+pub const WAIT: Duration = lucid_http::READ_AHEAD_PATIENCE;
 
 /// The longest record a store with values of up to `max_value_bytes`
 /// holds: a batch frame of the largest batch body (see `http::batch`),
@@ -54,7 +54,7 @@ pub fn minimum_budget(max_value_bytes: usize) -> usize {
     fixed_share(max_value_bytes) + largest_batch + batch_need(largest_batch)
 }
 
-/// Request bodies' part of the budget, shared by tiny_http's read-ahead
+/// Request bodies' part of the budget, shared by lucid-http's read-ahead
 /// and the handlers.
 pub struct MemoryBudget {
     usage: Mutex<Usage>,
@@ -68,7 +68,7 @@ pub struct MemoryBudget {
 struct Usage {
     /// Bytes reserved, read-ahead included.
     in_use: usize,
-    /// Bytes tiny_http holds, read ahead.
+    /// Bytes lucid-http holds, read ahead.
     read_ahead: usize,
 }
 
@@ -136,7 +136,7 @@ impl MemoryBudget {
 }
 
 /// Read-ahead bodies take at most half of the budget.
-impl tiny_http::BodyBudget for MemoryBudget {
+impl lucid_http::BodyBudget for MemoryBudget {
     fn reserve_by(&self, bytes: usize, deadline: Instant) -> bool {
         let mut usage = lock(&self.usage);
         loop {
@@ -190,7 +190,7 @@ pub fn configure_allocator() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tiny_http::BodyBudget;
+    use lucid_http::BodyBudget;
 
     #[test]
     fn reservations_wait_for_room_and_read_ahead_takes_half() {

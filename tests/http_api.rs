@@ -373,7 +373,7 @@ fn value_at_limit_is_accepted_and_one_byte_over_is_413() {
 
 #[test]
 fn oversized_content_length_gets_413_before_the_body_is_sent() {
-    // tiny_http reads bodies of up to 1 KiB together with the request head,
+    // lucid-http reads bodies of up to 1 KiB together with the request head,
     // before any handler runs; above that, the 413 comes before the body.
     for (limit, declared) in [(1000, "5000"), (2000, "2001")] {
         let node = Config::new().max_value_bytes(limit).start();

@@ -27,7 +27,7 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         storage.memory_budget,
         storage.max_value_bytes,
     ));
-    tiny_http::set_body_budget(Arc::clone(&memory) as Arc<dyn tiny_http::BodyBudget>);
+    lucid_http::set_body_budget(Arc::clone(&memory) as Arc<dyn lucid_http::BodyBudget>);
     // Bound before the data directory is opened, so that a port in use
     // leaves no new directory behind. Connections made during recovery wait
     // for it, as they would in the listen backlog.

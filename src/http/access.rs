@@ -6,11 +6,12 @@
 //! `authentication.metrics_public` is set; every other `/api/*` request
 //! needs a valid token, even one for a resource that does not exist.
 
-use tiny_http::{Method, Request};
+use lucid_http::{Method, Request};
 
 use super::reply::Reply;
 use super::route::{percent_decode, Route};
-use super::{websocket, Context};
+use super::watch::websocket;
+use super::Context;
 use crate::auth::{Access, Claims, Denied, Unauthorized, UNAUTHORIZED};
 
 /// What a route needs before its handler may run.

@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use tiny_http::Request;
+use lucid_http::Request;
 
 use super::errors::store_error;
 use super::reply::{Reply, Responder};
@@ -152,7 +152,7 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
-    use tiny_http::{Method, TestRequest};
+    use lucid_http::{Method, TestRequest};
 
     use super::*;
     use crate::http::metrics::method_slot;

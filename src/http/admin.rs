@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tiny_http::{Method, Request};
+use lucid_http::{Method, Request};
 
 use super::reply::Reply;
 use super::Context;

@@ -12,9 +12,9 @@ use std::collections::HashSet;
 use std::io::Read;
 
 use base64::Engine as _;
+use lucid_http::{Method, Request};
 use serde::Deserialize;
 use serde_json::json;
-use tiny_http::{Method, Request};
 
 use super::ack::Answer;
 use super::errors::{body_unreadable, store_error};

@@ -9,7 +9,7 @@
 //! Weak tags (`W/"5"`) never match `If-Match` (strong comparison) and match
 //! `If-None-Match` by their version (weak comparison).
 
-use tiny_http::Request;
+use lucid_http::Request;
 
 use super::headers::first as header;
 use super::reply::Reply;

@@ -30,12 +30,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use lucid_http::{HTTPVersion, Header, Method, Request, Response};
 use serde::Serialize;
-use tiny_http::{HTTPVersion, Header, Method, Request, Response};
 
 use super::query::Params;
 use super::reply::{server_header, Reply};
-use super::streams::{self, Place};
+use super::stream_threads::{self, Place};
 use super::{Buffers, Context};
 use crate::store::Store;
 
@@ -114,7 +114,7 @@ impl Export {
     /// returns the status it answers with (200; 503 if no thread can be
     /// started).
     pub fn start(self, request: Request) -> u16 {
-        streams::hand_over(request, "lucid-export", STACK_SIZE, 200, move |request| {
+        stream_threads::hand_over(request, "lucid-export", STACK_SIZE, 200, move |request| {
             self.serve(request)
         })
     }

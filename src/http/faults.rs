@@ -3,7 +3,7 @@
 //! full disk, 500 for an I/O error, 503 once a failed fsync made the node
 //! read-only), nothing of it is stored, and other keys keep reading.
 
-use tiny_http::{Method, Request, TestRequest};
+use lucid_http::{Method, Request, TestRequest};
 
 use super::reply::Reply;
 use super::{batch, kv, Buffers, Context};

@@ -1,6 +1,6 @@
 //! Reading a request's headers.
 
-use tiny_http::Request;
+use lucid_http::Request;
 
 /// The value of the request's first `name` header (names compare without
 /// regard to case).

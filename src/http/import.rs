@@ -16,10 +16,10 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+use lucid_http::{Method, Request};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::json;
-use tiny_http::{Method, Request};
 
 use super::ack::Answer;
 use super::batch::{self, check_content_type, check_key, decode_value, read_body};

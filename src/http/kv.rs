@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use tiny_http::{Method, Request};
+use lucid_http::{Method, Request};
 
 use super::ack::Answer;
 use super::conditions::{not_modified, write_condition};

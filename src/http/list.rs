@@ -3,8 +3,8 @@
 //! O(page) whatever the number of keys; the metadata of each listed key is
 //! read from its record's header only (never its value).
 
+use lucid_http::{Method, Request};
 use serde_json::json;
-use tiny_http::{Method, Request};
 
 use super::errors::store_error;
 use super::query::Params;

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tiny_http::Method;
+use lucid_http::Method;
 
 use crate::store::StoreStats;
 

@@ -1,4 +1,4 @@
-//! The HTTP API: a tiny_http server shared by a pool of worker threads, each
+//! The HTTP API: a lucid-http server shared by a pool of worker threads, each
 //! calling `recv()` and answering one request at a time with buffers it
 //! reuses from request to request. A handler answers a write with its reply
 //! and the write's ticket; with `sync: always` a worker does not wait for
@@ -36,11 +36,10 @@ mod pool;
 mod query;
 mod reply;
 pub mod route;
-mod sse;
+mod stream_threads;
 mod streams;
 mod ui;
 mod watch;
-mod websocket;
 
 pub use import::MAX_LINES as MAX_IMPORT_LINES;
 pub use patch::parse as parse_patch;
@@ -55,7 +54,7 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use tiny_http::{
+use lucid_http::{
     ConfigListenAddr, ConnectionLimit, Method, Pace, Request, Screen, Server, ServerConfig,
     SslConfig,
 };
@@ -81,9 +80,9 @@ pub struct Context {
     /// Set once a stop signal arrives.
     stopping: AtomicBool,
     /// Connected watchers and their cap.
-    watchers: Arc<streams::Streams>,
+    watchers: Arc<stream_threads::Streams>,
     /// Exports being streamed and their cap.
-    exports: Arc<streams::Streams>,
+    exports: Arc<stream_threads::Streams>,
     /// Token verification; `None` when authentication is off.
     auth: Option<Auth>,
     /// Whether `/metrics` needs no token.
@@ -105,8 +104,10 @@ impl Context {
             max_value_bytes,
             metrics: metrics::Metrics::default(),
             stopping: AtomicBool::new(false),
-            watchers: Arc::new(streams::Streams::new(config::Watch::default().max_watchers)),
-            exports: Arc::new(streams::Streams::new(export::MAX_EXPORTS)),
+            watchers: Arc::new(stream_threads::Streams::new(
+                config::Watch::default().max_watchers,
+            )),
+            exports: Arc::new(stream_threads::Streams::new(export::MAX_EXPORTS)),
             auth: None,
             metrics_public: true,
             acknowledger: Acknowledger::default(),
@@ -118,8 +119,8 @@ impl Context {
         }
     }
 
-    /// Holds request bodies within `memory` (shared with tiny_http's
-    /// read-ahead, see [`tiny_http::set_body_budget`]).
+    /// Holds request bodies within `memory` (shared with lucid-http's
+    /// read-ahead, see [`lucid_http::set_body_budget`]).
     pub fn with_memory_budget(mut self, memory: Arc<MemoryBudget>) -> Self {
         self.memory = memory;
         self
@@ -133,7 +134,7 @@ impl Context {
 
     /// Serves at most `max` watchers at once (`watch.max_watchers`).
     pub fn with_max_watchers(mut self, max: usize) -> Self {
-        self.watchers = Arc::new(streams::Streams::new(max));
+        self.watchers = Arc::new(stream_threads::Streams::new(max));
         self
     }
 
@@ -331,7 +332,7 @@ impl HttpServer {
     }
 }
 
-/// The certificate and key for tiny_http, read from `tls`'s files; `None`
+/// The certificate and key for lucid-http, read from `tls`'s files; `None`
 /// when TLS is not configured.
 fn ssl_config(tls: &Tls) -> Result<Option<SslConfig>, String> {
     if !tls.enabled() {
@@ -360,7 +361,7 @@ fn ssl_config(tls: &Tls) -> Result<Option<SslConfig>, String> {
 }
 
 /// The largest request body any route reads (a batch's), which
-/// tiny_http reads ahead whole: a body over its route's limit is refused
+/// lucid-http reads ahead whole: a body over its route's limit is refused
 /// before it is read (see [`admit`]).
 fn largest_body(max_value_bytes: usize) -> usize {
     batch::max_body(max_value_bytes).max(patch::MAX_BODY)
@@ -518,8 +519,8 @@ fn body_limit(ctx: &Context, route: Route<'_>, method: &Method) -> Option<usize>
     }
 }
 
-/// [`admit`] on the connection's thread, for tiny_http's
-/// [`tiny_http::Screen`]: `None` to serve the request, else the whole
+/// [`admit`] on the connection's thread, for lucid-http's
+/// [`lucid_http::Screen`]: `None` to serve the request, else the whole
 /// reply refusing it, which closes the connection. Waits until the
 /// server runs (`context` is set), as the request would in the queue.
 fn screen(context: &OnceLock<Arc<Context>>, request: &Request) -> Option<Vec<u8>> {
@@ -547,7 +548,7 @@ fn body_not_allowed<'b>() -> Reply<'b> {
     )
 }
 
-/// Request bodies up to this size are read by tiny_http along with the
+/// Request bodies up to this size are read by lucid-http along with the
 /// request's head; larger ones, and those whose client waits for `100
 /// Continue`, are screened on the connection's thread first (see
 /// [`screen`]).

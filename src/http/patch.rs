@@ -15,9 +15,9 @@
 
 use std::io::Read;
 
+use lucid_http::Request;
 use serde::Deserialize;
 use serde_json::json;
-use tiny_http::Request;
 
 use super::ack::Answer;
 use super::errors::{body_unreadable, store_error};

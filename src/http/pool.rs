@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use tiny_http::Server;
+use lucid_http::Server;
 
 use super::Context;
 use crate::locks::lock;

@@ -1,5 +1,5 @@
 //! What the API answers: JSON messages and stored values, and how they are
-//! written out through tiny_http.
+//! written out through lucid-http.
 //!
 //! Every error body is `{"message": "..."}` with `Content-Type:
 //! application/json`. Values are sent with their stored content type,
@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tiny_http::{Header, Method, Request, StatusCode};
+use lucid_http::{Header, Method, Request, StatusCode};
 
 use super::assets::{Asset, Encoding, SECURITY_HEADERS};
 use crate::store::StoredValue;
@@ -196,7 +196,7 @@ impl Reply<'_> {
     }
 
     /// The whole reply to `request` (head and body) with `Connection:
-    /// close`, for tiny_http to send on the connection's thread.
+    /// close`, for lucid-http to send on the connection's thread.
     pub fn to_closing_bytes(&self, request: &Request) -> Vec<u8> {
         let mut out = Responder::default();
         let (head, body) = self.render(request, &mut out, true);
@@ -385,9 +385,9 @@ fn is_header_safe(value: &[u8]) -> bool {
 /// The `Server` header of every response.
 pub const SERVER_NAME: &str = "lucid";
 
-/// The `Server` header for responses built with tiny_http's `Response`
-/// (event streams, WebSocket upgrades), which would otherwise name
-/// tiny_http.
+/// The `Server` header for responses built with lucid-http's `Response`
+/// (event streams, WebSocket upgrades), which would otherwise say
+/// `tiny-http (Rust)`, upstream's default.
 pub fn server_header() -> Header {
     Header::from_bytes(&b"Server"[..], SERVER_NAME.as_bytes()).expect("a valid header")
 }

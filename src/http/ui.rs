@@ -7,7 +7,7 @@
 //! calls the console makes do, like anyone's. `ui.enabled: false` turns it
 //! off (404).
 
-use tiny_http::{Method, Request};
+use lucid_http::{Method, Request};
 
 use super::assets::{Asset, Encoding, ASSETS};
 use super::headers::first as header;

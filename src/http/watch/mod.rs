@@ -1,6 +1,6 @@
 //! `GET /api/watch?prefix=P[&since=VERSION]`: live changes to the keys
-//! under a prefix, as Server-Sent Events ([`super::sse`]) or, with
-//! `Upgrade: websocket`, as WebSocket messages ([`super::websocket`]).
+//! under a prefix, as Server-Sent Events ([`sse`]) or, with
+//! `Upgrade: websocket`, as WebSocket messages ([`websocket`]).
 //!
 //! A worker checks the request ([`prepare`]: method, query, handshake,
 //! the watcher cap, `since` against the history), subscribes to the store's
@@ -17,14 +17,17 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Method, Request};
+use lucid_http::{Method, Request};
 
 use super::query::Params;
 use super::reply::Reply;
 use super::route;
-use super::streams::{self, Place};
-use super::{sse, websocket, Context};
+use super::stream_threads::{self, Place};
+use super::Context;
 use crate::watch::{Event, SinceTooOld, Subscription};
+
+mod sse;
+pub(super) mod websocket;
 
 /// Methods `/api/watch` accepts.
 pub const ALLOWED: &str = "GET";
@@ -196,7 +199,7 @@ impl Watcher {
             Protocol::Sse => 200,
             Protocol::WebSocket(_) => 101,
         };
-        streams::hand_over(request, "lucid-watch", STACK_SIZE, status, move |request| {
+        stream_threads::hand_over(request, "lucid-watch", STACK_SIZE, status, move |request| {
             self.serve(request)
         })
     }

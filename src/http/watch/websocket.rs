@@ -1,6 +1,6 @@
 //! WebSocket for `/api/watch` (`Upgrade: websocket`): the handshake is
 //! checked by a worker ([`accept`]); the watcher's thread answers `101`
-//! through tiny_http's `upgrade` and sends one text message per change (the
+//! through lucid-http's `upgrade` and sends one text message per change (the
 //! event's JSON) over tungstenite, a ping after silence, and on overflow a
 //! final `{"op":"error","message":...}` before closing.
 //!
@@ -17,15 +17,15 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Header, ReadWrite, Request, Response, Socket, StatusCode};
+use lucid_http::{Header, ReadWrite, Request, Response, Socket, StatusCode};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use super::headers::first as header;
-use super::reply::server_header;
-use super::watch::End;
+use super::End;
+use crate::http::headers::first as header;
+use crate::http::reply::server_header;
 use crate::watch::Event;
 
 /// How often a watcher reads what its client sent.
@@ -168,7 +168,7 @@ impl Feed {
     }
 }
 
-impl super::watch::Feed for Feed {
+impl super::Feed for Feed {
     fn event(&mut self, event: &Event) -> io::Result<()> {
         self.ws
             .write(Message::text(event.to_json()))

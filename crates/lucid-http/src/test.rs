@@ -9,7 +9,7 @@ use std::str::FromStr;
 /// with no headers. To create a `TestRequest` with different parameters, use the builder pattern:
 ///
 /// ```
-/// # use tiny_http::{Method, TestRequest};
+/// # use lucid_http::{Method, TestRequest};
 /// let request = TestRequest::new()
 ///     .with_method(Method::Post)
 ///     .with_path("/api/widgets")
@@ -19,7 +19,7 @@ use std::str::FromStr;
 /// Then, convert the `TestRequest` into a real `Request` and pass it to the server under test:
 ///
 /// ```
-/// # use tiny_http::{Method, Request, Response, Server, StatusCode, TestRequest};
+/// # use lucid_http::{Method, Request, Response, Server, StatusCode, TestRequest};
 /// # use std::io::Cursor;
 /// # let request = TestRequest::new()
 /// #     .with_method(Method::Post)
@@ -29,7 +29,7 @@ use std::str::FromStr;
 /// #     listener: Server,
 /// # }
 /// # let server = TestServer {
-/// #     listener: Server::http("0.0.0.0:0").unwrap(),
+/// #     listener: Server::http("127.0.0.1:0").unwrap(),
 /// # };
 /// # impl TestServer {
 /// #     fn handle_request(&self, request: Request) -> Response<Cursor<Vec<u8>>> {

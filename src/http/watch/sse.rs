@@ -16,10 +16,10 @@
 use std::io::{self, BufWriter, Write};
 use std::time::Duration;
 
-use tiny_http::{Header, Request, Response};
+use lucid_http::{Header, Request, Response};
 
-use super::reply::server_header;
-use super::watch::End;
+use super::End;
+use crate::http::reply::server_header;
 use crate::watch::Event;
 
 /// Bytes buffered between flushes.
@@ -62,7 +62,7 @@ impl<W: Write> Feed<W> {
     }
 }
 
-impl<W: Write> super::watch::Feed for Feed<W> {
+impl<W: Write> super::Feed for Feed<W> {
     fn event(&mut self, event: &Event) -> io::Result<()> {
         write!(
             self.out,
