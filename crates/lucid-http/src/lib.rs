@@ -225,6 +225,24 @@ pub struct ServerConfig {
     pub screen: Option<Screen>,
 }
 
+impl ServerConfig {
+    /// Lucid patch: a server listening on `addr`, every other setting
+    /// unset (plain HTTP, none of the limits).
+    pub fn listening(addr: ConfigListenAddr) -> Self {
+        ServerConfig {
+            addr,
+            ssl: None,
+            read_timeout: None,
+            streams: None,
+            connection_limit: None,
+            read_ahead: None,
+            max_head_bytes: None,
+            pace: None,
+            screen: None,
+        }
+    }
+}
+
 /// Lucid patch: the caller's decision, from a request's head alone, on a
 /// request whose body was not read along with its head (a chunked one,
 /// one over 1 KiB, or one whose client waits for `100 Continue`): `None`
@@ -274,17 +292,9 @@ impl Server {
     where
         A: ToSocketAddrs,
     {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: None,
-            read_timeout: None,
-            streams: None,
-            connection_limit: None,
-            read_ahead: None,
-            max_head_bytes: None,
-            pace: None,
-            screen: None,
-        })
+        Server::new(ServerConfig::listening(
+            ConfigListenAddr::from_socket_addrs(addr)?,
+        ))
     }
 
     /// Shortcut for an HTTPS server on a specific address.
@@ -298,15 +308,8 @@ impl Server {
         A: ToSocketAddrs,
     {
         Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: Some(config),
-            read_timeout: None,
-            streams: None,
-            connection_limit: None,
-            read_ahead: None,
-            max_head_bytes: None,
-            pace: None,
-            screen: None,
+            ..ServerConfig::listening(ConfigListenAddr::from_socket_addrs(addr)?)
         })
     }
 
@@ -316,17 +319,9 @@ impl Server {
     pub fn http_unix(
         path: &std::path::Path,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::unix_from_path(path),
-            ssl: None,
-            read_timeout: None,
-            streams: None,
-            connection_limit: None,
-            read_ahead: None,
-            max_head_bytes: None,
-            pace: None,
-            screen: None,
-        })
+        Server::new(ServerConfig::listening(ConfigListenAddr::unix_from_path(
+            path,
+        )))
     }
 
     /// Builds a new server that listens on the specified address.

@@ -18,17 +18,9 @@ pub const FAILSAFE: Duration = Duration::from_secs(20);
 
 /// A server's settings with nothing set, listening on 127.0.0.1.
 pub fn config() -> ServerConfig {
-    ServerConfig {
-        addr: ConfigListenAddr::from_socket_addrs("127.0.0.1:0").expect("a local address"),
-        ssl: None,
-        read_timeout: None,
-        streams: None,
-        connection_limit: None,
-        read_ahead: None,
-        max_head_bytes: None,
-        pace: None,
-        screen: None,
-    }
+    ServerConfig::listening(
+        ConfigListenAddr::from_socket_addrs("127.0.0.1:0").expect("a local address"),
+    )
 }
 
 /// A running server and its address; dropping it stops the server.
