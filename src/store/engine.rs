@@ -1507,6 +1507,54 @@ impl Store {
     }
 }
 
+/// The live records of the store at one moment, pinned for a snapshot (see
+/// [`super::snapshot`]): the log they are in stays readable through `file`
+/// even if a compaction replaces it meanwhile.
+pub(super) struct PinnedRecords {
+    /// Where every live record is, in no particular order.
+    pub(super) locations: Vec<Location>,
+    /// Every write up to this sequence number is among them, none after.
+    pub(super) sequence: u64,
+    /// The log they are in.
+    pub(super) file: Arc<dyn LogFile>,
+    /// Its file id.
+    pub(super) file_id: u32,
+    /// Its encryption, if any.
+    pub(super) cipher: Option<Arc<Cipher>>,
+}
+
+impl Store {
+    /// Pins the live records as they are now: writers wait while the index
+    /// is read (a copy of its locations, no key), readers go on. Every
+    /// published write is among them, no half of a batch and no write still
+    /// waiting for its fsync.
+    pub(super) fn pin_live_records(&self) -> PinnedRecords {
+        let writer = lock(&self.writer);
+        let keydir = read(&self.keydir);
+        PinnedRecords {
+            locations: keydir.index.locations().collect(),
+            // The pending records are the newest, one sequence number each,
+            // and the only ones not in the index.
+            sequence: writer.next_sequence - 1 - writer.pending.len() as u64,
+            file: Arc::clone(&keydir.file),
+            file_id: keydir.file_id,
+            cipher: keydir.cipher.clone(),
+        }
+    }
+
+    /// The key whose index entry is `location` of log `file_id` still, and
+    /// its attributes, if any (a scan of the index: for damaged records only).
+    pub(super) fn key_at(&self, file_id: u32, location: Location) -> Option<(Vec<u8>, Attrs)> {
+        let keydir = read(&self.keydir);
+        if keydir.file_id != file_id {
+            return None;
+        }
+        let index = &keydir.index;
+        let (key, _) = index.entries().find(|&(_, at)| at == location)?;
+        Some((key.to_vec(), index.attrs(key)))
+    }
+}
+
 /// The store as compaction sees it (see [`super::compaction`]), held by one
 /// compaction at a time: where to cut the log, how far it has grown since,
 /// the index to read, and the pause in which the compacted log is
