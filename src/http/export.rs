@@ -195,13 +195,13 @@ fn write_lines(store: &Store, prefix: &[u8], out: &mut impl Write) -> io::Result
 
 /// A writer of a chunked body: what is written goes out in chunks of about
 /// [`CHUNK`] bytes; [`finish`](Self::finish) writes the last chunk.
-struct Chunked<W: Write> {
+pub(super) struct Chunked<W: Write> {
     out: W,
     pending: Vec<u8>,
 }
 
 impl<W: Write> Chunked<W> {
-    fn new(out: W) -> Self {
+    pub(super) fn new(out: W) -> Self {
         Self {
             out,
             pending: Vec::with_capacity(CHUNK),
@@ -219,7 +219,7 @@ impl<W: Write> Chunked<W> {
     }
 
     /// Sends what is pending, then the last chunk.
-    fn finish(mut self) -> io::Result<()> {
+    pub(super) fn finish(mut self) -> io::Result<()> {
         self.flush()?;
         self.out.write_all(b"0\r\n\r\n")?;
         self.out.flush()

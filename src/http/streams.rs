@@ -1,4 +1,4 @@
-//! Responses that outlive a worker's turn: a watch, an export. A worker
+//! Responses that outlive a worker's turn: a watch, an export, a snapshot. A worker
 //! only checks such a request, takes a place under the route's cap
 //! ([`Streams`]) and hands the connection to a thread of its own
 //! ([`hand_over`]), so a client that reads slowly, or for hours, never
@@ -14,12 +14,16 @@ use tiny_http::{Method, Request};
 use super::export::{self, Export};
 use super::reply::{Reply, Responder};
 use super::route::{self, Route};
+use super::snapshot::{self, Snapshot};
 use super::watch::{self, Watcher};
 use super::Context;
 
 /// Whether `route` is answered with a stream of its own.
 pub fn is_streamed(route: Route<'_>) -> bool {
-    matches!(route, Route::Watch | Route::AdminExport)
+    matches!(
+        route,
+        Route::Watch | Route::AdminExport | Route::AdminSnapshot
+    )
 }
 
 /// Whether tiny_http must treat `request` as the last on its connection:
@@ -36,6 +40,8 @@ pub enum Prepared {
     Watch(Watcher),
     /// An export.
     Export(Export),
+    /// A snapshot.
+    Snapshot(Snapshot),
 }
 
 /// Checks a request for a streamed `route` (see [`is_streamed`]), or
@@ -47,6 +53,7 @@ pub fn prepare(
 ) -> Result<Prepared, Reply<'static>> {
     match route {
         Route::AdminExport => export::prepare(ctx, request).map(Prepared::Export),
+        Route::AdminSnapshot => snapshot::prepare(ctx, request).map(Prepared::Snapshot),
         _ => watch::prepare(ctx, request).map(Prepared::Watch),
     }
 }
@@ -58,6 +65,7 @@ impl Prepared {
         match self {
             Self::Watch(watcher) => watcher.start(request),
             Self::Export(export) => export.start(request),
+            Self::Snapshot(snapshot) => snapshot.start(request),
         }
     }
 }
