@@ -65,7 +65,8 @@
 //! does it, so its key answers an error after a restore too.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -593,15 +594,15 @@ pub(super) fn read_image(
     cipher: Option<&Cipher>,
     image: &mut impl Write,
 ) -> Result<SnapshotInfo, SnapshotError> {
-    let mut file = open(path)?;
+    let file = open(path)?;
     let bytes = file.metadata()?.len();
     let mut input = ChecksummedReader {
-        inner: BufReader::with_capacity(COPY_WINDOW as usize, file.try_clone()?),
+        inner: BufReader::with_capacity(COPY_WINDOW as usize, &file),
         crc: crc32fast::Hasher::new(),
         read: 0,
     };
     let header = Header::read(&mut input)?;
-    let trailer = read_trailer(&mut file, bytes)?;
+    let trailer = read_trailer(&file, bytes)?;
     let (keys, image_len) = (u64_at(&trailer, 8), u64_at(&trailer, 16));
     if header.len().checked_add(image_len) != Some(bytes - TRAILER_LEN as u64) {
         return Err(SnapshotError::Truncated);
@@ -646,14 +647,15 @@ pub(super) fn read_image(
     })
 }
 
-/// Reads the trailer of `file` (`len` bytes long), checking its magic.
-fn read_trailer(file: &mut File, len: u64) -> Result<[u8; TRAILER_LEN], SnapshotError> {
+/// Reads the trailer of `file` (`len` bytes long), checking its magic. A
+/// positional read: the file's offset, shared with the reader of the rest,
+/// stays where it is.
+fn read_trailer(file: &File, len: u64) -> Result<[u8; TRAILER_LEN], SnapshotError> {
     let mut trailer = [0u8; TRAILER_LEN];
     if len < (FIXED_HEADER_LEN + FILE_HEADER_LEN + TRAILER_LEN) as u64 {
         return Err(SnapshotError::Truncated);
     }
-    file.seek(SeekFrom::Start(len - TRAILER_LEN as u64))?;
-    file.read_exact(&mut trailer)?;
+    file.read_exact_at(&mut trailer, len - TRAILER_LEN as u64)?;
     if &trailer[..8] != TRAILER_MAGIC {
         return Err(SnapshotError::Truncated);
     }
@@ -814,6 +816,25 @@ mod tests {
             fs::write(&bad, &good[..at]).unwrap();
             assert!(verify(&bad, None).is_err(), "cut at {at}");
         }
+    }
+
+    #[test]
+    fn records_longer_than_a_window_and_files_longer_than_a_buffer_are_copied_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_with(&dir.path().join("data"), SyncMode::Never, None).unwrap();
+        let mut model = Model::new();
+        put(&store, &mut model, "small", b"1");
+        put(
+            &store,
+            &mut model,
+            "large",
+            &vec![7; 3 * COPY_WINDOW as usize],
+        );
+        put(&store, &mut model, "after", b"2");
+        let path = dir.path().join("snap");
+        let (_, info) = save(&path, |out| store.snapshot("pi", out)).unwrap();
+        assert_eq!(info.keys, 3);
+        assert!(info.bytes > 3 * COPY_WINDOW);
     }
 
     #[test]
