@@ -27,48 +27,6 @@ fn url(node: &Node) -> String {
     format!("http://127.0.0.1:{}", node.port())
 }
 
-/// Writes `bulk/00000`..: `BULK` keys of 100 bytes.
-fn write_bulk(port: u16) {
-    for start in (0..BULK).step_by(1000) {
-        let operations: Vec<Value> = (start..BULK.min(start + 1000))
-            .map(|i| json!({"op": "put", "key": format!("bulk/{i:05}"), "value": format!("{i:0100}")}))
-            .collect();
-        let body = json!({ "operations": operations }).to_string();
-        let resp = request(port, "POST", "/api/batch", &[], body.as_bytes());
-        assert_eq!(resp.status, 200, "{}", resp.text());
-    }
-}
-
-/// Keys with every property a snapshot keeps: content types, binary
-/// values, an expiry, a lock.
-fn write_varied(port: u16) {
-    let put = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
-        let resp = request(port, "PUT", path, headers, body);
-        assert!(matches!(resp.status, 200 | 201), "{}", resp.text());
-    };
-    put(
-        "/api/kv/text/greeting",
-        &[("Content-Type", "text/plain; charset=utf-8")],
-        "héllo".as_bytes(),
-    );
-    put(
-        "/api/kv/bin/blob",
-        &[("Content-Type", "application/octet-stream")],
-        &[0, 1, 2, 0xff],
-    );
-    put("/api/kv/text/expiring?ttl=3600", &[], b"soon gone");
-    put("/api/kv/text/locked", &[], b"fixed");
-    let lock = request(
-        port,
-        "PATCH",
-        "/api/kv/text/locked",
-        &[],
-        br#"{"operation":"lock"}"#,
-    );
-    assert_eq!(lock.status, 200, "{}", lock.text());
-    assert_eq!(delete(port, "/api/kv/bulk/00007").status, 200);
-}
-
 /// Every key of a node with all it carries (value, content type, version,
 /// expiry, lock), by key, through `lucid export`.
 fn keys(node: &Node) -> BTreeMap<String, Value> {
@@ -138,8 +96,9 @@ fn snapshot_version(out: &Output) -> u64 {
 fn a_snapshot_under_writes_restores_elsewhere_to_exactly_what_was_acknowledged() {
     let source = Node::start();
     let port = source.port();
-    write_bulk(port);
+    write_bulk(port, BULK);
     write_varied(port);
+    assert_eq!(delete(port, "/api/kv/bulk/00007").status, 200);
     // Pairs written atomically, one after the other, during the save.
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(Mutex::new(Vec::<(usize, Instant)>::new()));
@@ -229,14 +188,21 @@ fn a_snapshot_under_writes_restores_elsewhere_to_exactly_what_was_acknowledged()
     assert_eq!(put(target.port(), "/api/kv/text/locked", b"no").status, 409);
 }
 
-#[test]
-fn every_bad_snapshot_is_refused_with_a_reason_and_restores_nothing() {
+/// A node holding `BULK` keys, a scratch directory, and the bytes of a
+/// good snapshot of the node.
+fn bulk_snapshot() -> (Node, tempfile::TempDir, Vec<u8>) {
     let source = Node::start();
-    write_bulk(source.port());
+    write_bulk(source.port(), BULK);
     let scratch = tempfile::tempdir().unwrap();
     let good = scratch.path().join("good.snapshot");
     assert!(save(&source, &good).status.success());
     let bytes = fs::read(&good).unwrap();
+    (source, scratch, bytes)
+}
+
+#[test]
+fn every_bad_snapshot_is_refused_with_a_reason_and_restores_nothing() {
+    let (_source, scratch, bytes) = bulk_snapshot();
     let bad = |name: &str, content: &[u8]| -> PathBuf {
         let path = scratch.path().join(name);
         fs::write(&path, content).unwrap();
@@ -330,7 +296,7 @@ fn an_encrypted_snapshot_stays_sealed_and_needs_its_key() {
         put(source.port(), "/api/kv/wallet", MARKER.as_bytes()).status,
         201
     );
-    write_bulk(source.port());
+    write_bulk(source.port(), BULK);
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("sealed.snapshot");
     let saved = save(&source, &file);
@@ -436,12 +402,7 @@ fn a_node_killed_during_a_save_leaves_no_snapshot() {
 #[test]
 fn a_cut_stream_never_passes_for_a_snapshot() {
     // A server that sends the first half of a real snapshot, then hangs up.
-    let source = Node::start();
-    write_bulk(source.port());
-    let scratch = tempfile::tempdir().unwrap();
-    let good = scratch.path().join("good.snapshot");
-    assert!(save(&source, &good).status.success());
-    let bytes = fs::read(&good).unwrap();
+    let (_source, scratch, bytes) = bulk_snapshot();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = thread::spawn(move || {
@@ -533,7 +494,7 @@ fn run_with_file_limit(args: &[&str], bytes: u64, cwd: &Path) -> Output {
 #[test]
 fn a_full_disk_during_save_or_restore_writes_nothing() {
     let source = Node::start();
-    write_bulk(source.port());
+    write_bulk(source.port(), BULK);
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("full.snapshot");
     let url = url(&source);
@@ -586,7 +547,7 @@ fn scheduled_backups_rotate_and_report_failures() {
         .raw("backup", "interval: 1s")
         .raw("backup", "keep: 2")
         .start();
-    write_bulk(node.port());
+    write_bulk(node.port(), BULK);
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(node.port(), "lucid_backup_last_success_bytes") == 0.0
         || fs::read_dir(&dir).unwrap().count() < 2

@@ -21,22 +21,7 @@ pub fn save(config_path: Option<&Path>, args: SnapshotSaveArgs) -> CommandResult
     let started = Instant::now();
     let base = remote::base_url(config_path, args.url.as_deref())?;
     let url = format!("{base}/api/admin/snapshot");
-    let mut request = remote::agent().get(&url);
-    if let Some(token) = remote::token(args.token) {
-        request = request.header("Authorization", remote::bearer(&token));
-    }
-    let mut response = request
-        .call()
-        .map_err(|err| format!("cannot ask the node at {url}: {err}"))?;
-    if response.status() != 200 {
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        let answer = remote::Answer {
-            status,
-            body: serde_json::from_str(&text).unwrap_or_default(),
-        };
-        return Err(format!("{url} answered {}", answer.message()).into());
-    }
+    let mut response = remote::get_ok(&url, remote::token(args.token))?;
     let mut body = response.body_mut().as_reader();
     let file = &args.file;
     let ((), info) = snapshot::save(file, |out| {

@@ -15,18 +15,14 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tiny_http::{HTTPVersion, Header, Method, Request, Response};
+use tiny_http::{HTTPVersion, Method, Request};
 
-use super::export::Chunked;
-use super::reply::{server_header, Reply};
+use super::export::send_chunked;
+use super::reply::Reply;
 use super::streams::{self, Place};
 use super::Context;
 use crate::store::Store;
-
-/// A client that accepts no data for this long is disconnected.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Stack of a snapshot's thread.
 const STACK_SIZE: usize = 256 * 1024;
@@ -78,28 +74,10 @@ impl Snapshot {
     }
 
     fn serve(self, request: Request) {
-        if let Some(socket) = request.socket() {
-            if let Err(err) = socket.set_write_timeout(Some(WRITE_TIMEOUT)) {
-                log::debug!("cannot set a snapshot's write timeout: {err}");
-            }
-        }
-        let headers = [
-            ("Content-Type", "application/octet-stream"),
-            ("Cache-Control", "no-store"),
-        ]
-        .map(|(name, value)| {
-            Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
-        });
-        let headers = [server_header()].into_iter().chain(headers).collect();
-        let response = Response::new(200.into(), headers, io::empty(), None, None);
-        let written = request.into_chunked_stream(response).and_then(|out| {
-            let mut out = Chunked::new(out);
-            let report = self
-                .store
-                .snapshot(&self.node_name, &mut out)
-                .map_err(|err| io::Error::other(err.to_string()))?;
-            out.finish()?;
-            Ok(report)
+        let written = send_chunked(request, "application/octet-stream", |out| {
+            self.store
+                .snapshot(&self.node_name, out)
+                .map_err(|err| io::Error::other(err.to_string()))
         });
         match written {
             Ok(report) => log::info!(

@@ -60,7 +60,7 @@
 //! snapshot is consumed. The snapshot holds every write published before
 //! the hold, and none after it; a batch is in it whole or not at all.
 //! Each record is copied through compaction's own move
-//! ([`move_live_record`]): verified at its old place, stamped for its new
+//! (`compaction::move_live_record`): verified at its old place, stamped for its new
 //! one. A record found damaged becomes a quarantined record, as compaction
 //! does it, so its key answers an error after a restore too.
 
