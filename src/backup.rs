@@ -77,6 +77,12 @@ pub fn spawn_backups(
     node: String,
 ) -> Option<Arc<BackupStatus>> {
     let interval = backup.interval?;
+    log::info!(
+        "backups: a snapshot into {} every {} s, keeping {}",
+        backup.directory.display(),
+        interval.as_secs(),
+        backup.keep
+    );
     let status = Arc::new(BackupStatus::default());
     let schedule = Schedule {
         store: Arc::downgrade(store),
