@@ -838,6 +838,38 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_record_is_snapshotted_quarantined_and_stays_an_error_after_a_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_with(&dir.path().join("data"), SyncMode::Never, None).unwrap();
+        let mut model = Model::new();
+        put(&store, &mut model, "a", b"fine");
+        put(&store, &mut model, "b", b"about-to-rot");
+        put(&store, &mut model, "c", b"fine too");
+        let log = dir.path().join("data").join(super::super::layout::LOG_FILE);
+        let bytes = fs::read(&log).unwrap();
+        let at = bytes
+            .windows(12)
+            .position(|w| w == b"about-to-rot")
+            .unwrap();
+        let file = fs::OpenOptions::new().write(true).open(&log).unwrap();
+        file.write_all_at(b"X", at as u64).unwrap();
+        let path = dir.path().join("snap");
+        let (report, info) = save(&path, |out| store.snapshot("pi", out)).unwrap();
+        assert_eq!((report.damaged_keys, info.keys), (1, 3));
+        let target = dir.path().join("restored");
+        super::super::restore::restore(&target, &path, None, false).unwrap();
+        let (copy, _) = open_with(&target, SyncMode::Never, None).unwrap();
+        let mut buf = Vec::new();
+        assert!(
+            copy.get(b"b", &mut buf).is_err(),
+            "never served, never missing"
+        );
+        let a = copy.get(b"a", &mut buf).unwrap().unwrap().value.to_vec();
+        assert_eq!(a, b"fine");
+        assert_eq!(copy.stats().damaged_keys, 1);
+    }
+
+    #[test]
     fn a_newer_format_and_a_foreign_file_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = saved(dir.path(), None);
