@@ -1,6 +1,8 @@
 //! Storage engine benchmark: memory per key, restart time with and without
 //! the hint file, compaction throughput, GET latency while compacting,
-//! prefix listing latency, and the engine-level cost of encryption at rest.
+//! snapshots (time, writer pause, GET latency meanwhile, restore to first
+//! GET), prefix listing latency, and the engine-level cost of encryption at
+//! rest.
 //!
 //! `cargo bench --bench storage [-- KEYS]` (default 1,000,000 keys of 16
 //! bytes with 100-byte values). Prints one line per figure. Numbers drift on
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use lucid::store::crypt::{Cipher, KEY_LEN};
 use lucid::store::layout::HINT_FILE;
+use lucid::store::restore::restore;
+use lucid::store::snapshot;
 use lucid::store::{open, open_with, Expect, Mutation, PutBuffer, Store, SyncMode};
 
 fn main() {
@@ -83,6 +87,7 @@ fn main() {
         "GET p99 compacting / idle",
         format!("{:.2}x", busy.percentile(99.0) / idle.percentile(99.0)),
     );
+    snapshot_figures(&store, keys, &idle);
 
     store.close().expect("close");
     drop(store);
@@ -92,6 +97,88 @@ fn main() {
 
     encryption_cost(keys.min(200_000));
     fsync_floor(dir.path());
+}
+
+/// A snapshot of the store to a file while a writer and a reader go on:
+/// its time, how long writers were held (the hold itself, and the slowest
+/// put meanwhile), GET latency meanwhile against `idle`; then a restore
+/// into a new directory and the time to the first GET there.
+fn snapshot_figures(store: &Arc<Store>, keys: u64, idle: &Latencies) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bench.snapshot");
+    let running = Arc::new(AtomicBool::new(true));
+    let snapshotter = {
+        let (store, running, path) = (Arc::clone(store), Arc::clone(&running), path.clone());
+        thread::spawn(move || {
+            let started = Instant::now();
+            let (report, _) = snapshot::save(&path, |out| {
+                let report = store.snapshot("bench", out);
+                running.store(false, Ordering::SeqCst);
+                report.map(|report| (report, started.elapsed()))
+            })
+            .expect("snapshot");
+            (report, started.elapsed())
+        })
+    };
+    let writer = {
+        let (store, running) = (Arc::clone(store), Arc::clone(&running));
+        thread::spawn(move || {
+            let (mut slowest, mut i) = (Duration::ZERO, 0);
+            let mut buf = Vec::new();
+            while running.load(Ordering::SeqCst) {
+                let key = key(i % keys);
+                let started = Instant::now();
+                put(&store, &mut buf, &key, &[b'c'; 100]);
+                slowest = slowest.max(started.elapsed());
+                i += 1;
+            }
+            (slowest, i)
+        })
+    };
+    let busy = get_latencies(store, keys, Some(&running));
+    let ((made, streamed), saved) = snapshotter.join().expect("snapshot thread");
+    let (slowest_put, puts) = writer.join().expect("writer");
+    report(
+        "snapshot",
+        format!(
+            "{} keys, {:.1} MB in {:.2} s ({:.2} s with fsync and verify)",
+            made.info.keys,
+            made.info.bytes as f64 / 1e6,
+            streamed.as_secs_f64(),
+            saved.as_secs_f64()
+        ),
+    );
+    report(
+        "snapshot writer pause",
+        format!(
+            "held {:.1} ms; slowest of {puts} puts meanwhile {:.1} ms",
+            made.writers_paused.as_secs_f64() * 1000.0,
+            slowest_put.as_secs_f64() * 1000.0
+        ),
+    );
+    report("GET latency, snapshotting", busy.summary());
+    report(
+        "GET p99 snapshotting / idle",
+        format!("{:.2}x", busy.percentile(99.0) / idle.percentile(99.0)),
+    );
+    let target = dir.path().join("restored");
+    let started = Instant::now();
+    restore(&target, &path, None, false).expect("restore");
+    let restored = started.elapsed();
+    let (copy, _) = open(&target, SyncMode::Never).expect("open the restored store");
+    let hit = copy
+        .get(&key(keys / 2), &mut Vec::new())
+        .expect("get")
+        .is_some();
+    assert!(hit);
+    report(
+        "restore to first GET",
+        format!(
+            "{:.2} s (restore {:.2} s, then start from its hint file)",
+            started.elapsed().as_secs_f64(),
+            restored.as_secs_f64()
+        ),
+    );
 }
 
 /// The disk's floor for one durable write: a 180-byte append then
@@ -228,16 +315,20 @@ fn fill(store: &Store, keys: u64, byte: u8) {
     let value = [byte; 100];
     let mut buf = Vec::new();
     for i in 0..keys {
-        let key = key(i);
-        let mut record = PutBuffer::new(&mut buf, &key, b"application/octet-stream", 0, 100);
-        record.push_value(&value);
-        let put = Mutation::Put {
-            record,
-            expect: Expect::Any,
-        };
-        let applied = store.apply(put, &mut Vec::new()).expect("put");
-        store.wait_for(applied.ticket).expect("put durable");
+        put(store, &mut buf, &key(i), &value);
     }
+}
+
+/// Puts `value` at `key` through the store's write API, once durable.
+fn put(store: &Store, buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let mut record = PutBuffer::new(buf, key, b"application/octet-stream", 0, value.len());
+    record.push_value(value);
+    let put = Mutation::Put {
+        record,
+        expect: Expect::Any,
+    };
+    let applied = store.apply(put, &mut Vec::new()).expect("put");
+    store.wait_for(applied.ticket).expect("put durable");
 }
 
 struct Latencies(Vec<Duration>);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use crate::auth::{PrefixRule, Scope};
+pub use crate::duration::parse_duration;
 
 /// Lucid: a small, fast, trustworthy key-value node with an HTTP API.
 #[derive(FromArgs, Debug)]
@@ -39,6 +40,8 @@ pub enum Command {
     Export(ExportArgs),
     /// `lucid import`
     Import(ImportArgs),
+    /// `lucid snapshot`
+    Snapshot(SnapshotArgs),
 }
 
 /// Write a commented configuration file (to --config, $LUCID_CONFIG or
@@ -159,6 +162,77 @@ pub struct ImportArgs {
     pub token: Option<String>,
 }
 
+/// Save, verify and restore snapshots: point-in-time images of the store.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "snapshot")]
+pub struct SnapshotArgs {
+    #[argh(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+/// The `snapshot` subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum SnapshotCommand {
+    /// `lucid snapshot save`
+    Save(SnapshotSaveArgs),
+    /// `lucid snapshot verify`
+    Verify(SnapshotVerifyArgs),
+    /// `lucid snapshot restore`
+    Restore(SnapshotRestoreArgs),
+}
+
+/// Download a snapshot of a running node (GET /api/admin/snapshot) to FILE:
+/// written aside, synced, verified, then renamed, so FILE is whole or
+/// absent. The node keeps serving meanwhile.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "save")]
+pub struct SnapshotSaveArgs {
+    /// the file to write
+    #[argh(positional)]
+    pub file: PathBuf,
+
+    /// the node's address, e.g. http://127.0.0.1:7021 (default: the
+    /// configured bind_address and port)
+    #[argh(option)]
+    pub url: Option<String>,
+
+    /// a token with the admin scope (default: $LUCID_TOKEN, which other
+    /// users cannot see in ps)
+    #[argh(option)]
+    pub token: Option<String>,
+}
+
+/// Check a snapshot file whole; exits 0 if it is good, else says what is
+/// wrong. An encrypted one is checked fully only with its key.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "verify")]
+pub struct SnapshotVerifyArgs {
+    /// the snapshot file
+    #[argh(positional)]
+    pub file: PathBuf,
+
+    /// the store's key file, to check an encrypted snapshot's records too
+    /// (default: the configured one, when encryption is enabled)
+    #[argh(option)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Restore a snapshot into the configured data directory, with the node
+/// stopped. A directory holding data is refused unless --force.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "restore")]
+pub struct SnapshotRestoreArgs {
+    /// the snapshot file
+    #[argh(positional)]
+    pub file: PathBuf,
+
+    /// restore even if the directory holds data: its log is set aside as
+    /// data.log.before-restore-TIME (never deleted)
+    #[argh(switch)]
+    pub force: bool,
+}
+
 /// Manage API tokens (signed with the config's authentication.secret_key).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "tokens")]
@@ -216,26 +290,6 @@ fn parse_rule(rule: &str) -> Result<PrefixRule, String> {
         prefix: prefix.to_string(),
         scopes,
     })
-}
-
-/// Parses `90s`, `15m`, `12h`, `30d` or `1y` (365 days).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration like 3600s, 90m, 12h, 30d or 1y");
-    let split = text.len().checked_sub(1).ok_or_else(bad)?;
-    let (number, unit) = text.split_at_checked(split).ok_or_else(bad)?;
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "y" => 365 * 86_400,
-        _ => return Err(bad()),
-    };
-    match number.checked_mul(seconds) {
-        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
-        _ => Err(bad()),
-    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,66 @@ pub struct Config {
     pub authentication: Authentication,
     /// The web console.
     pub ui: Ui,
+    /// Scheduled backups.
+    pub backup: Backup,
+}
+
+/// `backup:` — snapshots written on a schedule (see [`crate::backup`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backup {
+    /// Where the snapshots go (a relative path is relative to the config
+    /// file's directory); empty = no scheduled backups.
+    pub directory: PathBuf,
+    /// How often, as `90s`, `15m`, `1h`, `1d`; `None` (empty, the
+    /// default) = no scheduled backups.
+    #[serde(deserialize_with = "optional_duration")]
+    pub interval: Option<Duration>,
+    /// Snapshots kept in `directory`: the oldest beyond this are deleted.
+    pub keep: usize,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Self {
+            directory: PathBuf::new(),
+            interval: None,
+            keep: 24,
+        }
+    }
+}
+
+impl Backup {
+    /// Whether backups are scheduled.
+    pub fn enabled(&self) -> bool {
+        self.interval.is_some()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match (self.interval, self.directory.as_os_str().is_empty()) {
+            (Some(_), true) => Err(
+                "backup.directory must name where the snapshots go when backup.interval is set"
+                    .into(),
+            ),
+            (Some(_), false) if self.keep == 0 => {
+                Err("backup.keep must be at least 1 (snapshots kept)".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads an optional duration such as `1h` (an empty string: none).
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = Option::<String>::deserialize(deserializer)?.unwrap_or_default();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    crate::duration::parse_duration(&text)
+        .map(Some)
+        .map_err(|err| D::Error::custom(format!("backup.interval: {err}")))
 }
 
 /// `ui:` — the web console at `/ui`.
@@ -96,6 +156,9 @@ pub struct General {
     pub max_connections: usize,
     /// HTTPS on the same port, if set.
     pub tls: Tls,
+    /// The node's name, in its snapshots; empty = the machine's host name
+    /// (see [`General::node_name`]).
+    pub node_name: String,
 }
 
 impl Default for General {
@@ -107,6 +170,7 @@ impl Default for General {
             read_timeout_ms: 10_000,
             max_connections: 512,
             tls: Tls::default(),
+            node_name: String::new(),
         }
     }
 }
@@ -164,6 +228,20 @@ impl General {
     /// The read timeout for client sockets, if any.
     pub fn read_timeout(&self) -> Option<Duration> {
         (self.read_timeout_ms > 0).then(|| Duration::from_millis(self.read_timeout_ms))
+    }
+
+    /// The node's name: `node_name`, or the machine's host name (`lucid`
+    /// if it cannot be read).
+    pub fn node_name(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|name| name.trim().to_owned())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "lucid".into())
     }
 
     /// Number of worker threads to run: the configured count, or twice the
@@ -561,6 +639,7 @@ impl Config {
         for path in [
             &mut self.storage.directory,
             &mut self.encryption.key_file,
+            &mut self.backup.directory,
             &mut tls.certificate,
             &mut tls.private_key,
         ] {
@@ -643,6 +722,13 @@ impl Config {
                 "general.tls needs both certificate and private_key (PEM files), or neither".into(),
             );
         }
+        if self.general.node_name.len() > crate::store::snapshot::MAX_NODE_NAME {
+            return Err(format!(
+                "general.node_name must be at most {} bytes long",
+                crate::store::snapshot::MAX_NODE_NAME
+            ));
+        }
+        self.backup.validate()?;
         self.authentication.validate()
     }
 }

@@ -9,10 +9,12 @@
 //! * [`clock`] and [`locks`] are small helpers every part shares.
 
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod duration;
 pub mod http;
 pub mod locks;
 pub mod logging;

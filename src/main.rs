@@ -24,6 +24,11 @@ fn main() -> ExitCode {
         cli::Command::Export(export) => commands::export::run(config, export),
         cli::Command::Import(import) => commands::import::run(config, import),
         cli::Command::Health(health) => commands::health::run(config, health.url.as_deref()),
+        cli::Command::Snapshot(snapshot) => match snapshot.command {
+            cli::SnapshotCommand::Save(save) => commands::snapshot::save(config, save),
+            cli::SnapshotCommand::Verify(verify) => commands::snapshot::verify(config, verify),
+            cli::SnapshotCommand::Restore(restore) => commands::snapshot::restore(config, restore),
+        },
         cli::Command::Tokens(tokens) => match tokens.command {
             cli::TokensCommand::Issue(issue) => commands::tokens::issue(config, issue),
         },

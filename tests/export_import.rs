@@ -40,51 +40,6 @@ fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u
     request(port, method, path, headers, body)
 }
 
-/// Writes `bulk/00000`..: `BULK` keys of 100 bytes, through batches.
-fn write_bulk(port: u16) {
-    for start in (0..BULK).step_by(1000) {
-        let operations: Vec<Value> = (start..BULK.min(start + 1000))
-            .map(|i| json!({"op": "put", "key": format!("bulk/{i:05}"), "value": format!("{i:0100}")}))
-            .collect();
-        let body = json!({ "operations": operations }).to_string();
-        let resp = send(port, "POST", "/api/batch", &[], body.as_bytes());
-        assert_eq!(resp.status, 200, "{}", resp.text());
-    }
-}
-
-/// Writes the keys whose every property an export carries: text, binary
-/// (with NUL bytes and invalid UTF-8), content types, an expiry, a lock.
-fn write_varied(port: u16) {
-    let put = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
-        let resp = send(port, "PUT", path, headers, body);
-        assert!(matches!(resp.status, 200 | 201), "{}", resp.text());
-    };
-    put(
-        "/api/kv/text/greeting",
-        &[("Content-Type", "text/plain; charset=utf-8")],
-        "héllo \"world\"\n".as_bytes(),
-    );
-    put(
-        "/api/kv/bin/blob",
-        &[("Content-Type", "application/octet-stream")],
-        &[0, 1, 2, 0xff, 0xfe, 0, b'a'],
-    );
-    put("/api/kv/text/expiring?ttl=3600", &[], b"soon gone");
-    put(
-        "/api/kv/text/locked",
-        &[("Content-Type", "application/json")],
-        b"{\"a\":1}",
-    );
-    let lock = send(
-        port,
-        "PATCH",
-        "/api/kv/text/locked",
-        &[],
-        br#"{"operation":"lock"}"#,
-    );
-    assert_eq!(lock.status, 200, "{}", lock.text());
-}
-
 /// The export's lines, by key.
 fn lines(export: &[u8]) -> BTreeMap<String, Value> {
     let text = std::str::from_utf8(export).expect("an export is UTF-8");
@@ -124,7 +79,7 @@ fn url(node: &Node) -> String {
 #[test]
 fn export_then_import_into_another_node_gives_the_same_keys() {
     let source = Node::start();
-    write_bulk(source.port());
+    write_bulk(source.port(), BULK);
     write_varied(source.port());
     let exported = source.run(&["export", "--url", &url(&source)]);
     assert!(exported.status.success(), "{exported:?}");
@@ -175,7 +130,7 @@ fn export_then_import_into_another_node_gives_the_same_keys() {
 #[test]
 fn an_export_holds_only_the_keys_under_its_prefix() {
     let node = Node::start();
-    write_bulk(node.port());
+    write_bulk(node.port(), BULK);
     write_varied(node.port());
     let resp = export(node.port(), "?prefix=text%2F", None);
     assert_eq!(resp.status, 200);
@@ -353,7 +308,7 @@ fn lucid_import_names_the_files_line_and_what_earlier_requests_imported() {
 #[test]
 fn lucid_export_stops_quietly_when_its_stdout_is_closed() {
     let node = Node::start();
-    write_bulk(node.port());
+    write_bulk(node.port(), BULK);
     let mut child = Command::new(BIN)
         .args(["export", "--url", &url(&node)])
         .stdin(Stdio::null())

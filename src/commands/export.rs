@@ -18,22 +18,7 @@ pub fn run(config_path: Option<&Path>, args: ExportArgs) -> CommandResult {
         "{base}/api/admin/export?prefix={}",
         percent_encode(args.prefix.as_deref().unwrap_or(""))
     );
-    let mut request = remote::agent().get(&url);
-    if let Some(token) = remote::token(args.token) {
-        request = request.header("Authorization", remote::bearer(&token));
-    }
-    let mut response = request
-        .call()
-        .map_err(|err| format!("cannot ask the node at {url}: {err}"))?;
-    if response.status() != 200 {
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        let answer = remote::Answer {
-            status,
-            body: serde_json::from_str(&text).unwrap_or_default(),
-        };
-        return Err(format!("{url} answered {}", answer.message()).into());
-    }
+    let mut response = remote::get_ok(&url, remote::token(args.token))?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut body = response.body_mut().as_reader();
     // A failed read and a failed write are told apart: only the latter is

@@ -25,6 +25,7 @@ pub mod import;
 pub mod init;
 pub mod remote;
 pub mod server;
+pub mod snapshot;
 pub mod tokens;
 
 /// The error type of every command: a message for the user.

@@ -93,6 +93,32 @@ pub fn base_url(config_path: Option<&Path>, given: Option<&str>) -> Result<Strin
     }
 }
 
+/// Sends `GET url` with `token`, if any, as its bearer token, and returns
+/// the response once it answers 200 (its body still to be read, however
+/// long), else an error with the node's message.
+pub fn get_ok(
+    url: &str,
+    token: Option<String>,
+) -> Result<ureq::http::Response<ureq::Body>, String> {
+    let mut request = agent().get(url);
+    if let Some(token) = token {
+        request = request.header("Authorization", bearer(&token));
+    }
+    let mut response = request
+        .call()
+        .map_err(|err| format!("cannot ask the node at {url}: {err}"))?;
+    if response.status() != 200 {
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let answer = Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or_default(),
+        };
+        return Err(format!("{url} answered {}", answer.message()));
+    }
+    Ok(response)
+}
+
 /// Sends `POST url` with `body` (JSON Lines, may be empty) and `token`, if
 /// any, as its bearer token, and waits as long as the node takes to answer.
 pub fn post(url: &str, token: Option<&str>, body: &[u8]) -> Result<Answer, String> {

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::http::{Context, HttpServer};
 use crate::memory::{self, MemoryBudget};
 use crate::notify::Notifier;
-use crate::{http, logging, store};
+use crate::{backup, http, logging, store};
 
 /// Loads the config, opens the data directory, serves until asked to stop,
 /// and closes the store cleanly.
@@ -38,6 +38,8 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     store.events().set_limits(watch.history, watch.queue);
     store::spawn_compactor(&store, config.compaction.policy());
     store::spawn_expiry_sweeper(&store);
+    let node_name = config.general.node_name();
+    let backups = backup::spawn_backups(&store, &config.backup, node_name.clone());
     let addr = server
         .local_addr()
         .ok_or("the server is not bound to an IP address")?;
@@ -84,7 +86,8 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         Auth::from_config(authentication),
         authentication.metrics_public,
     )
-    .with_ui(config.ui.enabled);
+    .with_ui(config.ui.enabled)
+    .with_backups(&node_name, backups);
     let events = Arc::clone(&store);
     server.run(ctx, signals, move || {
         notifier.stopping();

@@ -46,9 +46,11 @@ fn need<'u>(route: Route<'u>, url: &'u str, method: &Method, metrics_public: boo
             Need::Prefix(Access::Read, query_param(url, "prefix").unwrap_or(""))
         }
         Route::Batch => Need::Token,
-        Route::AdminStats | Route::AdminCompact | Route::AdminExport | Route::AdminImport => {
-            Need::Access(Access::Admin, None)
-        }
+        Route::AdminStats
+        | Route::AdminCompact
+        | Route::AdminExport
+        | Route::AdminSnapshot
+        | Route::AdminImport => Need::Access(Access::Admin, None),
         Route::Health | Route::Ui => Need::Open,
         Route::Metrics if metrics_public => Need::Open,
         Route::Metrics => Need::Access(Access::Admin, None),
@@ -186,6 +188,7 @@ mod tests {
             Route::AdminStats,
             Route::AdminCompact,
             Route::AdminExport,
+            Route::AdminSnapshot,
             Route::AdminImport,
         ] {
             assert_eq!(

@@ -1,5 +1,6 @@
 //! Handlers of the operator's endpoints: `/api/admin/*` (store statistics,
-//! on-demand compaction), `/health` and `/metrics`.
+//! on-demand compaction), `/health` and `/metrics` (with how scheduled
+//! backups went, when they are on).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -65,12 +66,29 @@ pub fn health<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
     } else if ctx.store.is_read_only() {
         Reply::json(503, r#"{"status":"read-only"}"#)
     } else if let Some(advice) = damage_advice(&ctx.store.stats()) {
-        Reply::document(
-            200,
-            &serde_json::json!({"status": "degraded", "message": advice}),
-        )
+        let mut body = serde_json::json!({"status": "degraded", "message": advice});
+        add_backup_details(ctx, &mut body);
+        Reply::document(200, &body)
+    } else if ctx.backups.is_some() {
+        let mut body = serde_json::json!({"status": "ok"});
+        add_backup_details(ctx, &mut body);
+        Reply::document(200, &body)
     } else {
         Reply::json(200, r#"{"status":"ok"}"#)
+    }
+}
+
+/// Adds how scheduled backups went to a `/health` answer, if they are on:
+/// when the last good one was made, and why the last one failed if it did.
+fn add_backup_details(ctx: &Context, body: &mut serde_json::Value) {
+    if let Some(backups) = &ctx.backups {
+        let outcomes = backups.outcomes();
+        body["backup"] = serde_json::json!({
+            "last_success_at": outcomes.last_success_ms,
+            "last_success_bytes": outcomes.last_success_bytes,
+            "failures": outcomes.failures,
+            "last_failure": outcomes.last_failure,
+        });
     }
 }
 
@@ -99,10 +117,14 @@ pub fn metrics<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
     if !matches!(request.method(), Method::Get | Method::Head) {
         return Reply::method_not_allowed("GET, HEAD");
     }
+    let mut body = ctx
+        .metrics
+        .render(&ctx.store.stats(), ctx.watchers.connected());
+    if let Some(backups) = &ctx.backups {
+        super::metrics::render_backups(&mut body, &backups.outcomes());
+    }
     Reply::Text {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: ctx
-            .metrics
-            .render(&ctx.store.stats(), ctx.watchers.connected()),
+        body,
     }
 }

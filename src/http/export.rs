@@ -120,25 +120,8 @@ impl Export {
     }
 
     fn serve(self, request: Request) {
-        if let Some(socket) = request.socket() {
-            if let Err(err) = socket.set_write_timeout(Some(WRITE_TIMEOUT)) {
-                log::debug!("cannot set an export's write timeout: {err}");
-            }
-        }
-        let headers = [
-            ("Content-Type", "application/jsonl"),
-            ("Cache-Control", "no-store"),
-        ]
-        .map(|(name, value)| {
-            Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
-        });
-        let headers = [server_header()].into_iter().chain(headers).collect();
-        let response = Response::new(200.into(), headers, io::empty(), None, None);
-        let written = request.into_chunked_stream(response).and_then(|out| {
-            let mut out = Chunked::new(out);
-            let count = write_lines(&self.store, self.prefix.as_bytes(), &mut out)?;
-            out.finish()?;
-            Ok(count)
+        let written = send_chunked(request, "application/jsonl", |out| {
+            write_lines(&self.store, self.prefix.as_bytes(), out)
         });
         match written {
             Ok(count) => log::debug!("exported {count} keys"),
@@ -146,6 +129,36 @@ impl Export {
             Err(err) => log::warn!("export cut short: {err}"),
         }
     }
+}
+
+/// Answers `request` with 200 and a chunked body of `content_type` that
+/// `write` fills, then the last chunk; a client that accepts no data for
+/// [`WRITE_TIMEOUT`] is disconnected. A body cut short (an error of
+/// `write`, or of the client) ends without its last chunk, so the client
+/// sees it incomplete.
+pub(super) fn send_chunked<T>(
+    request: Request,
+    content_type: &str,
+    write: impl FnOnce(&mut Chunked<Box<dyn Write + Send>>) -> io::Result<T>,
+) -> io::Result<T> {
+    if let Some(socket) = request.socket() {
+        if let Err(err) = socket.set_write_timeout(Some(WRITE_TIMEOUT)) {
+            log::debug!("cannot set a stream's write timeout: {err}");
+        }
+    }
+    let headers = [
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-store"),
+    ]
+    .map(|(name, value)| {
+        Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+    });
+    let headers = [server_header()].into_iter().chain(headers).collect();
+    let response = Response::new(200.into(), headers, io::empty(), None, None);
+    let mut out = Chunked::new(request.into_chunked_stream(response)?);
+    let written = write(&mut out)?;
+    out.finish()?;
+    Ok(written)
 }
 
 /// Writes a line for every live key under `prefix` to `out`, a page at a
@@ -195,7 +208,7 @@ fn write_lines(store: &Store, prefix: &[u8], out: &mut impl Write) -> io::Result
 
 /// A writer of a chunked body: what is written goes out in chunks of about
 /// [`CHUNK`] bytes; [`finish`](Self::finish) writes the last chunk.
-struct Chunked<W: Write> {
+pub(super) struct Chunked<W: Write> {
     out: W,
     pending: Vec<u8>,
 }

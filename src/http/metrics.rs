@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use lucid_http::Method;
 
+use crate::backup::Outcomes;
 use crate::store::StoreStats;
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "DELETE", "POST", "PATCH", "other"];
@@ -182,6 +183,34 @@ impl Metrics {
             let _ = writeln!(out, "{name} {value}");
         }
         out
+    }
+}
+
+/// Appends the figures of scheduled backups to a `/metrics` page.
+pub fn render_backups(out: &mut String, backups: &Outcomes) {
+    let gauges = [
+        (
+            "lucid_backup_last_success_timestamp_seconds",
+            "gauge",
+            "When the last good scheduled backup was written (0: none yet).",
+            backups.last_success_ms.unwrap_or(0) as f64 / 1000.0,
+        ),
+        (
+            "lucid_backup_last_success_bytes",
+            "gauge",
+            "Size of the last good scheduled backup.",
+            backups.last_success_bytes as f64,
+        ),
+        (
+            "lucid_backup_failures_total",
+            "counter",
+            "Scheduled backups that failed since the node started.",
+            backups.failures as f64,
+        ),
+    ];
+    for (name, kind, text, value) in gauges {
+        help(out, name, kind, text);
+        let _ = writeln!(out, "{name} {value}");
     }
 }
 

@@ -36,6 +36,7 @@ mod pool;
 mod query;
 mod reply;
 pub mod route;
+mod snapshot;
 mod stream_threads;
 mod streams;
 mod ui;
@@ -93,6 +94,10 @@ pub struct Context {
     memory: Arc<MemoryBudget>,
     /// Whether the web console is served at `/ui` (`ui.enabled`).
     ui_enabled: bool,
+    /// The node's name, in its snapshots (`general.node_name`).
+    node_name: Arc<str>,
+    /// How scheduled backups went, if they are on.
+    backups: Option<Arc<crate::backup::BackupStatus>>,
 }
 
 impl Context {
@@ -116,7 +121,21 @@ impl Context {
                 max_value_bytes,
             )),
             ui_enabled: true,
+            node_name: "lucid".into(),
+            backups: None,
         }
+    }
+
+    /// Names the node `name` in its snapshots, and reports scheduled
+    /// backups from `backups` in `/metrics` and `/health`.
+    pub fn with_backups(
+        mut self,
+        name: &str,
+        backups: Option<Arc<crate::backup::BackupStatus>>,
+    ) -> Self {
+        self.node_name = name.into();
+        self.backups = backups;
+        self
     }
 
     /// Holds request bodies within `memory` (shared with lucid-http's
@@ -455,7 +474,9 @@ fn worker(server: &Server, ctx: &Context) {
                 404,
                 "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch, /api/watch and /api/admin/.",
             ).into(),
-            Route::Watch | Route::AdminExport => unreachable!("streams are answered above"),
+            Route::Watch | Route::AdminExport | Route::AdminSnapshot => {
+                unreachable!("streams are answered above")
+            }
         }
             },
             || Reply::internal_error().into(),

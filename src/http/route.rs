@@ -21,6 +21,8 @@ pub enum Route<'u> {
     AdminCompact,
     /// `/api/admin/export`: every key as JSON Lines.
     AdminExport,
+    /// `/api/admin/snapshot`: a point-in-time image of the store.
+    AdminSnapshot,
     /// `/api/admin/import`: keys from JSON Lines.
     AdminImport,
     /// `/health`: is the node serving?
@@ -47,6 +49,7 @@ pub fn route(url: &str) -> Route<'_> {
         "/api/admin/stats" => Route::AdminStats,
         "/api/admin/compact" => Route::AdminCompact,
         "/api/admin/export" => Route::AdminExport,
+        "/api/admin/snapshot" => Route::AdminSnapshot,
         "/api/admin/import" => Route::AdminImport,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
@@ -167,6 +170,7 @@ mod tests {
         assert_eq!(route("/api/admin/stats"), Route::AdminStats);
         assert_eq!(route("/api/admin/compact?x"), Route::AdminCompact);
         assert_eq!(route("/api/admin/export?prefix=a"), Route::AdminExport);
+        assert_eq!(route("/api/admin/snapshot"), Route::AdminSnapshot);
         assert_eq!(route("/api/admin/import"), Route::AdminImport);
         assert_eq!(route("/api/admin/other"), Route::Unknown);
         assert_eq!(route("/health"), Route::Health);

@@ -1,5 +1,5 @@
 //! Responses that outlive a worker's turn: which routes are answered with
-//! a stream (a watch, an export), and starting one. A worker only checks
+//! a stream (a watch, an export, a snapshot), and starting one. A worker only checks
 //! such a request, takes a place under the route's cap and hands the
 //! connection to a thread of its own (see [`super::stream_threads`]), so a
 //! client that reads slowly, or for hours, never occupies the worker pool.
@@ -9,12 +9,16 @@ use lucid_http::{Method, Request};
 use super::export::{self, Export};
 use super::reply::Reply;
 use super::route::{self, Route};
+use super::snapshot::{self, Snapshot};
 use super::watch::{self, Watcher};
 use super::Context;
 
 /// Whether `route` is answered with a stream of its own.
 pub fn is_streamed(route: Route<'_>) -> bool {
-    matches!(route, Route::Watch | Route::AdminExport)
+    matches!(
+        route,
+        Route::Watch | Route::AdminExport | Route::AdminSnapshot
+    )
 }
 
 /// Whether lucid-http must treat `request` as the last on its connection:
@@ -31,6 +35,8 @@ pub enum Prepared {
     Watch(Watcher),
     /// An export.
     Export(Export),
+    /// A snapshot.
+    Snapshot(Snapshot),
 }
 
 /// Checks a request for a streamed `route` (see [`is_streamed`]), or
@@ -42,6 +48,7 @@ pub fn prepare(
 ) -> Result<Prepared, Reply<'static>> {
     match route {
         Route::AdminExport => export::prepare(ctx, request).map(Prepared::Export),
+        Route::AdminSnapshot => snapshot::prepare(ctx, request).map(Prepared::Snapshot),
         _ => watch::prepare(ctx, request).map(Prepared::Watch),
     }
 }
@@ -53,6 +60,7 @@ impl Prepared {
         match self {
             Self::Watch(watcher) => watcher.start(request),
             Self::Export(export) => export.start(request),
+            Self::Snapshot(snapshot) => snapshot.start(request),
         }
     }
 }

@@ -847,7 +847,7 @@ impl<'a> LiveRecords<'a> {
                 .map(|(key, location)| (key.to_vec(), location, index.attrs(key)))
                 .collect()
         });
-        let (mut plain, mut sealed) = (Vec::new(), Vec::new());
+        let mut scratch = Scratch::default();
         let mut written = to.offset;
         for (key, location, attrs) in damaged {
             let offset = location.offset;
@@ -864,15 +864,8 @@ impl<'a> LiveRecords<'a> {
                 offset: written,
             };
             self.sequence += 1;
-            RecordBuilder::quarantine(
-                &mut plain,
-                &key,
-                attrs.expires_at_ms,
-                bytes,
-                self.sequence,
-                at,
-            );
-            let stored = stored_form(cipher, &plain, at, &mut sealed);
+            let stored =
+                scratch.quarantine(&key, attrs.expires_at_ms, bytes, self.sequence, at, cipher);
             out.write_all(stored)?;
             log::error!(
                 "compaction: key {:?} lost its value to damage at offset {offset}; it answers an \
@@ -963,13 +956,59 @@ fn move_records(
 
 /// Buffers [`move_records`] reuses from record to record.
 #[derive(Default)]
-struct Scratch {
+pub(super) struct Scratch {
     /// A record opened from its envelope.
     opened: Vec<u8>,
     /// A plain record being restamped.
     plain: Vec<u8>,
     /// A record as the new log stores it.
     sealed: Vec<u8>,
+}
+
+impl Scratch {
+    /// The quarantined record (see [`super::record`]) of `key`, expiring at
+    /// `expires_at_ms`, holding `damaged` (its damaged record's bytes) with
+    /// sequence number `sequence`, as a log encrypted with `cipher` (if any)
+    /// stores it at `at`.
+    pub(super) fn quarantine(
+        &mut self,
+        key: &[u8],
+        expires_at_ms: u64,
+        damaged: &[u8],
+        sequence: u64,
+        at: Position,
+        cipher: Option<&Cipher>,
+    ) -> &[u8] {
+        RecordBuilder::quarantine(&mut self.plain, key, expires_at_ms, damaged, sequence, at);
+        stored_form(cipher, &self.plain, at, &mut self.sealed)
+    }
+}
+
+/// Writes the live record `bytes`, stored at `from` in a log encrypted with
+/// `cipher` (if any), to `out` as it must read at `to` in another log with
+/// that encryption, the way compaction moves a live record: verified at
+/// `from` (CRC; an envelope's place tag), a movable envelope moved unopened,
+/// a batch member made a plain record. Returns the bytes written, or `None`
+/// (nothing written) if the record fails its check at `from`.
+pub(super) fn move_live_record(
+    bytes: &[u8],
+    from: Position,
+    to: Position,
+    cipher: Option<&Cipher>,
+    out: &mut impl Write,
+    scratch: &mut Scratch,
+) -> Result<Option<u64>, CompactionError> {
+    let Ok(view) = verify(bytes, from) else {
+        return Ok(None);
+    };
+    let ciphers = Ciphers {
+        from: cipher,
+        to: cipher,
+    };
+    match move_live(view, from, to, ciphers, out, None, scratch) {
+        Err(CompactionError::Corrupt(_)) => Ok(None),
+        moved => moved.map(Some),
+    }
 }
 
 /// Writes the sync marker `view`, verified at `old`, to `out` at `new`,

@@ -16,7 +16,7 @@ use super::hint;
 use super::index::{Attrs, Index};
 use super::layout::{
     private_file, sync_dir, torn_tail, COMPACT_FILE, HINT_FILE, HINT_TMP, LOCK_FILE, LOG_FILE,
-    REPAIR_FILE,
+    REPAIR_FILE, RESTORE_FILE,
 };
 use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
 use super::scan::{damaged_ranges, scan, Damage, ScanStart, ScanSummary};
@@ -486,7 +486,7 @@ fn replay(
 
 /// Creates the data directory, and its missing parents, open to its owner
 /// only (mode 0700); an existing directory keeps its mode.
-fn create_private_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -549,11 +549,11 @@ fn remove_hint(dir: &Path) -> Result<(), OpenError> {
     }
 }
 
-/// Deletes what a compaction, repair or hint write interrupted by a crash
-/// left behind: each was a new file not yet renamed into place, and the old
+/// Deletes what a compaction, repair, restore or hint write interrupted by
+/// a crash left behind: each was a new file not yet renamed into place, and the old
 /// one, still in place, holds everything.
 fn remove_leftovers(dir: &Path) -> Result<(), OpenError> {
-    for name in [COMPACT_FILE, REPAIR_FILE, HINT_TMP] {
+    for name in [COMPACT_FILE, REPAIR_FILE, RESTORE_FILE, HINT_TMP] {
         let leftover = dir.join(name);
         match fs::remove_file(&leftover) {
             Ok(()) => log::warn!(

@@ -10,6 +10,8 @@
 //! <dir>/data.hint.tmp      the new hint file while it is written
 //! <dir>/data.log.repair    the new log while `lucid check --repair` writes it
 //! <dir>/data.log.broken-T  a damaged log set aside by a repair at time T
+//! <dir>/data.log.restore   the restored log while `lucid snapshot restore` writes it
+//! <dir>/data.log.before-restore-T  the log a forced restore set aside at time T (ms)
 //! ```
 //!
 //! Every file is created readable and writable by its owner only
@@ -27,6 +29,8 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const COMPACT_FILE: &str = "data.log.compact";
 /// Name of the new log while a repair writes it.
 pub const REPAIR_FILE: &str = "data.log.repair";
+/// Name of the restored log while a restore writes it.
+pub const RESTORE_FILE: &str = "data.log.restore";
 /// Name of the hint file in the data directory.
 pub const HINT_FILE: &str = "data.hint";
 /// Name of a hint file being written.
@@ -36,6 +40,8 @@ pub const HINT_TMP: &str = "data.hint.tmp";
 const TORN_TAIL: &str = ".torn-";
 /// What follows the log's name in the name of a damaged log set aside.
 const BROKEN_LOG: &str = ".broken-";
+/// What follows the log's name in the name of a log a restore set aside.
+const BEFORE_RESTORE: &str = ".before-restore-";
 
 /// The name (before any `.N` making it unique) of the torn tail cut from
 /// the log at `log` at `offset`.
@@ -49,11 +55,21 @@ pub fn broken_log(log: &Path, seconds: u64) -> String {
     format!("{}{BROKEN_LOG}{seconds}", log.display())
 }
 
+/// The name (before any `.N` making it unique) of the log at `log` set
+/// aside by a forced restore at `ms` milliseconds since the epoch.
+pub fn before_restore(log: &Path, ms: u64) -> String {
+    format!("{}{BEFORE_RESTORE}{ms}", log.display())
+}
+
 /// Whether the file `name` of the data directory is a copy of log data set
-/// aside (a torn tail or a damaged log): it keeps the encryption the log had.
+/// aside (a torn tail, a damaged log, a log replaced by a restore): it
+/// keeps the encryption the log had.
 pub fn is_set_aside(name: &str) -> bool {
-    name.strip_prefix(LOG_FILE)
-        .is_some_and(|rest| rest.starts_with(TORN_TAIL) || rest.starts_with(BROKEN_LOG))
+    name.strip_prefix(LOG_FILE).is_some_and(|rest| {
+        [TORN_TAIL, BROKEN_LOG, BEFORE_RESTORE]
+            .iter()
+            .any(|kind| rest.starts_with(kind))
+    })
 }
 
 /// Options to create a file of the data directory: readable and writable

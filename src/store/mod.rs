@@ -26,6 +26,8 @@
 //!   every step. See [`compaction`].
 //! * **Directory**: its files ([`layout`]); its lock and opening it
 //!   ([`directory`]).
+//! * **Snapshots**: a point-in-time image of the store in one file, made
+//!   while it serves ([`snapshot`]), restored offline ([`restore`]).
 
 pub mod compaction;
 pub mod crypt;
@@ -38,7 +40,9 @@ pub mod index;
 pub mod layout;
 pub mod record;
 pub mod repair;
+pub mod restore;
 pub mod scan;
+pub mod snapshot;
 pub mod stats;
 #[cfg(test)]
 pub mod testing;

@@ -757,6 +757,53 @@ pub fn kv_path(key: &str) -> String {
     path
 }
 
+/// Writes `bulk/00000`..: `count` keys of 100 bytes, through batches of
+/// 1000.
+pub fn write_bulk(port: u16, count: usize) {
+    for start in (0..count).step_by(1000) {
+        let operations: Vec<serde_json::Value> = (start..count.min(start + 1000))
+            .map(|i| serde_json::json!({"op": "put", "key": format!("bulk/{i:05}"), "value": format!("{i:0100}")}))
+            .collect();
+        let body = serde_json::json!({ "operations": operations }).to_string();
+        let resp = request(port, "POST", "/api/batch", &[], body.as_bytes());
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+}
+
+/// Writes the keys whose every property an export or a snapshot carries:
+/// text, binary (with NUL bytes and invalid UTF-8), content types, an
+/// expiry, a lock.
+pub fn write_varied(port: u16) {
+    let put = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let resp = request(port, "PUT", path, headers, body);
+        assert!(matches!(resp.status, 200 | 201), "{}", resp.text());
+    };
+    put(
+        "/api/kv/text/greeting",
+        &[("Content-Type", "text/plain; charset=utf-8")],
+        "héllo \"world\"\n".as_bytes(),
+    );
+    put(
+        "/api/kv/bin/blob",
+        &[("Content-Type", "application/octet-stream")],
+        &[0, 1, 2, 0xff, 0xfe, 0, b'a'],
+    );
+    put("/api/kv/text/expiring?ttl=3600", &[], b"soon gone");
+    put(
+        "/api/kv/text/locked",
+        &[("Content-Type", "application/json")],
+        b"{\"a\":1}",
+    );
+    let lock = request(
+        port,
+        "PATCH",
+        "/api/kv/text/locked",
+        &[],
+        br#"{"operation":"lock"}"#,
+    );
+    assert_eq!(lock.status, 200, "{}", lock.text());
+}
+
 /// Encodes `chunks` as a chunked request body, including the final chunk.
 pub fn chunked(chunks: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();

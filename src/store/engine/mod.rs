@@ -56,6 +56,7 @@ mod compaction_access;
 mod damage;
 pub mod mutation;
 mod read;
+mod snapshot_access;
 
 pub(super) use compaction_access::{CompactedLog, CompactionAccess, Installed, LogCut, Paused};
 
