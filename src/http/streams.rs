@@ -9,24 +9,20 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Method, Request};
+use tiny_http::Request;
 
+use super::endpoint::Endpoint;
 use super::export::{self, Export};
 use super::reply::{Reply, Responder};
-use super::route::{self, Route};
+use super::route;
 use super::watch::{self, Watcher};
 use super::Context;
-
-/// Whether `route` is answered with a stream of its own.
-pub fn is_streamed(route: Route<'_>) -> bool {
-    matches!(route, Route::Watch | Route::AdminExport)
-}
 
 /// Whether tiny_http must treat `request` as the last on its connection:
 /// a stream ends by closing it (see `ServerConfig::streams` in
 /// `vendor/tiny_http/PATCHES.md`).
 pub fn is_stream(request: &Request) -> bool {
-    request.method() == &Method::Get && is_streamed(route::route(request.url()))
+    Endpoint::resolve(route::route(request.url()), request.method()).is_streamed()
 }
 
 /// A streamed request, checked and holding its place, waiting for its
@@ -38,15 +34,15 @@ pub enum Prepared {
     Export(Export),
 }
 
-/// Checks a request for a streamed `route` (see [`is_streamed`]), or
-/// answers why not.
+/// Checks a request for a streamed `endpoint` (see
+/// [`Endpoint::is_streamed`]), or answers why not.
 pub fn prepare(
     ctx: &Context,
-    route: Route<'_>,
+    endpoint: Endpoint,
     request: &Request,
 ) -> Result<Prepared, Reply<'static>> {
-    match route {
-        Route::AdminExport => export::prepare(ctx, request).map(Prepared::Export),
+    match endpoint {
+        Endpoint::Export => export::prepare(ctx, request).map(Prepared::Export),
         _ => watch::prepare(ctx, request).map(Prepared::Watch),
     }
 }
