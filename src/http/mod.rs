@@ -5,6 +5,10 @@
 //! the fsync: the reply is held and sent once the write is durable (see
 //! `ack.rs`).
 //!
+//! What a request asks for is resolved once from its route and method (an
+//! `Endpoint`, see `endpoint.rs`): `admit` checks it against its token and
+//! its body, then `dispatch` hands it to its handler.
+//!
 //! A panic while handling a request is caught: the client gets a 500 JSON
 //! message, the panic is logged, and the worker goes on.
 //!
@@ -157,9 +161,10 @@ impl Context {
 /// Per-worker scratch space, reused across requests.
 #[derive(Default)]
 pub struct Buffers {
-    /// The decoded key.
+    /// The decoded key (see [`admit`]).
     key: Vec<u8>,
-    /// A record being written, or one read back for a GET.
+    /// A record being written, or one read back for a GET; while a
+    /// listing or a watch is admitted, its decoded prefix.
     record: Vec<u8>,
 }
 
@@ -362,9 +367,9 @@ fn ssl_config(tls: &Tls) -> Result<Option<SslConfig>, String> {
     }))
 }
 
-/// The largest request body any route reads (a batch's), which
-/// tiny_http reads ahead whole: a body over its route's limit is refused
-/// before it is read (see [`admit`]).
+/// The largest request body any endpoint reads (a batch's), which
+/// tiny_http reads ahead whole: a body over its endpoint's limit is
+/// refused before it is read (see [`admit`]).
 fn largest_body(max_value_bytes: usize) -> usize {
     batch_body_limit(max_value_bytes).max(PATCH_BODY_LIMIT)
 }
