@@ -1,20 +1,23 @@
-//! Access control before dispatch: which access each route needs, and the
-//! check of the request's token against it (see [`crate::auth`]).
+//! Access control before dispatch: the check of the request's token
+//! against what its endpoint needs (see [`crate::auth`], and
+//! [`Endpoint::access`] for each endpoint's rule).
 //!
 //! `/health` and the web console's files (`/ui`) are always open (the
 //! console's API calls need a token like any other); `/metrics` needs `admin` unless
 //! `authentication.metrics_public` is set; every other `/api/*` request
 //! needs a valid token, even one for a resource that does not exist.
 
-use lucid_http::{Method, Request};
+use lucid_http::Request;
 
+use super::endpoint::{Endpoint, Rule};
 use super::reply::Reply;
 use super::route::{percent_decode, Route};
 use super::watch::websocket;
 use super::Context;
 use crate::auth::{Access, Claims, Denied, Unauthorized, UNAUTHORIZED};
 
-/// What a route needs before its handler may run.
+/// What a request needs before its handler may run: its endpoint's
+/// [`Rule`], with the key or prefix it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need<'u> {
     /// Nothing.
@@ -28,73 +31,66 @@ enum Need<'u> {
     Prefix(Access, &'u str),
 }
 
-/// The access `route` needs for `method`; `url` is the request target.
+/// What `endpoint` needs (see [`Endpoint::access`]) of the request to
+/// `route`; `url` is the request target.
 ///
 /// A batch needs a valid token here; its keys are in its body, and the
 /// batch handler checks `write` on each of them with the claims [`check`]
 /// returns.
-fn need<'u>(route: Route<'u>, url: &'u str, method: &Method, metrics_public: bool) -> Need<'u> {
-    match route {
-        Route::Kv { raw_key } => {
-            let access = match method {
-                Method::Get | Method::Head => Access::Read,
-                _ => Access::Write,
+fn need<'u>(endpoint: Endpoint, route: Route<'u>, url: &'u str, metrics_public: bool) -> Need<'u> {
+    match endpoint.access(metrics_public) {
+        Rule::Public => Need::Open,
+        Rule::Token => Need::Token,
+        Rule::Scope(access) => Need::Access(access, None),
+        Rule::Key(access) => {
+            let raw_key = match route {
+                Route::Kv { raw_key } => raw_key,
+                _ => "",
             };
             Need::Access(access, Some(raw_key))
         }
-        Route::List | Route::Watch => {
-            Need::Prefix(Access::Read, query_param(url, "prefix").unwrap_or(""))
-        }
-        Route::Batch => Need::Token,
-        Route::AdminStats
-        | Route::AdminCompact
-        | Route::AdminExport
-        | Route::AdminSnapshot
-        | Route::AdminImport => Need::Access(Access::Admin, None),
-        Route::Health | Route::Ui => Need::Open,
-        Route::Metrics if metrics_public => Need::Open,
-        Route::Metrics => Need::Access(Access::Admin, None),
-        Route::Unknown => Need::Token,
+        Rule::Prefix(access) => Need::Prefix(access, query_param(url, "prefix").unwrap_or("")),
     }
 }
 
-/// Checks the request against what its route needs: `Ok` to dispatch, with
-/// the token's claims when authentication is on (for handlers that check
-/// more, as a batch does for each of its keys), or the 401/403 reply.
-/// `scratch` receives the decoded key or prefix.
+/// Checks the request to `route` against what its `endpoint` needs: `Ok`
+/// to dispatch, with the token's claims when authentication is on (for
+/// handlers that check more, as a batch does for each of its keys), or the
+/// 401/403 reply. `key` is the request's key as `http::admit` decoded it
+/// (`None`: not decoded, left to the handler's 400: nothing is reached with
+/// it); `scratch` receives the decoded prefix.
 pub fn check(
     ctx: &Context,
     request: &Request,
     url: &str,
     route: Route<'_>,
+    endpoint: Endpoint,
+    key: Option<&[u8]>,
     scratch: &mut Vec<u8>,
 ) -> Result<Option<Claims>, Reply<'static>> {
     let Some(auth) = &ctx.auth else {
         return Ok(None);
     };
-    let need = match need(route, url, request.method(), ctx.metrics_public) {
+    let need = match need(endpoint, route, url, ctx.metrics_public) {
         Need::Open => return Ok(None),
         Need::Token if !url.starts_with("/api/") => return Ok(None),
         need => need,
     };
     let claims = authenticate(auth, request, route)?;
-    let (access, raw, whole_prefix) = match need {
+    let allowed = match need {
         Need::Open | Need::Token => return Ok(Some(claims)),
-        Need::Access(access, None) => {
-            return authorize(&claims, access, b"").map(|()| Some(claims))
+        Need::Access(access, None) => claims.authorize(access, b""),
+        Need::Access(access, Some(_)) => match key {
+            Some(key) => claims.authorize(access, key),
+            None => return Ok(Some(claims)),
+        },
+        Need::Prefix(access, raw_prefix) => {
+            // As for a key, what does not decode is left to the handler.
+            if percent_decode(raw_prefix, scratch, ctx.max_key_bytes).is_err() {
+                return Ok(Some(claims));
+            }
+            claims.authorize_prefix(access, scratch)
         }
-        Need::Access(access, Some(raw_key)) => (access, raw_key, false),
-        Need::Prefix(access, raw_prefix) => (access, raw_prefix, true),
-    };
-    // What does not decode is left to the handler's 400; nothing is
-    // reached with it.
-    if percent_decode(raw, scratch, ctx.max_key_bytes).is_err() {
-        return Ok(Some(claims));
-    }
-    let allowed = if whole_prefix {
-        claims.authorize_prefix(access, scratch)
-    } else {
-        claims.authorize(access, scratch)
     };
     allowed.map_err(denied).map(|()| Some(claims))
 }
@@ -153,11 +149,6 @@ impl std::fmt::Display for WithoutQuery<'_> {
     }
 }
 
-/// [`Claims::authorize`] as a reply: `Ok`, or the 403 naming what is missing.
-pub fn authorize(claims: &Claims, access: Access, key: &[u8]) -> Result<(), Reply<'static>> {
-    claims.authorize(access, key).map_err(denied)
-}
-
 /// The 403 for a refusal.
 fn denied(why: Denied) -> Reply<'static> {
     Reply::message(403, why.message())
@@ -165,7 +156,14 @@ fn denied(why: Denied) -> Reply<'static> {
 
 #[cfg(test)]
 mod tests {
+    use lucid_http::Method;
+
     use super::*;
+
+    /// What `route` needs for `method`, as [`check`] works it out.
+    fn need<'u>(route: Route<'u>, url: &'u str, method: &Method, metrics_public: bool) -> Need<'u> {
+        super::need(Endpoint::resolve(route, method), route, url, metrics_public)
+    }
 
     #[test]
     fn routes_need_what_the_issue_says() {

@@ -5,18 +5,13 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lucid_http::{Method, Request};
-
 use super::reply::Reply;
 use super::Context;
 use crate::store::CompactionError;
 use crate::store::StoreStats;
 
 /// `GET /api/admin/stats`: size and compaction figures as JSON.
-pub fn stats<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        return Reply::method_not_allowed("GET, HEAD");
-    }
+pub fn stats<'b>(ctx: &Context) -> Reply<'b> {
     Reply::document(200, &ctx.store.stats())
 }
 
@@ -28,10 +23,7 @@ fn milliseconds(duration: Duration) -> f64 {
 
 /// `POST /api/admin/compact`: compacts now and answers with what it did
 /// (409 if a compaction is already running).
-pub fn compact<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
-    if request.method() != &Method::Post {
-        return Reply::method_not_allowed("POST");
-    }
+pub fn compact<'b>(ctx: &Context) -> Reply<'b> {
     match ctx.store.compact() {
         Ok(report) => Reply::document(
             200,
@@ -57,10 +49,7 @@ pub fn compact<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
 /// 200 `{"status":"degraded"}` with a `message` saying what to do while
 /// damaged records are known (it serves, and a restart would not help);
 /// 503 with `read-only` or `stopping` when it cannot take writes.
-pub fn health<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        return Reply::method_not_allowed("GET, HEAD");
-    }
+pub fn health<'b>(ctx: &Context) -> Reply<'b> {
     if ctx.stopping.load(Ordering::SeqCst) {
         Reply::json(503, r#"{"status":"stopping"}"#)
     } else if ctx.store.is_read_only() {
@@ -113,10 +102,7 @@ fn damage_advice(stats: &StoreStats) -> Option<String> {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub fn metrics<'b>(ctx: &Context, request: &Request) -> Reply<'b> {
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        return Reply::method_not_allowed("GET, HEAD");
-    }
+pub fn metrics<'b>(ctx: &Context) -> Reply<'b> {
     let mut body = ctx
         .metrics
         .render(&ctx.store.stats(), ctx.watchers.connected());

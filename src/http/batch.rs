@@ -9,15 +9,16 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::io::Read;
 
 use base64::Engine as _;
-use lucid_http::{Method, Request};
+use lucid_http::Request;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::ack::Answer;
-use super::errors::{body_unreadable, store_error};
+use super::body;
+use super::endpoint::BodyKind;
+use super::errors::store_error;
 use super::query::ttl_millis;
 use super::reply::{self, Reply};
 use super::Context;
@@ -66,20 +67,11 @@ struct Checked {
     put: bool,
 }
 
-/// Largest batch body: room for two values of the maximum size in base64,
-/// plus the JSON around them.
-pub fn max_body(max_value_bytes: usize) -> usize {
-    2 * max_value_bytes + 64 * 1024
-}
-
-/// Answers `POST /api/batch` (one whose declared length is within
-/// [`max_body`]: see `http::admit`). With authentication on, `claims` must
-/// grant `write` on every key.
+/// Answers `POST /api/batch` (one whose declared length is within its
+/// limit: see `http::admit`). With authentication on, `claims` must grant
+/// `write` on every key.
 pub fn handle<'b>(ctx: &Context, request: &mut Request, claims: Option<&Claims>) -> Answer<'b> {
-    if request.method() != &Method::Post {
-        return Reply::method_not_allowed("POST").into();
-    }
-    let (body, _reserved) = match read_body(ctx, request, "A batch body") {
+    let (body, _reserved) = match read_body(ctx, request, BodyKind::Batch) {
         Ok(read) => read,
         Err(reply) => return reply.into(),
     };
@@ -324,39 +316,22 @@ fn refused<'b>(index: usize, op: &Checked, error: StoreError) -> Reply<'b> {
     Reply::document(status, &json!({ "message": message, "operation": index }))
 }
 
-/// Reads a body of up to [`max_body`] bytes (`what`, as the 413 calls it;
-/// its declared length was checked by `http::admit`) into memory, with
-/// room reserved in the budget for the values decoded from it and the log
-/// frame built from those (the body is freed by then).
+/// Reads a body of `kind` (a batch's or an import's; its declared length was
+/// checked by `http::admit`) into memory, with room reserved in the budget
+/// for the values decoded from it and the log frame built from those (the
+/// body is freed by then).
 pub(super) fn read_body<'c>(
     ctx: &'c Context,
     request: &mut Request,
-    what: &str,
+    kind: BodyKind,
 ) -> Result<(Vec<u8>, Reservation<'c>), Reply<'static>> {
-    let limit = max_body(ctx.max_value_bytes);
+    let limit = kind.limit(ctx.max_value_bytes);
     let length = request.body_length().unwrap_or(limit);
     let reserved = ctx
         .memory
         .reserve(memory::batch_need(length))
         .ok_or_else(Reply::over_memory_budget)?;
     let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
-    if let Err(err) = request
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-    {
-        return Err(body_unreadable(&err));
-    }
-    if body.len() > limit {
-        return Err(too_large(what, limit));
-    }
+    body::read(request, kind, limit, |reader| reader.read_to_end(&mut body))?;
     Ok((body, reserved))
-}
-
-/// The 413 for a body (`what`) over `limit` bytes.
-pub fn too_large<'b>(what: &str, limit: usize) -> Reply<'b> {
-    Reply::message(
-        413,
-        format!("{what} is at most {limit} bytes (twice storage.max_value_bytes, plus 64 KiB)."),
-    )
 }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use lucid_http::{HTTPVersion, Header, Method, Request, Response};
+use lucid_http::{HTTPVersion, Header, Request, Response};
 use serde::Serialize;
 
 use super::query::Params;
@@ -55,9 +55,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Stack of an export's thread: it reads records and formats JSON.
 const STACK_SIZE: usize = 256 * 1024;
 
-/// Methods the route accepts.
-const ALLOWED: &str = "GET";
-
 /// One line of an export.
 #[derive(Serialize)]
 struct Line<'a> {
@@ -79,13 +76,10 @@ pub struct Export {
     _place: Place,
 }
 
-/// Checks an export request and takes a place under the cap, or says why
-/// not (405, 400, 505 for HTTP/1.0, which has no chunked bodies, 503
+/// Checks an export request (a `GET`) and takes a place under the cap, or
+/// says why not (400, 505 for HTTP/1.0, which has no chunked bodies, 503
 /// beyond the cap).
 pub fn prepare(ctx: &Context, request: &Request) -> Result<Export, Reply<'static>> {
-    if request.method() != &Method::Get {
-        return Err(Reply::method_not_allowed(ALLOWED));
-    }
     let params = Params::parse(request.url(), &["prefix"], ctx.max_key_bytes)?;
     if request.http_version() < &HTTPVersion(1, 1) {
         return Err(Reply::message(

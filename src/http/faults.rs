@@ -5,8 +5,9 @@
 
 use lucid_http::{Method, Request, TestRequest};
 
+use super::endpoint::Endpoint;
 use super::reply::Reply;
-use super::{batch, kv, Buffers, Context};
+use super::{admit, dispatch, route, Buffers, Context};
 use crate::store::testing::{fresh_store, try_put, Call, CrashFile, Fault};
 use crate::store::SyncMode;
 
@@ -45,9 +46,11 @@ fn answer(ctx: &Context, call: &ApiCall) -> (u16, Option<String>) {
         .with_body(call.body)
         .into();
     let mut bufs = Buffers::default();
-    let answer = match call.path.strip_prefix("/api/kv/") {
-        Some(raw_key) => kv::handle(ctx, &mut bufs, &mut request, call.path, raw_key),
-        None => batch::handle(ctx, &mut request, None),
+    let route = route::route(call.path);
+    let endpoint = Endpoint::resolve(route, &call.method);
+    let answer = match admit(ctx, &request, call.path, route, endpoint, &mut bufs) {
+        Ok(admitted) => dispatch(ctx, endpoint, admitted, &mut bufs, &mut request, call.path),
+        Err(refused) => refused.into(),
     };
     let reply = answer.wait(&ctx.store);
     let message = match &reply {

@@ -16,13 +16,14 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use lucid_http::{Method, Request};
+use lucid_http::Request;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::ack::Answer;
 use super::batch::{self, check_content_type, check_key, decode_value, read_body};
+use super::endpoint::BodyKind;
 use super::errors::store_error;
 use super::reply::Reply;
 use super::Context;
@@ -92,10 +93,7 @@ impl Refusal {
 /// Answers `POST /api/admin/import` (one whose declared length is within
 /// the batch limit: see `http::admit`).
 pub fn handle<'b>(ctx: &Context, request: &mut Request) -> Answer<'b> {
-    if request.method() != &Method::Post {
-        return Reply::method_not_allowed("POST").into();
-    }
-    let (body, _reserved) = match read_body(ctx, request, "An import body") {
+    let (body, _reserved) = match read_body(ctx, request, BodyKind::Import) {
         Ok(read) => read,
         Err(reply) => return reply.into(),
     };

@@ -1,78 +1,75 @@
 //! Handlers of `/api/kv/{key}`: GET, HEAD, PUT, DELETE and PATCH.
 
-use std::io::Read;
-
-use lucid_http::{Method, Request};
+use lucid_http::Request;
 
 use super::ack::Answer;
+use super::body;
 use super::conditions::{not_modified, write_condition};
-use super::errors::{body_unreadable, store_error};
+use super::endpoint::{BodyKind, KeyOp};
+use super::errors::store_error;
 use super::query::{ttl_millis, Params};
 use super::reply::{self, Reply};
-use super::route::{decode_key, KeyError};
+use super::route::KeyError;
 use super::{patch, Buffers, Context};
 use crate::clock::now_ms;
 use crate::store::record::MAX_CONTENT_TYPE_LEN;
 use crate::store::{Effect, Expect, Mutation, PutBuffer, WriteOutcome, Written};
 
-/// Methods `/api/kv/{key}` accepts, as listed in a 405's `Allow` header.
-pub const ALLOWED: &str = "GET, HEAD, PUT, DELETE, PATCH";
-
-/// Answers one request to `/api/kv/{raw_key}` (admitted by `http::admit`).
+/// Answers `op` on the key of `/api/kv/{key}` (admitted by `http::admit`,
+/// which decoded the key into `bufs.key`; `decoded` says whether it could).
 pub fn handle<'b>(
     ctx: &Context,
+    op: KeyOp,
+    decoded: Result<(), KeyError>,
     bufs: &'b mut Buffers,
     request: &mut Request,
     url: &str,
-    raw_key: &str,
 ) -> Answer<'b> {
     let Buffers { key, record } = bufs;
-    if !matches!(
-        request.method(),
-        Method::Get | Method::Head | Method::Put | Method::Delete | Method::Patch
-    ) {
-        return Reply::method_not_allowed(ALLOWED).into();
-    }
-    if let Err(err) = decode_key(raw_key, key, ctx.max_key_bytes) {
+    if let Err(err) = decoded {
         return key_error(err, ctx.max_key_bytes).into();
     }
-    let params = match Params::parse(
-        url,
-        if request.method() == &Method::Put {
-            &["ttl"]
-        } else {
-            &[]
-        },
-        64,
-    ) {
+    let accepted: &[&str] = if op == KeyOp::Put { &["ttl"] } else { &[] };
+    let params = match Params::parse(url, accepted, 64) {
         Ok(params) => params,
         Err(reply) => return reply.into(),
     };
-    if matches!(request.method(), Method::Get | Method::Head) {
-        return match ctx.store.get(key, record) {
-            Ok(Some(value)) if not_modified(request, value.sequence) => {
-                Reply::NotModified(value.sequence)
-            }
-            Ok(Some(value)) => Reply::Value(value),
-            Ok(None) => Reply::json(404, reply::KEY_NOT_FOUND),
-            Err(err) => store_error(err),
-        }
-        .into();
+    if op == KeyOp::Get {
+        return get(ctx, request, key, record).into();
     }
     let expect = match write_condition(request) {
         Ok(expect) => expect,
         Err(reply) => return reply.into(),
     };
-    match request.method() {
-        Method::Put => put(ctx, request, &params, key, record, expect),
-        Method::Patch => patch::handle(ctx, request, key, record, expect),
-        _ => match ctx.store.apply(Mutation::Delete { key, expect }, record) {
-            Ok(applied) => Answer::after(Reply::json(200, reply::DELETED), applied.ticket),
-            Err(err) => store_error(err.error).into(),
-        },
+    match op {
+        KeyOp::Put => put(ctx, request, &params, key, record, expect),
+        KeyOp::Patch => patch::handle(ctx, request, key, record, expect),
+        KeyOp::Delete => delete(ctx, key, record, expect),
+        KeyOp::Get => unreachable!("a read is answered above"),
     }
 }
 
+/// `GET` or `HEAD`: the key's value, or 304 if the client's copy is current.
+fn get<'b>(ctx: &Context, request: &Request, key: &[u8], record: &'b mut Vec<u8>) -> Reply<'b> {
+    match ctx.store.get(key, record) {
+        Ok(Some(value)) if not_modified(request, value.sequence) => {
+            Reply::NotModified(value.sequence)
+        }
+        Ok(Some(value)) => Reply::Value(value),
+        Ok(None) => Reply::json(404, reply::KEY_NOT_FOUND),
+        Err(err) => store_error(err),
+    }
+}
+
+/// `DELETE`.
+fn delete<'b>(ctx: &Context, key: &[u8], record: &mut Vec<u8>, expect: Expect) -> Answer<'b> {
+    match ctx.store.apply(Mutation::Delete { key, expect }, record) {
+        Ok(applied) => Answer::after(Reply::json(200, reply::DELETED), applied.ticket),
+        Err(err) => store_error(err.error).into(),
+    }
+}
+
+/// `PUT`: the body is read straight into the record the store writes.
 fn put<'b>(
     ctx: &Context,
     request: &mut Request,
@@ -81,7 +78,7 @@ fn put<'b>(
     record: &mut Vec<u8>,
     expect: Expect,
 ) -> Answer<'b> {
-    let max = ctx.max_value_bytes;
+    let limit = BodyKind::Value.limit(ctx.max_value_bytes);
     let expires_at_ms = match params.get("ttl").map(ttl_millis) {
         None => 0,
         Some(Ok(ttl_ms)) => now_ms().saturating_add(ttl_ms),
@@ -103,20 +100,15 @@ fn put<'b>(
         .into();
     }
     // The record holds the whole value: room for it first.
-    let Some(_reserved) = ctx.memory.reserve(request.body_length().unwrap_or(max)) else {
+    let Some(_reserved) = ctx.memory.reserve(request.body_length().unwrap_or(limit)) else {
         return Reply::over_memory_budget().into();
     };
-    // The body is read straight into the record the store writes.
     let value_len = request.body_length().unwrap_or(0);
     let mut value = PutBuffer::new(record, key, content_type, expires_at_ms, value_len);
-    // Read at most one byte more than allowed: enough to tell a chunked body
-    // that is too large without reading all of it.
-    let limit = max as u64 + 1;
-    if let Err(err) = value.read_value(request.as_reader().take(limit)) {
-        return body_unreadable(&err).into();
-    }
-    if value.value_len() > max {
-        return too_large(max).into();
+    if let Err(reply) = body::read(request, BodyKind::Value, limit, |body| {
+        value.read_value(body)
+    }) {
+        return reply.into();
     }
     let put = Mutation::Put {
         record: value,
@@ -138,14 +130,6 @@ fn put<'b>(
         }
         Err(err) => store_error(err.error).into(),
     }
-}
-
-/// `413` for a value over `storage.max_value_bytes`.
-pub fn too_large<'b>(max: usize) -> Reply<'b> {
-    Reply::message(
-        413,
-        format!("The value is larger than the limit of {max} bytes (storage.max_value_bytes)."),
-    )
 }
 
 /// The reply for a refused key.

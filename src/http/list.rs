@@ -3,7 +3,6 @@
 //! O(page) whatever the number of keys; the metadata of each listed key is
 //! read from its record's header only (never its value).
 
-use lucid_http::{Method, Request};
 use serde_json::json;
 
 use super::errors::store_error;
@@ -11,18 +10,13 @@ use super::query::Params;
 use super::reply::Reply;
 use super::Context;
 
-/// Methods `/api/kv` accepts.
-pub const ALLOWED: &str = "GET, HEAD";
 /// Keys per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Largest `limit`.
 pub const MAX_LIMIT: usize = 1000;
 
 /// Answers a listing request.
-pub fn handle<'b>(ctx: &Context, request: &Request, url: &str) -> Reply<'b> {
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        return Reply::method_not_allowed(ALLOWED);
-    }
+pub fn handle<'b>(ctx: &Context, url: &str) -> Reply<'b> {
     let params = match Params::parse(
         url,
         &["prefix", "limit", "after", "keys_only"],

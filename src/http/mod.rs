@@ -5,6 +5,10 @@
 //! the fsync: the reply is held and sent once the write is durable (see
 //! `ack.rs`).
 //!
+//! What a request asks for is resolved once from its route and method (an
+//! `Endpoint`, see `endpoint.rs`): `admit` checks it against its token and
+//! its body, then `dispatch` hands it to its handler.
+//!
 //! A panic while handling a request is caught: the client gets a 500 JSON
 //! message, the panic is logged, and the worker goes on.
 //!
@@ -21,7 +25,9 @@ mod ack;
 mod admin;
 mod assets;
 mod batch;
+mod body;
 mod conditions;
+mod endpoint;
 mod errors;
 mod export;
 #[cfg(test)]
@@ -56,17 +62,18 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use lucid_http::{
-    ConfigListenAddr, ConnectionLimit, Method, Pace, Request, Screen, Server, ServerConfig,
-    SslConfig,
+    ConfigListenAddr, ConnectionLimit, Pace, Request, Screen, Server, ServerConfig, SslConfig,
 };
 
 use crate::auth::{Auth, Claims};
 use crate::config::{self, General, Storage, Tls};
 use crate::memory::MemoryBudget;
 use crate::store::{Acknowledger, Store};
+use ack::Answer;
+use endpoint::{batch_body_limit, Endpoint, Resource, PATCH_BODY_LIMIT};
 use pool::Pool;
 use reply::{Reply, Responder};
-use route::Route;
+use route::{decode_key, KeyError, Route};
 
 /// What every worker shares.
 pub struct Context {
@@ -174,9 +181,10 @@ impl Context {
 /// Per-worker scratch space, reused across requests.
 #[derive(Default)]
 pub struct Buffers {
-    /// The decoded key.
+    /// The decoded key (see [`admit`]).
     key: Vec<u8>,
-    /// A record being written, or one read back for a GET.
+    /// A record being written, or one read back for a GET; while a
+    /// listing or a watch is admitted, its decoded prefix.
     record: Vec<u8>,
 }
 
@@ -379,11 +387,11 @@ fn ssl_config(tls: &Tls) -> Result<Option<SslConfig>, String> {
     }))
 }
 
-/// The largest request body any route reads (a batch's), which
-/// lucid-http reads ahead whole: a body over its route's limit is refused
-/// before it is read (see [`admit`]).
+/// The largest request body any endpoint reads (a batch's), which
+/// lucid-http reads ahead whole: a body over its endpoint's limit is
+/// refused before it is read (see [`admit`]).
 fn largest_body(max_value_bytes: usize) -> usize {
-    batch::max_body(max_value_bytes).max(patch::MAX_BODY)
+    batch_body_limit(max_value_bytes).max(PATCH_BODY_LIMIT)
 }
 
 /// Room in a request head for everything but the key: the request line's
@@ -417,7 +425,7 @@ fn worker(server: &Server, ctx: &Context) {
     // the handler; reused, so no allocation per request.
     let mut url = String::new();
     loop {
-        let mut request = match server.recv() {
+        let request = match server.recv() {
             Ok(request) => request,
             Err(_) if ctx.is_stopping() => return,
             Err(err) => {
@@ -425,77 +433,124 @@ fn worker(server: &Server, ctx: &Context) {
                 continue;
             }
         };
-        let started = Instant::now();
-        let method = metrics::method_slot(request.method());
-        url.clear();
-        url.push_str(request.url());
-        let route = route::route(&url);
-        let key = &mut bufs.key;
-        let checked = catch_panic(
-            || admit(ctx, &request, &url, route, key),
-            || Err(Reply::internal_error()),
-        );
-        let (claims, refused) = match checked {
-            Ok(claims) => (claims, None),
-            Err(reply) => (None, Some(reply)),
-        };
-        if streams::is_streamed(route) && refused.is_none() {
-            let prepared = catch_panic(
-                || streams::prepare(ctx, route, &request),
-                || Err(Reply::internal_error()),
-            );
-            let status = match prepared {
-                Ok(watcher) => watcher.start(request),
-                Err(reply) => {
-                    let status = reply.status();
-                    reply.send(request, &mut responder);
-                    status
-                }
-            };
-            ctx.metrics.record(method, status, started.elapsed());
-            continue;
-        }
-        let answer = catch_panic(
-            || {
-                if let Some(refused) = refused {
-                    return refused.into();
-                }
-                match route {
-            Route::Kv { raw_key } => kv::handle(ctx, &mut bufs, &mut request, &url, raw_key),
-            Route::List => list::handle(ctx, &request, &url).into(),
-            Route::Batch => batch::handle(ctx, &mut request, claims.as_ref()),
-            Route::AdminStats => admin::stats(ctx, &request).into(),
-            Route::AdminCompact => admin::compact(ctx, &request).into(),
-            Route::AdminImport => import::handle(ctx, &mut request),
-            Route::Health => admin::health(ctx, &request).into(),
-            Route::Metrics => admin::metrics(ctx, &request).into(),
-            Route::Ui if ctx.ui_enabled => ui::handle(&request, &url, ctx.auth.is_some()).into(),
-            Route::Ui | Route::Unknown => Reply::message(
-                404,
-                "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch, /api/watch and /api/admin/.",
-            ).into(),
-            Route::Watch | Route::AdminExport | Route::AdminSnapshot => {
-                unreachable!("streams are answered above")
-            }
-        }
-            },
-            || Reply::internal_error().into(),
-        );
-        if answer.reply.status() == 500 {
-            let target = access::WithoutQuery(&url);
-            log::debug!("500 for {} {target}", request.method());
-        }
-        // A write is answered once it may be acknowledged: with `sync:
-        // always`, once durable, by the acknowledging thread.
-        ack::send(ctx, request, answer, method, started, &mut responder);
+        serve(ctx, request, &mut url, &mut bufs, &mut responder);
         bufs.trim();
     }
 }
 
-/// Whether a request may reach its handler, decided from its head alone:
-/// its token (see [`access::check`], whose claims it returns), and for a
-/// request with a body, that its route reads one, of that size, for a key
-/// that decodes. The worker runs it on every request; the connection's
+/// Answers one request: resolves its endpoint, [`admit`]s it, and hands it
+/// to its stream ([`stream`]) or its handler ([`dispatch`]).
+fn serve(
+    ctx: &Context,
+    mut request: Request,
+    url: &mut String,
+    bufs: &mut Buffers,
+    responder: &mut Responder,
+) {
+    let started = Instant::now();
+    let method = metrics::method_slot(request.method());
+    url.clear();
+    url.push_str(request.url());
+    let url = url.as_str();
+    let route = route::route(url);
+    let endpoint = Endpoint::resolve(route, request.method());
+    let admitted = catch_panic(
+        || admit(ctx, &request, url, route, endpoint, bufs),
+        || Err(Reply::internal_error()),
+    );
+    if endpoint.is_streamed() && admitted.is_ok() {
+        let status = stream(ctx, endpoint, request, responder);
+        ctx.metrics.record(method, status, started.elapsed());
+        return;
+    }
+    let answer = catch_panic(
+        || match admitted {
+            Ok(admitted) => dispatch(ctx, endpoint, admitted, bufs, &mut request, url),
+            Err(refused) => refused.into(),
+        },
+        || Reply::internal_error().into(),
+    );
+    if answer.reply.status() == 500 {
+        let target = access::WithoutQuery(url);
+        log::debug!("500 for {} {target}", request.method());
+    }
+    // A write is answered once it may be acknowledged: with `sync:
+    // always`, once durable, by the acknowledging thread.
+    ack::send(ctx, request, answer, method, started, responder);
+}
+
+/// Answers an admitted request for a streamed `endpoint`: hands its
+/// connection to the stream's own thread, or sends why not. Returns the
+/// status.
+fn stream(ctx: &Context, endpoint: Endpoint, request: Request, responder: &mut Responder) -> u16 {
+    let prepared = catch_panic(
+        || streams::prepare(ctx, endpoint, &request),
+        || Err(Reply::internal_error()),
+    );
+    match prepared {
+        Ok(stream) => stream.start(request),
+        Err(reply) => {
+            let status = reply.status();
+            reply.send(request, responder);
+            status
+        }
+    }
+}
+
+/// The answer of `endpoint`'s handler to a request [`admit`] let through
+/// (a streamed endpoint's aside: see [`stream`]).
+fn dispatch<'b>(
+    ctx: &Context,
+    endpoint: Endpoint,
+    admitted: Admitted,
+    bufs: &'b mut Buffers,
+    request: &mut Request,
+    url: &str,
+) -> Answer<'b> {
+    match endpoint {
+        Endpoint::Key(op) => kv::handle(ctx, op, admitted.key, bufs, request, url),
+        Endpoint::ListKeys => list::handle(ctx, url).into(),
+        Endpoint::Batch => batch::handle(ctx, request, admitted.claims.as_ref()),
+        Endpoint::Stats => admin::stats(ctx).into(),
+        Endpoint::Compact => admin::compact(ctx).into(),
+        Endpoint::Import => import::handle(ctx, request),
+        Endpoint::Health => admin::health(ctx).into(),
+        Endpoint::Metrics => admin::metrics(ctx).into(),
+        Endpoint::Console | Endpoint::MethodNotAllowed(Resource::Console) if !ctx.ui_enabled => {
+            not_found().into()
+        }
+        Endpoint::Console => ui::handle(request, url, ctx.auth.is_some()).into(),
+        Endpoint::MethodNotAllowed(resource) => Reply::method_not_allowed(resource.allow()).into(),
+        Endpoint::NotFound => not_found().into(),
+        Endpoint::Watch | Endpoint::Export | Endpoint::Snapshot => {
+            unreachable!("streams are answered by `stream`")
+        }
+    }
+}
+
+/// The 404 for a request to no resource (the web console's, when it is
+/// off, included).
+fn not_found<'b>() -> Reply<'b> {
+    Reply::message(
+        404,
+        "No such resource. The API lives under /api/kv/{key}, /api/kv?prefix=, /api/batch, /api/watch and /api/admin/.",
+    )
+}
+
+/// What [`admit`] found out about a request it let through.
+struct Admitted {
+    /// The token's claims, when authentication is on.
+    claims: Option<Claims>,
+    /// Whether the key of `/api/kv/{key}` decoded (into the key buffer),
+    /// or why not; `Ok` for other routes.
+    key: Result<(), KeyError>,
+}
+
+/// Whether a request may reach its handler, decided from its head alone
+/// and its `endpoint`: its token (see [`access::check`]), and for a request
+/// with a body, that its endpoint reads one, of that size, for a key that
+/// decodes. The key of `/api/kv/{key}` is decoded here, once, into
+/// `bufs.key`. The worker runs it on every request; the connection's
 /// thread runs it first on a request whose body is still on the wire (see
 /// [`screen`]), so that a client refused is told before it sends its body
 /// and an accepted body is read whole before a worker sees it.
@@ -504,40 +559,42 @@ fn admit(
     request: &Request,
     url: &str,
     route: Route<'_>,
-    scratch: &mut Vec<u8>,
-) -> Result<Option<Claims>, Reply<'static>> {
-    let claims = access::check(ctx, request, url, route, scratch)?;
-    let Some(limit) = body_limit(ctx, route, request.method()) else {
-        if body_after_head(request) {
-            return Err(body_not_allowed());
-        }
-        return Ok(claims);
+    endpoint: Endpoint,
+    bufs: &mut Buffers,
+) -> Result<Admitted, Reply<'static>> {
+    let key = match route {
+        Route::Kv { raw_key } => decode_key(raw_key, &mut bufs.key, ctx.max_key_bytes),
+        _ => Ok(()),
     };
-    if let Route::Kv { raw_key } = route {
-        route::decode_key(raw_key, scratch, ctx.max_key_bytes)
-            .map_err(|err| kv::key_error(err, ctx.max_key_bytes))?;
-    }
-    if request.body_length().is_some_and(|len| len > limit) {
-        return Err(match (route, request.method()) {
-            (Route::Batch, _) => batch::too_large("A batch body", limit),
-            (Route::AdminImport, _) => batch::too_large("An import body", limit),
-            (_, Method::Patch) => patch::too_large(),
-            _ => kv::too_large(limit),
-        });
-    }
-    Ok(claims)
-}
-
-/// The largest body `route` reads for `method`; `None` if it reads none.
-fn body_limit(ctx: &Context, route: Route<'_>, method: &Method) -> Option<usize> {
-    match route {
-        Route::Kv { .. } if method == &Method::Put => Some(ctx.max_value_bytes),
-        Route::Kv { .. } if method == &Method::Patch => Some(patch::MAX_BODY),
-        Route::Batch | Route::AdminImport if method == &Method::Post => {
-            Some(batch::max_body(ctx.max_value_bytes))
-        }
+    // An empty key is checked as one; its 400 comes after.
+    let decoded = match (route, key) {
+        (Route::Kv { .. }, Ok(()) | Err(KeyError::Empty)) => Some(bufs.key.as_slice()),
         _ => None,
+    };
+    let claims = access::check(
+        ctx,
+        request,
+        url,
+        route,
+        endpoint,
+        decoded,
+        &mut bufs.record,
+    )?;
+    let admitted = Admitted { claims, key };
+    let Some(body) = endpoint.body() else {
+        if body::after_head(request) {
+            return Err(body::not_read());
+        }
+        return Ok(admitted);
+    };
+    if let Err(err) = key {
+        return Err(kv::key_error(err, ctx.max_key_bytes));
     }
+    let limit = body.limit(ctx.max_value_bytes);
+    if request.body_length().is_some_and(|len| len > limit) {
+        return Err(body::too_large(body, limit));
+    }
+    Ok(admitted)
 }
 
 /// [`admit`] on the connection's thread, for lucid-http's
@@ -549,9 +606,10 @@ fn screen(context: &OnceLock<Arc<Context>>, request: &Request) -> Option<Vec<u8>
     let started = Instant::now();
     let url = request.url();
     let route = route::route(url);
-    let mut scratch = Vec::new();
+    let endpoint = Endpoint::resolve(route, request.method());
+    let mut scratch = Buffers::default();
     let refused = catch_panic(
-        || admit(ctx, request, url, route, &mut scratch).err(),
+        || admit(ctx, request, url, route, endpoint, &mut scratch).err(),
         || Some(Reply::internal_error()),
     )?;
     let status = refused.status();
@@ -559,32 +617,6 @@ fn screen(context: &OnceLock<Arc<Context>>, request: &Request) -> Option<Vec<u8>
     let method = metrics::method_slot(request.method());
     ctx.metrics.record(method, status, started.elapsed());
     Some(response)
-}
-
-/// The 413 for a request with a body where none is read.
-fn body_not_allowed<'b>() -> Reply<'b> {
-    Reply::message(
-        413,
-        "Only PUT and PATCH /api/kv/{key}, POST /api/batch and POST /api/admin/import read a request body; this request must not carry one over 1 KiB, nor a chunked one.",
-    )
-}
-
-/// Request bodies up to this size are read by lucid-http along with the
-/// request's head; larger ones, and those whose client waits for `100
-/// Continue`, are screened on the connection's thread first (see
-/// [`screen`]).
-const PREBUFFERED_BODY: usize = 1024;
-
-/// Whether the request came with a body that was not read along with its
-/// head (a chunked one included), so that a route reading none refuses it
-/// rather than have it read ahead and ignored.
-fn body_after_head(request: &Request) -> bool {
-    let has = |name: &'static str| headers::first(request, name);
-    let expects_continue = || has("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-    match request.body_length() {
-        Some(len) => len > PREBUFFERED_BODY || (len > 0 && expects_continue()),
-        None => has("Transfer-Encoding").is_some(),
-    }
 }
 
 /// Runs a handler, turning a panic into a logged error: what `on_panic`

@@ -13,21 +13,18 @@
 //! read-modify-write of the key's record, so concurrent increments never
 //! lose a step. Here the body is parsed and the answer written.
 
-use std::io::Read;
-
 use lucid_http::Request;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::ack::Answer;
-use super::errors::{body_unreadable, store_error};
+use super::body;
+use super::endpoint::{BodyKind, PATCH_BODY_LIMIT};
+use super::errors::store_error;
 use super::query::ttl_millis;
 use super::reply::Reply;
 use super::Context;
 use crate::store::{Change, Effect, Expect, Mutation, Number};
-
-/// Largest PATCH body read.
-pub const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,15 +104,11 @@ pub fn handle<'b>(
     expect: Expect,
 ) -> Answer<'b> {
     let mut body = Vec::new();
-    if let Err(err) = request
-        .as_reader()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut body)
-    {
-        return body_unreadable(&err).into();
-    }
-    if body.len() > MAX_BODY {
-        return too_large().into();
+    let read = body::read(request, BodyKind::Patch, PATCH_BODY_LIMIT, |reader| {
+        reader.read_to_end(&mut body)
+    });
+    if let Err(reply) = read {
+        return reply.into();
     }
     let change = match parse(&body) {
         Ok(change) => change,
@@ -137,11 +130,6 @@ pub fn handle<'b>(
         }
         Err(err) => store_error(err.error).into(),
     }
-}
-
-/// The 413 for a body over [`MAX_BODY`].
-pub fn too_large<'b>() -> Reply<'b> {
-    Reply::message(413, format!("A PATCH body is at most {MAX_BODY} bytes."))
 }
 
 /// A number as JSON: an integer or a decimal.

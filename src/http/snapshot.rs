@@ -16,7 +16,7 @@
 use std::io;
 use std::sync::Arc;
 
-use lucid_http::{HTTPVersion, Method, Request};
+use lucid_http::{HTTPVersion, Request};
 
 use super::export::send_chunked;
 use super::reply::Reply;
@@ -35,12 +35,9 @@ pub struct Snapshot {
 }
 
 /// Checks a snapshot request and takes a place under the exports' cap, or
-/// says why not (405, 505 for HTTP/1.0, which has no chunked bodies, 503
+/// says why not (505 for HTTP/1.0, which has no chunked bodies, 503
 /// beyond the cap).
 pub fn prepare(ctx: &Context, request: &Request) -> Result<Snapshot, Reply<'static>> {
-    if request.method() != &Method::Get {
-        return Err(Reply::method_not_allowed("GET"));
-    }
     if request.http_version() < &HTTPVersion(1, 1) {
         return Err(Reply::message(
             505,

@@ -4,28 +4,21 @@
 //! connection to a thread of its own (see [`super::stream_threads`]), so a
 //! client that reads slowly, or for hours, never occupies the worker pool.
 
-use lucid_http::{Method, Request};
+use lucid_http::Request;
 
+use super::endpoint::Endpoint;
 use super::export::{self, Export};
 use super::reply::Reply;
-use super::route::{self, Route};
+use super::route;
 use super::snapshot::{self, Snapshot};
 use super::watch::{self, Watcher};
 use super::Context;
-
-/// Whether `route` is answered with a stream of its own.
-pub fn is_streamed(route: Route<'_>) -> bool {
-    matches!(
-        route,
-        Route::Watch | Route::AdminExport | Route::AdminSnapshot
-    )
-}
 
 /// Whether lucid-http must treat `request` as the last on its connection:
 /// a stream ends by closing it (see `ServerConfig::streams` in
 /// `crates/lucid-http/PATCHES.md`).
 pub fn is_stream(request: &Request) -> bool {
-    request.method() == &Method::Get && is_streamed(route::route(request.url()))
+    Endpoint::resolve(route::route(request.url()), request.method()).is_streamed()
 }
 
 /// A streamed request, checked and holding its place, waiting for its
@@ -39,16 +32,16 @@ pub enum Prepared {
     Snapshot(Snapshot),
 }
 
-/// Checks a request for a streamed `route` (see [`is_streamed`]), or
-/// answers why not.
+/// Checks a request for a streamed `endpoint` (see
+/// [`Endpoint::is_streamed`]), or answers why not.
 pub fn prepare(
     ctx: &Context,
-    route: Route<'_>,
+    endpoint: Endpoint,
     request: &Request,
 ) -> Result<Prepared, Reply<'static>> {
-    match route {
-        Route::AdminExport => export::prepare(ctx, request).map(Prepared::Export),
-        Route::AdminSnapshot => snapshot::prepare(ctx, request).map(Prepared::Snapshot),
+    match endpoint {
+        Endpoint::Export => export::prepare(ctx, request).map(Prepared::Export),
+        Endpoint::Snapshot => snapshot::prepare(ctx, request).map(Prepared::Snapshot),
         _ => watch::prepare(ctx, request).map(Prepared::Watch),
     }
 }

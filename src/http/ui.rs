@@ -7,14 +7,11 @@
 //! calls the console makes do, like anyone's. `ui.enabled: false` turns it
 //! off (404).
 
-use lucid_http::{Method, Request};
+use lucid_http::Request;
 
 use super::assets::{Asset, Encoding, ASSETS};
 use super::headers::first as header;
 use super::reply::Reply;
-
-/// Methods the console's files accept.
-const ALLOWED: &str = "GET, HEAD";
 
 /// Where the console asks whether it must sign in: `{"authentication":
 /// true}` or `false` (the node answers `/api/*` without a token when off).
@@ -23,9 +20,6 @@ const AUTH_PATH: &str = "/ui/auth.json";
 /// Answers a request for `/ui` or a file under `/ui/`; `url` is its
 /// target; `authentication`: whether the API needs tokens.
 pub fn handle(request: &Request, url: &str, authentication: bool) -> Reply<'static> {
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        return Reply::method_not_allowed(ALLOWED);
-    }
     let path = url.split_once('?').map_or(url, |(path, _query)| path);
     if path == AUTH_PATH {
         let body = if authentication {

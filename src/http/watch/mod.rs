@@ -2,7 +2,7 @@
 //! under a prefix, as Server-Sent Events ([`sse`]) or, with
 //! `Upgrade: websocket`, as WebSocket messages ([`websocket`]).
 //!
-//! A worker checks the request ([`prepare`]: method, query, handshake,
+//! A worker checks the request ([`prepare`]: query, handshake,
 //! the watcher cap, `since` against the history), subscribes to the store's
 //! change feed, and hands the connection to a thread of the watcher's own
 //! ([`Watcher::start`]), so watchers never occupy the worker pool. That
@@ -17,7 +17,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use lucid_http::{Method, Request};
+use lucid_http::Request;
 
 use super::query::Params;
 use super::reply::Reply;
@@ -28,9 +28,6 @@ use crate::watch::{Event, SinceTooOld, Subscription};
 
 mod sse;
 pub(super) mod websocket;
-
-/// Methods `/api/watch` accepts.
-pub const ALLOWED: &str = "GET";
 
 /// Silence after which a keepalive is sent (an SSE comment, a WebSocket
 /// ping).
@@ -78,12 +75,9 @@ pub struct Watcher {
     _place: Place,
 }
 
-/// Checks a watch request and subscribes it, or says why not (405, 400,
+/// Checks a watch request (a `GET`) and subscribes it, or says why not (400,
 /// 503 beyond the cap, 410 for a `since` the history no longer holds).
 pub fn prepare(ctx: &Context, request: &Request) -> Result<Watcher, Reply<'static>> {
-    if request.method() != &Method::Get {
-        return Err(Reply::method_not_allowed(ALLOWED));
-    }
     let query = Query::parse(request.url(), ctx.max_key_bytes)?;
     let since = match last_event_id(request)? {
         Some(version) => Some(version),
