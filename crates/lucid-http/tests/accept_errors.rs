@@ -1,6 +1,7 @@
-//! An error from `accept` does not end the server (patch 8 of
-//! PATCHES.md). The tests run the process out of file descriptors, so they
-//! have a test binary of their own and take turns.
+//! An error from `accept`, or from splitting the connection it accepted,
+//! does not end the server (patches 8 and 29 of PATCHES.md). The tests run
+//! the process out of file descriptors, so they have a test binary of
+//! their own and take turns.
 #![warn(clippy::all)]
 
 mod common;
@@ -107,4 +108,27 @@ fn the_server_accepts_again_once_descriptors_are_free() {
     first.send(b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(first.response().text(), "accepted");
     assert_served_once_freed(&server, files);
+}
+
+#[test]
+fn a_connection_accepted_with_no_descriptor_left_to_split_it_is_closed_and_the_server_goes_on() {
+    let _turn = exclusive();
+    let (server, _warm_up) = warmed_up_server();
+
+    // One descriptor is left free, for the client's socket. The accept
+    // thread already holds the descriptor of the connection (see above), so
+    // `accept` succeeds, but the server has none left to clone the
+    // connection into its reading and writing halves.
+    let (files, mut first) = connect_with_descriptors_left(&server, 1);
+    first.send_lenient(b"GET / HTTP/1.1\r\n\r\n");
+    assert!(
+        first.closed(),
+        "the connection that could not be split is closed"
+    );
+    assert_served_once_freed(&server, files);
+    assert_eq!(
+        ACCEPT_ERRORS.0.load(Ordering::SeqCst),
+        1,
+        "the failed split is logged once, as an accept error"
+    );
 }
