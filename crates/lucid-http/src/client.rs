@@ -485,7 +485,8 @@ pub fn serve_bytes(input: &[u8], read_ahead: usize, max_head: usize) -> Vec<u8> 
         let _ = client_reader.read_to_end(&mut answers);
         answers
     });
-    let (read, write) = RefinedTcpStream::new(crate::connection::Connection::from(server_side));
+    let (read, write) = RefinedTcpStream::new(crate::connection::Connection::from(server_side))
+        .expect("a socket clone");
     let connection = ClientConnection::new(write, read, None, None, Activity::new(None), None)
         .with_limits(Some(read_ahead), Some(max_head));
     for mut request in connection {

@@ -285,6 +285,16 @@ pub struct SslConfig {
     pub private_key: Vec<u8>,
 }
 
+/// Lucid patch: an accept error (out of file descriptors, a connection
+/// reset before it was accepted, no descriptor left to split the connection)
+/// is transient: it is logged and the accept thread goes on after 50 ms.
+/// Upstream ended the accept thread on it, and the server never accepted
+/// another connection.
+fn back_off_after_accept_error(err: &IoError) {
+    log::error!("Error accepting new client: {}", err);
+    thread::sleep(Duration::from_millis(50));
+}
+
 impl Server {
     /// Shortcut for a simple server on a specific address.
     #[inline]
@@ -463,7 +473,7 @@ impl Server {
                         }
                         // Lucid patch: see `Request::socket`.
                         let socket = sock.try_clone().ok().map(connection::Socket::new);
-                        let (read_closable, write_closable) = match ssl {
+                        let halves = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -478,6 +488,19 @@ impl Server {
                             }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
+                        };
+                        // Lucid patch: the second half of a plain connection
+                        // needs a file descriptor of its own, which `accept`
+                        // may have left none of (see `RefinedTcpStream::new`):
+                        // an accept error. The connection is dropped, so its
+                        // client sees it closed; upstream panicked, ending
+                        // the accept thread.
+                        let (read_closable, write_closable) = match halves {
+                            Ok(halves) => halves,
+                            Err(e) => {
+                                back_off_after_accept_error(&e);
+                                continue;
+                            }
                         };
 
                         let activity = util::Activity::new(socket.clone());
@@ -521,14 +544,7 @@ impl Server {
                         }));
                     }
 
-                    // Lucid patch: an accept error (out of file descriptors,
-                    // a connection reset before it was accepted) is
-                    // transient; upstream ended the accept thread on it, and
-                    // the server never accepted another connection.
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        thread::sleep(Duration::from_millis(50));
-                    }
+                    Err(e) => back_off_after_accept_error(&e),
                 }
             }
             log::debug!("Terminating accept thread");
