@@ -7,6 +7,9 @@
 #
 # Usage: bench/run.sh            (BENCH_SECONDS=10 BENCH_RUNS=3 by default)
 #        BENCH_W5_ONLY=1 bench/run.sh   (W5 alone, printed, docs untouched)
+#        BENCH_BASELINE=REV bench/run.sh  (this tree against git revision REV:
+#                                         Lucid's rows, before and after, in
+#                                         the same rounds; printed, docs untouched)
 #
 # W5 times GET and PUT of values from 16 B to 1 MiB (BENCH_W5_SECONDS=3 per
 # run, on one connection and at -c64), with nginx serving static files of
@@ -48,7 +51,7 @@ rustup target list --installed | grep -q "^$MUSL\$" || rustup target add "$MUSL"
 
 cargo build --quiet --release --bin lucid --example http_ceiling
 # The static build as shipped to boards (cross/build.sh), for idle memory.
-[ -n "${BENCH_W5_ONLY:-}" ] ||
+[ -n "${BENCH_W5_ONLY:-}${BENCH_BASELINE:-}" ] ||
   cargo build --quiet --profile edge --target "$MUSL" --bin lucid --example http_ceiling
 
 work=$(mktemp -d)
@@ -98,7 +101,7 @@ start_lucid() {
   done
   printf 'general:\n  port: 0\nstorage:\n  directory: %s/%s\n  sync: %s\n%s\n' \
     "$work" "$name" "$sync" "$extra" > "$work/$name.yml"
-  taskset -c $SERVER_CPU target/release/lucid --config "$work/$name.yml" server \
+  taskset -c $SERVER_CPU "${LUCID_BINARY:-target/release/lucid}" --config "$work/$name.yml" server \
     2> "$work/$name.log" &
   PID[$name]=$!
   pids+=($!)
@@ -392,6 +395,60 @@ w5_report() {
         c, x, y, (y > 0 ? x / y : 0), (x >= 0.7 * y) ? "yes" : "no" }' "$work/w5.tsv"
   done
 }
+
+# BENCH_BASELINE=REV: Lucid's own rows, this tree ("after") against the
+# release build of git revision REV ("before"), in the same rounds, each
+# run with the other paused; prints the medians and their ratios.
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  rev=$(git rev-parse --verify "$BENCH_BASELINE^{commit}")
+  echo "== Building the baseline $rev (release)"
+  git worktree add --quiet --detach "$work/baseline" "$rev"
+  (cd "$work/baseline" && CARGO_TARGET_DIR="$work/baseline-target" cargo build --quiet --release --bin lucid)
+  git worktree remove --force "$work/baseline"
+  baseline_bin=$work/baseline-target/release/lucid
+  BASELINE_ROWS=(
+    "interval W1-get get.lua 64 2"
+    "interval W2-put put.lua 64 2"
+    "interval W3-get90-put10 mix.lua 64 2"
+    "encrypted W1-get get.lua 64 2"
+    "encrypted W2-put put.lua 64 2"
+    "always W2-put put.lua 64 2"
+    "always W4-put-1conn put.lua 1 1"
+  )
+  for kind in interval encrypted always; do
+    options=()
+    sync=$kind
+    [ "$kind" = encrypted ] && options=(encrypted) && sync=interval
+    start_lucid "after-$kind" "$sync" "${options[@]}"
+    LUCID_BINARY=$baseline_bin start_lucid "before-$kind" "$sync" "${options[@]}"
+  done
+  echo "== Before ($rev) and after: ${RUNS} rounds of ${SECONDS_PER_RUN}s runs"
+  : > "$work/raw.tsv"
+  for round in $(seq 1 "$RUNS"); do
+    echo "  round $round of $RUNS"
+    for row in "${BASELINE_ROWS[@]}"; do
+      read -r kind workload script connections threads <<< "$row"
+      for side in before after; do
+        measure_once "$side-$kind" "$side-$kind" "$workload" "$script" "$connections" "$threads"
+      done
+    done
+  done
+  for name in "${!PID[@]}"; do kill -CONT "${PID[$name]}"; done
+  echo "== Medians (by req/s) and after / before"
+  printf '  %-28s %10s %10s %6s %9s %9s %6s %9s %9s %6s\n' row "req/s bef" "req/s aft" ratio \
+    "p99 bef" "p99 aft" ratio "cpu bef" "cpu aft" ratio
+  for row in "${BASELINE_ROWS[@]}"; do
+    read -r kind workload _ <<< "$row"
+    for side in before after; do
+      awk -F'\t' -v r="$side-$kind" -v w="$workload" '$1 == r && $2 == w' "$work/raw.tsv" \
+        | sort -t$'\t' -k3 -n | awk -v n="$RUNS" 'NR == int((n + 1) / 2)' > "$work/$side.tsv"
+    done
+    paste "$work/before.tsv" "$work/after.tsv" | awk -F'\t' -v k="$kind $workload" '{
+      printf "  %-28s %10.0f %10.0f %6.2f %9.3f %9.3f %6.2f %9.1f %9.1f %6.2f\n",
+        k, $3, $9, $9 / $3, $5, $11, $11 / $5, $6, $12, $12 / $6 }'
+  done
+  exit 0
+fi
 
 if [ -n "${BENCH_W5_ONLY:-}" ]; then
   start_lucid lucid interval
