@@ -2,18 +2,21 @@
 //! SIGINT, then syncs the log and writes the hint file. Warns loudly when
 //! the API is open to the network without authentication.
 
-use std::net::IpAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::CommandResult;
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::backup::{self, BackupStatus};
+use crate::config::{Config, Source};
 use crate::http::{Context, HttpServer};
 use crate::memory::{self, MemoryBudget};
 use crate::notify::Notifier;
-use crate::{backup, http, logging, store};
+use crate::store::{directory::OpenReport, Store};
+use crate::{http, logging, store};
 
 /// Loads the config, opens the data directory, serves until asked to stop,
 /// and closes the store cleanly.
@@ -43,6 +46,33 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     let addr = server
         .local_addr()
         .ok_or("the server is not bound to an IP address")?;
+    log_listening(&server, addr, &config, &source, &report);
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.ready(&format!("serving on {addr}, {} keys", report.keys));
+    spawn_watchdog(&notifier)?;
+    if exposed_without_auth(config.authentication.enabled, addr.ip()) {
+        warn_exposed(addr);
+    }
+    let ctx = context(&config, &store, memory, &node_name, backups);
+    let events = Arc::clone(&store);
+    server.run(ctx, signals, move || {
+        notifier.stopping();
+        // Ends every watcher's stream, so their clients see the stop.
+        events.events().close();
+    })?;
+    close(&store)
+}
+
+/// Logs that the node is serving: where, from which config and data, and
+/// how recovery went.
+fn log_listening(
+    server: &HttpServer,
+    addr: SocketAddr,
+    config: &Config,
+    source: &Source,
+    report: &OpenReport,
+) {
+    let storage = &config.storage;
     log::info!(
         "lucid {} listening on {}://{addr} (config: {source}; data: {}{}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} threads)",
         env!("CARGO_PKG_VERSION"),
@@ -56,10 +86,37 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         storage.sync,
         server.threads(),
     );
-    let notifier = Arc::new(Notifier::from_env());
-    notifier.ready(&format!("serving on {addr}, {} keys", report.keys));
+}
+
+/// What the API's workers share, as the config says.
+fn context(
+    config: &Config,
+    store: &Arc<Store>,
+    memory: Arc<MemoryBudget>,
+    node_name: &str,
+    backups: Option<Arc<BackupStatus>>,
+) -> Context {
+    let storage = &config.storage;
+    Context::new(
+        Arc::clone(store),
+        storage.max_key_bytes,
+        storage.max_value_bytes,
+    )
+    .with_max_watchers(config.watch.max_watchers)
+    .with_memory_budget(memory)
+    .with_auth(
+        Auth::from_config(&config.authentication),
+        config.authentication.metrics_public,
+    )
+    .with_ui(config.ui.enabled)
+    .with_backups(node_name, backups)
+}
+
+/// Starts the thread that pings the service manager's watchdog, if it
+/// asks for pings.
+fn spawn_watchdog(notifier: &Arc<Notifier>) -> io::Result<()> {
     if let Some(period) = notifier.watchdog_period() {
-        let pinger = Arc::clone(&notifier);
+        let pinger = Arc::clone(notifier);
         std::thread::Builder::new()
             .name("lucid-watchdog".into())
             .spawn(move || loop {
@@ -67,33 +124,22 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
                 std::thread::sleep(period);
             })?;
     }
-    let authentication = &config.authentication;
-    if exposed_without_auth(authentication.enabled, addr.ip()) {
-        log::warn!(
-            "AUTHENTICATION IS OFF and the API listens on {addr}, beyond this machine: anyone who \
-             can reach the port can read, change and delete every key. Set \
-             authentication.enabled (see `lucid init`) or bind_address: 127.0.0.1"
-        );
-    }
-    let ctx = Context::new(
-        Arc::clone(&store),
-        storage.max_key_bytes,
-        storage.max_value_bytes,
-    )
-    .with_max_watchers(watch.max_watchers)
-    .with_memory_budget(memory)
-    .with_auth(
-        Auth::from_config(authentication),
-        authentication.metrics_public,
-    )
-    .with_ui(config.ui.enabled)
-    .with_backups(&node_name, backups);
-    let events = Arc::clone(&store);
-    server.run(ctx, signals, move || {
-        notifier.stopping();
-        // Ends every watcher's stream, so their clients see the stop.
-        events.events().close();
-    })?;
+    Ok(())
+}
+
+/// Warns that the API on `addr` is open to the network without
+/// authentication.
+fn warn_exposed(addr: SocketAddr) {
+    log::warn!(
+        "AUTHENTICATION IS OFF and the API listens on {addr}, beyond this machine: anyone who \
+         can reach the port can read, change and delete every key. Set \
+         authentication.enabled (see `lucid init`) or bind_address: 127.0.0.1"
+    );
+}
+
+/// Closes the store (syncs the log, writes the hint file) and logs how long
+/// it took.
+fn close(store: &Store) -> CommandResult {
     let closing = Instant::now();
     store.close()?;
     log::info!(
