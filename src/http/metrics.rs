@@ -78,8 +78,17 @@ impl Metrics {
     /// of connected watchers.
     pub fn render(&self, store: &StoreStats, watchers: usize) -> String {
         let mut out = String::with_capacity(8 * 1024);
+        self.render_requests(&mut out);
+        self.render_latency(&mut out);
+        render_gauges(&mut out, &store_gauges(store));
+        render_gauges(&mut out, &self.node_gauges(watchers));
+        out
+    }
+
+    /// Appends the request counters, one line per method and status seen.
+    fn render_requests(&self, out: &mut String) {
         help(
-            &mut out,
+            out,
             "lucid_requests_total",
             "counter",
             "HTTP requests answered, by method and status.",
@@ -97,8 +106,30 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// The node's own figures: connected watchers and uptime.
+    fn node_gauges(&self, watchers: usize) -> [Gauge; 2] {
+        [
+            (
+                "lucid_watchers",
+                "gauge",
+                "Connected watch clients.",
+                watchers as f64,
+            ),
+            (
+                "lucid_uptime_seconds",
+                "gauge",
+                "Time since the node started.",
+                self.started.elapsed().as_secs_f64(),
+            ),
+        ]
+    }
+
+    /// Appends the latency histogram: its cumulative buckets, sum and count.
+    fn render_latency(&self, out: &mut String) {
         help(
-            &mut out,
+            out,
             "lucid_request_duration_seconds",
             "histogram",
             "Time to answer a request.",
@@ -115,80 +146,78 @@ impl Metrics {
         let sum = self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "lucid_request_duration_seconds_sum {sum}");
         let _ = writeln!(out, "lucid_request_duration_seconds_count {cumulative}");
-        let gauges: [(&str, &str, &str, f64); 11] = [
-            ("lucid_keys", "gauge", "Live keys.", store.keys as f64),
-            (
-                "lucid_log_bytes",
-                "gauge",
-                "Size of the log.",
-                store.log_bytes as f64,
-            ),
-            (
-                "lucid_dead_bytes",
-                "gauge",
-                "Bytes of overwritten and deleted records that compaction would reclaim.",
-                store.dead_bytes as f64,
-            ),
-            (
-                "lucid_fsyncs_total",
-                "counter",
-                "fdatasync calls on the log.",
-                store.fsyncs as f64,
-            ),
-            (
-                "lucid_fsync_seconds_total",
-                "counter",
-                "Time spent in fdatasync on the log.",
-                store.fsync_micros as f64 / 1e6,
-            ),
-            (
-                "lucid_compactions_total",
-                "counter",
-                "Compactions since start.",
-                store.compactions as f64,
-            ),
-            (
-                "lucid_read_only",
-                "gauge",
-                "1 if writes are refused after a disk failure.",
-                f64::from(u8::from(store.read_only)),
-            ),
-            (
-                "lucid_damaged_keys",
-                "gauge",
-                "Keys whose latest record is damaged: they answer 500 until written or deleted.",
-                store.damaged_keys as f64,
-            ),
-            (
-                "lucid_damaged_records",
-                "gauge",
-                "Damaged stretches of the log found after a start from the hint file; compaction drops them.",
-                store.damaged_records as f64,
-            ),
-            (
-                "lucid_watchers",
-                "gauge",
-                "Connected watch clients.",
-                watchers as f64,
-            ),
-            (
-                "lucid_uptime_seconds",
-                "gauge",
-                "Time since the node started.",
-                self.started.elapsed().as_secs_f64(),
-            ),
-        ];
-        for (name, kind, text, value) in gauges {
-            help(&mut out, name, kind, text);
-            let _ = writeln!(out, "{name} {value}");
-        }
-        out
+    }
+}
+
+/// One figure of the page: its name, type, help text and value.
+type Gauge = (&'static str, &'static str, &'static str, f64);
+
+/// The store's figures.
+fn store_gauges(store: &StoreStats) -> [Gauge; 9] {
+    [
+        ("lucid_keys", "gauge", "Live keys.", store.keys as f64),
+        (
+            "lucid_log_bytes",
+            "gauge",
+            "Size of the log.",
+            store.log_bytes as f64,
+        ),
+        (
+            "lucid_dead_bytes",
+            "gauge",
+            "Bytes of overwritten and deleted records that compaction would reclaim.",
+            store.dead_bytes as f64,
+        ),
+        (
+            "lucid_fsyncs_total",
+            "counter",
+            "fdatasync calls on the log.",
+            store.fsyncs as f64,
+        ),
+        (
+            "lucid_fsync_seconds_total",
+            "counter",
+            "Time spent in fdatasync on the log.",
+            store.fsync_micros as f64 / 1e6,
+        ),
+        (
+            "lucid_compactions_total",
+            "counter",
+            "Compactions since start.",
+            store.compactions as f64,
+        ),
+        (
+            "lucid_read_only",
+            "gauge",
+            "1 if writes are refused after a disk failure.",
+            f64::from(u8::from(store.read_only)),
+        ),
+        (
+            "lucid_damaged_keys",
+            "gauge",
+            "Keys whose latest record is damaged: they answer 500 until written or deleted.",
+            store.damaged_keys as f64,
+        ),
+        (
+            "lucid_damaged_records",
+            "gauge",
+            "Damaged stretches of the log found after a start from the hint file; compaction drops them.",
+            store.damaged_records as f64,
+        ),
+    ]
+}
+
+/// Appends each figure of `gauges`: its help, its type and its value.
+fn render_gauges(out: &mut String, gauges: &[Gauge]) {
+    for (name, kind, text, value) in gauges {
+        help(out, name, kind, text);
+        let _ = writeln!(out, "{name} {value}");
     }
 }
 
 /// Appends the figures of scheduled backups to a `/metrics` page.
 pub fn render_backups(out: &mut String, backups: &Outcomes) {
-    let gauges = [
+    let gauges: [Gauge; 3] = [
         (
             "lucid_backup_last_success_timestamp_seconds",
             "gauge",
@@ -208,12 +237,10 @@ pub fn render_backups(out: &mut String, backups: &Outcomes) {
             backups.failures as f64,
         ),
     ];
-    for (name, kind, text, value) in gauges {
-        help(out, name, kind, text);
-        let _ = writeln!(out, "{name} {value}");
-    }
+    render_gauges(out, &gauges);
 }
 
+/// Appends the `# HELP` and `# TYPE` lines of the metric `name`.
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# HELP {name} {text}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
