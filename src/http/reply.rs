@@ -216,7 +216,24 @@ impl Reply<'_> {
         if closing {
             head.field(b"Connection", b"close");
         }
-        let body: &[u8] = match self {
+        let body = self.write_fields(&mut head);
+        // A 304 has no body, and no length: it describes the client's copy.
+        if status != 304 {
+            head.content_length(body.len());
+        }
+        // A HEAD's reply is the GET's head alone.
+        let body = if request.method() == &Method::Head {
+            b""
+        } else {
+            body
+        };
+        (head.finish(), body)
+    }
+
+    /// Writes the fields of this kind of reply into `head` and returns the
+    /// body.
+    fn write_fields(&self, head: &mut Head) -> &[u8] {
+        match self {
             Self::Json {
                 body,
                 allow,
@@ -240,55 +257,13 @@ impl Reply<'_> {
                 head.etag(*version);
                 b""
             }
-            Self::Value(value) => {
-                let content_type = if is_header_safe(value.content_type) {
-                    value.content_type
-                } else {
-                    DEFAULT_CONTENT_TYPE
-                };
-                head.field(b"Content-Type", content_type);
-                head.last_modified(value.timestamp_ms);
-                head.field(b"X-Content-Type-Options", b"nosniff");
-                // A value opened in a browser is never a page of the node's
-                // origin (where the console and its token live): whatever
-                // type its writer gave it, it runs no script and loads
-                // nothing.
-                head.field(b"Content-Security-Policy", VALUE_POLICY);
-                head.etag(value.sequence);
-                value.value
-            }
+            Self::Value(value) => head.value_fields(value),
             Self::Text { content_type, body } => {
                 head.field(b"Content-Type", content_type.as_bytes());
                 body.as_bytes()
             }
-            Self::Asset { asset, encoding } => {
-                head.field(b"Content-Type", asset.content_type.as_bytes());
-                head.field(b"ETag", asset.etag.as_bytes());
-                head.field(b"Vary", b"Accept-Encoding");
-                for (name, value) in SECURITY_HEADERS {
-                    head.field(name.as_bytes(), value.as_bytes());
-                }
-                match encoding {
-                    Encoding::NotModified => b"",
-                    Encoding::Plain => asset.plain,
-                    Encoding::Gzip => {
-                        head.field(b"Content-Encoding", b"gzip");
-                        asset.gzipped
-                    }
-                }
-            }
-        };
-        // A 304 has no body, and no length: it describes the client's copy.
-        if status != 304 {
-            head.content_length(body.len());
+            Self::Asset { asset, encoding } => head.asset_fields(asset, *encoding),
         }
-        // A HEAD's reply is the GET's head alone.
-        let body = if request.method() == &Method::Head {
-            b""
-        } else {
-            body
-        };
-        (head.finish(), body)
     }
 }
 
@@ -349,6 +324,44 @@ impl<'a> Head<'a> {
         let digits = digits.format(version).as_bytes();
         for part in [&b"ETag: \""[..], digits, b"\"\r\n"] {
             self.0.extend_from_slice(part);
+        }
+    }
+
+    /// The fields of a stored value; returns the value.
+    fn value_fields<'v>(&mut self, value: &StoredValue<'v>) -> &'v [u8] {
+        let content_type = if is_header_safe(value.content_type) {
+            value.content_type
+        } else {
+            DEFAULT_CONTENT_TYPE
+        };
+        self.field(b"Content-Type", content_type);
+        self.last_modified(value.timestamp_ms);
+        self.field(b"X-Content-Type-Options", b"nosniff");
+        // A value opened in a browser is never a page of the node's
+        // origin (where the console and its token live): whatever
+        // type its writer gave it, it runs no script and loads
+        // nothing.
+        self.field(b"Content-Security-Policy", VALUE_POLICY);
+        self.etag(value.sequence);
+        value.value
+    }
+
+    /// The fields of a file of the web console; returns the file as
+    /// `encoding` says.
+    fn asset_fields(&mut self, asset: &'static Asset, encoding: Encoding) -> &'static [u8] {
+        self.field(b"Content-Type", asset.content_type.as_bytes());
+        self.field(b"ETag", asset.etag.as_bytes());
+        self.field(b"Vary", b"Accept-Encoding");
+        for (name, value) in SECURITY_HEADERS {
+            self.field(name.as_bytes(), value.as_bytes());
+        }
+        match encoding {
+            Encoding::NotModified => b"",
+            Encoding::Plain => asset.plain,
+            Encoding::Gzip => {
+                self.field(b"Content-Encoding", b"gzip");
+                asset.gzipped
+            }
         }
     }
 
