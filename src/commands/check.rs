@@ -12,8 +12,8 @@ use crate::store::repair::RepairReport;
 use crate::store::{self, hint::Unused, record::FILE_HEADER_LEN, scan::Damage};
 
 /// What a check concludes: `Ok(None)` if the directory is healthy,
-/// `Ok(Some(problem))` if `lucid check --repair` is the way out of
-/// `problem`, `Err` if the command ends failing, however it was called.
+/// `Ok(Some(problem))` if a repair is the way out of `problem`, `Err` if the
+/// command ends there with that error (a repair is not what it needs).
 type Diagnosis = Result<Option<String>, Box<dyn Error>>;
 
 /// Checks the configured data directory, then repairs it if `repair` is set
