@@ -4,7 +4,7 @@
 //! line goes alone), so neither side holds the whole file. Each request is
 //! applied all or nothing.
 //!
-//! Up to [`IN_FLIGHT`] requests are out at once, each on a connection of
+//! Up to `IN_FLIGHT` (3) requests are out at once, each on a connection of
 //! its own, so the node decodes one while another waits for its fsync.
 //! Their answers are taken in file order. Once a request is refused no
 //! more are sent; those already sent are waited for, and the message names
