@@ -333,3 +333,44 @@ fn lucid_export_stops_quietly_when_its_stdout_is_closed() {
     assert_eq!(stderr, "");
     node.assert_serving();
 }
+
+#[test]
+fn lucid_import_refused_among_requests_in_flight_reports_what_each_side_of_it_imported() {
+    let node = Node::start();
+    let mut file = String::new();
+    for i in 0..6000 {
+        if i == 2499 {
+            file.push_str("{\"key\":\"f/bad\",\"value\":\n");
+        } else {
+            file.push_str(&format!("{{\"key\":\"f/{i:05}\",\"value\":\"{i}\"}}\n"));
+        }
+    }
+    let dump = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(dump.path(), file).unwrap();
+    let out = node.run(&[
+        "import",
+        dump.path().to_str().unwrap(),
+        "--url",
+        &url(&node),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2500 of"), "{stderr}");
+    assert!(
+        stderr.contains("2000 keys from the lines before it were imported"),
+        "{stderr}"
+    );
+    // Requests after the refused one that were already sent were applied
+    // whole, and the message counts them; the refused one wrote nothing.
+    let after: usize = stderr
+        .split(", and ")
+        .nth(1)
+        .map_or(0, |rest| rest.split(' ').next().unwrap().parse().unwrap());
+    assert_eq!(after % 1000, 0, "{stderr}");
+    let keys = lines(&export(node.port(), "?prefix=f/", None).body);
+    assert_eq!(keys.len(), 2000 + after, "{stderr}");
+    assert!(keys.contains_key("f/01999"));
+    assert!(!keys
+        .keys()
+        .any(|key| ("f/02000".."f/03000").contains(&key.as_str())));
+}

@@ -122,7 +122,18 @@ pub fn get_ok(
 /// Sends `POST url` with `body` (JSON Lines, may be empty) and `token`, if
 /// any, as its bearer token, and waits as long as the node takes to answer.
 pub fn post(url: &str, token: Option<&str>, body: &[u8]) -> Result<Answer, String> {
-    let mut request = agent().post(url);
+    post_with(&agent(), url, token, body)
+}
+
+/// [`post`] through `agent`, which keeps its connection to the node open
+/// for the next request.
+pub fn post_with(
+    agent: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Result<Answer, String> {
+    let mut request = agent.post(url);
     if let Some(token) = token {
         request = request.header("Authorization", bearer(token));
     }

@@ -206,8 +206,8 @@ fn check(
             put,
         });
     }
-    let value = decode_value(op.value, op.value_base64)?;
-    let content_type = check_content_type(op.content_type)?;
+    let value = decode_value(op.value, op.value_base64)?.into_owned();
+    let content_type = check_content_type(op.content_type.map(Cow::Owned))?.into_owned();
     let expires_at_ms = match op.ttl {
         None => 0,
         Some(ttl) => {
@@ -245,26 +245,36 @@ pub(super) fn check_key(ctx: &Context, key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The value given in a body as exactly one of `value` (text) and
-/// `value_base64`.
-pub(super) fn decode_value(
-    value: Option<Cow<'_, str>>,
-    value_base64: Option<Cow<'_, str>>,
-) -> Result<Vec<u8>, String> {
+/// The value given in a body as exactly one of `value` (text, still
+/// borrowed from the body if it was) and `value_base64`.
+pub(super) fn decode_value<'a>(
+    value: Option<Cow<'a, str>>,
+    value_base64: Option<Cow<'a, str>>,
+) -> Result<Cow<'a, [u8]>, String> {
     match (value, value_base64) {
-        (Some(text), None) => Ok(text.into_owned().into_bytes()),
+        (Some(text), None) => Ok(bytes(text)),
         (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
             .decode(encoded.as_bytes())
+            .map(Cow::Owned)
             .map_err(|err| format!("value_base64 is not valid base64 ({err})")),
         _ => Err("a put takes exactly one of value and value_base64".into()),
     }
 }
 
+/// Text's bytes, borrowed if the text was.
+fn bytes(text: Cow<'_, str>) -> Cow<'_, [u8]> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+    }
+}
+
 /// The content type given in a body (default: the PUT default), checked:
 /// it is sent back as a header, so only what a header value may hold.
-pub(super) fn check_content_type(content_type: Option<String>) -> Result<Vec<u8>, String> {
-    let content_type =
-        content_type.map_or(reply::DEFAULT_CONTENT_TYPE.to_vec(), String::into_bytes);
+pub(super) fn check_content_type(
+    content_type: Option<Cow<'_, str>>,
+) -> Result<Cow<'_, [u8]>, String> {
+    let content_type = content_type.map_or(Cow::Borrowed(reply::DEFAULT_CONTENT_TYPE), bytes);
     if content_type.len() > MAX_CONTENT_TYPE_LEN {
         return Err(format!(
             "the content type is longer than {MAX_CONTENT_TYPE_LEN} bytes"

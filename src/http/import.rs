@@ -33,16 +33,20 @@ use crate::store::{BatchOp, Expect, Mutation, MutationError, StoreError};
 /// Most lines (keys) in one request.
 pub const MAX_LINES: usize = batch::MAX_OPERATIONS;
 
-/// One line as sent. Values borrow from the body where they can.
+/// One line as sent. Strings borrow from the body where they can (those
+/// without escapes: keys, content types and values as exported are
+/// copied only once, into the log).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line<'a> {
-    key: String,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
     #[serde(borrow)]
     value: Option<Cow<'a, str>>,
     #[serde(borrow)]
     value_base64: Option<Cow<'a, str>>,
-    content_type: Option<String>,
+    #[serde(borrow)]
+    content_type: Option<Cow<'a, str>>,
     /// The exporting node's version: accepted, not kept.
     #[serde(rename = "version")]
     _version: Option<IgnoredAny>,
@@ -52,12 +56,12 @@ struct Line<'a> {
 }
 
 /// A line checked and decoded, ready to be written.
-struct Checked {
+struct Checked<'a> {
     /// Its line number in the body, from 1.
     number: usize,
-    key: String,
-    value: Vec<u8>,
-    content_type: Vec<u8>,
+    key: Cow<'a, str>,
+    value: Cow<'a, [u8]>,
+    content_type: Cow<'a, [u8]>,
     expires_at_ms: u64,
     locked: bool,
 }
@@ -97,9 +101,7 @@ pub fn handle<'b>(ctx: &Context, request: &mut Request) -> Answer<'b> {
         Ok(read) => read,
         Err(reply) => return reply.into(),
     };
-    let parsed = parse(ctx, &body, now_ms());
-    drop(body);
-    let (lines, expired) = match parsed {
+    let (lines, expired) = match parse(ctx, &body, now_ms()) {
         Ok(parsed) => parsed,
         Err(refusal) => return refusal.reply().into(),
     };
@@ -141,17 +143,48 @@ pub fn handle<'b>(ctx: &Context, request: &mut Request) -> Answer<'b> {
 }
 
 /// Parses and checks every line of `body`: the keys to write, and how many
-/// lines were skipped because they had expired by `now`.
-fn parse(ctx: &Context, body: &[u8], now: u64) -> Result<(Vec<Checked>, usize), Refusal> {
+/// lines were skipped because they had expired by `now`. The refusal is
+/// for the first faulty line.
+fn parse<'a>(
+    ctx: &Context,
+    body: &'a [u8],
+    now: u64,
+) -> Result<(Vec<Checked<'a>>, usize), Refusal> {
     let mut lines = Vec::new();
-    let mut expired = 0;
-    let mut seen = HashSet::new();
+    let faulty = check_lines(ctx, body, &mut lines).err();
+    // Lines before the faulty one may repeat a key: that is the first fault.
+    let mut seen = HashSet::with_capacity(lines.len());
+    if let Some(line) = lines.iter().find(|line| !seen.insert(&*line.key)) {
+        return Err(Refusal::bad(
+            line.number,
+            format!(
+                "the key '{}' appears on an earlier line too",
+                line.key.escape_default()
+            ),
+        ));
+    }
+    if let Some(refusal) = faulty {
+        return Err(refusal);
+    }
+    let all = lines.len();
+    lines.retain(|line| line.expires_at_ms == 0 || line.expires_at_ms > now);
+    let expired = all - lines.len();
+    Ok((lines, expired))
+}
+
+/// Checks the lines of `body` one by one into `lines` (expired ones too),
+/// up to the first faulty one.
+fn check_lines<'a>(
+    ctx: &Context,
+    body: &'a [u8],
+    lines: &mut Vec<Checked<'a>>,
+) -> Result<(), Refusal> {
     for (index, text) in body.split(|&b| b == b'\n').enumerate() {
         let number = index + 1;
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        if lines.len() + expired == MAX_LINES {
+        if lines.len() == MAX_LINES {
             return Err(Refusal {
                 number,
                 status: 413,
@@ -165,16 +198,10 @@ fn parse(ctx: &Context, body: &[u8], now: u64) -> Result<(Vec<Checked>, usize), 
             )
         })?;
         let checked = check(ctx, line, number).map_err(|why| Refusal::bad(number, why))?;
-        if !seen.insert(checked.key.clone()) {
-            return Err(Refusal::bad(
-                number,
-                format!(
-                    "the key '{}' appears on an earlier line too",
-                    checked.key.escape_default()
-                ),
-            ));
-        }
-        if checked.value.len() > ctx.max_value_bytes {
+        let too_large = checked.value.len() > ctx.max_value_bytes;
+        // Kept even if too large: a repeated key is said first.
+        lines.push(checked);
+        if too_large {
             return Err(Refusal {
                 number,
                 status: 413,
@@ -184,16 +211,11 @@ fn parse(ctx: &Context, body: &[u8], now: u64) -> Result<(Vec<Checked>, usize), 
                 ),
             });
         }
-        if checked.expires_at_ms != 0 && checked.expires_at_ms <= now {
-            expired += 1;
-        } else {
-            lines.push(checked);
-        }
     }
-    Ok((lines, expired))
+    Ok(())
 }
 
-fn check(ctx: &Context, line: Line<'_>, number: usize) -> Result<Checked, String> {
+fn check<'a>(ctx: &Context, line: Line<'a>, number: usize) -> Result<Checked<'a>, String> {
     check_key(ctx, &line.key)?;
     Ok(Checked {
         number,

@@ -325,22 +325,23 @@ impl Store {
             record.content_type,
             record.value,
         );
-        let queue = match batch {
-            _ if self.sync == SyncMode::Always => &mut writer.pending,
-            Some(batch) => batch,
-            None => {
-                let replaced = index_record(&mut write(&self.keydir).index, record.key, location);
-                self.events.publish(event);
-                return replaced;
-            }
-        };
-        queue.push(Pending {
+        let always = self.sync == SyncMode::Always;
+        if !always && batch.is_none() {
+            let replaced = index_record(&mut write(&self.keydir).index, record.key, location);
+            self.events.publish(event);
+            return replaced;
+        }
+        let pending = Pending {
             key: record.key.into(),
             offset: place.frame_offset,
             location,
             sequence: header.sequence,
             event,
-        });
+        };
+        match batch {
+            Some(batch) if !always => batch.push(pending),
+            _ => writer.pending.push(pending),
+        }
         None
     }
 

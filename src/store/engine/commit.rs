@@ -237,9 +237,8 @@ impl Store {
     /// Moves the pending records up to sequence number `durable` into the
     /// index.
     pub(super) fn publish(&self, writer: &mut Writer, durable: u64) {
-        let covered = writer.pending.partition_point(|p| p.sequence <= durable);
         let mut keydir = write(&self.keydir);
-        for pending in writer.pending.drain(..covered) {
+        for pending in writer.pending.take_through(durable) {
             index_record(&mut keydir.index, &pending.key, pending.location);
             self.events.publish(pending.event);
         }

@@ -222,7 +222,7 @@ impl Paused<'_> {
         let store = group_commit.store;
         let shift = |offset: u64| offset - log.tail_from + log.tail_to;
         let end = shift(writer.end);
-        for pending in &mut writer.pending {
+        for pending in writer.pending.iter_mut() {
             pending.offset = shift(pending.offset);
             if let Some((location, _)) = &mut pending.location {
                 location.offset = shift(location.offset);

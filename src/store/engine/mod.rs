@@ -7,6 +7,7 @@
 //! * `append`: the append path every write goes through;
 //! * [`commit`]: when a write is durable (tickets, group commit, markers);
 //! * `damage`: damaged records met after a start;
+//! * `pending`: appended records waiting for their fsync, found by key;
 //! * `compaction_access`: the narrow access compaction gets, and the one
 //!   method that switches the store to a compacted log.
 //!
@@ -49,12 +50,14 @@ use super::record::{FileHeader, FILE_HEADER_LEN};
 use super::stats::{LastCompaction, StoreStats};
 use crate::locks::{lock, read};
 use crate::watch::{Event, EventBus};
+use pending::PendingRecords;
 
 mod append;
 pub mod commit;
 mod compaction_access;
 mod damage;
 pub mod mutation;
+mod pending;
 mod read;
 mod snapshot_access;
 
@@ -284,7 +287,7 @@ struct Writer {
     /// nothing new to mark.
     marked_end: u64,
     /// Appended records not yet covered by an fsync (`sync: always`).
-    pending: Vec<Pending>,
+    pending: PendingRecords,
     /// The log's encryption, if any.
     cipher: Option<Arc<Cipher>>,
     /// Reused buffer for sealing envelopes (encrypted logs).
@@ -295,7 +298,7 @@ impl Writer {
     /// The latest not-yet-published write of `key`, if any: `Some(None)`
     /// for a tombstone.
     fn pending_state(&self, key: &[u8]) -> Option<Option<KeyState>> {
-        self.pending.iter().rev().find(|p| &*p.key == key).map(|p| {
+        self.pending.newest_of(key).map(|p| {
             p.location.map(|(location, attrs)| KeyState {
                 location,
                 attrs,
@@ -374,7 +377,7 @@ impl Store {
                 end: recovered.end,
                 next_sequence: recovered.next_sequence,
                 marked_end: recovered.marked_end,
-                pending: Vec::new(),
+                pending: PendingRecords::default(),
                 cipher: recovered.cipher,
                 envelope: Vec::new(),
             }),
