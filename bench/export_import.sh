@@ -19,6 +19,8 @@
 # and that the dump has as many lines. Needs python3 and curl; no root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 KEYS=${BENCH_KEYS:-1000000}
 
@@ -48,11 +50,7 @@ start_node() {
   printf 'general:\n  port: 0\nstorage:\n  directory: %s/%s\n' "$work" "$name" > "$work/$name.yml"
   "$LUCID_BINARY" --config "$work/$name.yml" server 2> "$work/$name.log" &
   pids+=($!)
-  for _ in $(seq 1 300); do
-    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) (.*/\1/p' "$work/$name.log" | head -1)
-    [ -n "$port" ] && break
-    sleep 0.1
-  done
+  port=$(listening_port "$work/$name.log")
   if [ -z "$port" ]; then
     echo "node $name did not start:" >&2
     cat "$work/$name.log" >&2

@@ -30,6 +30,8 @@
 # machine and the figure to compare when a ratio falls short.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 RUNS=${BENCH_RUNS:-3}
@@ -105,11 +107,7 @@ start_lucid() {
     2> "$work/$name.log" &
   PID[$name]=$!
   pids+=($!)
-  for _ in $(seq 1 300); do
-    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) (.*/\1/p' "$work/$name.log" | head -1)
-    [ -n "$port" ] && break
-    sleep 0.1
-  done
+  port=$(listening_port "$work/$name.log")
   URL[$name]="http://127.0.0.1:$port"
   GET_PATH[$name]=/api/kv/bench-hot PREFIX[$name]=/api/kv/bench- FORM[$name]=0
   curl -s -X PUT --data-binary "$(printf 'v%.0s' $(seq 1 100))" "${URL[$name]}/api/kv/bench-hot" >/dev/null

@@ -284,16 +284,7 @@ fn lucid_import_names_the_files_line_and_what_earlier_requests_imported() {
     }
     file.push_str("{\"key\":\"f/bad\",\"value\":\n");
     file.push_str("{\"key\":\"f/after\",\"value\":\"z\"}\n");
-    let dump = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(dump.path(), file).unwrap();
-    let out = node.run(&[
-        "import",
-        dump.path().to_str().unwrap(),
-        "--url",
-        &url(&node),
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = import_refused(&node, &file);
     assert!(stderr.contains("line 1501 of"), "{stderr}");
     assert!(
         stderr.contains("1000 keys from the lines before it were imported"),
@@ -345,16 +336,7 @@ fn lucid_import_refused_among_requests_in_flight_reports_what_each_side_of_it_im
             file.push_str(&format!("{{\"key\":\"f/{i:05}\",\"value\":\"{i}\"}}\n"));
         }
     }
-    let dump = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(dump.path(), file).unwrap();
-    let out = node.run(&[
-        "import",
-        dump.path().to_str().unwrap(),
-        "--url",
-        &url(&node),
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = import_refused(&node, &file);
     assert!(stderr.contains("line 2500 of"), "{stderr}");
     assert!(
         stderr.contains("2000 keys from the lines before it were imported"),
@@ -373,4 +355,14 @@ fn lucid_import_refused_among_requests_in_flight_reports_what_each_side_of_it_im
     assert!(!keys
         .keys()
         .any(|key| ("f/02000".."f/03000").contains(&key.as_str())));
+}
+
+/// Runs `lucid import` of `file` (JSON Lines) into `node`, which must
+/// refuse it; returns what the command printed on stderr.
+fn import_refused(node: &Node, file: &str) -> String {
+    let dump = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(dump.path(), file).unwrap();
+    let out = node.run(&["import", dump.path().to_str().unwrap(), "--url", &url(node)]);
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
