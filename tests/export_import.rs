@@ -229,7 +229,7 @@ fn a_locked_key_refuses_the_whole_request_and_expired_lines_are_skipped() {
 }
 
 #[test]
-fn export_and_import_need_the_admin_scope() {
+fn export_import_and_snapshots_need_the_admin_scope() {
     let node = secured();
     let port = node.port();
     let admin = token(&["admin"]);
@@ -243,6 +243,8 @@ fn export_and_import_need_the_admin_scope() {
             auth.iter().map(|a| ("Authorization", a.as_str())).collect();
         let resp = send(port, "POST", "/api/admin/import", &headers, line);
         assert_eq!(resp.status, status, "{}", resp.text());
+        let resp = send(port, "GET", "/api/admin/snapshot", &headers, b"");
+        assert_eq!(resp.status, status, "{}", resp.text());
     }
     let auth = format!("Bearer {admin}");
     let resp = send(
@@ -254,6 +256,15 @@ fn export_and_import_need_the_admin_scope() {
     );
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(lines(&export(port, "", Some(&admin)).body).len(), 1);
+    let snapshot = send(
+        port,
+        "GET",
+        "/api/admin/snapshot",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(snapshot.status, 200);
+    assert!(!snapshot.body.is_empty());
     // The commands take the token from --token or $LUCID_TOKEN.
     let refused = node.run(&["export", "--url", &url(&node), "--token", &writer]);
     assert!(!refused.status.success());
