@@ -372,7 +372,7 @@ static BODY_BUDGET: OnceLock<Arc<dyn BodyBudget>> = OnceLock::new();
 
 /// Lucid patch: makes every server of the process read bodies ahead within
 /// `budget` (the caller's memory budget, shared with its own buffers)
-/// instead of [`READ_AHEAD_BUDGET`]. Call it before serving; returns false
+/// instead of `READ_AHEAD_BUDGET`. Call it before serving; returns false
 /// if a budget was already in use.
 pub fn set_body_budget(budget: Arc<dyn BodyBudget>) -> bool {
     BODY_BUDGET.set(budget).is_ok()
