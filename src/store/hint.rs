@@ -60,7 +60,7 @@ use std::path::Path;
 use super::crypt::Cipher;
 use super::index::{Attrs, Index, Key, Location};
 use super::layout::{private_file, sync_dir, HINT_FILE, HINT_TMP};
-use super::record::FileHeader;
+use super::record::{u32_at, u64_at, FileHeader};
 
 const MAGIC: &[u8; 8] = b"LUCIDHNT";
 /// Magic of an encrypted hint file.
@@ -203,21 +203,20 @@ fn read(
         crc: crc32fast::Hasher::new(),
     };
     input.read_exact(&mut header[12..]).map_err(truncated)?;
-    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let version = u32_at(&header, 8);
     if version != VERSION {
         return Err(format!(
             "it has version {version}, this build reads {VERSION}"
         ));
     }
-    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
     let coverage = Coverage {
         log: FileHeader {
-            file_id: u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")),
-            base_sequence: u64_at(16),
+            file_id: u32_at(&header, 12),
+            base_sequence: u64_at(&header, 16),
             key_check: log.key_check,
         },
-        end: u64_at(24),
-        max_sequence: u64_at(32),
+        end: u64_at(&header, 24),
+        max_sequence: u64_at(&header, 32),
     };
     if coverage.log != log {
         return Err("it describes another log file (stale)".into());
@@ -228,7 +227,7 @@ fn read(
             coverage.end
         ));
     }
-    let count = u64_at(40);
+    let count = u64_at(&header, 40);
     // Every entry takes at least 15 bytes: a count the log could not hold is
     // damage, not a reason to reserve memory.
     if count > log_len / 15 {

@@ -830,11 +830,13 @@ impl fmt::Display for FileHeaderError {
     }
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
+/// The little-endian u32 at `at` in `bytes` (the log's byte order).
+pub(super) fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
+/// The little-endian u64 at `at` in `bytes` (the log's byte order).
+pub(super) fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 

@@ -75,8 +75,8 @@ use super::crypt::{open_copy, Cipher};
 use super::index::Location;
 use super::layout::{private_file, sync_dir};
 use super::record::{
-    verify as verify_record, FileHeader, FileHeaderError, Position, RecordHeader, RecordKind,
-    FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    u32_at, u64_at, verify as verify_record, FileHeader, FileHeaderError, Position, RecordHeader,
+    RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 use super::Store;
 use crate::clock::now_ms;
@@ -509,14 +509,6 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// Reads the header and the log image's file header of the snapshot at
