@@ -81,25 +81,36 @@ pub struct Export {
 /// beyond the cap).
 pub fn prepare(ctx: &Context, request: &Request) -> Result<Export, Reply<'static>> {
     let params = Params::parse(request.url(), &["prefix"], ctx.max_key_bytes)?;
-    if request.http_version() < &HTTPVersion(1, 1) {
-        return Err(Reply::message(
-            505,
-            "An export is streamed with chunked encoding: ask for it with HTTP/1.1.",
-        ));
-    }
-    let place = ctx.exports.admit().ok_or_else(|| {
-        Reply::message(
-            503,
-            format!(
-                "The node already serves {} exports, its limit. Retry later.",
-                ctx.exports.max()
-            ),
-        )
-    })?;
+    let place = chunked_stream_place(ctx, request, "An export")?;
     Ok(Export {
         store: Arc::clone(&ctx.store),
         prefix: params.get("prefix").unwrap_or_default().to_string(),
         _place: place,
+    })
+}
+
+/// A place under the cap of exports and snapshots for a stream `what`
+/// (e.g. "An export") sent with chunked encoding, or the reply refusing it:
+/// 505 for HTTP/1.0, which has no chunked bodies, 503 beyond the cap.
+pub fn chunked_stream_place(
+    ctx: &Context,
+    request: &Request,
+    what: &str,
+) -> Result<Place, Reply<'static>> {
+    if request.http_version() < &HTTPVersion(1, 1) {
+        return Err(Reply::message(
+            505,
+            format!("{what} is streamed with chunked encoding: ask for it with HTTP/1.1."),
+        ));
+    }
+    ctx.exports.admit().ok_or_else(|| {
+        Reply::message(
+            503,
+            format!(
+                "The node already serves {} exports and snapshots, its limit. Retry later.",
+                ctx.exports.max()
+            ),
+        )
     })
 }
 

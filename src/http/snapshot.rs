@@ -16,9 +16,9 @@
 use std::io;
 use std::sync::Arc;
 
-use lucid_http::{HTTPVersion, Request};
+use lucid_http::Request;
 
-use super::export::send_chunked;
+use super::export::{chunked_stream_place, send_chunked};
 use super::reply::Reply;
 use super::stream_threads::{self, Place};
 use super::Context;
@@ -38,21 +38,7 @@ pub struct Snapshot {
 /// says why not (505 for HTTP/1.0, which has no chunked bodies, 503
 /// beyond the cap).
 pub fn prepare(ctx: &Context, request: &Request) -> Result<Snapshot, Reply<'static>> {
-    if request.http_version() < &HTTPVersion(1, 1) {
-        return Err(Reply::message(
-            505,
-            "A snapshot is streamed with chunked encoding: ask for it with HTTP/1.1.",
-        ));
-    }
-    let place = ctx.exports.admit().ok_or_else(|| {
-        Reply::message(
-            503,
-            format!(
-                "The node already serves {} exports and snapshots, its limit. Retry later.",
-                ctx.exports.max()
-            ),
-        )
-    })?;
+    let place = chunked_stream_place(ctx, request, "A snapshot")?;
     Ok(Snapshot {
         store: Arc::clone(&ctx.store),
         node_name: Arc::clone(&ctx.node_name),
