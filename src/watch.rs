@@ -312,6 +312,19 @@ impl EventBus {
         })
     }
 
+    /// Starts the feed over after version `last_version` (the store's log
+    /// was replaced by another's): the history is forgotten and every
+    /// subscriber is dropped as if its queue had filled, so a watcher
+    /// resumes with `since` and is told what it can no longer see.
+    pub fn start_over(&self, last_version: u64) {
+        let mut state = lock(&self.state);
+        state.history.clear();
+        state.forgotten = last_version;
+        for subscriber in state.subscribers.drain(..) {
+            subscriber.overflowed.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Number of connected subscribers.
     pub fn subscribers(&self) -> usize {
         lock(&self.state).subscribers.len()

@@ -55,6 +55,14 @@ pub fn store_error<'b>(err: StoreError) -> Reply<'b> {
                 "The disk reported an error: the request was not completed. The error is in the node's log.",
             )
         }
+        StoreError::NotReplicated { required, timeout_ms } => Reply::message(
+            504,
+            format!("The write is durable on this node, but fewer than {required} followers confirmed it within {timeout_ms} ms (replication.ack_timeout_ms): it may or may not survive a failover. Read the key back to see whether it is there before retrying a non-idempotent write."),
+        ),
+        StoreError::OutOfOrder { .. } => {
+            log::error!("{err}");
+            Reply::message(500, "The node could not apply a replicated record; the error is in its log.")
+        }
         StoreError::Corrupt { .. } => Reply::message(
             500,
             "The key's stored record is damaged and was not served; the key answers this error until it is written or deleted. See /health.",

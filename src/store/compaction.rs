@@ -1011,6 +1011,33 @@ pub(super) fn move_live_record(
     }
 }
 
+/// Writes the record or batch frame `bytes`, stored at `from` in a log
+/// encrypted with `cipher` (if any), to `out` as it must read at `to` in
+/// another log with that encryption, whole (a frame stays one frame), with
+/// its sequence numbers and times: what a follower does with a record its
+/// primary sent. Fails with [`CompactionError::Corrupt`] if it fails its
+/// check at `from` (CRC; an envelope's place tag and authentication).
+pub(super) fn move_whole_record(
+    bytes: &[u8],
+    from: Position,
+    to: Position,
+    cipher: Option<&Cipher>,
+    out: &mut impl Write,
+    scratch: &mut Scratch,
+) -> Result<(), CompactionError> {
+    let view = verify(bytes, from).map_err(|_| CompactionError::Corrupt(from.offset))?;
+    let ciphers = Ciphers {
+        from: cipher,
+        to: cipher,
+    };
+    if view.header.kind == RecordKind::Batch {
+        move_frame(view, from, to, ciphers, out, scratch)?;
+    } else {
+        move_live(view, from, to, ciphers, out, None, scratch)?;
+    }
+    Ok(())
+}
+
 /// Writes the sync marker `view`, verified at `old`, to `out` at `new`,
 /// naming where the bytes it claimed durable went (`shift`). Returns the
 /// bytes written.

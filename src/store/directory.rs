@@ -16,7 +16,7 @@ use super::hint;
 use super::index::{Attrs, Index};
 use super::layout::{
     private_file, sync_dir, torn_tail, COMPACT_FILE, HINT_FILE, HINT_TMP, LOCK_FILE, LOG_FILE,
-    REPAIR_FILE, RESTORE_FILE,
+    REPAIR_FILE, REPLICA_SNAPSHOT, RESTORE_FILE,
 };
 use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
 use super::scan::{damaged_ranges, scan, Damage, ScanStart, ScanSummary};
@@ -200,6 +200,47 @@ pub fn open_with(
         store.verify_in_background(covered_end);
     }
     Ok((store, report))
+}
+
+/// Opens the log image at `path`, complete and synced (a snapshot's,
+/// beside the data directory's log), and recovers its index by a full
+/// scan. Any damage is refused: the image was checked when written.
+pub(super) fn recover_image(
+    path: &Path,
+    cipher: Option<Arc<Cipher>>,
+) -> Result<(Arc<dyn LogFile>, Recovered), OpenError> {
+    let (file, _) = open_log(path)?;
+    let header = read_header(&file, path)?;
+    check_key(
+        &header,
+        cipher.as_ref().map_or(0, |c| c.check_value()),
+        path,
+    )?;
+    let len = file.size().map_err(io_error("read", path))?;
+    let mut index = Index::default();
+    let source = (&file as &dyn LogFile, header.file_id, cipher.as_deref());
+    let start = ScanStart {
+        durable: len,
+        ..ScanStart::BEGINNING
+    };
+    let summary = replay(source, path, &mut index, start)?;
+    if summary.damage.is_some() {
+        return Err(OpenError::Corrupt {
+            path: path.to_path_buf(),
+            offset: summary.good_end,
+            durable: len,
+        });
+    }
+    let recovered = Recovered {
+        index,
+        header,
+        end: summary.good_end,
+        next_sequence: header.base_sequence.max(summary.max_sequence) + 1,
+        marked_end: summary.good_end,
+        dir: None,
+        cipher,
+    };
+    Ok((Arc::new(file), recovered))
 }
 
 /// The index recovered from a log, and how.
@@ -553,7 +594,13 @@ fn remove_hint(dir: &Path) -> Result<(), OpenError> {
 /// a crash left behind: each was a new file not yet renamed into place, and the old
 /// one, still in place, holds everything.
 fn remove_leftovers(dir: &Path) -> Result<(), OpenError> {
-    for name in [COMPACT_FILE, REPAIR_FILE, RESTORE_FILE, HINT_TMP] {
+    for name in [
+        COMPACT_FILE,
+        REPAIR_FILE,
+        RESTORE_FILE,
+        HINT_TMP,
+        REPLICA_SNAPSHOT,
+    ] {
         let leftover = dir.join(name);
         match fs::remove_file(&leftover) {
             Ok(()) => log::warn!(

@@ -12,6 +12,9 @@
 //! <dir>/data.log.broken-T  a damaged log set aside by a repair at time T
 //! <dir>/data.log.restore   the restored log while `lucid snapshot restore` writes it
 //! <dir>/data.log.before-restore-T  the log a forced restore set aside at time T (ms)
+//! <dir>/replica.snapshot   a follower's download of its primary's snapshot
+//! <dir>/data.log.diverged-E  a follower's log set aside because it held writes
+//!                          its primary's epoch E never had (never deleted)
 //! ```
 //!
 //! Every file is created readable and writable by its owner only
@@ -31,6 +34,8 @@ pub const COMPACT_FILE: &str = "data.log.compact";
 pub const REPAIR_FILE: &str = "data.log.repair";
 /// Name of the restored log while a restore writes it.
 pub const RESTORE_FILE: &str = "data.log.restore";
+/// Name of a follower's download of its primary's snapshot.
+pub const REPLICA_SNAPSHOT: &str = "replica.snapshot";
 /// Name of the hint file in the data directory.
 pub const HINT_FILE: &str = "data.hint";
 /// Name of a hint file being written.
@@ -42,6 +47,8 @@ const TORN_TAIL: &str = ".torn-";
 const BROKEN_LOG: &str = ".broken-";
 /// What follows the log's name in the name of a log a restore set aside.
 const BEFORE_RESTORE: &str = ".before-restore-";
+/// What follows the log's name in the name of a diverged log set aside.
+const DIVERGED: &str = ".diverged-";
 
 /// The name (before any `.N` making it unique) of the torn tail cut from
 /// the log at `log` at `offset`.
@@ -61,12 +68,20 @@ pub fn before_restore(log: &Path, ms: u64) -> String {
     format!("{}{BEFORE_RESTORE}{ms}", log.display())
 }
 
+/// The name (before any `.N` making it unique) of the log at `log` set
+/// aside by a follower because it diverged from its primary's epoch
+/// `epoch`.
+pub fn diverged(log: &Path, epoch: &str) -> String {
+    format!("{}{DIVERGED}{epoch}", log.display())
+}
+
 /// Whether the file `name` of the data directory is a copy of log data set
-/// aside (a torn tail, a damaged log, a log replaced by a restore): it
+/// aside (a torn tail, a damaged log, a log replaced by a restore, a
+/// diverged log): it
 /// keeps the encryption the log had.
 pub fn is_set_aside(name: &str) -> bool {
     name.strip_prefix(LOG_FILE).is_some_and(|rest| {
-        [TORN_TAIL, BROKEN_LOG, BEFORE_RESTORE]
+        [TORN_TAIL, BROKEN_LOG, BEFORE_RESTORE, DIVERGED]
             .iter()
             .any(|kind| rest.starts_with(kind))
     })

@@ -28,6 +28,9 @@
 //!   ([`directory`]).
 //! * **Snapshots**: a point-in-time image of the store in one file, made
 //!   while it serves ([`snapshot`]), restored offline ([`restore`]).
+//! * **Replication**: a primary's log read for its followers ([`tail`]); a
+//!   follower applying what it sent, and starting over from its snapshot
+//!   ([`replica`]).
 
 pub mod compaction;
 pub mod crypt;
@@ -40,10 +43,12 @@ pub mod index;
 pub mod layout;
 pub mod record;
 pub mod repair;
+pub mod replica;
 pub mod restore;
 pub mod scan;
 pub mod snapshot;
 pub mod stats;
+pub mod tail;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]

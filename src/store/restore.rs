@@ -74,7 +74,7 @@ pub fn restore(
         }
     };
     let set_aside = if log.exists() {
-        Some(link_aside(&log)?)
+        Some(link_aside(&log, &before_restore(&log, now_ms()))?)
     } else {
         None
     };
@@ -90,13 +90,12 @@ pub fn restore(
     Ok(RestoreReport { info, set_aside })
 }
 
-/// Gives the log at `log` a second name, `data.log.before-restore-T` (or
-/// that with `.N`: never an existing file), and returns it.
-fn link_aside(log: &Path) -> io::Result<String> {
-    let base = before_restore(log, now_ms());
+/// Gives the log at `log` a second name, `base` (or that with `.N`: never
+/// an existing file), and returns it.
+pub(super) fn link_aside(log: &Path, base: &str) -> io::Result<String> {
     for n in 0u32.. {
         let aside = if n == 0 {
-            base.clone()
+            base.to_owned()
         } else {
             format!("{base}.{n}")
         };
@@ -110,7 +109,7 @@ fn link_aside(log: &Path) -> io::Result<String> {
 }
 
 /// Writes the log image of `snapshot`, checked whole, to `to`, synced.
-fn copy_image(
+pub(super) fn copy_image(
     snapshot: &Path,
     to: &Path,
     cipher: Option<&Cipher>,

@@ -226,6 +226,22 @@ impl Store {
             }
         };
         self.append_bytes(writer, stored)?;
+        self.register_members(writer, stored, at, op_of)?;
+        Ok(last)
+    }
+
+    /// Registers the batch frame `stored`, just appended at `at`: every
+    /// member with the event `op_of` gives it, all of them visible at once
+    /// (or pending their fsync together).
+    fn register_members(
+        &self,
+        writer: &mut Writer,
+        stored: &[u8],
+        at: Position,
+        op_of: impl Fn(&RecordView<'_>) -> EventOp,
+    ) -> Result<(), StoreError> {
+        let offset = at.offset;
+        let cipher = writer.cipher.clone();
         let view = verify(stored, at).map_err(|_| corrupt(offset))?;
         let mut scratch = Vec::new();
         // Readers must see the whole batch or none of it: without a pending
@@ -258,7 +274,35 @@ impl Store {
                 self.events.publish(member.event);
             }
         }
-        Ok(last)
+        Ok(())
+    }
+
+    /// Registers `stored`, a record or batch frame just appended at `at`
+    /// that arrived from a primary: puts as puts, tombstones as deletes.
+    pub(super) fn register_appended(
+        &self,
+        writer: &mut Writer,
+        stored: &[u8],
+        at: Position,
+    ) -> Result<(), StoreError> {
+        let op_of = |record: &RecordView<'_>| match record.header.kind {
+            RecordKind::Delete => EventOp::Delete,
+            _ => EventOp::Put,
+        };
+        let view = verify(stored, at).map_err(|_| corrupt(at.offset))?;
+        if view.header.kind == RecordKind::Batch {
+            return self.register_members(writer, stored, at, op_of);
+        }
+        let mut scratch = Vec::new();
+        let plain = open_copy(writer.cipher.clone().as_deref(), view, at, &mut scratch)
+            .map_err(|_| corrupt(at.offset))?;
+        let place = Placed {
+            offset: at.offset,
+            stored_len: stored.len(),
+            frame_offset: at.offset,
+        };
+        self.register(writer, &plain, place, op_of(&plain), None);
+        Ok(())
     }
 
     /// Appends `plain`, a record sealed for `at` (the log's end), as the
@@ -288,6 +332,7 @@ impl Store {
             return Err(StoreError::Io(err));
         }
         writer.end += bytes.len() as u64;
+        self.appended.notify_all();
         let header = RecordHeader::decode(bytes[..RECORD_HEADER_LEN].try_into().expect("header"));
         if header.is_ok_and(|header| header.kind == RecordKind::Marker) {
             return Ok(()); // a sync marker takes no sequence number

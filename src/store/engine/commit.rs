@@ -4,8 +4,8 @@
 //! durable before it is acknowledged (with `sync: interval` and `never` a
 //! write is acknowledged once appended, and its ticket is settled at once).
 //! [`Store::wait_for`] waits on a ticket: it is the one place an
-//! acknowledgement waits for, and where replication will add "and stored by
-//! enough followers".
+//! acknowledgement waits for, durable here and, on a primary with
+//! `replication.min_acks`, stored by enough followers ([`FollowerAcks`]).
 //!
 //! # Group commit (`sync: always`)
 //!
@@ -65,6 +65,18 @@ impl Ticket {
     }
 }
 
+/// The followers' side of an acknowledgement, on a primary whose writes
+/// must be stored by some followers before they are acknowledged
+/// (`replication.min_acks`): installed once with [`Store::require_follower_acks`].
+pub trait FollowerAcks: Send + Sync {
+    /// Blocks until enough followers have made every record up to
+    /// `sequence` durable; fails with [`StoreError::NotReplicated`] when
+    /// they have not within the configured time.
+    fn wait(&self, sequence: u64) -> Result<(), StoreError>;
+    /// The highest sequence number enough followers have made durable.
+    fn acknowledged(&self) -> u64;
+}
+
 /// The group-commit role held by compaction (see [`Store::exclusive_sync`]).
 pub(in crate::store) struct ExclusiveSync<'a> {
     /// The store whose group commit is held (read by [`super::Paused`]).
@@ -96,9 +108,37 @@ impl Store {
     /// `sequence`: settled unless the sync mode makes acknowledgements wait
     /// for an fdatasync.
     pub(in crate::store) fn ticket(&self, sequence: u64) -> Ticket {
-        match self.sync {
-            SyncMode::Always => Ticket { sequence },
-            SyncMode::Interval(_) | SyncMode::Never => Ticket::SETTLED,
+        if self.sync == SyncMode::Always || self.follower_acks.get().is_some() {
+            Ticket { sequence }
+        } else {
+            Ticket::SETTLED
+        }
+    }
+
+    /// From now on, a write is acknowledged only once `followers` say they
+    /// stored it too (a primary with `replication.min_acks`). Installed
+    /// once; a second call is ignored.
+    pub fn require_follower_acks(&self, followers: Arc<dyn FollowerAcks>) {
+        let _ = self.follower_acks.set(followers);
+    }
+
+    /// Whether the write holding `ticket` may be acknowledged already.
+    fn is_acknowledged(&self, ticket: Ticket) -> bool {
+        let durable = self.sync != SyncMode::Always || ticket.sequence <= self.durable_sequence();
+        let replicated = self
+            .follower_acks
+            .get()
+            .is_none_or(|followers| ticket.sequence <= followers.acknowledged());
+        ticket.is_settled() || (durable && replicated)
+    }
+
+    /// The highest sequence number that may be acknowledged: durable, and
+    /// stored by enough followers where they are required.
+    fn acknowledged_through(&self) -> u64 {
+        let durable = self.durable_sequence();
+        match self.follower_acks.get() {
+            Some(followers) => durable.min(followers.acknowledged()),
+            None => durable,
         }
     }
 
@@ -106,13 +146,20 @@ impl Store {
     /// it is durable, running the group's fdatasync if nobody else is.
     /// Fails with [`StoreError::ReadOnly`] if an fsync failed first: the
     /// write's fate is then unknown. Every acknowledgement waits here (or
-    /// in an [`Acknowledger`], which waits here): replication will add
-    /// here the wait for enough followers to have stored the write.
+    /// in an [`Acknowledger`], which waits here), and on a primary with
+    /// [`FollowerAcks`] also for enough followers to have stored the write
+    /// ([`StoreError::NotReplicated`] if they do not in time).
     pub fn wait_for(&self, ticket: Ticket) -> Result<(), StoreError> {
         if ticket.is_settled() {
             return Ok(());
         }
-        self.wait_durable(ticket.sequence)
+        if self.sync == SyncMode::Always {
+            self.wait_durable(ticket.sequence)?;
+        }
+        match self.follower_acks.get() {
+            Some(followers) => followers.wait(ticket.sequence),
+            None => Ok(()),
+        }
     }
 
     /// Starts the thread of `sync: interval`, syncing the log every
@@ -138,7 +185,7 @@ impl Store {
     /// Blocks until the record with this sequence number is durable,
     /// running the group's fdatasync if nobody else is. Fails with
     /// [`StoreError::ReadOnly`] if an fsync failed first.
-    fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
+    pub(super) fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
         let mut state = lock(&self.commit);
         loop {
             if state.durable_sequence >= sequence {
@@ -335,7 +382,7 @@ impl<T> Acknowledger<T> {
         ticket: Ticket,
         item: T,
     ) -> Option<(T, Result<(), StoreError>)> {
-        if ticket.is_settled() || ticket.sequence <= store.durable_sequence() {
+        if store.is_acknowledged(ticket) {
             return Some((item, Ok(())));
         }
         let alone = self.is_idle() && !store.is_syncing();
@@ -389,17 +436,17 @@ impl<T> Acknowledger<T> {
                 .map(|(ticket, _)| *ticket)
                 .max()
                 .unwrap_or(Ticket::SETTLED);
-            // It fails only when an fsync failed and the store turned
-            // read-only; writes an earlier fsync covered still succeeded.
-            let durable = match store.wait_for(last) {
-                Ok(()) => last.sequence,
-                Err(_) => store.durable_sequence(),
+            // It fails when an fsync failed and the store turned read-only,
+            // or when followers did not confirm in time; writes covered
+            // before that still succeeded.
+            let (acknowledged, failure) = match store.wait_for(last) {
+                Ok(()) => (last.sequence, None),
+                Err(err) => (store.acknowledged_through(), Some(err)),
             };
             for (ticket, item) in group.drain(..) {
-                let fate = if ticket.sequence <= durable {
-                    Ok(())
-                } else {
-                    Err(StoreError::ReadOnly)
+                let fate = match &failure {
+                    Some(err) if ticket.sequence > acknowledged => Err(err.again()),
+                    _ => Ok(()),
                 };
                 answer(item, fate);
             }

@@ -250,6 +250,7 @@ impl Paused<'_> {
         writer.end = end;
         // The new log is fsynced to its end: nothing in it needs a marker.
         writer.marked_end = end;
+        store.appended.notify_all();
         if rename_durable {
             // Everything pending is in the synced new log: durable.
             let durable = writer.next_sequence - 1;

@@ -9,7 +9,9 @@
 //! * `damage`: damaged records met after a start;
 //! * `pending`: appended records waiting for their fsync, found by key;
 //! * `compaction_access`: the narrow access compaction gets, and the one
-//!   method that switches the store to a compacted log.
+//!   method that switches the store to a compacted log;
+//! * `snapshot_access` and `replica_access`: the narrow doors of snapshots
+//!   and of replication.
 //!
 //! # Write path
 //!
@@ -59,9 +61,11 @@ mod damage;
 pub mod mutation;
 mod pending;
 mod read;
+mod replica_access;
 mod snapshot_access;
 
 pub(super) use compaction_access::{CompactedLog, CompactionAccess, Installed, LogCut, Paused};
+pub(super) use replica_access::LogEnd;
 
 /// When writes are made durable with fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +155,54 @@ pub enum StoreError {
     /// An increment's or decrement's result does not fit (see
     /// [`Number`](mutation::Number)).
     Overflow,
+    /// The write is durable here, but fewer followers than
+    /// `replication.min_acks` confirmed it in time: it may or may not
+    /// survive a failover.
+    NotReplicated {
+        /// Followers that had to confirm it.
+        required: usize,
+        /// How long they were waited for.
+        timeout_ms: u64,
+    },
+    /// A replicated record's sequence number is not above the log's last
+    /// one: it arrived out of order.
+    OutOfOrder {
+        /// The record's (first) sequence number.
+        sequence: u64,
+        /// The log's last sequence number.
+        last: u64,
+    },
+}
+
+impl StoreError {
+    /// The same failure, for another write it befell (a group's writes
+    /// share their fsync's or their followers' fate). An I/O error keeps
+    /// its kind and message.
+    pub fn again(&self) -> Self {
+        match self {
+            Self::ReadOnly => Self::ReadOnly,
+            Self::Io(err) => Self::Io(io::Error::new(err.kind(), err.to_string())),
+            Self::Corrupt { offset } => Self::Corrupt { offset: *offset },
+            Self::Locked => Self::Locked,
+            Self::PreconditionFailed => Self::PreconditionFailed,
+            Self::NotFound => Self::NotFound,
+            Self::AlreadyLocked => Self::AlreadyLocked,
+            Self::NotLocked => Self::NotLocked,
+            Self::NotANumber => Self::NotANumber,
+            Self::Overflow => Self::Overflow,
+            Self::NotReplicated {
+                required,
+                timeout_ms,
+            } => Self::NotReplicated {
+                required: *required,
+                timeout_ms: *timeout_ms,
+            },
+            Self::OutOfOrder { sequence, last } => Self::OutOfOrder {
+                sequence: *sequence,
+                last: *last,
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for StoreError {
@@ -171,6 +223,17 @@ impl std::fmt::Display for StoreError {
             Self::NotLocked => f.write_str("the key is not locked"),
             Self::NotANumber => f.write_str("the value is not a number"),
             Self::Overflow => f.write_str("the result does not fit"),
+            Self::NotReplicated {
+                required,
+                timeout_ms,
+            } => write!(
+                f,
+                "{required} followers did not confirm the write within {timeout_ms} ms"
+            ),
+            Self::OutOfOrder { sequence, last } => write!(
+                f,
+                "a replicated record with sequence number {sequence} arrived after {last}"
+            ),
         }
     }
 }
@@ -331,6 +394,12 @@ struct Keydir {
 pub struct Store {
     keydir: RwLock<Keydir>,
     writer: Mutex<Writer>,
+    /// Signalled (with `writer`) whenever the log grows or is replaced, for
+    /// replication streams waiting at its end.
+    appended: Condvar,
+    /// On a primary with `replication.min_acks`: the followers whose
+    /// confirmation every acknowledgement also waits for.
+    follower_acks: std::sync::OnceLock<Arc<dyn commit::FollowerAcks>>,
     commit: Mutex<CommitState>,
     commit_done: Condvar,
     sync: SyncMode,
@@ -381,6 +450,8 @@ impl Store {
                 cipher: recovered.cipher,
                 envelope: Vec::new(),
             }),
+            appended: Condvar::new(),
+            follower_acks: std::sync::OnceLock::new(),
             commit: Mutex::new(CommitState {
                 durable_sequence: recovered.next_sequence - 1,
                 syncing: false,

@@ -1,0 +1,250 @@
+//! Reading a primary's log for a follower: the records after a sequence
+//! number, as they lie on disk, a window at a time, waiting at the end for
+//! more and following the store to a new log when a compaction (or a
+//! snapshot install) replaces it.
+//!
+//! A log holds every record whose sequence number is above its header's
+//! base sequence (see [`super::record`]): a compaction copies the records
+//! after its cut verbatim and keeps only live ones before it. So a reader
+//! can start after sequence number `S` only if `S` is at least the base;
+//! otherwise some changes after `S` are gone and the follower needs a
+//! snapshot ([`TailError::TooOld`]). When the log is replaced under a
+//! reader, it first reads the old log to its end (nothing is appended to
+//! it any more), then finds its place in the new one by sequence number.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engine::{LogEnd, Store};
+use super::record::{RecordHeader, RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+
+/// How much of the log a scan for a reader's place reads at once.
+const SCAN_WINDOW: usize = 256 * 1024;
+
+/// Why a log cannot be read from where a follower asked.
+#[derive(Debug)]
+pub enum TailError {
+    /// The log no longer holds every record after the sequence number
+    /// asked for: they were compacted away (a snapshot is needed).
+    TooOld {
+        /// The oldest sequence number a reader may start after.
+        base: u64,
+    },
+    /// The log could not be read.
+    Io(io::Error),
+    /// The log holds no valid record header at this offset.
+    Corrupt {
+        /// The offset.
+        offset: u64,
+    },
+}
+
+impl std::fmt::Display for TailError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooOld { base } => write!(
+                f,
+                "the log no longer holds every change after that point (it starts after {base})"
+            ),
+            Self::Io(err) => write!(f, "the log could not be read: {err}"),
+            Self::Corrupt { offset } => write!(f, "the log is damaged at offset {offset}"),
+        }
+    }
+}
+
+impl From<io::Error> for TailError {
+    fn from(err: io::Error) -> Self {
+        Self::Io(err)
+    }
+}
+
+/// Whole records read from the log, as they lie in it.
+#[derive(Debug)]
+pub struct Chunk<'b> {
+    /// The id of the log they are in (their CRCs cover it).
+    pub file_id: u32,
+    /// The offset of the first one in that log.
+    pub offset: u64,
+    /// The sequence number of the last record before them.
+    pub after: u64,
+    /// Their bytes (sync markers included).
+    pub bytes: &'b [u8],
+    /// The sequence number of the last of them.
+    pub last_sequence: u64,
+}
+
+/// A reader of a store's log after some sequence number.
+pub struct LogTail {
+    store: Arc<Store>,
+    /// The log being read, and its end when last looked at.
+    log: LogEnd,
+    /// The next byte to read in it.
+    offset: u64,
+    /// The sequence number of the last record handed out.
+    last_read: u64,
+}
+
+impl Store {
+    /// A reader of every record after sequence number `after`, or
+    /// [`TailError::TooOld`] if the log no longer holds them all.
+    pub fn tail_after(self: &Arc<Self>, after: u64) -> Result<LogTail, TailError> {
+        let log = self.log_end();
+        let offset = place_after(&log, after)?;
+        Ok(LogTail {
+            store: Arc::clone(self),
+            log,
+            offset,
+            last_read: after,
+        })
+    }
+}
+
+impl LogTail {
+    /// The next whole records, at most `max` bytes of them (a longer record
+    /// alone), read into `buf`; waits up to `wait` for some to be appended,
+    /// and returns `None` if none were. Sync markers come along, but a
+    /// stretch holding nothing else is skipped.
+    pub fn next<'b>(
+        &mut self,
+        buf: &'b mut Vec<u8>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Chunk<'b>>, TailError> {
+        let mut waited = false;
+        loop {
+            if self.offset >= self.log.end {
+                let now = if waited {
+                    self.store.log_end()
+                } else {
+                    waited = true;
+                    self.store
+                        .wait_appended(self.log.file_id, self.offset, wait)
+                };
+                self.look_at(now)?;
+                if self.offset >= self.log.end {
+                    return Ok(None);
+                }
+            }
+            let after = self.last_read;
+            let start = self.offset;
+            let (len, last) = self.read_records(buf, max)?;
+            self.offset += len as u64;
+            if last > after {
+                self.last_read = last;
+                return Ok(Some(Chunk {
+                    file_id: self.log.file_id,
+                    offset: start,
+                    after,
+                    bytes: &buf[..len],
+                    last_sequence: last,
+                }));
+            }
+        }
+    }
+
+    /// The last sequence number in the log when it was last looked at.
+    pub fn log_sequence(&self) -> u64 {
+        self.log.last_sequence
+    }
+
+    /// Whether every record appended when the log was last looked at has
+    /// been read.
+    pub fn caught_up(&self) -> bool {
+        self.offset >= self.log.end
+    }
+
+    /// Takes in the log's end `now`: the same log grown, or another log
+    /// that replaced it, read from after the last record handed out once
+    /// the old one is read to its end.
+    fn look_at(&mut self, now: LogEnd) -> Result<(), TailError> {
+        if now.file_id == self.log.file_id {
+            self.log = now;
+            return Ok(());
+        }
+        let old_end = self.log.file.size()?;
+        if self.offset < old_end {
+            self.log.end = old_end;
+            return Ok(());
+        }
+        self.offset = place_after(&now, self.last_read)?;
+        self.log = now;
+        Ok(())
+    }
+
+    /// Reads whole records from the reader's offset into `buf`: as many as
+    /// fit in `max` bytes, or the first alone if it is longer. Returns the
+    /// bytes read and the last sequence number among them (or the last
+    /// read before, if they are all sync markers).
+    fn read_records(&self, buf: &mut Vec<u8>, max: usize) -> Result<(usize, u64), TailError> {
+        let available = usize::try_from(self.log.end - self.offset).unwrap_or(usize::MAX);
+        buf.resize(available.min(max.max(RECORD_HEADER_LEN)), 0);
+        self.log.file.read_at(buf, self.offset)?;
+        let (mut used, mut last) = (0, self.last_read);
+        while let Some(header) = buf.get(used..used + RECORD_HEADER_LEN) {
+            let header = decode(header, self.offset + used as u64)?;
+            let len = usize::try_from(header.record_len()).unwrap_or(usize::MAX);
+            if used + len > buf.len() {
+                if used == 0 {
+                    // A record longer than `max` travels alone.
+                    buf.resize(len, 0);
+                    self.log.file.read_at(buf, self.offset)?;
+                    return Ok((len, sequence_of(&header).unwrap_or(last)));
+                }
+                break;
+            }
+            last = sequence_of(&header).unwrap_or(last);
+            used += len;
+        }
+        if used == 0 {
+            return Err(TailError::Corrupt {
+                offset: self.offset,
+            });
+        }
+        Ok((used, last))
+    }
+}
+
+/// Where in `log` the first record after sequence number `after` is (its
+/// end if there is none yet), or [`TailError::TooOld`].
+fn place_after(log: &LogEnd, after: u64) -> Result<u64, TailError> {
+    if after < log.base_sequence {
+        return Err(TailError::TooOld {
+            base: log.base_sequence,
+        });
+    }
+    let mut window = vec![0; SCAN_WINDOW];
+    let mut at = FILE_HEADER_LEN as u64;
+    while at < log.end {
+        let len = usize::try_from(log.end - at).map_or(SCAN_WINDOW, |left| left.min(SCAN_WINDOW));
+        log.file.read_at(&mut window[..len], at)?;
+        let mut used = 0;
+        while let Some(header) = window[..len].get(used..used + RECORD_HEADER_LEN) {
+            let header = decode(header, at + used as u64)?;
+            if sequence_of(&header).is_some_and(|sequence| sequence > after) {
+                return Ok(at + used as u64);
+            }
+            used += usize::try_from(header.record_len()).unwrap_or(usize::MAX);
+            if used > len {
+                break;
+            }
+        }
+        if used == 0 {
+            return Err(TailError::Corrupt { offset: at });
+        }
+        at += used as u64;
+    }
+    Ok(log.end)
+}
+
+/// The header of the record at `offset`, whose first bytes are `bytes`.
+fn decode(bytes: &[u8], offset: u64) -> Result<RecordHeader, TailError> {
+    let fixed = bytes.try_into().expect("a whole header");
+    RecordHeader::decode(fixed).map_err(|_| TailError::Corrupt { offset })
+}
+
+/// The sequence number a record takes (a frame: its last member's), or
+/// `None` for a sync marker.
+fn sequence_of(header: &RecordHeader) -> Option<u64> {
+    (header.kind != RecordKind::Marker).then_some(header.sequence)
+}
