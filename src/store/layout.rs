@@ -12,6 +12,8 @@
 //! <dir>/data.log.broken-T  a damaged log set aside by a repair at time T
 //! <dir>/data.log.restore   the restored log while `lucid snapshot restore` writes it
 //! <dir>/data.log.before-restore-T  the log a forced restore set aside at time T (ms)
+//! <dir>/replication.json   the node's epoch and epoch history (see `replication::state`)
+//! <dir>/replication.json.tmp  the new replication.json while it is written
 //! ```
 //!
 //! Every file is created readable and writable by its owner only
@@ -35,6 +37,10 @@ pub const RESTORE_FILE: &str = "data.log.restore";
 pub const HINT_FILE: &str = "data.hint";
 /// Name of a hint file being written.
 pub const HINT_TMP: &str = "data.hint.tmp";
+/// Name of the node's replication state (its epochs) in the data directory.
+pub const REPLICATION_FILE: &str = "replication.json";
+/// Name of the replication state while it is written.
+pub const REPLICATION_TMP: &str = "replication.json.tmp";
 
 /// What follows the log's name in the name of a torn tail kept aside.
 const TORN_TAIL: &str = ".torn-";
