@@ -59,6 +59,8 @@ pub struct Config {
     pub ui: Ui,
     /// Scheduled backups.
     pub backup: Backup,
+    /// Following a primary, and the acknowledgements a primary waits for.
+    pub replication: Replication,
 }
 
 /// `backup:` — snapshots written on a schedule (see [`crate::backup`]).
@@ -104,6 +106,185 @@ impl Backup {
             _ => Ok(()),
         }
     }
+}
+
+/// `replication:` — whether this node follows a primary, and how many
+/// followers a primary's writes wait for (see [`crate::replication`]).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Replication {
+    /// The primary's URL, `http://host[:port]` (`https://` with the `tls`
+    /// feature), without a trailing `/`; set = this node is a read-only
+    /// follower of it. `None` (the default): this node is a primary.
+    #[serde(deserialize_with = "primary_url")]
+    pub primary: Option<String>,
+    /// The token (scope `replicate`) a follower sends to its primary.
+    #[serde(deserialize_with = "optional_text")]
+    pub token: Option<String>,
+    /// A file holding that token instead (a relative path is relative to
+    /// the config file's directory); see [`Replication::follower_token`].
+    #[serde(deserialize_with = "optional_path")]
+    pub token_file: Option<PathBuf>,
+    /// On a primary: a write is acknowledged once durable here and on this
+    /// many followers (0: here only).
+    pub min_acks: usize,
+    /// On a primary: how long a write waits for those followers before it
+    /// is answered 504.
+    pub ack_timeout_ms: u64,
+}
+
+/// Most followers a write may wait for (`replication.min_acks`).
+const MAX_MIN_ACKS: usize = 16;
+
+/// Accepted `replication.ack_timeout_ms`, in milliseconds.
+const ACK_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 10..=600_000;
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            primary: None,
+            token: None,
+            token_file: None,
+            min_acks: 0,
+            ack_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Never prints the token.
+impl fmt::Debug for Replication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replication")
+            .field("primary", &self.primary)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("min_acks", &self.min_acks)
+            .field("ack_timeout_ms", &self.ack_timeout_ms)
+            .finish()
+    }
+}
+
+impl Replication {
+    /// The token a follower sends to its primary: `token_file`'s content
+    /// (trimmed), else `token`; `None` if neither is set.
+    pub fn follower_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.token_file else {
+            return Ok(self.token.clone());
+        };
+        let cannot = |why: String| {
+            ConfigError(format!(
+                "replication.token_file {}: {why}; put the token (`lucid tokens issue \
+                 --scope replicate` on the primary) in it, readable by the node's user only",
+                path.display()
+            ))
+        };
+        let text = std::fs::read_to_string(path).map_err(|err| cannot(err.to_string()))?;
+        match text.trim() {
+            "" => Err(cannot("it is empty".into())),
+            token => Ok(Some(token.to_owned())),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err(
+                "replication.token and replication.token_file are both set: keep one".into(),
+            );
+        }
+        if self.min_acks > MAX_MIN_ACKS {
+            return Err(format!(
+                "replication.min_acks must be at most {MAX_MIN_ACKS}, not {}",
+                self.min_acks
+            ));
+        }
+        if !ACK_TIMEOUT_MS.contains(&self.ack_timeout_ms) {
+            return Err(format!(
+                "replication.ack_timeout_ms must be between {} and {}, not {}",
+                ACK_TIMEOUT_MS.start(),
+                ACK_TIMEOUT_MS.end(),
+                self.ack_timeout_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks `replication.primary`: a scheme this build speaks, a host, an
+/// optional port, an optional `/` and nothing else; returns it without the
+/// `/`.
+fn check_primary_url(url: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "replication.primary {url:?} {why}; give the primary's address as \
+             http://HOST:PORT, e.g. http://pi-1.local:7021"
+        ))
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad("is not an http:// or https:// URL");
+    };
+    match scheme {
+        "http" => {}
+        "https" if cfg!(feature = "tls") => {}
+        "https" => {
+            return Err(format!(
+                "replication.primary {url:?} is an https:// URL, but this build has no TLS: \
+                 build with `--features tls`, or follow the primary over http://"
+            ))
+        }
+        _ => return bad("is not an http:// or https:// URL"),
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return bad("has a path, query or fragment (only \"/\" is allowed)");
+    }
+    if authority.contains('@') {
+        return bad("has credentials (the token goes in replication.token)");
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, rest)) => match rest.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return bad("has something after the IPv6 address that is not :PORT"),
+            },
+            None => return bad("has an IPv6 address without its closing ']'"),
+        },
+        None => match authority.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return bad("has an IPv6 address without brackets (write http://[::1]:7021)")
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return bad("has no host");
+    }
+    if host.contains(char::is_whitespace) {
+        return bad("has a space in its host");
+    }
+    match port.map(str::parse::<u16>) {
+        Some(Ok(0) | Err(_)) => bad("has a port that is not a number from 1 to 65535"),
+        _ => Ok(format!("{scheme}://{authority}")),
+    }
+}
+
+/// Reads `replication.primary`: an optional URL (an empty string: none),
+/// checked, with a trailing `/` dropped.
+fn primary_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    optional_text(deserializer)?
+        .map(|url| check_primary_url(&url).map_err(D::Error::custom))
+        .transpose()
+}
+
+/// Reads an optional string (an empty one: none).
+fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.filter(|text| !text.is_empty()))
+}
+
+/// Reads an optional path (an empty one: none).
+fn optional_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(optional_text(deserializer)?.map(PathBuf::from))
 }
 
 /// Reads an optional duration such as `1h` (an empty string: none).
@@ -642,7 +823,10 @@ impl Config {
             &mut self.backup.directory,
             &mut tls.certificate,
             &mut tls.private_key,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.replication.token_file.as_mut())
+        {
             if path.is_relative() && !path.as_os_str().is_empty() {
                 *path = base.join(path.strip_prefix(".").unwrap_or(path));
             }
@@ -729,6 +913,7 @@ impl Config {
             ));
         }
         self.backup.validate()?;
+        self.replication.validate()?;
         self.authentication.validate()
     }
 }
@@ -853,6 +1038,139 @@ mod tests {
         assert_eq!(
             config.storage.sync_mode(),
             SyncMode::Interval(Duration::from_millis(250))
+        );
+    }
+
+    #[test]
+    fn replication_is_off_by_default_and_sections_keep_their_defaults() {
+        let defaults = Config::default().replication;
+        assert_eq!(defaults.primary, None);
+        assert_eq!((defaults.token, defaults.token_file), (None, None));
+        assert_eq!((defaults.min_acks, defaults.ack_timeout_ms), (0, 5000));
+        let config = Config::parse("replication:\n  min_acks: 2\n").unwrap();
+        assert_eq!(config.replication.min_acks, 2);
+        assert_eq!(config.replication.ack_timeout_ms, 5000);
+        let empty = "replication:\n  primary: ''\n  token: ''\n  token_file: ''\n";
+        assert_eq!(Config::parse(empty).unwrap(), Config::default());
+        let err = Config::parse("replication:\n  primray: http://a:1\n").unwrap_err();
+        assert!(err.contains("primray"), "{err}");
+    }
+
+    #[test]
+    fn a_primary_url_is_checked_and_loses_its_trailing_slash() {
+        let primary = |url: &str| {
+            Config::parse(&format!("replication:\n  primary: '{url}'\n"))
+                .map(|config| config.replication.primary.unwrap())
+        };
+        for (given, kept) in [
+            ("http://pi-1.local:7021/", "http://pi-1.local:7021"),
+            ("http://pi-1.local", "http://pi-1.local"),
+            ("http://10.0.0.2:80", "http://10.0.0.2:80"),
+            ("http://[::1]:7021/", "http://[::1]:7021"),
+            ("http://[fe80::1]", "http://[fe80::1]"),
+        ] {
+            assert_eq!(primary(given).as_deref(), Ok(kept), "{given}");
+        }
+        for (bad, why) in [
+            ("pi-1.local:7021", "not an http:// or https:// URL"),
+            ("ftp://pi-1.local", "not an http:// or https:// URL"),
+            ("http://", "no host"),
+            ("http:///", "no host"),
+            ("http://:7021", "no host"),
+            ("http://[]:7021", "no host"),
+            ("http://pi 1.local", "space"),
+            ("http://pi-1.local:7021/api", "path"),
+            ("http://pi-1.local//", "path"),
+            ("http://pi-1.local?x=1", "path, query"),
+            ("http://user:secret@pi-1.local", "credentials"),
+            ("http://pi-1.local:port", "port"),
+            ("http://pi-1.local:0", "port"),
+            ("http://pi-1.local:70210", "port"),
+            ("http://pi-1.local:", "port"),
+            ("http://::1:7021", "without brackets"),
+            ("http://[::1", "closing"),
+            ("http://[::1]7021", "not :PORT"),
+        ] {
+            let err = primary(bad).unwrap_err();
+            assert!(err.contains("replication.primary"), "{bad}: {err}");
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.contains("http://HOST:PORT"), "{bad}: {err}");
+        }
+        let https = primary("https://pi-1.local:7021/");
+        if cfg!(feature = "tls") {
+            assert_eq!(https.as_deref(), Ok("https://pi-1.local:7021"));
+        } else {
+            let err = https.unwrap_err();
+            assert!(err.contains("--features tls"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_replication_settings_are_explained() {
+        let err = Config::parse("replication:\n  token: t\n  token_file: /t\n").unwrap_err();
+        assert!(err.contains("both set"), "{err}");
+        assert!(!err.contains(": t\n"), "the token is echoed: {err}");
+        let err = Config::parse("replication:\n  min_acks: 17\n").unwrap_err();
+        assert!(
+            err.contains("replication.min_acks must be at most 16"),
+            "{err}"
+        );
+        assert!(Config::parse("replication:\n  min_acks: 16\n").is_ok());
+        for bad in [0, 9, 600_001] {
+            let yaml = format!("replication:\n  ack_timeout_ms: {bad}\n");
+            let err = Config::parse(&yaml).unwrap_err();
+            assert!(err.contains("replication.ack_timeout_ms"), "{bad}: {err}");
+            assert!(err.contains("between 10 and 600000"), "{bad}: {err}");
+        }
+        for good in [10, 600_000] {
+            let yaml = format!("replication:\n  ack_timeout_ms: {good}\n");
+            assert!(Config::parse(&yaml).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn the_follower_token_comes_from_its_file_or_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("replicate.token");
+        std::fs::write(&file, "  header.payload.signature\n").unwrap();
+        let mut replication = Replication {
+            token_file: Some(file.clone()),
+            ..Replication::default()
+        };
+        let token = replication.follower_token().unwrap();
+        assert_eq!(token.as_deref(), Some("header.payload.signature"));
+
+        std::fs::write(&file, "\n").unwrap();
+        let err = replication.follower_token().unwrap_err().to_string();
+        assert!(
+            err.contains("replicate.token") && err.contains("empty"),
+            "{err}"
+        );
+        replication.token_file = Some(dir.path().join("missing"));
+        let err = replication.follower_token().unwrap_err().to_string();
+        assert!(err.contains("replication.token_file"), "{err}");
+        assert!(err.contains("missing"), "{err}");
+        assert!(err.contains("--scope replicate"), "{err}");
+
+        let replication = Replication {
+            token: Some("inline".into()),
+            ..Replication::default()
+        };
+        assert_eq!(
+            replication.follower_token().unwrap().as_deref(),
+            Some("inline")
+        );
+        assert!(!format!("{replication:?}").contains("inline"));
+        assert_eq!(Replication::default().follower_token().unwrap(), None);
+    }
+
+    #[test]
+    fn a_relative_token_file_is_relative_to_the_base() {
+        let mut config = Config::parse("replication:\n  token_file: ./t\n").unwrap();
+        config.resolve_paths(Path::new("/etc/lucid"));
+        assert_eq!(
+            config.replication.token_file.as_deref(),
+            Some(Path::new("/etc/lucid/t"))
         );
     }
 }

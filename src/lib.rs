@@ -4,6 +4,7 @@
 //! * [`http`] serves the HTTP API over the store; [`auth`] decides who may
 //!   use it.
 //! * [`watch`] is the change feed that watchers subscribe to.
+//! * [`replication`] keeps followers in step with a primary.
 //! * [`config`] reads `lucid.yml`; [`notify`] speaks systemd's notify protocol.
 //! * [`cli`] parses the command line; [`commands`] does what each command says.
 //! * [`clock`] and [`locks`] are small helpers every part shares.
@@ -20,5 +21,6 @@ pub mod locks;
 pub mod logging;
 pub mod memory;
 pub mod notify;
+pub mod replication;
 pub mod store;
 pub mod watch;

@@ -546,3 +546,39 @@ fn a_missing_config_file_is_reported_with_how_to_make_one() {
         "{message}"
     );
 }
+
+#[test]
+fn bad_replication_settings_stop_the_node_at_start() {
+    let cases: [(&[&str], [&str; 2]); 5] = [
+        (
+            &["primary: http://pi-1.local:7021/api"],
+            ["replication.primary", "path"],
+        ),
+        (
+            &["primary: pi-1.local:7021"],
+            ["replication.primary", "http://"],
+        ),
+        (&["min_acks: 17"], ["replication.min_acks", "at most 16"]),
+        (
+            &["ack_timeout_ms: 5"],
+            ["replication.ack_timeout_ms", "600000"],
+        ),
+        (
+            &["token: t", "token_file: t"],
+            ["replication.token_file", "both set"],
+        ),
+    ];
+    for (lines, words) in cases {
+        let config = lines.iter().fold(Config::new(), |config, line| {
+            config.raw("replication", line)
+        });
+        let (status, stderr) = config.start_expect_failure();
+        assert!(!status.success(), "{lines:?}: exit status {status}");
+        for word in words {
+            assert!(
+                stderr.contains(word),
+                "{lines:?}: no {word:?} in:\n{stderr}"
+            );
+        }
+    }
+}

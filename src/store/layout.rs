@@ -15,6 +15,8 @@
 //! <dir>/replica.snapshot   a follower's download of its primary's snapshot
 //! <dir>/data.log.diverged-E  a follower's log set aside because it held writes
 //!                          its primary's epoch E never had (never deleted)
+//! <dir>/replication.json   the node's epoch and epoch history (see `replication::state`)
+//! <dir>/replication.json.tmp  the new replication.json while it is written
 //! ```
 //!
 //! Every file is created readable and writable by its owner only
@@ -40,6 +42,10 @@ pub const REPLICA_SNAPSHOT: &str = "replica.snapshot";
 pub const HINT_FILE: &str = "data.hint";
 /// Name of a hint file being written.
 pub const HINT_TMP: &str = "data.hint.tmp";
+/// Name of the node's replication state (its epochs) in the data directory.
+pub const REPLICATION_FILE: &str = "replication.json";
+/// Name of the replication state while it is written.
+pub const REPLICATION_TMP: &str = "replication.json.tmp";
 
 /// What follows the log's name in the name of a torn tail kept aside.
 const TORN_TAIL: &str = ".torn-";
