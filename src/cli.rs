@@ -254,7 +254,8 @@ pub enum TokensCommand {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "issue")]
 pub struct IssueArgs {
-    /// a scope to grant: read, write or admin (repeat for more)
+    /// a scope to grant: read, write, admin, or replicate (for a
+    /// follower; it grants nothing else); repeat for more
     #[argh(option, from_str_fn(parse_scope))]
     pub scope: Vec<Scope>,
     /// limit the token to keys starting with this prefix (repeat for
@@ -275,7 +276,9 @@ pub struct IssueArgs {
 }
 
 fn parse_scope(name: &str) -> Result<Scope, String> {
-    Scope::parse(name).ok_or_else(|| format!("unknown scope {name:?}: use read, write or admin"))
+    Scope::parse(name).ok_or_else(|| {
+        format!("unknown scope {name:?}: use read, write or admin (or replicate, for a follower)")
+    })
 }
 
 fn parse_rule(rule: &str) -> Result<PrefixRule, String> {
@@ -324,5 +327,14 @@ mod tests {
         );
         assert!(parse_rule("x/").is_err());
         assert!(parse_rule("x/=root").is_err());
+    }
+
+    #[test]
+    fn tokens_issue_takes_the_replicate_scope() {
+        let args = ["--scope", "replicate", "--scope", "read", "--expires", "1y"];
+        let issue = IssueArgs::from_args(&["lucid tokens issue"], &args).unwrap();
+        assert_eq!(issue.scope, [Scope::Replicate, Scope::Read]);
+        let err = parse_scope("replica").unwrap_err();
+        assert!(err.contains("replicate"), "{err}");
     }
 }

@@ -159,4 +159,18 @@ mod tests {
             assert_eq!(claims.authorize_prefix(Access::Write, b""), expected);
         }
     }
+
+    #[test]
+    fn an_unscoped_token_may_replicate_only_where_allowed() {
+        for allow in [false, true] {
+            let config = config(allow);
+            let header = bearer(&config, LucidClaims::default());
+            let claims = Auth::from_config(&config)
+                .unwrap()
+                .authenticate([header.as_str()].into_iter())
+                .unwrap();
+            let expected = if allow { Ok(()) } else { Err(Denied::Unscoped) };
+            assert_eq!(claims.authorize(Access::Replicate, b""), expected);
+        }
+    }
 }
