@@ -42,11 +42,13 @@ pub enum Command {
     Import(ImportArgs),
     /// `lucid snapshot`
     Snapshot(SnapshotArgs),
+    /// `lucid promote`
+    Promote(PromoteArgs),
 }
 
 /// Write a commented configuration file (to --config, $LUCID_CONFIG or
 /// ./lucid.yml) with authentication on and a new random secret, and print a
-/// root token (all scopes, valid for a year) once.
+/// root token (read, write and admin, valid for a year) once.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "init")]
 pub struct InitArgs {
@@ -151,6 +153,24 @@ pub struct ImportArgs {
     #[argh(positional)]
     pub file: PathBuf,
 
+    /// the node's address, e.g. http://127.0.0.1:7021 (default: the
+    /// configured bind_address and port)
+    #[argh(option)]
+    pub url: Option<String>,
+
+    /// a token with the admin scope (default: $LUCID_TOKEN, which other
+    /// users cannot see in ps)
+    #[argh(option)]
+    pub token: Option<String>,
+}
+
+/// Make the follower running on this machine a primary (POST
+/// /api/admin/promote), e.g. when its primary is lost: it stops following,
+/// begins a new epoch and takes writes at once. Then remove
+/// replication.primary from its config.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "promote")]
+pub struct PromoteArgs {
     /// the node's address, e.g. http://127.0.0.1:7021 (default: the
     /// configured bind_address and port)
     #[argh(option)]
@@ -336,5 +356,25 @@ mod tests {
         assert_eq!(issue.scope, [Scope::Replicate, Scope::Read]);
         let err = parse_scope("replica").unwrap_err();
         assert!(err.contains("replicate"), "{err}");
+    }
+
+    #[test]
+    fn promote_takes_a_url_and_a_token() {
+        let parse = |words: &[&str]| match Args::from_args(&["lucid"], words) {
+            Ok(Args {
+                command: Command::Promote(promote),
+                ..
+            }) => Ok((promote.url, promote.token)),
+            Ok(other) => panic!("{other:?}"),
+            Err(early) => Err(early.output),
+        };
+        assert_eq!(parse(&["promote"]), Ok((None, None)));
+        let words = ["promote", "--url", "http://127.0.0.1:7022", "--token", "t"];
+        let expected = (Some("http://127.0.0.1:7022".into()), Some("t".into()));
+        assert_eq!(parse(&words), Ok(expected));
+        let err = parse(&["promote", "now"]).unwrap_err();
+        assert!(err.contains("now"), "{err}");
+        let err = parse(&["promote", "--url"]).unwrap_err();
+        assert!(err.contains("--url"), "{err}");
     }
 }
