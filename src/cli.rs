@@ -42,11 +42,13 @@ pub enum Command {
     Import(ImportArgs),
     /// `lucid snapshot`
     Snapshot(SnapshotArgs),
+    /// `lucid promote`
+    Promote(PromoteArgs),
 }
 
 /// Write a commented configuration file (to --config, $LUCID_CONFIG or
 /// ./lucid.yml) with authentication on and a new random secret, and print a
-/// root token (all scopes, valid for a year) once.
+/// root token (read, write and admin, valid for a year) once.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "init")]
 pub struct InitArgs {
@@ -162,6 +164,24 @@ pub struct ImportArgs {
     pub token: Option<String>,
 }
 
+/// Make the follower running on this machine a primary (POST
+/// /api/admin/promote), e.g. when its primary is lost: it stops following,
+/// begins a new epoch and takes writes at once. Then remove
+/// replication.primary from its config.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "promote")]
+pub struct PromoteArgs {
+    /// the node's address, e.g. http://127.0.0.1:7021 (default: the
+    /// configured bind_address and port)
+    #[argh(option)]
+    pub url: Option<String>,
+
+    /// a token with the admin scope (default: $LUCID_TOKEN, which other
+    /// users cannot see in ps)
+    #[argh(option)]
+    pub token: Option<String>,
+}
+
 /// Save, verify and restore snapshots: point-in-time images of the store.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "snapshot")]
@@ -254,7 +274,8 @@ pub enum TokensCommand {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "issue")]
 pub struct IssueArgs {
-    /// a scope to grant: read, write or admin (repeat for more)
+    /// a scope to grant: read, write, admin, or replicate (for a
+    /// follower; it grants nothing else); repeat for more
     #[argh(option, from_str_fn(parse_scope))]
     pub scope: Vec<Scope>,
     /// limit the token to keys starting with this prefix (repeat for
@@ -275,7 +296,9 @@ pub struct IssueArgs {
 }
 
 fn parse_scope(name: &str) -> Result<Scope, String> {
-    Scope::parse(name).ok_or_else(|| format!("unknown scope {name:?}: use read, write or admin"))
+    Scope::parse(name).ok_or_else(|| {
+        format!("unknown scope {name:?}: use read, write or admin (or replicate, for a follower)")
+    })
 }
 
 fn parse_rule(rule: &str) -> Result<PrefixRule, String> {
@@ -324,5 +347,34 @@ mod tests {
         );
         assert!(parse_rule("x/").is_err());
         assert!(parse_rule("x/=root").is_err());
+    }
+
+    #[test]
+    fn tokens_issue_takes_the_replicate_scope() {
+        let args = ["--scope", "replicate", "--scope", "read", "--expires", "1y"];
+        let issue = IssueArgs::from_args(&["lucid tokens issue"], &args).unwrap();
+        assert_eq!(issue.scope, [Scope::Replicate, Scope::Read]);
+        let err = parse_scope("replica").unwrap_err();
+        assert!(err.contains("replicate"), "{err}");
+    }
+
+    #[test]
+    fn promote_takes_a_url_and_a_token() {
+        let parse = |words: &[&str]| match Args::from_args(&["lucid"], words) {
+            Ok(Args {
+                command: Command::Promote(promote),
+                ..
+            }) => Ok((promote.url, promote.token)),
+            Ok(other) => panic!("{other:?}"),
+            Err(early) => Err(early.output),
+        };
+        assert_eq!(parse(&["promote"]), Ok((None, None)));
+        let words = ["promote", "--url", "http://127.0.0.1:7022", "--token", "t"];
+        let expected = (Some("http://127.0.0.1:7022".into()), Some("t".into()));
+        assert_eq!(parse(&words), Ok(expected));
+        let err = parse(&["promote", "now"]).unwrap_err();
+        assert!(err.contains("now"), "{err}");
+        let err = parse(&["promote", "--url"]).unwrap_err();
+        assert!(err.contains("--url"), "{err}");
     }
 }

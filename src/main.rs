@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         cli::Command::Export(export) => commands::export::run(config, export),
         cli::Command::Import(import) => commands::import::run(config, import),
         cli::Command::Health(health) => commands::health::run(config, health.url.as_deref()),
+        cli::Command::Promote(promote) => commands::promote::run(config, promote),
         cli::Command::Snapshot(snapshot) => match snapshot.command {
             cli::SnapshotCommand::Save(save) => commands::snapshot::save(config, save),
             cli::SnapshotCommand::Verify(verify) => commands::snapshot::verify(config, verify),

@@ -582,3 +582,40 @@ fn bad_replication_settings_stop_the_node_at_start() {
         }
     }
 }
+
+#[test]
+fn promote_passes_on_a_refusal_and_says_when_no_node_answers() {
+    let mut node = Config::new()
+        .raw("authentication", "enabled: true")
+        .raw(
+            "authentication",
+            &format!("secret_key: \"{}\"", "s".repeat(32)),
+        )
+        .start();
+    let url = format!("http://127.0.0.1:{}", node.port());
+    let dir = tempfile::tempdir().unwrap();
+    let promote = || {
+        run_lucid_with(&["promote", "--url", &url], dir.path(), |command| {
+            command.env_remove("LUCID_TOKEN");
+        })
+    };
+    // Without a token the node refuses, and the command says so.
+    let out = promote();
+    assert!(!out.status.success());
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains(&format!("{url}/api/admin/promote answered 401")),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    node.stop();
+    let out = promote();
+    assert!(!out.status.success());
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("cannot ask the node at"), "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+}

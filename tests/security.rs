@@ -610,6 +610,43 @@ fn tokens_issue_prints_a_token_the_node_honours() {
 }
 
 #[test]
+fn a_replicate_token_from_tokens_issue_reads_writes_and_administers_nothing() {
+    let node = secured(&[]);
+    let port = node.port();
+    let out = node.run(&["tokens", "issue", "--scope", "replicate", "--expires", "1y"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let claims = HS256Key::from_bytes(SECRET.as_bytes())
+        .verify_token::<Map<String, Value>>(&token, None)
+        .unwrap();
+    assert_eq!(claims.custom["scopes"], json!(["replicate"]));
+
+    assert_eq!(
+        with_token(port, &root(), "PUT", "/api/kv/k", b"v").status,
+        201
+    );
+    for (method, path, scope) in [
+        ("GET", "/api/kv/k", "read"),
+        ("GET", "/api/kv?prefix=", "read"),
+        ("PUT", "/api/kv/k", "write"),
+        ("GET", "/api/admin/stats", "admin"),
+    ] {
+        let resp = with_token(port, &token, method, path, b"w");
+        assert_eq!(resp.status, 403, "{method} {path}: {}", resp.text());
+        assert!(
+            resp.text().contains(scope),
+            "{method} {path}: {}",
+            resp.text()
+        );
+    }
+    assert_eq!(
+        with_token(port, &root(), "GET", "/api/kv/k", b"").body,
+        b"v"
+    );
+}
+
+#[test]
 fn tokens_issue_without_a_secret_says_what_to_do() {
     let node = Config::new().prepare();
     let out = node.run(&["tokens", "issue", "--scope", "read", "--expires", "1d"]);

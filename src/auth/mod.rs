@@ -145,18 +145,32 @@ mod tests {
         assert!(auth.authenticate(["Bearer"].into_iter()).is_err());
     }
 
+    /// The claims of a token without scopes, on a node that allows such
+    /// tokens or not.
+    fn unscoped(allow: bool) -> Claims {
+        let config = config(allow);
+        let header = bearer(&config, LucidClaims::default());
+        Auth::from_config(&config)
+            .unwrap()
+            .authenticate([header.as_str()].into_iter())
+            .unwrap()
+    }
+
     #[test]
     fn unscoped_tokens_have_full_access_only_where_allowed() {
         for allow in [false, true] {
-            let config = config(allow);
-            let header = bearer(&config, LucidClaims::default());
-            let claims = Auth::from_config(&config)
-                .unwrap()
-                .authenticate([header.as_str()].into_iter())
-                .unwrap();
+            let claims = unscoped(allow);
             let expected = if allow { Ok(()) } else { Err(Denied::Unscoped) };
             assert_eq!(claims.authorize(Access::Admin, b""), expected);
             assert_eq!(claims.authorize_prefix(Access::Write, b""), expected);
+        }
+    }
+
+    #[test]
+    fn an_unscoped_token_may_replicate_only_where_allowed() {
+        for allow in [false, true] {
+            let expected = if allow { Ok(()) } else { Err(Denied::Unscoped) };
+            assert_eq!(unscoped(allow).authorize(Access::Replicate, b""), expected);
         }
     }
 }

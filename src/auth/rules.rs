@@ -13,6 +13,17 @@ pub enum Access {
     Write,
     /// `/api/admin/*` (and `/metrics` unless it is public).
     Admin,
+    /// Following this node's log as a replication follower: the stream,
+    /// its acknowledgements, and the snapshot a follower starts from.
+    Replicate,
+}
+
+impl Access {
+    /// Whether it is to the whole node, not to keys: the token-wide scopes
+    /// decide it, whatever its prefixes say.
+    fn is_node_wide(self) -> bool {
+        matches!(self, Self::Admin | Self::Replicate)
+    }
 }
 
 /// A scope named in a token's `scopes` claim.
@@ -25,6 +36,9 @@ pub enum Scope {
     Write,
     /// Grants [`Access::Admin`].
     Admin,
+    /// Grants [`Access::Replicate`] (and nothing else: a follower's token
+    /// reads no key and writes none through the API).
+    Replicate,
     /// Any other name: grants nothing.
     #[serde(other, skip_serializing)]
     Unknown,
@@ -37,6 +51,7 @@ impl Scope {
             "read" => Some(Self::Read),
             "write" => Some(Self::Write),
             "admin" => Some(Self::Admin),
+            "replicate" => Some(Self::Replicate),
             _ => None,
         }
     }
@@ -48,7 +63,7 @@ pub struct Scopes(u8);
 
 impl Scopes {
     /// Every scope: what an unscoped token gets where that is allowed.
-    pub const ALL: Self = Self(0b111);
+    pub const ALL: Self = Self(0b1111);
 
     /// The set of the given scopes (unknown names grant nothing).
     pub fn of(scopes: &[Scope]) -> Self {
@@ -65,6 +80,7 @@ impl Scopes {
             Access::Read => Scope::Read,
             Access::Write => Scope::Write,
             Access::Admin => Scope::Admin,
+            Access::Replicate => Scope::Replicate,
         };
         self.0 & Self::bit_of(scope) != 0
     }
@@ -74,6 +90,7 @@ impl Scopes {
             Scope::Read => 1,
             Scope::Write => 2,
             Scope::Admin => 4,
+            Scope::Replicate => 8,
             Scope::Unknown => 0,
         }
     }
@@ -128,6 +145,9 @@ impl Denied {
             Self::Scope(Access::Admin) => {
                 "This token does not grant the admin scope, which this resource needs."
             }
+            Self::Scope(Access::Replicate) => {
+                "This token does not grant the replicate scope, which this resource needs."
+            }
             Self::Prefix => "This token's prefixes do not cover these keys.",
         }
     }
@@ -165,9 +185,10 @@ impl Grants {
         }
     }
 
-    /// May the holder perform `access` on `key`? `Admin` ignores the key.
+    /// May the holder perform `access` on `key`? `Admin` and `Replicate`
+    /// ignore the key.
     pub fn authorize(&self, access: Access, key: &[u8]) -> Result<(), Denied> {
-        if access == Access::Admin {
+        if access.is_node_wide() {
             return self.check(self.scopes, access);
         }
         self.check(self.governing(key).ok_or(Denied::Prefix)?, access)
@@ -177,7 +198,7 @@ impl Grants {
     /// `prefix` (a listing or a watch)? Yes only if the rule governing the
     /// prefix itself grants it and so does every more specific rule inside.
     pub fn authorize_prefix(&self, access: Access, prefix: &[u8]) -> Result<(), Denied> {
-        if access == Access::Admin {
+        if access.is_node_wide() {
             return self.check(self.scopes, access);
         }
         self.check(self.governing(prefix).ok_or(Denied::Prefix)?, access)?;
@@ -316,5 +337,53 @@ mod tests {
         for access in [Access::Read, Access::Write, Access::Admin] {
             assert_eq!(grants.authorize(access, b"k"), Err(Denied::Scope(access)));
         }
+    }
+
+    #[test]
+    fn replicate_grants_replication_and_nothing_else() {
+        assert_eq!(Scope::parse("replicate"), Some(Scope::Replicate));
+        let parsed: Vec<Scope> = serde_json::from_str(r#"["replicate"]"#).unwrap();
+        assert_eq!(parsed, [Scope::Replicate]);
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), r#"["replicate"]"#);
+
+        let follower = Grants::new(&[Scope::Replicate], None);
+        assert_eq!(follower.authorize(Access::Replicate, b""), Ok(()));
+        for access in [Access::Read, Access::Write, Access::Admin] {
+            assert_eq!(follower.authorize(access, b"k"), Err(Denied::Scope(access)));
+            assert_eq!(
+                follower.authorize_prefix(access, b""),
+                Err(Denied::Scope(access))
+            );
+        }
+        let others = Grants::new(&[Scope::Read, Scope::Write, Scope::Admin], None);
+        assert_eq!(
+            others.authorize(Access::Replicate, b""),
+            Err(Denied::Scope(Access::Replicate))
+        );
+        assert!(Denied::Scope(Access::Replicate)
+            .message()
+            .contains("replicate scope"));
+        assert_eq!(Grants::FULL.authorize(Access::Replicate, b""), Ok(()));
+    }
+
+    #[test]
+    fn replication_ignores_the_prefixes_as_admin_does() {
+        let rules = [PrefixRule::Plain("sensors/".into())];
+        let grants = Grants::new(&[Scope::Replicate], Some(&rules));
+        assert_eq!(grants.authorize(Access::Replicate, b"elsewhere"), Ok(()));
+        assert_eq!(
+            grants.authorize_prefix(Access::Replicate, b"elsewhere/"),
+            Ok(())
+        );
+        assert_eq!(
+            grants.authorize(Access::Read, b"sensors/t"),
+            Err(Denied::Scope(Access::Read))
+        );
+        let under_a_rule = [scoped("sensors/", &[Scope::Replicate])];
+        let grants = Grants::new(&[Scope::Read], Some(&under_a_rule));
+        assert_eq!(
+            grants.authorize(Access::Replicate, b"sensors/t"),
+            Err(Denied::Scope(Access::Replicate))
+        );
     }
 }

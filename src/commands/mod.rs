@@ -23,6 +23,7 @@ pub mod export;
 pub mod health;
 pub mod import;
 pub mod init;
+pub mod promote;
 pub mod remote;
 pub mod server;
 pub mod snapshot;

@@ -20,7 +20,11 @@ pub fn issue(config_path: Option<&Path>, args: IssueArgs) -> CommandResult {
         .into());
     }
     if args.scope.is_empty() && args.rule.is_empty() {
-        return Err("a token must grant something: give --scope read, write or admin".into());
+        return Err(
+            "a token must grant something: give --scope read, write or admin (or replicate, \
+             for a follower)"
+                .into(),
+        );
     }
     let has_prefixes = !args.prefix.is_empty() || !args.rule.is_empty();
     let prefixes = args.prefix.into_iter().map(PrefixRule::Plain);

@@ -278,6 +278,7 @@ impl ReplicationState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Verdict::{Diverged, Serve, Snapshot};
 
     fn epoch(number: u64, id: u64) -> Epoch {
         Epoch { number, id }
@@ -343,53 +344,68 @@ mod tests {
         );
     }
 
+    /// The verdicts on `cursor` with each of `afters`, for a log that
+    /// reached `last` and holds every record after `base`.
+    fn judged(
+        state: &ReplicationState,
+        cursor: Option<Epoch>,
+        afters: &[u64],
+        (last, base): (u64, u64),
+    ) -> Vec<Verdict> {
+        let judge = |&after| state.judge(cursor, after, last, base);
+        afters.iter().map(judge).collect()
+    }
+
     #[test]
     fn a_new_follower_gets_a_snapshot() {
-        assert_eq!(primary().judge(None, 0, 2000, 0), Verdict::Snapshot);
-        assert_eq!(primary().judge(None, 500, 2000, 0), Verdict::Snapshot);
+        assert_eq!(
+            judged(&primary(), None, &[0, 500], (2000, 0)),
+            [Snapshot; 2]
+        );
     }
 
     #[test]
     fn a_cursor_in_the_current_epoch_is_served_from_the_log() {
-        let state = primary();
         let current = Some(epoch(3, 30));
-        for after in [1500, 1800, 2000] {
-            assert_eq!(
-                state.judge(current, after, 2000, 1500),
-                Verdict::Serve,
-                "{after}"
-            );
-        }
-        assert_eq!(state.judge(current, 2001, 2000, 1500), Verdict::Diverged);
-        assert_eq!(state.judge(current, 1499, 2000, 1500), Verdict::Snapshot);
+        let afters = [1500, 1800, 2000, 2001, 1499];
+        let verdicts = [Serve, Serve, Serve, Diverged, Snapshot];
+        assert_eq!(judged(&primary(), current, &afters, (2000, 1500)), verdicts);
         // Ahead of the log and behind its base at once: ahead wins.
-        assert_eq!(state.judge(current, 2001, 2000, 2100), Verdict::Diverged);
+        assert_eq!(
+            judged(&primary(), current, &[2001], (2000, 2100)),
+            [Diverged]
+        );
     }
 
     #[test]
     fn a_cursor_in_a_closed_epoch_is_judged_by_where_that_epoch_ended() {
         let state = primary();
         let second = Some(epoch(2, 20));
-        assert_eq!(state.judge(second, 1500, 2000, 0), Verdict::Serve);
-        assert_eq!(state.judge(second, 1200, 2000, 0), Verdict::Serve);
-        assert_eq!(state.judge(second, 1501, 2000, 0), Verdict::Diverged);
-        assert_eq!(state.judge(second, 1200, 2000, 1300), Verdict::Snapshot);
+        let verdicts = [Serve, Serve, Diverged];
+        assert_eq!(
+            judged(&state, second, &[1500, 1200, 1501], (2000, 0)),
+            verdicts
+        );
+        assert_eq!(judged(&state, second, &[1200], (2000, 1300)), [Snapshot]);
         let first = Some(epoch(1, 10));
-        assert_eq!(state.judge(first, 1000, 2000, 0), Verdict::Serve);
-        assert_eq!(state.judge(first, 1001, 2000, 0), Verdict::Diverged);
+        let verdicts = [Serve, Diverged];
+        assert_eq!(judged(&state, first, &[1000, 1001], (2000, 0)), verdicts);
     }
 
     #[test]
     fn an_unknown_epoch_is_a_snapshot_when_empty_and_diverged_otherwise() {
-        let state = primary();
         // Same number, another id: a node promoted apart.
         let stranger = Some(epoch(3, 31));
-        assert_eq!(state.judge(stranger, 0, 2000, 0), Verdict::Snapshot);
-        assert_eq!(state.judge(stranger, 1, 2000, 0), Verdict::Diverged);
-        assert_eq!(state.judge(stranger, 1500, 2000, 0), Verdict::Diverged);
+        let verdicts = [Snapshot, Diverged, Diverged];
+        assert_eq!(
+            judged(&primary(), stranger, &[0, 1, 1500], (2000, 0)),
+            verdicts
+        );
         let fresh = ReplicationState::default();
-        assert_eq!(fresh.judge(stranger, 5, 0, 0), Verdict::Diverged);
-        assert_eq!(fresh.judge(stranger, 0, 0, 0), Verdict::Snapshot);
+        assert_eq!(
+            judged(&fresh, stranger, &[0, 5], (0, 0)),
+            [Snapshot, Diverged]
+        );
     }
 
     #[test]
