@@ -15,6 +15,7 @@ use crate::config::{Config, Source};
 use crate::http::{Context, HttpServer};
 use crate::memory::{self, MemoryBudget};
 use crate::notify::Notifier;
+use crate::replication::Replication;
 use crate::store::{directory::OpenReport, Store};
 use crate::{http, logging, store};
 
@@ -40,8 +41,15 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     let watch = &config.watch;
     store.events().set_limits(watch.history, watch.queue);
     store::spawn_compactor(&store, config.compaction.policy());
-    store::spawn_expiry_sweeper(&store);
     let node_name = config.general.node_name();
+    // A primary sweeps expired keys; a follower applies its primary's sweep.
+    let replication = Replication::start(
+        &store,
+        storage.directory.clone(),
+        &config.replication,
+        &node_name,
+        storage.max_value_bytes,
+    )?;
     let backups = backup::spawn_backups(&store, &config.backup, node_name.clone());
     let addr = server
         .local_addr()
@@ -53,10 +61,12 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     if exposed_without_auth(config.authentication.enabled, addr.ip()) {
         warn_exposed(addr);
     }
-    let ctx = context(&config, &store, memory, &node_name, backups);
+    let ctx = context(&config, &store, memory, &node_name, backups)
+        .with_replication(Arc::clone(&replication));
     let events = Arc::clone(&store);
     server.run(ctx, signals, move || {
         notifier.stopping();
+        replication.stop();
         // Ends every watcher's stream, so their clients see the stop.
         events.events().close();
     })?;

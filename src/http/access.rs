@@ -26,6 +26,8 @@ enum Need<'u> {
     Token,
     /// A valid token granting this access (to this key, still encoded).
     Access(Access, Option<&'u str>),
+    /// A valid token granting either access.
+    Either(Access, Access),
     /// A valid token granting this access to every key under this prefix
     /// (still encoded; `""`: every key).
     Prefix(Access, &'u str),
@@ -42,6 +44,7 @@ fn need<'u>(endpoint: Endpoint, route: Route<'u>, url: &'u str, metrics_public: 
         Rule::Public => Need::Open,
         Rule::Token => Need::Token,
         Rule::Scope(access) => Need::Access(access, None),
+        Rule::EitherScope(one, other) => Need::Either(one, other),
         Rule::Key(access) => {
             let raw_key = match route {
                 Route::Kv { raw_key } => raw_key,
@@ -80,6 +83,9 @@ pub fn check(
     let allowed = match need {
         Need::Open | Need::Token => return Ok(Some(claims)),
         Need::Access(access, None) => claims.authorize(access, b""),
+        Need::Either(one, other) => claims
+            .authorize(one, b"")
+            .or_else(|_| claims.authorize(other, b"")),
         Need::Access(access, Some(_)) => match key {
             Some(key) => claims.authorize(access, key),
             None => return Ok(Some(claims)),

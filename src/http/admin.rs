@@ -56,20 +56,24 @@ pub fn health<'b>(ctx: &Context) -> Reply<'b> {
         Reply::json(503, r#"{"status":"read-only"}"#)
     } else if let Some(advice) = damage_advice(&ctx.store.stats()) {
         let mut body = serde_json::json!({"status": "degraded", "message": advice});
-        add_backup_details(ctx, &mut body);
+        add_details(ctx, &mut body);
         Reply::document(200, &body)
-    } else if ctx.backups.is_some() {
+    } else if ctx.backups.is_some() || ctx.replication.is_some() {
         let mut body = serde_json::json!({"status": "ok"});
-        add_backup_details(ctx, &mut body);
+        add_details(ctx, &mut body);
         Reply::document(200, &body)
     } else {
         Reply::json(200, r#"{"status":"ok"}"#)
     }
 }
 
-/// Adds how scheduled backups went to a `/health` answer, if they are on:
-/// when the last good one was made, and why the last one failed if it did.
-fn add_backup_details(ctx: &Context, body: &mut serde_json::Value) {
+/// Adds to a `/health` answer how scheduled backups went, if they are on
+/// (when the last good one was made, and why the last one failed if it
+/// did), and on a follower how far it is behind (`replication`).
+fn add_details(ctx: &Context, body: &mut serde_json::Value) {
+    if let Some(replication) = ctx.replication.as_ref().and_then(|r| r.health()) {
+        body["replication"] = replication;
+    }
     if let Some(backups) = &ctx.backups {
         let outcomes = backups.outcomes();
         body["backup"] = serde_json::json!({
@@ -108,6 +112,9 @@ pub fn metrics<'b>(ctx: &Context) -> Reply<'b> {
         .render(&ctx.store.stats(), ctx.watchers.connected());
     if let Some(backups) = &ctx.backups {
         super::metrics::render_backups(&mut body, &backups.outcomes());
+    }
+    if let Some(replication) = &ctx.replication {
+        replication.write_metrics(&mut body);
     }
     Reply::Text {
         content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -32,6 +32,14 @@ pub enum Endpoint {
     Snapshot,
     /// `POST /api/admin/import`.
     Import,
+    /// `GET` or `HEAD /api/admin/replication`.
+    ReplicationStatus,
+    /// `POST /api/admin/promote`.
+    Promote,
+    /// `GET /api/replication/stream`: the log, streamed to a follower.
+    ReplicationStream,
+    /// `POST /api/replication/ack`.
+    ReplicationAck,
     /// `GET` or `HEAD /health`.
     Health,
     /// `GET` or `HEAD /metrics`.
@@ -78,6 +86,14 @@ pub enum Resource {
     Snapshot,
     /// `/api/admin/import`.
     Import,
+    /// `/api/admin/replication`.
+    ReplicationStatus,
+    /// `/api/admin/promote`.
+    Promote,
+    /// `/api/replication/stream`.
+    ReplicationStream,
+    /// `/api/replication/ack`.
+    ReplicationAck,
     /// `/health`.
     Health,
     /// `/metrics`.
@@ -97,6 +113,9 @@ pub enum Rule {
     /// A token granting this access, whatever its key prefixes
     /// (`admin`).
     Scope(Access),
+    /// A token granting either access (a snapshot: `admin`, or `replicate`
+    /// for a follower's bootstrap).
+    EitherScope(Access, Access),
     /// A token granting this access to the request's key.
     Key(Access),
     /// A token granting this access to every key under the request's
@@ -140,6 +159,10 @@ impl Endpoint {
             Route::AdminExport => Resource::Export,
             Route::AdminSnapshot => Resource::Snapshot,
             Route::AdminImport => Resource::Import,
+            Route::AdminReplication => Resource::ReplicationStatus,
+            Route::AdminPromote => Resource::Promote,
+            Route::ReplicationStream => Resource::ReplicationStream,
+            Route::ReplicationAck => Resource::ReplicationAck,
             Route::Health => Resource::Health,
             Route::Metrics => Resource::Metrics,
             Route::Ui => Resource::Console,
@@ -165,6 +188,10 @@ impl Endpoint {
             Self::Export => Resource::Export,
             Self::Snapshot => Resource::Snapshot,
             Self::Import => Resource::Import,
+            Self::ReplicationStatus => Resource::ReplicationStatus,
+            Self::Promote => Resource::Promote,
+            Self::ReplicationStream => Resource::ReplicationStream,
+            Self::ReplicationAck => Resource::ReplicationAck,
             Self::Health => Resource::Health,
             Self::Metrics => Resource::Metrics,
             Self::Console => Resource::Console,
@@ -186,7 +213,20 @@ impl Endpoint {
     /// Whether it is answered with a stream of its own (see `streams.rs`),
     /// which ends by closing its connection.
     pub fn is_streamed(self) -> bool {
-        matches!(self, Self::Watch | Self::Export | Self::Snapshot)
+        matches!(
+            self,
+            Self::Watch | Self::Export | Self::Snapshot | Self::ReplicationStream
+        )
+    }
+
+    /// Whether it writes keys: what a follower refuses (307 to its
+    /// primary), and a primary short of followers too (503).
+    pub fn writes(self) -> bool {
+        match self {
+            Self::Key(op) => op.writes(),
+            Self::Batch | Self::Import => true,
+            _ => false,
+        }
     }
 }
 
@@ -229,6 +269,10 @@ impl Resource {
             Self::Export if only_get => Endpoint::Export,
             Self::Snapshot if only_get => Endpoint::Snapshot,
             Self::Import if only_post => Endpoint::Import,
+            Self::ReplicationStatus if read => Endpoint::ReplicationStatus,
+            Self::Promote if only_post => Endpoint::Promote,
+            Self::ReplicationStream if only_get => Endpoint::ReplicationStream,
+            Self::ReplicationAck if only_post => Endpoint::ReplicationAck,
             Self::Health if read => Endpoint::Health,
             Self::Metrics if read => Endpoint::Metrics,
             Self::Console if read => Endpoint::Console,
@@ -241,9 +285,16 @@ impl Resource {
     pub fn allow(self) -> &'static str {
         match self {
             Self::Key => "GET, HEAD, PUT, DELETE, PATCH",
-            Self::Keys | Self::Stats | Self::Health | Self::Metrics | Self::Console => "GET, HEAD",
-            Self::Batch | Self::Compact | Self::Import => "POST",
-            Self::Watch | Self::Export | Self::Snapshot => "GET",
+            Self::Keys
+            | Self::Stats
+            | Self::Health
+            | Self::Metrics
+            | Self::Console
+            | Self::ReplicationStatus => "GET, HEAD",
+            Self::Batch | Self::Compact | Self::Import | Self::Promote | Self::ReplicationAck => {
+                "POST"
+            }
+            Self::Watch | Self::Export | Self::Snapshot | Self::ReplicationStream => "GET",
         }
     }
 
@@ -254,9 +305,14 @@ impl Resource {
             Self::Key => Rule::Key(Access::Write),
             Self::Keys | Self::Watch => Rule::Prefix(Access::Read),
             Self::Batch => Rule::Token,
-            Self::Stats | Self::Compact | Self::Export | Self::Snapshot | Self::Import => {
-                Rule::Scope(Access::Admin)
-            }
+            Self::Stats
+            | Self::Compact
+            | Self::Export
+            | Self::Import
+            | Self::ReplicationStatus
+            | Self::Promote => Rule::Scope(Access::Admin),
+            Self::Snapshot => Rule::EitherScope(Access::Admin, Access::Replicate),
+            Self::ReplicationStream | Self::ReplicationAck => Rule::Scope(Access::Replicate),
             Self::Health | Self::Console => Rule::Public,
             Self::Metrics if metrics_public => Rule::Public,
             Self::Metrics => Rule::Scope(Access::Admin),

@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use super::query::Params;
 use super::reply::{server_header, Reply};
-use super::stream_threads::{self, Place};
+use super::stream_threads::{self, Place, Streams};
 use super::{Buffers, Context};
 use crate::store::Store;
 
@@ -97,18 +97,29 @@ pub fn chunked_stream_place(
     request: &Request,
     what: &str,
 ) -> Result<Place, Reply<'static>> {
+    chunked_place(request, &ctx.exports, what, "exports and snapshots")
+}
+
+/// Checks that `request` can take a chunked body (HTTP/1.1) and takes a
+/// place under the cap of `streams` (`kind` names them in the 503).
+pub fn chunked_place(
+    request: &Request,
+    streams: &Arc<Streams>,
+    what: &str,
+    kind: &str,
+) -> Result<Place, Reply<'static>> {
     if request.http_version() < &HTTPVersion(1, 1) {
         return Err(Reply::message(
             505,
             format!("{what} is streamed with chunked encoding: ask for it with HTTP/1.1."),
         ));
     }
-    ctx.exports.admit().ok_or_else(|| {
+    streams.admit().ok_or_else(|| {
         Reply::message(
             503,
             format!(
-                "The node already serves {} exports and snapshots, its limit. Retry later.",
-                ctx.exports.max()
+                "The node already serves {} {kind}, its limit. Retry later.",
+                streams.max()
             ),
         )
     })
@@ -125,7 +136,7 @@ impl Export {
     }
 
     fn serve(self, request: Request) {
-        let written = send_chunked(request, "application/jsonl", |out| {
+        let written = send_chunked(request, "application/jsonl", &[], |out| {
             write_lines(&self.store, self.prefix.as_bytes(), out)
         });
         match written {
@@ -144,6 +155,7 @@ impl Export {
 pub(super) fn send_chunked<T>(
     request: Request,
     content_type: &str,
+    extra: &[(&str, &str)],
     write: impl FnOnce(&mut Chunked<Box<dyn Write + Send>>) -> io::Result<T>,
 ) -> io::Result<T> {
     if let Some(socket) = request.socket() {
@@ -151,11 +163,11 @@ pub(super) fn send_chunked<T>(
             log::debug!("cannot set a stream's write timeout: {err}");
         }
     }
-    let headers = [
+    let fixed = [
         ("Content-Type", content_type),
         ("Cache-Control", "no-store"),
-    ]
-    .map(|(name, value)| {
+    ];
+    let headers = fixed.iter().chain(extra).map(|(name, value)| {
         Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
     });
     let headers = [server_header()].into_iter().chain(headers).collect();

@@ -40,6 +40,7 @@ mod metrics;
 mod patch;
 mod pool;
 mod query;
+mod replication;
 mod reply;
 pub mod route;
 mod snapshot;
@@ -91,6 +92,11 @@ pub struct Context {
     watchers: Arc<stream_threads::Streams>,
     /// Exports being streamed and their cap.
     exports: Arc<stream_threads::Streams>,
+    /// Replication streams to followers and their cap.
+    replicas: Arc<stream_threads::Streams>,
+    /// The node's role, epochs and followers; `None` in tests that serve a
+    /// bare store.
+    replication: Option<Arc<crate::replication::Replication>>,
     /// Token verification; `None` when authentication is off.
     auth: Option<Auth>,
     /// Whether `/metrics` needs no token.
@@ -120,6 +126,8 @@ impl Context {
                 config::Watch::default().max_watchers,
             )),
             exports: Arc::new(stream_threads::Streams::new(export::MAX_EXPORTS)),
+            replicas: Arc::new(stream_threads::Streams::new(replication::MAX_STREAMS)),
+            replication: None,
             auth: None,
             metrics_public: true,
             acknowledger: Acknowledger::default(),
@@ -142,6 +150,13 @@ impl Context {
     ) -> Self {
         self.node_name = name.into();
         self.backups = backups;
+        self
+    }
+
+    /// Replicates as `replication` says: followers' streams, a follower's
+    /// refusal of writes, `min_acks`.
+    pub fn with_replication(mut self, replication: Arc<crate::replication::Replication>) -> Self {
+        self.replication = Some(replication);
         self
     }
 
@@ -322,15 +337,14 @@ impl HttpServer {
                 }
             })
             .map_err(|err| format!("cannot start the signal thread: {err}"))?;
-        let acknowledging = if ctx.store.syncs_every_write() {
+        // Idle unless writes wait (`sync: always`, or followers'
+        // confirmations, which a promotion can turn on while serving).
+        let acknowledging = {
             let ctx = Arc::clone(&ctx);
-            let thread = thread::Builder::new()
+            thread::Builder::new()
                 .name("lucid-ack".into())
                 .spawn(move || ack::run(&ctx))
-                .map_err(|err| format!("cannot start the acknowledging thread: {err}"))?;
-            Some(thread)
-        } else {
-            None
+                .map_err(|err| format!("cannot start the acknowledging thread: {err}"))?
         };
         let started = pool.start(&self.server, &ctx, worker);
         if started.is_ok() {
@@ -350,9 +364,7 @@ impl HttpServer {
         }
         // Writes the workers appended are answered once durable.
         ctx.acknowledger.close();
-        if let Some(thread) = acknowledging {
-            let _ = thread.join();
-        }
+        let _ = acknowledging.join();
         // Lets watchers send their closing frames.
         ctx.watchers.wait_gone(Instant::now() + WATCHERS_GRACE);
         started
@@ -514,6 +526,9 @@ fn dispatch<'b>(
         Endpoint::Stats => admin::stats(ctx).into(),
         Endpoint::Compact => admin::compact(ctx).into(),
         Endpoint::Import => import::handle(ctx, request),
+        Endpoint::ReplicationStatus => replication::status(ctx).into(),
+        Endpoint::Promote => replication::promote(ctx).into(),
+        Endpoint::ReplicationAck => replication::acknowledge(ctx, url).into(),
         Endpoint::Health => admin::health(ctx).into(),
         Endpoint::Metrics => admin::metrics(ctx).into(),
         Endpoint::Console | Endpoint::MethodNotAllowed(Resource::Console) if !ctx.ui_enabled => {
@@ -522,7 +537,7 @@ fn dispatch<'b>(
         Endpoint::Console => ui::handle(request, url, ctx.auth.is_some()).into(),
         Endpoint::MethodNotAllowed(resource) => Reply::method_not_allowed(resource.allow()).into(),
         Endpoint::NotFound => not_found().into(),
-        Endpoint::Watch | Endpoint::Export | Endpoint::Snapshot => {
+        Endpoint::Watch | Endpoint::Export | Endpoint::Snapshot | Endpoint::ReplicationStream => {
             unreachable!("streams are answered by `stream`")
         }
     }
@@ -580,6 +595,11 @@ fn admit(
         decoded,
         &mut bufs.record,
     )?;
+    if endpoint.writes() {
+        if let Some(refusal) = replication::refuse_write(ctx, url) {
+            return Err(refusal);
+        }
+    }
     let admitted = Admitted { claims, key };
     let Some(body) = endpoint.body() else {
         if body::after_head(request) {

@@ -61,6 +61,13 @@ pub enum Reply<'a> {
         /// How it is sent.
         encoding: Encoding,
     },
+    /// `307 Temporary Redirect` to `location`, with a JSON body saying why.
+    Redirect {
+        /// The `Location`.
+        location: String,
+        /// The JSON text.
+        body: String,
+    },
     /// A generated text document (metrics).
     Text {
         /// Its content type.
@@ -103,6 +110,14 @@ impl Reply<'_> {
             allow: None,
             etag: None,
             retry_after: None,
+        }
+    }
+
+    /// `307` to `location` with `document` as its JSON body.
+    pub fn redirect(location: String, document: serde_json::Value) -> Self {
+        Self::Redirect {
+            location,
+            body: document.to_string(),
         }
     }
 
@@ -166,6 +181,7 @@ impl Reply<'_> {
                 retry_after,
             }),
             Self::NotModified(version) => Ok(Reply::NotModified(version)),
+            Self::Redirect { location, body } => Ok(Reply::Redirect { location, body }),
             Self::Text { content_type, body } => Ok(Reply::Text { content_type, body }),
             Self::Asset { asset, encoding } => Ok(Reply::Asset { asset, encoding }),
             Self::Value(_) => Err(self),
@@ -177,6 +193,7 @@ impl Reply<'_> {
         match self {
             Self::Json { status, .. } => *status,
             Self::Value(_) | Self::Text { .. } => 200,
+            Self::Redirect { .. } => 307,
             Self::NotModified(_) => 304,
             Self::Asset { encoding, .. } => match encoding {
                 Encoding::NotModified => 304,
@@ -256,6 +273,11 @@ impl Reply<'_> {
             Self::NotModified(version) => {
                 head.etag(*version);
                 b""
+            }
+            Self::Redirect { location, body } => {
+                head.field(b"Content-Type", b"application/json");
+                head.field(b"Location", location.as_bytes());
+                body.as_bytes()
             }
             Self::Value(value) => head.value_fields(value),
             Self::Text { content_type, body } => {

@@ -25,6 +25,14 @@ pub enum Route<'u> {
     AdminSnapshot,
     /// `/api/admin/import`: keys from JSON Lines.
     AdminImport,
+    /// `/api/admin/replication`: the node's role, epoch and followers.
+    AdminReplication,
+    /// `/api/admin/promote`: a follower becomes a primary.
+    AdminPromote,
+    /// `/api/replication/stream`: the log, for a follower.
+    ReplicationStream,
+    /// `/api/replication/ack`: a follower's confirmation.
+    ReplicationAck,
     /// `/health`: is the node serving?
     Health,
     /// `/metrics`: Prometheus metrics.
@@ -51,6 +59,10 @@ pub fn route(url: &str) -> Route<'_> {
         "/api/admin/export" => Route::AdminExport,
         "/api/admin/snapshot" => Route::AdminSnapshot,
         "/api/admin/import" => Route::AdminImport,
+        "/api/admin/replication" => Route::AdminReplication,
+        "/api/admin/promote" => Route::AdminPromote,
+        "/api/replication/stream" => Route::ReplicationStream,
+        "/api/replication/ack" => Route::ReplicationAck,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/api/watch" => Route::Watch,

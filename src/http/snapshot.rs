@@ -22,6 +22,7 @@ use super::export::{chunked_stream_place, send_chunked};
 use super::reply::Reply;
 use super::stream_threads::{self, Place};
 use super::Context;
+use crate::replication::EPOCH_HEADER;
 use crate::store::Store;
 
 /// Stack of a snapshot's thread.
@@ -31,6 +32,8 @@ const STACK_SIZE: usize = 256 * 1024;
 pub struct Snapshot {
     store: Arc<Store>,
     node_name: Arc<str>,
+    /// The node's epoch, sent as `Lucid-Epoch` for a follower to start from.
+    epoch: Option<String>,
     _place: Place,
 }
 
@@ -42,6 +45,11 @@ pub fn prepare(ctx: &Context, request: &Request) -> Result<Snapshot, Reply<'stat
     Ok(Snapshot {
         store: Arc::clone(&ctx.store),
         node_name: Arc::clone(&ctx.node_name),
+        epoch: ctx
+            .replication
+            .as_ref()
+            .and_then(|replication| replication.epoch())
+            .map(|epoch| epoch.to_string()),
         _place: place,
     })
 }
@@ -57,7 +65,9 @@ impl Snapshot {
     }
 
     fn serve(self, request: Request) {
-        let written = send_chunked(request, "application/octet-stream", |out| {
+        let epoch = self.epoch.as_deref().map(|epoch| (EPOCH_HEADER, epoch));
+        let extra: Vec<_> = epoch.into_iter().collect();
+        let written = send_chunked(request, "application/octet-stream", &extra, |out| {
             self.store
                 .snapshot(&self.node_name, out)
                 .map_err(|err| io::Error::other(err.to_string()))

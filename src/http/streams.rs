@@ -8,6 +8,7 @@ use lucid_http::Request;
 
 use super::endpoint::Endpoint;
 use super::export::{self, Export};
+use super::replication::{self, ReplicationStream};
 use super::reply::Reply;
 use super::route;
 use super::snapshot::{self, Snapshot};
@@ -30,6 +31,8 @@ pub enum Prepared {
     Export(Export),
     /// A snapshot.
     Snapshot(Snapshot),
+    /// A follower's replication stream.
+    Replication(ReplicationStream),
 }
 
 /// Checks a request for a streamed `endpoint` (see
@@ -42,6 +45,9 @@ pub fn prepare(
     match endpoint {
         Endpoint::Export => export::prepare(ctx, request).map(Prepared::Export),
         Endpoint::Snapshot => snapshot::prepare(ctx, request).map(Prepared::Snapshot),
+        Endpoint::ReplicationStream => {
+            replication::prepare(ctx, request).map(Prepared::Replication)
+        }
         _ => watch::prepare(ctx, request).map(Prepared::Watch),
     }
 }
@@ -54,6 +60,7 @@ impl Prepared {
             Self::Watch(watcher) => watcher.start(request),
             Self::Export(export) => export.start(request),
             Self::Snapshot(snapshot) => snapshot.start(request),
+            Self::Replication(stream) => stream.start(request),
         }
     }
 }

@@ -129,6 +129,19 @@ impl Store {
         self.log_end().last_sequence
     }
 
+    /// The last sequence number in the log, and the log's base: it holds
+    /// every record with a larger sequence number (see [`super::tail`]).
+    pub fn log_position(&self) -> (u64, u64) {
+        let end = self.log_end();
+        (end.last_sequence, end.base_sequence)
+    }
+
+    /// The log's key check value (0: not encrypted): a follower's must be
+    /// its primary's.
+    pub fn key_check(&self) -> u32 {
+        self.log_cipher().map_or(0, |cipher| cipher.check_value())
+    }
+
     /// Makes every record applied up to `sequence` durable now, whatever
     /// the sync mode: a follower confirms only what it synced.
     pub fn sync_replicated(&self, sequence: u64) -> Result<(), StoreError> {

@@ -482,12 +482,6 @@ impl Store {
         &self.events
     }
 
-    /// Whether every write is made durable by an fdatasync before it is
-    /// acknowledged (`sync: always`).
-    pub fn syncs_every_write(&self) -> bool {
-        self.sync == SyncMode::Always
-    }
-
     /// Whether the store refuses writes after a failed fsync.
     pub fn is_read_only(&self) -> bool {
         self.read_only.load(Ordering::SeqCst)

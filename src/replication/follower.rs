@@ -1,0 +1,669 @@
+//! A follower's side of replication: the thread that follows the primary
+//! (bootstrapping from its snapshot, then applying its log as it streams
+//! in), and the thread that makes what was applied durable and confirms it
+//! to the primary, which also notices a silent primary.
+//!
+//! Every failure (the primary unreachable, a token refused, a primary that
+//! is itself a follower, a stream cut mid-record, a record failing its
+//! check, garbage) is logged once per change of reason and retried with a
+//! growing backoff (0.1 s to 10 s); nothing is applied that was not
+//! checked. When the primary says it can no longer serve this node's
+//! position (compacted away, or a new epoch this node's log diverged from),
+//! the follower takes a new snapshot, serving its old data (flagged
+//! `stale`) until the new copy is complete and switched to in one step. A
+//! log that diverged is set aside first (`data.log.diverged-<epoch>`,
+//! never deleted). A primary asking for a new snapshot right after one is
+//! backed off like a failure, so a follower never loops on full copies.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::protocol::{Frame, FrameReader, Hello, MAX_RECORDS};
+use super::state::{Epoch, ReplicationState};
+use super::Shared;
+use crate::clock::now_ms;
+use crate::locks::lock;
+use crate::store::replica::{ReplicaBuffers, SentRecords};
+use crate::store::snapshot;
+
+/// How long the stream may stay silent (the primary sends a heartbeat
+/// every second) before the follower drops it and connects again.
+const SILENCE: Duration = Duration::from_secs(5);
+
+/// How long to wait for the primary to accept a connection and answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first and the longest pause between two attempts.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// A new snapshot asked for within this long of the last one counts as a
+/// failure (backed off), not as progress.
+const RESYNC_QUIET: Duration = Duration::from_secs(30);
+
+/// Where the follower stands (`GET /api/admin/replication`, `/health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FollowState {
+    /// Connecting to the primary (or waiting to try again).
+    Connecting,
+    /// Downloading and installing the primary's snapshot; the old data is
+    /// served meanwhile.
+    Snapshotting,
+    /// Streaming the primary's log.
+    Following,
+    /// Stopped: the node was promoted.
+    Stopped,
+}
+
+/// The follower's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct FollowerStatus {
+    /// The primary's URL.
+    pub primary: String,
+    /// Where the follower stands.
+    pub state: FollowState,
+    /// The last sequence number applied here.
+    pub applied: u64,
+    /// The last sequence number confirmed durable to the primary.
+    pub acknowledged: u64,
+    /// The primary's last sequence number, as last heard.
+    pub primary_sequence: u64,
+    /// Records the primary has that this node has not applied.
+    pub lag_records: u64,
+    /// How long this node has been behind the primary, in ms (0: caught
+    /// up).
+    pub lag_ms: u64,
+    /// When the last frame came from the primary (ms since the epoch; 0:
+    /// never).
+    pub last_contact_ms: u64,
+    /// The last error, if any since the stream last worked.
+    pub last_error: Option<String>,
+    /// Snapshots taken from the primary since the start.
+    pub resyncs: u64,
+    /// Records applied since the start.
+    pub applied_records: u64,
+}
+
+/// What the following thread and the acknowledging thread share.
+pub struct Follower {
+    primary: String,
+    token: Option<String>,
+    node: String,
+    max_payload: usize,
+    status: Mutex<Progress>,
+    /// Signalled when something was applied or the follower stops.
+    applied: Condvar,
+    stop: AtomicBool,
+    /// Held while records are applied or a snapshot installed: promotion
+    /// takes it to know none is under way.
+    applying: Mutex<()>,
+    /// The stream's client, to cut a silent or stopped stream.
+    stream: Mutex<Option<ureq::Agent>>,
+}
+
+/// The status, and what the acknowledging thread works from.
+struct Progress {
+    status: FollowerStatus,
+    /// The primary's id for the current stream.
+    stream: Option<u64>,
+    /// Since when this node is behind the primary.
+    behind_since: Option<Instant>,
+    last_contact: Option<Instant>,
+}
+
+impl Follower {
+    /// A follower of `primary`, sending `token`, named `node`, accepting
+    /// records up to `max_value_bytes` long.
+    pub fn new(primary: &str, token: Option<String>, node: &str, max_value_bytes: usize) -> Self {
+        Self {
+            primary: primary.to_owned(),
+            token,
+            node: node.to_owned(),
+            max_payload: MAX_RECORDS + 2 * max_value_bytes + 64 * 1024,
+            status: Mutex::new(Progress {
+                status: FollowerStatus {
+                    primary: primary.to_owned(),
+                    state: FollowState::Connecting,
+                    applied: 0,
+                    acknowledged: 0,
+                    primary_sequence: 0,
+                    lag_records: 0,
+                    lag_ms: 0,
+                    last_contact_ms: 0,
+                    last_error: None,
+                    resyncs: 0,
+                    applied_records: 0,
+                },
+                stream: None,
+                behind_since: None,
+                last_contact: None,
+            }),
+            applied: Condvar::new(),
+            stop: AtomicBool::new(false),
+            applying: Mutex::new(()),
+            stream: Mutex::new(None),
+        }
+    }
+
+    /// The primary's URL.
+    pub fn primary(&self) -> &str {
+        &self.primary
+    }
+
+    /// The figures now.
+    pub fn status(&self) -> FollowerStatus {
+        let progress = self.progress();
+        let mut status = progress.status.clone();
+        status.lag_records = status.primary_sequence.saturating_sub(status.applied);
+        status.lag_ms = progress
+            .behind_since
+            .map_or(0, |since| since.elapsed().as_millis() as u64);
+        status
+    }
+
+    /// Whether the copy here is current: following, and heard from the
+    /// primary lately.
+    pub fn is_current(&self) -> bool {
+        let progress = self.progress();
+        progress.status.state == FollowState::Following
+            && progress
+                .last_contact
+                .is_some_and(|at| at.elapsed() < SILENCE)
+    }
+
+    /// Starts the following and the acknowledging threads.
+    pub fn spawn(self: &Arc<Self>, shared: &Arc<Shared>) -> io::Result<()> {
+        let (follower, shared_) = (Arc::clone(self), Arc::clone(shared));
+        thread::Builder::new()
+            .name("lucid-follower".into())
+            .spawn(move || follower.follow(&shared_))?;
+        let (follower, shared) = (Arc::clone(self), Arc::clone(shared));
+        thread::Builder::new()
+            .name("lucid-follower-ack".into())
+            .spawn(move || follower.acknowledge(&shared))?;
+        Ok(())
+    }
+
+    /// Stops following for good: cuts the stream, waits for any apply or
+    /// install under way, and returns with none running and none to come.
+    pub fn stop(&self) -> MutexGuard<'_, ()> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut_stream();
+        self.applied.notify_all();
+        let applying = lock(&self.applying);
+        self.progress().status.state = FollowState::Stopped;
+        applying
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The following thread: connects, follows, and on failure backs off.
+    fn follow(&self, shared: &Shared) {
+        let mut backoff = BACKOFF.0;
+        let mut last_resync: Option<Instant> = None;
+        let mut last_reason = String::new();
+        while !self.stopped() {
+            let outcome = self.follow_once(shared);
+            if self.stopped() {
+                break;
+            }
+            let failure = match outcome {
+                Ok(Ended::Cut(applied_any)) => {
+                    if applied_any {
+                        backoff = BACKOFF.0;
+                    }
+                    None
+                }
+                Ok(Ended::Resync(diverged)) => {
+                    if last_resync.is_some_and(|at| at.elapsed() < RESYNC_QUIET) {
+                        Some(format!(
+                            "the primary asked for a new snapshot again, {:.0} s after the last \
+                             one: backing off (is the primary compacting faster than a snapshot \
+                             installs, or was it restored?)",
+                            last_resync.map_or(0.0, |at| at.elapsed().as_secs_f64())
+                        ))
+                    } else {
+                        last_resync = Some(Instant::now());
+                        match self.bootstrap(shared, diverged) {
+                            Ok(()) => {
+                                backoff = BACKOFF.0;
+                                None
+                            }
+                            Err(err) => Some(err),
+                        }
+                    }
+                }
+                Err(err) => Some(err),
+            };
+            {
+                let mut progress = self.progress();
+                progress.stream = None;
+                if progress.status.state != FollowState::Stopped {
+                    progress.status.state = FollowState::Connecting;
+                }
+                progress.status.last_error.clone_from(&failure);
+            }
+            let Some(reason) = failure else { continue };
+            if reason != last_reason {
+                log::warn!(
+                    "replication from {}: {reason}; retrying (backoff up to {} s)",
+                    self.primary,
+                    BACKOFF.1.as_secs()
+                );
+                last_reason = reason;
+            }
+            self.pause(backoff);
+            backoff = (backoff * 2).min(BACKOFF.1);
+        }
+    }
+
+    /// Sleeps `period`, or less if the follower stops.
+    fn pause(&self, period: Duration) {
+        let progress = self.progress();
+        let _ = self
+            .applied
+            .wait_timeout_while(progress, period, |_| !self.stopped());
+    }
+
+    /// One connection to the primary: streams its log until it ends.
+    fn follow_once(&self, shared: &Shared) -> Result<Ended, String> {
+        let epoch = shared.state().epoch;
+        if epoch.is_none() && shared.store.last_sequence() > 0 {
+            // Data of unknown lineage (a node that never followed nor led
+            // with this version, or a snapshot install cut short).
+            return Ok(Ended::Resync(true));
+        }
+        let after = shared.store.last_sequence();
+        let mut url = format!(
+            "{}/api/replication/stream?after={after}&node={}",
+            self.primary,
+            percent_encode(&self.node)
+        );
+        if let Some(epoch) = epoch {
+            url.push_str(&format!("&epoch={epoch}"));
+        }
+        let agent = self.stream_agent();
+        let response = self.get(&agent, &url)?;
+        let status = response.status().as_u16();
+        let body = response.into_body();
+        if status != 200 {
+            return refusal(status, &answer_of(body), &self.primary);
+        }
+        let mut reader = FrameReader::new(body.into_reader(), self.max_payload);
+        let hello = match reader.next() {
+            Ok(Some(Frame::Hello(hello))) => hello,
+            Ok(_) => return Err("the primary's stream did not begin with a hello".into()),
+            Err(err) => return Err(format!("the stream broke: {err}")),
+        };
+        self.begin(shared, &hello)?;
+        let mut buffers = ReplicaBuffers::default();
+        let mut applied_any = false;
+        loop {
+            let frame = match reader.next() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(Ended::Cut(applied_any)),
+                Err(_) if self.stopped() => return Ok(Ended::Cut(applied_any)),
+                Err(err) => return Err(format!("the stream broke: {err}")),
+            };
+            self.contact();
+            match frame {
+                Frame::Records {
+                    file_id,
+                    offset,
+                    after,
+                    primary_last,
+                    bytes,
+                } => {
+                    let sent = SentRecords {
+                        file_id,
+                        offset,
+                        bytes,
+                    };
+                    self.apply(shared, after, sent, primary_last, &mut buffers)?;
+                    applied_any = true;
+                }
+                Frame::Heartbeat { last_sequence, .. } => self.heard(last_sequence),
+                Frame::Hello(_) => return Err("the primary sent a second hello".into()),
+            }
+        }
+    }
+
+    /// Takes in the stream's hello: checks the key, adopts the primary's
+    /// epoch (kept durably before any of its records is applied), and
+    /// confirms what this node holds.
+    fn begin(&self, shared: &Shared, hello: &Hello) -> Result<(), String> {
+        let key_check = shared.store.key_check();
+        if hello.key_check != key_check {
+            return Err(format!(
+                "the primary's data is {} and this node's is {}: a follower needs the primary's \
+                 key file (encryption.key_file), or neither encrypted",
+                encryption(hello.key_check),
+                encryption(key_check)
+            ));
+        }
+        shared.adopt(hello.epoch, &hello.history)?;
+        let applied = shared.store.last_sequence();
+        let mut progress = self.progress();
+        progress.stream = Some(hello.stream);
+        progress.status.state = FollowState::Following;
+        progress.status.applied = applied;
+        progress.status.last_error = None;
+        drop(progress);
+        self.heard(hello.last_sequence);
+        self.applied.notify_all();
+        log::info!(
+            "following {} ({}), epoch {}, from sequence number {applied}",
+            self.primary,
+            hello.node,
+            hello.epoch
+        );
+        Ok(())
+    }
+
+    /// Applies records sent after sequence number `after`.
+    fn apply(
+        &self,
+        shared: &Shared,
+        after: u64,
+        sent: SentRecords<'_>,
+        primary_last: u64,
+        buffers: &mut ReplicaBuffers,
+    ) -> Result<(), String> {
+        let _applying = lock(&self.applying);
+        if self.stopped() {
+            return Ok(());
+        }
+        let last = shared.store.last_sequence();
+        if after != last {
+            return Err(format!(
+                "the primary sent records following sequence number {after}, but this node's \
+                 last is {last}: a gap, so the stream was dropped"
+            ));
+        }
+        let applied = shared.store.apply_replicated(sent, buffers);
+        let now_last = shared.store.last_sequence();
+        {
+            let mut progress = self.progress();
+            let status = &mut progress.status;
+            status.applied_records += now_last - last;
+            status.applied = now_last;
+        }
+        self.heard(primary_last);
+        self.applied.notify_all();
+        applied
+            .map(drop)
+            .map_err(|err| format!("a record could not be applied: {err}"))
+    }
+
+    /// Downloads the primary's snapshot and switches to it (see the module
+    /// documentation); a `diverged` log is set aside first.
+    fn bootstrap(&self, shared: &Shared, diverged: bool) -> Result<(), String> {
+        let store = &shared.store;
+        let state = shared.state();
+        if diverged && store.last_sequence() > 0 {
+            let label = state
+                .epoch
+                .map_or_else(|| "unknown".into(), |e| e.to_string());
+            let aside = store
+                .set_log_aside(&label)
+                .map_err(|err| format!("cannot set the diverged log aside: {err}"))?;
+            log::warn!(
+                "this node's log holds writes the primary {} never had (it diverged, e.g. after \
+                 a failover): it was set aside as {aside} (never deleted) and the primary's \
+                 snapshot is taken instead",
+                self.primary
+            );
+        }
+        // Until the new log is in place and its epoch recorded, this node's
+        // lineage is unknown: a crash meanwhile starts over from a snapshot.
+        shared.record(ReplicationState {
+            epoch: None,
+            history: Vec::new(),
+            promoted_from: None,
+        })?;
+        self.progress().status.state = FollowState::Snapshotting;
+        let path = store
+            .replica_snapshot_path()
+            .ok_or("the store has no data directory")?;
+        let started = Instant::now();
+        let epoch = self.download(&path)?;
+        let installed = {
+            let _applying = lock(&self.applying);
+            if self.stopped() {
+                return Ok(());
+            }
+            store.install_snapshot(&path)
+        };
+        let _ = std::fs::remove_file(&path);
+        let info = installed.map_err(|err| format!("the primary's snapshot: {err}"))?;
+        shared.adopt(epoch, &[])?;
+        let mut progress = self.progress();
+        progress.status.resyncs += 1;
+        progress.status.applied = info.sequence;
+        drop(progress);
+        log::info!(
+            "took the primary's snapshot: {} keys, {} bytes, up to sequence number {} ({:.1} s)",
+            info.keys,
+            info.bytes,
+            info.sequence,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Saves the primary's snapshot to `path` (checked whole) and returns
+    /// the epoch it was taken in.
+    fn download(&self, path: &std::path::Path) -> Result<Epoch, String> {
+        let url = format!("{}/api/admin/snapshot", self.primary);
+        let agent = self.stream_agent();
+        let response = self.get(&agent, &url)?;
+        let status = response.status().as_u16();
+        let epoch = response
+            .headers()
+            .get(super::EPOCH_HEADER)
+            .and_then(|value| value.to_str().ok()?.parse::<Epoch>().ok());
+        let body = response.into_body();
+        if status != 200 {
+            return refusal(status, &answer_of(body), &self.primary).and(Err(format!(
+                "{} answered {status} to the snapshot's download",
+                self.primary
+            )));
+        }
+        let epoch = epoch.ok_or("the primary's snapshot came without its epoch")?;
+        let mut reader = body.into_reader();
+        snapshot::save(path, |out| {
+            io::copy(&mut reader, out)?;
+            Ok(())
+        })
+        .map_err(|err| format!("the primary's snapshot could not be saved: {err}"))?;
+        Ok(epoch)
+    }
+
+    /// The acknowledging thread: makes what was applied durable and
+    /// confirms it to the primary; cuts a stream silent for too long.
+    fn acknowledge(&self, shared: &Shared) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(CONNECT_TIMEOUT))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        while !self.stopped() {
+            let (stream, applied) = {
+                let progress = self.progress();
+                let (progress, _) = self
+                    .applied
+                    .wait_timeout_while(progress, Duration::from_secs(1), |p| {
+                        !self.stopped()
+                            && (p.stream.is_none() || p.status.applied <= p.status.acknowledged)
+                    })
+                    .unwrap_or_else(|e| e.into_inner());
+                if progress
+                    .last_contact
+                    .is_some_and(|at| at.elapsed() > SILENCE)
+                    && progress.stream.is_some()
+                {
+                    drop(progress);
+                    self.cut_stream();
+                    continue;
+                }
+                (progress.stream, progress.status.applied)
+            };
+            let Some(stream) = stream else { continue };
+            if applied <= self.progress().status.acknowledged && applied > 0 {
+                continue;
+            }
+            if let Err(err) = shared.store.sync_replicated(applied) {
+                log::error!("replication: cannot make applied records durable: {err}");
+                self.pause(BACKOFF.1);
+                continue;
+            }
+            let url = format!(
+                "{}/api/replication/ack?stream={stream}&durable={applied}",
+                self.primary
+            );
+            let mut request = agent.post(&url);
+            if let Some(token) = &self.token {
+                request = request.header("Authorization", format!("Bearer {token}"));
+            }
+            match request.send_empty() {
+                Ok(response) if response.status() == 200 => {
+                    let mut progress = self.progress();
+                    progress.status.acknowledged = progress.status.acknowledged.max(applied);
+                }
+                Ok(response) => {
+                    log::debug!(
+                        "replication: the primary answered {} to an ack",
+                        response.status()
+                    );
+                    self.pause(BACKOFF.0);
+                }
+                Err(err) => {
+                    log::debug!("replication: cannot confirm to the primary: {err}");
+                    self.pause(BACKOFF.0);
+                }
+            }
+        }
+    }
+
+    /// A client for one stream (or download), kept so it can be cut.
+    fn stream_agent(&self) -> ureq::Agent {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(CONNECT_TIMEOUT))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        *lock(&self.stream) = Some(agent.clone());
+        agent
+    }
+
+    /// Sends `GET url` with the token.
+    fn get(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+    ) -> Result<ureq::http::Response<ureq::Body>, String> {
+        let mut request = agent.get(url);
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        request
+            .call()
+            .map_err(|err| format!("cannot reach the primary: {err}"))
+    }
+
+    /// Cuts the current stream or download, if any.
+    fn cut_stream(&self) {
+        if let Some(agent) = lock(&self.stream).take() {
+            agent.shutdown();
+        }
+    }
+
+    fn contact(&self) {
+        let mut progress = self.progress();
+        progress.last_contact = Some(Instant::now());
+        progress.status.last_contact_ms = now_ms();
+    }
+
+    /// Notes the primary's last sequence number.
+    fn heard(&self, primary_sequence: u64) {
+        let mut progress = self.progress();
+        let status = &mut progress.status;
+        status.primary_sequence = status.primary_sequence.max(primary_sequence);
+        let behind = status.primary_sequence > status.applied;
+        match (behind, progress.behind_since) {
+            (true, None) => progress.behind_since = Some(Instant::now()),
+            (false, Some(_)) => progress.behind_since = None,
+            _ => {}
+        }
+    }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        lock(&self.status)
+    }
+}
+
+/// How a stream that worked ended.
+enum Ended {
+    /// The connection ended; whether any record was applied on it.
+    Cut(bool),
+    /// The primary wants this node to start over from a snapshot; `true`
+    /// if its log diverged.
+    Resync(bool),
+}
+
+/// What a refusal of the stream (`status`, JSON `answer`) means.
+fn refusal(status: u16, answer: &serde_json::Value, primary: &str) -> Result<Ended, String> {
+    let message = answer["message"].as_str().unwrap_or("no message");
+    match status {
+        410 => Ok(Ended::Resync(answer["resync"] == "diverged")),
+        409 => Err(format!(
+            "{primary} is not a primary ({message}); chains of followers are not supported: \
+             point replication.primary at the primary"
+        )),
+        401 | 403 => Err(format!(
+            "{primary} refused the token ({status}: {message}); replication.token needs the \
+             `replicate` scope (lucid tokens issue --scope replicate)"
+        )),
+        _ => Err(format!("{primary} answered {status}: {message}")),
+    }
+}
+
+/// The JSON of a refusal's body (`Null` if it is not JSON).
+fn answer_of(mut body: ureq::Body) -> serde_json::Value {
+    let text = body
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+/// How a key check value reads in a message.
+fn encryption(key_check: u32) -> &'static str {
+    if key_check == 0 {
+        "not encrypted"
+    } else {
+        "encrypted"
+    }
+}
+
+/// `text` made safe for a URL's query.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
