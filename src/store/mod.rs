@@ -26,11 +26,14 @@
 //!   every step. See [`compaction`].
 //! * **Directory**: its files ([`layout`]); its lock and opening it
 //!   ([`directory`]).
+//! * **Digest**: one hash of the contents under a prefix, for comparing
+//!   nodes ([`digest`]).
 //! * **Snapshots**: a point-in-time image of the store in one file, made
 //!   while it serves ([`snapshot`]), restored offline ([`restore`]).
 
 pub mod compaction;
 pub mod crypt;
+pub mod digest;
 pub mod directory;
 pub mod engine;
 pub mod expiry;
@@ -50,6 +53,7 @@ pub mod testing;
 mod torture;
 
 pub use compaction::{spawn_compactor, CompactionError, CompactionPolicy};
+pub use digest::{Digest, DigestError};
 pub use directory::{check, open, open_with, OpenError};
 pub use engine::commit::{Acknowledger, Ticket};
 pub use engine::mutation::{
