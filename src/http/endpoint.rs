@@ -32,6 +32,8 @@ pub enum Endpoint {
     Snapshot,
     /// `POST /api/admin/import`.
     Import,
+    /// `GET /api/admin/digest`.
+    Digest,
     /// `GET` or `HEAD /health`.
     Health,
     /// `GET` or `HEAD /metrics`.
@@ -78,6 +80,8 @@ pub enum Resource {
     Snapshot,
     /// `/api/admin/import`.
     Import,
+    /// `/api/admin/digest`.
+    Digest,
     /// `/health`.
     Health,
     /// `/metrics`.
@@ -140,6 +144,7 @@ impl Endpoint {
             Route::AdminExport => Resource::Export,
             Route::AdminSnapshot => Resource::Snapshot,
             Route::AdminImport => Resource::Import,
+            Route::AdminDigest => Resource::Digest,
             Route::Health => Resource::Health,
             Route::Metrics => Resource::Metrics,
             Route::Ui => Resource::Console,
@@ -165,6 +170,7 @@ impl Endpoint {
             Self::Export => Resource::Export,
             Self::Snapshot => Resource::Snapshot,
             Self::Import => Resource::Import,
+            Self::Digest => Resource::Digest,
             Self::Health => Resource::Health,
             Self::Metrics => Resource::Metrics,
             Self::Console => Resource::Console,
@@ -229,6 +235,7 @@ impl Resource {
             Self::Export if only_get => Endpoint::Export,
             Self::Snapshot if only_get => Endpoint::Snapshot,
             Self::Import if only_post => Endpoint::Import,
+            Self::Digest if only_get => Endpoint::Digest,
             Self::Health if read => Endpoint::Health,
             Self::Metrics if read => Endpoint::Metrics,
             Self::Console if read => Endpoint::Console,
@@ -243,7 +250,7 @@ impl Resource {
             Self::Key => "GET, HEAD, PUT, DELETE, PATCH",
             Self::Keys | Self::Stats | Self::Health | Self::Metrics | Self::Console => "GET, HEAD",
             Self::Batch | Self::Compact | Self::Import => "POST",
-            Self::Watch | Self::Export | Self::Snapshot => "GET",
+            Self::Watch | Self::Export | Self::Snapshot | Self::Digest => "GET",
         }
     }
 
@@ -254,9 +261,12 @@ impl Resource {
             Self::Key => Rule::Key(Access::Write),
             Self::Keys | Self::Watch => Rule::Prefix(Access::Read),
             Self::Batch => Rule::Token,
-            Self::Stats | Self::Compact | Self::Export | Self::Snapshot | Self::Import => {
-                Rule::Scope(Access::Admin)
-            }
+            Self::Stats
+            | Self::Compact
+            | Self::Export
+            | Self::Snapshot
+            | Self::Import
+            | Self::Digest => Rule::Scope(Access::Admin),
             Self::Health | Self::Console => Rule::Public,
             Self::Metrics if metrics_public => Rule::Public,
             Self::Metrics => Rule::Scope(Access::Admin),

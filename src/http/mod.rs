@@ -514,6 +514,7 @@ fn dispatch<'b>(
         Endpoint::Stats => admin::stats(ctx).into(),
         Endpoint::Compact => admin::compact(ctx).into(),
         Endpoint::Import => import::handle(ctx, request),
+        Endpoint::Digest => admin::digest(ctx, url).into(),
         Endpoint::Health => admin::health(ctx).into(),
         Endpoint::Metrics => admin::metrics(ctx).into(),
         Endpoint::Console | Endpoint::MethodNotAllowed(Resource::Console) if !ctx.ui_enabled => {

@@ -25,6 +25,8 @@ pub enum Route<'u> {
     AdminSnapshot,
     /// `/api/admin/import`: keys from JSON Lines.
     AdminImport,
+    /// `/api/admin/digest`: the integrity digest of the keys under a prefix.
+    AdminDigest,
     /// `/health`: is the node serving?
     Health,
     /// `/metrics`: Prometheus metrics.
@@ -51,6 +53,7 @@ pub fn route(url: &str) -> Route<'_> {
         "/api/admin/export" => Route::AdminExport,
         "/api/admin/snapshot" => Route::AdminSnapshot,
         "/api/admin/import" => Route::AdminImport,
+        "/api/admin/digest" => Route::AdminDigest,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/api/watch" => Route::Watch,
@@ -172,6 +175,7 @@ mod tests {
         assert_eq!(route("/api/admin/export?prefix=a"), Route::AdminExport);
         assert_eq!(route("/api/admin/snapshot"), Route::AdminSnapshot);
         assert_eq!(route("/api/admin/import"), Route::AdminImport);
+        assert_eq!(route("/api/admin/digest?prefix=a"), Route::AdminDigest);
         assert_eq!(route("/api/admin/other"), Route::Unknown);
         assert_eq!(route("/health"), Route::Health);
         assert_eq!(route("/metrics?x=1"), Route::Metrics);
