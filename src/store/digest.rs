@@ -168,7 +168,7 @@ mod tests {
     use super::*;
     use crate::store::crypt::Cipher;
     use crate::store::layout::LOG_FILE;
-    use crate::store::testing::{fresh_store, MemFile};
+    use crate::store::testing::{fresh_store, Call, CrashFile, Fault, MemFile};
     use crate::store::{open_with, BatchOp, Expect, SyncMode};
 
     /// One key's contents, as a test writes them.
@@ -410,5 +410,19 @@ mod tests {
         assert!(err.to_string().contains("key 'b' is damaged"), "{err}");
         assert_eq!(store.stats().damaged_keys, 1, "marked as a read marks it");
         assert_eq!(store.digest(b"a").unwrap().keys, 1);
+    }
+
+    #[test]
+    fn a_failed_read_fails_the_digest_without_marking_damage() {
+        let (file, store) = fresh_store(CrashFile::with_bytes, SyncMode::Never);
+        write(&store, PLAIN);
+        file.inject(Call::Read, Fault::Eio);
+        let err = store.digest(b"").unwrap_err();
+        assert!(
+            matches!(err, DigestError::Read(StoreError::Io(_))),
+            "{err:?}"
+        );
+        assert_eq!(store.stats().damaged_keys, 0);
+        assert_eq!(store.digest(b"").unwrap(), digest_after(&[PLAIN], ""));
     }
 }
