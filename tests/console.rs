@@ -25,19 +25,7 @@ const FILES: [(&str, &str); 4] = [
 ];
 
 fn secured() -> Node {
-    Config::new()
-        .raw("authentication", "enabled: true")
-        .raw("authentication", &format!("secret_key: \"{SECRET}\""))
-        .start()
-}
-
-/// A token from `lucid tokens issue` with these arguments.
-fn token(node: &Node, args: &[&str]) -> String {
-    let mut all = vec!["tokens", "issue", "--expires", "1h"];
-    all.extend_from_slice(args);
-    let out = node.run(&all);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    Config::new().secured(SECRET).start()
 }
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
@@ -201,8 +189,8 @@ fn ws_with_protocols(
 fn a_websocket_watcher_may_offer_its_token_as_a_subprotocol() {
     let node = secured();
     let port = node.port();
-    let reader = token(&node, &["--scope", "read", "--prefix", "s/"]);
-    let writer = token(&node, &["--scope", "write"]);
+    let reader = node.issue_token(&["--scope", "read", "--prefix", "s/"]);
+    let writer = node.issue_token(&["--scope", "write"]);
     let offer = format!("lucid, lucid.bearer.{reader}");
     let (mut ws, protocol) = ws_with_protocols(port, "/api/watch?prefix=s/", &offer, None)
         .expect("the token in the subprotocol is accepted");

@@ -194,6 +194,7 @@ mod tests {
             Route::AdminExport,
             Route::AdminSnapshot,
             Route::AdminImport,
+            Route::AdminDigest,
         ] {
             assert_eq!(
                 need(admin, "", &Method::Get, true),

@@ -40,6 +40,8 @@ pub enum Endpoint {
     ReplicationStream,
     /// `POST /api/replication/ack`.
     ReplicationAck,
+    /// `GET /api/admin/digest`.
+    Digest,
     /// `GET` or `HEAD /health`.
     Health,
     /// `GET` or `HEAD /metrics`.
@@ -94,6 +96,8 @@ pub enum Resource {
     ReplicationStream,
     /// `/api/replication/ack`.
     ReplicationAck,
+    /// `/api/admin/digest`.
+    Digest,
     /// `/health`.
     Health,
     /// `/metrics`.
@@ -163,6 +167,7 @@ impl Endpoint {
             Route::AdminPromote => Resource::Promote,
             Route::ReplicationStream => Resource::ReplicationStream,
             Route::ReplicationAck => Resource::ReplicationAck,
+            Route::AdminDigest => Resource::Digest,
             Route::Health => Resource::Health,
             Route::Metrics => Resource::Metrics,
             Route::Ui => Resource::Console,
@@ -192,6 +197,7 @@ impl Endpoint {
             Self::Promote => Resource::Promote,
             Self::ReplicationStream => Resource::ReplicationStream,
             Self::ReplicationAck => Resource::ReplicationAck,
+            Self::Digest => Resource::Digest,
             Self::Health => Resource::Health,
             Self::Metrics => Resource::Metrics,
             Self::Console => Resource::Console,
@@ -273,6 +279,7 @@ impl Resource {
             Self::Promote if only_post => Endpoint::Promote,
             Self::ReplicationStream if only_get => Endpoint::ReplicationStream,
             Self::ReplicationAck if only_post => Endpoint::ReplicationAck,
+            Self::Digest if only_get => Endpoint::Digest,
             Self::Health if read => Endpoint::Health,
             Self::Metrics if read => Endpoint::Metrics,
             Self::Console if read => Endpoint::Console,
@@ -294,7 +301,11 @@ impl Resource {
             Self::Batch | Self::Compact | Self::Import | Self::Promote | Self::ReplicationAck => {
                 "POST"
             }
-            Self::Watch | Self::Export | Self::Snapshot | Self::ReplicationStream => "GET",
+            Self::Watch
+            | Self::Export
+            | Self::Snapshot
+            | Self::Digest
+            | Self::ReplicationStream => "GET",
         }
     }
 
@@ -309,6 +320,7 @@ impl Resource {
             | Self::Compact
             | Self::Export
             | Self::Import
+            | Self::Digest
             | Self::ReplicationStatus
             | Self::Promote => Rule::Scope(Access::Admin),
             Self::Snapshot => Rule::EitherScope(Access::Admin, Access::Replicate),

@@ -529,6 +529,7 @@ fn dispatch<'b>(
         Endpoint::ReplicationStatus => replication::status(ctx).into(),
         Endpoint::Promote => replication::promote(ctx).into(),
         Endpoint::ReplicationAck => replication::acknowledge(ctx, url).into(),
+        Endpoint::Digest => admin::digest(ctx, url).into(),
         Endpoint::Health => admin::health(ctx).into(),
         Endpoint::Metrics => admin::metrics(ctx).into(),
         Endpoint::Console | Endpoint::MethodNotAllowed(Resource::Console) if !ctx.ui_enabled => {

@@ -33,6 +33,8 @@ pub enum Route<'u> {
     ReplicationStream,
     /// `/api/replication/ack`: a follower's confirmation.
     ReplicationAck,
+    /// `/api/admin/digest`: the integrity digest of the keys under a prefix.
+    AdminDigest,
     /// `/health`: is the node serving?
     Health,
     /// `/metrics`: Prometheus metrics.
@@ -63,6 +65,7 @@ pub fn route(url: &str) -> Route<'_> {
         "/api/admin/promote" => Route::AdminPromote,
         "/api/replication/stream" => Route::ReplicationStream,
         "/api/replication/ack" => Route::ReplicationAck,
+        "/api/admin/digest" => Route::AdminDigest,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/api/watch" => Route::Watch,
@@ -184,6 +187,7 @@ mod tests {
         assert_eq!(route("/api/admin/export?prefix=a"), Route::AdminExport);
         assert_eq!(route("/api/admin/snapshot"), Route::AdminSnapshot);
         assert_eq!(route("/api/admin/import"), Route::AdminImport);
+        assert_eq!(route("/api/admin/digest?prefix=a"), Route::AdminDigest);
         assert_eq!(route("/api/admin/other"), Route::Unknown);
         assert_eq!(route("/health"), Route::Health);
         assert_eq!(route("/metrics?x=1"), Route::Metrics);

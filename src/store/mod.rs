@@ -26,6 +26,8 @@
 //!   every step. See [`compaction`].
 //! * **Directory**: its files ([`layout`]); its lock and opening it
 //!   ([`directory`]).
+//! * **Digest**: one hash of the contents under a prefix, for comparing
+//!   nodes ([`digest`]).
 //! * **Snapshots**: a point-in-time image of the store in one file, made
 //!   while it serves ([`snapshot`]), restored offline ([`restore`]).
 //! * **Replication**: a primary's log read for its followers ([`tail`]); a
@@ -34,6 +36,7 @@
 
 pub mod compaction;
 pub mod crypt;
+pub mod digest;
 pub mod directory;
 pub mod engine;
 pub mod expiry;
@@ -55,6 +58,7 @@ pub mod testing;
 mod torture;
 
 pub use compaction::{spawn_compactor, CompactionError, CompactionPolicy};
+pub use digest::{Digest, DigestError};
 pub use directory::{check, open, open_with, OpenError};
 pub use engine::commit::{Acknowledger, Ticket};
 pub use engine::mutation::{

@@ -280,6 +280,12 @@ impl Config {
         self
     }
 
+    /// Authentication on, tokens signed with `secret`.
+    pub fn secured(self, secret: &str) -> Self {
+        self.raw("authentication", "enabled: true")
+            .raw("authentication", &format!("secret_key: \"{secret}\""))
+    }
+
     /// Adds a raw `line` under top-level `section` (created if needed).
     pub fn raw(mut self, section: &str, line: &str) -> Self {
         self.raw.push((section.into(), line.into()));
@@ -490,6 +496,16 @@ impl Node {
             "the node exited; stderr:\n{}",
             server.logs()
         );
+    }
+
+    /// A token from `lucid tokens issue --expires 1h` with these arguments,
+    /// signed with this node's secret (see [`Config::secured`]).
+    pub fn issue_token(&self, args: &[&str]) -> String {
+        let mut all = vec!["tokens", "issue", "--expires", "1h"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
     /// A `lucid --config <this config> ARGS...` run, e.g. `check`.

@@ -2,7 +2,8 @@
 //! writer. Its state (the index, the writer, the group commit) is private to
 //! this module; each concern is a submodule that reaches it from here:
 //!
-//! * `read`: values, listings and key metadata, verified before served;
+//! * `read`: values, listings, key metadata and pages of every key held,
+//!   verified before served;
 //! * [`mutation`]: what each write does (the one write API, [`Store::apply`]);
 //! * `append`: the append path every write goes through;
 //! * [`commit`]: when a write is durable (tickets, group commit, markers);

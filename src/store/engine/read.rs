@@ -1,14 +1,15 @@
-//! Reads: a key's value, listings and key metadata, each record
-//! verified (CRC, and authentication when encrypted) before it is served.
+//! Reads: a key's value, listings and key metadata, and pages of every key
+//! the index holds (for [`crate::store::digest`]), each record verified
+//! (CRC, and authentication when encrypted) before it is served.
 
 use std::sync::Arc;
 
-use super::{KeyInfo, Page, Store, StoreError, StoredValue};
+use super::{KeyInfo, Keydir, Page, Store, StoreError, StoredValue};
 use crate::clock::now_ms;
 use crate::locks::read;
 use crate::store::crypt::{open_record, Cipher};
 use crate::store::file::LogFile;
-use crate::store::index::{Attrs, Location};
+use crate::store::index::{Attrs, Index, Location};
 use crate::store::record::{
     Position, RecordHeader, RecordKind, RecordView, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN,
 };
@@ -23,24 +24,14 @@ impl Store {
         key: &[u8],
         buf: &'b mut Vec<u8>,
     ) -> Result<Option<StoredValue<'b>>, StoreError> {
-        let (location, file, file_id, cipher) = {
+        let (location, source) = {
             let keydir = read(&self.keydir);
             let Some(location) = keydir.index.get(key) else {
                 return Ok(None);
             };
-            (
-                location,
-                Arc::clone(&keydir.file),
-                keydir.file_id,
-                keydir.cipher.clone(),
-            )
+            (location, LogSource::of(&keydir))
         };
-        let record = read_record((&*file, file_id, cipher.as_deref()), location, key, buf)
-            .inspect_err(|err| {
-                if matches!(err, StoreError::Corrupt { .. }) {
-                    self.note_damaged(key, location, file_id);
-                }
-            })?;
+        let record = self.read_verified(&source, location, key, buf)?;
         if Attrs::of(&record.header).expired(now_ms()) {
             return Ok(None);
         }
@@ -66,16 +57,9 @@ impl Store {
     ) -> Page<(Vec<u8>, Location)> {
         let now = now_ms();
         let keydir = read(&self.keydir);
-        let mut live = keydir
-            .index
-            .range(prefix, after)
-            .filter(|(_, _, attrs)| !attrs.expired(now))
-            .map(|(key, location, _)| (key.to_vec(), location));
-        let entries: Vec<_> = live.by_ref().take(limit).collect();
-        Page {
-            entries,
-            more: live.next().is_some(),
-        }
+        page_of(&keydir.index, prefix, after, limit, |attrs| {
+            !attrs.expired(now)
+        })
     }
 
     /// The metadata of listed keys (from [`list`](Self::list)), read from
@@ -139,6 +123,111 @@ impl Store {
             });
         }
         Ok(infos)
+    }
+}
+
+/// The keys the index holds, a page of them (see [`Store::held_keys`]):
+/// where their records were at one moment, and the log those are in.
+pub(in crate::store) struct HeldKeys {
+    /// The keys and the locations of their records, in key order.
+    pub(in crate::store) page: Page<(Vec<u8>, Location)>,
+    /// The log the locations point into, kept open.
+    source: LogSource,
+}
+
+impl Store {
+    /// Up to `limit` keys the index holds under `prefix`, sorting after
+    /// `after`, in key order, taken under one brief read lock: unlike
+    /// [`list`](Self::list), keys whose expiry has passed but which the
+    /// expiry sweeper has not deleted yet are included. Their records can
+    /// be read as they were at that moment with
+    /// [`read_held`](Self::read_held), even once written again or
+    /// compacted away (the page keeps the log it was taken from open).
+    pub(in crate::store) fn held_keys(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> HeldKeys {
+        let keydir = read(&self.keydir);
+        HeldKeys {
+            page: page_of(&keydir.index, prefix, after, limit, |_| true),
+            source: LogSource::of(&keydir),
+        }
+    }
+
+    /// Reads the record of `key` at `location`, an entry of `held`, into
+    /// `buf` and verifies it as [`get`](Self::get) does: a damaged record
+    /// is [`StoreError::Corrupt`], and its key is marked damaged.
+    pub(in crate::store) fn read_held<'b>(
+        &self,
+        held: &HeldKeys,
+        key: &[u8],
+        location: Location,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<RecordView<'b>, StoreError> {
+        self.read_verified(&held.source, location, key, buf)
+    }
+
+    /// Reads the record of `key` at `location` of `source` into `buf` and
+    /// verifies it; a record failing its check marks its key damaged.
+    fn read_verified<'b>(
+        &self,
+        source: &LogSource,
+        location: Location,
+        key: &[u8],
+        buf: &'b mut Vec<u8>,
+    ) -> Result<RecordView<'b>, StoreError> {
+        let LogSource {
+            file,
+            file_id,
+            cipher,
+        } = source;
+        read_record((&**file, *file_id, cipher.as_deref()), location, key, buf).inspect_err(|err| {
+            if matches!(err, StoreError::Corrupt { .. }) {
+                self.note_damaged(key, location, *file_id);
+            }
+        })
+    }
+}
+
+/// The log the index's locations point into, as a reader takes it with
+/// them: the file, its id and its encryption.
+struct LogSource {
+    file: Arc<dyn LogFile>,
+    file_id: u32,
+    cipher: Option<Arc<Cipher>>,
+}
+
+impl LogSource {
+    /// The log of `keydir`.
+    fn of(keydir: &Keydir) -> Self {
+        Self {
+            file: Arc::clone(&keydir.file),
+            file_id: keydir.file_id,
+            cipher: keydir.cipher.clone(),
+        }
+    }
+}
+
+/// Up to `limit` keys of `index` under `prefix`, sorting after `after`,
+/// whose attributes `keep` accepts, in key order, with their record's
+/// location. Costs O(limit) when `keep` accepts most keys.
+fn page_of(
+    index: &Index,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+    keep: impl Fn(&Attrs) -> bool,
+) -> Page<(Vec<u8>, Location)> {
+    let mut kept = index
+        .range(prefix, after)
+        .filter(|(_, _, attrs)| keep(attrs))
+        .map(|(key, location, _)| (key.to_vec(), location));
+    let entries: Vec<_> = kept.by_ref().take(limit).collect();
+    Page {
+        entries,
+        more: kept.next().is_some(),
     }
 }
 
