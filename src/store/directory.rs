@@ -16,7 +16,7 @@ use super::hint;
 use super::index::{Attrs, Index};
 use super::layout::{
     private_file, sync_dir, torn_tail, COMPACT_FILE, HINT_FILE, HINT_TMP, LOCK_FILE, LOG_FILE,
-    REPAIR_FILE, REPLICA_SNAPSHOT, RESTORE_FILE,
+    REPAIR_FILE, REPLICATION_TMP, REPLICA_SNAPSHOT, RESTORE_FILE,
 };
 use super::record::{FileHeader, FileHeaderError, RecordKind, FILE_HEADER_LEN};
 use super::scan::{damaged_ranges, scan, Damage, ScanStart, ScanSummary};
@@ -600,6 +600,7 @@ fn remove_leftovers(dir: &Path) -> Result<(), OpenError> {
         RESTORE_FILE,
         HINT_TMP,
         REPLICA_SNAPSHOT,
+        REPLICATION_TMP,
     ] {
         let leftover = dir.join(name);
         match fs::remove_file(&leftover) {
