@@ -192,13 +192,25 @@ mod tests {
             Route::AdminStats,
             Route::AdminCompact,
             Route::AdminExport,
-            Route::AdminSnapshot,
             Route::AdminImport,
             Route::AdminDigest,
+            Route::AdminReplication,
+            Route::AdminPromote,
         ] {
             assert_eq!(
                 need(admin, "", &Method::Get, true),
                 Need::Access(Access::Admin, None)
+            );
+        }
+        // A follower bootstraps from a snapshot with its `replicate` token.
+        assert_eq!(
+            need(Route::AdminSnapshot, "", &Method::Get, true),
+            Need::Either(Access::Admin, Access::Replicate)
+        );
+        for replica in [Route::ReplicationStream, Route::ReplicationAck] {
+            assert_eq!(
+                need(replica, "", &Method::Get, true),
+                Need::Access(Access::Replicate, None)
             );
         }
         assert_eq!(need(Route::Health, "", &Method::Get, false), Need::Open);

@@ -15,6 +15,7 @@
 //! never deleted). A primary asking for a new snapshot right after one is
 //! backed off like a failure, so a follower never loops on full copies.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -40,6 +41,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The first and the longest pause between two attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// At most this many (sequence number, time heard) pairs kept to tell the
+/// lag in milliseconds.
+const LAG_MARKS: usize = 256;
 
 /// A new snapshot asked for within this long of the last one counts as a
 /// failure (backed off), not as progress.
@@ -75,8 +80,8 @@ pub struct FollowerStatus {
     pub primary_sequence: u64,
     /// Records the primary has that this node has not applied.
     pub lag_records: u64,
-    /// How long this node has been behind the primary, in ms (0: caught
-    /// up).
+    /// How long ago the primary had the oldest record not applied here, in
+    /// ms, as this node heard of it (0: caught up).
     pub lag_ms: u64,
     /// When the last frame came from the primary (ms since the epoch; 0:
     /// never).
@@ -111,8 +116,9 @@ struct Progress {
     status: FollowerStatus,
     /// The primary's id for the current stream.
     stream: Option<u64>,
-    /// Since when this node is behind the primary.
-    behind_since: Option<Instant>,
+    /// Sequence numbers the primary had that this node has not applied,
+    /// and when it heard of them, oldest first (a few, see `heard`).
+    behind: VecDeque<(u64, Instant)>,
     last_contact: Option<Instant>,
 }
 
@@ -140,7 +146,7 @@ impl Follower {
                     applied_records: 0,
                 },
                 stream: None,
-                behind_since: None,
+                behind: VecDeque::new(),
                 last_contact: None,
             }),
             applied: Condvar::new(),
@@ -161,8 +167,9 @@ impl Follower {
         let mut status = progress.status.clone();
         status.lag_records = status.primary_sequence.saturating_sub(status.applied);
         status.lag_ms = progress
-            .behind_since
-            .map_or(0, |since| since.elapsed().as_millis() as u64);
+            .behind
+            .front()
+            .map_or(0, |(_, since)| since.elapsed().as_millis() as u64);
         status
     }
 
@@ -593,16 +600,28 @@ impl Follower {
         progress.status.last_contact_ms = now_ms();
     }
 
-    /// Notes the primary's last sequence number.
+    /// Notes the primary's last sequence number, and what this node
+    /// applied since: the lag is the age of the oldest sequence number
+    /// heard of and not applied. A bounded list: past `LAG_MARKS` entries
+    /// the newest one stands for the ones heard after it (the lag then
+    /// reads a little high, never low).
     fn heard(&self, primary_sequence: u64) {
         let mut progress = self.progress();
-        let status = &mut progress.status;
+        let Progress { status, behind, .. } = &mut *progress;
         status.primary_sequence = status.primary_sequence.max(primary_sequence);
-        let behind = status.primary_sequence > status.applied;
-        match (behind, progress.behind_since) {
-            (true, None) => progress.behind_since = Some(Instant::now()),
-            (false, Some(_)) => progress.behind_since = None,
-            _ => {}
+        while behind
+            .front()
+            .is_some_and(|&(seq, _)| seq <= status.applied)
+        {
+            behind.pop_front();
+        }
+        let newer = behind.back().map_or(status.applied, |&(seq, _)| seq);
+        if status.primary_sequence > newer {
+            let full = behind.len() >= LAG_MARKS;
+            match behind.back_mut() {
+                Some(last) if full => last.0 = status.primary_sequence,
+                _ => behind.push_back((status.primary_sequence, Instant::now())),
+            }
         }
     }
 
