@@ -304,7 +304,7 @@ impl Follower {
             return refusal(status, &answer_of(body), &self.primary);
         }
         let mut reader = FrameReader::new(body.into_reader(), self.max_payload);
-        let hello = match reader.next() {
+        let hello = match reader.read_frame() {
             Ok(Some(Frame::Hello(hello))) => hello,
             Ok(_) => return Err("the primary's stream did not begin with a hello".into()),
             Err(err) => return Err(format!("the stream broke: {err}")),
@@ -313,7 +313,7 @@ impl Follower {
         let mut buffers = ReplicaBuffers::default();
         let mut applied_any = false;
         loop {
-            let frame = match reader.next() {
+            let frame = match reader.read_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(Ended::Cut(applied_any)),
                 Err(_) if self.stopped() => return Ok(Ended::Cut(applied_any)),

@@ -138,7 +138,7 @@ impl<R: Read> FrameReader<R> {
     /// The next frame; `None` at a clean end of the stream between frames.
     /// A stream cut inside a frame, an unknown kind, a frame too long or a
     /// malformed payload is an error (`InvalidData`, or `UnexpectedEof`).
-    pub fn next(&mut self) -> io::Result<Option<Frame<'_>>> {
+    pub fn read_frame(&mut self) -> io::Result<Option<Frame<'_>>> {
         let mut head = [0u8; 5];
         match self.inner.read(&mut head[..1])? {
             0 => return Ok(None),
@@ -217,9 +217,9 @@ mod tests {
         write_records(&mut stream, &chunk(), 50).unwrap();
         write_heartbeat(&mut stream, 42, 1_000).unwrap();
         let mut reader = FrameReader::new(&stream[..], 1024);
-        assert_eq!(reader.next().unwrap(), Some(Frame::Hello(hello())));
+        assert_eq!(reader.read_frame().unwrap(), Some(Frame::Hello(hello())));
         assert_eq!(
-            reader.next().unwrap(),
+            reader.read_frame().unwrap(),
             Some(Frame::Records {
                 file_id: 3,
                 offset: 32,
@@ -229,13 +229,13 @@ mod tests {
             })
         );
         assert_eq!(
-            reader.next().unwrap(),
+            reader.read_frame().unwrap(),
             Some(Frame::Heartbeat {
                 last_sequence: 42,
                 time_ms: 1_000
             })
         );
-        assert_eq!(reader.next().unwrap(), None);
+        assert_eq!(reader.read_frame().unwrap(), None);
     }
 
     #[test]
@@ -243,16 +243,16 @@ mod tests {
         let mut stream = Vec::new();
         write_records(&mut stream, &chunk(), 50).unwrap();
         let cut = &stream[..stream.len() - 1];
-        let err = FrameReader::new(cut, 1024).next().unwrap_err();
+        let err = FrameReader::new(cut, 1024).read_frame().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        let err = FrameReader::new(&stream[..], 8).next().unwrap_err();
+        let err = FrameReader::new(&stream[..], 8).read_frame().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         for garbage in [
             &b"\x09\x00\x00\x00\x00"[..],
             b"\x01\x02\x00\x00\x00{]",
             b"\x03\x01\x00\x00\x00x",
         ] {
-            let err = FrameReader::new(garbage, 1024).next().unwrap_err();
+            let err = FrameReader::new(garbage, 1024).read_frame().unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{garbage:?}");
         }
     }
