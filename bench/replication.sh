@@ -52,13 +52,12 @@ start() {
     printf 'replication:\n  min_acks: %s\n  ack_timeout_ms: 10000\n' "$acks"
     [ -n "$primary" ] && printf '  primary: %s\n' "${URL[$primary]}"
   } > "$work/$name.yml"
-  "$LUCID" --config "$work/$name.yml" server 2>> "$work/$name.log" &
+  "$LUCID" --config "$work/$name.yml" server 2> "$work/$name.log" &
   PID[$name]=$!
   port=$(listening_port "$work/$name.log")
   [ -n "$port" ] || { echo "node $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1; }
   PORT[$name]=$port
   URL[$name]="http://127.0.0.1:$port"
-  : > "$work/$name.log.seen"
 }
 declare -A PORT
 
