@@ -92,6 +92,7 @@ use super::record::{
 use super::scan::next_valid;
 use super::stats::LastCompaction;
 use super::stats::StoreStats;
+use super::tail::{first_record_after, TailError};
 use crate::clock::now_ms;
 
 /// At most this many rounds of copying the tail before writers are paused;
@@ -304,7 +305,7 @@ impl Store {
             access: &access,
             dir,
             tmp_path: &tmp_path,
-            cut: access.cut(),
+            cut: retained_cut(&access)?,
             new_cipher: cipher,
         };
         let result = job.run();
@@ -324,6 +325,30 @@ impl Store {
         }
         result
     }
+}
+
+/// Where to cut the log: its end (see [`CompactionAccess::cut`]), or
+/// earlier, at the first change after a hold on the log's changes (see
+/// [`super::engine::retention`]), so that every change held is copied as
+/// it is. The new log's base sequence is then the hold's: it holds every
+/// change after it.
+fn retained_cut(access: &CompactionAccess<'_>) -> Result<LogCut, CompactionError> {
+    let mut cut = access.cut();
+    let Some(held) = access.changes_held_after() else {
+        return Ok(cut);
+    };
+    if held >= cut.last_sequence {
+        return Ok(cut);
+    }
+    let first = first_record_after(&*cut.file, cut.offset, held).map_err(|err| match err {
+        TailError::Corrupt { offset } => CompactionError::Corrupt(offset),
+        other => CompactionError::Io(io::Error::other(other.to_string())),
+    })?;
+    if first < cut.offset {
+        cut.offset = first;
+        cut.last_sequence = held;
+    }
+    Ok(cut)
 }
 
 /// Marks a compaction step. Test builds call the test's hook, which may

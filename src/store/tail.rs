@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::engine::{LogEnd, Store};
+use super::file::LogFile;
 use super::record::{RecordHeader, RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 
 /// How much of the log a scan for a reader's place reads at once.
@@ -213,11 +214,22 @@ fn place_after(log: &LogEnd, after: u64) -> Result<u64, TailError> {
             base: log.base_sequence,
         });
     }
+    first_record_after(&*log.file, log.end, after)
+}
+
+/// Where in `file`, whose whole records end at `end`, the first record
+/// after sequence number `after` is (`end` if there is none): a scan of
+/// the record headers, a window at a time.
+pub(super) fn first_record_after(
+    file: &dyn LogFile,
+    end: u64,
+    after: u64,
+) -> Result<u64, TailError> {
     let mut window = vec![0; SCAN_WINDOW];
     let mut at = FILE_HEADER_LEN as u64;
-    while at < log.end {
-        let len = usize::try_from(log.end - at).map_or(SCAN_WINDOW, |left| left.min(SCAN_WINDOW));
-        log.file.read_at(&mut window[..len], at)?;
+    while at < end {
+        let len = usize::try_from(end - at).map_or(SCAN_WINDOW, |left| left.min(SCAN_WINDOW));
+        file.read_at(&mut window[..len], at)?;
         let mut used = 0;
         while let Some(header) = window[..len].get(used..used + RECORD_HEADER_LEN) {
             let header = decode(header, at + used as u64)?;
@@ -234,7 +246,7 @@ fn place_after(log: &LogEnd, after: u64) -> Result<u64, TailError> {
         }
         at += used as u64;
     }
-    Ok(log.end)
+    Ok(end)
 }
 
 /// The header of the record at `offset`, whose first bytes are `bytes`.

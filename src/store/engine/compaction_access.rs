@@ -93,6 +93,12 @@ impl<'s> CompactionAccess<'s> {
         }
     }
 
+    /// The lowest sequence number after which every change is held (see
+    /// [`super::retention`]), if any.
+    pub(in crate::store) fn changes_held_after(&self) -> Option<u64> {
+        self.store.changes_held_after()
+    }
+
     /// The log's end now: writes go on.
     pub(in crate::store) fn end(&self) -> u64 {
         lock(&self.store.writer).end

@@ -12,7 +12,8 @@
 //! * `compaction_access`: the narrow access compaction gets, and the one
 //!   method that switches the store to a compacted log;
 //! * `snapshot_access` and `replica_access`: the narrow doors of snapshots
-//!   and of replication.
+//!   and of replication;
+//! * [`retention`]: holds on recent changes that compaction must keep.
 //!
 //! # Write path
 //!
@@ -63,6 +64,7 @@ pub mod mutation;
 mod pending;
 mod read;
 mod replica_access;
+pub mod retention;
 mod snapshot_access;
 
 pub(super) use compaction_access::{CompactedLog, CompactionAccess, Installed, LogCut, Paused};
@@ -401,6 +403,9 @@ pub struct Store {
     /// On a primary with `replication.min_acks`: the followers whose
     /// confirmation every acknowledgement also waits for.
     follower_acks: std::sync::OnceLock<Arc<dyn commit::FollowerAcks>>,
+    /// Holds on the changes after a sequence number (id, sequence), see
+    /// [`retention`].
+    holds: Mutex<Vec<(u64, u64)>>,
     commit: Mutex<CommitState>,
     commit_done: Condvar,
     sync: SyncMode,
@@ -453,6 +458,7 @@ impl Store {
             }),
             appended: Condvar::new(),
             follower_acks: std::sync::OnceLock::new(),
+            holds: Mutex::new(Vec::new()),
             commit: Mutex::new(CommitState {
                 durable_sequence: recovered.next_sequence - 1,
                 syncing: false,
