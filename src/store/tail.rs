@@ -1,7 +1,7 @@
-//! Reading a primary's log for a follower: the records after a sequence
-//! number, as they lie on disk, a window at a time, waiting at the end for
-//! more and following the store to a new log when a compaction (or a
-//! snapshot install) replaces it.
+//! Reading the log after a sequence number, for a follower (the records as
+//! they lie on disk) or the MQTT bridge (opened as [`Change`]s), a window
+//! at a time, waiting at the end for more and following the store to a new
+//! log when a compaction (or a snapshot install) replaces it.
 //!
 //! A log holds every record whose sequence number is above its header's
 //! base sequence (see [`super::record`]): a compaction copies the records
@@ -11,14 +11,20 @@
 //! snapshot ([`TailError::TooOld`]). When the log is replaced under a
 //! reader, it first reads the old log to its end (nothing is appended to
 //! it any more), then finds its place in the new one by sequence number.
+//! A hold on the log's changes (see [`super::engine::retention`]) keeps
+//! every change after it through compactions.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::crypt::{open_copy, Cipher};
 use super::engine::{LogEnd, Store};
 use super::file::LogFile;
-use super::record::{RecordHeader, RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+use super::record::{
+    members, verify, Position, RecordHeader, RecordKind, RecordView, FILE_HEADER_LEN,
+    RECORD_HEADER_LEN,
+};
 
 /// How much of the log a scan for a reader's place reads at once.
 const SCAN_WINDOW: usize = 256 * 1024;
@@ -75,9 +81,30 @@ pub struct Chunk<'b> {
     pub last_sequence: u64,
 }
 
+/// A change read from the log: a put or a delete, checked and opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change<'a> {
+    /// Its sequence number: the key's version.
+    pub sequence: u64,
+    /// Whether it deletes the key (a tombstone: no value).
+    pub deleted: bool,
+    /// The key.
+    pub key: &'a [u8],
+    /// The value (empty for a delete).
+    pub value: &'a [u8],
+    /// Its content type.
+    pub content_type: &'a [u8],
+    /// When it was written, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// When the key expires, ms since the epoch (0: never).
+    pub expires_at_ms: u64,
+}
+
 /// A reader of a store's log after some sequence number.
 pub struct LogTail {
     store: Arc<Store>,
+    /// The log's encryption, to open changes.
+    cipher: Option<Arc<Cipher>>,
     /// The log being read, and its end when last looked at.
     log: LogEnd,
     /// The next byte to read in it.
@@ -94,6 +121,7 @@ impl Store {
         let offset = place_after(&log, after)?;
         Ok(LogTail {
             store: Arc::clone(self),
+            cipher: self.log_cipher(),
             log,
             offset,
             last_read: after,
@@ -144,6 +172,82 @@ impl LogTail {
         }
     }
 
+    /// Calls `each` with every change among `chunk`'s records (from
+    /// [`next`](Self::next)), checked where they lie and opened, in order;
+    /// sync markers and quarantined records (damage, never served) are
+    /// skipped. Fails at the first record that does not check.
+    pub fn changes(
+        &self,
+        chunk: &Chunk<'_>,
+        scratch: &mut Vec<u8>,
+        mut each: impl FnMut(Change<'_>),
+    ) -> Result<(), TailError> {
+        let mut at = 0;
+        while at < chunk.bytes.len() {
+            let offset = chunk.offset + at as u64;
+            let corrupt = || TailError::Corrupt { offset };
+            let fixed = chunk
+                .bytes
+                .get(at..at + RECORD_HEADER_LEN)
+                .ok_or_else(corrupt)?;
+            let len =
+                usize::try_from(decode(fixed, offset)?.record_len()).map_err(|_| corrupt())?;
+            let bytes = chunk.bytes.get(at..at + len).ok_or_else(corrupt)?;
+            let place = Position {
+                file_id: chunk.file_id,
+                offset,
+            };
+            let view = verify(bytes, place).map_err(|_| corrupt())?;
+            match view.header.kind {
+                RecordKind::Marker => {}
+                RecordKind::Batch => {
+                    for member in members(&view, place) {
+                        let (member_offset, member) = member.map_err(|_| corrupt())?;
+                        let place = Position {
+                            offset: member_offset,
+                            ..place
+                        };
+                        self.open(member, place, scratch, &mut each)?;
+                    }
+                }
+                RecordKind::Put | RecordKind::Delete => {
+                    self.open(view, place, scratch, &mut each)?;
+                }
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Opens the record `view` at `place` and hands it to `each` as a change.
+    fn open(
+        &self,
+        view: RecordView<'_>,
+        place: Position,
+        scratch: &mut Vec<u8>,
+        each: &mut impl FnMut(Change<'_>),
+    ) -> Result<(), TailError> {
+        let record = open_copy(self.cipher.as_deref(), view, place, scratch).map_err(|_| {
+            TailError::Corrupt {
+                offset: place.offset,
+            }
+        })?;
+        let header = record.header;
+        if header.is_damaged() {
+            return Ok(());
+        }
+        each(Change {
+            sequence: header.sequence,
+            deleted: header.kind == RecordKind::Delete,
+            key: record.key,
+            value: record.value,
+            content_type: record.content_type,
+            timestamp_ms: header.timestamp_ms,
+            expires_at_ms: header.expires_at_ms,
+        });
+        Ok(())
+    }
+
     /// The last sequence number in the log when it was last looked at.
     pub fn log_sequence(&self) -> u64 {
         self.log.last_sequence
@@ -170,6 +274,7 @@ impl LogTail {
         }
         self.offset = place_after(&now, self.last_read)?;
         self.log = now;
+        self.cipher = self.store.log_cipher();
         Ok(())
     }
 
@@ -259,4 +364,50 @@ fn decode(bytes: &[u8], offset: u64) -> Result<RecordHeader, TailError> {
 /// `None` for a sync marker.
 fn sequence_of(header: &RecordHeader) -> Option<u64> {
     (header.kind != RecordKind::Marker).then_some(header.sequence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::directory::open_with;
+    use crate::store::engine::mutation::BatchOp;
+    use crate::store::testing::{batch_put, put, Model};
+    use crate::store::{Expect, SyncMode};
+
+    #[test]
+    fn changes_come_opened_in_order_batches_member_by_member() {
+        for cipher in [None, Some(Arc::new(Cipher::from_key(&[3; 32])))] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = open_with(dir.path(), SyncMode::Always, cipher).unwrap();
+            let mut tail = store.tail_after(0).unwrap();
+            put(&store, &mut Model::new(), "a", b"1");
+            let delete_a = BatchOp::Delete {
+                key: b"a",
+                expect: Expect::Any,
+            };
+            store
+                .batch(&[batch_put("b", b"2"), delete_a], &mut Vec::new())
+                .unwrap();
+            store.delete(b"b", &mut Vec::new(), Expect::Any).unwrap();
+            let (mut buf, mut scratch, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+            while let Some(chunk) = tail.next(&mut buf, 1 << 20, Duration::ZERO).unwrap() {
+                tail.changes(&chunk, &mut scratch, |change| {
+                    seen.push((
+                        change.sequence,
+                        change.deleted,
+                        String::from_utf8_lossy(change.key).into_owned(),
+                        change.value.to_vec(),
+                    ));
+                })
+                .unwrap();
+            }
+            let expected = [
+                (1, false, "a".to_owned(), b"1".to_vec()),
+                (2, false, "b".to_owned(), b"2".to_vec()),
+                (3, true, "a".to_owned(), Vec::new()),
+                (4, true, "b".to_owned(), Vec::new()),
+            ];
+            assert_eq!(seen, expected);
+        }
+    }
 }
