@@ -61,6 +61,8 @@ pub struct Config {
     pub backup: Backup,
     /// Following a primary, and the acknowledgements a primary waits for.
     pub replication: Replication,
+    /// The bridge to an MQTT broker.
+    pub mqtt: crate::mqtt::settings::MqttSettings,
 }
 
 /// `backup:` — snapshots written on a schedule (see [`crate::backup`]).
@@ -831,6 +833,7 @@ impl Config {
                 *path = base.join(path.strip_prefix(".").unwrap_or(path));
             }
         }
+        self.mqtt.resolve_paths(base);
     }
 
     /// Parses and validates YAML text. An empty document means all defaults.
@@ -914,6 +917,7 @@ impl Config {
         }
         self.backup.validate()?;
         self.replication.validate()?;
+        self.mqtt.validate()?;
         self.authentication.validate()
     }
 }

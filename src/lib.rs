@@ -20,6 +20,7 @@ pub mod http;
 pub mod locks;
 pub mod logging;
 pub mod memory;
+pub mod mqtt;
 pub mod notify;
 pub mod replication;
 pub mod store;
