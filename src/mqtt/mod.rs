@@ -3,4 +3,7 @@
 //!
 //! * [`settings`]: the `mqtt:` section of the configuration.
 
+pub mod cursor;
+pub mod ingest;
+pub mod message;
 pub mod settings;

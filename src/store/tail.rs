@@ -1,5 +1,5 @@
 //! Reading the log after a sequence number, for a follower (the records as
-//! they lie on disk) or the MQTT bridge (opened as [`Change`]s), a window
+//! they lie on disk) or the MQTT bridge (opened as [`LogChange`]s), a window
 //! at a time, waiting at the end for more and following the store to a new
 //! log when a compaction (or a snapshot install) replaces it.
 //!
@@ -83,7 +83,7 @@ pub struct Chunk<'b> {
 
 /// A change read from the log: a put or a delete, checked and opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Change<'a> {
+pub struct LogChange<'a> {
     /// Its sequence number: the key's version.
     pub sequence: u64,
     /// Whether it deletes the key (a tombstone: no value).
@@ -180,7 +180,7 @@ impl LogTail {
         &self,
         chunk: &Chunk<'_>,
         scratch: &mut Vec<u8>,
-        mut each: impl FnMut(Change<'_>),
+        mut each: impl FnMut(LogChange<'_>),
     ) -> Result<(), TailError> {
         let mut at = 0;
         while at < chunk.bytes.len() {
@@ -225,7 +225,7 @@ impl LogTail {
         view: RecordView<'_>,
         place: Position,
         scratch: &mut Vec<u8>,
-        each: &mut impl FnMut(Change<'_>),
+        each: &mut impl FnMut(LogChange<'_>),
     ) -> Result<(), TailError> {
         let record = open_copy(self.cipher.as_deref(), view, place, scratch).map_err(|_| {
             TailError::Corrupt {
@@ -236,7 +236,7 @@ impl LogTail {
         if header.is_damaged() {
             return Ok(());
         }
-        each(Change {
+        each(LogChange {
             sequence: header.sequence,
             deleted: header.kind == RecordKind::Delete,
             key: record.key,
