@@ -128,8 +128,8 @@ pub struct Replication {
     /// With an `https://` primary: a PEM file of the certificates trusted
     /// to sign its certificate (a private CA's, or the primary's own if it
     /// is self-signed), instead of the web PKI's roots; a relative path is
-    /// relative to the config file's directory. See
-    /// [`Replication::primary_certificates`].
+    /// relative to the config file's directory. Read when the node starts
+    /// ([`crate::replication::client::PrimaryClient`]).
     #[serde(deserialize_with = "optional_path")]
     pub ca_file: Option<PathBuf>,
     /// On a primary: a write is acknowledged once durable here and on this

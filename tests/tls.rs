@@ -308,6 +308,13 @@ fn a_follower_follows_an_https_primary_whose_certificate_its_ca_file_names() {
     assert_eq!(document(follower.port(), "/api/admin/digest"), on_primary);
     let status = document(follower.port(), "/api/admin/replication");
     assert_eq!(status["follower"]["state"], "following", "{status}");
+    // And its acks: the primary hears that all of it is durable there.
+    wait_for("the follower's ack reached the primary", logs, || {
+        let (code, body) = curl(dir.path(), port, &["-H", &client], "/api/admin/replication");
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status["followers"][0]["durable"] == status["sequence"]
+    });
     assert!(!follower.logs().contains("certificate"), "{}", logs());
 }
 

@@ -8,6 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ureq::http::Response;
+use ureq::{Body, RequestBuilder};
+
 use crate::config;
 
 /// How long to wait for the primary to accept a connection (and finish
@@ -62,29 +65,19 @@ impl PrimaryClient {
     }
 
     /// Sends `GET url` through `agent`, with the token.
-    pub fn get(
-        &self,
-        agent: &ureq::Agent,
-        url: &str,
-    ) -> Result<ureq::http::Response<ureq::Body>, String> {
-        self.authorized(agent.get(url))
-            .call()
-            .map_err(|err| self.unreachable(&err))
+    pub fn get(&self, agent: &ureq::Agent, url: &str) -> Result<Response<Body>, String> {
+        let sent = self.authorized(agent.get(url)).call();
+        sent.map_err(|err| self.unreachable(&err))
     }
 
-    /// Sends `POST url` without a body through `agent`, with the token.
-    pub fn post(
-        &self,
-        agent: &ureq::Agent,
-        url: &str,
-    ) -> Result<ureq::http::Response<ureq::Body>, String> {
-        self.authorized(agent.post(url))
-            .send_empty()
-            .map_err(|err| self.unreachable(&err))
+    /// Sends `POST url` with an empty body through `agent`, with the token.
+    pub fn post(&self, agent: &ureq::Agent, url: &str) -> Result<Response<Body>, String> {
+        let sent = self.authorized(agent.post(url)).send_empty();
+        sent.map_err(|err| self.unreachable(&err))
     }
 
     /// `request` with the token, if any.
-    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    fn authorized<B>(&self, request: RequestBuilder<B>) -> RequestBuilder<B> {
         match &self.token {
             Some(token) => request.header("Authorization", format!("Bearer {token}")),
             None => request,
