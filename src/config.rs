@@ -127,6 +127,13 @@ pub struct Replication {
     /// the config file's directory); see [`Replication::follower_token`].
     #[serde(deserialize_with = "optional_path")]
     pub token_file: Option<PathBuf>,
+    /// With an `https://` primary: a PEM file of the certificates trusted
+    /// to sign its certificate (a private CA's, or the primary's own if it
+    /// is self-signed), instead of the web PKI's roots; a relative path is
+    /// relative to the config file's directory. Read when the node starts
+    /// ([`crate::replication::client::PrimaryClient`]).
+    #[serde(deserialize_with = "optional_path")]
+    pub ca_file: Option<PathBuf>,
     /// On a primary: a write is acknowledged once durable here and on this
     /// many followers (0: here only).
     pub min_acks: usize,
@@ -147,6 +154,7 @@ impl Default for Replication {
             primary: None,
             token: None,
             token_file: None,
+            ca_file: None,
             min_acks: 0,
             ack_timeout_ms: 5000,
         }
@@ -160,6 +168,7 @@ impl fmt::Debug for Replication {
             .field("primary", &self.primary)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
             .field("min_acks", &self.min_acks)
             .field("ack_timeout_ms", &self.ack_timeout_ms)
             .finish()
@@ -187,11 +196,67 @@ impl Replication {
         }
     }
 
+    /// The certificates in `ca_file` (PEM), which alone are trusted to
+    /// sign an `https://` primary's certificate; `None` if it is not set
+    /// (the web PKI's roots are). Fails if the file cannot be read or holds
+    /// no certificate.
+    #[cfg(feature = "tls")]
+    pub fn primary_certificates(
+        &self,
+    ) -> Result<Option<Vec<ureq::tls::Certificate<'static>>>, ConfigError> {
+        use ureq::tls::{parse_pem, PemItem};
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        let cannot = |why: String| {
+            ConfigError(format!(
+                "replication.ca_file {}: {why}; it must hold, in PEM (-----BEGIN CERTIFICATE-----), \
+                 the certificate of the CA that signed the primary's certificate, or that \
+                 certificate itself if it is self-signed",
+                path.display()
+            ))
+        };
+        let pem = std::fs::read(path).map_err(|err| cannot(err.to_string()))?;
+        let (mut certificates, mut keys) = (Vec::new(), 0);
+        for item in parse_pem(&pem) {
+            match item.map_err(|err| cannot(format!("it is not valid PEM ({err})")))? {
+                PemItem::Certificate(certificate) => certificates.push(certificate),
+                PemItem::PrivateKey(_) => keys += 1,
+                _ => {}
+            }
+        }
+        match (certificates.is_empty(), keys) {
+            (true, 0) => Err(cannot("it holds no certificate".into())),
+            (true, _) => Err(cannot(
+                "it holds a private key and no certificate (a follower needs the primary's \
+                 certificate, never its key)"
+                    .into(),
+            )),
+            (false, _) => Ok(Some(certificates)),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.token.is_some() && self.token_file.is_some() {
             return Err(
                 "replication.token and replication.token_file are both set: keep one".into(),
             );
+        }
+        if self.ca_file.is_some() {
+            if !cfg!(feature = "tls") {
+                return Err(
+                    "replication.ca_file is set, but this build has no TLS: build with \
+                     `--features tls`, or remove it and follow the primary over http://"
+                        .into(),
+                );
+            }
+            if let Some(primary) = self.primary.as_deref().filter(|p| p.starts_with("http:")) {
+                return Err(format!(
+                    "replication.ca_file is set, but replication.primary {primary} is not \
+                     https://: the follower would not use it (and would send its token \
+                     unencrypted); follow the primary over https://, or remove ca_file"
+                ));
+            }
         }
         if self.min_acks > MAX_MIN_ACKS {
             return Err(format!(
@@ -828,6 +893,7 @@ impl Config {
         ]
         .into_iter()
         .chain(self.replication.token_file.as_mut())
+        .chain(self.replication.ca_file.as_mut())
         {
             if path.is_relative() && !path.as_os_str().is_empty() {
                 *path = base.join(path.strip_prefix(".").unwrap_or(path));
@@ -1176,5 +1242,76 @@ mod tests {
             config.replication.token_file.as_deref(),
             Some(Path::new("/etc/lucid/t"))
         );
+    }
+
+    #[test]
+    fn a_ca_file_needs_tls_and_an_https_primary_and_is_relative_to_the_base() {
+        let parse = |lines: &str| Config::parse(&format!("replication:\n{lines}"));
+        assert_eq!(parse("  ca_file: ''\n").unwrap(), Config::default());
+        let with_ca = parse("  ca_file: ./ca.pem\n");
+        if !cfg!(feature = "tls") {
+            let err = with_ca.unwrap_err();
+            assert!(err.contains("replication.ca_file"), "{err}");
+            assert!(err.contains("--features tls"), "{err}");
+            return;
+        }
+        // A primary (no replication.primary) keeps it for when it follows.
+        let mut config = with_ca.unwrap();
+        config.resolve_paths(Path::new("/etc/lucid"));
+        assert_eq!(
+            config.replication.ca_file.as_deref(),
+            Some(Path::new("/etc/lucid/ca.pem"))
+        );
+        assert!(parse("  primary: https://pi-1.local:7021\n  ca_file: ca.pem\n").is_ok());
+        let err = parse("  primary: http://pi-1.local:7021\n  ca_file: ca.pem\n").unwrap_err();
+        assert!(err.contains("replication.ca_file"), "{err}");
+        assert!(err.contains("is not https://"), "{err}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn the_ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        let mut replication = Replication {
+            ca_file: Some(file.clone()),
+            ..Replication::default()
+        };
+        let refusal = |replication: &Replication| {
+            let err = replication.primary_certificates().unwrap_err().to_string();
+            assert!(err.contains("replication.ca_file"), "{err}");
+            assert!(err.contains(file.to_str().unwrap()), "{err}");
+            err
+        };
+        let err = refusal(&replication);
+        assert!(err.contains("No such file"), "{err}");
+        for (text, why) in [
+            ("", "holds no certificate"),
+            ("not a certificate\n", "holds no certificate"),
+            (
+                "-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n",
+                "not valid PEM",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = refusal(&replication);
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
+        let names = vec!["localhost".to_string()];
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(names.clone()).unwrap();
+        std::fs::write(&file, key_pair.serialize_pem()).unwrap();
+        let err = refusal(&replication);
+        assert!(err.contains("a private key and no certificate"), "{err}");
+
+        let other = rcgen::generate_simple_self_signed(names).unwrap().cert;
+        let pem = format!("{}{}{}", cert.pem(), key_pair.serialize_pem(), other.pem());
+        std::fs::write(&file, pem).unwrap();
+        let certificates = replication.primary_certificates().unwrap().unwrap();
+        let ders: Vec<&[u8]> = certificates.iter().map(|c| c.der()).collect();
+        assert_eq!(ders, [cert.der().as_ref(), other.der().as_ref()]);
+
+        replication.ca_file = None;
+        assert!(replication.primary_certificates().unwrap().is_none());
     }
 }

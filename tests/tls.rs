@@ -1,12 +1,18 @@
 //! HTTPS (`general.tls`, cargo feature `tls`): a node with a self-signed
 //! certificate made here answers curl over TLS, tokens included, and a
-//! plain-HTTP client on the TLS port gets nothing and stops nothing.
+//! plain-HTTP client on the TLS port gets nothing and stops nothing. A
+//! follower of an `https://` primary trusts the certificate its
+//! `replication.ca_file` names, and no other.
 #![cfg(feature = "tls")]
 
 mod common;
 
+use std::io;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -57,6 +63,21 @@ fn start_https(dir: &Path, config: Config) -> (Server, u16) {
     }
 }
 
+/// A token of the node configured in `dir`, with `scopes`, for an hour.
+fn issue_token(dir: &Path, scopes: &[&str]) -> String {
+    let config_path = dir.join("lucid.yml");
+    let mut args = vec!["--config", config_path.to_str().unwrap(), "tokens", "issue"];
+    args.extend(scopes.iter().flat_map(|scope| ["--scope", scope]));
+    args.extend(["--expires", "1h"]);
+    let issued = run_lucid(&args, dir);
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    String::from_utf8_lossy(&issued.stdout).trim().to_string()
+}
+
 /// `curl` over HTTPS trusting only `cert.pem` in `dir`: (status, body).
 fn curl(dir: &Path, port: u16, args: &[&str], path: &str) -> (u16, String) {
     let out = Command::new("curl")
@@ -102,30 +123,9 @@ fn curl_talks_to_the_node_over_tls_with_tokens() {
     );
     assert_eq!(status, 401, "{body}");
 
-    let config_path = dir.path().join("lucid.yml");
-    let issued = run_lucid(
-        &[
-            "--config",
-            config_path.to_str().unwrap(),
-            "tokens",
-            "issue",
-            "--scope",
-            "read",
-            "--scope",
-            "write",
-            "--expires",
-            "1h",
-        ],
-        dir.path(),
-    );
-    assert!(
-        issued.status.success(),
-        "{}",
-        String::from_utf8_lossy(&issued.stderr)
-    );
     let bearer = format!(
         "Authorization: Bearer {}",
-        String::from_utf8_lossy(&issued.stdout).trim()
+        issue_token(dir.path(), &["read", "write"])
     );
     let put = curl(
         dir.path(),
@@ -225,4 +225,194 @@ fn responses_leave_whole_over_tls() {
         );
     }
     drop(server);
+}
+
+/// Waits (bounded) until `done` holds; panics naming `what` and showing
+/// `logs()` if it does not.
+fn wait_for(what: &str, logs: impl Fn() -> String, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + STARTUP_TIMEOUT * 2;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not so; logs:\n{}",
+            logs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The JSON document `GET path` answers on a plain-HTTP node.
+fn document(port: u16, path: &str) -> serde_json::Value {
+    let response = get(port, path);
+    assert_eq!(response.status, 200, "{path}: {}", response.text());
+    serde_json::from_slice(&response.body).unwrap()
+}
+
+/// A follower (plain HTTP itself) of the HTTPS primary on `port`, sending
+/// `token`, with these extra `replication:` lines.
+fn follower(port: u16, token: &str, lines: &[&str]) -> Node {
+    let mut config = Config::new()
+        .raw("replication", &format!("primary: https://127.0.0.1:{port}"))
+        .raw("replication", &format!("token: '{token}'"));
+    for line in lines {
+        config = config.raw("replication", line);
+    }
+    config.start()
+}
+
+#[test]
+fn a_follower_follows_an_https_primary_whose_certificate_its_ca_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, port) = start_https(dir.path(), Config::new().secured(SECRET));
+    let client = format!(
+        "Authorization: Bearer {}",
+        issue_token(dir.path(), &["write", "admin"])
+    );
+    let write = |key: &str, value: &str| {
+        let put = curl(
+            dir.path(),
+            port,
+            &["-H", &client, "-X", "PUT", "--data-binary", value],
+            &format!("/api/kv/{key}"),
+        );
+        assert_eq!(put.0, 201, "{}", put.1);
+    };
+    for i in 0..20 {
+        write(&format!("before-{i}"), &format!("value {i}"));
+    }
+    let ca_file = dir.path().join("cert.pem");
+    let follower = follower(
+        port,
+        &issue_token(dir.path(), &["replicate"]),
+        &[&format!("ca_file: '{}'", ca_file.display())],
+    );
+    let logs = || format!("{}\n--- primary:\n{}", follower.logs(), primary.logs());
+    // Bootstrapped from the primary's snapshot, over TLS.
+    wait_for("the snapshot reached the follower", logs, || {
+        get(follower.port(), "/api/kv/before-19").status == 200
+    });
+    assert_eq!(get(follower.port(), "/api/kv/before-0").text(), "value 0");
+    // Then the stream: a write on the primary appears on the follower.
+    write("after", "streamed over TLS");
+    wait_for("the write reached the follower", logs, || {
+        get(follower.port(), "/api/kv/after").status == 200
+    });
+    assert_eq!(
+        get(follower.port(), "/api/kv/after").text(),
+        "streamed over TLS"
+    );
+    let (status, body) = curl(dir.path(), port, &["-H", &client], "/api/admin/digest");
+    assert_eq!(status, 200, "{body}");
+    let on_primary: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(on_primary["keys"], 21);
+    assert_eq!(document(follower.port(), "/api/admin/digest"), on_primary);
+    let status = document(follower.port(), "/api/admin/replication");
+    assert_eq!(status["follower"]["state"], "following", "{status}");
+    // And its acks: the primary hears that all of it is durable there.
+    wait_for("the follower's ack reached the primary", logs, || {
+        let (code, body) = curl(dir.path(), port, &["-H", &client], "/api/admin/replication");
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status["followers"][0]["durable"] == status["sequence"]
+    });
+    assert!(!follower.logs().contains("certificate"), "{}", logs());
+}
+
+/// A TCP relay from a new loopback port to `port`; returns the relay's
+/// port and the count of connections it took.
+fn counting_relay(port: u16) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { break };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let ways = [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ];
+            for (mut from, mut to) in ways {
+                thread::spawn(move || {
+                    let _ = io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+            }
+        }
+    });
+    (relay_port, connections)
+}
+
+#[test]
+fn a_follower_refuses_a_certificate_it_was_not_told_to_trust_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, port) = start_https(dir.path(), Config::new().secured(SECRET));
+    let token = issue_token(dir.path(), &["replicate"]);
+    let (relayed, connections) = counting_relay(port);
+    let stranger = tempfile::tempdir().unwrap();
+    let other_ca = self_signed(stranger.path()).0;
+    for (lines, names) in [
+        // No ca_file: the web PKI's roots, which did not sign it.
+        (vec![], "without replication.ca_file".to_string()),
+        // Another certificate than the primary's.
+        (vec![format!("ca_file: '{other_ca}'")], other_ca.clone()),
+    ] {
+        connections.store(0, Ordering::SeqCst);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let follower = follower(relayed, &token, &lines);
+        let logs = || format!("{}\n--- primary:\n{}", follower.logs(), primary.logs());
+        wait_for("the certificate's refusal is logged", logs, || {
+            follower.logs().contains("TLS certificate was refused")
+        });
+        let line = follower
+            .logs()
+            .lines()
+            .find(|line| line.contains("TLS certificate was refused"))
+            .unwrap()
+            .to_string();
+        assert!(line.contains("WARN"), "{line}");
+        // rustls's own words (UnknownIssuer, or BadSignature when the
+        // other certificate bears the same name), then ours.
+        assert!(line.contains("invalid peer certificate"), "{line}");
+        assert!(line.contains(&names), "{line}");
+        assert!(line.contains("retrying"), "{line}");
+        // It tries again, and again is refused: nothing is copied.
+        wait_for("the follower tried again", logs, || {
+            connections.load(Ordering::SeqCst) >= 3
+        });
+        let status = document(follower.port(), "/api/admin/replication");
+        assert_eq!(status["follower"]["state"], "connecting", "{status}");
+        let error = status["follower"]["last_error"].as_str().unwrap();
+        assert!(error.contains("TLS certificate was refused"), "{status}");
+        assert_eq!(status["sequence"], 0, "{status}");
+        // Logged once, not at every attempt.
+        assert_eq!(
+            follower.logs().matches("was refused").count(),
+            1,
+            "{}",
+            logs()
+        );
+    }
+}
+
+#[test]
+fn a_follower_whose_ca_file_holds_no_certificate_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key) = self_signed(dir.path());
+    for (ca_file, why) in [
+        (dir.path().join("missing.pem"), "missing.pem: No such file"),
+        (key.into(), "a private key and no certificate"),
+    ] {
+        let (status, logs) = Config::new()
+            .raw("replication", "primary: https://127.0.0.1:1")
+            .raw("replication", &format!("ca_file: '{}'", ca_file.display()))
+            .start_expect_failure();
+        assert!(!status.success());
+        assert!(logs.contains("replication.ca_file"), "{logs}");
+        assert!(logs.contains(why), "{logs}");
+    }
 }

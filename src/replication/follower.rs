@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::client::PrimaryClient;
 use super::protocol::{Frame, FrameReader, Hello, MAX_RECORDS};
 use super::state::{Epoch, ReplicationState};
 use super::Shared;
@@ -36,8 +37,8 @@ use crate::store::snapshot;
 /// every second) before the follower drops it and connects again.
 const SILENCE: Duration = Duration::from_secs(5);
 
-/// How long to wait for the primary to accept a connection and answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an ack may take.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The first and the longest pause between two attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
@@ -97,7 +98,7 @@ pub struct FollowerStatus {
 /// What the following thread and the acknowledging thread share.
 pub struct Follower {
     primary: String,
-    token: Option<String>,
+    client: PrimaryClient,
     node: String,
     max_payload: usize,
     status: Mutex<Progress>,
@@ -123,12 +124,12 @@ struct Progress {
 }
 
 impl Follower {
-    /// A follower of `primary`, sending `token`, named `node`, accepting
-    /// records up to `max_value_bytes` long.
-    pub fn new(primary: &str, token: Option<String>, node: &str, max_value_bytes: usize) -> Self {
+    /// A follower of `primary`, asking it through `client`, named `node`,
+    /// accepting records up to `max_value_bytes` long.
+    pub fn new(primary: &str, client: PrimaryClient, node: &str, max_value_bytes: usize) -> Self {
         Self {
             primary: primary.to_owned(),
-            token,
+            client,
             node: node.to_owned(),
             max_payload: MAX_RECORDS + 2 * max_value_bytes + 64 * 1024,
             status: Mutex::new(Progress {
@@ -297,7 +298,7 @@ impl Follower {
             url.push_str(&format!("&epoch={epoch}"));
         }
         let agent = self.stream_agent();
-        let response = self.get(&agent, &url)?;
+        let response = self.client.get(&agent, &url)?;
         let status = response.status().as_u16();
         let body = response.into_body();
         if status != 200 {
@@ -470,7 +471,7 @@ impl Follower {
     fn download(&self, path: &std::path::Path) -> Result<Epoch, String> {
         let url = format!("{}/api/admin/snapshot", self.primary);
         let agent = self.stream_agent();
-        let response = self.get(&agent, &url)?;
+        let response = self.client.get(&agent, &url)?;
         let status = response.status().as_u16();
         let epoch = response
             .headers()
@@ -496,11 +497,7 @@ impl Follower {
     /// The acknowledging thread: makes what was applied durable and
     /// confirms it to the primary; cuts a stream silent for too long.
     fn acknowledge(&self, shared: &Shared) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(CONNECT_TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = self.client.agent(Some(ACK_TIMEOUT));
         while !self.stopped() {
             let (stream, applied) = {
                 let progress = self.progress();
@@ -535,11 +532,7 @@ impl Follower {
                 "{}/api/replication/ack?stream={stream}&durable={applied}",
                 self.primary
             );
-            let mut request = agent.post(&url);
-            if let Some(token) = &self.token {
-                request = request.header("Authorization", format!("Bearer {token}"));
-            }
-            match request.send_empty() {
+            match self.client.post(&agent, &url) {
                 Ok(response) if response.status() == 200 => {
                     let mut progress = self.progress();
                     progress.status.acknowledged = progress.status.acknowledged.max(applied);
@@ -561,30 +554,9 @@ impl Follower {
 
     /// A client for one stream (or download), kept so it can be cut.
     fn stream_agent(&self) -> ureq::Agent {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_recv_response(Some(CONNECT_TIMEOUT))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let agent = self.client.agent(None);
         *lock(&self.stream) = Some(agent.clone());
         agent
-    }
-
-    /// Sends `GET url` with the token.
-    fn get(
-        &self,
-        agent: &ureq::Agent,
-        url: &str,
-    ) -> Result<ureq::http::Response<ureq::Body>, String> {
-        let mut request = agent.get(url);
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        request
-            .call()
-            .map_err(|err| format!("cannot reach the primary: {err}"))
     }
 
     /// Cuts the current stream or download, if any.

@@ -9,11 +9,13 @@
 //! * [`primary`]: the followers connected to a primary, what
 //!   `replication.min_acks` waits for, and the stream that sends each its
 //!   log;
-//! * [`follower`]: the threads of a follower.
+//! * [`follower`]: the threads of a follower;
+//! * [`client`]: how a follower asks its primary (over https too).
 //!
 //! [`Replication`] is the node's role and what the HTTP API asks of it.
 //! `docs/REPLICATION.md` tells the whole design.
 
+pub mod client;
 pub mod follower;
 pub mod primary;
 pub mod protocol;
@@ -30,6 +32,7 @@ use crate::config;
 use crate::locks::{lock, read, write};
 use crate::store::tail::LogTail;
 use crate::store::{spawn_expiry_sweeper, Store};
+use client::PrimaryClient;
 use follower::Follower;
 use primary::{Followers, Registered};
 use protocol::Hello;
@@ -162,10 +165,10 @@ impl Replication {
             }
             (primary, _) => primary.clone(),
         };
-        let token = config.follower_token().map_err(|err| err.to_string())?;
+        let client = PrimaryClient::new(config)?;
         let role = match primary {
             Some(primary) => {
-                let follower = Arc::new(Follower::new(&primary, token, node, max_value_bytes));
+                let follower = Arc::new(Follower::new(&primary, client, node, max_value_bytes));
                 follower
                     .spawn(&shared)
                     .map_err(|err| format!("cannot start the follower's threads: {err}"))?;
