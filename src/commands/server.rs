@@ -14,6 +14,7 @@ use crate::backup::{self, BackupStatus};
 use crate::config::{Config, Source};
 use crate::http::{Context, HttpServer};
 use crate::memory::{self, MemoryBudget};
+use crate::mqtt::Bridge;
 use crate::notify::Notifier;
 use crate::replication::Replication;
 use crate::store::{directory::OpenReport, Store};
@@ -61,12 +62,34 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     if exposed_without_auth(config.authentication.enabled, addr.ip()) {
         warn_exposed(addr);
     }
+    // The bridge ships a primary's changes; a follower's are its primary's.
+    let bridge = match replication.primary() {
+        None => Bridge::start(
+            &store,
+            &config.mqtt,
+            &node_name,
+            storage.max_key_bytes,
+            storage.max_value_bytes,
+        )?,
+        Some(primary) => {
+            if config.mqtt.enabled() {
+                log::info!(
+                    "the MQTT bridge runs on the primary ({primary}); this follower does not                      start it (it does once promoted and restarted)"
+                );
+            }
+            None
+        }
+    };
     let ctx = context(&config, &store, memory, &node_name, backups)
-        .with_replication(Arc::clone(&replication));
+        .with_replication(Arc::clone(&replication))
+        .with_bridge(bridge.clone());
     let events = Arc::clone(&store);
     server.run(ctx, signals, move || {
         notifier.stopping();
         replication.stop();
+        if let Some(bridge) = &bridge {
+            bridge.stop();
+        }
         // Ends every watcher's stream, so their clients see the stop.
         events.events().close();
     })?;

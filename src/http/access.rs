@@ -196,6 +196,7 @@ mod tests {
             Route::AdminDigest,
             Route::AdminReplication,
             Route::AdminPromote,
+            Route::AdminMqtt,
         ] {
             assert_eq!(
                 need(admin, "", &Method::Get, true),

@@ -141,6 +141,14 @@ fn damage_advice(stats: &StoreStats) -> Option<String> {
         .then(|| format!("{keys}{records}Check the disk (dmesg, SMART) and your backups."))
 }
 
+/// `GET /api/admin/mqtt`: the MQTT bridge's status (404 when it is off).
+pub fn mqtt<'b>(ctx: &Context) -> Reply<'b> {
+    match &ctx.bridge {
+        Some(bridge) => Reply::document(200, &bridge.status()),
+        None => Reply::message(404, "The MQTT bridge is off (mqtt.url is not set)."),
+    }
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics<'b>(ctx: &Context) -> Reply<'b> {
     let mut body = ctx
@@ -151,6 +159,9 @@ pub fn metrics<'b>(ctx: &Context) -> Reply<'b> {
     }
     if let Some(replication) = &ctx.replication {
         replication.write_metrics(&mut body);
+    }
+    if let Some(bridge) = &ctx.bridge {
+        bridge.write_metrics(&mut body);
     }
     Reply::Text {
         content_type: "text/plain; version=0.0.4; charset=utf-8",

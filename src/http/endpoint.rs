@@ -42,6 +42,8 @@ pub enum Endpoint {
     ReplicationAck,
     /// `GET /api/admin/digest`.
     Digest,
+    /// `GET` or `HEAD /api/admin/mqtt`.
+    Mqtt,
     /// `GET` or `HEAD /health`.
     Health,
     /// `GET` or `HEAD /metrics`.
@@ -98,6 +100,8 @@ pub enum Resource {
     ReplicationAck,
     /// `/api/admin/digest`.
     Digest,
+    /// `/api/admin/mqtt`.
+    Mqtt,
     /// `/health`.
     Health,
     /// `/metrics`.
@@ -168,6 +172,7 @@ impl Endpoint {
             Route::ReplicationStream => Resource::ReplicationStream,
             Route::ReplicationAck => Resource::ReplicationAck,
             Route::AdminDigest => Resource::Digest,
+            Route::AdminMqtt => Resource::Mqtt,
             Route::Health => Resource::Health,
             Route::Metrics => Resource::Metrics,
             Route::Ui => Resource::Console,
@@ -198,6 +203,7 @@ impl Endpoint {
             Self::ReplicationStream => Resource::ReplicationStream,
             Self::ReplicationAck => Resource::ReplicationAck,
             Self::Digest => Resource::Digest,
+            Self::Mqtt => Resource::Mqtt,
             Self::Health => Resource::Health,
             Self::Metrics => Resource::Metrics,
             Self::Console => Resource::Console,
@@ -280,6 +286,7 @@ impl Resource {
             Self::ReplicationStream if only_get => Endpoint::ReplicationStream,
             Self::ReplicationAck if only_post => Endpoint::ReplicationAck,
             Self::Digest if only_get => Endpoint::Digest,
+            Self::Mqtt if read => Endpoint::Mqtt,
             Self::Health if read => Endpoint::Health,
             Self::Metrics if read => Endpoint::Metrics,
             Self::Console if read => Endpoint::Console,
@@ -297,7 +304,8 @@ impl Resource {
             | Self::Health
             | Self::Metrics
             | Self::Console
-            | Self::ReplicationStatus => "GET, HEAD",
+            | Self::ReplicationStatus
+            | Self::Mqtt => "GET, HEAD",
             Self::Batch | Self::Compact | Self::Import | Self::Promote | Self::ReplicationAck => {
                 "POST"
             }
@@ -321,6 +329,7 @@ impl Resource {
             | Self::Export
             | Self::Import
             | Self::Digest
+            | Self::Mqtt
             | Self::ReplicationStatus
             | Self::Promote => Rule::Scope(Access::Admin),
             Self::Snapshot => Rule::EitherScope(Access::Admin, Access::Replicate),

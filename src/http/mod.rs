@@ -97,6 +97,8 @@ pub struct Context {
     /// The node's role, epochs and followers; `None` in tests that serve a
     /// bare store.
     replication: Option<Arc<crate::replication::Replication>>,
+    /// The MQTT bridge, when it runs.
+    bridge: Option<Arc<crate::mqtt::Bridge>>,
     /// Token verification; `None` when authentication is off.
     auth: Option<Auth>,
     /// Whether `/metrics` needs no token.
@@ -128,6 +130,7 @@ impl Context {
             exports: Arc::new(stream_threads::Streams::new(export::MAX_EXPORTS)),
             replicas: Arc::new(stream_threads::Streams::new(replication::MAX_STREAMS)),
             replication: None,
+            bridge: None,
             auth: None,
             metrics_public: true,
             acknowledger: Acknowledger::default(),
@@ -157,6 +160,12 @@ impl Context {
     /// refusal of writes, `min_acks`.
     pub fn with_replication(mut self, replication: Arc<crate::replication::Replication>) -> Self {
         self.replication = Some(replication);
+        self
+    }
+
+    /// Reports the MQTT bridge's status (`GET /api/admin/mqtt`, `/metrics`).
+    pub fn with_bridge(mut self, bridge: Option<Arc<crate::mqtt::Bridge>>) -> Self {
+        self.bridge = bridge;
         self
     }
 
@@ -530,6 +539,7 @@ fn dispatch<'b>(
         Endpoint::Promote => replication::promote(ctx).into(),
         Endpoint::ReplicationAck => replication::acknowledge(ctx, url).into(),
         Endpoint::Digest => admin::digest(ctx, url).into(),
+        Endpoint::Mqtt => admin::mqtt(ctx).into(),
         Endpoint::Health => admin::health(ctx).into(),
         Endpoint::Metrics => admin::metrics(ctx).into(),
         Endpoint::Console | Endpoint::MethodNotAllowed(Resource::Console) if !ctx.ui_enabled => {

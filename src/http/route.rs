@@ -35,6 +35,8 @@ pub enum Route<'u> {
     ReplicationAck,
     /// `/api/admin/digest`: the integrity digest of the keys under a prefix.
     AdminDigest,
+    /// `/api/admin/mqtt`: the MQTT bridge's status.
+    AdminMqtt,
     /// `/health`: is the node serving?
     Health,
     /// `/metrics`: Prometheus metrics.
@@ -66,6 +68,7 @@ pub fn route(url: &str) -> Route<'_> {
         "/api/replication/stream" => Route::ReplicationStream,
         "/api/replication/ack" => Route::ReplicationAck,
         "/api/admin/digest" => Route::AdminDigest,
+        "/api/admin/mqtt" => Route::AdminMqtt,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/api/watch" => Route::Watch,

@@ -139,7 +139,7 @@ impl Store {
     /// The log's key check value (0: not encrypted): a follower's must be
     /// its primary's.
     pub fn key_check(&self) -> u32 {
-        self.log_cipher().map_or(0, |cipher| cipher.check_value())
+        self.cipher().map_or(0, |cipher| cipher.check_value())
     }
 
     /// Makes every record applied up to `sequence` durable now, whatever
@@ -169,7 +169,7 @@ impl Store {
     /// module documentation). On any failure the store is as it was.
     pub fn install_snapshot(&self, snapshot: &Path) -> Result<SnapshotInfo, SnapshotError> {
         let dir = self.data_dir().ok_or_else(no_directory)?;
-        let cipher = self.log_cipher();
+        let cipher = self.cipher();
         check_key(&peek(snapshot)?, cipher.as_deref())?;
         let restored = dir.join(RESTORE_FILE);
         let installed = copy_image(snapshot, &restored, cipher.as_deref()).and_then(|info| {

@@ -121,7 +121,7 @@ impl Store {
         let offset = place_after(&log, after)?;
         Ok(LogTail {
             store: Arc::clone(self),
-            cipher: self.log_cipher(),
+            cipher: self.cipher(),
             log,
             offset,
             last_read: after,
@@ -253,6 +253,13 @@ impl LogTail {
         self.log.last_sequence
     }
 
+    /// The bytes of log not read yet: how far behind the reader is.
+    pub fn behind_bytes(&mut self) -> u64 {
+        // A log replaced meanwhile counts from where the reader is in it.
+        let _ = self.look_at(self.store.log_end());
+        self.log.end.saturating_sub(self.offset)
+    }
+
     /// Whether every record appended when the log was last looked at has
     /// been read.
     pub fn caught_up(&self) -> bool {
@@ -274,7 +281,7 @@ impl LogTail {
         }
         self.offset = place_after(&now, self.last_read)?;
         self.log = now;
-        self.cipher = self.store.log_cipher();
+        self.cipher = self.store.cipher();
         Ok(())
     }
 

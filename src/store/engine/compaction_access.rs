@@ -19,7 +19,7 @@ use crate::store::stats::LastCompaction;
 
 impl Store {
     /// The data directory (`None` for a store over an in-memory test file).
-    pub(in crate::store) fn data_dir(&self) -> Option<&Path> {
+    pub fn data_dir(&self) -> Option<&Path> {
         self.dir.as_deref()
     }
 

@@ -44,11 +44,6 @@ impl LogEnd {
 }
 
 impl Store {
-    /// The log's encryption, if any.
-    pub(in crate::store) fn log_cipher(&self) -> Option<Arc<Cipher>> {
-        lock(&self.writer).cipher.clone()
-    }
-
     /// The log and its end now.
     pub(in crate::store) fn log_end(&self) -> LogEnd {
         LogEnd::of(&lock(&self.writer))
