@@ -58,6 +58,9 @@ struct Outgoing {
 /// What the thread keeps across connections.
 pub struct Shipper {
     bridge: Arc<Bridge>,
+    /// While the broker is away: a reader at the cursor, to measure (and
+    /// bound) the backlog without finding its place again each time.
+    away: Option<LogTail>,
     cursor: Cursor,
     hold: ChangeHold,
     builder: MessageBuilder,
@@ -79,6 +82,7 @@ impl Shipper {
         bridge.note_position(cursor.position());
         Ok(Self {
             bridge,
+            away: None,
             cursor,
             hold,
             builder,
@@ -95,6 +99,7 @@ impl Shipper {
             let connected = Session::connect(&self.bridge.session, &filters);
             let failure = match connected {
                 Ok(session) => {
+                    self.away = None;
                     self.bridge.note_connected(true);
                     backoff = BACKOFF.0;
                     let served = self.serve(session);
@@ -136,10 +141,14 @@ impl Shipper {
     /// `mqtt.max_backlog_bytes`, keeping the gap to announce.
     fn bound_backlog(&mut self) -> Result<(), TailError> {
         let max = self.bridge.settings.max_backlog_bytes;
-        let mut tail = self.tail()?;
+        let mut tail = match self.away.take() {
+            Some(tail) => tail,
+            None => self.tail()?,
+        };
         let behind = tail.behind_bytes();
         self.bridge.note_backlog(behind);
         if behind <= max {
+            self.away = Some(tail);
             return Ok(());
         }
         // Down to nine tenths, so the next writes do not drop again at once.
@@ -166,6 +175,7 @@ impl Shipper {
         );
         self.bridge.note_dropped(dropped);
         self.move_cursor(position);
+        self.away = Some(tail);
         Ok(())
     }
 
@@ -287,6 +297,7 @@ impl Shipper {
             }
             if in_flight.is_empty() && ready.is_empty() {
                 let _ = self.cursor.sync();
+                self.bridge.note_backlog(tail.behind_bytes());
             }
         }
         Ok(())

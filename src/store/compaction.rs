@@ -137,22 +137,31 @@ impl CompactionPolicy {
 }
 
 /// Runs compactions in the background according to `policy`, checking once
-/// a second, until the store is dropped.
+/// a second, until the store is dropped. Dead bytes a compaction had to
+/// keep (changes held for the MQTT bridge, see [`super::engine::retention`])
+/// do not count towards the next one, so a hold never makes the log be
+/// rewritten again and again for nothing.
 pub fn spawn_compactor(store: &Arc<Store>, policy: CompactionPolicy) {
     let store = Arc::downgrade(store);
     let spawned = std::thread::Builder::new()
         .name("lucid-compactor".into())
         .spawn(move || {
             let mut last = Instant::now();
+            let mut kept_dead = 0;
             loop {
                 std::thread::sleep(Duration::from_secs(1));
                 let Some(store) = store.upgrade() else { return };
-                if !policy.is_due(&store.stats(), last.elapsed()) {
+                let mut stats = store.stats();
+                stats.dead_bytes = stats.dead_bytes.saturating_sub(kept_dead);
+                if !policy.is_due(&stats, last.elapsed()) {
                     continue;
                 }
                 last = Instant::now();
                 match store.compact() {
-                    Ok(report) => log::info!("background compaction: {report}"),
+                    Ok(report) => {
+                        kept_dead = store.stats().dead_bytes;
+                        log::info!("background compaction: {report}");
+                    }
                     Err(CompactionError::Busy) => {}
                     Err(err) => log::error!("background compaction failed: {err}"),
                 }
