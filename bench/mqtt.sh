@@ -30,6 +30,8 @@ cargo build --quiet --release --bin lucid
 LUCID=target/release/lucid
 
 work=$(mktemp -d)
+# say TEXT: prints TEXT and keeps it for docs/BENCHMARKS.md.
+say() { echo "$@" | tee -a "$work/summary.txt"; }
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -69,7 +71,7 @@ bridge_cpu() {
 }
 now() { date +%s.%N; }
 
-echo "== 1. Steady load: W2 for ${SECONDS_PER_RUN} s, bridge to mosquitto"
+say "== 1. Steady load: W2 for ${SECONDS_PER_RUN} s, bridge to mosquitto"
 published_before=$(metric lucid_mqtt_published_total)
 cpu_before=$(bridge_cpu)
 wrk -t2 -c64 -d "${SECONDS_PER_RUN}s" -s bench/put.lua "$url" > "$work/wrk.txt"
@@ -80,9 +82,9 @@ cpu=$(awk -v a="$(bridge_cpu)" -v b="$cpu_before" 'BEGIN {print a - b}')
 awk -v w="$written" -v p="$published" -v s="$SECONDS_PER_RUN" -v c="$cpu" -v b="$backlog_end" 'BEGIN {
   printf "  written %.0f changes/s, published %.0f changes/s (target >= 20000), backlog at the end %d\n", w / s, p / s, b
   printf "  bridge thread CPU %.2f s: %.1f us per published change\n", c, c / p * 1e6
-}'
+}' | tee -a "$work/summary.txt"
 
-echo "== 2. Drain after an outage of $DRAIN changes"
+say "== 2. Drain after an outage of $DRAIN changes"
 kill "$broker"; wait "$broker" 2>/dev/null || true
 python3 - "$url/api/admin/import" "$DRAIN" <<'EOF'
 import http.client, sys, urllib.parse
@@ -94,7 +96,7 @@ for start in range(0, count, 1000):
     conn.request("POST", u.path, lines, {"Content-Type": "application/jsonl"})
     r = conn.getresponse(); r.read(); assert r.status == 200, r.status
 EOF
-echo "  $(metric lucid_mqtt_backlog_changes) changes waiting"
+say "  $(metric lucid_mqtt_backlog_changes) changes waiting"
 published_before=$(metric lucid_mqtt_published_total)
 start_broker
 began=$(now)
@@ -104,4 +106,7 @@ ended=$(now)
 published=$(( $(metric lucid_mqtt_published_total) - published_before ))
 awk -v s="$began" -v e="$ended" -v p="$published" 'BEGIN {
   printf "  %d changes drained in %.2f s after the broker came back: %.0f changes/s (target >= 20000)\n", p, e - s, p / (e - s)
-}'
+}' | tee -a "$work/summary.txt"
+
+write_doc_section "MQTT bridge (\`bench/mqtt.sh\`), $(date +%F)" "$work/summary.txt"
+echo "== wrote docs/BENCHMARKS.md"

@@ -35,6 +35,8 @@ cargo build --quiet --release --bin lucid
 LUCID=target/release/lucid
 
 work=$(mktemp -d)
+# say TEXT: prints TEXT and keeps it for docs/BENCHMARKS.md.
+say() { echo "$@" | tee -a "$work/summary.txt"; }
 declare -A PID URL
 cleanup() {
   for pid in "${PID[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -111,7 +113,7 @@ wrk_rate() {
     awk '/Requests\/sec/ {print $2}'
 }
 
-echo "== 1. Lag under W2 (sync: interval), ${SECONDS_PER_RUN} s"
+say "== 1. Lag under W2 (sync: interval), ${SECONDS_PER_RUN} s"
 start p interval
 start f interval p
 wait_caught_up f p
@@ -154,11 +156,11 @@ w2=$(wrk_rate p 64)
 wait "$probe"
 wait_caught_up f p
 applied=$(( $(status f applied_records) - applied_before ))
-echo "  W2 on the primary: $w2 req/s; the follower applied $applied records ($(awk -v a="$applied" -v s="$SECONDS_PER_RUN" 'BEGIN {printf "%.0f", a / s}') records/s)"
-echo "  $(cat "$work/lag.txt")"
+say "  W2 on the primary: $w2 req/s; the follower applied $applied records ($(awk -v a="$applied" -v s="$SECONDS_PER_RUN" 'BEGIN {printf "%.0f", a / s}') records/s)"
+say "  $(cat "$work/lag.txt")"
 stop f; stop p; rm -rf "$work/p" "$work/f"; unset "PORT[p]" "PORT[f]"
 
-echo "== 2. Semi-synchronous writes (sync: always), ${SECONDS_PER_RUN} s each"
+say "== 2. Semi-synchronous writes (sync: always), ${SECONDS_PER_RUN} s each"
 fsync_mean() {
   curl -sf "${URL[$1]}/metrics" | awk '/^lucid_fsyncs_total / {n = $2} /^lucid_fsync_seconds_total / {s = $2} END {printf "%.6f", s / n}'
 }
@@ -177,10 +179,10 @@ awk -v a="$w2_0" -v b="$w2_1" -v c="$w4_0" -v d="$w4_1" -v fp="$fsync_p" -v ff="
   printf "  W2 -c64: min_acks 0 %.0f req/s, min_acks 1 %.0f req/s: ratio %.2f (target >= 0.5)\n", a, b, b / a
   floor = 1 / (fp + ff + r)
   printf "  W4 -c1: min_acks 0 %.0f req/s, min_acks 1 %.0f req/s; floor (fdatasync %.2f ms + %.2f ms, round trip %.2f ms) %.0f req/s: %.2f of it\n", c, d, fp * 1000, ff * 1000, r * 1000, floor, d / floor
-}'
+}' | tee -a "$work/summary.txt"
 stop f; stop p; rm -rf "$work/p" "$work/f"; unset "PORT[p]" "PORT[f]"
 
-echo "== 3. Catch-up after $CATCH_UP writes offline (sync: interval)"
+say "== 3. Catch-up after $CATCH_UP writes offline (sync: interval)"
 start p interval
 start f interval p
 wait_caught_up f p
@@ -190,15 +192,18 @@ began=$(now)
 start f interval p
 wait_caught_up f p
 ended=$(now)
-awk -v s="$began" -v e="$ended" -v n="$CATCH_UP" 'BEGIN {printf "  %d writes caught up in %.2f s (target <= 5 s), %.0f records/s\n", n, e - s, n / (e - s)}'
-echo "  snapshots the follower took since its restart: $(status f resyncs) (0: it resumed from its cursor)"
+awk -v s="$began" -v e="$ended" -v n="$CATCH_UP" 'BEGIN {printf "  %d writes caught up in %.2f s (target <= 5 s), %.0f records/s\n", n, e - s, n / (e - s)}' | tee -a "$work/summary.txt"
+say "  snapshots the follower took since its restart: $(status f resyncs) (0: it resumed from its cursor)"
 stop f; rm -rf "$work/f"; unset "PORT[f]"
 
-echo "== 4. Re-snapshot of $SNAPSHOT_KEYS keys"
+say "== 4. Re-snapshot of $SNAPSHOT_KEYS keys"
 import p "$(( SNAPSHOT_KEYS > CATCH_UP ? SNAPSHOT_KEYS - CATCH_UP : 0 ))" "$CATCH_UP"
 began=$(now)
 start f interval p
 wait_caught_up f p
 ended=$(now)
 keys=$(curl -sf "${URL[f]}/metrics" | sed -n 's/^lucid_keys \([0-9]*\)$/\1/p')
-awk -v s="$began" -v e="$ended" -v k="$keys" 'BEGIN {printf "  a new follower holds %d keys after %.2f s (target <= 10 s)\n", k, e - s}'
+awk -v s="$began" -v e="$ended" -v k="$keys" 'BEGIN {printf "  a new follower holds %d keys after %.2f s (target <= 10 s)\n", k, e - s}' | tee -a "$work/summary.txt"
+
+write_doc_section "Replication (\`bench/replication.sh\`), $(date +%F)" "$work/summary.txt"
+echo "== wrote docs/BENCHMARKS.md"

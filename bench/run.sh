@@ -569,6 +569,8 @@ mkdir -p docs
   printf 'target\tworkload\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\n'
   cat "$work/results.tsv"
 } > docs/BENCHMARKS.tsv
+# The sections bench/replication.sh and bench/mqtt.sh wrote are kept.
+kept=$(sed -n '/^<!-- kept by bench\/run.sh/,$p' docs/BENCHMARKS.md 2>/dev/null || true)
 {
   echo "# Benchmarks"
   echo
@@ -617,5 +619,7 @@ mkdir -p docs
   echo '```text'
   echo "$storage"
   echo '```'
+  echo
+  echo "$kept"
 } > docs/BENCHMARKS.md
 echo "== wrote docs/BENCHMARKS.md and docs/BENCHMARKS.tsv"
