@@ -45,6 +45,9 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::fro
 /// How long the bridge waits on the link when it has nothing to send.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 
+/// How often the backlog is measured while the broker is connected.
+const BACKLOG_CHECK: Duration = Duration::from_secs(1);
+
 /// Incoming messages stored in one batch at most.
 const INGEST_GROUP: usize = 256;
 
@@ -62,7 +65,9 @@ pub struct Shipper {
     /// bound) the backlog without finding its place again each time.
     away: Option<LogTail>,
     cursor: Cursor,
-    hold: ChangeHold,
+    /// The hold on the changes not shipped (none when nothing is
+    /// published).
+    hold: Option<ChangeHold>,
     builder: MessageBuilder,
     router: Router,
 }
@@ -75,8 +80,10 @@ impl Shipper {
         let dir = store.data_dir().ok_or("the store has no data directory")?;
         let cursor = Cursor::open(dir, store.last_sequence())
             .map_err(|err| format!("cannot open the MQTT cursor in {}: {err}", dir.display()))?;
-        let hold = store.hold_changes_after(cursor.position().shipped);
         let publish = &bridge.settings.publish;
+        let hold = publish
+            .enabled
+            .then(|| store.hold_changes_after(cursor.position().shipped));
         let builder = MessageBuilder::new(&bridge.node, &publish.topic, publish.payload);
         let router = Router::new(&bridge.settings.subscribe)?;
         bridge.note_position(cursor.position());
@@ -130,6 +137,10 @@ impl Shipper {
     fn wait_away(&mut self, period: Duration) {
         let until = Instant::now() + period;
         while Instant::now() < until && !self.bridge.stopping.load(Ordering::SeqCst) {
+            if !self.bridge.settings.publish.enabled {
+                std::thread::sleep(period);
+                return;
+            }
             if let Err(err) = self.bound_backlog() {
                 log::warn!("MQTT bridge: cannot measure its backlog: {err}");
             }
@@ -224,6 +235,7 @@ impl Shipper {
             gap_id = Some(id);
         }
         let publishing = self.bridge.settings.publish.enabled;
+        let mut checked = Instant::now();
         while !self.bridge.stopping.load(Ordering::SeqCst) {
             // Fill the window once the gap is announced.
             while publishing && gap_id.is_none() && in_flight.len() < WINDOW {
@@ -297,7 +309,19 @@ impl Shipper {
             }
             if in_flight.is_empty() && ready.is_empty() {
                 let _ = self.cursor.sync();
-                self.bridge.note_backlog(tail.behind_bytes());
+            }
+            if publishing && checked.elapsed() >= BACKLOG_CHECK {
+                checked = Instant::now();
+                let behind = tail.behind_bytes();
+                self.bridge.note_backlog(behind);
+                if behind > self.bridge.settings.max_backlog_bytes {
+                    // The broker takes messages slower than they are
+                    // written: the link is dropped, and the backlog bounded
+                    // as while it is away.
+                    return Err(SessionError::Local(format!(
+                        "the broker acknowledges changes slower than they are written: {behind}                          bytes behind, over mqtt.max_backlog_bytes"
+                    )));
+                }
             }
         }
         Ok(())
@@ -412,7 +436,9 @@ impl Shipper {
         if let Err(err) = self.cursor.set(position) {
             log::error!("MQTT bridge: cannot write its cursor: {err}");
         }
-        self.hold.move_to(position.shipped);
+        if let Some(hold) = &self.hold {
+            hold.move_to(position.shipped);
+        }
         self.bridge.note_position(position);
     }
 }
