@@ -90,6 +90,7 @@ pub fn prepare(ctx: &Context, request: &Request) -> Result<ReplicationStream, Re
                     "resync": if diverged { "diverged" } else { "snapshot" },
                     "message": message,
                     "epoch": replication.epoch().map(|e| e.to_string()),
+                    "key_check": ctx.store.key_check(),
                 }),
             ))
         }

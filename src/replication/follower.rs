@@ -218,54 +218,61 @@ impl Follower {
         let mut last_resync: Option<Instant> = None;
         let mut last_reason = String::new();
         while !self.stopped() {
+            let started = Instant::now();
             let outcome = self.follow_once(shared);
             if self.stopped() {
                 break;
             }
             let failure = match outcome {
-                Ok(Ended::Cut(applied_any)) => {
-                    if applied_any {
-                        backoff = BACKOFF.0;
-                    }
-                    None
+                Ok(Ended::Cut) => None,
+                Ok(Ended::Resync(_))
+                    if last_resync.is_some_and(|at| at.elapsed() < RESYNC_QUIET) =>
+                {
+                    Some(format!(
+                        "the primary asked for a new snapshot again less than {} s after the \
+                         last one: backing off (is the primary compacting faster than a snapshot \
+                         installs, or was it restored?)",
+                        RESYNC_QUIET.as_secs()
+                    ))
                 }
-                Ok(Ended::Resync(diverged)) => {
-                    if last_resync.is_some_and(|at| at.elapsed() < RESYNC_QUIET) {
-                        Some(format!(
-                            "the primary asked for a new snapshot again, {:.0} s after the last \
-                             one: backing off (is the primary compacting faster than a snapshot \
-                             installs, or was it restored?)",
-                            last_resync.map_or(0.0, |at| at.elapsed().as_secs_f64())
-                        ))
-                    } else {
+                Ok(Ended::Resync(diverged)) => match self.bootstrap(shared, diverged) {
+                    Ok(()) => {
                         last_resync = Some(Instant::now());
-                        match self.bootstrap(shared, diverged) {
-                            Ok(()) => {
-                                backoff = BACKOFF.0;
-                                None
-                            }
-                            Err(err) => Some(err),
-                        }
+                        backoff = BACKOFF.0;
+                        None
                     }
-                }
+                    Err(err) => Some(err),
+                },
                 Err(err) => Some(err),
             };
-            {
+            let began = {
                 let mut progress = self.progress();
-                progress.stream = None;
+                let began = progress.stream.take().is_some();
                 if progress.status.state != FollowState::Stopped {
                     progress.status.state = FollowState::Connecting;
                 }
                 progress.status.last_error.clone_from(&failure);
+                began
+            };
+            // A stream that worked starts the backoff over.
+            if began {
+                backoff = BACKOFF.0;
             }
-            let Some(reason) = failure else { continue };
-            if reason != last_reason {
-                log::warn!(
-                    "replication from {}: {reason}; retrying (backoff up to {} s)",
-                    self.primary,
-                    BACKOFF.1.as_secs()
-                );
-                last_reason = reason;
+            match failure {
+                Some(reason) => {
+                    if reason != last_reason {
+                        log::warn!(
+                            "replication from {}: {reason}; retrying (backoff up to {} s)",
+                            self.primary,
+                            BACKOFF.1.as_secs()
+                        );
+                        last_reason = reason;
+                    }
+                }
+                // A stream that lasted connects again at once; one cut
+                // right away waits like a failure, so as not to hammer.
+                None if started.elapsed() >= Duration::from_secs(1) => continue,
+                None => {}
             }
             self.pause(backoff);
             backoff = (backoff * 2).min(BACKOFF.1);
@@ -302,7 +309,12 @@ impl Follower {
         let status = response.status().as_u16();
         let body = response.into_body();
         if status != 200 {
-            return refusal(status, &answer_of(body), &self.primary);
+            let answer = answer_of(body);
+            if let Some(key_check) = answer["key_check"].as_u64() {
+                // Told before a snapshot is downloaded for nothing.
+                same_key(key_check as u32, shared.store.key_check())?;
+            }
+            return refusal(status, &answer, &self.primary);
         }
         let mut reader = FrameReader::new(body.into_reader(), self.max_payload);
         let hello = match reader.read_frame() {
@@ -312,12 +324,11 @@ impl Follower {
         };
         self.begin(shared, &hello)?;
         let mut buffers = ReplicaBuffers::default();
-        let mut applied_any = false;
         loop {
             let frame = match reader.read_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(Ended::Cut(applied_any)),
-                Err(_) if self.stopped() => return Ok(Ended::Cut(applied_any)),
+                Ok(None) => return Ok(Ended::Cut),
+                Err(_) if self.stopped() => return Ok(Ended::Cut),
                 Err(err) => return Err(format!("the stream broke: {err}")),
             };
             self.contact();
@@ -335,7 +346,6 @@ impl Follower {
                         bytes,
                     };
                     self.apply(shared, after, sent, primary_last, &mut buffers)?;
-                    applied_any = true;
                 }
                 Frame::Heartbeat { last_sequence, .. } => self.heard(last_sequence),
                 Frame::Hello(_) => return Err("the primary sent a second hello".into()),
@@ -347,15 +357,7 @@ impl Follower {
     /// epoch (kept durably before any of its records is applied), and
     /// confirms what this node holds.
     fn begin(&self, shared: &Shared, hello: &Hello) -> Result<(), String> {
-        let key_check = shared.store.key_check();
-        if hello.key_check != key_check {
-            return Err(format!(
-                "the primary's data is {} and this node's is {}: a follower needs the primary's \
-                 key file (encryption.key_file), or neither encrypted",
-                encryption(hello.key_check),
-                encryption(key_check)
-            ));
-        }
+        same_key(hello.key_check, shared.store.key_check())?;
         shared.adopt(hello.epoch, &hello.history)?;
         let applied = shared.store.last_sequence();
         let mut progress = self.progress();
@@ -604,8 +606,8 @@ impl Follower {
 
 /// How a stream that worked ended.
 enum Ended {
-    /// The connection ended; whether any record was applied on it.
-    Cut(bool),
+    /// The connection ended.
+    Cut,
     /// The primary wants this node to start over from a snapshot; `true`
     /// if its log diverged.
     Resync(bool),
@@ -638,12 +640,29 @@ fn answer_of(mut body: ureq::Body) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_default()
 }
 
-/// How a key check value reads in a message.
-fn encryption(key_check: u32) -> &'static str {
-    if key_check == 0 {
-        "not encrypted"
-    } else {
-        "encrypted"
+/// Whether this node's log (key check `own`) can hold its primary's
+/// records (`primary`'s): the same key, or neither encrypted.
+fn same_key(primary: u32, own: u32) -> Result<(), String> {
+    let encrypted = |check: u32| {
+        if check == 0 {
+            "not encrypted"
+        } else {
+            "encrypted"
+        }
+    };
+    match (primary, own) {
+        _ if primary == own => Ok(()),
+        (0, _) | (_, 0) => Err(format!(
+            "the primary's data is {} and this node's is {}: a follower needs the primary's key \
+             file (encryption.key_file), or neither encrypted",
+            encrypted(primary),
+            encrypted(own)
+        )),
+        _ => Err(
+            "the primary's data is encrypted with another key than this node's: a follower \
+             needs the primary's key file (encryption.key_file)"
+                .into(),
+        ),
     }
 }
 
