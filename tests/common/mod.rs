@@ -238,6 +238,7 @@ fn args_str<S: AsRef<OsStr>>(args: &[S]) -> Vec<String> {
 /// Builder for the YAML config of a test node.
 #[derive(Clone, Default)]
 pub struct Config {
+    port: Option<u16>,
     sync: Option<String>,
     sync_interval_ms: Option<u64>,
     max_key_bytes: Option<u64>,
@@ -252,6 +253,13 @@ pub struct Config {
 impl Config {
     pub fn new() -> Self {
         Self::default()
+    }
+    /// `general.port` (default 0: a port chosen at each start), for a node
+    /// that others name before it starts, or that must come back on the
+    /// same port after a restart.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
     }
     pub fn sync(mut self, mode: &str) -> Self {
         self.sync = Some(mode.into());
@@ -294,7 +302,10 @@ impl Config {
 
     /// The YAML text, with the data directory at `data_dir`.
     pub fn yaml(&self, data_dir: &Path) -> String {
-        let mut general = vec!["bind_address: 127.0.0.1".to_string(), "port: 0".into()];
+        let mut general = vec![
+            "bind_address: 127.0.0.1".to_string(),
+            format!("port: {}", self.port.unwrap_or(0)),
+        ];
         let own_threads = self
             .raw
             .iter()
@@ -1132,6 +1143,7 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
+pub mod fault_proxy;
 pub mod workload;
 
 impl Node {
@@ -1191,5 +1203,14 @@ impl Node {
     /// Process id of the running server.
     pub fn pid(&self) -> u32 {
         self.server.as_ref().expect("node is running").child.id()
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the running server.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
     }
 }

@@ -104,18 +104,23 @@ pub struct Client {
     pub failures: Vec<String>,
 }
 
+/// The random source of client `id` in a run drawn from `seed`.
+pub fn client_rng(seed: u64, id: usize) -> TestRng {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(id as u64).to_le_bytes());
+    TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
+}
+
 impl Client {
     /// Client `id`, drawing its operations from `seed`.
     pub fn new(id: usize, seed: u64) -> Self {
-        let mut bytes = [0u8; 32];
-        bytes[..8].copy_from_slice(&seed.to_le_bytes());
-        bytes[8..16].copy_from_slice(&(id as u64).to_le_bytes());
         let mut held: BTreeMap<String, Held> =
             (0..KEYS).map(|k| (format!("c{id}-{k:02}"), None)).collect();
         held.insert(Self::counter(id), None);
         Self {
             id,
-            rng: TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+            rng: client_rng(seed, id),
             held,
             in_flight: Vec::new(),
             ttl: BTreeMap::new(),
