@@ -914,8 +914,6 @@ fn a_stream_cut_damaged_or_replaced_by_garbage_is_never_applied() {
 const RECONNECTED: Duration = Duration::from_secs(3);
 
 #[test]
-#[ignore = "bug: the backoff is reset only by a stream that ends cleanly after applying \
-            records: after an earlier outage, a stream that worked and then broke waits up to 10 s"]
 fn a_follower_whose_stream_worked_connects_again_at_once_after_a_break() {
     let primary = Config::new().start();
     let p = primary.port();
@@ -1009,8 +1007,6 @@ fn a_follower_without_the_primarys_key_is_refused_and_one_with_it_holds_no_plain
 }
 
 #[test]
-#[ignore = "bug: after a snapshot refused for its key, the follower reports \"the primary asked \
-            for a new snapshot again, N s after the last one\" instead, in a new warning each retry"]
 fn a_follower_without_the_primarys_key_keeps_saying_so_as_it_retries() {
     let keys = tempfile::tempdir().unwrap();
     let (primary, _) = encrypted_primary(keys.path());

@@ -14,8 +14,9 @@ use crate::backup::Outcomes;
 use crate::store::StoreStats;
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "DELETE", "POST", "PATCH", "other"];
-const STATUSES: [u16; 18] = [
-    101, 200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 412, 413, 414, 500, 503, 507,
+const STATUSES: [u16; 20] = [
+    101, 200, 201, 204, 304, 307, 400, 401, 403, 404, 405, 409, 410, 412, 413, 414, 500, 503, 504,
+    507,
 ];
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [

@@ -254,21 +254,22 @@ impl Follower {
                 progress.status.last_error.clone_from(&failure);
                 began
             };
-            // A stream that worked starts the backoff over.
+            // A stream that worked starts the backoff over, and a failure
+            // after it is news again.
             if began {
                 backoff = BACKOFF.0;
+                last_reason.clear();
             }
             match failure {
-                Some(reason) => {
-                    if reason != last_reason {
-                        log::warn!(
-                            "replication from {}: {reason}; retrying (backoff up to {} s)",
-                            self.primary,
-                            BACKOFF.1.as_secs()
-                        );
-                        last_reason = reason;
-                    }
+                Some(reason) if reason != last_reason => {
+                    log::warn!(
+                        "replication from {}: {reason}; retrying (backoff up to {} s)",
+                        self.primary,
+                        BACKOFF.1.as_secs()
+                    );
+                    last_reason = reason;
                 }
+                Some(_) => {}
                 // A stream that lasted connects again at once; one cut
                 // right away waits like a failure, so as not to hammer.
                 None if started.elapsed() >= Duration::from_secs(1) => continue,
@@ -500,14 +501,19 @@ impl Follower {
     /// confirms it to the primary; cuts a stream silent for too long.
     fn acknowledge(&self, shared: &Shared) {
         let agent = self.client.agent(Some(ACK_TIMEOUT));
+        // What was made durable here, and what the current stream was told.
+        let mut synced = 0;
+        let mut confirmed: Option<(u64, u64)> = None;
         while !self.stopped() {
             let (stream, applied) = {
                 let progress = self.progress();
                 let (progress, _) = self
                     .applied
                     .wait_timeout_while(progress, Duration::from_secs(1), |p| {
-                        !self.stopped()
-                            && (p.stream.is_none() || p.status.applied <= p.status.acknowledged)
+                        let told = p
+                            .stream
+                            .is_none_or(|stream| confirmed == Some((stream, synced)));
+                        !self.stopped() && p.status.applied <= synced && told
                     })
                     .unwrap_or_else(|e| e.into_inner());
                 if progress
@@ -521,23 +527,29 @@ impl Follower {
                 }
                 (progress.stream, progress.status.applied)
             };
-            let Some(stream) = stream else { continue };
-            if applied <= self.progress().status.acknowledged && applied > 0 {
-                continue;
+            // Records applied are made durable (and visible, with `sync:
+            // always`) whether or not their stream still runs.
+            if applied > synced {
+                if let Err(err) = shared.store.sync_replicated(applied) {
+                    log::error!("replication: cannot make applied records durable: {err}");
+                    self.pause(BACKOFF.1);
+                    continue;
+                }
+                synced = applied;
             }
-            if let Err(err) = shared.store.sync_replicated(applied) {
-                log::error!("replication: cannot make applied records durable: {err}");
-                self.pause(BACKOFF.1);
+            let Some(stream) = stream else { continue };
+            if confirmed == Some((stream, synced)) {
                 continue;
             }
             let url = format!(
-                "{}/api/replication/ack?stream={stream}&durable={applied}",
+                "{}/api/replication/ack?stream={stream}&durable={synced}",
                 self.primary
             );
             match self.client.post(&agent, &url) {
                 Ok(response) if response.status() == 200 => {
+                    confirmed = Some((stream, synced));
                     let mut progress = self.progress();
-                    progress.status.acknowledged = progress.status.acknowledged.max(applied);
+                    progress.status.acknowledged = progress.status.acknowledged.max(synced);
                 }
                 Ok(response) => {
                     log::debug!(
@@ -622,8 +634,12 @@ fn refusal(status: u16, answer: &serde_json::Value, primary: &str) -> Result<End
             "{primary} is not a primary ({message}); chains of followers are not supported: \
              point replication.primary at the primary"
         )),
-        401 | 403 => Err(format!(
-            "{primary} refused the token ({status}: {message}); replication.token needs the \
+        401 => Err(format!(
+            "{primary} refused the token as invalid or expired (401): make a new one there \
+             (lucid tokens issue --scope replicate) and put it in replication.token"
+        )),
+        403 => Err(format!(
+            "{primary} refused the token (403: {message}): replication.token needs the \
              `replicate` scope (lucid tokens issue --scope replicate)"
         )),
         _ => Err(format!("{primary} answered {status}: {message}")),
