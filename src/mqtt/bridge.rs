@@ -281,7 +281,9 @@ impl Shipper {
                 Some(Incoming::Oversized { id, topic, len }) => {
                     self.bridge.note_received();
                     log::warn!(
-                        "MQTT bridge: a message of {len} bytes on {topic:?} was not stored: it is                          larger than storage.max_value_bytes; it is acknowledged so the broker                          does not send it again"
+                        "MQTT bridge: a message of {len} bytes on {topic:?} was not stored: it is \
+                         larger than storage.max_value_bytes; it is acknowledged so the broker \
+                         does not send it again"
                     );
                     self.bridge.note_stored(0, 1);
                     if let Some(id) = id {
@@ -319,7 +321,8 @@ impl Shipper {
                     // written: the link is dropped, and the backlog bounded
                     // as while it is away.
                     return Err(SessionError::Local(format!(
-                        "the broker acknowledges changes slower than they are written: {behind}                          bytes behind, over mqtt.max_backlog_bytes"
+                        "the broker acknowledges changes slower than they are written: {behind} \
+                         bytes behind, over mqtt.max_backlog_bytes"
                     )));
                 }
             }
