@@ -7,8 +7,8 @@
 //! * [`replication`] keeps followers in step with a primary.
 //! * [`config`] reads `lucid.yml`; [`notify`] speaks systemd's notify protocol.
 //! * [`cli`] parses the command line; [`commands`] does what each command says.
-//! * [`tls_trust`] is whom the node's TLS clients (a follower's link to its
-//!   primary) trust.
+//! * [`tls_trust`] is whom the node's TLS clients (a follower, the MQTT
+//!   bridge) trust.
 //! * [`clock`] and [`locks`] are small helpers every part shares.
 
 pub mod auth;

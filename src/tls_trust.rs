@@ -1,8 +1,9 @@
 //! Whom this node's TLS clients trust: the certificates of a `ca_file`
 //! setting (PEM) alone, or, without it, the web PKI's roots (Mozilla's,
 //! built in); and what to tell the user when a server's certificate is
-//! refused. The follower's link to an `https://` primary
-//! (`replication.ca_file`) reads, checks and explains its file here.
+//! refused. Shared by the follower's link to an `https://` primary
+//! (`replication.ca_file`) and the MQTT bridge's `mqtts://` link
+//! (`mqtt.ca_file`), so both read, check and explain the file alike.
 
 use std::path::PathBuf;
 
@@ -56,6 +57,26 @@ impl CaFile {
             )),
             (false, _) => Ok(Some(certificates)),
         }
+    }
+
+    /// The roots a rustls client trusts: the file's certificates, or the
+    /// web PKI's roots without one. Fails as
+    /// [`certificates`](Self::certificates) does, or if a certificate in
+    /// the file is not one rustls can read.
+    #[cfg(feature = "tls")]
+    pub fn root_store(&self) -> Result<rustls::RootCertStore, String> {
+        let (Some(path), Some(certificates)) = (&self.path, self.certificates()?) else {
+            return Ok(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            });
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in certificates {
+            roots.add(certificate).map_err(|err| {
+                self.cannot_use(path, &format!("a certificate in it is malformed ({err})"))
+            })?;
+        }
+        Ok(roots)
     }
 
     /// Why the file at `path` cannot be used, and what it must hold.
@@ -137,5 +158,35 @@ mod tests {
             text.contains("basicConstraints=critical,CA:FALSE"),
             "{text}"
         );
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn the_roots_are_the_file_s_certificates_or_the_web_pki_s() {
+        let web = broker_trust(None).root_store().unwrap();
+        assert_eq!(web.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["broker".to_string()])
+            .unwrap()
+            .cert;
+        std::fs::write(&file, cert.pem()).unwrap();
+        assert_eq!(
+            broker_trust(Some(file.clone())).root_store().unwrap().len(),
+            1
+        );
+
+        // Good PEM, but not a certificate inside.
+        std::fs::write(
+            &file,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = broker_trust(Some(file.clone())).root_store().unwrap_err();
+        assert!(err.starts_with("mqtt.ca_file "), "{err}");
+        assert!(err.contains(file.to_str().unwrap()), "{err}");
+        assert!(err.contains("a certificate in it is malformed"), "{err}");
+        assert!(err.contains("signed the broker's certificate"), "{err}");
     }
 }
