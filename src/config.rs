@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 use crate::store::crypt::Cipher;
 use crate::store::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
 use crate::store::{CompactionPolicy, SyncMode};
+use crate::tls_trust::CaFile;
 use crate::watch::{DEFAULT_HISTORY, DEFAULT_QUEUE};
 
 /// The documented sample configuration, written by `lucid init`. Every value
@@ -196,6 +197,16 @@ impl Replication {
         }
     }
 
+    /// `ca_file`, as the follower's link to an `https://` primary trusts
+    /// it.
+    pub fn primary_trust(&self) -> CaFile {
+        CaFile {
+            setting: "replication.ca_file",
+            server: "primary",
+            path: self.ca_file.clone(),
+        }
+    }
+
     /// The certificates in `ca_file` (PEM), which alone are trusted to
     /// sign an `https://` primary's certificate; `None` if it is not set
     /// (the web PKI's roots are). Fails if the file cannot be read or holds
@@ -204,36 +215,13 @@ impl Replication {
     pub fn primary_certificates(
         &self,
     ) -> Result<Option<Vec<ureq::tls::Certificate<'static>>>, ConfigError> {
-        use ureq::tls::{parse_pem, PemItem};
-        let Some(path) = &self.ca_file else {
-            return Ok(None);
-        };
-        let cannot = |why: String| {
-            ConfigError(format!(
-                "replication.ca_file {}: {why}; it must hold, in PEM (-----BEGIN CERTIFICATE-----), \
-                 the certificate of the CA that signed the primary's certificate, or that \
-                 certificate itself if it is self-signed",
-                path.display()
-            ))
-        };
-        let pem = std::fs::read(path).map_err(|err| cannot(err.to_string()))?;
-        let (mut certificates, mut keys) = (Vec::new(), 0);
-        for item in parse_pem(&pem) {
-            match item.map_err(|err| cannot(format!("it is not valid PEM ({err})")))? {
-                PemItem::Certificate(certificate) => certificates.push(certificate),
-                PemItem::PrivateKey(_) => keys += 1,
-                _ => {}
-            }
-        }
-        match (certificates.is_empty(), keys) {
-            (true, 0) => Err(cannot("it holds no certificate".into())),
-            (true, _) => Err(cannot(
-                "it holds a private key and no certificate (a follower needs the primary's \
-                 certificate, never its key)"
-                    .into(),
-            )),
-            (false, _) => Ok(Some(certificates)),
-        }
+        let certificates = self.primary_trust().certificates().map_err(ConfigError)?;
+        Ok(certificates.map(|certificates| {
+            certificates
+                .iter()
+                .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+                .collect()
+        }))
     }
 
     fn validate(&self) -> Result<(), String> {

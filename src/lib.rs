@@ -7,6 +7,8 @@
 //! * [`replication`] keeps followers in step with a primary.
 //! * [`config`] reads `lucid.yml`; [`notify`] speaks systemd's notify protocol.
 //! * [`cli`] parses the command line; [`commands`] does what each command says.
+//! * [`tls_trust`] is whom the node's TLS clients (a follower, the MQTT
+//!   bridge) trust.
 //! * [`clock`] and [`locks`] are small helpers every part shares.
 
 pub mod auth;
@@ -24,4 +26,5 @@ pub mod mqtt;
 pub mod notify;
 pub mod replication;
 pub mod store;
+pub mod tls_trust;
 pub mod watch;

@@ -2,7 +2,8 @@
 //! certificate made here answers curl over TLS, tokens included, and a
 //! plain-HTTP client on the TLS port gets nothing and stops nothing. A
 //! follower of an `https://` primary trusts the certificate its
-//! `replication.ca_file` names, and no other.
+//! `replication.ca_file` names, and no other; so does the MQTT bridge to an
+//! `mqtts://` broker (Debian's `mosquitto`) with `mqtt.ca_file`.
 #![cfg(feature = "tls")]
 
 mod common;
@@ -365,38 +366,50 @@ fn a_follower_refuses_a_certificate_it_was_not_told_to_trust_and_retries() {
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         let follower = follower(relayed, &token, &lines);
         let logs = || format!("{}\n--- primary:\n{}", follower.logs(), primary.logs());
-        wait_for("the certificate's refusal is logged", logs, || {
-            follower.logs().contains("TLS certificate was refused")
-        });
-        let line = follower
-            .logs()
-            .lines()
-            .find(|line| line.contains("TLS certificate was refused"))
-            .unwrap()
-            .to_string();
-        assert!(line.contains("WARN"), "{line}");
-        // rustls's own words (UnknownIssuer, or BadSignature when the
-        // other certificate bears the same name), then ours.
-        assert!(line.contains("invalid peer certificate"), "{line}");
+        let line = refused_and_retried(|| follower.logs(), logs, &connections);
         assert!(line.contains(&names), "{line}");
-        assert!(line.contains("retrying"), "{line}");
-        // It tries again, and again is refused: nothing is copied.
-        wait_for("the follower tried again", logs, || {
-            connections.load(Ordering::SeqCst) >= 3
-        });
+        // Again refused: nothing is copied.
         let status = document(follower.port(), "/api/admin/replication");
         assert_eq!(status["follower"]["state"], "connecting", "{status}");
         let error = status["follower"]["last_error"].as_str().unwrap();
         assert!(error.contains("TLS certificate was refused"), "{status}");
         assert_eq!(status["sequence"], 0, "{status}");
-        // Logged once, not at every attempt.
-        assert_eq!(
-            follower.logs().matches("was refused").count(),
-            1,
-            "{}",
-            logs()
-        );
     }
+}
+
+/// Waits until a TLS client (whose log `client_logs` gives; `logs` gives
+/// all for a failure) has logged that a certificate was refused, and has
+/// tried again through the relay counting `connections`; returns that
+/// line, checked: a warning, rustls's words and ours, logged once, not at
+/// every attempt.
+fn refused_and_retried(
+    client_logs: impl Fn() -> String,
+    logs: impl Fn() -> String,
+    connections: &AtomicUsize,
+) -> String {
+    wait_for("the certificate's refusal is logged", &logs, || {
+        client_logs().contains("TLS certificate was refused")
+    });
+    let line = client_logs()
+        .lines()
+        .find(|line| line.contains("TLS certificate was refused"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("WARN"), "{line}");
+    // rustls's own words (UnknownIssuer, or BadSignature when the other
+    // certificate bears the same name), then ours.
+    assert!(line.contains("invalid peer certificate"), "{line}");
+    assert!(line.contains("retrying"), "{line}");
+    wait_for("the client tried again", &logs, || {
+        connections.load(Ordering::SeqCst) >= 3
+    });
+    assert_eq!(
+        client_logs().matches("was refused").count(),
+        1,
+        "{}",
+        logs()
+    );
+    line
 }
 
 #[test]
@@ -413,6 +426,177 @@ fn a_follower_whose_ca_file_holds_no_certificate_does_not_start() {
             .start_expect_failure();
         assert!(!status.success());
         assert!(logs.contains("replication.ca_file"), "{logs}");
+        assert!(logs.contains(why), "{logs}");
+    }
+}
+
+/// `mosquitto` with one TLS listener on a free loopback port, presenting
+/// the certificate `self_signed` wrote in `dir`; returns it and its port.
+fn start_mqtts_broker(dir: &Path) -> (Server, u16) {
+    let port = free_port();
+    let config = dir.join("mosquitto.conf");
+    let lines = [
+        format!("listener {port} 127.0.0.1"),
+        format!("certfile {}", dir.join("cert.pem").display()),
+        format!("keyfile {}", dir.join("key.pem").display()),
+        "allow_anonymous true".into(),
+        "persistence false".into(),
+        "log_dest stderr".into(),
+        // Heeded only when run as root (as in a container): mosquitto
+        // would become the user `mosquitto`, who cannot read these files.
+        "user root".into(),
+    ];
+    std::fs::write(&config, lines.join("\n") + "\n").unwrap();
+    let mut command = Command::new("mosquitto");
+    command.arg("-c").arg(&config);
+    let broker = Server::spawn_command(command);
+    wait_for(
+        "mosquitto runs",
+        || broker.logs(),
+        || broker.logs().contains(" running"),
+    );
+    (broker, port)
+}
+
+/// `mosquitto_sub -v` on `topic` at the TLS broker on `port`, trusting
+/// `ca_file`, once subscribed; what it receives is in its `logs()`.
+fn subscribe(port: u16, ca_file: &Path, topic: &str) -> Server {
+    let mut command = Command::new("sh");
+    // Its output to stderr, where `Server` collects it, a line at a time
+    // (into a pipe, stdio would hold it back).
+    let script = "exec stdbuf -oL mosquitto_sub \"$@\" >&2";
+    command.args(["-c", script, "mosquitto_sub"]);
+    command.args([
+        "-d",
+        "-v",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        topic,
+    ]);
+    command.arg("--cafile").arg(ca_file);
+    let subscriber = Server::spawn_command(command);
+    wait_for(
+        "mosquitto_sub subscribed",
+        || subscriber.logs(),
+        || subscriber.logs().contains("received SUBACK"),
+    );
+    subscriber
+}
+
+/// A node bridged to the `mqtts://` broker on `port`, trusting `ca_file`,
+/// storing the messages on `sensors/#`.
+fn bridged_node(port: u16, ca_file: &str) -> Node {
+    Config::new()
+        .raw("mqtt", &format!("url: mqtts://127.0.0.1:{port}"))
+        .raw("mqtt", &format!("ca_file: '{ca_file}'"))
+        .raw("mqtt", "subscribe: [{filter: 'sensors/#'}]")
+        .start()
+}
+
+#[test]
+fn the_mqtt_bridge_publishes_over_tls_to_a_broker_its_ca_file_trusts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, _) = self_signed(dir.path());
+    let (broker, port) = start_mqtts_broker(dir.path());
+    let subscriber = subscribe(port, Path::new(&ca_file), "lucid/#");
+    let node = bridged_node(port, &ca_file);
+    let logs = || {
+        format!(
+            "{}\n--- mosquitto:\n{}\n--- mosquitto_sub:\n{}",
+            node.logs(),
+            broker.logs(),
+            subscriber.logs()
+        )
+    };
+    assert_eq!(
+        put(node.port(), "/api/kv/greeting", b"hello over TLS").status,
+        201
+    );
+    wait_for("the change reached the subscriber", logs, || {
+        subscriber
+            .logs()
+            .lines()
+            .any(|line| line.starts_with("lucid/") && line.contains(r#""key":"greeting""#))
+    });
+    let line = subscriber
+        .logs()
+        .lines()
+        .find(|line| line.starts_with("lucid/"))
+        .unwrap()
+        .to_string();
+    let (topic, payload) = line.split_once(' ').unwrap();
+    assert!(topic.ends_with("/greeting"), "{line}");
+    let message: serde_json::Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(message["op"], "put", "{line}");
+    assert_eq!(message["value"], "hello over TLS", "{line}");
+    let status = document(node.port(), "/api/admin/mqtt");
+    assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    // And the other way: a message from the broker is stored (the bridge
+    // subscribes before it publishes, so its subscription is in place).
+    let published = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", "sensors/t1", "-m", "21.5", "--cafile", &ca_file])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(published.status.success(), "{published:?}");
+    wait_for("the message was stored", logs, || {
+        get(node.port(), &kv_path("sensors/t1")).status == 200
+    });
+    assert_eq!(get(node.port(), &kv_path("sensors/t1")).text(), "21.5");
+    assert!(!node.logs().contains("certificate"), "{}", logs());
+}
+
+#[test]
+fn the_mqtt_bridge_refuses_a_broker_certificate_it_was_not_told_to_trust_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    self_signed(dir.path());
+    let (broker, port) = start_mqtts_broker(dir.path());
+    let (relayed, connections) = counting_relay(port);
+    let stranger = tempfile::tempdir().unwrap();
+    let other_ca = self_signed(stranger.path()).0;
+    let node = bridged_node(relayed, &other_ca);
+    let logs = || format!("{}\n--- mosquitto:\n{}", node.logs(), broker.logs());
+    let line = refused_and_retried(|| node.logs(), logs, &connections);
+    assert!(line.contains("MQTT bridge to mqtts://127.0.0.1:"), "{line}");
+    assert!(
+        line.contains("the broker's TLS certificate was refused (invalid peer certificate"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("mqtt.ca_file {other_ca}")), "{line}");
+    let status = document(node.port(), "/api/admin/mqtt");
+    assert_eq!(status["connected"], false, "{status}");
+    assert_eq!(status["connections"], 0, "{status}");
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("TLS certificate was refused"), "{status}");
+}
+
+#[test]
+fn a_bridge_whose_ca_file_cannot_serve_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    for (url, ca_file, why) in [
+        (
+            "mqtts://127.0.0.1:1",
+            dir.path().join("missing.pem"),
+            "missing.pem: No such file",
+        ),
+        (
+            "mqtts://127.0.0.1:1",
+            key.into(),
+            "a private key and no certificate",
+        ),
+        ("mqtt://127.0.0.1:1", cert.into(), "is not mqtts://"),
+    ] {
+        let (status, logs) = Config::new()
+            .raw("mqtt", &format!("url: {url}"))
+            .raw("mqtt", &format!("ca_file: '{}'", ca_file.display()))
+            .start_expect_failure();
+        assert!(!status.success());
+        assert!(logs.contains("mqtt.ca_file"), "{logs}");
         assert!(logs.contains(why), "{logs}");
     }
 }

@@ -51,18 +51,9 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         &node_name,
         storage.max_value_bytes,
     )?;
-    let backups = backup::spawn_backups(&store, &config.backup, node_name.clone());
-    let addr = server
-        .local_addr()
-        .ok_or("the server is not bound to an IP address")?;
-    log_listening(&server, addr, &config, &source, &report);
-    let notifier = Arc::new(Notifier::from_env());
-    notifier.ready(&format!("serving on {addr}, {} keys", report.keys));
-    spawn_watchdog(&notifier)?;
-    if exposed_without_auth(config.authentication.enabled, addr.ip()) {
-        warn_exposed(addr);
-    }
     // The bridge ships a primary's changes; a follower's are its primary's.
+    // Started before the node says it serves: a bridge that cannot start
+    // (an unreadable mqtt.ca_file) stops the node instead.
     let bridge = match replication.primary() {
         None => Bridge::start(
             &store,
@@ -81,6 +72,17 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
             None
         }
     };
+    let backups = backup::spawn_backups(&store, &config.backup, node_name.clone());
+    let addr = server
+        .local_addr()
+        .ok_or("the server is not bound to an IP address")?;
+    log_listening(&server, addr, &config, &source, &report);
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.ready(&format!("serving on {addr}, {} keys", report.keys));
+    spawn_watchdog(&notifier)?;
+    if exposed_without_auth(config.authentication.enabled, addr.ip()) {
+        warn_exposed(addr);
+    }
     let ctx = context(&config, &store, memory, &node_name, backups)
         .with_replication(Arc::clone(&replication))
         .with_bridge(bridge.clone());

@@ -4,6 +4,7 @@
 //!
 //! * [`settings`]: the `mqtt:` section of the configuration;
 //! * [`session`]: one connection to the broker (MQTT 3.1.1, QoS 1);
+//! * [`link`]: the bytes' way to the broker (TCP, or TLS for `mqtts://`);
 //! * [`message`]: a change as a message (topic, payload, gap);
 //! * [`cursor`]: the last change the broker acknowledged, kept durably;
 //! * [`ingest`]: which subscription a topic matches, and storing messages;
@@ -15,6 +16,7 @@
 pub mod bridge;
 pub mod cursor;
 pub mod ingest;
+pub mod link;
 pub mod message;
 pub mod session;
 pub mod settings;

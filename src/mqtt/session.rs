@@ -1,17 +1,17 @@
-//! One connection to the broker, MQTT 3.1.1 over TCP, blocking, on the
-//! bridge's thread: CONNECT (a persistent session, so the broker keeps the
-//! subscriptions' messages while the node is away and sends again what it
-//! did not get acknowledged), SUBSCRIBE at QoS 1, QoS 1 PUBLISH with
+//! One connection to the broker, MQTT 3.1.1 over TCP or TLS (see
+//! [`super::link`]), blocking, on the bridge's thread: CONNECT (a
+//! persistent session, so the broker keeps the subscriptions' messages
+//! while the node is away and sends again what it did not get
+//! acknowledged), SUBSCRIBE at QoS 1, QoS 1 PUBLISH with
 //! packet ids, PUBACKs sent when the caller says (only once a message is
 //! stored), and keep-alive pings. Packets are encoded and decoded by the
-//! `mqtt-proto` crate; this module only frames them on the socket.
+//! `mqtt-proto` crate; this module only frames them on the link.
 //!
 //! A message larger than the node would store (`max_incoming`) is never
 //! held in memory whole: its topic and packet id are read, the rest is
 //! skipped as it arrives, and it is reported as [`Incoming::Oversized`].
 
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use mqtt_proto::v3::SubscribeReturnCode;
 use mqtt_proto::v3::{Connect, ConnectReturnCode, Header, Packet, Publish, Subscribe};
 use mqtt_proto::{Pid, QoS, QosPid, TopicFilter, TopicName};
 
+use super::link::{Endpoint, Link};
 use super::settings::MqttSettings;
 
 /// How long to wait for the broker to accept a connection and answer it.
@@ -30,8 +31,7 @@ const SEND_BATCH: usize = 64 * 1024;
 /// What a session connects with.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
-    host: String,
-    port: u16,
+    endpoint: Endpoint,
     client_id: String,
     username: Option<String>,
     password: Option<String>,
@@ -97,24 +97,17 @@ pub enum Incoming {
 
 impl SessionOptions {
     /// The options `settings` give, for node `node` taking in messages of
-    /// at most `max_incoming` bytes.
+    /// at most `max_incoming` bytes; for `mqtts://`, reads the
+    /// certificates `mqtt.ca_file` trusts.
     pub fn new(settings: &MqttSettings, node: &str, max_incoming: usize) -> Result<Self, String> {
-        let broker = settings.broker()?;
-        if broker.tls {
-            return Err(
-                "mqtts:// is not supported yet: use mqtt:// (on a trusted network, or through \
-                 a TLS tunnel)"
-                    .into(),
-            );
-        }
+        let endpoint = Endpoint::new(settings)?;
         let client_id = if settings.client_id.is_empty() {
             format!("lucid-{node}")
         } else {
             settings.client_id.clone()
         };
         Ok(Self {
-            host: broker.host,
-            port: broker.port,
+            endpoint,
             client_id,
             username: (!settings.username.is_empty()).then(|| settings.username.clone()),
             password: settings.password()?,
@@ -126,7 +119,7 @@ impl SessionOptions {
 
 /// A connected session.
 pub struct Session {
-    stream: TcpStream,
+    stream: Link,
     options: Arc<SessionOptions>,
     /// Received bytes, `start..end` not consumed yet.
     input: Vec<u8>,
@@ -146,15 +139,8 @@ impl Session {
     /// Connects with `options`, sets up a persistent session and
     /// subscribes to `filters` at QoS 1.
     pub fn connect(options: &Arc<SessionOptions>, filters: &[&str]) -> Result<Self, SessionError> {
-        let address = (options.host.as_str(), options.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| SessionError::Local(format!("{} has no address", options.host)))?;
-        let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
         let mut session = Self {
-            stream,
+            stream: options.endpoint.connect(CONNECT_TIMEOUT)?,
             options: Arc::clone(options),
             input: vec![0; 64 * 1024],
             start: 0,
@@ -427,16 +413,7 @@ impl Session {
         if self.end == self.input.len() {
             self.input.resize(self.input.len() * 2, 0);
         }
-        if wait.is_zero() {
-            self.stream.set_nonblocking(true)?;
-        } else {
-            self.stream.set_read_timeout(Some(wait))?;
-        }
-        let read = self.stream.read(&mut self.input[self.end..]);
-        if wait.is_zero() {
-            self.stream.set_nonblocking(false)?;
-        }
-        match read {
+        match self.stream.read_within(&mut self.input[self.end..], wait) {
             Ok(0) => Err(SessionError::Io(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the broker closed the connection",

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::tls_trust::CaFile;
+
 /// `mqtt:` — the bridge to an MQTT broker (see [`crate::mqtt`]).
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -229,6 +231,15 @@ impl MqttSettings {
         Ok(Some(text.trim().to_owned()))
     }
 
+    /// `ca_file`, as the `mqtts://` link trusts it.
+    pub fn broker_trust(&self) -> CaFile {
+        CaFile {
+            setting: "mqtt.ca_file",
+            server: "broker",
+            path: (!self.ca_file.as_os_str().is_empty()).then(|| self.ca_file.clone()),
+        }
+    }
+
     /// Every relative path made relative to `base`.
     pub fn resolve_paths(&mut self, base: &std::path::Path) {
         for path in [&mut self.password_file, &mut self.ca_file] {
@@ -243,7 +254,14 @@ impl MqttSettings {
         if !self.enabled() {
             return Ok(());
         }
-        self.broker()?;
+        if !self.broker()?.tls && !self.ca_file.as_os_str().is_empty() {
+            return Err(format!(
+                "mqtt.ca_file is set, but mqtt.url {:?} is not mqtts://: the bridge would not \
+                 use it (and would talk to the broker unencrypted); connect over mqtts://, or \
+                 remove ca_file",
+                self.url
+            ));
+        }
         if !self.password.is_empty() && !self.password_file.as_os_str().is_empty() {
             return Err("mqtt.password and mqtt.password_file are both set: keep one".into());
         }
@@ -364,6 +382,23 @@ mod tests {
         settings.password = "p".into();
         settings.password_file = "p.txt".into();
         assert!(settings.validate().unwrap_err().contains("both"));
+    }
+
+    #[test]
+    fn a_ca_file_needs_an_mqtts_url() {
+        let mut settings = with_url("mqtt://b");
+        settings.ca_file = "ca.pem".into();
+        let err = settings.validate().unwrap_err();
+        assert!(
+            err.starts_with("mqtt.ca_file is set, but mqtt.url \"mqtt://b\" is not mqtts://"),
+            "{err}"
+        );
+        settings.url = "mqtts://b".into();
+        assert_eq!(settings.validate().is_ok(), cfg!(feature = "tls"));
+        assert_eq!(settings.broker_trust().path, Some("ca.pem".into()));
+        settings.ca_file = PathBuf::new();
+        assert_eq!(settings.broker_trust().path, None);
+        assert_eq!(settings.broker_trust().setting, "mqtt.ca_file");
     }
 
     #[test]

@@ -3,15 +3,16 @@
 //! redirect followed, any status an answer, the token sent as a bearer
 //! token. With the `tls` feature, an `https://` primary's certificate is
 //! checked against the certificates of `replication.ca_file` alone, or,
-//! without it, against the web PKI's roots (Mozilla's, built in).
+//! without it, against the web PKI's roots (Mozilla's, built in): see
+//! [`crate::tls_trust`].
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ureq::http::Response;
 use ureq::{Body, RequestBuilder};
 
 use crate::config;
+use crate::tls_trust::CaFile;
 
 /// How long to wait for the primary to accept a connection (and finish
 /// the TLS handshake), and then for its answer to begin.
@@ -23,7 +24,7 @@ pub struct PrimaryClient {
     token: Option<String>,
     /// `replication.ca_file`, named when the primary's certificate is
     /// refused.
-    ca_file: Option<PathBuf>,
+    trust: CaFile,
     #[cfg(feature = "tls")]
     tls: ureq::tls::TlsConfig,
 }
@@ -44,7 +45,7 @@ impl PrimaryClient {
         };
         Ok(Self {
             token,
-            ca_file: config.ca_file.clone(),
+            trust: config.primary_trust(),
             #[cfg(feature = "tls")]
             tls,
         })
@@ -92,19 +93,6 @@ impl PrimaryClient {
         if !why.contains("certificate") {
             return format!("cannot reach the primary: {why}");
         }
-        match &self.ca_file {
-            Some(path) => format!(
-                "the primary's TLS certificate was refused ({why}): only the certificates in \
-                 replication.ca_file {} are trusted; put there the certificate of the CA that \
-                 signed it, or the primary's own if it is self-signed",
-                path.display()
-            ),
-            None => format!(
-                "the primary's TLS certificate was refused ({why}): without \
-                 replication.ca_file, only certificates signed by a public CA are trusted; if it \
-                 is self-signed or signed by your own CA, name that certificate in \
-                 replication.ca_file"
-            ),
-        }
+        self.trust.refusal(&why)
     }
 }
