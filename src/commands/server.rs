@@ -74,7 +74,8 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
         Some(primary) => {
             if config.mqtt.enabled() {
                 log::info!(
-                    "the MQTT bridge runs on the primary ({primary}); this follower does not                      start it (it does once promoted and restarted)"
+                    "the MQTT bridge runs on the primary ({primary}); this follower does not \
+                     start it (it does once promoted and restarted)"
                 );
             }
             None

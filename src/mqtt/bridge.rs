@@ -259,7 +259,9 @@ impl Shipper {
                 Some(Incoming::Oversized { id, topic, len }) => {
                     self.bridge.note_received();
                     log::warn!(
-                        "MQTT bridge: a message of {len} bytes on {topic:?} was not stored: it is                          larger than storage.max_value_bytes; it is acknowledged so the broker                          does not send it again"
+                        "MQTT bridge: a message of {len} bytes on {topic:?} was not stored: it is \
+                         larger than storage.max_value_bytes; it is acknowledged so the broker \
+                         does not send it again"
                     );
                     self.bridge.note_stored(0, 1);
                     if let Some(id) = id {
