@@ -191,7 +191,16 @@ pub fn run_lucid_with<S: AsRef<OsStr>>(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     adjust(&mut command);
-    let mut child = command.spawn().expect("spawn lucid");
+    run_to_end(&mut command, &format!("lucid {:?}", args_str(args)))
+}
+
+/// Runs `command` (its stdio as it set them) to its end, bounded by
+/// [`STARTUP_TIMEOUT`] (past it, a panic naming `what`), and collects what
+/// it wrote to the pipes.
+pub fn run_to_end(command: &mut Command, what: &str) -> Output {
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|err| panic!("spawn {what}: {err}"));
     let drain = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut buf = Vec::new();
@@ -211,10 +220,7 @@ pub fn run_lucid_with<S: AsRef<OsStr>>(
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "`lucid {:?}` did not finish within {STARTUP_TIMEOUT:?}",
-                args_str(args)
-            );
+            panic!("`{what}` did not finish within {STARTUP_TIMEOUT:?}");
         }
         thread::sleep(Duration::from_millis(10));
     };
@@ -1143,6 +1149,7 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
+pub mod brokers;
 pub mod fault_proxy;
 pub mod workload;
 
