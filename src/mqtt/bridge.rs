@@ -40,7 +40,9 @@ pub const WINDOW: usize = 256;
 const READ_AHEAD: usize = 64 * 1024;
 
 /// The first and the longest pause between two connection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
+/// The longest stays short: draining must start within seconds of the
+/// broker's return.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(4));
 
 /// How long the bridge waits on the link when it has nothing to send.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
@@ -84,7 +86,12 @@ impl Shipper {
         let hold = publish
             .enabled
             .then(|| store.hold_changes_after(cursor.position().shipped));
-        let builder = MessageBuilder::new(&bridge.node, &publish.topic, publish.payload);
+        let builder = MessageBuilder::new(
+            &bridge.node,
+            &publish.topic,
+            publish.payload,
+            publish.retain,
+        );
         let router = Router::new(&bridge.settings.subscribe)?;
         bridge.note_position(cursor.position());
         Ok(Self {

@@ -16,6 +16,9 @@ pub struct MessageBuilder {
     /// `mqtt.publish.topic` with `{node}` filled in.
     topic: String,
     format: PayloadFormat,
+    /// Whether messages are retained: a delete is then an empty message,
+    /// which clears the key's retained one.
+    retain: bool,
     node: String,
     /// The topic and payload of the message being built.
     pub topic_buf: String,
@@ -51,11 +54,12 @@ struct GapDocument<'a> {
 
 impl MessageBuilder {
     /// A builder for `node`'s messages on topics like `template`, in
-    /// `format`.
-    pub fn new(node: &str, template: &str, format: PayloadFormat) -> Self {
+    /// `format`, retained or not.
+    pub fn new(node: &str, template: &str, format: PayloadFormat, retain: bool) -> Self {
         Self {
             topic: template.replace("{node}", &escape(node)),
             format,
+            retain,
             node: node.to_owned(),
             topic_buf: String::new(),
             payload: Vec::new(),
@@ -67,6 +71,9 @@ impl MessageBuilder {
         let key = String::from_utf8_lossy(change.key);
         self.set_topic(&key);
         self.payload.clear();
+        if change.deleted && self.retain {
+            return;
+        }
         match self.format {
             PayloadFormat::Raw => self.payload.extend_from_slice(change.value),
             PayloadFormat::Json => {
@@ -155,7 +162,8 @@ mod tests {
 
     #[test]
     fn json_messages_carry_the_change_and_escape_the_topic() {
-        let mut builder = MessageBuilder::new("pi-1", "lucid/{node}/{key}", PayloadFormat::Json);
+        let mut builder =
+            MessageBuilder::new("pi-1", "lucid/{node}/{key}", PayloadFormat::Json, false);
         builder.change(&change(b"sensors/t+1#", b"20.5", false));
         assert_eq!(builder.topic_buf, "lucid/pi-1/sensors/t%2B1%23");
         let document: serde_json::Value = serde_json::from_slice(&builder.payload).unwrap();
@@ -185,7 +193,7 @@ mod tests {
 
     #[test]
     fn raw_messages_are_the_value_and_a_delete_is_empty() {
-        let mut builder = MessageBuilder::new("n", "{key}", PayloadFormat::Raw);
+        let mut builder = MessageBuilder::new("n", "{key}", PayloadFormat::Raw, false);
         builder.change(&change(b"k", b"bytes", false));
         assert_eq!(
             (builder.topic_buf.as_str(), &builder.payload[..]),
@@ -193,5 +201,11 @@ mod tests {
         );
         builder.change(&change(b"k", b"", true));
         assert!(builder.payload.is_empty());
+        // Retained, a JSON delete is empty too: it clears the key's message.
+        let mut builder = MessageBuilder::new("n", "{key}", PayloadFormat::Json, true);
+        builder.change(&change(b"k", b"", true));
+        assert!(builder.payload.is_empty());
+        builder.change(&change(b"k", b"v", false));
+        assert!(!builder.payload.is_empty());
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqtt_proto::v3::SubscribeReturnCode;
-use mqtt_proto::v3::{Connect, ConnectReturnCode, Header, Packet, Publish, Subscribe};
+use mqtt_proto::v3::{Connect, ConnectReturnCode, Header, Packet, Publish, Suback, Subscribe};
 use mqtt_proto::{Pid, QoS, QosPid, TopicFilter, TopicName};
 
 use super::link::{Endpoint, Link};
@@ -133,6 +133,8 @@ pub struct Session {
     next_id: u16,
     /// An oversized message being skipped: bytes left of it.
     skipping: usize,
+    /// The SUBSCRIBE sent and its filters, until its SUBACK comes.
+    subscribed: Option<(Pid, Vec<String>)>,
 }
 
 impl Session {
@@ -151,6 +153,7 @@ impl Session {
             ping_sent: None,
             next_id: 0,
             skipping: 0,
+            subscribed: None,
         };
         session.handshake(filters)?;
         Ok(session)
@@ -204,30 +207,10 @@ impl Session {
         let id = self.next_id()?;
         self.queue(&Packet::Subscribe(Subscribe::new(id, topics)))?;
         self.flush()?;
-        loop {
-            match self.wait_for_packet()? {
-                Packet::Suback(suback) if suback.pid == id => {
-                    let refused: Vec<&str> = suback
-                        .topics
-                        .iter()
-                        .zip(filters)
-                        .filter(|(code, _)| **code == SubscribeReturnCode::Failure)
-                        .map(|(_, filter)| *filter)
-                        .collect();
-                    if !refused.is_empty() {
-                        return Err(SessionError::Refused(format!(
-                            "the subscriptions to {}",
-                            refused.join(", ")
-                        )));
-                    }
-                    return Ok(());
-                }
-                // Messages of the persistent session may come first: the
-                // broker sends them again once subscribed and connected.
-                Packet::Publish(_) | Packet::Puback(_) => {}
-                other => return Err(unexpected(&other)),
-            }
-        }
+        // The SUBACK is checked as it comes, by `poll`: messages of the
+        // persistent session may come before it, and are taken in.
+        self.subscribed = Some((id, filters.iter().map(|f| f.to_string()).collect()));
+        Ok(())
     }
 
     /// Queues a QoS 1 PUBLISH of `payload` on `topic`; returns its packet
@@ -328,9 +311,37 @@ impl Session {
                     }))
                 }
                 Decoded::Packet(Packet::Pingresp) => self.ping_sent = None,
+                Decoded::Packet(Packet::Suback(suback)) => self.check_suback(&suback)?,
                 Decoded::Packet(other) => return Err(unexpected(&other)),
                 Decoded::Oversized(incoming) => return Ok(Some(incoming)),
             }
+        }
+    }
+
+    /// Fails if the broker refused one of the subscriptions.
+    fn check_suback(&mut self, suback: &Suback) -> Result<(), SessionError> {
+        let Some((id, filters)) = self.subscribed.take() else {
+            return Err(SessionError::Protocol("a SUBACK for no SUBSCRIBE".into()));
+        };
+        if suback.pid != id {
+            return Err(SessionError::Protocol(
+                "a SUBACK for another SUBSCRIBE".into(),
+            ));
+        }
+        let refused: Vec<&str> = suback
+            .topics
+            .iter()
+            .zip(&filters)
+            .filter(|(code, _)| **code == SubscribeReturnCode::Failure)
+            .map(|(_, filter)| filter.as_str())
+            .collect();
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(SessionError::Refused(format!(
+                "the subscriptions to {}",
+                refused.join(", ")
+            )))
         }
     }
 

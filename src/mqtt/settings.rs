@@ -54,8 +54,9 @@ pub struct Publish {
     pub topic: String,
     /// `json` (a document per change) or `raw` (the value's bytes).
     pub payload: PayloadFormat,
-    /// Whether messages are retained by the broker (a delete then clears
-    /// the key's retained message).
+    /// Whether messages are retained by the broker; a delete is then an
+    /// empty message (in either format), which clears the key's retained
+    /// one.
     pub retain: bool,
 }
 
