@@ -233,7 +233,10 @@ impl Shipper {
             .map_err(|err| SessionError::Local(err.to_string()))?;
         let mut in_flight: VecDeque<(u16, u64, bool)> = VecDeque::new();
         let mut ready: VecDeque<Outgoing> = VecDeque::new();
-        let mut incoming: Vec<(u16, Message)> = Vec::new();
+        // Messages taken in, to store; the packet ids to acknowledge, in
+        // the order they came (as MQTT asks), once those are stored.
+        let mut incoming: Vec<Message> = Vec::new();
+        let mut acks: Vec<u16> = Vec::new();
         let mut gap_id = None;
         let (mut buf, mut scratch) = (Vec::new(), Vec::new());
         if let Some((from, to)) = self.cursor.position().gap {
@@ -265,7 +268,7 @@ impl Shipper {
                 in_flight.push_back((id, message.sequence, false));
             }
             session.flush()?;
-            let wait = if in_flight.is_empty() && ready.is_empty() && incoming.is_empty() {
+            let wait = if in_flight.is_empty() && ready.is_empty() && acks.is_empty() {
                 IDLE_WAIT
             } else {
                 Duration::ZERO
@@ -293,28 +296,20 @@ impl Shipper {
                          does not send it again"
                     );
                     self.bridge.note_stored(0, 1);
-                    if let Some(id) = id {
-                        session.puback(id)?;
-                    }
+                    acks.extend(id);
                 }
                 Some(Incoming::Publish { id, topic, payload }) => {
                     self.bridge.note_received();
-                    match self.router.message(&topic, &payload) {
-                        Some(message) => incoming.push((id.unwrap_or(0), message)),
-                        None => {
-                            if let Some(id) = id {
-                                session.puback(id)?;
-                            }
-                        }
-                    }
-                    if incoming.len() < INGEST_GROUP {
+                    incoming.extend(self.router.message(&topic, &payload));
+                    acks.extend(id);
+                    if acks.len() < INGEST_GROUP {
                         continue;
                     }
                 }
                 None => {}
             }
-            if !incoming.is_empty() {
-                self.store_incoming(&mut session, &mut incoming, &mut buf)?;
+            if !acks.is_empty() || !incoming.is_empty() {
+                self.store_incoming(&mut session, &mut incoming, &mut acks, &mut buf)?;
             }
             if in_flight.is_empty() && ready.is_empty() {
                 let _ = self.cursor.sync();
@@ -402,16 +397,18 @@ impl Shipper {
         }
     }
 
-    /// Stores the messages taken in, then acknowledges them to the broker
-    /// (those that could not be stored too, once logged and counted).
+    /// Stores the messages taken in, then acknowledges every message
+    /// received, in order (those that could not be stored too, once logged
+    /// and counted, and those no subscription routes).
     fn store_incoming(
         &mut self,
         session: &mut Session,
-        incoming: &mut Vec<(u16, Message)>,
+        incoming: &mut Vec<Message>,
+        acks: &mut Vec<u16>,
         buf: &mut Vec<u8>,
     ) -> Result<(), SessionError> {
         let bridge = &self.bridge;
-        let messages: Vec<Message> = incoming.iter().map(|(_, m)| m.clone()).collect();
+        let messages = std::mem::take(incoming);
         let (ticket, refused) = ingest::store_all(
             &bridge.store,
             &messages,
@@ -434,12 +431,10 @@ impl Shipper {
             );
         }
         bridge.note_stored(messages.len() - refused.len(), refused.len());
-        for (id, _) in incoming.drain(..) {
-            if id != 0 {
-                session.puback(id)?;
-            }
+        for id in acks.drain(..) {
+            session.puback(id)?;
         }
-        Ok(())
+        session.flush()
     }
 
     fn move_cursor(&mut self, position: Position) {

@@ -181,7 +181,11 @@ impl Session {
                     ))
                 }
                 ConnectReturnCode::NotAuthorized => {
-                    return Err(SessionError::Refused("not authorized".into()))
+                    return Err(SessionError::Refused(
+                        "not authorized (check mqtt.username and mqtt.password, and the \
+                         broker's access rules)"
+                            .into(),
+                    ))
                 }
                 ConnectReturnCode::IdentifierRejected => {
                     return Err(SessionError::Refused(format!(
@@ -233,11 +237,11 @@ impl Session {
         Ok(id.value())
     }
 
-    /// Acknowledges the message with packet id `id` (sent at once).
+    /// Queues the acknowledgement of the message with packet id `id` (sent
+    /// by [`flush`](Self::flush)).
     pub fn puback(&mut self, id: u16) -> Result<(), SessionError> {
         let pid = Pid::try_from(id).map_err(|_| SessionError::Protocol("a packet id 0".into()))?;
-        self.queue(&Packet::Puback(pid))?;
-        self.flush()
+        self.queue(&Packet::Puback(pid))
     }
 
     /// Sends what is queued.
