@@ -8,9 +8,11 @@
 //! * a broker outage while writes go on, with the node killed (SIGKILL)
 //!   during it and just after the broker returns and a compaction during
 //!   it, loses nothing: every change arrives, in order per key, duplicates
-//!   only within the window in flight, and draining starts on its own;
+//!   only within the window in flight, and draining starts on its own, on
+//!   both brokers;
 //! * a backlog past `mqtt.max_backlog_bytes` drops the oldest changes,
-//!   counted and announced by a gap message, and the newest arrive;
+//!   counted and announced by a gap message, and the newest arrive, on
+//!   both brokers;
 //! * every message published on a subscribed topic is stored, the node
 //!   killed midway (the broker sends again what was not acknowledged), on
 //!   both brokers;
@@ -252,9 +254,17 @@ fn compact(port: u16) {
 }
 
 #[test]
-fn an_outage_of_the_broker_loses_nothing_through_kills_and_a_compaction() {
+fn an_outage_of_mosquitto_loses_nothing_through_kills_and_a_compaction() {
+    an_outage_loses_nothing_through_kills_and_a_compaction(Broker::mosquitto(&[]));
+}
+
+#[test]
+fn an_outage_of_nats_loses_nothing_through_kills_and_a_compaction() {
+    an_outage_loses_nothing_through_kills_and_a_compaction(Broker::nats("30s"));
+}
+
+fn an_outage_loses_nothing_through_kills_and_a_compaction(mut broker: Broker) {
     let outage = Duration::from_secs(env_number("LUCID_MQTT_OUTAGE_S", 8));
-    let mut broker = Broker::mosquitto(&[]);
     let subscriber = Subscriber::start(&broker, "lucid/#", "outage-subscriber");
     let mut node = bridged(&broker.url()).start();
     wait_connected(&node);
@@ -374,10 +384,18 @@ fn draining_starts_soon_after_a_long_outage() {
 }
 
 #[test]
-fn a_backlog_past_its_bound_drops_the_oldest_changes_and_says_so() {
+fn a_backlog_past_its_bound_at_mosquitto_drops_the_oldest_changes_and_says_so() {
+    a_backlog_past_its_bound_drops_the_oldest_changes_and_says_so(Broker::mosquitto(&[]));
+}
+
+#[test]
+fn a_backlog_past_its_bound_at_nats_drops_the_oldest_changes_and_says_so() {
+    a_backlog_past_its_bound_drops_the_oldest_changes_and_says_so(Broker::nats("30s"));
+}
+
+fn a_backlog_past_its_bound_drops_the_oldest_changes_and_says_so(mut broker: Broker) {
     const MAX_BACKLOG: u64 = 1024 * 1024;
     const VALUE: usize = 10 * 1024;
-    let mut broker = Broker::mosquitto(&[]);
     let subscriber = Subscriber::start(&broker, "lucid/#", "backlog-subscriber");
     let node = bridged(&broker.url())
         .raw("mqtt", &format!("max_backlog_bytes: {MAX_BACKLOG}"))
