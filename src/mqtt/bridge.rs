@@ -50,8 +50,12 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// How often the backlog is measured while the broker is connected.
 const BACKLOG_CHECK: Duration = Duration::from_secs(1);
 
-/// Incoming messages stored in one batch at most.
+/// Incoming messages stored in one batch at most...
 const INGEST_GROUP: usize = 256;
+
+/// ...and bytes of them (a larger message goes alone): the batch is one
+/// record, which a follower takes whole.
+const INGEST_BYTES: usize = 1024 * 1024;
 
 /// A message to publish: its change's sequence number, topic and payload.
 struct Outgoing {
@@ -80,8 +84,25 @@ impl Shipper {
     pub fn new(bridge: Arc<Bridge>) -> Result<Self, String> {
         let store = &bridge.store;
         let dir = store.data_dir().ok_or("the store has no data directory")?;
-        let cursor = Cursor::open(dir, store.last_sequence())
+        let mut cursor = Cursor::open(dir, store.last_sequence())
             .map_err(|err| format!("cannot open the MQTT cursor in {}: {err}", dir.display()))?;
+        let last = store.last_sequence();
+        if cursor.position().shipped > last {
+            // The log lost its end since (a power cut with `sync:
+            // interval`): what follows is shipped from where it ends now.
+            log::warn!(
+                "MQTT bridge: its cursor ({}) is past the log's end ({last}), which a power cut \
+                 took back; shipping from there",
+                cursor.position().shipped
+            );
+            let position = Position {
+                shipped: last,
+                ..cursor.position()
+            };
+            cursor
+                .set(position)
+                .map_err(|err| format!("cannot write the MQTT cursor: {err}"))?;
+        }
         let publish = &bridge.settings.publish;
         let hold = publish
             .enabled
@@ -203,7 +224,7 @@ impl Shipper {
     fn tail(&mut self) -> Result<LogTail, TailError> {
         let store = Arc::clone(&self.bridge.store);
         let position = self.cursor.position();
-        match store.tail_after(position.shipped) {
+        match store.published_tail_after(position.shipped) {
             Err(TailError::TooOld { base }) => {
                 let gap = match position.gap {
                     Some((from, _)) => (from, base),
@@ -219,7 +240,7 @@ impl Shipper {
                     shipped: base,
                     gap: Some(gap),
                 });
-                store.tail_after(base)
+                store.published_tail_after(base)
             }
             other => other,
         }
@@ -237,6 +258,7 @@ impl Shipper {
         // the order they came (as MQTT asks), once those are stored.
         let mut incoming: Vec<Message> = Vec::new();
         let mut acks: Vec<u16> = Vec::new();
+        let mut incoming_bytes = 0;
         let mut gap_id = None;
         let (mut buf, mut scratch) = (Vec::new(), Vec::new());
         if let Some((from, to)) = self.cursor.position().gap {
@@ -268,7 +290,10 @@ impl Shipper {
                 in_flight.push_back((id, message.sequence, false));
             }
             session.flush()?;
-            let wait = if in_flight.is_empty() && ready.is_empty() && acks.is_empty() {
+            // The window is full or nothing is left to send: wait on the
+            // link (a PUBACK or a message wakes it at once), unless
+            // messages taken in are waiting to be stored.
+            let wait = if acks.is_empty() && incoming.is_empty() {
                 IDLE_WAIT
             } else {
                 Duration::ZERO
@@ -300,9 +325,14 @@ impl Shipper {
                 }
                 Some(Incoming::Publish { id, topic, payload }) => {
                     self.bridge.note_received();
-                    incoming.extend(self.router.message(&topic, &payload));
+                    if let Some(message) = self.router.message(&topic, &payload) {
+                        incoming_bytes += message.key.len() + message.value.len();
+                        incoming.push(message);
+                    }
                     acks.extend(id);
-                    if acks.len() < INGEST_GROUP {
+                    let full = acks.len().max(incoming.len()) >= INGEST_GROUP
+                        || incoming_bytes >= INGEST_BYTES;
+                    if !full {
                         continue;
                     }
                 }
@@ -310,6 +340,7 @@ impl Shipper {
             }
             if !acks.is_empty() || !incoming.is_empty() {
                 self.store_incoming(&mut session, &mut incoming, &mut acks, &mut buf)?;
+                incoming_bytes = 0;
             }
             if in_flight.is_empty() && ready.is_empty() {
                 let _ = self.cursor.sync();

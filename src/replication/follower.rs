@@ -43,6 +43,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first and the longest pause between two attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
+/// Why a follower's work ended: it was promoted.
+const STOPPED: &str = "this node stopped following (promoted)";
+
 /// At most this many (sequence number, time heard) pairs kept to tell the
 /// lag in milliseconds.
 const LAG_MARKS: usize = 256;
@@ -305,7 +308,7 @@ impl Follower {
         if let Some(epoch) = epoch {
             url.push_str(&format!("&epoch={epoch}"));
         }
-        let agent = self.stream_agent();
+        let agent = self.stream_agent()?;
         let response = self.client.get(&agent, &url)?;
         let status = response.status().as_u16();
         let body = response.into_body();
@@ -359,7 +362,7 @@ impl Follower {
     /// confirms what this node holds.
     fn begin(&self, shared: &Shared, hello: &Hello) -> Result<(), String> {
         same_key(hello.key_check, shared.store.key_check())?;
-        shared.adopt(hello.epoch, &hello.history)?;
+        self.while_following(|| shared.adopt(hello.epoch, &hello.history))?;
         let applied = shared.store.last_sequence();
         let mut progress = self.progress();
         progress.stream = Some(hello.stream);
@@ -389,7 +392,7 @@ impl Follower {
     ) -> Result<(), String> {
         let _applying = lock(&self.applying);
         if self.stopped() {
-            return Ok(());
+            return Err(STOPPED.into());
         }
         let last = shared.store.last_sequence();
         if after != last {
@@ -434,10 +437,12 @@ impl Follower {
         }
         // Until the new log is in place and its epoch recorded, this node's
         // lineage is unknown: a crash meanwhile starts over from a snapshot.
-        shared.record(ReplicationState {
-            epoch: None,
-            history: Vec::new(),
-            promoted_from: None,
+        self.while_following(|| {
+            shared.record(ReplicationState {
+                epoch: None,
+                history: Vec::new(),
+                promoted_from: None,
+            })
         })?;
         self.progress().status.state = FollowState::Snapshotting;
         let path = store
@@ -445,16 +450,15 @@ impl Follower {
             .ok_or("the store has no data directory")?;
         let started = Instant::now();
         let epoch = self.download(&path)?;
-        let installed = {
-            let _applying = lock(&self.applying);
-            if self.stopped() {
-                return Ok(());
-            }
-            store.install_snapshot(&path)
-        };
+        let installed = self.while_following(|| {
+            let info = store
+                .install_snapshot(&path)
+                .map_err(|err| format!("the primary's snapshot: {err}"))?;
+            shared.adopt(epoch, &[])?;
+            Ok(info)
+        });
         let _ = std::fs::remove_file(&path);
-        let info = installed.map_err(|err| format!("the primary's snapshot: {err}"))?;
-        shared.adopt(epoch, &[])?;
+        let info = installed?;
         let mut progress = self.progress();
         progress.status.resyncs += 1;
         progress.status.applied = info.sequence;
@@ -473,7 +477,7 @@ impl Follower {
     /// the epoch it was taken in.
     fn download(&self, path: &std::path::Path) -> Result<Epoch, String> {
         let url = format!("{}/api/admin/snapshot", self.primary);
-        let agent = self.stream_agent();
+        let agent = self.stream_agent()?;
         let response = self.client.get(&agent, &url)?;
         let status = response.status().as_u16();
         let epoch = response
@@ -527,6 +531,9 @@ impl Follower {
                 }
                 (progress.stream, progress.status.applied)
             };
+            // A log replaced by a snapshot may end before what was synced:
+            // nothing above its end is ever confirmed.
+            synced = synced.min(shared.store.last_sequence());
             // Records applied are made durable (and visible, with `sync:
             // always`) whether or not their stream still runs.
             if applied > synced {
@@ -566,11 +573,26 @@ impl Follower {
         }
     }
 
-    /// A client for one stream (or download), kept so it can be cut.
-    fn stream_agent(&self) -> ureq::Agent {
+    /// A client for one stream (or download), kept so it can be cut;
+    /// none once the follower stopped.
+    fn stream_agent(&self) -> Result<ureq::Agent, String> {
+        let mut current = lock(&self.stream);
+        if self.stopped() {
+            return Err(STOPPED.into());
+        }
         let agent = self.client.agent(None);
-        *lock(&self.stream) = Some(agent.clone());
-        agent
+        *current = Some(agent.clone());
+        Ok(agent)
+    }
+
+    /// Runs `change` (of the log or the epochs) unless the follower
+    /// stopped: never while a promotion takes over, never after it.
+    fn while_following<T>(&self, change: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+        let _applying = lock(&self.applying);
+        if self.stopped() {
+            return Err(STOPPED.into());
+        }
+        change()
     }
 
     /// Cuts the current stream or download, if any.

@@ -298,8 +298,7 @@ impl Replication {
     /// once this returns), makes what it applied durable, opens a new epoch
     /// and accepts writes. Returns the new epoch, or why not.
     pub fn promote(&self) -> Result<Epoch, String> {
-        let mut role = write(&self.role);
-        let follower = match &*role {
+        let following = match &*read(&self.role) {
             Role::Follower(follower) => Arc::clone(follower),
             Role::Primary => {
                 return Err(
@@ -307,7 +306,14 @@ impl Replication {
                 )
             }
         };
-        let _stopped = follower.stop();
+        // Stopped before the role is locked: an install under way ends
+        // first, while reads and /health go on.
+        let _stopped = following.stop();
+        let mut role = write(&self.role);
+        let follower = match &*role {
+            Role::Follower(follower) => Arc::clone(follower),
+            Role::Primary => return Err("This node was promoted meanwhile.".into()),
+        };
         let store = &self.shared.store;
         let last = store.last_sequence();
         store

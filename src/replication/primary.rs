@@ -92,8 +92,9 @@ impl Followers {
     /// Notes that the follower of `stream` made everything up to `durable`
     /// durable; `false` if no such stream is connected.
     pub fn acknowledge(&self, stream: u64, durable: u64) -> bool {
+        // A follower cannot hold more than it was sent.
         let found = self.update(stream, |follower| {
-            follower.durable = follower.durable.max(durable);
+            follower.durable = follower.durable.max(durable.min(follower.sent));
         });
         self.changed.notify_all();
         found

@@ -265,6 +265,13 @@ impl ReplicationState {
             self.history.push(ClosedEpoch { epoch, end });
             self.cap_history();
         }
+        // This log holds nothing past `end` of any earlier epoch: a
+        // primary's epoch adopted while this node lagged behind its end
+        // ends here too, or a cursor beyond would be served what this
+        // node writes next.
+        for closed in &mut self.history {
+            closed.end = closed.end.min(end);
+        }
         self.epoch = Some(Epoch::new(highest.saturating_add(1)));
     }
 
@@ -354,6 +361,27 @@ mod tests {
     ) -> Vec<Verdict> {
         let judge = |&after| state.judge(cursor, after, last, base);
         afters.iter().map(judge).collect()
+    }
+
+    #[test]
+    fn a_node_promoted_behind_its_primary_never_serves_what_it_does_not_hold() {
+        // The follower adopted a history in which epoch 1 ended at 1000,
+        // but holds only up to 950 when promoted.
+        let mut state = ReplicationState::default();
+        state.adopt(
+            epoch(2, 20),
+            vec![ClosedEpoch {
+                epoch: epoch(1, 10),
+                end: 1000,
+            }],
+        );
+        state.promote(950, "http://old:7021");
+        assert!(state.history.iter().all(|closed| closed.end <= 950));
+        // A follower at 980 of epoch 1 diverged: 951.. are this node's own.
+        assert_eq!(
+            judged(&state, Some(epoch(1, 10)), &[980, 950], (960, 0)),
+            [Diverged, Serve]
+        );
     }
 
     #[test]

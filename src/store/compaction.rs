@@ -346,6 +346,9 @@ fn retained_cut(access: &CompactionAccess<'_>) -> Result<LogCut, CompactionError
     let Some(held) = access.changes_held_after() else {
         return Ok(cut);
     };
+    // What the log no longer holds cannot be held: the new log's base is
+    // never below the old one's.
+    let held = held.max(cut.base_sequence);
     if held >= cut.last_sequence {
         return Ok(cut);
     }

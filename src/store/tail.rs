@@ -103,6 +103,9 @@ pub struct LogChange<'a> {
 /// A reader of a store's log after some sequence number.
 pub struct LogTail {
     store: Arc<Store>,
+    /// Whether only published records are read (never one that readers
+    /// of the store cannot see yet).
+    published_only: bool,
     /// The log's encryption, to open changes.
     cipher: Option<Arc<Cipher>>,
     /// The log being read, and its end when last looked at.
@@ -114,13 +117,26 @@ pub struct LogTail {
 }
 
 impl Store {
-    /// A reader of every record after sequence number `after`, or
-    /// [`TailError::TooOld`] if the log no longer holds them all.
+    /// A reader of every record after sequence number `after`, as soon as
+    /// it is appended, or [`TailError::TooOld`] if the log no longer holds
+    /// them all.
     pub fn tail_after(self: &Arc<Self>, after: u64) -> Result<LogTail, TailError> {
+        self.tail(after, false)
+    }
+
+    /// [`tail_after`](Self::tail_after), but a record is read only once it
+    /// is published (with `sync: always`, once it is durable): what the
+    /// MQTT bridge ships is never taken back by a power cut.
+    pub fn published_tail_after(self: &Arc<Self>, after: u64) -> Result<LogTail, TailError> {
+        self.tail(after, true)
+    }
+
+    fn tail(self: &Arc<Self>, after: u64, published_only: bool) -> Result<LogTail, TailError> {
         let log = self.log_end();
         let offset = place_after(&log, after)?;
         Ok(LogTail {
             store: Arc::clone(self),
+            published_only,
             cipher: self.cipher(),
             log,
             offset,
@@ -142,7 +158,7 @@ impl LogTail {
     ) -> Result<Option<Chunk<'b>>, TailError> {
         let mut waited = false;
         loop {
-            if self.offset >= self.log.end {
+            if self.offset >= self.limit() {
                 let now = if waited {
                     self.store.log_end()
                 } else {
@@ -151,7 +167,7 @@ impl LogTail {
                         .wait_appended(self.log.file_id, self.offset, wait)
                 };
                 self.look_at(now)?;
-                if self.offset >= self.log.end {
+                if self.offset >= self.limit() {
                     return Ok(None);
                 }
             }
@@ -260,6 +276,15 @@ impl LogTail {
         self.log.end.saturating_sub(self.offset)
     }
 
+    /// Where reading stops in the current log.
+    fn limit(&self) -> u64 {
+        if self.published_only {
+            self.log.published_end
+        } else {
+            self.log.end
+        }
+    }
+
     /// Whether every record appended when the log was last looked at has
     /// been read.
     pub fn caught_up(&self) -> bool {
@@ -276,7 +301,9 @@ impl LogTail {
         }
         let old_end = self.log.file.size()?;
         if self.offset < old_end {
+            // A replaced log is read to its end: all of it was published.
             self.log.end = old_end;
+            self.log.published_end = old_end;
             return Ok(());
         }
         self.offset = place_after(&now, self.last_read)?;
@@ -290,13 +317,18 @@ impl LogTail {
     /// bytes read and the last sequence number among them (or the last
     /// read before, if they are all sync markers).
     fn read_records(&self, buf: &mut Vec<u8>, max: usize) -> Result<(usize, u64), TailError> {
-        let available = usize::try_from(self.log.end - self.offset).unwrap_or(usize::MAX);
+        let available = usize::try_from(self.limit() - self.offset).unwrap_or(usize::MAX);
         buf.resize(available.min(max.max(RECORD_HEADER_LEN)), 0);
         self.log.file.read_at(buf, self.offset)?;
         let (mut used, mut last) = (0, self.last_read);
         while let Some(header) = buf.get(used..used + RECORD_HEADER_LEN) {
             let header = decode(header, self.offset + used as u64)?;
             let len = usize::try_from(header.record_len()).unwrap_or(usize::MAX);
+            if len as u64 > self.limit() - self.offset - used as u64 {
+                return Err(TailError::Corrupt {
+                    offset: self.offset + used as u64,
+                });
+            }
             if used + len > buf.len() {
                 if used == 0 {
                     // A record longer than `max` travels alone.

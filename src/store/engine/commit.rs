@@ -122,9 +122,21 @@ impl Store {
         let _ = self.follower_acks.set(followers);
     }
 
+    /// Whether an acknowledgement waits for an fdatasync here: with `sync:
+    /// always`, and on a primary whose writes followers must confirm (a
+    /// write is then durable here and on them, whatever the sync mode).
+    fn waits_for_durability(&self) -> bool {
+        self.sync == SyncMode::Always || self.waits_for_followers()
+    }
+
+    /// Whether writes wait for followers' confirmations.
+    fn waits_for_followers(&self) -> bool {
+        self.follower_acks.get().is_some()
+    }
+
     /// Whether the write holding `ticket` may be acknowledged already.
     fn is_acknowledged(&self, ticket: Ticket) -> bool {
-        let durable = self.sync != SyncMode::Always || ticket.sequence <= self.durable_sequence();
+        let durable = !self.waits_for_durability() || ticket.sequence <= self.durable_sequence();
         let replicated = self
             .follower_acks
             .get()
@@ -153,7 +165,7 @@ impl Store {
         if ticket.is_settled() {
             return Ok(());
         }
-        if self.sync == SyncMode::Always {
+        if self.waits_for_durability() {
             self.wait_durable(ticket.sequence)?;
         }
         match self.follower_acks.get() {
@@ -385,7 +397,9 @@ impl<T> Acknowledger<T> {
         if store.is_acknowledged(ticket) {
             return Some((item, Ok(())));
         }
-        let alone = self.is_idle() && !store.is_syncing();
+        // Followers' confirmations are waited for on the acknowledging
+        // thread only: a follower slow to confirm never holds a worker.
+        let alone = self.is_idle() && !store.is_syncing() && !store.waits_for_followers();
         let item = if alone {
             item
         } else {

@@ -72,6 +72,8 @@ pub(in crate::store) struct LogCut {
     pub(in crate::store) offset: u64,
     /// The last sequence number issued.
     pub(in crate::store) last_sequence: u64,
+    /// The log's base sequence: it holds every record after it.
+    pub(in crate::store) base_sequence: u64,
     /// The log.
     pub(in crate::store) file: Arc<dyn LogFile>,
     /// Its file id.
@@ -87,6 +89,7 @@ impl<'s> CompactionAccess<'s> {
         LogCut {
             offset: writer.pending.first().map_or(writer.end, |p| p.offset),
             last_sequence: writer.next_sequence - 1,
+            base_sequence: writer.header.base_sequence,
             file: Arc::clone(&writer.file),
             file_id: writer.header.file_id,
             cipher: writer.cipher.clone(),

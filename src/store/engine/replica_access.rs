@@ -24,6 +24,9 @@ pub(in crate::store) struct LogEnd {
     pub(in crate::store) file_id: u32,
     /// Where the next record goes: everything before is whole.
     pub(in crate::store) end: u64,
+    /// Everything before this offset is published: visible to readers
+    /// (with `sync: always`, durable; the rest waits for its fsync).
+    pub(in crate::store) published_end: u64,
     /// The log holds every record with a larger sequence number than this
     /// (its header's base sequence: see [`crate::store::record`]).
     pub(in crate::store) base_sequence: u64,
@@ -37,6 +40,7 @@ impl LogEnd {
             file: Arc::clone(&writer.file),
             file_id: writer.header.file_id,
             end: writer.end,
+            published_end: writer.pending.first().map_or(writer.end, |p| p.offset),
             base_sequence: writer.header.base_sequence,
             last_sequence: writer.next_sequence - 1,
         }

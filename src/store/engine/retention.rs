@@ -115,4 +115,28 @@ mod tests {
         let latest = store.get(b"sensor", &mut buf).unwrap().unwrap();
         assert_eq!(latest.value, b"reading 99");
     }
+
+    #[test]
+    fn a_hold_older_than_the_log_never_lowers_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_with(dir.path(), SyncMode::Never, None).unwrap();
+        let mut model = Model::new();
+        for n in 0..50 {
+            put(&store, &mut model, "k", format!("{n}").as_bytes());
+        }
+        store.compact().unwrap();
+        let base = store.last_sequence();
+        // A hold from before the compaction (a bridge's old cursor).
+        let _hold = store.hold_changes_after(5);
+        for n in 0..10 {
+            put(&store, &mut model, "k", format!("after {n}").as_bytes());
+        }
+        store.compact().unwrap();
+        assert_eq!(
+            changes_after(&store, 5),
+            None,
+            "the log never claims what it lost"
+        );
+        assert_eq!(changes_after(&store, base), Some(10));
+    }
 }
