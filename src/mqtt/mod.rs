@@ -55,6 +55,9 @@ pub struct BridgeStatus {
     pub published: u64,
     /// Connections made (the first, and each time the link came back).
     pub connections: u64,
+    /// Attempts to connect that failed, and links that broke: each is
+    /// retried after the backoff.
+    pub retries: u64,
     /// Changes dropped past `mqtt.max_backlog_bytes`.
     pub dropped: u64,
     /// Messages received on the subscriptions.
@@ -140,7 +143,7 @@ impl Bridge {
     /// The `lucid_mqtt_*` lines of `/metrics`.
     pub fn write_metrics(&self, out: &mut String) {
         let status = self.status();
-        let series: [(&str, &str, &str, u64); 9] = [
+        let series: [(&str, &str, &str, u64); 10] = [
             (
                 "connected",
                 "gauge",
@@ -170,6 +173,12 @@ impl Bridge {
                 "counter",
                 "Connections made to the broker.",
                 status.connections,
+            ),
+            (
+                "retries_total",
+                "counter",
+                "Failed connection attempts and broken links, each retried.",
+                status.retries,
             ),
             (
                 "dropped_changes_total",
@@ -223,7 +232,10 @@ impl Bridge {
     }
 
     fn note_error(&self, err: &SessionError) {
-        self.update(|status| status.last_error = Some(err.to_string()));
+        self.update(|status| {
+            status.retries += 1;
+            status.last_error = Some(err.to_string());
+        });
     }
 
     fn note_position(&self, position: Position) {
