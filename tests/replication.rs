@@ -914,6 +914,29 @@ fn a_stream_cut_damaged_or_replaced_by_garbage_is_never_applied() {
 const RECONNECTED: Duration = Duration::from_secs(3);
 
 #[test]
+fn a_snapshot_download_that_goes_silent_is_cut_and_taken_again() {
+    let primary = Config::new().start();
+    let p = primary.port();
+    let keys = put_keys(p, "big", 200, &[]);
+    let proxy = FaultProxy::start(p);
+    // The download stops after its first bytes, the connection left open.
+    proxy.set(Fault::StallSnapshot(2048));
+    let follower = follower_of(proxy.port()).start();
+    wait_until(
+        "the follower gives up on the silent download",
+        &[&follower],
+        || {
+            follower_status(follower.port())["last_error"]
+                .as_str()
+                .is_some_and(|error| error.contains("snapshot"))
+        },
+    );
+    proxy.set(Fault::None);
+    converge(&[&primary, &follower]);
+    assert_values(follower.port(), &keys);
+}
+
+#[test]
 fn a_follower_whose_stream_worked_connects_again_at_once_after_a_break() {
     let primary = Config::new().start();
     let p = primary.port();

@@ -492,7 +492,13 @@ impl Follower {
             )));
         }
         let epoch = epoch.ok_or("the primary's snapshot came without its epoch")?;
-        let mut reader = body.into_reader();
+        // Every read is contact: a download that goes silent is cut like a
+        // stream (a primary that lost power halfway), and taken again.
+        self.contact();
+        let mut reader = Heard {
+            follower: self,
+            inner: body.into_reader(),
+        };
         snapshot::save(path, |out| {
             io::copy(&mut reader, out)?;
             Ok(())
@@ -520,10 +526,12 @@ impl Follower {
                         !self.stopped() && p.status.applied <= synced && told
                     })
                     .unwrap_or_else(|e| e.into_inner());
-                if progress
-                    .last_contact
-                    .is_some_and(|at| at.elapsed() > SILENCE)
-                    && progress.stream.is_some()
+                let live =
+                    progress.stream.is_some() || progress.status.state == FollowState::Snapshotting;
+                if live
+                    && progress
+                        .last_contact
+                        .is_some_and(|at| at.elapsed() > SILENCE)
                 {
                     drop(progress);
                     self.cut_stream();
@@ -635,6 +643,20 @@ impl Follower {
 
     fn progress(&self) -> MutexGuard<'_, Progress> {
         lock(&self.status)
+    }
+}
+
+/// A download's reader that notes each read as contact with the primary.
+struct Heard<'f, R> {
+    follower: &'f Follower,
+    inner: R,
+}
+
+impl<R: io::Read> io::Read for Heard<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.follower.contact();
+        Ok(read)
     }
 }
 

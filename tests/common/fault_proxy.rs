@@ -27,6 +27,10 @@ pub enum Fault {
     GarbageHttp,
     /// Answers itself: bytes that are not HTTP at all.
     NotHttp,
+    /// For a snapshot's download (`GET /api/admin/snapshot`), not a
+    /// stream: passes the first this many bytes, then nothing more,
+    /// holding the connection open (a primary that lost power halfway).
+    StallSnapshot(usize),
 }
 
 /// The garbage answers.
@@ -123,9 +127,18 @@ impl Drop for FaultProxy {
 /// Serves one client connection.
 fn serve(state: &State, mut client: TcpStream) -> io::Result<()> {
     let head = read_head(&mut client)?;
+    let current = state.fault.lock().unwrap().clone();
     let fault = if head.starts_with(b"GET /api/replication/stream") {
         state.streams.fetch_add(1, Ordering::SeqCst);
-        state.fault.lock().unwrap().clone()
+        match current {
+            Fault::StallSnapshot(_) => Fault::None,
+            fault => fault,
+        }
+    } else if head.starts_with(b"GET /api/admin/snapshot") {
+        match current {
+            Fault::StallSnapshot(_) => current,
+            _ => Fault::None,
+        }
     } else {
         Fault::None
     };
@@ -159,6 +172,26 @@ fn serve(state: &State, mut client: TcpStream) -> io::Result<()> {
     relayed
 }
 
+/// Sends nothing more and waits until the client closes the connection
+/// (or the proxy cuts it), at most a minute.
+fn hold_until_closed(client: &mut TcpStream) -> io::Result<()> {
+    client.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
+    let mut byte = [0u8; 1];
+    for _ in 0..600 {
+        match client.peek(&mut byte) {
+            Ok(0) => return Ok(()),
+            Ok(_) => thread::sleep(std::time::Duration::from_millis(100)),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// Reads a request's head (up to the blank line), byte by byte so that
 /// nothing after it is taken.
 fn read_head(client: &mut TcpStream) -> io::Result<Vec<u8>> {
@@ -187,6 +220,14 @@ fn relay(upstream: &mut TcpStream, client: &mut TcpStream, fault: &Fault) -> io:
         }
         pending.extend_from_slice(&buf[..n]);
         let send = match fault {
+            Fault::StallSnapshot(limit) if relayed + pending.len() >= *limit => {
+                client.write_all(&pending[..limit - relayed])?;
+                return hold_until_closed(client);
+            }
+            Fault::StallSnapshot(_) => {
+                relayed += pending.len();
+                pending.len()
+            }
             Fault::CutAfter(limit) => {
                 let allowed = (limit - relayed).min(pending.len());
                 client.write_all(&pending[..allowed])?;
