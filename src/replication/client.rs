@@ -65,9 +65,16 @@ impl PrimaryClient {
         config.build().into()
     }
 
-    /// Sends `GET url` through `agent`, with the token.
-    pub fn get(&self, agent: &ureq::Agent, url: &str) -> Result<Response<Body>, String> {
-        let sent = self.authorized(agent.get(url)).call();
+    /// Sends `GET url` with the `query` pairs (percent-encoded) through
+    /// `agent`, with the token.
+    pub fn get(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Response<Body>, String> {
+        let request = agent.get(url).query_pairs(query.iter().copied());
+        let sent = self.authorized(request).call();
         sent.map_err(|err| self.unreachable(&err))
     }
 

@@ -300,16 +300,12 @@ impl Follower {
             return Ok(Ended::Resync(true));
         }
         let after = shared.store.last_sequence();
-        let mut url = format!(
-            "{}/api/replication/stream?after={after}&node={}",
-            self.primary,
-            percent_encode(&self.node)
-        );
-        if let Some(epoch) = epoch {
-            url.push_str(&format!("&epoch={epoch}"));
-        }
+        let url = format!("{}/api/replication/stream", self.primary);
+        let (after, epoch) = (after.to_string(), epoch.map(|e| e.to_string()));
+        let mut query = vec![("after", after.as_str()), ("node", self.node.as_str())];
+        query.extend(epoch.as_deref().map(|epoch| ("epoch", epoch)));
         let agent = self.stream_agent()?;
-        let response = self.client.get(&agent, &url)?;
+        let response = self.client.get(&agent, &url, &query)?;
         let status = response.status().as_u16();
         let body = response.into_body();
         if status != 200 {
@@ -478,7 +474,7 @@ impl Follower {
     fn download(&self, path: &std::path::Path) -> Result<Epoch, String> {
         let url = format!("{}/api/admin/snapshot", self.primary);
         let agent = self.stream_agent()?;
-        let response = self.client.get(&agent, &url)?;
+        let response = self.client.get(&agent, &url, &[])?;
         let status = response.status().as_u16();
         let epoch = response
             .headers()
@@ -724,16 +720,4 @@ fn same_key(primary: u32, own: u32) -> Result<(), String> {
                 .into(),
         ),
     }
-}
-
-/// `text` made safe for a URL's query.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
