@@ -158,10 +158,10 @@ pub fn metrics<'b>(ctx: &Context) -> Reply<'b> {
         super::metrics::render_backups(&mut body, &backups.outcomes());
     }
     if let Some(replication) = &ctx.replication {
-        replication.write_metrics(&mut body);
+        super::metrics::render_replication(&mut body, &replication.figures());
     }
     if let Some(bridge) = &ctx.bridge {
-        bridge.write_metrics(&mut body);
+        super::metrics::render_mqtt(&mut body, &bridge.status());
     }
     Reply::Text {
         content_type: "text/plain; version=0.0.4; charset=utf-8",

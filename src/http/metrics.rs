@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use lucid_http::Method;
 
 use crate::backup::Outcomes;
+use crate::mqtt::BridgeStatus;
+use crate::replication::follower::FollowState;
+use crate::replication::ReplicationFigures;
 use crate::store::StoreStats;
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "DELETE", "POST", "PATCH", "other"];
@@ -236,6 +239,172 @@ pub fn render_backups(out: &mut String, backups: &Outcomes) {
             "counter",
             "Scheduled backups that failed since the node started.",
             backups.failures as f64,
+        ),
+    ];
+    render_gauges(out, &gauges);
+}
+
+/// Appends the figures of replication (`lucid_replication_*`): the
+/// node's role, epoch and sequence; on a primary its followers' lag and
+/// the writes they did not confirm in time; on a follower how far behind
+/// it is.
+pub fn render_replication(out: &mut String, figures: &ReplicationFigures) {
+    let common: [Gauge; 3] = [
+        (
+            "lucid_replication_follower",
+            "gauge",
+            "1 on a follower, 0 on a primary.",
+            f64::from(u8::from(figures.follower.is_some())),
+        ),
+        (
+            "lucid_replication_epoch",
+            "gauge",
+            "The node's epoch number.",
+            figures.epoch as f64,
+        ),
+        (
+            "lucid_replication_sequence",
+            "gauge",
+            "The last sequence number in the log.",
+            figures.sequence as f64,
+        ),
+    ];
+    render_gauges(out, &common);
+    let Some(follower) = &figures.follower else {
+        let primary: [Gauge; 2] = [
+            (
+                "lucid_replication_followers",
+                "gauge",
+                "Followers connected.",
+                figures.followers.len() as f64,
+            ),
+            (
+                "lucid_replication_ack_timeouts_total",
+                "counter",
+                "Writes answered 504: followers did not confirm them in time.",
+                figures.ack_timeouts as f64,
+            ),
+        ];
+        render_gauges(out, &primary);
+        let name = "lucid_replication_follower_lag_records";
+        help(
+            out,
+            name,
+            "gauge",
+            "Records a follower has not confirmed durable.",
+        );
+        for f in &figures.followers {
+            let node = f
+                .node
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let lag = figures.sequence.saturating_sub(f.durable);
+            let _ = writeln!(
+                out,
+                "{name}{{node=\"{node}\",stream=\"{}\"}} {lag}",
+                f.stream
+            );
+        }
+        return;
+    };
+    let gauges: [Gauge; 5] = [
+        (
+            "lucid_replication_lag_records",
+            "gauge",
+            "Records the primary has that this follower has not applied.",
+            follower.lag_records as f64,
+        ),
+        (
+            "lucid_replication_lag_seconds",
+            "gauge",
+            "How long this follower has been behind.",
+            follower.lag_ms as f64 / 1000.0,
+        ),
+        (
+            "lucid_replication_connected",
+            "gauge",
+            "1 while the stream from the primary is live.",
+            f64::from(u8::from(follower.state == FollowState::Following)),
+        ),
+        (
+            "lucid_replication_applied_records_total",
+            "counter",
+            "Records applied since the start.",
+            follower.applied_records as f64,
+        ),
+        (
+            "lucid_replication_resyncs_total",
+            "counter",
+            "Snapshots taken from the primary since the start.",
+            follower.resyncs as f64,
+        ),
+    ];
+    render_gauges(out, &gauges);
+}
+
+/// Appends the figures of the MQTT bridge (`lucid_mqtt_*`).
+pub fn render_mqtt(out: &mut String, status: &BridgeStatus) {
+    let gauges: [Gauge; 10] = [
+        (
+            "lucid_mqtt_connected",
+            "gauge",
+            "1 while the link to the broker is up.",
+            f64::from(u8::from(status.connected)),
+        ),
+        (
+            "lucid_mqtt_backlog_changes",
+            "gauge",
+            "Changes written and not shipped yet.",
+            status.backlog_changes as f64,
+        ),
+        (
+            "lucid_mqtt_backlog_bytes",
+            "gauge",
+            "Bytes of log the changes not shipped take.",
+            status.backlog_bytes as f64,
+        ),
+        (
+            "lucid_mqtt_published_total",
+            "counter",
+            "Messages the broker acknowledged.",
+            status.published as f64,
+        ),
+        (
+            "lucid_mqtt_connections_total",
+            "counter",
+            "Connections made to the broker.",
+            status.connections as f64,
+        ),
+        (
+            "lucid_mqtt_retries_total",
+            "counter",
+            "Failed connection attempts and broken links, each retried.",
+            status.retries as f64,
+        ),
+        (
+            "lucid_mqtt_dropped_changes_total",
+            "counter",
+            "Changes dropped past mqtt.max_backlog_bytes.",
+            status.dropped as f64,
+        ),
+        (
+            "lucid_mqtt_received_total",
+            "counter",
+            "Messages received on the subscriptions.",
+            status.received as f64,
+        ),
+        (
+            "lucid_mqtt_stored_total",
+            "counter",
+            "Messages stored as keys.",
+            status.stored as f64,
+        ),
+        (
+            "lucid_mqtt_refused_total",
+            "counter",
+            "Messages that could not be stored.",
+            status.refused as f64,
         ),
     ];
     render_gauges(out, &gauges);

@@ -21,7 +21,6 @@ pub mod message;
 pub mod session;
 pub mod settings;
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -138,79 +137,6 @@ impl Bridge {
         let mut status = lock(&self.status).clone();
         status.backlog_changes = self.store.last_sequence().saturating_sub(status.cursor);
         status
-    }
-
-    /// The `lucid_mqtt_*` lines of `/metrics`.
-    pub fn write_metrics(&self, out: &mut String) {
-        let status = self.status();
-        let series: [(&str, &str, &str, u64); 10] = [
-            (
-                "connected",
-                "gauge",
-                "1 while the link to the broker is up.",
-                u64::from(status.connected),
-            ),
-            (
-                "backlog_changes",
-                "gauge",
-                "Changes written and not shipped yet.",
-                status.backlog_changes,
-            ),
-            (
-                "backlog_bytes",
-                "gauge",
-                "Bytes of log the changes not shipped take.",
-                status.backlog_bytes,
-            ),
-            (
-                "published_total",
-                "counter",
-                "Messages the broker acknowledged.",
-                status.published,
-            ),
-            (
-                "connections_total",
-                "counter",
-                "Connections made to the broker.",
-                status.connections,
-            ),
-            (
-                "retries_total",
-                "counter",
-                "Failed connection attempts and broken links, each retried.",
-                status.retries,
-            ),
-            (
-                "dropped_changes_total",
-                "counter",
-                "Changes dropped past mqtt.max_backlog_bytes.",
-                status.dropped,
-            ),
-            (
-                "received_total",
-                "counter",
-                "Messages received on the subscriptions.",
-                status.received,
-            ),
-            (
-                "stored_total",
-                "counter",
-                "Messages stored as keys.",
-                status.stored,
-            ),
-            (
-                "refused_total",
-                "counter",
-                "Messages that could not be stored.",
-                status.refused,
-            ),
-        ];
-        for (name, kind, help, value) in series {
-            let _ = writeln!(
-                out,
-                "# HELP lucid_mqtt_{name} {help}\n# TYPE lucid_mqtt_{name} {kind}\nlucid_mqtt_{name} {value}"
-            );
-        }
     }
 
     fn update(&self, change: impl FnOnce(&mut BridgeStatus)) {

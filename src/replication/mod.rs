@@ -121,6 +121,20 @@ pub struct ServedStream {
     pub registered: Registered,
 }
 
+/// What `/metrics` shows of replication.
+pub struct ReplicationFigures {
+    /// The epoch's number.
+    pub epoch: u64,
+    /// The last sequence number in the log.
+    pub sequence: u64,
+    /// On a follower, its figures.
+    pub follower: Option<follower::FollowerStatus>,
+    /// On a primary, its followers.
+    pub followers: Vec<primary::FollowerInfo>,
+    /// On a primary, writes answered 504.
+    pub ack_timeouts: u64,
+}
+
 /// The node's replication: its role, epochs and followers.
 pub struct Replication {
     shared: Arc<Shared>,
@@ -385,93 +399,19 @@ impl Replication {
         }))
     }
 
-    /// The `lucid_replication_*` lines of `/metrics`.
-    pub fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let store = &self.shared.store;
-        let epoch = self.epoch().map_or(0, |e| e.number);
+    /// The figures `/metrics` shows (`lucid_replication_*`).
+    pub fn figures(&self) -> ReplicationFigures {
         let role = read(&self.role);
-        let follower = match &*role {
-            Role::Follower(follower) => Some(follower.status()),
-            Role::Primary => None,
+        let (follower, followers) = match &*role {
+            Role::Follower(follower) => (Some(follower.status()), Vec::new()),
+            Role::Primary => (None, self.followers.list()),
         };
-        let _ = writeln!(
-            out,
-            "# HELP lucid_replication_follower 1 on a follower, 0 on a primary.\n\
-             # TYPE lucid_replication_follower gauge\n\
-             lucid_replication_follower {}\n\
-             # HELP lucid_replication_epoch The node's epoch number.\n\
-             # TYPE lucid_replication_epoch gauge\n\
-             lucid_replication_epoch {epoch}\n\
-             # HELP lucid_replication_sequence The last sequence number in the log.\n\
-             # TYPE lucid_replication_sequence gauge\n\
-             lucid_replication_sequence {}",
-            u8::from(follower.is_some()),
-            store.last_sequence()
-        );
-        match follower {
-            None => {
-                let followers = self.followers.list();
-                let last = store.last_sequence();
-                let _ = writeln!(
-                    out,
-                    "# HELP lucid_replication_followers Followers connected.\n\
-                     # TYPE lucid_replication_followers gauge\n\
-                     lucid_replication_followers {}\n\
-                     # HELP lucid_replication_ack_timeouts_total Writes answered 504: followers \
-                     did not confirm them in time.\n\
-                     # TYPE lucid_replication_ack_timeouts_total counter\n\
-                     lucid_replication_ack_timeouts_total {}\n\
-                     # HELP lucid_replication_follower_lag_records Records a follower has not \
-                     confirmed durable.\n\
-                     # TYPE lucid_replication_follower_lag_records gauge",
-                    followers.len(),
-                    self.followers.timeouts()
-                );
-                for f in followers {
-                    let _ = writeln!(
-                        out,
-                        "lucid_replication_follower_lag_records{{node=\"{}\",stream=\"{}\"}} {}",
-                        escape_label(&f.node),
-                        f.stream,
-                        last.saturating_sub(f.durable)
-                    );
-                }
-            }
-            Some(status) => {
-                let _ = writeln!(
-                    out,
-                    "# HELP lucid_replication_lag_records Records the primary has that this \
-                     follower has not applied.\n\
-                     # TYPE lucid_replication_lag_records gauge\n\
-                     lucid_replication_lag_records {}\n\
-                     # HELP lucid_replication_lag_seconds How long this follower has been behind.\n\
-                     # TYPE lucid_replication_lag_seconds gauge\n\
-                     lucid_replication_lag_seconds {:.3}\n\
-                     # HELP lucid_replication_connected 1 while the stream from the primary is live.\n\
-                     # TYPE lucid_replication_connected gauge\n\
-                     lucid_replication_connected {}\n\
-                     # HELP lucid_replication_applied_records_total Records applied since the start.\n\
-                     # TYPE lucid_replication_applied_records_total counter\n\
-                     lucid_replication_applied_records_total {}\n\
-                     # HELP lucid_replication_resyncs_total Snapshots taken from the primary since \
-                     the start.\n\
-                     # TYPE lucid_replication_resyncs_total counter\n\
-                     lucid_replication_resyncs_total {}",
-                    status.lag_records,
-                    status.lag_ms as f64 / 1000.0,
-                    u8::from(status.state == follower::FollowState::Following),
-                    status.applied_records,
-                    status.resyncs
-                );
-            }
+        ReplicationFigures {
+            epoch: self.epoch().map_or(0, |e| e.number),
+            sequence: self.shared.store.last_sequence(),
+            follower,
+            followers,
+            ack_timeouts: self.followers.timeouts(),
         }
     }
-}
-
-/// `text` as a Prometheus label value.
-fn escape_label(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
