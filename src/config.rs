@@ -183,18 +183,10 @@ impl Replication {
         let Some(path) = &self.token_file else {
             return Ok(self.token.clone());
         };
-        let cannot = |why: String| {
-            ConfigError(format!(
-                "replication.token_file {}: {why}; put the token (`lucid tokens issue \
-                 --scope replicate` on the primary) in it, readable by the node's user only",
-                path.display()
-            ))
-        };
-        let text = std::fs::read_to_string(path).map_err(|err| cannot(err.to_string()))?;
-        match text.trim() {
-            "" => Err(cannot("it is empty".into())),
-            token => Ok(Some(token.to_owned())),
-        }
+        let what = "the token (`lucid tokens issue --scope replicate` on the primary)";
+        read_secret_file("replication.token_file", path, what)
+            .map(Some)
+            .map_err(ConfigError)
     }
 
     /// `ca_file`, as the follower's link to an `https://` primary trusts
@@ -261,6 +253,23 @@ impl Replication {
             ));
         }
         Ok(())
+    }
+}
+
+/// The secret (a token, a password) in the file `path` that the setting
+/// `setting` names, trimmed; an unreadable or empty file is an error
+/// saying to put `what` in it.
+pub fn read_secret_file(setting: &str, path: &Path, what: &str) -> Result<String, String> {
+    let cannot = |why: String| {
+        format!(
+            "{setting} {}: {why}; put {what} in it, readable by the node's user only",
+            path.display()
+        )
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| cannot(err.to_string()))?;
+    match text.trim() {
+        "" => Err(cannot("it is empty".into())),
+        secret => Ok(secret.to_owned()),
     }
 }
 
@@ -878,6 +887,8 @@ impl Config {
             &mut self.backup.directory,
             &mut tls.certificate,
             &mut tls.private_key,
+            &mut self.mqtt.password_file,
+            &mut self.mqtt.ca_file,
         ]
         .into_iter()
         .chain(self.replication.token_file.as_mut())
@@ -887,7 +898,6 @@ impl Config {
                 *path = base.join(path.strip_prefix(".").unwrap_or(path));
             }
         }
-        self.mqtt.resolve_paths(base);
     }
 
     /// Parses and validates YAML text. An empty document means all defaults.

@@ -227,9 +227,8 @@ impl MqttSettings {
         if self.password_file.as_os_str().is_empty() {
             return Ok((!self.password.is_empty()).then(|| self.password.clone()));
         }
-        let text = std::fs::read_to_string(&self.password_file)
-            .map_err(|err| format!("mqtt.password_file {}: {err}", self.password_file.display()))?;
-        Ok(Some(text.trim().to_owned()))
+        crate::config::read_secret_file("mqtt.password_file", &self.password_file, "the password")
+            .map(Some)
     }
 
     /// `ca_file`, as the `mqtts://` link trusts it.
@@ -238,15 +237,6 @@ impl MqttSettings {
             setting: "mqtt.ca_file",
             server: "broker",
             path: (!self.ca_file.as_os_str().is_empty()).then(|| self.ca_file.clone()),
-        }
-    }
-
-    /// Every relative path made relative to `base`.
-    pub fn resolve_paths(&mut self, base: &std::path::Path) {
-        for path in [&mut self.password_file, &mut self.ca_file] {
-            if path.is_relative() && !path.as_os_str().is_empty() {
-                *path = base.join(path.strip_prefix(".").unwrap_or(path));
-            }
         }
     }
 
