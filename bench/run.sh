@@ -57,6 +57,9 @@ cargo build --quiet --release --bin lucid --example http_ceiling
   cargo build --quiet --profile edge --target "$MUSL" --bin lucid --example http_ceiling
 
 work=$(mktemp -d)
+# nginx's worker runs as another user when the script runs as root: it must
+# be able to reach the files W5 serves.
+chmod 711 "$work"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do
@@ -136,6 +139,7 @@ error_log $work/nginx/error.log;
 events { worker_connections 1024; }
 http {
   access_log off;
+  sendfile on;
   client_body_temp_path $work/nginx/body;
   proxy_temp_path $work/nginx/proxy;
   fastcgi_temp_path $work/nginx/fastcgi;
@@ -273,7 +277,8 @@ measure_once() {
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<< "$out")")
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<< "$out")")
   if grep -q "Non-2xx" <<< "$out"; then
-    echo "warning: $row $workload got non-2xx answers: $(grep Non-2xx <<< "$out")" >&2
+    echo "$row $workload got error answers, so it measured nothing: $(grep Non-2xx <<< "$out")" >&2
+    exit 1
   fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$workload" "$req" "$p50" "$p99" "$cpu" >> "${RAW:-$work/raw.tsv}"
   printf '    %-28s %-14s %10.0f req/s  p99 %7.3f ms  cpu %5.1f us/req\n' "$row" "$workload" "$req" "$p99" "$cpu"
