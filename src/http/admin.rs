@@ -2,7 +2,6 @@
 //! on-demand compaction, the integrity digest), `/health` and `/metrics`
 //! (with how scheduled backups went, when they are on).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::errors::store_error;
@@ -86,7 +85,7 @@ pub fn digest<'b>(ctx: &Context, url: &str) -> Reply<'b> {
 /// damaged records are known (it serves, and a restart would not help);
 /// 503 with `read-only` or `stopping` when it cannot take writes.
 pub fn health<'b>(ctx: &Context) -> Reply<'b> {
-    if ctx.stopping.load(Ordering::SeqCst) {
+    if ctx.is_stopping() {
         Reply::json(503, r#"{"status":"stopping"}"#)
     } else if ctx.store.is_read_only() {
         Reply::json(503, r#"{"status":"read-only"}"#)

@@ -1,24 +1,25 @@
-//! The HTTP API: a lucid-http server shared by a pool of worker threads, each
-//! calling `recv()` and answering one request at a time with buffers it
-//! reuses from request to request. A handler answers a write with its reply
-//! and the write's ticket; with `sync: always` a worker does not wait for
+//! The HTTP API on a lucid-http server: each request is answered on the
+//! thread of its connection that read it, in one of a fixed number of
+//! request slots (`slots.rs`), whose buffers it reuses from request to
+//! request. A handler answers a write with its reply and the write's
+//! ticket; with `sync: always` the connection's thread does not wait for
 //! the fsync: the reply is held and sent once the write is durable (see
-//! `ack.rs`).
+//! `ack.rs`), and the slot is free for the next request.
 //!
 //! What a request asks for is resolved once from its route and method (an
 //! `Endpoint`, see `endpoint.rs`): `admit` checks it against its token and
 //! its body, then `dispatch` hands it to its handler.
 //!
 //! A panic while handling a request is caught: the client gets a 500 JSON
-//! message, the panic is logged, and the worker goes on.
+//! message, the panic is logged, and the connection goes on.
 //!
-//! `GET /api/watch` is the exception: a worker only checks and subscribes
+//! `GET /api/watch` is the exception: its slot only checks and subscribes
 //! the watcher, then hands its connection to a thread of its own (see
 //! `watch.rs`).
 //!
-//! SIGTERM or SIGINT stops the server gracefully: each worker finishes the
-//! request it is answering and those already queued, then exits; `run`
-//! returns once all have, or after [`SHUTDOWN_GRACE`].
+//! SIGTERM or SIGINT stops the server gracefully: the requests being
+//! answered are finished, those read later get a 503; `run` returns once
+//! every slot is back, or after [`SHUTDOWN_GRACE`].
 
 mod access;
 mod ack;
@@ -38,11 +39,11 @@ mod kv;
 mod list;
 mod metrics;
 mod patch;
-mod pool;
 mod query;
 mod replication;
 mod reply;
 pub mod route;
+mod slots;
 mod snapshot;
 mod stream_threads;
 mod streams;
@@ -63,7 +64,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use lucid_http::{
-    ConfigListenAddr, ConnectionLimit, Pace, Request, Screen, Server, ServerConfig, SslConfig,
+    ConfigListenAddr, ConnectionLimit, Handler, Pace, Request, Screen, Server, ServerConfig,
+    SslConfig,
 };
 
 use crate::auth::{Auth, Claims};
@@ -72,11 +74,11 @@ use crate::memory::MemoryBudget;
 use crate::store::{Acknowledger, Store};
 use ack::Answer;
 use endpoint::{batch_body_limit, Endpoint, Resource, PATCH_BODY_LIMIT};
-use pool::Pool;
 use reply::{Reply, Responder};
 use route::{decode_key, KeyError, Route};
+use slots::Slots;
 
-/// What every worker shares.
+/// What every request slot shares.
 pub struct Context {
     /// The store behind the API.
     pub store: Arc<Store>,
@@ -202,7 +204,7 @@ impl Context {
     }
 }
 
-/// Per-worker scratch space, reused across requests.
+/// A request slot's buffers, reused across requests.
 #[derive(Default)]
 pub struct Buffers {
     /// The decoded key (see [`admit`]).
@@ -214,7 +216,7 @@ pub struct Buffers {
 
 impl Buffers {
     /// Capacity kept between requests; a buffer grown past it by a large
-    /// value is shrunk back, so idle workers hold little memory.
+    /// value is shrunk back, so idle slots hold little memory.
     const KEEP: usize = 256 * 1024;
 
     fn trim(&mut self) {
@@ -232,18 +234,20 @@ impl Buffers {
 /// A bound HTTP server, not yet answering.
 pub struct HttpServer {
     server: Arc<Server>,
-    threads: usize,
+    /// The requests answered at once, shared with the connections' threads.
+    slots: Arc<Slots>,
     tls: bool,
     /// The context [`run`](Self::run) serves with, for [`screen`].
     context: Arc<OnceLock<Arc<Context>>>,
 }
 
 impl HttpServer {
-    /// Binds the configured address. A request whose body did not come with
-    /// its head is checked by its connection's thread, with the workers'
-    /// own rules, which then reads the body whole before a worker sees the
-    /// request, so a client trickling its body never holds a worker;
-    /// request heads are limited to [`head_limit`] bytes.
+    /// Binds the configured address. A request is answered by the thread of
+    /// its connection, in a request slot (see [`answer`]). A request whose
+    /// body did not come with its head is first checked there with the same
+    /// rules, and its body read whole before it takes a slot, so a client
+    /// trickling its body never holds one; request heads are limited to
+    /// [`head_limit`] bytes.
     pub fn bind(general: &General, storage: &Storage) -> Result<Self, String> {
         let addresses = general.listen_addresses()?;
         if general.ip_address().is_none() {
@@ -260,7 +264,12 @@ impl HttpServer {
         let ssl = ssl_config(&general.tls)?;
         let tls = ssl.is_some();
         let context = Arc::new(OnceLock::new());
-        let screened = Arc::clone(&context);
+        let slots = Arc::new(Slots::new(general.worker_threads()));
+        let (screened, answered, answering) = (
+            Arc::clone(&context),
+            Arc::clone(&context),
+            Arc::clone(&slots),
+        );
         let config = ServerConfig {
             addr: ConfigListenAddr::IP(addresses),
             ssl,
@@ -274,6 +283,9 @@ impl HttpServer {
             max_head_bytes: Some(head_limit(storage.max_key_bytes)),
             pace: Some(Pace::default()),
             screen: Some(Screen(Arc::new(move |request| screen(&screened, request)))),
+            handler: Some(Handler(Arc::new(move |request| {
+                answer(&answered, &answering, request)
+            }))),
         };
         let server = Server::new(config).map_err(|err| {
             let tls_hint = if tls {
@@ -289,7 +301,7 @@ impl HttpServer {
         })?;
         Ok(Self {
             server: Arc::new(server),
-            threads: general.worker_threads(),
+            slots,
             tls,
             context,
         })
@@ -309,9 +321,9 @@ impl HttpServer {
         self.server.server_addr().to_ip()
     }
 
-    /// Number of worker threads [`run`](Self::run) starts.
+    /// How many requests are answered at once (`general.worker_threads`).
     pub fn threads(&self) -> usize {
-        self.threads
+        self.slots.size()
     }
 
     /// Answers requests until `signals` (from [`stop_signals`]) delivers
@@ -326,8 +338,7 @@ impl HttpServer {
         let ctx = Arc::new(ctx);
         // Only `run` sets it, once.
         let _ = self.context.set(Arc::clone(&ctx));
-        let pool = Pool::new(self.threads);
-        let (server, workers, flag) = (Arc::clone(&self.server), self.threads, Arc::clone(&ctx));
+        let (slots, flag) = (Arc::clone(&self.slots), Arc::clone(&ctx));
         thread::Builder::new()
             .name("lucid-signals".into())
             .spawn(move || {
@@ -340,9 +351,7 @@ impl HttpServer {
                     log::info!("{name} received: finishing the requests in flight, then stopping");
                     on_stop();
                     flag.stopping.store(true, Ordering::SeqCst);
-                    for _ in 0..workers {
-                        server.unblock();
-                    }
+                    slots.close();
                 }
             })
             .map_err(|err| format!("cannot start the signal thread: {err}"))?;
@@ -355,28 +364,18 @@ impl HttpServer {
                 .spawn(move || ack::run(&ctx))
                 .map_err(|err| format!("cannot start the acknowledging thread: {err}"))?
         };
-        let started = pool.start(&self.server, &ctx, worker);
-        if started.is_ok() {
-            while !ctx.is_stopping() && pool.live() > 0 {
-                thread::sleep(Duration::from_millis(100));
-            }
-        } else {
-            // Stops the workers that did start.
-            ctx.stopping.store(true, Ordering::SeqCst);
-            for _ in 0..workers {
-                self.server.unblock();
-            }
-        }
-        let busy = pool.wait_exited(Instant::now() + SHUTDOWN_GRACE);
+        let busy = self.slots.wait_returned_after_close(SHUTDOWN_GRACE);
         if busy > 0 {
-            log::warn!("{busy} workers still busy after {SHUTDOWN_GRACE:?}; stopping anyway");
+            log::warn!(
+                "{busy} requests still being answered after {SHUTDOWN_GRACE:?}; stopping anyway"
+            );
         }
-        // Writes the workers appended are answered once durable.
+        // Writes appended are answered once durable.
         ctx.acknowledger.close();
         let _ = acknowledging.join();
         // Lets watchers send their closing frames.
         ctx.watchers.wait_gone(Instant::now() + WATCHERS_GRACE);
-        started
+        Ok(())
     }
 }
 
@@ -438,25 +437,24 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// (`on_stop` is expected to have closed the store's change feed).
 const WATCHERS_GRACE: Duration = Duration::from_secs(2);
 
-/// A worker of the [`Pool`]: answers requests until the server stops.
-fn worker(server: &Server, ctx: &Context) {
-    let mut bufs = Buffers::default();
-    let mut responder = Responder::default();
-    // The request target, copied so the request can be borrowed mutably by
-    // the handler; reused, so no allocation per request.
-    let mut url = String::new();
-    loop {
-        let request = match server.recv() {
-            Ok(request) => request,
-            Err(_) if ctx.is_stopping() => return,
-            Err(err) => {
-                log::warn!("could not receive a request: {err}");
-                continue;
-            }
-        };
-        serve(ctx, request, &mut url, &mut bufs, &mut responder);
-        bufs.trim();
-    }
+/// Answers `request` on its connection's thread (lucid-http's
+/// [`Handler`]) in a request slot, waiting for one if all are in use; a
+/// request read once the server stops gets a 503. Waits until the server
+/// runs (`context` is set), as the request would in a queue.
+fn answer(context: &OnceLock<Arc<Context>>, slots: &Slots, request: Request) {
+    let ctx = context.wait();
+    let Some(mut slot) = slots.take() else {
+        Reply::stopping().send(request, &mut Responder::default());
+        return;
+    };
+    let slot = &mut *slot;
+    serve(
+        ctx,
+        request,
+        &mut slot.url,
+        &mut slot.bufs,
+        &mut slot.responder,
+    );
 }
 
 /// Answers one request: resolves its endpoint, [`admit`]s it, and hands it

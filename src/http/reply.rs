@@ -147,6 +147,19 @@ impl Reply<'_> {
         }
     }
 
+    /// `503` for a request read while the node stops.
+    pub fn stopping() -> Self {
+        Self::Json {
+            status: 503,
+            body: Cow::Borrowed(
+                r#"{"message":"The node is stopping; nothing was done. Retry once it is back."}"#,
+            ),
+            allow: None,
+            etag: None,
+            retry_after: Some("1"),
+        }
+    }
+
     /// `500` for a handler that failed unexpectedly.
     pub fn internal_error() -> Self {
         Self::json(

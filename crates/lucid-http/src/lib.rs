@@ -223,6 +223,12 @@ pub struct ServerConfig {
     /// request whose body is still on the wire is served, before any of
     /// that body is read (see [`Screen`]).
     pub screen: Option<Screen>,
+
+    /// Lucid patch: if `Some`, every request is handed to this handler on
+    /// its connection's thread, once its head (and a body read ahead, see
+    /// `read_ahead`) is read, instead of being queued for `recv` (which
+    /// then never returns a request). See [`Handler`].
+    pub handler: Option<Handler>,
 }
 
 impl ServerConfig {
@@ -239,7 +245,29 @@ impl ServerConfig {
             max_head_bytes: None,
             pace: None,
             screen: None,
+            handler: None,
         }
+    }
+}
+
+/// Lucid patch: the caller's request handler, run on the thread that read
+/// the request (each connection has its own): it answers the request there
+/// (or hands it on) and returns; the connection reads its next request
+/// once that one is answered. No queue, no second thread and no thread
+/// switch stand between reading a request and answering it, which the
+/// `recv` hand-over costs on every request (upstream's only way). The
+/// caller bounds how many requests it handles at once itself (Lucid: a
+/// fixed set of request slots); a connection's thread waiting for one
+/// holds nothing but its connection.
+#[derive(Clone)]
+pub struct Handler(pub Arc<HandlerFn>);
+
+/// Lucid patch: the caller's function behind a [`Handler`].
+pub type HandlerFn = dyn Fn(Request) + Send + Sync;
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handler(..)")
     }
 }
 
@@ -368,6 +396,7 @@ impl Server {
             max_head_bytes: None,
             pace: None,
             screen: None,
+            handler: None,
         };
         Self::from_listener_with_limits(listener, config)
     }
@@ -388,6 +417,7 @@ impl Server {
             max_head_bytes,
             pace,
             screen,
+            handler,
             ..
         } = config;
         let listener = listener.into();
@@ -523,21 +553,27 @@ impl Server {
                 match new_client {
                     Ok((client, open)) => {
                         let messages = inside_messages.clone();
+                        let handler = handler.clone();
                         let mut client = Some(client);
                         let mut open = Some(open);
                         tasks_pool.spawn(Box::new(move || {
                             let _open = open.take();
                             if let Some(client) = client.take() {
+                                // Lucid patch: see `ServerConfig::handler`.
+                                let deliver = |rq: Request| match &handler {
+                                    Some(handler) => (handler.0)(rq),
+                                    None => messages.push(rq.into()),
+                                };
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
+                                        deliver(rq.with_notify_sender(sender.clone()));
                                         receiver.recv().unwrap();
                                     }
                                 } else {
                                     for rq in client {
-                                        messages.push(rq.into());
+                                        deliver(rq);
                                     }
                                 }
                             }

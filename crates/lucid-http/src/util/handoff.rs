@@ -5,7 +5,10 @@
 //! `std::sync::mpsc` channel each, and the first send on a new channel
 //! allocates and zeroes a block of slots: two channels per request were a
 //! fifth of a keep-alive GET's instructions. A hand-over is one small
-//! allocation, a mutex and a condition variable.
+//! allocation, a mutex and a condition variable, which is signalled only
+//! when the taker is waiting on it: a signal is a system call (`futex`)
+//! even when nobody waits, and on a keep-alive connection whose requests
+//! are answered on its own thread nobody ever does.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -16,8 +19,14 @@ pub struct Giver<T>(Arc<Shared<T>>);
 pub struct Taker<T>(Arc<Shared<T>>);
 
 struct Shared<T> {
-    state: Mutex<State<T>>,
+    state: Mutex<Inner<T>>,
     changed: Condvar,
+}
+
+struct Inner<T> {
+    value: State<T>,
+    /// Whether the taker waits on `changed`.
+    taker_waits: bool,
 }
 
 enum State<T> {
@@ -30,7 +39,10 @@ enum State<T> {
 /// A new hand-over.
 pub fn handoff<T>() -> (Giver<T>, Taker<T>) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::Pending),
+        state: Mutex::new(Inner {
+            value: State::Pending,
+            taker_waits: false,
+        }),
         changed: Condvar::new(),
     });
     (Giver(Arc::clone(&shared)), Taker(shared))
@@ -39,9 +51,11 @@ pub fn handoff<T>() -> (Giver<T>, Taker<T>) {
 impl<T> Shared<T> {
     fn settle(&self, to: State<T>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*state, State::Pending) {
-            *state = to;
-            self.changed.notify_all();
+        if matches!(state.value, State::Pending) {
+            state.value = to;
+            if state.taker_waits {
+                self.changed.notify_one();
+            }
         }
     }
 }
@@ -65,14 +79,16 @@ impl<T> Taker<T> {
     /// (or it was taken already).
     pub fn take(&self) -> Option<T> {
         let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-        while matches!(*state, State::Pending) {
+        while matches!(state.value, State::Pending) {
+            state.taker_waits = true;
             state = self
                 .0
                 .changed
                 .wait(state)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        match std::mem::replace(&mut *state, State::Over) {
+        state.taker_waits = false;
+        match std::mem::replace(&mut state.value, State::Over) {
             State::Given(value) => Some(value),
             _ => None,
         }
