@@ -523,6 +523,15 @@ fsync_note=$(awk -v f="$w2_fsyncs" -v p="$w2_puts" -v s="$((SECONDS_PER_RUN * RU
 # one fdatasync, as long as the node's own fdatasyncs took.
 fsync_note+=$(awk -v f="$w4_fsyncs" -v t="$w4_fsync_seconds" \
   'BEGIN { printf "; W4 with sync=always: %.0f us per fdatasync (mean of %d)", t / f * 1e6, f }')
+# W4 against its floor, from this run's medians: req/s over 1 / (round
+# trip + fdatasync).
+w4_floor=$(awk -F'\t' -v f="$w4_fsyncs" -v t="$w4_fsync_seconds" '
+  $1 == "tiny_http-ceiling" && $2 == "W4-put-1conn" {rt = 1 / $3}
+  $1 == "lucid-always" && $2 == "W4-put-1conn" {x = $3}
+  END { floor = 1 / (rt + t / f); printf "%.2f\t%.0f\t%.0f\t%.0f", x / floor, floor, rt * 1e6, t / f * 1e6 }' \
+  "$work/results.tsv")
+read -r w4_ratio w4_floor_rps w4_rt_us w4_fsync_us <<< "$w4_floor"
+fsync_note+="; W4's floor: one round trip (${w4_rt_us} us, the ceiling's W4) plus one fdatasync (${w4_fsync_us} us) = ${w4_floor_rps} req/s"
 echo "  $fsync_note"
 echo "  $watch_note"
 echo "== Medians"
@@ -546,6 +555,7 @@ ratios=$(cat <<EOF
 | W3 90/10 req/s, Lucid / etcd | $(ratio lucid W3-get90-put10 etcd-3.4-v2 W3-get90-put10 3) | |
 | W4 PUT one connection (sync=always) req/s, Lucid / etcd | $(ratio lucid-always W4-put-1conn etcd-3.4-v2 W4-put-1conn 3) | >= 3 |
 | W4 PUT one connection req/s, Lucid (sync=always) / tiny_http ceiling | $(ratio lucid-always W4-put-1conn tiny_http-ceiling W4-put-1conn 3) | |
+| W4 PUT one connection (sync=always) req/s / its floor (one round trip + one fdatasync) | $w4_ratio | >= 0.9 |
 | W1 GET req/s, encrypted / plain | $(ratio lucid-encrypted W1-get lucid W1-get 3) | >= 0.85 |
 | W2 PUT (sync=interval) req/s, encrypted / plain | $(ratio lucid-encrypted W2-put lucid-interval W2-put 3) | >= 0.85 |
 | W2 PUT (sync=interval) req/s, Lucid without compaction / tiny_http ceiling | $(ratio lucid-no-compaction W2-put tiny_http-ceiling W2-put 3) | |

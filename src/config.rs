@@ -388,7 +388,8 @@ pub struct General {
     pub bind_address: String,
     /// TCP port; 0 lets the OS pick a free one (it is logged at start).
     pub port: u16,
-    /// Worker threads answering requests; 0 = twice the number of cores.
+    /// Requests answered at once (each on its connection's thread); 0 =
+    /// twice the number of cores.
     /// No worker waits for an fsync: with `sync: always`, replies to writes
     /// are held and sent once durable (see `http::ack`).
     pub threads: usize,
@@ -489,8 +490,8 @@ impl General {
             .unwrap_or_else(|| "lucid".into())
     }
 
-    /// Number of worker threads to run: the configured count, or twice the
-    /// number of cores (at least 2).
+    /// How many requests are answered at once: the configured count, or
+    /// twice the number of cores (at least 2).
     pub fn worker_threads(&self) -> usize {
         if self.threads > 0 {
             return self.threads;
