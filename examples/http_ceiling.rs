@@ -20,7 +20,8 @@ struct Args {
 }
 
 /// The response's head, for a body of [`BODY`].
-const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: lucid\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n";
+const HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: lucid\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n";
 /// The response's body.
 const BODY: &[u8; 100] = &[b'x'; 100];
 
@@ -35,7 +36,9 @@ fn main() {
     };
     let server = Server::new(config).expect("bind 127.0.0.1");
     let addr = server.server_addr().to_ip().expect("an IP address");
-    eprintln!("http_ceiling listening on http://{addr} (requests answered on their connection's thread)");
+    eprintln!(
+        "http_ceiling listening on http://{addr} (requests answered on their connection's thread)"
+    );
     loop {
         std::thread::park();
     }

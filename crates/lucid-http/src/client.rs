@@ -56,6 +56,10 @@ pub struct ClientConnection {
 
     // Lucid patch: see `ServerConfig::screen`.
     screen: Option<crate::Screen>,
+
+    // Lucid patch: the line of the request head being read, a buffer kept
+    // from line to line and request to request (see `read_next_line`).
+    line: Vec<u8>,
 }
 
 /// Error that can happen when reading a request.
@@ -115,6 +119,7 @@ impl ClientConnection {
             max_head: usize::MAX,
             activity,
             screen: None,
+            line: Vec::new(),
         }
     }
 
@@ -152,12 +157,17 @@ impl ClientConnection {
     /// Lucid patch: a bare LF, a bare CR or a NUL byte is an error at once
     /// (RFC 9112 §2.2, RFC 9110 §5.5). Upstream kept NULs and read past a
     /// bare LF until the read timeout.
-    fn read_next_line(&mut self, budget: &mut usize) -> Result<AsciiString, ReadError> {
+    ///
+    /// Lucid patch: the line is read into `self.line` and returned as a
+    /// view of it: one buffer for every line, where upstream allocated one
+    /// per line (and then copied each header out of it).
+    fn read_next_line(&mut self, budget: &mut usize) -> Result<&str, ReadError> {
         use std::io::BufRead;
         // Lucid patch: scanned a buffer at a time (see `SequentialReader`'s
         // `BufRead`), not a byte at a time; only the line's own bytes are
         // consumed, so a body or the next request stays where it is.
-        let mut line = Vec::new();
+        let line = &mut self.line;
+        line.clear();
         loop {
             let available = self
                 .next_header_source
@@ -183,7 +193,10 @@ impl ClientConnection {
             if complete {
                 *budget -= content;
                 line.truncate(content - 1); // the CR before the LF
-                return AsciiString::from_ascii(line).map_err(|_| ReadError::NotAscii);
+                if !line.is_ascii() {
+                    return Err(ReadError::NotAscii);
+                }
+                return std::str::from_utf8(line).map_err(|_| ReadError::NotAscii);
             }
         }
     }
@@ -202,23 +215,22 @@ impl ClientConnection {
                 })?;
                 head_budget = budget;
 
-                let (method, target, version) = parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?;
+                let (method, target, version) = parse_request_line(line.trim())?;
                 (method, origin_form(target), version)
             };
 
             // getting all headers
             let headers = {
-                let mut headers = Vec::new();
+                // Lucid patch: room for a usual request's headers at once,
+                // instead of growing one at a time.
+                let mut headers = Vec::with_capacity(8);
                 loop {
                     let line = self.read_next_line(&mut head_budget)?;
 
                     if line.is_empty() {
                         break;
                     };
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
-                        // TODO: remove this conversion
+                    headers.push(match FromStr::from_str(line.trim()) {
                         Ok(h) => h,
                         _ => return Err(ReadError::WrongHeader(version)),
                     });
