@@ -210,6 +210,10 @@ pub struct Buffers {
     /// A record being written, or one read back for a GET; while a
     /// listing or a watch is admitted, its decoded prefix.
     record: Vec<u8>,
+    /// The pieces of a large value, verified and sent from the log through
+    /// it (see [`crate::store::Store::get_sendable`]); empty until the
+    /// worker's first such GET, then kept.
+    chunk: Vec<u8>,
 }
 
 impl Buffers {
