@@ -390,7 +390,7 @@ pub struct General {
     pub port: u16,
     /// Requests answered at once (each on its connection's thread); 0 =
     /// twice the number of cores.
-    /// No worker waits for an fsync: with `sync: always`, replies to writes
+    /// No request slot waits for an fsync: with `sync: always`, replies to writes
     /// are held and sent once durable (see `http::ack`).
     pub threads: usize,
     /// A client silent this long in the middle of a request, or between

@@ -3,9 +3,9 @@
 //! A handler answers with an [`Answer`]: its reply and, for a write, the
 //! [`Ticket`] the write must see durable first. [`send`] sends a reply
 //! whose ticket is settled at once. Otherwise, rather than parking its
-//! worker until the fsync, it hands the reply to the store's
+//! request slot until the fsync, it hands the reply to the store's
 //! [`Acknowledger`](crate::store::Acknowledger), whose thread ([`run`])
-//! answers every write a group commit covered in one pass: workers stay
+//! answers every write a group commit covered in one pass: request slots stay
 //! free for other requests, and a burst of writes costs one wake-up per
 //! fsync instead of a parked thread and a wake-up per write.
 //!
@@ -212,7 +212,7 @@ mod tests {
         assert!(answered(&ctx, 201));
         assert!(visible(&ctx.store, "k"));
         assert!(ctx.acknowledger.is_idle());
-        // Closed: a reply is handed back for its worker to answer.
+        // Closed: a reply is handed back for its connection's thread to answer.
         let late = Held {
             request: TestRequest::new().into(),
             reply: Reply::json(201, CREATED),

@@ -52,7 +52,7 @@ pub fn compact<'b>(ctx: &Context) -> Reply<'b> {
 /// [`crate::store::digest`]: keys past their expiry that the sweeper has
 /// not deleted yet are included). A damaged record is a 500 naming its
 /// key, never a digest without it. The walk reads every record under the
-/// prefix on this worker, as a compaction runs on one.
+/// prefix on this request slot, as a compaction runs on one.
 pub fn digest<'b>(ctx: &Context, url: &str) -> Reply<'b> {
     let params = match Params::parse(url, &["prefix"], ctx.max_key_bytes) {
         Ok(params) => params,

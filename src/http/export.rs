@@ -10,12 +10,12 @@
 //! in milliseconds since the epoch. `POST /api/admin/import` (see
 //! `import.rs`) reads the same lines back.
 //!
-//! The export streams: a worker only checks the request and hands the
+//! The export streams: a request slot only checks the request and hands the
 //! connection to a thread of its own (at most [`MAX_EXPORTS`] at once, see
 //! `streams.rs`), which walks the index a page at a time, reads each key's
 //! record (its value and metadata from that one record) into one reused
 //! buffer and writes the page out, so neither a million keys nor a slow
-//! client costs memory or a worker. Each line is consistent; the export as
+//! client costs memory or a request slot. Each line is consistent; the export as
 //! a whole is not a point-in-time snapshot (keys written meanwhile may or
 //! may not be in it).
 //!

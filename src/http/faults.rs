@@ -37,7 +37,7 @@ const BATCH: ApiCall = call(
                        {"op": "put", "key": "new", "value": "x"}]}"#,
 );
 
-/// Answers `call` as a worker would; returns the status and, for a JSON
+/// Answers `call` as a request slot would; returns the status and, for a JSON
 /// reply, its `message`.
 fn answer(ctx: &Context, call: &ApiCall) -> (u16, Option<String>) {
     let mut request: Request = TestRequest::new()

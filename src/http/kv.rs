@@ -13,7 +13,7 @@ use super::route::KeyError;
 use super::{patch, Buffers, Context};
 use crate::clock::now_ms;
 use crate::store::record::MAX_CONTENT_TYPE_LEN;
-use crate::store::{Effect, Expect, Mutation, PutBuffer, WriteOutcome, Written};
+use crate::store::{Effect, Expect, Mutation, PutBuffer, Sendable, WriteOutcome, Written};
 
 /// Answers `op` on the key of `/api/kv/{key}` (admitted by `http::admit`,
 /// which decoded the key into `bufs.key`; `decoded` says whether it could).
@@ -25,7 +25,7 @@ pub fn handle<'b>(
     request: &mut Request,
     url: &str,
 ) -> Answer<'b> {
-    let Buffers { key, record } = bufs;
+    let Buffers { key, record, chunk } = bufs;
     if let Err(err) = decoded {
         return key_error(err, ctx.max_key_bytes).into();
     }
@@ -35,7 +35,7 @@ pub fn handle<'b>(
         Err(reply) => return reply.into(),
     };
     if op == KeyOp::Get {
-        return get(ctx, request, key, record).into();
+        return get(ctx, request, key, record, chunk).into();
     }
     let expect = match write_condition(request) {
         Ok(expect) => expect,
@@ -50,12 +50,21 @@ pub fn handle<'b>(
 }
 
 /// `GET` or `HEAD`: the key's value, or 304 if the client's copy is current.
-fn get<'b>(ctx: &Context, request: &Request, key: &[u8], record: &'b mut Vec<u8>) -> Reply<'b> {
-    match ctx.store.get(key, record) {
-        Ok(Some(value)) if not_modified(request, value.sequence) => {
-            Reply::NotModified(value.sequence)
+/// A large value is sent from the log through `chunk` (see
+/// [`crate::store::Store::get_sendable`]), never read whole.
+fn get<'b>(
+    ctx: &Context,
+    request: &Request,
+    key: &[u8],
+    record: &'b mut Vec<u8>,
+    chunk: &'b mut Vec<u8>,
+) -> Reply<'b> {
+    match ctx.store.get_sendable(key, record, chunk) {
+        Ok(Some(value)) if not_modified(request, value.sequence()) => {
+            Reply::NotModified(value.sequence())
         }
-        Ok(Some(value)) => Reply::Value(value),
+        Ok(Some(Sendable::Read(value))) => Reply::Value(value),
+        Ok(Some(Sendable::InLog(value))) => Reply::ValueInLog { value, chunk },
         Ok(None) => Reply::json(404, reply::KEY_NOT_FOUND),
         Err(err) => store_error(err),
     }

@@ -212,6 +212,10 @@ pub struct Buffers {
     /// A record being written, or one read back for a GET; while a
     /// listing or a watch is admitted, its decoded prefix.
     record: Vec<u8>,
+    /// The pieces of a large value, verified and sent from the log through
+    /// it (see [`crate::store::Store::get_sendable`]); empty until the
+    /// slot's first such GET, then kept.
+    chunk: Vec<u8>,
 }
 
 impl Buffers {
@@ -243,7 +247,7 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds the configured address. A request is answered by the thread of
-    /// its connection, in a request slot (see [`answer`]). A request whose
+    /// its connection, in a request slot (see the module documentation). A request whose
     /// body did not come with its head is first checked there with the same
     /// rules, and its body read whole before it takes a slot, so a client
     /// trickling its body never holds one; request heads are limited to
@@ -430,7 +434,7 @@ pub fn stop_signals() -> Result<Signals, String> {
     Signals::new([SIGTERM, SIGINT]).map_err(|err| format!("cannot install signal handlers: {err}"))
 }
 
-/// How long a graceful stop waits for busy workers.
+/// How long a graceful stop waits for requests being answered.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a graceful stop then waits for watchers to close their streams
@@ -574,10 +578,10 @@ struct Admitted {
 /// and its `endpoint`: its token (see [`access::check`]), and for a request
 /// with a body, that its endpoint reads one, of that size, for a key that
 /// decodes. The key of `/api/kv/{key}` is decoded here, once, into
-/// `bufs.key`. The worker runs it on every request; the connection's
+/// `bufs.key`. The slot runs it on every request; the connection's
 /// thread runs it first on a request whose body is still on the wire (see
 /// [`screen`]), so that a client refused is told before it sends its body
-/// and an accepted body is read whole before a worker sees it.
+/// and an accepted body is read whole before a slot answers it.
 fn admit(
     ctx: &Context,
     request: &Request,

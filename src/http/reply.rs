@@ -4,7 +4,9 @@
 //! Every error body is `{"message": "..."}` with `Content-Type:
 //! application/json`. Values are sent with their stored content type,
 //! `Last-Modified`, `ETag: "<version>"` and `X-Content-Type-Options:
-//! nosniff`, never chunked.
+//! nosniff`, never chunked: a small value in one write with its head, a
+//! large one from the log in pieces after it (see
+//! [`Store::get_sendable`](crate::store::Store::get_sendable)).
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lucid_http::{Header, Method, Request, StatusCode};
 
 use super::assets::{Asset, Encoding, SECURITY_HEADERS};
-use crate::store::StoredValue;
+use crate::store::{StoredValue, ValueInLog};
 
 /// `201` body of a PUT that created its key.
 pub const CREATED: &str = r#"{"message":"The specified key was successfully created."}"#;
@@ -52,6 +54,14 @@ pub enum Reply<'a> {
     },
     /// A stored value.
     Value(StoredValue<'a>),
+    /// A large stored value, verified and left in the log, sent from there
+    /// through `chunk`.
+    ValueInLog {
+        /// The value.
+        value: ValueInLog<'a>,
+        /// The slot's buffer the value is sent through.
+        chunk: &'a mut Vec<u8>,
+    },
     /// `304 Not Modified` for a key still at this version.
     NotModified(u64),
     /// A file of the web console.
@@ -197,7 +207,7 @@ impl Reply<'_> {
             Self::Redirect { location, body } => Ok(Reply::Redirect { location, body }),
             Self::Text { content_type, body } => Ok(Reply::Text { content_type, body }),
             Self::Asset { asset, encoding } => Ok(Reply::Asset { asset, encoding }),
-            Self::Value(_) => Err(self),
+            Self::Value(_) | Self::ValueInLog { .. } => Err(self),
         }
     }
 
@@ -205,7 +215,7 @@ impl Reply<'_> {
     pub fn status(&self) -> u16 {
         match self {
             Self::Json { status, .. } => *status,
-            Self::Value(_) | Self::Text { .. } => 200,
+            Self::Value(_) | Self::ValueInLog { .. } | Self::Text { .. } => 200,
             Self::Redirect { .. } => 307,
             Self::NotModified(_) => 304,
             Self::Asset { encoding, .. } => match encoding {
@@ -220,13 +230,20 @@ impl Reply<'_> {
     /// there is nobody left to tell.
     pub fn send(self, request: Request, out: &mut Responder) {
         let (head, body) = self.render(&request, out, false);
-        if let Err(err) = request.respond_raw(head, body) {
+        let sent = match self {
+            Self::ValueInLog { value, chunk } if request.method() != &Method::Head => {
+                request.respond_raw_with(head, value.len(), |body| value.copy_to(body, chunk))
+            }
+            _ => request.respond_raw(head, body),
+        };
+        if let Err(err) = sent {
             log::debug!("could not send a response: {err}");
         }
     }
 
     /// The whole reply to `request` (head and body) with `Connection:
-    /// close`, for lucid-http to send on the connection's thread.
+    /// close`, for lucid-http to send on the connection's thread: a
+    /// refusal (never a value left in the log, which a slot sends).
     pub fn to_closing_bytes(&self, request: &Request) -> Vec<u8> {
         let mut out = Responder::default();
         let (head, body) = self.render(request, &mut out, true);
@@ -235,12 +252,12 @@ impl Reply<'_> {
 
     /// The head (built in `out`) and body of the reply to `request`, the
     /// head saying `Connection: close` if `closing`.
-    fn render<'o>(
-        &'o self,
+    fn render<'o, 's>(
+        &'s self,
         request: &Request,
         out: &'o mut Responder,
         closing: bool,
-    ) -> (&'o [u8], &'o [u8]) {
+    ) -> (&'o [u8], &'s [u8]) {
         let status = self.status();
         let mut head = out.start(request, status);
         if closing {
@@ -249,7 +266,10 @@ impl Reply<'_> {
         let body = self.write_fields(&mut head);
         // A 304 has no body, and no length: it describes the client's copy.
         if status != 304 {
-            head.content_length(body.len());
+            head.content_length(match self {
+                Self::ValueInLog { value, .. } => value.len(),
+                _ => body.len(),
+            });
         }
         // A HEAD's reply is the GET's head alone.
         let body = if request.method() == &Method::Head {
@@ -292,7 +312,15 @@ impl Reply<'_> {
                 head.field(b"Location", location.as_bytes());
                 body.as_bytes()
             }
-            Self::Value(value) => head.value_fields(value),
+            Self::Value(value) => {
+                head.value_fields(value.content_type, value.timestamp_ms, value.sequence);
+                value.value
+            }
+            // Sent after the head, from the log (see `send`).
+            Self::ValueInLog { value, .. } => {
+                head.value_fields(value.content_type(), value.timestamp_ms(), value.sequence());
+                b""
+            }
             Self::Text { content_type, body } => {
                 head.field(b"Content-Type", content_type.as_bytes());
                 body.as_bytes()
@@ -303,7 +331,7 @@ impl Reply<'_> {
 }
 
 /// Writes reply heads into a buffer reused from reply to reply; one per
-/// worker. The `Date` field is formatted once a second.
+/// request slot. The `Date` field is formatted once a second.
 #[derive(Default)]
 pub struct Responder {
     head: Vec<u8>,
@@ -362,23 +390,23 @@ impl<'a> Head<'a> {
         }
     }
 
-    /// The fields of a stored value; returns the value.
-    fn value_fields<'v>(&mut self, value: &StoredValue<'v>) -> &'v [u8] {
-        let content_type = if is_header_safe(value.content_type) {
-            value.content_type
+    /// The fields of a stored value written at `timestamp_ms` with
+    /// `sequence`.
+    fn value_fields(&mut self, content_type: &[u8], timestamp_ms: u64, sequence: u64) {
+        let content_type = if is_header_safe(content_type) {
+            content_type
         } else {
             DEFAULT_CONTENT_TYPE
         };
         self.field(b"Content-Type", content_type);
-        self.last_modified(value.timestamp_ms);
+        self.last_modified(timestamp_ms);
         self.field(b"X-Content-Type-Options", b"nosniff");
         // A value opened in a browser is never a page of the node's
         // origin (where the console and its token live): whatever
         // type its writer gave it, it runs no script and loads
         // nothing.
         self.field(b"Content-Security-Policy", VALUE_POLICY);
-        self.etag(value.sequence);
-        value.value
+        self.etag(sequence);
     }
 
     /// The fields of a file of the web console; returns the file as

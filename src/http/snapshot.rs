@@ -2,7 +2,7 @@
 //! [`crate::store::snapshot`] for the format and what it holds), for
 //! `lucid snapshot save`.
 //!
-//! Streamed like an export (see `export.rs`): a worker only checks the
+//! Streamed like an export (see `export.rs`): a request slot only checks the
 //! request and takes a place under the exports' cap (a snapshot counts as
 //! one), and a thread of its own writes the snapshot into a chunked body.
 //! The store holds its writers only while it pins the live records, at the

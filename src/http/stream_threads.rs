@@ -1,4 +1,4 @@
-//! The threads of responses that outlive a worker's turn (a watch, an
+//! The threads of responses that outlive a request slot's turn (a watch, an
 //! export; see [`super::streams`]): a cap on how many of one kind are
 //! served at once ([`Streams`], each holding a [`Place`]), and handing a
 //! connection to a thread of its own ([`hand_over`]). A leaf: the streams

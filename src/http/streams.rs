@@ -1,8 +1,8 @@
-//! Responses that outlive a worker's turn: which routes are answered with
-//! a stream (a watch, an export, a snapshot), and starting one. A worker only checks
+//! Responses that outlive a request slot's turn: which routes are answered with
+//! a stream (a watch, an export, a snapshot), and starting one. A request slot only checks
 //! such a request, takes a place under the route's cap and hands the
 //! connection to a thread of its own (see [`super::stream_threads`]), so a
-//! client that reads slowly, or for hours, never occupies the worker pool.
+//! client that reads slowly, or for hours, never occupies a request slot.
 
 use lucid_http::Request;
 

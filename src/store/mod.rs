@@ -65,7 +65,9 @@ pub use engine::mutation::{
     Applied, BatchOp, BatchResult, Change, Effect, Mutation, MutationError, Number, PutBuffer,
     WriteOutcome, Written,
 };
-pub use engine::{Expect, Store, StoreError, StoredValue, SyncMode};
+pub use engine::{
+    Expect, Sendable, Store, StoreError, StoredValue, SyncMode, ValueInLog, SENT_FROM_LOG_OVER,
+};
 pub use expiry::spawn_expiry_sweeper;
 pub use repair::repair;
 pub use stats::StoreStats;

@@ -358,6 +358,26 @@ fn marker_claim(
         .and_then(|plain| Marker::claim(&plain, at.offset))
 }
 
+/// Whether the record with `header` at `at` in `file` has the CRC its
+/// header claims, read through `chunk` a piece at a time: a record of any
+/// length is checked in `chunk.len()` bytes of memory.
+pub fn checksum_matches(
+    file: &dyn LogFile,
+    header: &RecordHeader,
+    at: Position,
+    chunk: &mut [u8],
+) -> io::Result<bool> {
+    let mut crc = RecordChecksum::new(at);
+    let (mut from, end) = (at.offset + 4, at.offset + header.record_len());
+    while from < end {
+        let n = (end - from).min(chunk.len() as u64) as usize;
+        file.read_at(&mut chunk[..n], from)?;
+        crc.update(&chunk[..n]);
+        from += n as u64;
+    }
+    Ok(crc.finish() == header.crc)
+}
+
 /// What follows damage in a log.
 struct AfterDamage {
     /// The first valid record after the damage, if any.
@@ -446,16 +466,7 @@ impl<'a> WindowReader<'a> {
     /// Whether the record with `header` at `at` has the CRC its header
     /// claims, reading it in window-sized pieces.
     fn checksum_matches(&mut self, header: &RecordHeader, at: Position) -> io::Result<bool> {
-        let mut crc = RecordChecksum::new(at);
-        let mut chunk = vec![0u8; WINDOW];
-        let (mut from, end) = (at.offset + 4, at.offset + header.record_len());
-        while from < end {
-            let n = (end - from).min(WINDOW as u64) as usize;
-            self.file.read_at(&mut chunk[..n], from)?;
-            crc.update(&chunk[..n]);
-            from += n as u64;
-        }
-        Ok(crc.finish() == header.crc)
+        checksum_matches(self.file, header, at, &mut vec![0u8; WINDOW])
     }
 
     /// Looks past damage at `offset` for valid records: records newer than

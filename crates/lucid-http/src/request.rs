@@ -831,6 +831,47 @@ impl Request {
         Self::ignore_client_closing_errors(write())
     }
 
+    /// Lucid patch: sends a response whose body the caller writes itself,
+    /// in pieces: `head` (the whole status line and header block, as for
+    /// `respond_raw`) declares `Content-Length: body_len`, and `write_body`
+    /// writes the `body_len` bytes of the body to the writer it is given.
+    /// A head short enough to be buffered leaves with the body's first
+    /// piece in one write. Once the body is written whole, the connection
+    /// goes on to its next request; if `write_body` fails (a read error
+    /// of the caller's, or the client went away) or writes more or fewer
+    /// bytes, the connection is shut down instead, since the client would
+    /// read what follows with broken framing. For a `HEAD` request, use
+    /// `respond_raw` with no body.
+    pub fn respond_raw_with<F>(
+        mut self,
+        head: &[u8],
+        body_len: usize,
+        write_body: F,
+    ) -> io::Result<()>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    {
+        let mut writer = self.extract_writer_impl();
+        let mut write = || {
+            writer.write_all(head)?;
+            let mut body = crate::util::FramedBody::new(&mut writer, body_len);
+            write_body(&mut body)?;
+            body.finish()?;
+            writer.flush()
+        };
+        let sent = write();
+        if sent.is_err() {
+            if let Some(socket) = &self.socket {
+                let _ = socket.shutdown();
+            }
+        }
+        drop(writer);
+        if let Some(sender) = self.notify_when_responded.take() {
+            sender.send(()).unwrap();
+        }
+        Self::ignore_client_closing_errors(sent)
+    }
+
     fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
         result.or_else(|err| match err.kind() {
             ErrorKind::BrokenPipe => Ok(()),

@@ -1,11 +1,11 @@
 //! Responses on the wire: streams, raw responses, the order of pipelined
-//! requests and responses that leave in one write (patches 6, 14, 15 and
-//! 24 of PATCHES.md).
+//! requests, responses that leave in one write and bodies written in
+//! pieces (patches 6, 14, 15, 24 and 31 of PATCHES.md).
 #![warn(clippy::all)]
 
 mod common;
 
-use std::io::Write;
+use std::io::{self, ErrorKind, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -173,4 +173,90 @@ fn a_head_and_a_large_body_leave_together() {
         large,
         empty
     );
+}
+
+/// Answers `/pieces` with a body of three 70,000-byte pieces written by
+/// `respond_raw_with`, whose writer stops after `written` bytes of them
+/// with `ending` (what `respond_raw_with` returned is sent on `results`),
+/// and anything else with `ok`.
+fn serve_pieces(
+    server: &Running,
+    written: usize,
+    ending: fn() -> io::Result<()>,
+    results: mpsc::Sender<io::Result<()>>,
+) {
+    let results = std::sync::Mutex::new(results);
+    server.serve(move |request| {
+        if request.url() != "/pieces" {
+            return ok(request, "next");
+        }
+        let body_len = 3 * 70_000;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body_len);
+        let result = request.respond_raw_with(head.as_bytes(), body_len, |body| {
+            let mut left = written;
+            for piece in [b'a', b'b', b'c'] {
+                let len = left.min(70_000);
+                body.write_all(&vec![piece; len])?;
+                left -= len;
+            }
+            ending()
+        });
+        results.lock().unwrap().send(result).unwrap();
+    });
+}
+
+#[test]
+fn a_body_written_in_pieces_is_framed_by_its_head_and_the_connection_goes_on() {
+    let server = start(config());
+    let (results, result) = mpsc::channel();
+    serve_pieces(&server, 3 * 70_000, || Ok(()), results);
+    let mut client = server.client();
+    client.send(b"GET /pieces HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n");
+    let reply = client.response();
+    assert_eq!(reply.status, 200);
+    let expected: Vec<u8> = [b'a', b'b', b'c']
+        .iter()
+        .flat_map(|&piece| vec![piece; 70_000])
+        .collect();
+    assert!(reply.body == expected, "the pieces, in order");
+    assert_eq!(client.response().text(), "next");
+    assert!(result.recv_timeout(FAILSAFE).unwrap().is_ok());
+}
+
+#[test]
+fn a_body_writer_failing_midway_closes_the_connection() {
+    let server = start(config());
+    let (results, result) = mpsc::channel();
+    let disk_error = || Err(io::Error::other("a read error of the caller's"));
+    serve_pieces(&server, 100_000, disk_error, results);
+    let mut client = server.client();
+    client.send(b"GET /pieces HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n");
+    let sent = client.rest();
+    let head_end = sent.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(sent.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(
+        sent.len() - head_end,
+        100_000,
+        "part of the body, then the end"
+    );
+    let err = result.recv_timeout(FAILSAFE).unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "a read error of the caller's");
+}
+
+#[test]
+fn a_body_writer_ending_short_closes_the_connection() {
+    let server = start(config());
+    let (results, result) = mpsc::channel();
+    serve_pieces(&server, 150_000, || Ok(()), results);
+    let mut client = server.client();
+    client.send(b"GET /pieces HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n");
+    let sent = client.rest();
+    let head_end = sent.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        sent.len() - head_end,
+        150_000,
+        "what was written, then the end"
+    );
+    let err = result.recv_timeout(FAILSAFE).unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
 }

@@ -2,10 +2,10 @@
 //! under a prefix, as Server-Sent Events ([`sse`]) or, with
 //! `Upgrade: websocket`, as WebSocket messages ([`websocket`]).
 //!
-//! A worker checks the request ([`prepare`]: query, handshake,
+//! A request slot checks the request ([`prepare`]: query, handshake,
 //! the watcher cap, `since` against the history), subscribes to the store's
 //! change feed, and hands the connection to a thread of the watcher's own
-//! ([`Watcher::start`]), so watchers never occupy the worker pool. That
+//! ([`Watcher::start`]), so watchers never occupy a request slot. That
 //! thread sends the backlog, then live events, and a keepalive after
 //! [`KEEPALIVE`] of silence, so a client that went away is noticed by a
 //! failed write. A watcher that falls behind is dropped by the feed (writers

@@ -1,5 +1,5 @@
 //! WebSocket for `/api/watch` (`Upgrade: websocket`): the handshake is
-//! checked by a worker ([`accept`]); the watcher's thread answers `101`
+//! checked by a request slot ([`accept`]); the watcher's thread answers `101`
 //! through lucid-http's `upgrade` and sends one text message per change (the
 //! event's JSON) over tungstenite, a ping after silence, and on overflow a
 //! final `{"op":"error","message":...}` before closing.

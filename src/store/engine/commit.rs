@@ -398,7 +398,7 @@ impl<T> Acknowledger<T> {
             return Some((item, Ok(())));
         }
         // Followers' confirmations are waited for on the acknowledging
-        // thread only: a follower slow to confirm never holds a worker.
+        // thread only: a follower slow to confirm never holds a request slot.
         let alone = self.is_idle() && !store.is_syncing() && !store.waits_for_followers();
         let item = if alone {
             item
