@@ -31,3 +31,39 @@ kept = "\n## ".join(parts).rstrip("\n") + "\n\n" + section
 open(doc_path, "w").write(head + marker + kept)
 PY
 }
+
+# need COMMAND PACKAGE: installs Debian's PACKAGE unless COMMAND is on the
+# PATH (needs root).
+need() {
+  command -v "$1" >/dev/null && return
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+# nginx_conf DIR PORT: writes DIR/nginx.conf for nginx in the foreground on
+# 127.0.0.1:PORT, one worker, its files in DIR, answering a fixed 100-byte
+# body at / and serving DIR/w5/ as static files (sendfile on, as it ships).
+nginx_conf() {
+  mkdir -p "$1"
+  cat > "$1/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
+  server {
+    listen 127.0.0.1:$2;
+    location / { return 200 "$(printf 'x%.0s' $(seq 1 100))"; }
+    location /w5/ { root $1; }
+  }
+}
+EOF
+}

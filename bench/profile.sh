@@ -25,11 +25,6 @@ N1=${PROFILE_N1:-2000}
 N2=${PROFILE_N2:-6000}
 SECONDS_UNDER_LOAD=${PROFILE_SECONDS:-4}
 
-need() {
-  command -v "$1" >/dev/null && return
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
 need valgrind valgrind
 need perf linux-perf
 need wrk wrk
@@ -135,22 +130,7 @@ for build in "${builds[@]}"; do
   kill "$pid"
 done
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body;
-  server {
-    listen 127.0.0.1:$port;
-    location / { return 200 "$(printf 'x%.0s' $(seq 1 100))"; }
-  }
-}
-EOF
+nginx_conf "$work/nginx" "$port"
 taskset -c 0 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" 2> "$work/nginx/stderr" &
 pids+=($!)
 sleep 1

@@ -39,11 +39,6 @@ SERVER_CPU=0
 CLIENT_CPU=1
 MUSL=x86_64-unknown-linux-musl
 
-need() {
-  command -v "$1" >/dev/null && return
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
 need wrk wrk
 need nginx nginx-light
 need etcd etcd-server
@@ -130,28 +125,7 @@ start_ceiling() {
 start_nginx() {
   local port
   port=$(free_port)
-  mkdir -p "$work/nginx"
-  cat > "$work/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
-  server {
-    listen 127.0.0.1:$port;
-    location / { return 200 "$(printf 'x%.0s' $(seq 1 100))"; }
-    location /w5/ { root $work/nginx; }
-  }
-}
-EOF
+  nginx_conf "$work/nginx" "$port"
   taskset -c $SERVER_CPU nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" 2> "$work/nginx/stderr" &
   PID[nginx]=$!
   pids+=($!)
