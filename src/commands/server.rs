@@ -36,7 +36,7 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     // Bound before the data directory is opened, so that a port in use
     // leaves no new directory behind. Connections made during recovery wait
     // for it, as they would in the listen backlog.
-    let server = HttpServer::bind(&config.general, storage)?;
+    let server = HttpServer::bind(&config.general, storage, config.encryption.enabled)?;
     let cipher = config.encryption.cipher()?;
     let (store, report) = store::open_with(&storage.directory, storage.sync_mode(), cipher)?;
     let watch = &config.watch;
@@ -110,7 +110,7 @@ fn log_listening(
 ) {
     let storage = &config.storage;
     log::info!(
-        "lucid {} listening on {}://{addr} (config: {source}; data: {}{}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} threads)",
+        "lucid {} listening on {}://{addr} (config: {source}; data: {}{}; {} keys, {} from the hint file, {} log records read, recovered in {:.1} ms; sync: {}; {} requests at once)",
         env!("CARGO_PKG_VERSION"),
         server.scheme(),
         storage.directory.display(),

@@ -252,7 +252,7 @@ impl HttpServer {
     /// rules, and its body read whole before it takes a slot, so a client
     /// trickling its body never holds one; request heads are limited to
     /// [`head_limit`] bytes.
-    pub fn bind(general: &General, storage: &Storage) -> Result<Self, String> {
+    pub fn bind(general: &General, storage: &Storage, encrypted: bool) -> Result<Self, String> {
         let addresses = general.listen_addresses()?;
         if general.ip_address().is_none() {
             log::info!(
@@ -268,7 +268,7 @@ impl HttpServer {
         let ssl = ssl_config(&general.tls)?;
         let tls = ssl.is_some();
         let context = Arc::new(OnceLock::new());
-        let slots = Arc::new(Slots::new(general.worker_threads()));
+        let slots = Arc::new(Slots::new(general.worker_threads(encrypted)));
         let (screened, answered, answering) = (
             Arc::clone(&context),
             Arc::clone(&context),
@@ -325,7 +325,7 @@ impl HttpServer {
         self.server.server_addr().to_ip()
     }
 
-    /// How many requests are answered at once (`general.worker_threads`).
+    /// How many requests are answered at once (`general.threads`).
     pub fn threads(&self) -> usize {
         self.slots.size()
     }

@@ -1,13 +1,15 @@
 //! The request slots: how many requests are answered at once
-//! (`general.worker_threads`), and the scratch space each answer reuses.
+//! (`general.threads`), and the scratch space each answer reuses.
 //! A connection's thread takes a slot to answer the request it has just
 //! read, on that same thread, and gives it back when done (also when a
-//! handler panics); with every slot taken it waits for one, holding
-//! nothing but its connection, as a request once waited in a queue for a
-//! worker thread. A stop closes the slots: a request still waiting then
+//! handler panics); with every slot taken it waits for one, in turn,
+//! holding nothing but its connection, as a request once waited in a queue
+//! for a worker thread. A stop closes the slots: a request still waiting then
 //! gets the refusal, and the stop waits until the slots in use are back.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use super::reply::Responder;
@@ -29,9 +31,7 @@ pub struct Scratch {
 /// The slots of one server.
 pub struct Slots {
     state: Mutex<State>,
-    /// Signalled when a slot is given back to a thread waiting for one:
-    /// before the stop, one waiting to answer a request; after it, the
-    /// stop itself.
+    /// Signalled when a slot comes back while the stop waits for them.
     returned: Condvar,
     /// Signalled at the stop.
     closed: Condvar,
@@ -41,9 +41,18 @@ pub struct Slots {
 struct State {
     free: Vec<Scratch>,
     closed: bool,
-    /// Threads waiting on `returned`: it is signalled only if one is (a
-    /// signal is a system call even when nobody waits).
-    waiting: usize,
+    /// The threads waiting for a slot, oldest first, each with its number.
+    /// A slot given back goes to the oldest, never to a thread that
+    /// arrives meanwhile: under load, a request waits its turn, not for
+    /// luck (the tail latency of a free-for-all was three times the
+    /// bare server's).
+    queue: VecDeque<(u64, Thread)>,
+    /// Slots given to a waiting thread that has yet to pick its up.
+    handed: Vec<(u64, Scratch)>,
+    /// The number the next waiting thread gets.
+    next_number: u64,
+    /// Whether the stop waits on `returned`.
+    stop_waits: bool,
 }
 
 impl Slots {
@@ -53,7 +62,10 @@ impl Slots {
             state: Mutex::new(State {
                 free: (0..size).map(|_| Scratch::default()).collect(),
                 closed: false,
-                waiting: 0,
+                queue: VecDeque::with_capacity(size),
+                handed: Vec::with_capacity(size),
+                next_number: 0,
+                stop_waits: false,
             }),
             returned: Condvar::new(),
             closed: Condvar::new(),
@@ -66,28 +78,76 @@ impl Slots {
         self.size
     }
 
-    /// A free slot, waiting for one if every slot is taken; `None` once the
-    /// slots are closed.
+    /// A free slot, waiting for one (in turn) if every slot is taken;
+    /// `None` once the slots are closed.
     pub fn take(&self) -> Option<Taken<'_>> {
         let mut state = lock(&self.state);
+        if state.closed {
+            return None;
+        }
+        if state.queue.is_empty() {
+            if let Some(scratch) = state.free.pop() {
+                return Some(self.taken(scratch));
+            }
+        }
+        let number = state.next_number;
+        state.next_number += 1;
+        state.queue.push_back((number, thread::current()));
         loop {
-            if state.closed {
+            if let Some(at) = state.handed.iter().position(|(n, _)| *n == number) {
+                let (_, scratch) = state.handed.swap_remove(at);
+                if !state.closed {
+                    return Some(self.taken(scratch));
+                }
+                self.put_free(&mut state, scratch);
                 return None;
             }
-            if let Some(scratch) = state.free.pop() {
-                return Some(Taken {
-                    slots: self,
-                    scratch: Some(scratch),
-                });
+            if state.closed {
+                state.queue.retain(|(n, _)| *n != number);
+                return None;
             }
-            state = self.wait(state, None);
+            drop(state);
+            thread::park();
+            state = lock(&self.state);
+        }
+    }
+
+    fn taken(&self, scratch: Scratch) -> Taken<'_> {
+        Taken {
+            slots: self,
+            scratch: Some(scratch),
+        }
+    }
+
+    /// Gives `scratch` back: to the thread waiting longest, else to the
+    /// free ones.
+    fn give_back(&self, scratch: Scratch) {
+        let mut state = lock(&self.state);
+        match state.queue.pop_front() {
+            Some((number, thread)) => {
+                state.handed.push((number, scratch));
+                drop(state);
+                thread.unpark();
+            }
+            None => self.put_free(&mut state, scratch),
+        }
+    }
+
+    fn put_free(&self, state: &mut State, scratch: Scratch) {
+        state.free.push(scratch);
+        if state.stop_waits {
+            self.returned.notify_one();
         }
     }
 
     /// Refuses every later [`take`](Self::take), and wakes those waiting.
     pub fn close(&self) {
-        lock(&self.state).closed = true;
-        self.returned.notify_all();
+        let mut state = lock(&self.state);
+        state.closed = true;
+        for (_, thread) in &state.queue {
+            thread.unpark();
+        }
+        drop(state);
         self.closed.notify_all();
     }
 
@@ -106,30 +166,20 @@ impl Slots {
     /// many are still in use.
     pub fn wait_returned(&self, deadline: Instant) -> usize {
         let mut state = lock(&self.state);
-        while state.free.len() < self.size && Instant::now() < deadline {
-            state = self.wait(state, Some(deadline));
-        }
-        self.size - state.free.len()
-    }
-
-    fn wait<'s>(
-        &self,
-        mut state: MutexGuard<'s, State>,
-        deadline: Option<Instant>,
-    ) -> MutexGuard<'s, State> {
-        state.waiting += 1;
-        let mut state = match deadline {
-            None => self.returned.wait(state).unwrap_or_else(|e| e.into_inner()),
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                self.returned
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
+        state.stop_waits = true;
+        while state.free.len() < self.size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-        };
-        state.waiting -= 1;
-        state
+            state = self
+                .returned
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        state.stop_waits = false;
+        self.size - state.free.len()
     }
 }
 
@@ -157,11 +207,7 @@ impl Drop for Taken<'_> {
     fn drop(&mut self) {
         if let Some(mut scratch) = self.scratch.take() {
             scratch.bufs.trim();
-            let mut state = lock(&self.slots.state);
-            state.free.push(scratch);
-            if state.waiting > 0 {
-                self.slots.returned.notify_one();
-            }
+            self.slots.give_back(scratch);
         }
     }
 }
@@ -196,6 +242,37 @@ mod tests {
         assert_eq!(waiting.join().unwrap(), None, "closed while waiting");
         assert!(slots.take().is_none(), "closed");
         drop(taken);
+        assert_eq!(slots.wait_returned(Instant::now()), 0);
+    }
+
+    /// Waits until `n` threads wait for a slot.
+    fn until_waiting(slots: &Slots, n: usize) {
+        while lock(&slots.state).queue.len() < n {
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn slots_go_to_the_threads_waiting_in_the_order_they_came() {
+        let slots = Arc::new(Slots::new(1));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let taken = slots.take().expect("a free slot");
+        let waiters: Vec<_> = (0..3)
+            .map(|n| {
+                let (waiting, order) = (Arc::clone(&slots), Arc::clone(&order));
+                let waiter = thread::spawn(move || {
+                    let _slot = waiting.take().expect("a slot in turn");
+                    lock(&order).push(n);
+                });
+                until_waiting(&slots, n + 1);
+                waiter
+            })
+            .collect();
+        drop(taken);
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+        assert_eq!(*lock(&order), [0, 1, 2]);
         assert_eq!(slots.wait_returned(Instant::now()), 0);
     }
 
