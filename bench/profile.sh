@@ -14,6 +14,8 @@
 # Usage: bench/profile.sh                     (this tree)
 #        PROFILE_BASELINE=REV bench/profile.sh (REV's build first, then this
 #                                               tree's, in the same run)
+# Prints its figures and puts them in docs/BENCHMARKS.md (in the part
+# bench/run.sh keeps).
 # Installs valgrind, linux-perf, wrk and nginx from Debian's packages if
 # they are missing (needs root).
 set -euo pipefail
@@ -105,6 +107,7 @@ cpu_under_load() {
       n, r, cs / (r * s), ms * 1000 / (r * s) }' <<< "$stat"
 }
 
+{
 echo "== Instructions per request (callgrind; one keep-alive connection; $N1 and $N2 requests)"
 for build in "${builds[@]}"; do
   read -r name binary <<< "$build"
@@ -135,3 +138,6 @@ taskset -c 0 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" 2> "$work/nginx/
 pids+=($!)
 sleep 1
 cpu_under_load nginx "$port" "$(pgrep -P "${pids[-1]}" | head -1)" /
+} > "$work/figures.txt"
+cat "$work/figures.txt"
+write_doc_section "CPU per request (\`bench/profile.sh\`), $(date -u +%Y-%m-%d)" "$work/figures.txt"
