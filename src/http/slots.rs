@@ -164,7 +164,7 @@ impl Slots {
 
     /// Waits until every slot is back or `deadline` passes; returns how
     /// many are still in use.
-    pub fn wait_returned(&self, deadline: Instant) -> usize {
+    fn wait_returned(&self, deadline: Instant) -> usize {
         let mut state = lock(&self.state);
         state.stop_waits = true;
         while state.free.len() < self.size {
