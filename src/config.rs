@@ -389,8 +389,7 @@ pub struct General {
     /// TCP port; 0 lets the OS pick a free one (it is logged at start).
     pub port: u16,
     /// Requests answered at once (each on its connection's thread); 0 =
-    /// 64, or twice the number of cores for an encrypted store (see
-    /// [`General::worker_threads`]).
+    /// 64 (see [`General::request_slots`]).
     /// No request slot waits for an fsync: with `sync: always`, replies to writes
     /// are held and sent once durable (see `http::ack`).
     pub threads: usize,
@@ -492,23 +491,19 @@ impl General {
     }
 
     /// How many requests are answered at once: the configured count, or by
-    /// default 64, or twice the number of cores (at least 2) when
-    /// `values_read_whole` (an encrypted store, whose values are decrypted
-    /// whole in memory, so that each answer in progress may hold one). A
-    /// plain store's answer holds at most 64 KiB of a value (larger ones are
-    /// sent from the log in pieces), so many at once cost little memory,
-    /// and with enough of them a busy node's connections seldom wait their
-    /// turn (a wait costs a thread switch, and a turn too few in a storm of
-    /// requests shows in their tail latency).
-    pub fn worker_threads(&self, values_read_whole: bool) -> usize {
+    /// default 64. An answer holds at most 64 KiB of a plain store's value
+    /// (larger ones are sent from the log in pieces); an encrypted store's
+    /// larger values are decrypted whole, in room taken from the memory
+    /// budget. So many at once cost little memory, and with enough of them
+    /// a busy node's connections seldom wait their turn (a wait costs a
+    /// thread switch, and a turn too few in a storm of requests shows in
+    /// their tail latency).
+    pub fn request_slots(&self) -> usize {
         if self.threads > 0 {
-            return self.threads;
+            self.threads
+        } else {
+            64
         }
-        if !values_read_whole {
-            return 64;
-        }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores * 2).max(2)
     }
 }
 

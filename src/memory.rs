@@ -12,7 +12,7 @@
 //! waits a little ([`WAIT`]) for others to finish, then is refused with a
 //! 503 the client may retry.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::locks::lock;
@@ -90,7 +90,7 @@ impl MemoryBudget {
 
     /// Takes `bytes`, waiting up to [`WAIT`] for room; `None` if there is
     /// none by then. The bytes are given back when the reservation drops.
-    pub fn reserve(&self, bytes: usize) -> Option<Reservation<'_>> {
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
         let deadline = Instant::now() + WAIT;
         let mut usage = lock(&self.usage);
         while usage.in_use + bytes > self.cap {
@@ -102,7 +102,7 @@ impl MemoryBudget {
         }
         usage.in_use += bytes;
         Some(Reservation {
-            budget: self,
+            budget: Arc::clone(self),
             bytes,
         })
     }
@@ -159,12 +159,12 @@ impl lucid_http::BodyBudget for MemoryBudget {
 }
 
 /// Bytes taken from a [`MemoryBudget`], given back on drop.
-pub struct Reservation<'b> {
-    budget: &'b MemoryBudget,
+pub struct Reservation {
+    budget: Arc<MemoryBudget>,
     bytes: usize,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.give_back(self.bytes, false);
     }
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn reservations_wait_for_room_and_read_ahead_takes_half() {
-        let budget = MemoryBudget::with_cap(100);
+        let budget = Arc::new(MemoryBudget::with_cap(100));
         let first = budget.reserve(60).unwrap();
         assert!(budget.try_reserve(40));
         assert!(!budget.try_reserve(1), "the budget is full");

@@ -2,7 +2,9 @@
 //! node under a data limit (util-linux `prlimit`) takes concurrent 16 MiB
 //! PUTs overwriting keys, 32 MiB base64 batches, and compactions (automatic
 //! and asked for) without aborting; every acknowledged write reads back,
-//! and its peak resident memory (`VmHWM`) stays under the budget.
+//! and its peak resident memory (`VmHWM`) stays under the budget. An
+//! encrypted store's large values, decrypted whole to be served, take
+//! their room in the budget too.
 //!
 //! `LUCID_MEMORY_ROUNDS` sets each client's number of requests (default 4).
 
@@ -16,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{Config, Conn, StopOnDrop};
+use common::{encrypted, get, put, Config, Conn, StopOnDrop};
 
 const MIB: usize = 1024 * 1024;
 /// The default budget, which the node must keep to.
@@ -294,4 +296,52 @@ fn a_budget_too_small_for_the_largest_value_is_refused_at_start() {
         .raw("storage", "memory_budget: 134217728")
         .start();
     node.assert_serving();
+}
+
+/// An encrypted store decrypts a value whole to serve it: a GET of a large
+/// one holds room for it in the budget until the value is sent, so GETs
+/// whose answers nobody reads take no more than the budget. Past that, a
+/// GET waits for room (2 s), then gets the budget's 503; the room comes
+/// back once they end.
+#[test]
+fn an_encrypted_stores_large_gets_take_their_room_from_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    // 160 MiB, of which about 76 MiB for requests with 8 MiB values: room
+    // for 9 of these GETs at once, of the default 64 request slots.
+    let config = Config::new()
+        .max_value_bytes(8 * MIB as u64)
+        .raw("storage", "memory_budget: 167772160")
+        .raw("general", "threads: 0")
+        .raw("general", "read_timeout_ms: 60000");
+    let node = encrypted(config, dir.path(), 1).start();
+    let port = node.port();
+    let stored = value(9, 8 * MIB - 64);
+    assert_eq!(put(port, "/api/kv/large", &stored).status, 201);
+    // Answers far larger than what a connection's buffers hold unread.
+    let stalled: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream
+                .write_all(b"GET /api/kv/large HTTP/1.1\r\nHost: lucid\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let refused = get(port, "/api/kv/large");
+    assert_refused_for_memory(&refused, "a GET with the budget taken");
+    drop(stalled);
+    // Their room comes back as the node finds them gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let served = loop {
+        let reply = get(port, "/api/kv/large");
+        if reply.status != 503 || Instant::now() > deadline {
+            break reply;
+        }
+    };
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert!(served.body == stored, "the value, whole");
+    // A small value needs no room of its own.
+    assert_eq!(put(port, "/api/kv/small", b"reading").status, 201);
+    assert_eq!(get(port, "/api/kv/small").body, b"reading");
 }

@@ -36,7 +36,7 @@ pub fn run(config_path: Option<&Path>) -> CommandResult {
     // Bound before the data directory is opened, so that a port in use
     // leaves no new directory behind. Connections made during recovery wait
     // for it, as they would in the listen backlog.
-    let server = HttpServer::bind(&config.general, storage, config.encryption.enabled)?;
+    let server = HttpServer::bind(&config.general, storage)?;
     let cipher = config.encryption.cipher()?;
     let (store, report) = store::open_with(&storage.directory, storage.sync_mode(), cipher)?;
     let watch = &config.watch;

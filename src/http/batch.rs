@@ -330,11 +330,11 @@ fn refused<'b>(index: usize, op: &Checked, error: StoreError) -> Reply<'b> {
 /// checked by `http::admit`) into memory, with room reserved in the budget
 /// for the values decoded from it and the log frame built from those (the
 /// body is freed by then).
-pub(super) fn read_body<'c>(
-    ctx: &'c Context,
+pub(super) fn read_body(
+    ctx: &Context,
     request: &mut Request,
     kind: BodyKind,
-) -> Result<(Vec<u8>, Reservation<'c>), Reply<'static>> {
+) -> Result<(Vec<u8>, Reservation), Reply<'static>> {
     let limit = kind.limit(ctx.max_value_bytes);
     let length = request.body_length().unwrap_or(limit);
     let reserved = ctx

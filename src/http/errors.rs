@@ -63,6 +63,7 @@ pub fn store_error<'b>(err: StoreError) -> Reply<'b> {
             log::error!("{err}");
             Reply::message(500, "The node could not apply a replicated record; the error is in its log.")
         }
+        StoreError::NoRoom { .. } => Reply::over_memory_budget(),
         StoreError::Corrupt { .. } => Reply::message(
             500,
             "The key's stored record is damaged and was not served; the key answers this error until it is written or deleted. See /health.",

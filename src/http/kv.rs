@@ -12,6 +12,7 @@ use super::reply::{self, Reply};
 use super::route::KeyError;
 use super::{patch, Buffers, Context};
 use crate::clock::now_ms;
+use crate::memory::Reservation;
 use crate::store::record::MAX_CONTENT_TYPE_LEN;
 use crate::store::{Effect, Expect, Mutation, PutBuffer, Sendable, WriteOutcome, Written};
 
@@ -25,7 +26,12 @@ pub fn handle<'b>(
     request: &mut Request,
     url: &str,
 ) -> Answer<'b> {
-    let Buffers { key, record, chunk } = bufs;
+    let Buffers {
+        key,
+        record,
+        chunk,
+        room,
+    } = bufs;
     if let Err(err) = decoded {
         return key_error(err, ctx.max_key_bytes).into();
     }
@@ -35,7 +41,7 @@ pub fn handle<'b>(
         Err(reply) => return reply.into(),
     };
     if op == KeyOp::Get {
-        return get(ctx, request, key, record, chunk).into();
+        return get(ctx, request, key, record, chunk, room).into();
     }
     let expect = match write_condition(request) {
         Ok(expect) => expect,
@@ -51,15 +57,23 @@ pub fn handle<'b>(
 
 /// `GET` or `HEAD`: the key's value, or 304 if the client's copy is current.
 /// A large value is sent from the log through `chunk` (see
-/// [`crate::store::Store::get_sendable`]), never read whole.
+/// [`crate::store::Store::get_sendable`]), never read whole, except an
+/// encrypted store's: that one is read into `record` with `room` taken for
+/// it from the memory budget, kept until the reply is sent (503 if there is
+/// none).
 fn get<'b>(
     ctx: &Context,
     request: &Request,
     key: &[u8],
     record: &'b mut Vec<u8>,
     chunk: &'b mut Vec<u8>,
+    room: &mut Option<Reservation>,
 ) -> Reply<'b> {
-    match ctx.store.get_sendable(key, record, chunk) {
+    let mut take_room = |len| {
+        *room = ctx.memory.reserve(len);
+        room.is_some()
+    };
+    match ctx.store.get_sendable(key, record, chunk, &mut take_room) {
         Ok(Some(value)) if not_modified(request, value.sequence()) => {
             Reply::NotModified(value.sequence())
         }

@@ -70,7 +70,7 @@ use lucid_http::{
 
 use crate::auth::{Auth, Claims};
 use crate::config::{self, General, Storage, Tls};
-use crate::memory::MemoryBudget;
+use crate::memory::{MemoryBudget, Reservation};
 use crate::store::{Acknowledger, Store};
 use ack::Answer;
 use endpoint::{batch_body_limit, Endpoint, Resource, PATCH_BODY_LIMIT};
@@ -216,6 +216,9 @@ pub struct Buffers {
     /// it (see [`crate::store::Store::get_sendable`]); empty until the
     /// slot's first such GET, then kept.
     chunk: Vec<u8>,
+    /// The memory budget's room for a large value read whole into
+    /// `record` (an encrypted store's), held until it is sent.
+    room: Option<Reservation>,
 }
 
 impl Buffers {
@@ -223,8 +226,11 @@ impl Buffers {
     /// value is shrunk back, so idle slots hold little memory.
     const KEEP: usize = 256 * 1024;
 
+    /// Shrinks the record buffer, then gives back the room a value read
+    /// into it held.
     fn trim(&mut self) {
         Self::shrink(&mut self.record);
+        self.room = None;
     }
 
     /// Frees `buf` if a large value grew it past [`Self::KEEP`].
@@ -252,7 +258,7 @@ impl HttpServer {
     /// rules, and its body read whole before it takes a slot, so a client
     /// trickling its body never holds one; request heads are limited to
     /// [`head_limit`] bytes.
-    pub fn bind(general: &General, storage: &Storage, encrypted: bool) -> Result<Self, String> {
+    pub fn bind(general: &General, storage: &Storage) -> Result<Self, String> {
         let addresses = general.listen_addresses()?;
         if general.ip_address().is_none() {
             log::info!(
@@ -268,7 +274,7 @@ impl HttpServer {
         let ssl = ssl_config(&general.tls)?;
         let tls = ssl.is_some();
         let context = Arc::new(OnceLock::new());
-        let slots = Arc::new(Slots::new(general.worker_threads(encrypted)));
+        let slots = Arc::new(Slots::new(general.request_slots()));
         let (screened, answered, answering) = (
             Arc::clone(&context),
             Arc::clone(&context),

@@ -176,6 +176,12 @@ pub enum StoreError {
         /// The log's last sequence number.
         last: u64,
     },
+    /// A value to be read whole did not get the memory it needs (see
+    /// [`Store::get_sendable`]); nothing was read.
+    NoRoom {
+        /// The bytes it needed.
+        needed: usize,
+    },
 }
 
 impl StoreError {
@@ -205,6 +211,7 @@ impl StoreError {
                 sequence: *sequence,
                 last: *last,
             },
+            Self::NoRoom { needed } => Self::NoRoom { needed: *needed },
         }
     }
 }
@@ -238,6 +245,9 @@ impl std::fmt::Display for StoreError {
                 f,
                 "a replicated record with sequence number {sequence} arrived after {last}"
             ),
+            Self::NoRoom { needed } => {
+                write!(f, "no room in memory for a value of {needed} bytes")
+            }
         }
     }
 }

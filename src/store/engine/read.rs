@@ -46,30 +46,40 @@ impl Store {
     /// read through `chunk` (resized once to 64 KiB, then reused) a
     /// piece at a time; a damaged record is [`StoreError::Corrupt`] and
     /// its key is marked damaged, as with `get`. An encrypted log's values
-    /// are read whole into `buf` (a record is authenticated whole).
+    /// are read whole into `buf` (a record is authenticated whole): a
+    /// record longer than [`SENT_FROM_LOG_OVER`] is read only once
+    /// `room(its length)` has granted the memory for it (the caller holds
+    /// that until the value is sent), else [`StoreError::NoRoom`].
     pub fn get_sendable<'b>(
         &self,
         key: &[u8],
         buf: &'b mut Vec<u8>,
         chunk: &mut Vec<u8>,
+        room: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Option<Sendable<'b>>, StoreError> {
         let Some((location, source)) = self.locate(key) else {
             return Ok(None);
         };
-        if source.cipher.is_none() && location.len as usize > SENT_FROM_LOG_OVER {
-            let found = value_in_log(&source, location, key, chunk_of(chunk), buf);
-            if let Some((value, header)) =
-                self.noting_damage(found, key, location, source.file_id)?
-            {
-                if Attrs::of(&header).expired(now_ms()) {
-                    return Ok(None);
+        let len = location.len as usize;
+        if len > SENT_FROM_LOG_OVER {
+            if source.cipher.is_none() {
+                let found = value_in_log(&source, location, key, chunk_of(chunk), buf);
+                if let Some((value, header)) =
+                    self.noting_damage(found, key, location, source.file_id)?
+                {
+                    if Attrs::of(&header).expired(now_ms()) {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Sendable::InLog(ValueInLog {
+                        file: source.file,
+                        value,
+                        header,
+                        content_type: buf,
+                    })));
                 }
-                return Ok(Some(Sendable::InLog(ValueInLog {
-                    file: source.file,
-                    value,
-                    header,
-                    content_type: buf,
-                })));
+            }
+            if !room(len) {
+                return Err(StoreError::NoRoom { needed: len });
             }
         }
         let value = self.read_value(&source, location, key, buf)?;
@@ -552,7 +562,7 @@ mod tests {
     /// else the value in the log.
     fn sendable<'b>(store: &Store, key: &str, buf: &'b mut Vec<u8>) -> Sendable<'b> {
         store
-            .get_sendable(key.as_bytes(), buf, &mut Vec::new())
+            .get_sendable(key.as_bytes(), buf, &mut Vec::new(), &mut |_| true)
             .unwrap()
             .expect("the key")
     }
@@ -591,16 +601,45 @@ mod tests {
     }
 
     #[test]
-    fn an_encrypted_logs_large_values_are_read_whole() {
+    fn an_encrypted_logs_large_values_are_read_whole_once_granted_the_room() {
         let dir = tempfile::tempdir().unwrap();
         let cipher = Some(Arc::new(Cipher::from_key(&[5; 32])));
         let (store, _) = open_with(dir.path(), SyncMode::Never, cipher).unwrap();
         put(&store, "large", &value(1 << 20, 3)).unwrap();
-        let mut buf = Vec::new();
-        let Sendable::Read(read) = sendable(&store, "large", &mut buf) else {
+        put(&store, "small", &value(SENT_FROM_LOG_OVER / 2, 4)).unwrap();
+        let (mut buf, mut asked) = (Vec::new(), Vec::new());
+        let mut refuse = |len| {
+            asked.push(len);
+            false
+        };
+        let got = store.get_sendable(b"large", &mut buf, &mut Vec::new(), &mut refuse);
+        let got = got.map(|found| found.map(|_| ()));
+        let Err(StoreError::NoRoom { needed }) = got else {
+            panic!("read without room: {got:?}");
+        };
+        assert!(needed > 1 << 20 && needed < (1 << 20) + 256, "{needed}");
+        assert_eq!(asked, [needed]);
+        assert!(buf.capacity() < needed, "nothing read without room");
+        let mut grant = |len| {
+            asked.push(len);
+            true
+        };
+        let got = store.get_sendable(b"large", &mut buf, &mut Vec::new(), &mut grant);
+        let Ok(Some(Sendable::Read(read))) = got else {
             panic!("an envelope is opened whole");
         };
         assert_eq!(read.value, value(1 << 20, 3));
+        assert_eq!(asked, [needed, needed], "the record's length asked for");
+        let mut refuse = |len| {
+            asked.push(len);
+            false
+        };
+        let got = store.get_sendable(b"small", &mut buf, &mut Vec::new(), &mut refuse);
+        let Ok(Some(Sendable::Read(read))) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(read.value, value(SENT_FROM_LOG_OVER / 2, 4));
+        assert_eq!(asked.len(), 2, "a small value needs no room asked for");
     }
 
     #[test]
@@ -637,7 +676,7 @@ mod tests {
         file.append(at as u64, &tail[at..]).unwrap();
         let mut buf = Vec::new();
         for _ in 0..2 {
-            let got = store.get_sendable(b"large", &mut buf, &mut Vec::new());
+            let got = store.get_sendable(b"large", &mut buf, &mut Vec::new(), &mut |_| true);
             assert!(matches!(got, Err(StoreError::Corrupt { .. })), "{got:?}");
         }
         assert_eq!(store.stats().damaged_keys, 1);
@@ -655,7 +694,7 @@ mod tests {
         };
         store.apply(expire, &mut buf).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let got = store.get_sendable(b"large", &mut buf, &mut Vec::new());
+        let got = store.get_sendable(b"large", &mut buf, &mut Vec::new(), &mut |_| true);
         assert_eq!(got.unwrap(), None);
     }
 }
