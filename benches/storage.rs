@@ -395,7 +395,10 @@ fn list_latencies(store: &Store, keys: u64, metadata: bool) -> Latencies {
         let started = Instant::now();
         let page = store.list(b"key-", Some(&after), 100);
         let listed = if metadata {
-            store.key_info(page.entries).expect("key info").len()
+            store
+                .key_info(page.entries, &mut |_| true)
+                .expect("key info")
+                .len()
         } else {
             page.entries.len()
         };

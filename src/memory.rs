@@ -107,6 +107,19 @@ impl MemoryBudget {
         })
     }
 
+    /// Holds `bytes` in `held`, giving back what it held first, waiting for
+    /// room as [`reserve`](Self::reserve) does; whether it got them.
+    pub fn hold(self: &Arc<Self>, held: &mut Option<Reservation>, bytes: usize) -> bool {
+        *held = None;
+        *held = self.reserve(bytes);
+        held.is_some()
+    }
+
+    /// The most bytes that can be reserved at once.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
     /// Bytes reserved now.
     pub fn in_use(&self) -> usize {
         lock(&self.usage).in_use

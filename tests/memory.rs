@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{encrypted, get, put, Config, Conn, StopOnDrop};
+use lucid::memory::{self, MemoryBudget};
 
 const MIB: usize = 1024 * 1024;
 /// The default budget, which the node must keep to.
@@ -305,20 +306,23 @@ fn a_budget_too_small_for_the_largest_value_is_refused_at_start() {
 /// back once they end.
 #[test]
 fn an_encrypted_stores_large_gets_take_their_room_from_the_budget() {
+    const STALLED: usize = 16;
     let dir = tempfile::tempdir().unwrap();
     // 160 MiB, of which about 76 MiB for requests with 8 MiB values: room
     // for 9 of these GETs at once, of the default 64 request slots.
+    let (budget, max_value) = (160 * MIB, 8 * MIB);
     let config = Config::new()
-        .max_value_bytes(8 * MIB as u64)
-        .raw("storage", "memory_budget: 167772160")
+        .max_value_bytes(max_value as u64)
+        .raw("storage", &format!("memory_budget: {budget}"))
         .raw("general", "threads: 0")
         .raw("general", "read_timeout_ms: 60000");
     let node = encrypted(config, dir.path(), 1).start();
     let port = node.port();
-    let stored = value(9, 8 * MIB - 64);
+    let stored = value(9, max_value - 64);
     assert_eq!(put(port, "/api/kv/large", &stored).status, 201);
-    // Answers far larger than what a connection's buffers hold unread.
-    let stalled: Vec<TcpStream> = (0..16)
+    // Answers far larger than what a connection's buffers hold unread: each
+    // GET that got room holds it, its answer begun.
+    let stalled: Vec<TcpStream> = (0..STALLED)
         .map(|_| {
             let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
             stream
@@ -327,7 +331,17 @@ fn an_encrypted_stores_large_gets_take_their_room_from_the_budget() {
             stream
         })
         .collect();
-    thread::sleep(Duration::from_millis(500));
+    let statuses: Vec<String> = stalled.iter().map(status_line).collect();
+    let served = statuses
+        .iter()
+        .filter(|line| line.contains(" 200 "))
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|line| line.contains(" 503 "))
+        .count();
+    let room = MemoryBudget::new(budget, max_value).capacity() / max_value;
+    assert_eq!((served, refused), (room, STALLED - room), "{statuses:?}");
     let refused = get(port, "/api/kv/large");
     assert_refused_for_memory(&refused, "a GET with the budget taken");
     drop(stalled);
@@ -344,4 +358,55 @@ fn an_encrypted_stores_large_gets_take_their_room_from_the_budget() {
     // A small value needs no room of its own.
     assert_eq!(put(port, "/api/kv/small", b"reading").status, 201);
     assert_eq!(get(port, "/api/kv/small").body, b"reading");
+}
+
+/// The status line of the answer `stream` is getting, read without taking
+/// it (waits for it to begin).
+fn status_line(stream: &TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = [0; 32];
+    let len = stream.peek(&mut head).expect("an answer begins");
+    String::from_utf8_lossy(&head[..len]).into_owned()
+}
+
+/// A value longer than the budget ever leaves a request (written before
+/// `storage.max_value_bytes` was lowered) cannot be read whole by an
+/// encrypted store: a GET, a listing with metadata and a digest get a 500
+/// naming the setting to raise, not a 503 to retry forever; other keys are
+/// served, and a budget large enough reads it again.
+#[test]
+fn a_value_longer_than_the_budget_allows_is_refused_with_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = encrypted(Config::new(), dir.path(), 2).start();
+    let stored = value(5, 12 * MIB);
+    assert_eq!(put(node.port(), "/api/kv/large", &stored).status, 201);
+    assert_eq!(put(node.port(), "/api/kv/small", b"small").status, 201);
+    let lowered = Config::new().max_value_bytes(MIB as u64).raw(
+        "storage",
+        &format!("memory_budget: {}", memory::minimum_budget(MIB)),
+    );
+    let config_file = node.data_dir().with_file_name("lucid.yml");
+    let yaml = encrypted(lowered, dir.path(), 2).yaml(&node.data_dir());
+    std::fs::write(&config_file, yaml).unwrap();
+    node.restart();
+    let port = node.port();
+    for path in ["/api/kv/large", "/api/kv?prefix=", "/api/admin/digest"] {
+        let reply = get(port, path);
+        assert_eq!(reply.status, 500, "{path}: {}", reply.text());
+        assert_eq!(reply.header("retry-after"), None, "{path}");
+        assert!(
+            reply.text().contains("raise storage.memory_budget"),
+            "{path}: {}",
+            reply.text()
+        );
+    }
+    assert_eq!(get(port, "/api/kv/small").body, b"small");
+    let keys = get(port, "/api/kv?prefix=&keys_only=true");
+    assert!(keys.text().contains("large"), "{}", keys.text());
+    let yaml = encrypted(Config::new(), dir.path(), 2).yaml(&node.data_dir());
+    std::fs::write(&config_file, yaml).unwrap();
+    node.restart();
+    assert!(get(node.port(), "/api/kv/large").body == stored);
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::errors::store_error;
+use super::errors::read_error;
 use super::query::Params;
 use super::reply::Reply;
 use super::Context;
@@ -59,7 +59,11 @@ pub fn digest<'b>(ctx: &Context, url: &str) -> Reply<'b> {
         Err(reply) => return reply,
     };
     let prefix = params.get("prefix").unwrap_or("");
-    match ctx.store.digest(prefix.as_bytes()) {
+    let mut room = None;
+    let digest = ctx.store.digest(prefix.as_bytes(), &mut |len| {
+        ctx.memory.hold(&mut room, len)
+    });
+    match digest {
         Ok(digest) => Reply::document(
             200,
             &serde_json::json!({
@@ -76,7 +80,7 @@ pub fn digest<'b>(ctx: &Context, url: &str) -> Reply<'b> {
                  or deleted; see /health."
             ),
         ),
-        Err(DigestError::Read(err)) => store_error(err),
+        Err(DigestError::Read(err)) => read_error(ctx, err),
     }
 }
 

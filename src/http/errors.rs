@@ -2,6 +2,7 @@
 //! request body that could not be read.
 
 use super::reply::{self, Reply};
+use super::Context;
 use crate::store::StoreError;
 
 /// The reply to a request body that could not be read whole: 408 if the
@@ -19,6 +20,24 @@ pub fn body_unreadable(err: &std::io::Error) -> Reply<'static> {
             Reply::message(400, "The connection ended before the request body did.")
         }
         _ => Reply::message(400, format!("The request body could not be read: {err}.")),
+    }
+}
+
+/// The reply for `err`, met while reading values whole (room for a large
+/// one is taken from the memory budget): [`store_error`]'s, except for a
+/// value larger than the budget ever leaves a request (written before
+/// `storage.max_value_bytes` was lowered, or replicated from a primary
+/// with larger values), which no retry would read.
+pub fn read_error<'b>(ctx: &Context, err: StoreError) -> Reply<'b> {
+    let capacity = ctx.memory.capacity();
+    match err {
+        StoreError::NoRoom { needed } if needed > capacity => Reply::message(
+            500,
+            format!(
+                "The value is {needed} bytes and must be read whole, more than storage.memory_budget leaves for a request ({capacity} bytes): raise storage.memory_budget to read it."
+            ),
+        ),
+        err => store_error(err),
     }
 }
 

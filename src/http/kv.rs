@@ -6,7 +6,7 @@ use super::ack::Answer;
 use super::body;
 use super::conditions::{not_modified, write_condition};
 use super::endpoint::{BodyKind, KeyOp};
-use super::errors::store_error;
+use super::errors::{read_error, store_error};
 use super::query::{ttl_millis, Params};
 use super::reply::{self, Reply};
 use super::route::KeyError;
@@ -69,10 +69,7 @@ fn get<'b>(
     chunk: &'b mut Vec<u8>,
     room: &mut Option<Reservation>,
 ) -> Reply<'b> {
-    let mut take_room = |len| {
-        *room = ctx.memory.reserve(len);
-        room.is_some()
-    };
+    let mut take_room = |len| ctx.memory.hold(room, len);
     match ctx.store.get_sendable(key, record, chunk, &mut take_room) {
         Ok(Some(value)) if not_modified(request, value.sequence()) => {
             Reply::NotModified(value.sequence())
@@ -80,7 +77,7 @@ fn get<'b>(
         Ok(Some(Sendable::Read(value))) => Reply::Value(value),
         Ok(Some(Sendable::InLog(value))) => Reply::ValueInLog { value, chunk },
         Ok(None) => Reply::json(404, reply::KEY_NOT_FOUND),
-        Err(err) => store_error(err),
+        Err(err) => read_error(ctx, err),
     }
 }
 

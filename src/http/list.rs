@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::errors::store_error;
+use super::errors::read_error;
 use super::query::Params;
 use super::reply::Reply;
 use super::Context;
@@ -51,9 +51,13 @@ pub fn handle<'b>(ctx: &Context, url: &str) -> Reply<'b> {
         let keys: Vec<String> = page.entries.iter().map(|(key, _)| text(key)).collect();
         return Reply::document(200, &json!({ "keys": keys, "next": next }));
     }
-    let infos = match ctx.store.key_info(page.entries) {
+    let mut room = None;
+    let infos = match ctx
+        .store
+        .key_info(page.entries, &mut |len| ctx.memory.hold(&mut room, len))
+    {
         Ok(infos) => infos,
-        Err(err) => return store_error(err),
+        Err(err) => return read_error(ctx, err),
     };
     let keys: Vec<_> = infos
         .iter()

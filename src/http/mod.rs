@@ -226,11 +226,14 @@ impl Buffers {
     /// value is shrunk back, so idle slots hold little memory.
     const KEEP: usize = 256 * 1024;
 
-    /// Shrinks the record buffer, then gives back the room a value read
-    /// into it held.
+    /// Shrinks the record buffer; one that held a value in room taken from
+    /// the memory budget is freed first, then the room given back.
     fn trim(&mut self) {
+        if self.room.is_some() {
+            self.record = Vec::new();
+            self.room = None;
+        }
         Self::shrink(&mut self.record);
-        self.room = None;
     }
 
     /// Frees `buf` if a large value grew it past [`Self::KEEP`].

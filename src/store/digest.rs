@@ -51,6 +51,7 @@ use std::fmt::{self, Write as _};
 
 use blake2::{Blake2s256, Digest as _};
 
+use super::engine::whole_read_buffer;
 use super::record::RecordView;
 use super::{Store, StoreError};
 
@@ -111,20 +112,30 @@ impl Store {
     /// the raw key bytes; empty: every key), expired keys the sweeper has
     /// not deleted yet included. See the module documentation for what is
     /// hashed and how writes made meanwhile show.
-    pub fn digest(&self, prefix: &[u8]) -> Result<Digest, DigestError> {
+    /// Each record is read whole, one longer than
+    /// [`SENT_FROM_LOG_OVER`](crate::store::SENT_FROM_LOG_OVER) once `room`
+    /// has granted the memory for it ([`StoreError::NoRoom`] if not).
+    pub fn digest(
+        &self,
+        prefix: &[u8],
+        room: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Digest, DigestError> {
         let mut hasher = Blake2s256::new();
         let (mut keys, mut highest_version) = (0, 0);
-        let mut buf = Vec::new();
+        let (mut buf, mut large) = (Vec::new(), Vec::new());
         let mut after = None;
         loop {
             let mut held = self.held_keys(prefix, after.as_deref(), PAGE_KEYS);
             for (key, location) in &held.page.entries {
-                let record = self
-                    .read_held(&held, key, *location, &mut buf)
-                    .map_err(|err| match err {
-                        StoreError::Corrupt { .. } => DigestError::Damaged { key: key.clone() },
-                        other => DigestError::Read(other),
-                    })?;
+                let len = location.len as usize;
+                let into = whole_read_buffer(len, &mut buf, &mut large, room)
+                    .map_err(DigestError::Read)?;
+                let record =
+                    self.read_held(&held, key, *location, into)
+                        .map_err(|err| match err {
+                            StoreError::Corrupt { .. } => DigestError::Damaged { key: key.clone() },
+                            other => DigestError::Read(other),
+                        })?;
                 add_record(&mut hasher, &record);
                 keys += 1;
                 highest_version = highest_version.max(record.header.sequence);
@@ -169,7 +180,7 @@ mod tests {
     use crate::store::crypt::Cipher;
     use crate::store::layout::LOG_FILE;
     use crate::store::testing::{fresh_store, Call, CrashFile, Fault, MemFile};
-    use crate::store::{open_with, BatchOp, Expect, SyncMode};
+    use crate::store::{open_with, BatchOp, Expect, SyncMode, SENT_FROM_LOG_OVER};
 
     /// One key's contents, as a test writes them.
     #[derive(Debug, Clone, Copy)]
@@ -212,7 +223,44 @@ mod tests {
         for content in writes {
             write(&store, *content);
         }
-        store.digest(prefix.as_bytes()).unwrap()
+        store.digest(prefix.as_bytes(), &mut |_| true).unwrap()
+    }
+
+    #[test]
+    fn a_large_record_is_read_once_room_is_granted_for_it() {
+        let large = vec![7; 2 * SENT_FROM_LOG_OVER];
+        let at = |key, value| Content {
+            key,
+            value,
+            ..PLAIN
+        };
+        let writes = [at("a", &large), at("b", b"small"), at("c", &large)];
+        let (_, store) = fresh_store(MemFile::with_bytes, SyncMode::Never);
+        for content in writes {
+            write(&store, content);
+        }
+        let mut asked = Vec::new();
+        let mut grant = |len| {
+            asked.push(len);
+            true
+        };
+        let digest = store.digest(b"", &mut grant).unwrap();
+        let (_, other) = fresh_store(MemFile::with_bytes, SyncMode::Never);
+        for content in writes {
+            write(&other, content);
+        }
+        assert_eq!(digest, other.digest(b"", &mut |_| true).unwrap());
+        assert_eq!(
+            asked.len(),
+            2,
+            "room for the large records alone: {asked:?}"
+        );
+        assert!(asked.iter().all(|&len| len > large.len()), "{asked:?}");
+        let refused = store.digest(b"", &mut |_| false).unwrap_err();
+        assert!(
+            matches!(refused, DigestError::Read(StoreError::NoRoom { needed }) if needed == asked[0]),
+            "{refused:?}"
+        );
     }
 
     #[test]
@@ -250,9 +298,9 @@ mod tests {
             for content in writes {
                 write(&store, content);
             }
-            digests.push(store.digest(b"").unwrap());
+            digests.push(store.digest(b"", &mut |_| true).unwrap());
             store.compact().unwrap();
-            digests.push(store.digest(b"").unwrap());
+            digests.push(store.digest(b"", &mut |_| true).unwrap());
         }
         assert!(digests.iter().all(|digest| *digest == digests[0]));
         assert_eq!(digests[0], digest_after(&writes, ""));
@@ -351,10 +399,13 @@ mod tests {
         );
         let mut buf = Vec::new();
         assert_eq!(store.get(b"k", &mut buf).unwrap(), None, "expired");
-        let before = store.digest(b"").unwrap();
+        let before = store.digest(b"", &mut |_| true).unwrap();
         assert_eq!((before.keys, before.highest_version), (1, 1));
         assert_eq!(store.expire_due(u64::MAX, 10).unwrap(), 1);
-        assert_eq!(store.digest(b"").unwrap(), digest_after(&[], ""));
+        assert_eq!(
+            store.digest(b"", &mut |_| true).unwrap(),
+            digest_after(&[], "")
+        );
     }
 
     #[test]
@@ -385,7 +436,7 @@ mod tests {
         let mut buf = Vec::new();
         let record = store.read_held(&held, key, *location, &mut buf).unwrap();
         assert_eq!((record.value, record.header.sequence), (&b"v"[..], 1));
-        assert_eq!(store.digest(b"").unwrap().highest_version, 2);
+        assert_eq!(store.digest(b"", &mut |_| true).unwrap().highest_version, 2);
     }
 
     #[test]
@@ -402,14 +453,14 @@ mod tests {
             .unwrap();
         let end = log.metadata().unwrap().len();
         log.write_at(b"x", end - 1).unwrap();
-        let err = store.digest(b"").unwrap_err();
+        let err = store.digest(b"", &mut |_| true).unwrap_err();
         assert!(
             matches!(&err, DigestError::Damaged { key } if key == b"b"),
             "{err:?}"
         );
         assert!(err.to_string().contains("key 'b' is damaged"), "{err}");
         assert_eq!(store.stats().damaged_keys, 1, "marked as a read marks it");
-        assert_eq!(store.digest(b"a").unwrap().keys, 1);
+        assert_eq!(store.digest(b"a", &mut |_| true).unwrap().keys, 1);
     }
 
     #[test]
@@ -417,12 +468,15 @@ mod tests {
         let (file, store) = fresh_store(CrashFile::with_bytes, SyncMode::Never);
         write(&store, PLAIN);
         file.inject(Call::Read, Fault::Eio);
-        let err = store.digest(b"").unwrap_err();
+        let err = store.digest(b"", &mut |_| true).unwrap_err();
         assert!(
             matches!(err, DigestError::Read(StoreError::Io(_))),
             "{err:?}"
         );
         assert_eq!(store.stats().damaged_keys, 0);
-        assert_eq!(store.digest(b"").unwrap(), digest_after(&[PLAIN], ""));
+        assert_eq!(
+            store.digest(b"", &mut |_| true).unwrap(),
+            digest_after(&[PLAIN], "")
+        );
     }
 }

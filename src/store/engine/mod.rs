@@ -68,6 +68,7 @@ pub mod retention;
 mod snapshot_access;
 
 pub(super) use compaction_access::{CompactedLog, CompactionAccess, Installed, LogCut, Paused};
+pub(super) use read::whole_read_buffer;
 pub use read::{Sendable, ValueInLog, SENT_FROM_LOG_OVER};
 pub(super) use replica_access::LogEnd;
 

@@ -78,7 +78,7 @@ impl Store {
                     })));
                 }
             }
-            if !room(len) {
+            if source.cipher.is_some() && !room(len) {
                 return Err(StoreError::NoRoom { needed: len });
             }
         }
@@ -136,22 +136,26 @@ impl Store {
 
     /// The metadata of listed keys (from [`list`](Self::list)), read from
     /// their records' headers (values are not read). A key changed or
-    /// deleted since it was listed is shown as it is now, or left out.
-    pub fn key_info(&self, listed: Vec<(Vec<u8>, Location)>) -> Result<Vec<KeyInfo>, StoreError> {
-        let mut buf = Vec::new();
+    /// deleted since it was listed is shown as it is now, or left out. An
+    /// encrypted record is read whole (its metadata is sealed with its
+    /// value): one longer than [`SENT_FROM_LOG_OVER`] once `room(its
+    /// length)` has granted the memory for it, into a buffer of its own
+    /// freed before the next one (else [`StoreError::NoRoom`]).
+    pub fn key_info(
+        &self,
+        listed: Vec<(Vec<u8>, Location)>,
+        room: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        let (mut buf, mut large) = (Vec::new(), Vec::new());
         let mut infos = Vec::with_capacity(listed.len());
         let now = now_ms();
         for (key, _) in listed {
-            let (location, file, cipher) = {
-                let keydir = read(&self.keydir);
-                let Some(location) = keydir.index.get(&key) else {
-                    continue;
-                };
-                (location, Arc::clone(&keydir.file), keydir.cipher.is_some())
+            let Some((location, source)) = self.locate(&key) else {
+                continue;
             };
-            if cipher {
-                // Metadata is encrypted with the value: read it all.
-                if let Some(value) = self.get(&key, &mut buf)? {
+            if source.cipher.is_some() {
+                let into = whole_read_buffer(location.len as usize, &mut buf, &mut large, room)?;
+                if let Some(value) = self.read_value(&source, location, &key, into)? {
                     infos.push(KeyInfo {
                         size: value.value.len() as u64,
                         version: value.sequence,
@@ -168,7 +172,7 @@ impl Store {
             let PutHead {
                 header,
                 content_type,
-            } = read_put_head(&*file, location, &key, &mut buf)?;
+            } = read_put_head(&*source.file, location, &key, &mut buf)?;
             if Attrs::of(&header).expired(now) {
                 continue;
             }
@@ -184,6 +188,28 @@ impl Store {
         }
         Ok(infos)
     }
+}
+
+/// The buffer a walk over many records reads a record of `len` bytes into
+/// whole: `small`, reused, or for a record longer than
+/// [`SENT_FROM_LOG_OVER`], `large`, emptied of the walk's last large record
+/// first, once `room(len)` has granted the memory for it (else
+/// [`StoreError::NoRoom`]). The walk thus holds one large record at a
+/// time, in the room last granted.
+pub(in crate::store) fn whole_read_buffer<'b>(
+    len: usize,
+    small: &'b mut Vec<u8>,
+    large: &'b mut Vec<u8>,
+    room: &mut dyn FnMut(usize) -> bool,
+) -> Result<&'b mut Vec<u8>, StoreError> {
+    if len <= SENT_FROM_LOG_OVER {
+        return Ok(small);
+    }
+    *large = Vec::new();
+    if !room(len) {
+        return Err(StoreError::NoRoom { needed: len });
+    }
+    Ok(large)
 }
 
 /// The keys the index holds, a page of them (see [`Store::held_keys`]):
@@ -314,7 +340,10 @@ pub(super) fn read_record<'b>(
 ) -> Result<RecordView<'b>, StoreError> {
     let (file, file_id, cipher) = source;
     let offset = location.offset;
-    buf.resize(location.len as usize, 0);
+    let len = location.len as usize;
+    // Exactly its size: room taken for a large record counts no more.
+    buf.reserve_exact(len.saturating_sub(buf.len()));
+    buf.resize(len, 0);
     file.read_at(buf, offset).map_err(StoreError::Io)?;
     let record =
         open_record(cipher, buf, Position { file_id, offset }).map_err(|_| corrupt(offset))?;
@@ -558,6 +587,15 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
     }
 
+    /// A room callback answering `answer`, noting each length asked in
+    /// `asked`.
+    fn asking(asked: &mut Vec<usize>, answer: bool) -> impl FnMut(usize) -> bool + '_ {
+        move |len| {
+            asked.push(len);
+            answer
+        }
+    }
+
     /// What `get_sendable` finds for `key`: the value if it was read whole,
     /// else the value in the log.
     fn sendable<'b>(store: &Store, key: &str, buf: &'b mut Vec<u8>) -> Sendable<'b> {
@@ -608,11 +646,12 @@ mod tests {
         put(&store, "large", &value(1 << 20, 3)).unwrap();
         put(&store, "small", &value(SENT_FROM_LOG_OVER / 2, 4)).unwrap();
         let (mut buf, mut asked) = (Vec::new(), Vec::new());
-        let mut refuse = |len| {
-            asked.push(len);
-            false
-        };
-        let got = store.get_sendable(b"large", &mut buf, &mut Vec::new(), &mut refuse);
+        let got = store.get_sendable(
+            b"large",
+            &mut buf,
+            &mut Vec::new(),
+            &mut asking(&mut asked, false),
+        );
         let got = got.map(|found| found.map(|_| ()));
         let Err(StoreError::NoRoom { needed }) = got else {
             panic!("read without room: {got:?}");
@@ -620,26 +659,57 @@ mod tests {
         assert!(needed > 1 << 20 && needed < (1 << 20) + 256, "{needed}");
         assert_eq!(asked, [needed]);
         assert!(buf.capacity() < needed, "nothing read without room");
-        let mut grant = |len| {
-            asked.push(len);
-            true
-        };
-        let got = store.get_sendable(b"large", &mut buf, &mut Vec::new(), &mut grant);
+        let got = store.get_sendable(
+            b"large",
+            &mut buf,
+            &mut Vec::new(),
+            &mut asking(&mut asked, true),
+        );
         let Ok(Some(Sendable::Read(read))) = got else {
             panic!("an envelope is opened whole");
         };
         assert_eq!(read.value, value(1 << 20, 3));
         assert_eq!(asked, [needed, needed], "the record's length asked for");
-        let mut refuse = |len| {
-            asked.push(len);
-            false
-        };
-        let got = store.get_sendable(b"small", &mut buf, &mut Vec::new(), &mut refuse);
+        let got = store.get_sendable(
+            b"small",
+            &mut buf,
+            &mut Vec::new(),
+            &mut asking(&mut asked, false),
+        );
         let Ok(Some(Sendable::Read(read))) = got else {
             panic!("{got:?}");
         };
         assert_eq!(read.value, value(SENT_FROM_LOG_OVER / 2, 4));
         assert_eq!(asked.len(), 2, "a small value needs no room asked for");
+    }
+
+    #[test]
+    fn an_encrypted_listing_reads_large_records_once_granted_the_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let cipher = Some(Arc::new(Cipher::from_key(&[6; 32])));
+        let (store, _) = open_with(dir.path(), SyncMode::Never, cipher).unwrap();
+        put(&store, "a", &value(2 * CHUNK_LEN, 1)).unwrap();
+        put(&store, "b", b"small").unwrap();
+        let listed = || store.list(b"", None, 10).entries;
+        let mut asked = Vec::new();
+        let infos = store
+            .key_info(listed(), &mut asking(&mut asked, true))
+            .unwrap();
+        let sizes: Vec<_> = infos.iter().map(|info| info.size).collect();
+        assert_eq!(sizes, [2 * CHUNK_LEN as u64, 5]);
+        assert_eq!(asked.len(), 1, "room for the large record alone");
+        assert!(asked[0] > 2 * CHUNK_LEN, "{asked:?}");
+        let refused = store.key_info(listed(), &mut |_| false);
+        assert!(
+            matches!(refused, Err(StoreError::NoRoom { needed }) if needed == asked[0]),
+            "{refused:?}"
+        );
+        // A plain log's listing reads headers only, whatever the size.
+        let (_, plain) = fresh_store(MemFile::with_bytes, SyncMode::Never);
+        put(&plain, "a", &value(2 * CHUNK_LEN, 1)).unwrap();
+        let entries = plain.list(b"", None, 10).entries;
+        let infos = plain.key_info(entries, &mut |_| false).unwrap();
+        assert_eq!(infos[0].size, 2 * CHUNK_LEN as u64);
     }
 
     #[test]
