@@ -47,9 +47,13 @@ need musl-gcc musl-tools
 rustup target list --installed | grep -q "^$MUSL\$" || rustup target add "$MUSL"
 
 cargo build --quiet --release --bin lucid --example http_ceiling
-# The static build as shipped to boards (cross/build.sh), for idle memory.
-[ -n "${BENCH_W5_ONLY:-}${BENCH_BASELINE:-}" ] ||
+# The static build as shipped to boards (cross/build.sh), for idle memory,
+# and the storage engine benchmark, built now so that a build error stops
+# the run before its measurements rather than after them.
+if [ -z "${BENCH_W5_ONLY:-}${BENCH_BASELINE:-}" ]; then
   cargo build --quiet --profile edge --target "$MUSL" --bin lucid --example http_ceiling
+  cargo bench --quiet --bench storage --no-run
+fi
 
 work=$(mktemp -d)
 # nginx's worker runs as another user when the script runs as root: it must
@@ -550,7 +554,11 @@ wait 2>/dev/null || true
 pids=()
 
 echo "== Storage engine"
-storage=$(cargo bench --quiet --bench storage 2>/dev/null)
+if ! storage=$(cargo bench --quiet --bench storage 2> "$work/storage.err"); then
+  cat "$work/storage.err" >&2
+  echo "the storage engine benchmark failed; docs/BENCHMARKS.md was not written" >&2
+  exit 1
+fi
 echo "$storage"
 
 mkdir -p docs
