@@ -63,7 +63,8 @@ impl Store {
         let len = location.len as usize;
         if len > SENT_FROM_LOG_OVER {
             if source.cipher.is_none() {
-                let found = value_in_log(&source, location, key, chunk_of(chunk), buf);
+                let chunk = chunk_of(chunk, head_len(location, key));
+                let found = value_in_log(&source, location, key, chunk, buf);
                 if let Some((value, header)) =
                     self.noting_damage(found, key, location, source.file_id)?
                 {
@@ -413,10 +414,13 @@ pub const SENT_FROM_LOG_OVER: usize = 64 * 1024;
 /// through (see [`Store::get_sendable`]).
 pub const CHUNK_LEN: usize = 64 * 1024;
 
-/// `chunk` as a buffer of [`CHUNK_LEN`] bytes: grown once, then reused.
-fn chunk_of(chunk: &mut Vec<u8>) -> &mut [u8] {
-    if chunk.len() < CHUNK_LEN {
-        chunk.resize(CHUNK_LEN, 0);
+/// `chunk` as a buffer of [`CHUNK_LEN`] bytes, or of `at_least` if more (a
+/// record's head with a key near the 64 KiB limit): grown once, then
+/// reused.
+fn chunk_of(chunk: &mut Vec<u8>, at_least: usize) -> &mut [u8] {
+    let len = CHUNK_LEN.max(at_least);
+    if chunk.len() < len {
+        chunk.resize(len, 0);
     }
     chunk
 }
@@ -492,7 +496,7 @@ impl ValueInLog<'_> {
     /// like one writing to `out`: either way `out` has had part of the
     /// value only.
     pub fn copy_to(&self, out: &mut dyn Write, chunk: &mut Vec<u8>) -> io::Result<()> {
-        let chunk = chunk_of(chunk);
+        let chunk = chunk_of(chunk, CHUNK_LEN);
         let Range { mut start, end } = self.value;
         while start < end {
             let piece = &mut chunk[..(end - start).min(CHUNK_LEN as u64) as usize];
@@ -528,8 +532,8 @@ impl Eq for ValueInLog<'_> {}
 /// plain log, lies there, and the record's header, once the record is
 /// checked (see [`Store::get_sendable`]) through `chunk`; its content type
 /// is copied to `buf`. `None` if the value is not longer than
-/// [`SENT_FROM_LOG_OVER`] or the record's head does not fit in `chunk`:
-/// that one is to be read whole.
+/// [`SENT_FROM_LOG_OVER`]: that one is to be read whole. `chunk` holds at
+/// least the record's head (see [`chunk_of`]).
 fn value_in_log(
     source: &LogSource,
     location: Location,
@@ -538,9 +542,6 @@ fn value_in_log(
     buf: &mut Vec<u8>,
 ) -> Result<Option<(Range<u64>, RecordHeader)>, StoreError> {
     let head = head_len(location, key);
-    if head > chunk.len() {
-        return Ok(None);
-    }
     let PutHead {
         header,
         content_type: content_type_at,
@@ -681,6 +682,20 @@ mod tests {
         };
         assert_eq!(read.value, value(SENT_FROM_LOG_OVER / 2, 4));
         assert_eq!(asked.len(), 2, "a small value needs no room asked for");
+    }
+
+    #[test]
+    fn a_plain_large_value_is_sent_from_the_log_whatever_its_keys_length() {
+        let (_, store) = fresh_store(MemFile::with_bytes, SyncMode::Never);
+        let key = "k".repeat(CHUNK_LEN - 100);
+        let stored = value(2 * CHUNK_LEN, 9);
+        put(&store, &key, &stored).unwrap();
+        let mut buf = Vec::new();
+        let got = store.get_sendable(key.as_bytes(), &mut buf, &mut Vec::new(), &mut |_| false);
+        let Ok(Some(Sendable::InLog(in_log))) = got else {
+            panic!("read whole, without room: {got:?}");
+        };
+        assert_eq!(sent(&in_log), stored);
     }
 
     #[test]
